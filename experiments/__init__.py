@@ -1,0 +1,1 @@
+"""absl entry points: unlearn, and their ml_collections configs."""

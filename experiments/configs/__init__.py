@@ -1,0 +1,1 @@
+"""Config files for the experiments (each module has get_config())."""

@@ -1,0 +1,34 @@
+"""Default experiment: the embedded digits dataset, 10% random forgetting, 3 seeds.
+
+    python -m experiments.unlearn --config=experiments/configs/default.py
+
+Top-level flags (--dataset, --model, --scenario, ...) override the fields below;
+`--config.train.epochs=20` overrides the training recipe (-1 or "" keeps the recipe's).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = "digits"          # digits | image_folder:PATH | cifar10 | cifar100 | mnist | ...
+  c.data_dir = ""               # tfds data_dir ("" = tfds default / the unlearn_jax cache)
+  c.train_subset = 0            # >0: stratified subset of train (fixed seed), for CPUs
+  c.test_subset = 0
+  c.model = ""                  # "" = mlp for 8x8 inputs, cnn otherwise
+  c.scenario = "random"         # random | class | subclass
+  c.forget_fraction = 0.1
+  c.forget_classes = ""         # comma list, class/subclass scenarios
+  c.stratified = False          # random scenario: stratify the forget set by class
+  c.split_seed = 0
+  c.methods = ""                # comma list; "" = every registered method
+  c.seeds = 3
+  c.seed = 0                    # first seed; seeds are seed, seed+1, ...
+  c.loop = "auto"               # auto | scan | host (see unlearn_jax.train)
+  c.eval_batch_size = 1000
+  c.save_checkpoints = True
+  c.plots = True
+  c.train = ml_collections.ConfigDict(dict(
+      epochs=-1, batch_size=-1, lr=-1.0, momentum=-1.0, weight_decay=-1.0, schedule="",
+      optimizer="", augment=-1, grad_clip=-1.0))
+  return c

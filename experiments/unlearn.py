@@ -1,0 +1,100 @@
+r"""One command from data to a verdict: train, retrain, unlearn, evaluate, report.
+
+    python -m experiments.unlearn                       # digits, 10% random, all methods
+    python -m experiments.unlearn --scenario=class --forget_classes=3 --methods=finetune
+    python -m experiments.unlearn --finetune.lr=0.05 --seeds=5 --workdir=runs/ft
+
+Writes into --workdir (default runs/<dataset>_<scenario>_<time>): results.csv,
+results.json, summary.md, splits.npz/json, plots/, checkpoints/. A run is staged in a
+hidden sibling directory and moved into place only when complete.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_dict, config_flags
+
+from unlearn_jax import methods as methods_lib
+from unlearn_jax import report, runner
+
+_DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                          "ml_collections config file.", lock_config=True)
+# Top-level flags override the config file's fields when given.
+flags.DEFINE_string("dataset", None, "digits | image_folder:PATH | cifar10 | cifar100 | "
+                    "mnist | fashion_mnist | svhn_cropped")
+flags.DEFINE_string("model", None, "mlp | cnn | resnet18 (default: mlp for 8x8, else cnn)")
+flags.DEFINE_string("scenario", None, "random | class | subclass")
+flags.DEFINE_float("forget_fraction", None, "random scenario: fraction of train to forget")
+flags.DEFINE_string("forget_classes", None, "class/subclass scenarios: comma list of ids")
+flags.DEFINE_string("methods", None, "comma list of methods (default: every registered)")
+flags.DEFINE_integer("seeds", None, "number of seeds (vmapped where possible)")
+flags.DEFINE_integer("seed", None, "first seed")
+flags.DEFINE_integer("train_subset", None, "stratified subset of train (0 = all)")
+flags.DEFINE_integer("test_subset", None, "stratified subset of test (0 = all)")
+flags.DEFINE_string("data_dir", None, "tfds data_dir")
+flags.DEFINE_string("loop", None, "auto | scan | host")
+flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
+flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
+_OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
+              "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop")
+
+# One config-dict flag per method: --finetune.lr=0.05, --random_label.variant=hybrid, ...
+_METHOD_FLAGS = {
+    name: config_flags.DEFINE_config_dict(
+        name, config_dict.ConfigDict(methods_lib.get_method(name).defaults),
+        f"hyperparameters of {name}")
+    for name in methods_lib.list_methods()
+}
+
+
+def build_config():
+  cfg = config_dict.ConfigDict(_CONFIG.value.to_dict())
+  for name in _OVERRIDES:
+    value = flags.FLAGS[name].value
+    if value is not None:
+      cfg[name] = value
+  return cfg
+
+
+def default_workdir(cfg) -> str:
+  tag = cfg.dataset.replace("image_folder:", "folder-").replace("/", "_").replace(".", "")[-40:]
+  return f"runs/{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # orbax and tfds log every file they touch at INFO; keep the console for progress.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  cfg = build_config()
+  workdir = flags.FLAGS.workdir or default_workdir(cfg)
+  hparams = {name: flag.value.to_dict() for name, flag in _METHOD_FLAGS.items()}
+  staging = None
+  try:
+    runner.validate(cfg)
+    if not flags.FLAGS.workdir:
+      Path("runs").mkdir(exist_ok=True)
+    final, staging = runner.prepare_workdir(workdir, flags.FLAGS.overwrite)
+    result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True))
+    md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
+    runner.commit_workdir(staging, final)
+    staging = None
+    print("\n" + md)
+    print(f"wall time {result.info['wall_seconds']:.1f}s; run directory: {final}")
+  except runner.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  finally:
+    if staging is not None and staging.exists():
+      import shutil
+      shutil.rmtree(staging, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

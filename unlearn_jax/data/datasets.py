@@ -1,0 +1,252 @@
+"""Datasets by name, returned as normalised arrays in memory.
+
+Names:
+  * `digits` — scikit-learn's 8x8 digits through the offline tfds builder (default).
+  * `image_folder:PATH` — PATH is a `split/class/image` folder (or a `.tar.gz` of one,
+    read without extracting), e.g. the shared CIFAR-10 JPEG archive. Decoded once and
+    cached as `.npz` under `$UNLEARN_JAX_CACHE` (default `~/.cache/unlearn_jax`).
+  * tfds names `cifar10`, `cifar100`, `mnist`, `fashion_mnist`, `svhn_cropped` — read
+    with `tfds.data_source` (array_record, no TensorFlow needed to read; preparing a
+    fresh download needs the `tfds-prepare` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped")
+DATASET_CHOICES = ("digits", "image_folder:PATH") + TFDS_NAMES
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class DatasetError(ValueError):
+  """A dataset name or location a user gave that cannot be loaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A classification dataset as normalised float32 NHWC arrays.
+
+  `coarse_*` hold superclass labels where the dataset has them (CIFAR-100); the
+  `subclass` scenario trains on them and forgets one fine class.
+  """
+  name: str
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  class_names: tuple
+  train_coarse_y: Optional[np.ndarray] = None
+  test_coarse_y: Optional[np.ndarray] = None
+  num_coarse_classes: int = 0
+
+  @property
+  def input_shape(self):
+    return tuple(self.train_x.shape[1:])
+
+  @property
+  def image_size(self) -> int:
+    return int(self.train_x.shape[1])
+
+
+def cache_dir() -> Path:
+  return Path(os.environ.get("UNLEARN_JAX_CACHE",
+                             Path.home() / ".cache" / "unlearn_jax"))
+
+
+def _normalise(train: np.ndarray, test: np.ndarray, pixel_max: float):
+  """Scales to [0, 1], then standardises per channel with the train statistics."""
+  train = train.astype(np.float32) / pixel_max
+  test = test.astype(np.float32) / pixel_max
+  mean = train.mean(axis=(0, 1, 2), keepdims=True)
+  std = train.std(axis=(0, 1, 2), keepdims=True) + 1e-6
+  return (train - mean) / std, (test - mean) / std
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+  """Sorted indices of a class-balanced subset of `size` examples (fixed seed)."""
+  if size >= len(labels):
+    return np.arange(len(labels))
+  rng = np.random.default_rng(seed)
+  classes = np.unique(labels)
+  per_class = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+  take = {c: 0 for c in classes}
+  # Round-robin over classes keeps proportions when classes are unbalanced.
+  order, remaining = [], size
+  while remaining > 0:
+    progressed = False
+    for c in classes:
+      if remaining and take[c] < len(per_class[c]):
+        order.append(per_class[c][take[c]])
+        take[c] += 1
+        remaining -= 1
+        progressed = True
+    if not progressed:
+      break
+  return np.sort(np.asarray(order))
+
+
+# ----------------------------------------------------------------------------- digits
+def _digits_source(data_dir: Optional[str], split: str):
+  from unlearn_jax.data.digits_builder import SklearnDigits
+  builder = SklearnDigits(data_dir=data_dir or str(cache_dir() / "tfds"),
+                          file_format="array_record")
+  builder.download_and_prepare()
+  return builder.as_data_source(split=split)
+
+
+def _read_source(source, keys):
+  """Reads every record of a tfds data source into stacked numpy arrays."""
+  out = {k: [] for k in keys}
+  n = len(source)
+  for start in range(0, n, 4096):
+    records = source.__getitems__(list(range(start, min(n, start + 4096))))
+    for r in records:
+      for k in keys:
+        out[k].append(np.asarray(r[k]))
+  return {k: np.stack(v) if v else np.zeros((0,)) for k, v in out.items()}
+
+
+def load_digits(data_dir: Optional[str] = None) -> Dataset:
+  parts = {}
+  for split in ("train", "test"):
+    arrays = _read_source(_digits_source(data_dir, split), ("image", "label", "index"))
+    order = np.argsort(arrays["index"], kind="stable")
+    parts[split] = arrays["image"][order], arrays["label"][order].astype(np.int32)
+  train_x, test_x = _normalise(parts["train"][0], parts["test"][0], 16.0)
+  return Dataset("digits", train_x, parts["train"][1], test_x, parts["test"][1],
+                 10, tuple(str(i) for i in range(10)))
+
+
+# ----------------------------------------------------------------------------- tfds
+def load_tfds(name: str, data_dir: Optional[str] = None, download: bool = True) -> Dataset:
+  """Loads a tfds image classification dataset through `tfds.data_source`."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    label_feature = builder.info.features["label"]
+    sources = {s: tfds.data_source(name, split=s, data_dir=data_dir, download=download)
+               for s in ("train", "test")}
+  except Exception as e:  # tfds raises many types; the user needs one line.
+    raise DatasetError(
+        f"--dataset={name}: tfds could not provide it ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}). Offline? Use --dataset=digits or "
+        "--dataset=image_folder:PATH; preparing a download needs "
+        "`pip install -e .[tfds-prepare]`.") from e
+  has_coarse = "coarse_label" in builder.info.features
+  keys = ("image", "label") + (("coarse_label",) if has_coarse else ())
+  arrays = {s: _read_source(src, keys) for s, src in sources.items()}
+  train_x, test_x = _normalise(arrays["train"]["image"], arrays["test"]["image"], 255.0)
+  names = tuple(getattr(label_feature, "names", None) or
+                [str(i) for i in range(label_feature.num_classes)])
+  coarse = {}
+  if has_coarse:
+    coarse = dict(
+        train_coarse_y=arrays["train"]["coarse_label"].astype(np.int32),
+        test_coarse_y=arrays["test"]["coarse_label"].astype(np.int32),
+        num_coarse_classes=builder.info.features["coarse_label"].num_classes)
+  return Dataset(name, train_x, arrays["train"]["label"].astype(np.int32), test_x,
+                 arrays["test"]["label"].astype(np.int32), label_feature.num_classes,
+                 names, **coarse)
+
+
+# ----------------------------------------------------------------------------- image folder
+def _folder_entries(path: Path):
+  """Yields (split, class_name, name, bytes_reader) for a folder or a .tar.gz."""
+  if path.is_file():
+    with tarfile.open(path, "r:*") as tar:
+      for member in tar:
+        parts = Path(member.name).parts
+        if not member.isfile() or len(parts) < 3:
+          continue
+        if not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+          continue
+        data = tar.extractfile(member).read()
+        yield parts[-3], parts[-2], member.name, data
+  else:
+    for file in sorted(path.glob("*/*/*")):
+      if file.suffix.lower() in _IMAGE_SUFFIXES:
+        yield file.parts[-3], file.parts[-2], str(file), file.read_bytes()
+
+
+def _decode_image_folder(path: Path):
+  from PIL import Image
+  images = {"train": [], "test": []}
+  for split, cls, name, data in _folder_entries(path):
+    if split in images:
+      images[split].append((cls, name, data))
+  if not images["train"] or not images["test"]:
+    raise DatasetError(
+        f"--dataset=image_folder:{path}: expected PATH/train/<class>/<image> and "
+        f"PATH/test/<class>/<image>; found {len(images['train'])} train and "
+        f"{len(images['test'])} test images")
+  classes = sorted({c for c, _, _ in images["train"]})
+  index = {c: i for i, c in enumerate(classes)}
+  out = {}
+  for split, items in images.items():
+    items.sort(key=lambda t: (t[0], t[1]))  # canonical order, whatever the archive's
+    unknown = sorted({c for c, _, _ in items} - set(classes))
+    if unknown:
+      raise DatasetError(f"--dataset=image_folder:{path}: test classes {unknown} are "
+                         "not among the train classes")
+    xs = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for _, _, d in items]
+    shapes = {x.shape for x in xs}
+    if len(shapes) != 1:
+      raise DatasetError(f"--dataset=image_folder:{path}: images differ in size {shapes}")
+    out[split] = (np.stack(xs), np.asarray([index[c] for c, _, _ in items], np.int32))
+  return out, tuple(classes)
+
+
+def load_image_folder(path: str) -> Dataset:
+  p = Path(path).expanduser().resolve()
+  if not p.exists():
+    raise DatasetError(f"--dataset=image_folder:{path}: no such file or folder")
+  stat = p.stat()
+  key = hashlib.sha1(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+  cached = cache_dir() / "image_folder" / f"{p.name}-{key}.npz"
+  if cached.exists():
+    z = np.load(cached, allow_pickle=False)
+    arrays = {"train": (z["train_x"], z["train_y"]), "test": (z["test_x"], z["test_y"])}
+    classes = tuple(str(c) for c in z["classes"])
+  else:
+    arrays, classes = _decode_image_folder(p)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, train_x=arrays["train"][0], train_y=arrays["train"][1],
+             test_x=arrays["test"][0], test_y=arrays["test"][1], classes=np.asarray(classes))
+    tmp.replace(cached)
+  train_x, test_x = _normalise(arrays["train"][0], arrays["test"][0], 255.0)
+  return Dataset(f"image_folder:{path}", train_x, arrays["train"][1], test_x,
+                 arrays["test"][1], len(classes), classes)
+
+
+# ----------------------------------------------------------------------------- entry point
+def load_dataset(name: str, data_dir: Optional[str] = None,
+                 train_subset: int = 0, test_subset: int = 0) -> Dataset:
+  """Loads a dataset by name; `*_subset` > 0 keeps a stratified subset (fixed seed)."""
+  if name == "digits":
+    ds = load_digits(data_dir)
+  elif name.startswith("image_folder:"):
+    ds = load_image_folder(name.split(":", 1)[1])
+  elif name in TFDS_NAMES:
+    ds = load_tfds(name, data_dir)
+  else:
+    raise DatasetError(f"--dataset={name!r} is unknown; allowed: {', '.join(DATASET_CHOICES)}")
+  if train_subset or test_subset:
+    tr = stratified_subset(ds.train_y, train_subset) if train_subset else slice(None)
+    te = stratified_subset(ds.test_y, test_subset) if test_subset else slice(None)
+    ds = dataclasses.replace(
+        ds, train_x=ds.train_x[tr], train_y=ds.train_y[tr], test_x=ds.test_x[te],
+        test_y=ds.test_y[te],
+        train_coarse_y=None if ds.train_coarse_y is None else ds.train_coarse_y[tr],
+        test_coarse_y=None if ds.test_coarse_y is None else ds.test_coarse_y[te])
+  return ds

@@ -1,0 +1,5 @@
+"""Unlearning methods: one registry, one interface (see `base`)."""
+from unlearn_jax.methods.base import (MethodContext, MethodSpec, UnlearnData, get_method,
+                                      list_methods, make_method, register, select_data)
+# Importing the family modules registers their methods.
+from unlearn_jax.methods import baselines  # noqa: F401  (registers methods)

@@ -1,0 +1,195 @@
+"""The method interface: a registry of factories returning pure unlearning functions.
+
+A method is registered with the data it reads (`forget`, `retain`, both, or none),
+its defaults, its paper and the scenarios it is meant for:
+
+    @register("finetune", reads=("retain",), defaults=dict(epochs=5, lr=0.02), ...)
+    def finetune(ctx: MethodContext, *, epochs, lr):
+      def unlearn(variables, data: UnlearnData, key):
+        ...
+        return new_variables, aux
+      return unlearn
+
+`make_method(name, ctx, **overrides)` closes over the hyperparameters and returns the
+pure `unlearn(variables, data, key) -> (variables, aux)`; `aux` is a dict of scalars
+(e.g. `stopped_early` for ascent methods). Methods never jit themselves: the caller
+applies `jax.jit`/`jax.vmap`. `select_data` builds the `UnlearnData` a method may see:
+the fields it did not declare are `None`, so a method cannot read them by accident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from unlearn_jax import train as train_lib
+
+ACCESS_CHOICES = ("forget", "retain")
+
+
+class UnlearnData(NamedTuple):
+  """The data a method may read: `(x, y)` pairs, or None where not declared."""
+  forget: Optional[tuple] = None
+  retain: Optional[tuple] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+  """What a method knows besides data: the model and the task (no examples)."""
+  model: nn.Module
+  num_classes: int
+  input_shape: tuple
+  forget_classes: tuple = ()
+  model_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  name: str
+  factory: Callable
+  reads: tuple
+  defaults: dict
+  paper: str
+  scenarios: tuple
+  summary: str
+
+  def __call__(self, ctx: MethodContext, **overrides):
+    unknown = sorted(set(overrides) - set(self.defaults))
+    if unknown:
+      raise ValueError(f"--{self.name}.{unknown[0]} is not a hyperparameter of {self.name}; "
+                       f"allowed: {', '.join(sorted(self.defaults))}")
+    return self.factory(ctx, **{**self.defaults, **overrides})
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, reads: tuple, defaults: dict, paper: str,
+             scenarios: tuple = ("random", "class", "subclass")):
+  """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`."""
+  bad = [r for r in reads if r not in ACCESS_CHOICES]
+  if bad:
+    raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
+
+  def wrap(factory):
+    summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+    _REGISTRY[name] = MethodSpec(name, factory, tuple(reads), dict(defaults), paper,
+                                 tuple(scenarios), summary)
+    return factory
+
+  return wrap
+
+
+def get_method(name: str) -> MethodSpec:
+  if name not in _REGISTRY:
+    raise ValueError(f"--methods: {name!r} is unknown; allowed: {', '.join(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def list_methods() -> tuple:
+  return tuple(_REGISTRY)
+
+
+def make_method(name: str, ctx: MethodContext, **overrides):
+  return get_method(name)(ctx, **overrides)
+
+
+def select_data(spec: MethodSpec, forget: tuple, retain: tuple) -> UnlearnData:
+  """Only what the method declared: undeclared fields stay None."""
+  return UnlearnData(forget=forget if "forget" in spec.reads else None,
+                     retain=retain if "retain" in spec.reads else None)
+
+
+# ----------------------------------------------------------------------------- helpers
+def sgd(lr: float, momentum: float = 0.9, weight_decay: float = 0.0, grad_clip: float = 0.0,
+        schedule: str = "constant", total_steps: int = 1) -> optax.GradientTransformation:
+  """The optimizer most methods use: clipped SGD with momentum and weight decay."""
+  cfg = train_lib.TrainConfig(epochs=1, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                              schedule=schedule, grad_clip=grad_clip)
+  return train_lib.make_optimizer(cfg, total_steps)
+
+
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool = False):
+  """A gradient step on `loss_fn(variables, batch, key) -> (loss, (batch_stats, metrics))`.
+
+  With `guard`, a step whose loss or new weights are not finite is dropped and the
+  carry's `stopped` flag is set (the run keeps its last finite weights): ascent
+  methods use it so that no NaN/Inf ever leaves them.
+  """
+
+  def step(state: train_lib.TrainState, batch, key):
+    variables = state.variables
+
+    def wrapped(params):
+      return loss_fn({**variables, "params": params}, batch, key)
+
+    (loss, (new_stats, metrics)), grads = jax.value_and_grad(wrapped, has_aux=True)(
+        variables["params"])
+    updates, opt_state = tx.update(grads, state.opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], updates)
+    new_state = train_lib.TrainState({"params": params, "batch_stats": new_stats}, opt_state,
+                                     state.step + 1)
+    metrics = {"loss": loss, **metrics}
+    if guard:
+      finite = jnp.isfinite(loss) & all_finite(params) & all_finite(new_stats)
+      new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+      metrics["nonfinite"] = (~finite).astype(jnp.float32)
+    return new_state, metrics
+
+  return step
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def run_epochs(step, variables, tx, data, key, epochs, batch_size):
+  """Runs `step` for `epochs` over `data` from fresh optimizer state."""
+  state = train_lib.init_train_state(variables, tx)
+  state, history = train_lib.scan_epochs(step, state, data, key, epochs, batch_size)
+  return state.variables, history
+
+
+def sample_batch(data: tuple, key: jax.Array, batch_size: int) -> tuple:
+  """A uniformly sampled batch (with replacement) from `(x, y)`: pairs retain batches
+  with forget batches in the interleaved methods."""
+  n = data[0].shape[0]
+  idx = jax.random.randint(key, (batch_size,), 0, n)
+  return jax.tree_util.tree_map(lambda a: a[idx], data)
+
+
+def ce_loss(model, train: bool = True):
+  """`loss_fn` of mean CE on `(x, y)` for `make_step`."""
+
+  def loss_fn(variables, batch, key):
+    x, y = batch
+    logits, stats = train_lib.forward(model, variables, x, train=train)
+    return train_lib.cross_entropy(logits, y).mean(), (stats, {})
+
+  return loss_fn
+
+
+def random_other_labels(key: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
+  """Labels drawn uniformly from the classes other than y."""
+  shift = jax.random.randint(key, y.shape, 1, num_classes)
+  return (y + shift) % num_classes
+
+
+def finetune_on(model, variables, data, key, *, epochs, lr, batch_size, momentum=0.9,
+                weight_decay=5e-4, schedule="cosine"):
+  """Plain CE fine-tuning of `variables` on `(x, y)` (the repair phase of many methods)."""
+  n = data[0].shape[0]
+  tx = sgd(lr, momentum, weight_decay, schedule=schedule,
+           total_steps=epochs * train_lib.steps_per_epoch(n, batch_size))
+  return run_epochs(make_step(ce_loss(model), tx), variables, tx, data, key, epochs, batch_size)
+
+
+Hparams = dict[str, Any]

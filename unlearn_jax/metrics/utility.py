@@ -1,0 +1,17 @@
+"""Utility metrics: accuracy and per-example losses (pure jnp functions of logits)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+
+def accuracy(logits, labels):
+  """Fraction of argmax(logits) == labels. Ideal: retrain's value (RA, TA high; FA as
+  retrain's, which is ≈ TA for random forgetting and 0 for class forgetting)."""
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def per_example_loss(logits, labels):
+  """CE per example: ℓ_i = −log softmax(z_i)_{y_i}."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -1,0 +1,197 @@
+"""Run artifacts: results.csv/json, the mean ± std summary, plots, splits, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+# results.csv columns, in order; the first seven are the results contract.
+CSV_COLUMNS = ("method", "seed", "retain_acc", "forget_acc", "test_acc", "mia_loss_lr",
+               "seconds", "val_acc", "forget_test_acc", "retain_loss", "forget_loss",
+               "test_loss")
+# Summary table: (column in rows, header).
+SUMMARY_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
+                   ("forget_test_acc", "FTA"), ("mia_loss_lr", "MIA (loss LR)"),
+                   ("seconds", "seconds"))
+
+
+def csv_rows(rows: list) -> list:
+  out = []
+  for r in rows:
+    r = dict(r)
+    r["forget_test_acc"] = r.pop("test_forget_acc", float("nan"))
+    r.pop("val_forget_acc", None)
+    out.append({c: r.get(c, float("nan")) for c in CSV_COLUMNS})
+  return out
+
+
+def write_csv(path: Path, rows: list) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for r in csv_rows(rows):
+      w.writerow({k: (f"{v:.6f}" if isinstance(v, float) and k != "seconds" else
+                      f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def mean_std(values) -> tuple[float, float]:
+  v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
+  if v.size == 0:
+    return float("nan"), float("nan")
+  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def summarize(rows: list) -> dict:
+  """method -> {column: (mean, std)} plus cost_ratio = seconds / retrain seconds."""
+  table = {}
+  for r in csv_rows(rows):
+    table.setdefault(r["method"], []).append(r)
+  out = {}
+  retrain_s = mean_std([r["seconds"] for r in table.get("retrain", [])])[0]
+  for m, rs in table.items():
+    out[m] = {c: mean_std([r[c] for r in rs]) for c, _ in SUMMARY_COLUMNS}
+    out[m]["cost_ratio"] = (out[m]["seconds"][0] / retrain_s, 0.0) if retrain_s else (float("nan"), 0.0)
+  return out
+
+
+def _fmt(mean: float, std: float, pct: bool) -> str:
+  if math.isnan(mean):
+    return "—"
+  if pct:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+  return f"{mean:.2f} ± {std:.2f}"
+
+
+def summary_markdown(summary: dict, num_seeds: int, title: str) -> str:
+  has_fta = any(not math.isnan(v["forget_test_acc"][0]) for v in summary.values())
+  cols = [(c, h) for c, h in SUMMARY_COLUMNS if c != "forget_test_acc" or has_fta]
+  header = ["method"] + [h for _, h in cols] + ["× retrain"]
+  lines = [f"## {title}", "",
+           f"Mean ± std over {num_seeds} seed(s). Accuracies in %. RA/FA/TA: retain, forget, "
+           "test accuracy" + (" (test: retain classes; FTA: forgotten classes' test examples)"
+                               if has_fta else "") +
+           ". The goal is retrain's row, not FA = 0.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for m, v in summary.items():
+    cells = [m] + [_fmt(*v[c], pct=c.endswith("_acc")) for c, _ in cols]
+    cells.append(f"{v['cost_ratio'][0]:.2f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def gap_to_retrain(summary: dict) -> dict:
+  """Mean absolute gap (points) to retrain over RA, FA, TA, MIA: 'closest to retrain'."""
+  ref = summary.get("retrain")
+  if not ref:
+    return {}
+  cols = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
+  return {m: float(np.mean([100 * abs(v[c][0] - ref[c][0]) for c in cols]))
+          for m, v in summary.items() if m not in ("retrain",)}
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_loss_histograms(path: Path, name: str, losses: dict) -> None:
+  """Histogram of forget, test and retain losses of one model (seed 001's figure)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  hi = max(float(np.percentile(np.concatenate([losses[s] for s in ("retain", "forget", "test")]), 99)), 1e-3)
+  bins = np.logspace(np.log10(max(1e-6, min(float(np.min(losses[s])) for s in ("retain", "forget", "test")) + 1e-6)),
+                     np.log10(hi + 1e-6), 40)
+  for split, color in (("retain", "tab:green"), ("forget", "tab:red"), ("test", "tab:blue")):
+    ax.hist(np.clip(losses[split], bins[0], bins[-1]), bins=bins, alpha=0.5, density=True,
+            label=f"{split} (n={losses[split].size})", color=color)
+  ax.set_xscale("log")
+  ax.set_xlabel("per-example cross-entropy loss (log scale)")
+  ax.set_ylabel("density")
+  ax.set_title(f"{name}: losses, seed 0")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_metric_bars(path: Path, summary: dict) -> None:
+  """Bar chart of RA, FA, TA, MIA per method with ± std error bars."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  methods = list(summary)
+  cols = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"), ("mia_loss_lr", "MIA"))
+  width = 0.8 / len(cols)
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) + 2), 4))
+  xs = np.arange(len(methods))
+  for j, (c, label) in enumerate(cols):
+    means = [summary[m][c][0] for m in methods]
+    stds = [summary[m][c][1] for m in methods]
+    ax.bar(xs + (j - 1.5) * width, means, width, yerr=stds, capsize=2, label=label)
+  if "retrain" in summary:
+    ax.axhline(summary["retrain"]["forget_acc"][0], color="k", ls=":", lw=1,
+               label="retrain FA")
+  ax.set_xticks(xs)
+  ax.set_xticklabels(methods, rotation=30, ha="right")
+  ax.set_ylim(0, 1.05)
+  ax.set_ylabel("accuracy / attack accuracy")
+  ax.legend(ncol=5, fontsize=8, loc="lower left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the run dir
+def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool = True,
+              plots: bool = True) -> str:
+  """Writes every artifact of a run into `directory`; returns the summary Markdown."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  write_csv(directory / "results.csv", result.rows)
+  summary = summarize(result.rows)
+  seeds = len({r["seed"] for r in result.rows})
+  title = (f"{result.dataset.name} · {result.info['model']} · {result.split.spec.scenario}"
+           + (f" (classes {','.join(map(str, result.split.spec.forget_classes))})"
+              if result.split.spec.forget_classes else
+              f" ({100 * result.split.spec.forget_fraction:g}% forget)"))
+  md = summary_markdown(summary, seeds, title)
+  gaps = gap_to_retrain(summary)
+  if gaps:
+    ranked = sorted((g, m) for m, g in gaps.items() if m != "original")
+    md += ("\nClosest to retrain (mean |gap| over RA, FA, TA, MIA, points): " +
+           ", ".join(f"{m} {g:.1f}" for g, m in ranked) + "\n")
+  (directory / "summary.md").write_text(md)
+  result.split.save(directory)
+  payload = {
+      "config": config_dict,
+      "recipe": dataclasses.asdict(result.recipe),
+      "hparams": result.hparams,
+      "split": {"spec": dataclasses.asdict(result.split.spec), "sha256": result.split.digests()},
+      "info": result.info,
+      "summary": {m: {c: {"mean": v[0], "std": v[1]} for c, v in cols.items()}
+                  for m, cols in summary.items()},
+      "gap_to_retrain": gaps,
+      "rows": csv_rows(result.rows),
+  }
+  (directory / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+  if plots:
+    (directory / "plots").mkdir(exist_ok=True)
+    for name, per_seed in result.losses.items():
+      plot_loss_histograms(directory / "plots" / f"losses_{name}.png", name, per_seed[0])
+    plot_metric_bars(directory / "plots" / "metrics.png", summary)
+  if save_checkpoints:
+    from unlearn_jax import checkpoint
+    for name, ms in result.model_sets.items():
+      checkpoint.save_variables(directory / "checkpoints" / name, ms.variables)
+  return md
+
+
+def _json_default(o):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)

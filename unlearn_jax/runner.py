@@ -1,0 +1,410 @@
+"""The end-to-end unlearning experiment: data -> split -> original/retrain -> methods ->
+metrics -> report. `experiments/unlearn.py` is a thin absl wrapper around `run`.
+
+Seeds: seed s trains its original from `init_key(s)`; its retrained model starts from
+the same initial weights; each method gets `fold_in(seed_key, crc32(name))`, so a
+method's result does not depend on which other methods run. Seeds are vmapped in
+`scan` loop mode and run one after another in `host` mode (conv models on CPU).
+
+`seconds` is wall time of the execution after compilation, per seed: in vmapped mode
+the batch's time divided by the number of seeds. Compile time is reported separately
+in results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearn_jax import data as data_lib
+from unlearn_jax import methods as methods_lib
+from unlearn_jax import metrics as metrics_lib
+from unlearn_jax import models as models_lib
+from unlearn_jax import train as train_lib
+
+REFERENCE_MODELS = ("original", "retrain")
+
+
+class UsageError(ValueError):
+  """A user mistake: printed as one line, exit status 2, nothing written."""
+
+
+@dataclasses.dataclass
+class ModelSet:
+  """Variables for every seed (leading axis = seed) and how long they took."""
+  name: str
+  variables: dict
+  seconds: float
+  compile_seconds: float = 0.0
+  aux: dict = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- recipes
+def default_model(dataset: data_lib.Dataset) -> str:
+  return "mlp" if dataset.image_size <= 8 else "cnn"
+
+
+def default_recipe(dataset: data_lib.Dataset, model_name: str) -> train_lib.TrainConfig:
+  """Training recipe by model and image size; every field can be overridden."""
+  small = dataset.image_size <= 8
+  if model_name == "mlp":
+    return train_lib.TrainConfig(epochs=30, batch_size=64, lr=0.05)
+  if model_name == "cnn":
+    if small:
+      return train_lib.TrainConfig(epochs=15, batch_size=64, lr=0.05)
+    color = dataset.input_shape[-1] == 3
+    return train_lib.TrainConfig(epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4,
+                                 augment=color)
+  # resnet18: the GPU recipe (SGD momentum, cosine, crop+flip).
+  return train_lib.TrainConfig(epochs=15 if small else 40, batch_size=128, lr=0.1,
+                               weight_decay=5e-4, schedule="cosine",
+                               augment=(not small) and dataset.input_shape[-1] == 3)
+
+
+def resolve_recipe(base: train_lib.TrainConfig, overrides: dict) -> train_lib.TrainConfig:
+  """Applies config overrides; -1, '' and None mean 'keep the recipe's value'."""
+  fields = {f.name for f in dataclasses.fields(base)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise UsageError(f"--config.train.{unknown[0]} is unknown; allowed: {', '.join(sorted(fields))}")
+  chosen = {k: v for k, v in overrides.items() if v is not None and v != "" and v != -1}
+  if "augment" in chosen:
+    chosen["augment"] = bool(chosen["augment"])
+  return dataclasses.replace(base, **chosen)
+
+
+def method_key(seed_key: jax.Array, name: str) -> jax.Array:
+  return jax.random.fold_in(seed_key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+  """Progress lines with throughput and time left."""
+
+  def __init__(self, log: Callable[[str], None], label: str, total_epochs: int,
+               examples_per_epoch: int):
+    self.log, self.label, self.total, self.n = log, label, total_epochs, examples_per_epoch
+    self.start = time.perf_counter()
+    self.last_print = 0.0
+
+  def update(self, done: int, metrics: dict):
+    now = time.perf_counter()
+    elapsed = now - self.start
+    if done < self.total and now - self.last_print < 2.0:
+      return
+    self.last_print = now
+    rate = done * self.n / max(elapsed, 1e-9)
+    left = (self.total - done) * elapsed / max(done, 1)
+    extra = " ".join(f"{k} {float(v):.4f}" for k, v in metrics.items())
+    self.log(f"  {self.label}: epoch {done}/{self.total} {extra} | {rate:,.0f} examples/s | "
+             f"{elapsed:.1f}s elapsed, {left:.1f}s left")
+
+
+# ----------------------------------------------------------------------------- training
+def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, vmapped: bool,
+                     log, label: str) -> ModelSet:
+  """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch."""
+  num_seeds = keys.shape[0]
+  tx = train_lib.make_optimizer(cfg, train_lib.steps_per_epoch(x.shape[0], cfg.batch_size))
+  progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
+  compile_s = 0.0
+  if vmapped:
+    init_state = jax.jit(jax.vmap(lambda v: train_lib.init_train_state(v, tx)))
+    epoch = jax.jit(jax.vmap(
+        lambda st, xx, yy, k: train_lib.train_epochs(model, cfg, st, xx, yy, k, 1),
+        in_axes=(0, None, None, 0)))
+    state = init_state(init_vars)
+    t0 = time.perf_counter()
+    epoch_c = epoch.lower(state, x, y, keys).compile()
+    compile_s = time.perf_counter() - t0
+    progress.start = time.perf_counter()
+    for e in range(cfg.epochs):
+      state, hist = epoch_c(state, x, y, keys)
+      progress.update(e + 1, {k: jnp.mean(v) for k, v in hist.items()})
+    variables = jax.block_until_ready(state.variables)
+  else:
+    states = [train_lib.init_train_state(jax.tree_util.tree_map(lambda a: a[i], init_vars), tx)
+              for i in range(num_seeds)]
+    for e in range(cfg.epochs):
+      hists = []
+      for i in range(num_seeds):
+        states[i], hist = train_lib.train_epochs(model, cfg, states[i], x, y, keys[i], 1)
+        hists.append(hist)
+      progress.update(e + 1, {k: np.mean([float(h[k][0]) for h in hists]) for k in hists[0]})
+    variables = jax.block_until_ready(
+        jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[s.variables for s in states]))
+  seconds = (time.perf_counter() - progress.start) / num_seeds
+  return ModelSet(label, variables, seconds, compile_s)
+
+
+def apply_method(spec, ctx, hparams: dict, variables, data, keys, vmapped: bool) -> ModelSet:
+  """Runs one method on every seed's original; returns the unlearned ModelSet."""
+  fn = spec(ctx, **hparams)
+  num_seeds = keys.shape[0]
+  if vmapped:
+    f = jax.jit(jax.vmap(fn, in_axes=(0, None, 0)))
+    t0 = time.perf_counter()
+    compiled = f.lower(variables, data, keys).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out, aux = jax.block_until_ready(compiled(variables, data, keys))
+    seconds = (time.perf_counter() - t0) / num_seeds
+  else:
+    outs, auxs = [], []
+    t0 = time.perf_counter()
+    for i in range(num_seeds):
+      o, a = fn(jax.tree_util.tree_map(lambda v: v[i], variables), data, keys[i])
+      outs.append(jax.block_until_ready(o))
+      auxs.append(a)
+    seconds = (time.perf_counter() - t0) / num_seeds
+    compile_s = 0.0
+    out = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+    aux = jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(v) for v in a]), *auxs) if auxs[0] else {}
+  leaves_ok = all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree_util.tree_leaves(out))
+  if not leaves_ok:
+    raise FloatingPointError(f"method {spec.name} returned non-finite weights")
+  return ModelSet(spec.name, out, seconds, compile_s,
+                  {k: np.asarray(v).tolist() for k, v in aux.items()})
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model, model_set: ModelSet, arrays: dict, vmapped: bool, eval_batch: int):
+  """Per seed: logits, losses and accuracies on every split; mia_loss_lr."""
+  def per_seed(v):
+    out = {}
+    for split, (x, y) in arrays.items():
+      logits = train_lib.predict(model, v, x, eval_batch)
+      out[split] = (metrics_lib.per_example_loss(logits, y), metrics_lib.accuracy(logits, y))
+    return out
+
+  num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
+  if vmapped:
+    res = jax.jit(jax.vmap(per_seed))(model_set.variables)
+    per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
+  else:
+    f = jax.jit(per_seed)
+    per = [jax.tree_util.tree_map(np.asarray, f(jax.tree_util.tree_map(lambda a: a[i],
+                                                                        model_set.variables)))
+           for i in range(num_seeds)]
+  rows, losses = [], []
+  for i, r in enumerate(per):
+    row = {f"{split}_acc": float(acc) for split, (_, acc) in r.items()}
+    # Non-members of the forget set's own distribution: in the class scenarios the
+    # test examples of the forgotten classes, else the whole test split.
+    nonmember = r["test_forget"][0] if "test_forget" in r else r["test"][0]
+    try:
+      row["mia_loss_lr"] = metrics_lib.mia_loss_lr(r["forget"][0], nonmember, seed=i)
+    except ValueError:
+      row["mia_loss_lr"] = float("nan")
+    for split in ("retain", "forget", "test"):
+      row[f"{split}_loss"] = float(np.mean(r[split][0]))
+    rows.append(row)
+    losses.append({split: loss for split, (loss, _) in r.items()})
+  return rows, losses
+
+
+# ----------------------------------------------------------------------------- workdir
+def prepare_workdir(workdir: str, overwrite: bool) -> tuple[Path, Path]:
+  """Checks the workdir and returns (final path, staging path); writes nothing yet."""
+  final = Path(workdir).expanduser().resolve()
+  if final.exists() and not final.is_dir():
+    raise UsageError(f"--workdir={workdir} is a file; give a directory path")
+  if final.is_dir() and any(final.iterdir()) and not overwrite:
+    raise UsageError(f"--workdir={workdir} already holds files; pass --overwrite to replace "
+                     "them or choose another directory")
+  if not final.parent.exists():
+    raise UsageError(f"--workdir={workdir}: parent directory {final.parent} does not exist")
+  staging = final.parent / f".{final.name}.partial-{int(time.time() * 1e3)}"
+  return final, staging
+
+
+def commit_workdir(staging: Path, final: Path) -> None:
+  """Moves the finished run into place (the only step that touches `final`)."""
+  if final.exists():
+    shutil.rmtree(final)
+  staging.rename(final)
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclasses.dataclass
+class RunResult:
+  rows: list            # one dict per (method, seed): the results.csv rows
+  model_sets: dict      # name -> ModelSet
+  losses: dict          # name -> per-seed {split: per-example losses}
+  split: data_lib.Split
+  dataset: data_lib.Dataset
+  recipe: train_lib.TrainConfig
+  hparams: dict         # method -> hyperparameters used
+  info: dict            # model, loop mode, devices, compile times, wall time
+
+
+def parse_classes(text) -> tuple:
+  if isinstance(text, (tuple, list)):
+    return tuple(int(c) for c in text)
+  text = str(text).strip()
+  if not text:
+    return ()
+  try:
+    return tuple(int(c) for c in text.split(","))
+  except ValueError:
+    raise UsageError(f"--forget_classes={text!r} must be a comma list of class ids, e.g. 3 or 3,5")
+
+
+def resolve_methods(text, scenario: str) -> tuple:
+  names = [m.strip() for m in str(text).split(",") if m.strip()] if text else []
+  if not names:
+    return methods_lib.list_methods()
+  known = methods_lib.list_methods()
+  for m in names:
+    if m in REFERENCE_MODELS:
+      raise UsageError(f"--methods: {m!r} is always run as a reference; list unlearning "
+                       f"methods only ({', '.join(known)})")
+    if m not in known:
+      raise UsageError(f"--methods: {m!r} is unknown; allowed: {', '.join(known)}")
+  return tuple(dict.fromkeys(names))
+
+
+def validate(cfg) -> None:
+  """Checks everything that needs no data; raises UsageError naming the flag."""
+  name = cfg.dataset
+  if not (name in data_lib.TFDS_NAMES or name == "digits" or name.startswith("image_folder:")):
+    raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
+  if cfg.model and cfg.model not in models_lib.MODEL_CHOICES:
+    raise UsageError(f"--model={cfg.model!r} is unknown; allowed: {', '.join(models_lib.MODEL_CHOICES)}")
+  if cfg.scenario not in data_lib.SCENARIOS:
+    raise UsageError(f"--scenario={cfg.scenario!r} is unknown; allowed: {', '.join(data_lib.SCENARIOS)}")
+  if cfg.scenario == "random" and not 0.0 < float(cfg.forget_fraction) < 1.0:
+    raise UsageError(f"--forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
+  if cfg.seeds < 1:
+    raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
+  if cfg.loop not in ("auto",) + train_lib.LOOP_MODES:
+    raise UsageError(f"--loop={cfg.loop!r} is unknown; allowed: auto, scan, host")
+  resolve_methods(cfg.methods, cfg.scenario)
+  parse_classes(cfg.forget_classes)
+
+
+def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunResult:
+  """Runs the experiment described by `cfg` (see experiments/configs/default.py).
+
+  Pure computation plus logging: writing the run directory is `report.write_run`'s job.
+  """
+  t_start = time.perf_counter()
+  validate(cfg)
+  method_names = resolve_methods(cfg.methods, cfg.scenario)
+  try:
+    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir or None, cfg.train_subset,
+                               cfg.test_subset)
+  except data_lib.DatasetError as e:
+    raise UsageError(str(e)) from e
+  train_fine = test_fine = None
+  if cfg.scenario == "subclass":
+    if ds.train_coarse_y is None:
+      raise UsageError(f"--scenario=subclass needs a dataset with coarse labels (cifar100); "
+                       f"--dataset={cfg.dataset} has one label set")
+    train_fine, test_fine = ds.train_y, ds.test_y
+    ds = dataclasses.replace(ds, train_y=ds.train_coarse_y, test_y=ds.test_coarse_y,
+                             num_classes=ds.num_coarse_classes)
+  spec = data_lib.SplitSpec(cfg.scenario, float(cfg.forget_fraction),
+                            parse_classes(cfg.forget_classes), bool(cfg.stratified),
+                            int(cfg.split_seed))
+  try:
+    split = data_lib.make_split(spec, ds.train_y, ds.test_y, ds.num_classes, train_fine,
+                                test_fine)
+  except data_lib.SplitError as e:
+    raise UsageError(str(e)) from e
+  model_name = cfg.model or default_model(ds)
+  model = models_lib.get_model(model_name, ds.num_classes)
+  recipe = resolve_recipe(default_recipe(ds, model_name), dict(cfg.train))
+  mode = train_lib.default_loop_mode(model_name) if cfg.loop == "auto" else cfg.loop
+  vmapped = mode == "scan"
+  hparams = {}
+  for m in method_names:
+    mspec = methods_lib.get_method(m)
+    given = dict(method_hparams.get(m, {}))
+    unknown = sorted(set(given) - set(mspec.defaults))
+    if unknown:
+      raise UsageError(f"--{m}.{unknown[0]} is not a hyperparameter of {m}; allowed: "
+                       f"{', '.join(sorted(mspec.defaults))}")
+    hparams[m] = {**mspec.defaults, **given}
+    if cfg.scenario not in mspec.scenarios:
+      log(f"note: {m} is not meant for the {cfg.scenario} scenario "
+          f"(meant for: {', '.join(mspec.scenarios)}); running it anyway")
+
+  log(f"dataset {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
+      f"{ds.num_classes} classes, input {ds.input_shape}")
+  log(f"split {spec.scenario}: forget {split.forget.size}, retain {split.retain.size}, "
+      f"val {split.val.size}, test {split.test.size}"
+      + (f", forget-class test {split.test_forget.size}" if split.test_forget.size else ""))
+  log(f"model {model_name}, {cfg.seeds} seed(s), loop mode {mode} "
+      f"({'seeds vmapped' if vmapped else 'seeds in sequence'}), backend {jax.default_backend()}")
+  log(f"recipe: {recipe}")
+
+  x_train = jnp.asarray(ds.train_x)
+  y_train = jnp.asarray(ds.train_y)
+  take = lambda idx: (x_train[idx], y_train[idx])
+  forget, retain = take(split.forget), take(split.retain)
+  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
+  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+  init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
+      init_keys)
+
+  model_sets = {}
+  with train_lib.loop_mode(mode):
+    log("training original (all of train)")
+    model_sets["original"] = train_population(
+        model, recipe, init_vars, x_train, y_train,
+        jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), vmapped, log, "original")
+    log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
+    log("training retrain (retain only, same recipe and initial weights)")
+    model_sets["retrain"] = train_population(
+        model, recipe, init_vars, retain[0], retain[1],
+        jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), vmapped, log, "retrain")
+    retrain_s = model_sets["retrain"].seconds
+    log(f"  retrain: {retrain_s:.2f}s per seed")
+    ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
+                                    spec.forget_classes if cfg.scenario == "class" else (),
+                                    model_name)
+    for m in method_names:
+      mspec = methods_lib.get_method(m)
+      keys = jax.vmap(lambda k: method_key(k, m))(seed_keys)
+      data = methods_lib.select_data(mspec, forget, retain)
+      ms = apply_method(mspec, ctx, hparams[m], model_sets["original"].variables, data, keys,
+                        vmapped)
+      model_sets[m] = ms
+      flags = {k: v for k, v in ms.aux.items() if k in ("stopped_early",) and any(np.ravel(v))}
+      log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
+          f"retrain)" + (f", compile {ms.compile_seconds:.1f}s" if ms.compile_seconds else "")
+          + (f" [{m} stopped early on seeds {flags}]" if flags else ""))
+
+  arrays = {"retain": retain, "forget": forget, "val": take_test(ds, split.val),
+            "test": take_test(ds, split.test)}
+  if split.test_forget.size:
+    arrays["val_forget"] = take_test(ds, split.val_forget)
+    arrays["test_forget"] = take_test(ds, split.test_forget)
+  log("evaluating")
+  rows, losses = [], {}
+  with train_lib.loop_mode(mode):
+    for name, ms in model_sets.items():
+      metric_rows, losses[name] = evaluate(model, ms, arrays, vmapped, cfg.eval_batch_size)
+      for i, r in enumerate(metric_rows):
+        rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
+  info = {"model": model_name, "loop_mode": mode, "seeds_vmapped": vmapped,
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "jax_version": jax.__version__,
+          "compile_seconds": {k: v.compile_seconds for k, v in model_sets.items()},
+          "aux": {k: v.aux for k, v in model_sets.items() if v.aux},
+          "wall_seconds": time.perf_counter() - t_start}
+  return RunResult(rows, model_sets, losses, split, ds, recipe, hparams, info)
+
+
+def take_test(ds: data_lib.Dataset, idx: np.ndarray):
+  return jnp.asarray(ds.test_x[idx]), jnp.asarray(ds.test_y[idx])
