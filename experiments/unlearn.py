@@ -20,8 +20,45 @@ from unlearn_jax import methods as methods_lib
 from unlearn_jax import report, runner
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                          "ml_collections config file.", lock_config=True)
+
+
+def _bad_dotted_flag(error: Exception) -> None:
+  """ml_collections parses `--x.y=v` overrides while the flags are *defined*; an unknown
+  or mistyped field raises there. Name the flag and what is allowed, then exit 2."""
+  for arg in sys.argv[1:]:
+    name = arg.lstrip("-").split("=", 1)[0]
+    head, _, field = name.partition(".")
+    if not field:
+      continue
+    if head in methods_lib.list_methods():
+      defaults = methods_lib.get_method(head).defaults
+      if field not in defaults:
+        print(f"error: --{name} is not a hyperparameter of {head}; allowed: "
+              f"{', '.join(sorted(defaults))}", file=sys.stderr)
+        sys.exit(2)
+    if head == "config":
+      hint = " ".join(str(error.args[0] if error.args else error)
+                      .replace("\\'", "").replace("'", "").replace("\\n", " ").split())
+      print(f"error: --{name} cannot be set ({hint}); the fields are in "
+            "experiments/configs/default.py", file=sys.stderr)
+      sys.exit(2)
+  print(f"error: could not parse the flags: {type(error).__name__}: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
+try:
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                            "ml_collections config file.", lock_config=True)
+  # One config-dict flag per method: --finetune.lr=0.05, --random_label.variant=hybrid, ...
+  _METHOD_FLAGS = {
+      name: config_flags.DEFINE_config_dict(
+          name, config_dict.ConfigDict(methods_lib.get_method(name).defaults),
+          f"hyperparameters of {name}")
+      for name in methods_lib.list_methods()
+  }
+except (AttributeError, KeyError, TypeError, ValueError) as e:
+  _bad_dotted_flag(e)
+
 # Top-level flags override the config file's fields when given.
 flags.DEFINE_string("dataset", None, "digits | image_folder:PATH | cifar10 | cifar100 | "
                     "mnist | fashion_mnist | svhn_cropped")
@@ -41,13 +78,16 @@ flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdi
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
               "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop")
 
-# One config-dict flag per method: --finetune.lr=0.05, --random_label.variant=hybrid, ...
-_METHOD_FLAGS = {
-    name: config_flags.DEFINE_config_dict(
-        name, config_dict.ConfigDict(methods_lib.get_method(name).defaults),
-        f"hyperparameters of {name}")
-    for name in methods_lib.list_methods()
-}
+
+def parse_flags(argv):
+  """absl's parser, with a parse failure turned into one line naming the flag."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _bad_dotted_flag(e)
+  sys.exit(2)
 
 
 def build_config():
@@ -97,4 +137,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

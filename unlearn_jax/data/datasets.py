@@ -109,7 +109,11 @@ def _read_source(source, keys):
   out = {k: [] for k in keys}
   n = len(source)
   for start in range(0, n, 4096):
-    records = source.__getitems__(list(range(start, min(n, start + 4096))))
+    keys_ = list(range(start, min(n, start + 4096)))
+    try:
+      records = source.__getitems__(keys_)
+    except TypeError:  # tfds.testing.mock_data's sources only index one record at a time
+      records = [source[i] for i in keys_]
     for r in records:
       for k in keys:
         out[k].append(np.asarray(r[k]))

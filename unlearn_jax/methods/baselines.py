@@ -95,8 +95,9 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
                  repair_epochs, repair_lr):
   """Random-label (label poisoning) unlearning: train D_f towards wrong labels.
 
-  Each forget example gets a label drawn uniformly from the other classes (fresh per
-  step). Variants (seed 004):
+  Each forget example gets one wrong label ỹ drawn uniformly from the other classes
+  (once per run, as in Amnesiac ML: labels redrawn every step average out and the
+  model keeps the true ones). Variants (seed 004):
     * `interleaved` (default): each step minimises CE(D_f batch, ỹ) + w·CE(D_r batch, y)
       on paired batches; E epochs over D_f. Without the retain batches accuracy collapses.
     * `forget_only`: CE(D_f, ỹ) alone (seed 004: 1 epoch, lr 7e-4).
@@ -111,45 +112,38 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
   model, C = ctx.model, ctx.num_classes
 
   def poisoned_ce(variables, batch, key):
-    x, y = batch
+    x, y_wrong = batch
     logits, stats = train_lib.forward(model, variables, x, train=True)
-    return train_lib.cross_entropy(logits, random_other_labels(key, y, C)).mean(), (stats, {})
+    return train_lib.cross_entropy(logits, y_wrong).mean(), (stats, {})
 
   def interleaved_loss(retain):
     def loss_fn(variables, batch, key):
-      kf, kr = jax.random.split(key)
-      xf, yf = batch
-      xr, yr = sample_batch(retain, kr, batch_size)
+      xf, yf_wrong = batch
+      xr, yr = sample_batch(retain, key, batch_size)
       logits, stats = train_lib.forward(model, variables, jnp.concatenate([xf, xr]), train=True)
-      lf = train_lib.cross_entropy(logits[: xf.shape[0]], random_other_labels(kf, yf, C))
+      lf = train_lib.cross_entropy(logits[: xf.shape[0]], yf_wrong)
       lr_ = train_lib.cross_entropy(logits[xf.shape[0]:], yr)
       return lf.mean() + retain_weight * lr_.mean(), (stats, {})
     return loss_fn
 
-  def whole_loss(variables, batch, key):
-    x, y, is_forget = batch
-    logits, stats = train_lib.forward(model, variables, x, train=True)
-    target = jnp.where(is_forget, random_other_labels(key, y, C), y)
-    return train_lib.cross_entropy(logits, target).mean(), (stats, {})
-
   def unlearn(variables, data: UnlearnData, key):
-    k1, k2 = jax.random.split(key)
+    k_label, k1, k2 = jax.random.split(key, 3)
+    xf, yf = data.forget
+    poisoned = (xf, random_other_labels(k_label, yf, C))
     tx = sgd(lr, momentum=0.9)
     if variant == "interleaved":
       variables, _ = run_epochs(make_step(interleaved_loss(data.retain), tx), variables, tx,
-                                data.forget, k1, epochs, batch_size)
+                                poisoned, k1, epochs, batch_size)
     elif variant in ("forget_only", "hybrid"):
-      variables, _ = run_epochs(make_step(poisoned_ce, tx), variables, tx, data.forget, k1,
+      variables, _ = run_epochs(make_step(poisoned_ce, tx), variables, tx, poisoned, k1,
                                 epochs, batch_size)
       if variant == "hybrid":
         variables, _ = finetune_on(model, variables, data.retain, k2, epochs=repair_epochs,
                                    lr=repair_lr, batch_size=batch_size)
-    else:  # whole
-      xf, yf = data.forget
+    else:  # whole: D_f (poisoned) ∪ D_r
       xr, yr = data.retain
-      both = (jnp.concatenate([xf, xr]), jnp.concatenate([yf, yr]),
-              jnp.concatenate([jnp.ones(len(yf), bool), jnp.zeros(len(yr), bool)]))
-      variables, _ = run_epochs(make_step(whole_loss, tx), variables, tx, both, k1, epochs,
+      both = (jnp.concatenate([xf, xr]), jnp.concatenate([poisoned[1], yr]))
+      variables, _ = run_epochs(make_step(poisoned_ce, tx), variables, tx, both, k1, epochs,
                                 batch_size)
     return variables, {}
 

@@ -1,0 +1,19 @@
+"""Shared fixtures: the real digits dataset and a small split over it."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+@pytest.fixture(scope="session")
+def digits():
+  from unlearn_jax.data import load_dataset
+  return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_split(digits):
+  from unlearn_jax.data import SplitSpec, make_split
+  return make_split(SplitSpec("random", 0.1, seed=0), digits.train_y, digits.test_y, 10)

@@ -1,0 +1,95 @@
+"""The CLI end to end: a real run, reproducibility, and every bad input."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--seeds=2", "--config.train.epochs=6", "--finetune.epochs=2",
+         "--random_label.epochs=2", "--neggrad.epochs=2"]
+
+
+def run_cli(*args, cwd=ROOT):
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  return subprocess.run([sys.executable, "-m", "experiments.unlearn", *args], cwd=cwd,
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def read_rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("runs")
+  out = []
+  for i in range(2):
+    r = run_cli(*SMALL, f"--workdir={base / f'run{i}'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out.append((base / f"run{i}", r))
+  return out
+
+
+def test_run_writes_every_artifact(two_runs):
+  run, proc = two_runs[0]
+  for name in ("results.csv", "results.json", "summary.md", "splits.npz", "splits.json",
+               "plots/metrics.png", "plots/losses_original.png", "plots/losses_finetune.png",
+               "checkpoints/original", "checkpoints/retrain", "checkpoints/random_label"):
+    assert (run / name).exists(), name
+  rows = read_rows(run / "results.csv")
+  assert {r["method"] for r in rows} == {"original", "retrain", "finetune", "neggrad",
+                                         "random_label"}
+  assert len(rows) == 10
+  assert "| method | RA | FA | TA |" in proc.stdout and "epoch 6/6" in proc.stdout
+  assert "examples/s" in proc.stdout and "left" in proc.stdout
+  check = subprocess.run([sys.executable, str(ROOT.parent / "shared/tools/check_run.py"),
+                          str(run), "foundation"], capture_output=True, text=True)
+  if (ROOT.parent / "shared/tools/check_run.py").exists():
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_same_flags_same_results(two_runs):
+  (a, _), (b, _) = two_runs
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+  assert strip(read_rows(a / "results.csv")) == strip(read_rows(b / "results.csv"))
+  assert (a / "splits.json").read_text() == (b / "splits.json").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dataset=imagenet"], "--dataset='imagenet' is unknown; allowed: digits"),
+    (["--model=vit"], "--model='vit' is unknown; allowed: mlp, cnn, resnet18"),
+    (["--methods=finetune,magic"], "--methods: 'magic' is unknown; allowed: finetune"),
+    (["--scenario=sideways"], "--scenario='sideways' is unknown; allowed: random, class, subclass"),
+    (["--forget_fraction=1.5"], "--forget_fraction=1.5 must lie strictly between 0 and 1"),
+    (["--forget_fraction=0"], "--forget_fraction=0.0 must lie strictly between 0 and 1"),
+    (["--scenario=class", "--forget_classes=11"], "[11] outside the dataset's classes 0..9"),
+    (["--scenario=class"], "needs --forget_classes"),
+    (["--forget_fraction=0.0001"], "the forget set is empty"),
+    (["--finetune.alpha=3"], "finetune"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, needle):
+  workdir = tmp_path / "run"
+  r = run_cli(*args, f"--workdir={workdir}")
+  assert r.returncode != 0
+  assert needle in r.stderr, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert not workdir.exists() and not any(tmp_path.iterdir())
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  f = tmp_path / "file"
+  f.write_text("x")
+  r = run_cli(f"--workdir={f}")
+  assert r.returncode == 2 and "is a file" in r.stderr and f.read_text() == "x"
+
+
+def test_nonempty_workdir_needs_overwrite(tmp_path):
+  (tmp_path / "keep.txt").write_text("x")
+  r = run_cli(f"--workdir={tmp_path}")
+  assert r.returncode == 2 and "--overwrite" in r.stderr
+  assert (tmp_path / "keep.txt").exists()
