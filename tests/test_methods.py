@@ -87,3 +87,33 @@ def test_random_label_rejects_unknown_variant(setup):
   *_, ctx = setup
   with pytest.raises(ValueError, match="allowed: interleaved, forget_only, whole, hybrid"):
     methods.make_method("random_label", ctx, variant="mixed")
+
+
+def test_salun_masked_weights_stay_bitwise(setup):
+  m, v, forget, retain, ctx = setup
+  from unlearn_jax.methods.surgery import saliency_mask
+  mask = saliency_mask(m, v, forget, 64, 0.5)
+  fn = methods.make_method("salun", ctx, epochs=2)
+  out, aux = jax.jit(fn)(v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
+  for keep, new, old in zip(jax.tree_util.tree_leaves(mask),
+                            jax.tree_util.tree_leaves(out["params"]),
+                            jax.tree_util.tree_leaves(v["params"])):
+    np.testing.assert_array_equal(np.asarray(new)[~np.asarray(keep)],
+                                  np.asarray(old)[~np.asarray(keep)])
+    assert np.any(np.asarray(new)[np.asarray(keep)] != np.asarray(old)[np.asarray(keep)])
+  total = sum(x.size for x in jax.tree_util.tree_leaves(v["params"]))
+  assert abs(int(aux["salient_weights"]) / total - 0.5) < 0.01
+
+
+def test_ssd_fisher_importance_is_the_mean_squared_per_example_gradient(setup):
+  m, v, forget, retain, ctx = setup
+  from unlearn_jax.methods.surgery import _ce_grad, weight_importance
+  x, y = forget[0][:8], forget[1][:8]
+  fisher = weight_importance(m, v, (x, y), 8, "fisher")
+  by_hand = jax.tree_util.tree_map(
+      lambda *g: jnp.mean(jnp.stack([gi ** 2 for gi in g]), 0),
+      *[_ce_grad(m, v, x[i:i + 1], y[i:i + 1]) for i in range(8)])
+  chex.assert_trees_all_close(fisher, by_hand, rtol=1e-4, atol=1e-10)
+  out, aux = jax.jit(methods.make_method("ssd", ctx, importance="fisher"))(
+      v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
+  chex.assert_tree_all_finite(out)

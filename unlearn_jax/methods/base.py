@@ -114,8 +114,14 @@ def sgd(lr: float, momentum: float = 0.9, weight_decay: float = 0.0, grad_clip: 
   return train_lib.make_optimizer(cfg, total_steps)
 
 
-def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool = False):
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool = False,
+              with_step: bool = False, mask=None):
   """A gradient step on `loss_fn(variables, batch, key) -> (loss, (batch_stats, metrics))`.
+
+  `with_step` passes the step counter as a fourth argument (for schedules inside the
+  loss, e.g. l1_sparse's decaying α_t). `mask` (a params-shaped tree of bools) keeps
+  every weight where it is False bitwise unchanged: applied after the whole optimizer,
+  i.e. after weight decay and momentum (SalUn).
 
   With `guard`, a step whose loss or new weights are not finite is dropped and the
   carry's `stopped` flag is set (the run keeps its last finite weights): ascent
@@ -126,12 +132,15 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool =
     variables = state.variables
 
     def wrapped(params):
-      return loss_fn({**variables, "params": params}, batch, key)
+      v = {**variables, "params": params}
+      return loss_fn(v, batch, key, state.step) if with_step else loss_fn(v, batch, key)
 
     (loss, (new_stats, metrics)), grads = jax.value_and_grad(wrapped, has_aux=True)(
         variables["params"])
     updates, opt_state = tx.update(grads, state.opt_state, variables["params"])
     params = optax.apply_updates(variables["params"], updates)
+    if mask is not None:
+      params = jax.tree_util.tree_map(jnp.where, mask, params, variables["params"])
     new_state = train_lib.TrainState({"params": params, "batch_stats": new_stats}, opt_state,
                                      state.step + 1)
     metrics = {"loss": loss, **metrics}
@@ -190,6 +199,39 @@ def finetune_on(model, variables, data, key, *, epochs, lr, batch_size, momentum
   tx = sgd(lr, momentum, weight_decay, schedule=schedule,
            total_steps=epochs * train_lib.steps_per_epoch(n, batch_size))
   return run_epochs(make_step(ce_loss(model), tx), variables, tx, data, key, epochs, batch_size)
+
+
+def fixed_batches(data: tuple, batch_size: int) -> tuple:
+  """`data` reshaped to [num_batches, batch_size, ...] in order (last batch wraps)."""
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+  idx = jnp.resize(jnp.arange(n), (train_lib.steps_per_epoch(n, batch_size) * batch_size,))
+  idx = idx.reshape(-1, batch_size)
+  return jax.tree_util.tree_map(lambda a: a[idx], data)
+
+
+def batched_mean(fn: Callable, data: tuple, batch_size: int):
+  """mean over fixed-order batches of `fn(batch)` (a pytree), via `lax.map`.
+
+  The weights `fn` closes over are loop-invariant here, so XLA:CPU keeps its fast
+  convolutions (the slowdown of jax-ml/jax#12868 needs loop-carried kernels).
+  """
+  out = jax.lax.map(fn, fixed_batches(data, batch_size))
+  return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
+
+
+def kl_divergence(teacher_logits, student_logits, tau: float = 1.0):
+  """Mean over the batch of τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) (Hinton's scaling)."""
+  p_log = jax.nn.log_softmax(teacher_logits / tau)
+  q_log = jax.nn.log_softmax(student_logits / tau)
+  return (tau ** 2) * jnp.mean(jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1))
+
+
+def subsample(data: tuple, key: jax.Array, fraction: float, minimum: int = 1) -> tuple:
+  """A random subset (without replacement) of a static size round(fraction·n)."""
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+  k = int(min(n, max(minimum, round(fraction * n))))
+  idx = jax.random.choice(key, n, (k,), replace=False)
+  return jax.tree_util.tree_map(lambda a: a[idx], data)
 
 
 Hparams = dict[str, Any]
