@@ -96,6 +96,20 @@ class Progress:
     self.start = time.perf_counter()
     self.last_print = 0.0
 
+  def batch(self, epoch: int, seed: int, num_seeds: int, batch: int, num_batches: int):
+    """Host mode: a line at most every 20 s inside long epochs."""
+    now = time.perf_counter()
+    if now - self.last_print < 20.0 or batch == num_batches:
+      return
+    self.last_print = now
+    done = epoch + (seed + batch / num_batches) / num_seeds
+    elapsed = now - self.start
+    rate = done * self.n / max(elapsed, 1e-9)
+    left = (self.total - done) * elapsed / max(done, 1e-9)
+    self.log(f"  {self.label}: epoch {epoch + 1}/{self.total}, seed {seed + 1}/{num_seeds}, "
+             f"batch {batch}/{num_batches} | {rate:,.0f} examples/s | {elapsed:.1f}s elapsed, "
+             f"{left:.1f}s left")
+
   def update(self, done: int, metrics: dict):
     now = time.perf_counter()
     elapsed = now - self.start
@@ -137,7 +151,9 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
     for e in range(cfg.epochs):
       hists = []
       for i in range(num_seeds):
-        states[i], hist = train_lib.train_epochs(model, cfg, states[i], x, y, keys[i], 1)
+        with train_lib.on_host_batch(
+            lambda b, nb, e=e, i=i: progress.batch(e, i, num_seeds, b, nb)):
+          states[i], hist = train_lib.train_epochs(model, cfg, states[i], x, y, keys[i], 1)
         hists.append(hist)
       progress.update(e + 1, {k: np.mean([float(h[k][0]) for h in hists]) for k in hists[0]})
     variables = jax.block_until_ready(

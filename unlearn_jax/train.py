@@ -132,6 +132,18 @@ def epoch_indices(key: jax.Array, n: int, batch_size: int) -> jax.Array:
 
 LOOP_MODES = ("scan", "host")
 _loop_mode = ["scan"]
+_batch_callback = [None]
+
+
+@contextlib.contextmanager
+def on_host_batch(callback):
+  """In `host` mode, calls `callback(batch_index, num_batches)` after every step
+  (progress lines inside long CPU epochs)."""
+  previous, _batch_callback[0] = _batch_callback[0], callback
+  try:
+    yield
+  finally:
+    _batch_callback[0] = previous
 
 
 def get_loop_mode() -> str:
@@ -171,6 +183,8 @@ def _host_epochs(step_fn, carry, data, key, num_epochs, batch_size, first_epoch)
     for b in range(idx.shape[0]):
       carry, m = run_batch(carry, data, idx[b], bkeys[b])
       metrics.append(m)
+      if _batch_callback[0] is not None:
+        _batch_callback[0](b + 1, idx.shape[0])
     history.append(jax.tree_util.tree_map(lambda *ms: jnp.mean(jnp.stack(ms)), *metrics))
   if not history:
     return carry, None
