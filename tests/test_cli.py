@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--seeds=2", "--config.train.epochs=6", "--finetune.epochs=2",
-         "--random_label.epochs=2", "--neggrad.epochs=2"]
+SMALL = ["--seeds=2", "--config.train.epochs=6", "--methods=finetune,neggrad,random_label",
+         "--finetune.epochs=2", "--random_label.epochs=2", "--neggrad.epochs=2"]
 
 
 def run_cli(*args, cwd=ROOT):
@@ -38,6 +38,7 @@ def two_runs(tmp_path_factory):
 def test_run_writes_every_artifact(two_runs):
   run, proc = two_runs[0]
   for name in ("results.csv", "results.json", "summary.md", "splits.npz", "splits.json",
+               "losses.npz",
                "plots/metrics.png", "plots/losses_original.png", "plots/losses_finetune.png",
                "checkpoints/original", "checkpoints/retrain", "checkpoints/random_label"):
     assert (run / name).exists(), name
@@ -93,3 +94,9 @@ def test_nonempty_workdir_needs_overwrite(tmp_path):
   r = run_cli(f"--workdir={tmp_path}")
   assert r.returncode == 2 and "--overwrite" in r.stderr
   assert (tmp_path / "keep.txt").exists()
+
+
+def test_default_methods_are_every_registered_method():
+  from unlearn_jax import methods, runner
+  assert runner.resolve_methods("", "random") == methods.list_methods()
+  assert runner.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")

@@ -165,6 +165,10 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
            ", ".join(f"{m} {g:.1f}" for g, m in ranked) + "\n")
   (directory / "summary.md").write_text(md)
   result.split.save(directory)
+  # Per-example CE losses of every model and seed, for attacks computed later.
+  np.savez_compressed(directory / "losses.npz", **{
+      f"{name}/{split}": np.stack([seed_losses[split] for seed_losses in per_seed])
+      for name, per_seed in result.losses.items() for split in per_seed[0]})
   payload = {
       "config": config_dict,
       "recipe": dataclasses.asdict(result.recipe),
