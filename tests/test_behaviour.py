@@ -12,8 +12,9 @@ import pytest
 from experiments.configs import default
 from unlearn_jax import methods, report, runner
 
-CLASS_FORGETTERS = ("random_label", "ssd", "l1_sparse", "salun", "reinit", "scrub")
-RANDOM_OVERSHOOT = ("random_label", "salun")
+CLASS_FORGETTERS = ("random_label", "ssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
+                    "boundary_shrink", "boundary_expand")
+RANDOM_OVERSHOOT = ("random_label", "salun", "boundary_shrink")
 
 
 def _run(scenario):

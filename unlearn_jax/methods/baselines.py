@@ -220,3 +220,87 @@ def l1_sparse(ctx: MethodContext, *, alpha, epochs, lr, batch_size, momentum):
     return variables, {}
 
   return unlearn
+
+
+def _fgsm_labels(model, variables, x, y, eps):
+  """Nearest wrong label: argmax over the other classes of f(x + ε·sign ∇x CE)."""
+  def loss(xx):
+    return train_lib.cross_entropy(model.apply(variables, xx, train=False), y).sum()
+  x_adv = x + eps * jnp.sign(jax.grad(loss)(x))
+  logits = model.apply(variables, x_adv, train=False)
+  logits = jnp.where(jax.nn.one_hot(y, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+  return jnp.argmax(logits, -1)
+
+
+@register("boundary_shrink", reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
+          defaults=dict(eps=0.1, epochs=5, lr=0.01, batch_size=64))
+def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
+  """Boundary shrinking: relabel each forget example with its nearest wrong class.
+
+  y_adv = argmax_{j≠y} f_θ0(x + ε·sign ∇x CE(f_θ0(x), y)) (FGSM on the original model,
+  computed once); then minimise CE(f_θ(x_f), y_adv) with SGD momentum.
+  Reads: forget. Defaults: ε 0.1 (inputs are standardised), 5 epochs, lr 0.01, batch 64.
+  Limits (digits MLP, 3 seeds): forgets a class (FA 0%, RA 98.6%); in the 10% random
+  scenario it overshoots (FA 65% vs retrain's 98.7%, RA 66%): it reads no retain data.
+  """
+  model = ctx.model
+
+  def unlearn(variables, data: UnlearnData, key):
+    xf, yf = data.forget
+    y_adv = _fgsm_labels(model, variables, xf, yf, eps)
+
+    def loss_fn(v, batch, k):
+      x, y = batch
+      logits, stats = train_lib.forward(model, v, x, train=True)
+      return train_lib.cross_entropy(logits, y).mean(), (stats, {})
+
+    tx = sgd(lr, momentum=0.9)
+    out, _ = run_epochs(make_step(loss_fn, tx), variables, tx, (xf, y_adv), key, epochs,
+                        batch_size)
+    return out, {}
+
+  return unlearn
+
+
+def _head_name(params):
+  return [k for k in params if not k.startswith("bn")][-1]
+
+
+@register("boundary_expand", reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
+          defaults=dict(epochs=5, lr=0.002, batch_size=64))
+def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
+  """Boundary expanding: send D_f to an extra "shadow" class, then delete it.
+
+  The classifier head gets a (K+1)-th output (fresh weights, zero bias); minimise
+  CE(f_θ(x_f), K) with SGD momentum so the forget examples move into the shadow
+  class's region; finally drop the shadow output (the K original outputs remain).
+  Reads: forget. Defaults: 5 epochs, lr 0.002, batch 64 (at lr 0.01 the digits MLP
+  loses 21 points of retain accuracy).
+  """
+  C = ctx.num_classes
+  wide = ctx.model.clone(num_classes=C + 1)
+
+  def unlearn(variables, data: UnlearnData, key):
+    k_init, k_run = jax.random.split(key)
+    head = _head_name(variables["params"])
+    old = variables["params"][head]
+    extra = jax.random.normal(k_init, old["kernel"].shape[:-1] + (1,)) * jnp.std(old["kernel"])
+    params = {**variables["params"],
+              head: {"kernel": jnp.concatenate([old["kernel"], extra], -1),
+                     "bias": jnp.concatenate([old["bias"], jnp.zeros((1,), old["bias"].dtype)])}}
+    xf, _ = data.forget
+    shadow = (xf, jnp.full(xf.shape[:1], C, jnp.int32))
+
+    def loss_fn(v, batch, k):
+      x, y = batch
+      logits, stats = train_lib.forward(wide, v, x, train=True)
+      return train_lib.cross_entropy(logits, y).mean(), (stats, {})
+
+    tx = sgd(lr, momentum=0.9)
+    out, _ = run_epochs(make_step(loss_fn, tx), {**variables, "params": params}, tx, shadow,
+                        k_run, epochs, batch_size)
+    h = out["params"][head]
+    narrowed = {**out["params"], head: {"kernel": h["kernel"][..., :C], "bias": h["bias"][:C]}}
+    return {**out, "params": narrowed}, {}
+
+  return unlearn
