@@ -6,8 +6,9 @@ its defaults, its paper and the scenarios it is meant for:
     @register("finetune", reads=("retain",), defaults=dict(epochs=5, lr=0.02), ...)
     def finetune(ctx: MethodContext, *, epochs, lr):
       def unlearn(variables, data: UnlearnData, key):
-        ...
-        return new_variables, aux
+        new_variables, history = finetune_on(ctx.model, variables, data.retain, key,
+                                             epochs=epochs, lr=lr, batch_size=64)
+        return new_variables, {"final_loss": history["loss"][-1]}
       return unlearn
 
 `make_method(name, ctx, **overrides)` closes over the hyperparameters and returns the
