@@ -101,15 +101,19 @@ def plot_loss_histograms(path: Path, name: str, losses: dict) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 3.6))
-  hi = max(float(np.percentile(np.concatenate([losses[s] for s in ("retain", "forget", "test")]), 99)), 1e-3)
-  bins = np.logspace(np.log10(max(1e-6, min(float(np.min(losses[s])) for s in ("retain", "forget", "test")) + 1e-6)),
-                     np.log10(hi + 1e-6), 40)
+  splits = ("retain", "forget", "test")
+  everything = np.concatenate([np.asarray(losses[s], np.float64) for s in splits])
+  lo = max(float(np.min(everything)), 1e-8)
+  hi = max(float(np.max(everything)), lo * 10)
+  bins = np.logspace(np.log10(lo), np.log10(hi), 40)
   for split, color in (("retain", "tab:green"), ("forget", "tab:red"), ("test", "tab:blue")):
-    ax.hist(np.clip(losses[split], bins[0], bins[-1]), bins=bins, alpha=0.5, density=True,
-            label=f"{split} (n={losses[split].size})", color=color)
+    v = np.clip(np.asarray(losses[split], np.float64), lo, hi)
+    # Fractions (not densities): on a log axis densities inflate the tiny-loss bins.
+    ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / max(v.size, 1)), alpha=0.5,
+            label=f"{split} (n={v.size})", color=color)
   ax.set_xscale("log")
   ax.set_xlabel("per-example cross-entropy loss (log scale)")
-  ax.set_ylabel("density")
+  ax.set_ylabel("fraction of examples")
   ax.set_title(f"{name}: losses, seed 0")
   ax.legend()
   fig.tight_layout()
