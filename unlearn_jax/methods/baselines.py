@@ -74,7 +74,8 @@ def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_f
   for ResNet-18).
   Limits (digits MLP, 3 seeds): at the default, forget accuracy stays at 100% (class 3);
   `--neggrad.lr=0.05 --neggrad.epochs=10` reaches FA 7%, RA 97.3%, and overshoots badly
-  in the random scenario (FA 77% vs retrain's 99%).
+  in the random scenario (FA 77% vs retrain's 99%). On CIFAR-10 (small CNN) lr 0.01 is
+  far too large: the stop rule fires only after RA has fallen to 41%; use ≤ 5e-4.
   """
   loss_cap = loss_cap_factor * math.log(ctx.num_classes)
 
