@@ -37,6 +37,23 @@ def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_s
                       lambda v, data, k: subsample(data.retain, k, retain_fraction)[0])
 
 
+def _teacher_mix_loss(model, competent, incompetent, tau: float):
+  """`loss_fn` on batches `(x, l)`: KL(t ‖ softmax(S(x)/τ)) with the target
+  t = l·softmax(T_i(x)/τ) + (1−l)·softmax(T_c(x)/τ) (l = 1 to forget, 0 to keep)."""
+
+  def loss_fn(v, batch, k):
+    xb, lb = batch
+    t_c = model.apply(competent, xb, train=False)
+    t_i = model.apply(incompetent, xb, train=False)
+    target = (lb[:, None] * jax.nn.softmax(t_i / tau) +
+              (1 - lb[:, None]) * jax.nn.softmax(t_c / tau))
+    logits, stats = train_lib.forward(model, v, xb, train=True)
+    log_s = jax.nn.log_softmax(logits / tau)
+    return jnp.mean(jnp.sum(target * (jnp.log(target + 1e-12) - log_s), axis=-1)), (stats, {})
+
+  return loss_fn
+
+
 def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
   model = ctx.model
 
@@ -48,16 +65,7 @@ def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
     x = jnp.concatenate([xf, xr])
     is_forget = jnp.concatenate([jnp.ones(len(xf)), jnp.zeros(len(xr))])
 
-    def loss_fn(v, batch, k):
-      xb, lb = batch
-      t_c = model.apply(variables, xb, train=False)
-      t_i = model.apply(incompetent, xb, train=False)
-      target = (lb[:, None] * jax.nn.softmax(t_i / tau) +
-                (1 - lb[:, None]) * jax.nn.softmax(t_c / tau))
-      logits, stats = train_lib.forward(model, v, xb, train=True)
-      log_s = jax.nn.log_softmax(logits / tau)
-      kl = jnp.sum(target * (jnp.log(target + 1e-12) - log_s), axis=-1)
-      return jnp.mean(kl), (stats, {})
+    loss_fn = _teacher_mix_loss(model, variables, incompetent, tau)
 
     tx = adam(lr)
     out, _ = run_epochs(make_step(loss_fn, tx), variables, tx, (x, is_forget), k_run, epochs,
@@ -289,15 +297,7 @@ def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_st
     xf_sorted = xf[jnp.argsort(losses)]
     xr = subsample(data.retain, k_sub, retain_fraction)[0]
 
-    def loss_fn(v, batch, k):
-      xb, lb = batch
-      t_c = model.apply(variables, xb, train=False)
-      t_i = model.apply(incompetent, xb, train=False)
-      target = (lb[:, None] * jax.nn.softmax(t_i / tau) +
-                (1 - lb[:, None]) * jax.nn.softmax(t_c / tau))
-      logits, stats = train_lib.forward(model, v, xb, train=True)
-      kl = jnp.sum(target * (jnp.log(target + 1e-12) - jax.nn.log_softmax(logits / tau)), -1)
-      return jnp.mean(kl), (stats, {})
+    loss_fn = _teacher_mix_loss(model, variables, incompetent, tau)
 
     tx = adam(lr)
     step = make_step(loss_fn, tx)
