@@ -72,6 +72,9 @@ def test_same_flags_same_results(two_runs):
     (["--scenario=class"], "needs --forget_classes"),
     (["--forget_fraction=0.0001"], "the forget set is empty"),
     (["--finetune.alpha=3"], "finetune"),
+    (["--methods=gkt"], "gkt is zero-shot and forgets whole classes: it needs --scenario=class"),
+    (["--scenario=class", "--forget_classes=3", "--methods=deepinversion"],
+     "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, needle):
   workdir = tmp_path / "run"
@@ -96,7 +99,12 @@ def test_nonempty_workdir_needs_overwrite(tmp_path):
   assert (tmp_path / "keep.txt").exists()
 
 
-def test_default_methods_are_every_registered_method():
+def test_default_methods_are_every_method_meant_for_the_scenario():
   from unlearn_jax import methods, runner
-  assert runner.resolve_methods("", "random") == methods.list_methods()
+  zero_shot = ("zs_minmax_noise", "gkt", "deepinversion")
+  assert runner.resolve_methods("", "random") == tuple(
+      m for m in methods.list_methods() if m not in zero_shot)
+  assert runner.resolve_methods("", "class", batch_norm=True) == methods.list_methods()
+  assert runner.resolve_methods("", "class", batch_norm=False) == tuple(
+      m for m in methods.list_methods() if m != "deepinversion")
   assert runner.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")

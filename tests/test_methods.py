@@ -23,15 +23,41 @@ def setup(digits, digits_split):
 
 
 def _quick(spec):
-  """Defaults with at most one epoch, to keep the contract test fast."""
-  return {k: (min(v, 1) if "epochs" in k and isinstance(v, int) else v)
-          for k, v in spec.defaults.items()}
+  """Defaults with at most one epoch (two steps/cycles), to keep the contract test fast."""
+  def small(k, v):
+    if isinstance(v, int) and "epochs" in k:
+      return min(v, 1)
+    if isinstance(v, int) and (k.endswith("steps") or k == "cycles"):
+      return min(v, 2)
+    if isinstance(v, int) and k.endswith("per_class"):
+      return min(v, 8)
+    if isinstance(v, int) and k in ("synth_batch", "num_examples") or (
+        k == "batch_size" and isinstance(v, int) and v > 64):
+      return min(v, 32)
+    return v
+  return {k: small(k, v) for k, v in spec.defaults.items()}
+
+
+@pytest.fixture(scope="module")
+def cnn_setup(digits):
+  """A small BatchNorm model, for methods that require one (deepinversion)."""
+  m = models.get_model("cnn", 10, widths=(8, 16), dense=32)
+  v0 = models.init_variables(m, jax.random.PRNGKey(0), digits.input_shape)
+  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
+  v, _ = jax.jit(train.fit, static_argnums=(0, 1))(
+      m, train.TrainConfig(epochs=3, batch_size=64, lr=0.05), v0, x, y, jax.random.PRNGKey(1))
+  return m, v
 
 
 @pytest.mark.parametrize("name", methods.list_methods())
-def test_method_contract(name, setup):
+def test_method_contract(name, setup, cnn_setup):
   m, v, forget, retain, ctx = setup
   spec = methods.get_method(name)
+  if "batch_norm" in spec.requires:
+    m, v = cnn_setup
+    ctx = methods.MethodContext(m, 10, ctx.input_shape, (), "cnn")
+  if not spec.reads:       # zero-shot: the class ids are all it gets
+    ctx = methods.MethodContext(ctx.model, 10, ctx.input_shape, (3,), ctx.model_name)
   fn = spec(ctx, **_quick(spec))
   data = methods.select_data(spec, forget, retain)
   # Only the declared data is handed over: a method touching the rest would crash on None.
@@ -117,3 +143,140 @@ def test_ssd_fisher_importance_is_the_mean_squared_per_example_gradient(setup):
   out, aux = jax.jit(methods.make_method("ssd", ctx, importance="fisher"))(
       v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
   chex.assert_tree_all_finite(out)
+
+
+def test_woodfisher_product_matches_the_rank_one_recursion():
+  from unlearn_jax.methods.surgery import woodfisher_inverse_product
+  rng = np.random.default_rng(0)
+  n, p, damp = 12, 30, 0.05
+  g = rng.normal(size=(n, p))
+  v = rng.normal(size=p)
+  inv = np.eye(p) / damp                      # F_0^-1 = I/λ, then N Sherman-Morrison updates
+  for gi in g:
+    u = inv @ gi
+    inv = inv - np.outer(u, u) / (n + gi @ u)
+  direct = np.linalg.solve(damp * np.eye(p) + g.T @ g / n, v)
+  np.testing.assert_allclose(inv @ v, direct, rtol=1e-6)
+  got = woodfisher_inverse_product(jnp.asarray(g, jnp.float32), jnp.asarray(v, jnp.float32), damp)
+  np.testing.assert_allclose(np.asarray(got), direct, rtol=2e-3, atol=1e-3)
+
+
+def test_influence_caps_the_gradient_matrix(setup):
+  m, v, forget, retain, ctx = setup
+  p = sum(a.size for a in jax.tree_util.tree_leaves(v["params"]))
+  fn = methods.make_method("influence", ctx, max_gradient_mib=100 * 4 * p / 2 ** 20)
+  _, aux = jax.jit(fn)(v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
+  assert int(aux["fisher_examples"]) == 100
+
+
+@pytest.mark.parametrize("threshold,expect", [(1.01, "none"), (0.8, "some"), (0.0, "all")])
+def test_activation_reset_selects_conv_kernels_by_threshold(digits, digits_split, threshold,
+                                                             expect):
+  m = models.get_model("cnn", 10, widths=(8, 16), dense=32)
+  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
+  v0 = models.init_variables(m, jax.random.PRNGKey(0), digits.input_shape)
+  v, _ = jax.jit(train.fit, static_argnums=(0, 1))(
+      m, train.TrainConfig(epochs=3, batch_size=64, lr=0.05), v0, x, y, jax.random.PRNGKey(1))
+  three = np.where(digits.train_y == 3)[0]
+  rest = np.where(digits.train_y != 3)[0]
+  ctx = methods.MethodContext(m, 10, digits.input_shape, (3,), "cnn")
+  fn = methods.make_method("activation_reset", ctx, threshold=threshold, epochs=1)
+  out, aux = jax.jit(fn)(v, methods.UnlearnData((x[three], y[three]), (x[rest], y[rest])),
+                         jax.random.PRNGKey(2))
+  chex.assert_tree_all_finite(out)
+  total = 8 + 16 + 32                         # conv0, conv1 and fc channels (the head is always reset)
+  reset = int(aux["reset_kernels"])
+  assert {"none": reset == 0, "some": 0 < reset < total, "all": reset == total}[expect], reset
+
+
+class Untouchable:
+  """A dataset stand-in that raises on any access: zero-shot methods must never see one."""
+
+  def __getattr__(self, name):
+    raise AssertionError(f"a zero-shot method touched the data (.{name})")
+
+  def __getitem__(self, i):
+    raise AssertionError("a zero-shot method touched the data ([])")
+
+  def __iter__(self):
+    raise AssertionError("a zero-shot method touched the data (iter)")
+
+
+ZERO_SHOT = [n for n in methods.list_methods() if not methods.get_method(n).reads]
+
+
+def test_zero_shot_family_is_registered():
+  assert set(ZERO_SHOT) == {"zs_minmax_noise", "gkt", "deepinversion"}
+
+
+@pytest.mark.parametrize("name", ZERO_SHOT)
+def test_runner_hands_zero_shot_methods_no_data(name, setup, cnn_setup):
+  from unlearn_jax import runner
+  m, v = cnn_setup
+  ctx = methods.MethodContext(m, 10, (8, 8, 1), (3,), "cnn")
+  spec = methods.get_method(name)
+  data = methods.select_data(spec, Untouchable(), Untouchable())
+  assert data == methods.UnlearnData(None, None)
+  stacked = jax.tree_util.tree_map(lambda a: a[None], v)
+  out = runner.apply_method(spec, ctx, _quick(spec), stacked, data,
+                            jax.random.split(jax.random.PRNGKey(0), 1), vmapped=True)
+  chex.assert_trees_all_equal_shapes_and_dtypes(out.variables, stacked)
+
+
+def test_untouchable_data_does_fail_a_method_that_reads():
+  spec = methods.get_method("finetune")
+  data = methods.select_data(spec, Untouchable(), Untouchable())
+  with pytest.raises(AssertionError, match="touched the data"):
+    spec(methods.MethodContext(models.get_model("mlp", 10), 10, (8, 8, 1)))(
+        None, data, jax.random.PRNGKey(0))
+
+
+def test_zero_shot_needs_forget_classes(setup):
+  m, v, forget, retain, ctx = setup
+  with pytest.raises(ValueError, match="forget_classes"):
+    methods.make_method("gkt", ctx)
+
+
+def test_deepinversion_refuses_a_model_without_batch_norm(setup):
+  m, v, forget, retain, ctx = setup
+  ctx = methods.MethodContext(m, 10, ctx.input_shape, (3,), "mlp")
+  fn = methods.make_method("deepinversion", ctx, synth_steps=1, epochs=1)
+  with pytest.raises(ValueError, match="BatchNorm"):
+    fn(v, methods.UnlearnData(), jax.random.PRNGKey(0))
+
+
+def test_bn_statistic_loss_is_zero_at_the_running_statistics(cnn_setup):
+  """With running stats set to a batch's own BN-input statistics the term vanishes."""
+  from unlearn_jax.methods.zero_shot import batch_norm_inputs, bn_statistic_loss
+  m, v = cnn_setup
+  x = jax.random.normal(jax.random.PRNGKey(3), (16, 8, 8, 1))
+  _, seen = batch_norm_inputs(m, v, x)
+  assert [p[-1] for p, _ in seen] == ["bn0", "bn1"]
+  _, before = bn_statistic_loss(m, v, x)
+  assert float(before) > 0
+  # Replace each BN's running stats by the statistics of its input on x, layer by layer.
+  stats = jax.tree_util.tree_map(lambda a: a, v["batch_stats"])
+  for i in range(len(seen)):
+    _, seen = batch_norm_inputs(m, {**v, "batch_stats": stats}, x)
+    path, a = seen[i]
+    stats = {**stats, path[-1]: {"mean": a.mean((0, 1, 2)), "var": a.var((0, 1, 2))}}
+  _, after = bn_statistic_loss(m, {**v, "batch_stats": stats}, x)
+  assert float(after) < 1e-4, float(after)
+
+
+def test_relearn_steps_zero_when_already_known_and_agree_across_loop_modes(setup):
+  from unlearn_jax import metrics
+  m, v, forget, retain, ctx = setup
+  three = forget[1] == forget[1][0]
+  cls = (forget[0][three], forget[1][three])
+  steps, reached = metrics.relearn_steps(m, v, cls, 0.95, jax.random.PRNGKey(0))
+  assert int(steps) == 0 and bool(reached)
+  # A freshly initialised model has to learn the class: both loop modes agree.
+  v0 = models.init_variables(m, jax.random.PRNGKey(9), (8, 8, 1))
+  with train.loop_mode("scan"):
+    s_scan, r_scan = jax.jit(lambda v: metrics.relearn_steps(m, v, cls, 0.95, jax.random.PRNGKey(1),
+                                                             max_steps=60))(v0)
+  with train.loop_mode("host"):
+    s_host, r_host = metrics.relearn_steps(m, v0, cls, 0.95, jax.random.PRNGKey(1), max_steps=60)
+  assert int(s_scan) == int(s_host) > 0 and bool(r_scan) == bool(r_host)
+  np.testing.assert_allclose(metrics.anamnesis_index([0, 10, 40], [20, 20, 20]), [0, 0.5, 2])

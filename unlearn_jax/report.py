@@ -13,11 +13,12 @@ import numpy as np
 # results.csv columns, in order; the first seven are the results contract.
 CSV_COLUMNS = ("method", "seed", "retain_acc", "forget_acc", "test_acc", "mia_loss_lr",
                "seconds", "val_acc", "forget_test_acc", "retain_loss", "forget_loss",
-               "test_loss")
+               "test_loss", "ain", "relearn_steps")
 # Summary table: (column in rows, header).
 SUMMARY_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
                    ("forget_test_acc", "FTA"), ("mia_loss_lr", "MIA (loss LR)"),
-                   ("seconds", "seconds"))
+                   ("ain", "AIN"), ("seconds", "seconds"))
+OPTIONAL_COLUMNS = ("forget_test_acc", "ain")   # shown only where some row has them
 
 
 def csv_rows(rows: list) -> list:
@@ -68,14 +69,18 @@ def _fmt(mean: float, std: float, pct: bool) -> str:
 
 
 def summary_markdown(summary: dict, num_seeds: int, title: str) -> str:
-  has_fta = any(not math.isnan(v["forget_test_acc"][0]) for v in summary.values())
-  cols = [(c, h) for c, h in SUMMARY_COLUMNS if c != "forget_test_acc" or has_fta]
+  present = {c for c in OPTIONAL_COLUMNS
+             if any(not math.isnan(v[c][0]) for v in summary.values())}
+  has_fta = "forget_test_acc" in present
+  cols = [(c, h) for c, h in SUMMARY_COLUMNS if c not in OPTIONAL_COLUMNS or c in present]
   header = ["method"] + [h for _, h in cols] + ["× retrain"]
   lines = [f"## {title}", "",
            f"Mean ± std over {num_seeds} seed(s). Accuracies in %. RA/FA/TA: retain, forget, "
            "test accuracy" + (" (test: retain classes; FTA: forgotten classes' test examples)"
                                if has_fta else "") +
-           ". The goal is retrain's row, not FA = 0.", "",
+           ". The goal is retrain's row, not FA = 0." +
+           (" AIN: relearning steps to 95% of the original's FA ÷ retrain's (ideal ≈ 1)."
+            if "ain" in present else ""), "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for m, v in summary.items():
     cells = [m] + [_fmt(*v[c], pct=c.endswith("_acc")) for c, _ in cols]
@@ -148,6 +153,34 @@ def plot_metric_bars(path: Path, summary: dict) -> None:
   plt.close(fig)
 
 
+def plot_image_grid(path: Path, name: str, images: np.ndarray, labels: np.ndarray,
+                    forget_classes=()) -> None:
+  """One row per class of the synthetic inputs a zero-shot method made (seed 0); each
+  image min-max scaled on its own. Rows of forgotten classes are marked."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  classes = sorted(int(c) for c in np.unique(labels) if c >= 0)
+  if not classes:
+    return
+  per_row = max(int(np.sum(labels == c)) for c in classes)
+  fig, axes = plt.subplots(len(classes), per_row, figsize=(per_row * 0.9, len(classes) * 0.9),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for r, c in enumerate(classes):
+    for j, img in enumerate(images[labels == c]):
+      img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+      axes[r, j].imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                        cmap="gray" if img.shape[-1] == 1 else None)
+    axes[r, 0].set_title(f"{c}{' (forget)' if c in forget_classes else ''}", fontsize=6,
+                         loc="left")
+  fig.suptitle(f"{name}: synthetic inputs by class", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- the run dir
 def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool = True,
               plots: bool = True) -> str:
@@ -190,6 +223,11 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
     for name, per_seed in result.losses.items():
       plot_loss_histograms(directory / "plots" / f"losses_{name}.png", name, per_seed[0])
     plot_metric_bars(directory / "plots" / "metrics.png", summary)
+    for name, ms in result.model_sets.items():
+      if "synthetic_images" in getattr(ms, "artifacts", {}):
+        plot_image_grid(directory / "plots" / f"synthetic_{name}.png", name,
+                        ms.artifacts["synthetic_images"][0], ms.artifacts["synthetic_labels"][0],
+                        result.split.spec.forget_classes)
   if save_checkpoints:
     from unlearn_jax import checkpoint
     for name, ms in result.model_sets.items():

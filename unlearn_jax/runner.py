@@ -46,6 +46,7 @@ class ModelSet:
   seconds: float
   compile_seconds: float = 0.0
   aux: dict = dataclasses.field(default_factory=dict)
+  artifacts: dict = dataclasses.field(default_factory=dict)   # e.g. synthetic images
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -188,8 +189,11 @@ def apply_method(spec, ctx, hparams: dict, variables, data, keys, vmapped: bool)
   leaves_ok = all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree_util.tree_leaves(out))
   if not leaves_ok:
     raise FloatingPointError(f"method {spec.name} returned non-finite weights")
+  artifacts = {k: np.asarray(v) for k, v in aux.items() if k.startswith("synthetic_")
+               and np.ndim(v) > 1}
   return ModelSet(spec.name, out, seconds, compile_s,
-                  {k: np.asarray(v).tolist() for k, v in aux.items()})
+                  {k: np.asarray(v).tolist() for k, v in aux.items() if k not in artifacts},
+                  artifacts)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -275,17 +279,37 @@ def parse_classes(text) -> tuple:
     raise UsageError(f"--forget_classes={text!r} must be a comma list of class ids, e.g. 3 or 3,5")
 
 
-def resolve_methods(text, scenario: str) -> tuple:
+def resolve_methods(text, scenario: str, batch_norm: Optional[bool] = None,
+                    log: Callable[[str], None] = lambda s: None) -> tuple:
+  """The methods to run. By default every registered method meant for `scenario` (and,
+  when `batch_norm` is known, runnable on the model); a method named explicitly that
+  cannot run here is a UsageError naming why."""
   names = [m.strip() for m in str(text).split(",") if m.strip()] if text else []
-  if not names:
-    return methods_lib.list_methods()
   known = methods_lib.list_methods()
+  if not names:
+    chosen = []
+    for m in known:
+      spec = methods_lib.get_method(m)
+      if scenario not in spec.scenarios:
+        continue
+      if batch_norm is False and "batch_norm" in spec.requires:
+        log(f"note: skipping {m}: it needs a model with BatchNorm (--model=cnn or resnet18)")
+        continue
+      chosen.append(m)
+    return tuple(chosen)
   for m in names:
     if m in REFERENCE_MODELS:
       raise UsageError(f"--methods: {m!r} is always run as a reference; list unlearning "
                        f"methods only ({', '.join(known)})")
     if m not in known:
       raise UsageError(f"--methods: {m!r} is unknown; allowed: {', '.join(known)}")
+    spec = methods_lib.get_method(m)
+    if not spec.reads and scenario not in spec.scenarios:
+      raise UsageError(f"--methods: {m} is zero-shot and forgets whole classes: it needs "
+                       f"--scenario=class with --forget_classes (got --scenario={scenario})")
+    if batch_norm is False and "batch_norm" in spec.requires:
+      raise UsageError(f"--methods: {m} needs a model with BatchNorm layers; the chosen "
+                       f"model has none (use --model=cnn or --model=resnet18)")
   return tuple(dict.fromkeys(names))
 
 
@@ -308,14 +332,27 @@ def validate(cfg) -> None:
   parse_classes(cfg.forget_classes)
 
 
-def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunResult:
-  """Runs the experiment described by `cfg` (see experiments/configs/default.py).
+@dataclasses.dataclass
+class Setup:
+  """Everything an experiment needs before training: data, split, model, recipe."""
+  ds: data_lib.Dataset
+  spec: data_lib.SplitSpec
+  split: data_lib.Split
+  model_name: str
+  model: object
+  recipe: train_lib.TrainConfig
+  mode: str
+  method_names: tuple
 
-  Pure computation plus logging: writing the run directory is `report.write_run`'s job.
-  """
-  t_start = time.perf_counter()
+  @property
+  def vmapped(self) -> bool:
+    return self.mode == "scan"
+
+
+def setup(cfg, log: Callable[[str], None] = print) -> Setup:
+  """Validates `cfg`, loads the dataset, makes the split and picks model, recipe, loop
+  mode and methods; raises UsageError (naming the flag) for every user mistake."""
   validate(cfg)
-  method_names = resolve_methods(cfg.methods, cfg.scenario)
   try:
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir or None, cfg.train_subset,
                                cfg.test_subset)
@@ -339,9 +376,17 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
     raise UsageError(str(e)) from e
   model_name = cfg.model or default_model(ds)
   model = models_lib.get_model(model_name, ds.num_classes)
+  shapes = jax.eval_shape(lambda: models_lib.init_variables(model, jax.random.PRNGKey(0),
+                                                            ds.input_shape))
+  method_names = resolve_methods(cfg.methods, cfg.scenario, models_lib.has_batch_norm(shapes),
+                                 log)
   recipe = resolve_recipe(default_recipe(ds, model_name), dict(cfg.train))
   mode = train_lib.default_loop_mode(model_name) if cfg.loop == "auto" else cfg.loop
-  vmapped = mode == "scan"
+  return Setup(ds, spec, split, model_name, model, recipe, mode, method_names)
+
+
+def resolve_hparams(method_names, method_hparams: dict, scenario: str, log) -> dict:
+  """Each method's defaults with the user's overrides; an unknown name is a UsageError."""
   hparams = {}
   for m in method_names:
     mspec = methods_lib.get_method(m)
@@ -351,9 +396,22 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
       raise UsageError(f"--{m}.{unknown[0]} is not a hyperparameter of {m}; allowed: "
                        f"{', '.join(sorted(mspec.defaults))}")
     hparams[m] = {**mspec.defaults, **given}
-    if cfg.scenario not in mspec.scenarios:
-      log(f"note: {m} is not meant for the {cfg.scenario} scenario "
+    if scenario not in mspec.scenarios:
+      log(f"note: {m} is not meant for the {scenario} scenario "
           f"(meant for: {', '.join(mspec.scenarios)}); running it anyway")
+  return hparams
+
+
+def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunResult:
+  """Runs the experiment described by `cfg` (see experiments/configs/default.py).
+
+  Pure computation plus logging: writing the run directory is `report.write_run`'s job.
+  """
+  t_start = time.perf_counter()
+  st = setup(cfg, log)
+  ds, spec, split, model_name, model = st.ds, st.spec, st.split, st.model_name, st.model
+  recipe, mode, vmapped, method_names = st.recipe, st.mode, st.vmapped, st.method_names
+  hparams = resolve_hparams(method_names, method_hparams, cfg.scenario, log)
 
   log(f"dataset {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
       f"{ds.num_classes} classes, input {ds.input_shape}")
@@ -413,6 +471,18 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
       metric_rows, losses[name] = evaluate(model, ms, arrays, vmapped, cfg.eval_batch_size)
       for i, r in enumerate(metric_rows):
         rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
+  if cfg.scenario == "class":
+    log(f"relearning the forgotten classes for AIN (up to {cfg.ain.max_steps} steps per model)")
+    targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(seed_keys)
+    steps = {}
+    with train_lib.loop_mode(mode):
+      for name, ms in model_sets.items():
+        steps[name] = relearn_population(model, ms, forget, targets, keys, vmapped, dict(cfg.ain))
+    for r in rows:
+      i = r["seed"] - int(cfg.seed)
+      r["relearn_steps"] = float(steps[r["method"]][i])
+      r["ain"] = float(metrics_lib.anamnesis_index(steps[r["method"]][i], steps["retrain"][i]))
   info = {"model": model_name, "loop_mode": mode, "seeds_vmapped": vmapped,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "jax_version": jax.__version__,
@@ -420,6 +490,16 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
           "aux": {k: v.aux for k, v in model_sets.items() if v.aux},
           "wall_seconds": time.perf_counter() - t_start}
   return RunResult(rows, model_sets, losses, split, ds, recipe, hparams, info)
+
+
+def relearn_population(model, ms: ModelSet, forget, targets, keys, vmapped: bool,
+                       ain_cfg: dict) -> np.ndarray:
+  """Relearning steps (see `metrics.relearn_steps`) of every seed's model."""
+  fn = lambda v, t, k: metrics_lib.relearn_steps(model, v, forget, t, k, **ain_cfg)[0]
+  if vmapped:
+    return np.asarray(jax.jit(jax.vmap(fn))(ms.variables, jnp.asarray(targets), keys))
+  return np.asarray([fn(jax.tree_util.tree_map(lambda a: a[i], ms.variables), targets[i],
+                        keys[i]) for i in range(len(targets))])
 
 
 def take_test(ds: data_lib.Dataset, idx: np.ndarray):

@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.save_checkpoints = True
   c.plots = True
+  # Anamnesis index (class scenario): relearning on D_f until 95% of the original's FA.
+  c.ain = ml_collections.ConfigDict(dict(lr=0.001, batch_size=32, max_steps=200, eval_size=256))
   c.train = ml_collections.ConfigDict(dict(
       epochs=-1, batch_size=-1, lr=-1.0, momentum=-1.0, weight_decay=-1.0, schedule="",
       optimizer="", augment=-1, grad_clip=-1.0))

@@ -5,3 +5,4 @@ from unlearn_jax.methods.base import (MethodContext, MethodSpec, UnlearnData, ge
 from unlearn_jax.methods import baselines  # noqa: F401
 from unlearn_jax.methods import surgery  # noqa: F401
 from unlearn_jax.methods import distillation  # noqa: F401
+from unlearn_jax.methods import zero_shot  # noqa: F401

@@ -58,6 +58,7 @@ class MethodSpec:
   paper: str
   scenarios: tuple
   summary: str
+  requires: tuple = ()   # e.g. ("batch_norm",): what the model must have
 
   def __call__(self, ctx: MethodContext, **overrides):
     unknown = sorted(set(overrides) - set(self.defaults))
@@ -71,8 +72,11 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(name: str, *, reads: tuple, defaults: dict, paper: str,
-             scenarios: tuple = ("random", "class", "subclass")):
-  """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`."""
+             scenarios: tuple = ("random", "class", "subclass"), requires: tuple = ()):
+  """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`.
+
+  `reads=()` declares a zero-shot method: it is handed `UnlearnData(None, None)`.
+  `requires=("batch_norm",)`: the method only runs on models with BatchNorm."""
   bad = [r for r in reads if r not in ACCESS_CHOICES]
   if bad:
     raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
@@ -80,7 +84,7 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
   def wrap(factory):
     summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
     _REGISTRY[name] = MethodSpec(name, factory, tuple(reads), dict(defaults), paper,
-                                 tuple(scenarios), summary)
+                                 tuple(scenarios), summary, tuple(requires))
     return factory
 
   return wrap
@@ -211,12 +215,10 @@ def fixed_batches(data: tuple, batch_size: int) -> tuple:
 
 
 def batched_mean(fn: Callable, data: tuple, batch_size: int):
-  """mean over fixed-order batches of `fn(batch)` (a pytree), via `lax.map`.
-
-  The weights `fn` closes over are loop-invariant here, so XLA:CPU keeps its fast
-  convolutions (the slowdown of jax-ml/jax#12868 needs loop-carried kernels).
-  """
-  out = jax.lax.map(fn, fixed_batches(data, batch_size))
+  """mean over fixed-order batches of `fn(batch)` (a pytree), via `train.map_batches`
+  (`lax.map`, or a host loop over the jitted `fn` in host mode: kernel gradients inside a
+  compiled loop are slow on XLA:CPU even when the kernels are loop-invariant)."""
+  out = train_lib.map_batches(fn, fixed_batches(data, batch_size))
   return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
 
 

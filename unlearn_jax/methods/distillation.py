@@ -169,24 +169,28 @@ def noise_labels(ctx: MethodContext, forget: tuple, batch_size: int) -> jax.Arra
 
 
 def error_maximising_noise(model, variables, labels, input_shape, key, steps: int, lr: float,
-                           reg: float) -> jax.Array:
-  """Per label batch, inputs N maximising CE(f(N), y) − reg·mean(N²) (Adam, `steps`)."""
+                           reg: float, maximise: bool = True) -> jax.Array:
+  """Per label batch, inputs N maximising CE(f(N), y) − reg·mean(N²) (Adam, `steps`);
+  with `maximise=False`, error-*minimising* noise: N minimising CE(f(N), y) + reg·mean(N²).
+  `labels` is [batches, batch]; returns [batches, batch, *input_shape]."""
   import optax
   opt = optax.adam(lr)
+  sign = -1.0 if maximise else 1.0
 
   def loss(n, y):
     logits = model.apply(variables, n, train=False)
-    return -train_lib.cross_entropy(logits, y).mean() + reg * jnp.mean(n ** 2)
+    return sign * train_lib.cross_entropy(logits, y).mean() + reg * jnp.mean(n ** 2)
 
-  def learn(n, y):
-    def body(carry, _):
-      n, s = carry
-      u, s = opt.update(jax.grad(loss)(n, y), s, n)
-      return (optax.apply_updates(n, u), s), None
-    return jax.lax.scan(body, (n, opt.init(n)), None, length=steps)[0][0]
+  def step(carry, _):
+    n, s = carry
+    u, s = jax.vmap(lambda g, s_, n_: opt.update(g, s_, n_))(
+        jax.vmap(jax.grad(loss))(n, labels), s, n)
+    return (jax.vmap(optax.apply_updates)(n, u), s), {}
 
   noise0 = jax.random.normal(key, labels.shape + tuple(input_shape))
-  return jax.vmap(learn)(noise0, labels)
+  carry = (noise0, jax.vmap(opt.init)(noise0))
+  # `repeat_steps`: a compiled loop, or a host loop on CPU conv models (see train).
+  return train_lib.repeat_steps(step, carry, key, steps)[0][0]
 
 
 @register("unsir", reads=("forget", "retain"), paper="Tarun et al. 2023 (UNSIR, fast yet effective MU)",

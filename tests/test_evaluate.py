@@ -1,0 +1,75 @@
+"""`python -m experiments.evaluate`: one small real evaluation, its artifacts, and reuse."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unlearn_jax import evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_eval(*args):
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=900)
+
+
+SMALL = ["--num_models=4", "--methods=finetune,random_label", "--config.train.epochs=6",
+         "--mia_models=2"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  base = tmp_path_factory.mktemp("eval")
+  pops = base / "pops"
+  first = run_eval(*SMALL, f"--workdir={base / 'a'}", f"--populations_dir={pops}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = run_eval(*SMALL, "--methods=neggrad", f"--workdir={base / 'b'}",
+                    f"--populations_dir={pops}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  return base, first, second
+
+
+def test_evaluation_artifacts(evaluated):
+  base, first, _ = evaluated
+  run = base / "a"
+  for name in ("evaluation.csv", "report.md", "evaluation.json", "epsilons.npz",
+               "plots/epsilons.png", "plots/distributions.png", "plots/metrics.png"):
+    assert (run / name).exists(), name
+  rows = list(csv.DictReader(open(run / "evaluation.csv")))
+  assert [r["method"] for r in rows] == ["original", "retrain", "finetune", "random_label"]
+  assert set(evaluation.CSV_COLUMNS) == set(rows[0])
+  for r in rows:
+    for c in ("forgetting_quality", "competition_score", "mia_efficacy", "retain_acc"):
+      assert 0.0 <= float(r[c]) <= 1.0, (c, r)
+  rl = next(r for r in rows if r["method"] == "random_label")
+  orig = next(r for r in rows if r["method"] == "original")
+  assert float(rl["forget_acc"]) < float(orig["forget_acc"])
+  assert "Ranked by competition score" in first.stdout
+
+
+def test_second_evaluation_reuses_the_populations(evaluated):
+  base, first, second = evaluated
+  assert "saving the populations" in first.stdout
+  assert "reusing the populations" in second.stdout
+  a = {r["method"]: r for r in csv.DictReader(open(base / "a" / "evaluation.csv"))}
+  b = {r["method"]: r for r in csv.DictReader(open(base / "b" / "evaluation.csv"))}
+  for name in ("original", "retrain"):        # same populations → same numbers
+    for c in ("retain_acc", "forget_acc", "test_acc", "forgetting_quality"):
+      assert a[name][c] == b[name][c], (name, c)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--num_models=2"], "--num_models=2 must be at least 4"),
+    (["--chunk=-1"], "--chunk=-1 must be 0"),
+    (["--methods=magic"], "--methods: 'magic' is unknown"),
+])
+def test_bad_flags(tmp_path, args, needle):
+  r = run_eval(*args, f"--workdir={tmp_path / 'x'}")
+  assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+  assert not (tmp_path / "x").exists()

@@ -1,0 +1,362 @@
+"""Zero-shot unlearning (seed 003, after Chundawat et al. 2023): no forget or retain data.
+
+These methods declare `reads=()`: the runner hands them `UnlearnData(None, None)` and they
+see only θ0, the model, the input shape and the ids of the classes to forget
+(`MethodContext.forget_classes`). Everything they train on is synthesised from the model
+itself: noise (zs_minmax_noise), a generator (gkt) or inverted BatchNorm statistics
+(deepinversion).
+
+BatchNorm: there is no real data to re-estimate statistics from, so updates of θ0
+(zs_minmax_noise) run the model in eval mode and keep θ0's running statistics. Students
+trained from scratch (gkt, deepinversion) learn their own statistics on synthetic batches.
+
+Each method returns a few synthetic inputs in `aux` (`synthetic_images`,
+`synthetic_labels`): the runner takes them out of the results and the report draws them as
+a grid per class (`plots/synthetic_<method>.png`), so a person can see what the model
+"remembers".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unlearn_jax import models as models_lib
+from unlearn_jax import train as train_lib
+from unlearn_jax.methods.base import (MethodContext, UnlearnData, make_step, register,
+                                      run_epochs, sgd)
+from unlearn_jax.methods.distillation import error_maximising_noise
+
+SHOWN_PER_CLASS = 8
+
+
+def _classes(ctx: MethodContext, name: str):
+  """(forget classes, retain classes) as int32 arrays; a clear error without forget ids."""
+  if not ctx.forget_classes:
+    raise ValueError(f"{name} is zero-shot: it needs the ids of the classes to forget "
+                     f"(--scenario=class --forget_classes=K)")
+  forget = tuple(int(c) for c in ctx.forget_classes)
+  retain = tuple(c for c in range(ctx.num_classes) if c not in forget)
+  return jnp.asarray(forget, jnp.int32), jnp.asarray(retain, jnp.int32)
+
+
+def _shown(images, labels, classes):
+  """Up to SHOWN_PER_CLASS examples of each class, for the report's grid."""
+  idx = jnp.concatenate([jnp.nonzero(labels == c, size=SHOWN_PER_CLASS, fill_value=-1)[0]
+                         for c in classes])
+  valid = idx >= 0
+  return {"synthetic_images": jnp.where(valid[:, None, None, None], images[idx], 0.0),
+          "synthetic_labels": jnp.where(valid, labels[idx], -1)}
+
+
+def forget_mask(num_classes: int, forget) -> jax.Array:
+  return jnp.zeros((num_classes,), bool).at[forget].set(True)
+
+
+# ----------------------------------------------------------------------------- min-max noise
+@register("zs_minmax_noise", reads=(), scenarios=("class",),
+          paper="Chundawat et al. 2023 (Zero-shot machine unlearning), seed 003",
+          defaults=dict(noise_per_class=64, noise_steps=40, noise_lr=0.1, noise_reg=0.1,
+                        impair_epochs=1, impair_lr=0.005, repair_epochs=2, repair_lr=0.01,
+                        batch_size=64))
+def zs_minmax_noise(ctx: MethodContext, *, noise_per_class, noise_steps, noise_lr, noise_reg,
+                    impair_epochs, impair_lr, repair_epochs, repair_lr, batch_size):
+  """Error-maximising noise for the forget classes, error-minimising noise as retain proxy.
+
+  For each forget class f a batch N_f maximising CE(f_θ0(N), f) − λ·mean(N²), for each
+  retain class r a batch M_r minimising CE(f_θ0(M), r) + λ·mean(M²) (Adam, `noise_steps`,
+  lr `noise_lr`, N(0, 1) start in the normalised input space). Impair: `impair_epochs`
+  of CE on {N_f labelled f} ∪ {M_r labelled r}, SGD lr `impair_lr`; repair:
+  `repair_epochs` of CE on {M_r} at `repair_lr`. Eval-mode BatchNorm throughout.
+  Reads: nothing (θ0 and the forget class ids). Defaults: 64 noise inputs per class,
+  40 steps, Adam 0.1, λ 0.1, impair 1 epoch lr 0.02, repair 2 epochs lr 0.01, batch 64.
+  """
+  model = ctx.model
+  forget, retain = _classes(ctx, "zs_minmax_noise")
+
+  def unlearn(variables, data: UnlearnData, key):
+    del data  # zero-shot: always empty
+    k_max, k_min, k_imp, k_rep = jax.random.split(key, 4)
+    lab = lambda cs: jnp.repeat(cs[:, None], noise_per_class, axis=1)
+    n_max = error_maximising_noise(model, variables, lab(forget), ctx.input_shape, k_max,
+                                   noise_steps, noise_lr, noise_reg, maximise=True)
+    n_min = error_maximising_noise(model, variables, lab(retain), ctx.input_shape, k_min,
+                                   noise_steps, noise_lr, noise_reg, maximise=False)
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])
+    proxy = (flat(n_min), lab(retain).ravel())
+    impair = (jnp.concatenate([flat(n_max), proxy[0]]),
+              jnp.concatenate([lab(forget).ravel(), proxy[1]]))
+
+    def phase(v, d, k, epochs, lr):
+      tx = sgd(lr, momentum=0.9)
+      return run_epochs(make_step(_eval_ce(model), tx), v, tx, d, k, epochs, batch_size)[0]
+
+    variables = phase(variables, impair, k_imp, impair_epochs, impair_lr)
+    variables = phase(variables, proxy, k_rep, repair_epochs, repair_lr)
+    return variables, _shown(*impair, jnp.arange(ctx.num_classes))
+
+  return unlearn
+
+
+def _eval_ce(model):
+  def loss_fn(v, batch, key):
+    logits = model.apply(v, batch[0], train=False)
+    return train_lib.cross_entropy(logits, batch[1]).mean(), (v["batch_stats"], {})
+  return loss_fn
+
+
+# ----------------------------------------------------------------------------- GKT
+class Generator(nn.Module):
+  """z ∈ R^z_dim → an input in the data's normalised space.
+
+  Dense(w) → LeakyReLU → Dense(2w) → LeakyReLU → Dense(H·W·C), reshaped; the output is
+  standardised per channel over the batch, like the real inputs. Dense rather than
+  transposed convolutions: XLA:CPU runs convolutions whose kernels are carried through a
+  compiled loop very slowly (see `train`), and the generator is carried through one.
+  """
+  out_shape: Sequence[int]
+  width: int = 256
+
+  @nn.compact
+  def __call__(self, z):
+    h = nn.leaky_relu(nn.Dense(self.width)(z), 0.2)
+    h = nn.leaky_relu(nn.Dense(2 * self.width)(h), 0.2)
+    h = nn.Dense(int(np.prod(self.out_shape)))(h).reshape((z.shape[0],) + tuple(self.out_shape))
+    mean = jnp.mean(h, axis=(0, 1, 2), keepdims=True)
+    std = jnp.std(h, axis=(0, 1, 2), keepdims=True) + 1e-5
+    return (h - mean) / std
+
+
+def _activations(model, variables, x, train: bool):
+  """(logits, [hidden Conv/Dense outputs], new batch_stats); the head is left out."""
+  mutable = ["intermediates"] + (["batch_stats"] if train and variables["batch_stats"] else [])
+  logits, state = model.apply(variables, x, train=train, mutable=mutable,
+                              capture_intermediates=lambda m, _: isinstance(m, (nn.Conv, nn.Dense)))
+  flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+  acts = [a for path, a in flat if "head" not in jax.tree_util.keystr(path)]
+  return logits, acts, state.get("batch_stats", variables["batch_stats"])
+
+
+def _spatial(acts):
+  """The feature maps among the activations: attention transfer needs spatial positions."""
+  return [a for a in acts if a.ndim == 4]
+
+
+def attention_map(a: jax.Array) -> jax.Array:
+  """Zagoruyko & Komodakis spatial attention of a feature map [B, H, W, C]: the mean over
+  channels of a², flattened over H·W and ℓ2-normalised."""
+  m = jnp.mean(jnp.square(a), axis=-1)
+  m = m.reshape(m.shape[0], -1)
+  return m / (jnp.linalg.norm(m, axis=-1, keepdims=True) + 1e-8)
+
+
+def _kl_rows(t_logits, s_logits):
+  p = jax.nn.log_softmax(t_logits)
+  return jnp.sum(jnp.exp(p) * (p - jax.nn.log_softmax(s_logits)), axis=-1)
+
+
+@register("gkt", reads=(), scenarios=("class",),
+          paper="Chundawat et al. 2023 (Zero-shot MU: gated knowledge transfer); "
+                "Micaelli & Storkey 2019",
+          defaults=dict(cycles=300, student_steps=10, batch_size=256, z_dim=128, lr=1e-3,
+                        gate=0.01, beta=250.0, grad_clip=5.0, avoid=10.0))
+def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gate, beta,
+        grad_clip, avoid):
+  """Gated knowledge transfer: a generator-driven distillation that never shows a forget class.
+
+  A generator G(z), z ~ N(0, I_z_dim), makes pseudo-batches x̃. Per cycle: one generator
+  step maximising KL(T(x̃)‖S(x̃)), then `student_steps` student steps minimising, over the
+  *gated* samples (teacher probability of every forget class ≤ `gate`),
+      KL(T(x̃)‖S(x̃)) + β·Σ_l ‖a_S,l(x̃) − a_T,l(x̃)‖²,
+  a = `attention_map` of each conv layer's output (spatial attention: a model without
+  feature maps, the MLP, has no attention term). Teacher T = θ0 (eval mode); student S
+  from a fresh initialisation (the key). Adam with gradient clipping for both. Ours: the
+  generator's loss also carries `avoid`·mean p_T(forget classes | x̃); without it the
+  adversarial generator settles where the teacher sees a forget class, the gate drops
+  99.9% of the samples and the student learns nothing (digits MLP: RA 11%).
+  Reads: nothing (θ0 and the forget class ids). Defaults: 300 cycles of 1 + 10 steps,
+  batch 256, z 128, Adam 1e-3, gate 0.01, β 250, clip 5 (the paper's values, except
+  the number of cycles: the paper runs thousands; raise `--gkt.cycles` on accelerators),
+  avoid 10. Cost: 3,300 steps of batch 256 from scratch — far above retraining a small
+  model on a small dataset (digits MLP: ~55× retrain); it pays only where retraining
+  on the real data is expensive or impossible.
+  """
+  model = ctx.model
+  forget, _ = _classes(ctx, "gkt")
+  gen = Generator(ctx.input_shape)
+  tx = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(lr))
+  is_forget = forget_mask(ctx.num_classes, forget)
+
+  def unlearn(teacher, data: UnlearnData, key):
+    del data
+    k_gen, k_student, k_loop = jax.random.split(key, 3)
+    g_params = gen.init(k_gen, jnp.zeros((1, z_dim)))["params"]
+    student = models_lib.init_variables(model, k_student, ctx.input_shape)
+    carry = (g_params, tx.init(g_params), student, tx.init(student["params"]))
+
+    def teacher_out(x):
+      logits, acts, _ = _activations(model, teacher, x, train=False)
+      return jax.lax.stop_gradient(logits), [jax.lax.stop_gradient(attention_map(a))
+                                             for a in _spatial(acts)]
+
+    def cycle(carry, k):
+      g_params, g_opt, student, s_opt = carry
+      keys = jax.random.split(k, student_steps + 1)
+
+      def gen_loss(gp):
+        x = gen.apply({"params": gp}, jax.random.normal(keys[0], (batch_size, z_dim)))
+        t_logits = model.apply(teacher, x, train=False)
+        s_logits = train_lib.forward(model, student, x, train=True)[0]
+        p_f = jnp.sum(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
+        return -jnp.mean(_kl_rows(t_logits, s_logits)) + avoid * jnp.mean(p_f)
+
+      g_grads = jax.grad(gen_loss)(g_params)
+      upd, g_opt = tx.update(g_grads, g_opt, g_params)
+      g_params = optax.apply_updates(g_params, upd)
+      kept = jnp.float32(0)
+      for i in range(student_steps):   # unrolled: no loop-carried conv kernels on CPU
+        x = gen.apply({"params": g_params}, jax.random.normal(keys[i + 1], (batch_size, z_dim)))
+        t_logits, t_att = teacher_out(x)
+        p_forget = jnp.max(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
+        w = (p_forget <= gate).astype(jnp.float32)
+
+        def student_loss(params):
+          s_logits, acts, stats = _activations(model, {**student, "params": params}, x, True)
+          at = sum((jnp.sum(jnp.square(attention_map(a) - t), axis=-1)
+                    for a, t in zip(_spatial(acts), t_att)), jnp.zeros(x.shape[0]))
+          per = _kl_rows(t_logits, s_logits) + beta * at
+          return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1.0), stats
+
+        grads, stats = jax.grad(student_loss, has_aux=True)(student["params"])
+        upd, s_opt = tx.update(grads, s_opt, student["params"])
+        student = {"params": optax.apply_updates(student["params"], upd), "batch_stats": stats}
+        kept = kept + jnp.mean(w)
+      return (g_params, g_opt, student, s_opt), kept / student_steps
+
+    carry, kept = train_lib.repeat_steps(cycle, carry, k_loop, cycles)
+    x = gen.apply({"params": carry[0]}, jax.random.normal(key, (4 * batch_size, z_dim)))
+    labels = jnp.argmax(model.apply(teacher, x, train=False), axis=-1)
+    return carry[2], {"gate_pass_rate": jnp.mean(kept),
+                      **_shown(x, labels, jnp.arange(ctx.num_classes))}
+
+  return unlearn
+
+
+# ----------------------------------------------------------------------------- DeepInversion
+def batch_norm_inputs(model, variables, x):
+  """[(BN module path, its input)] for every BatchNorm in the forward pass (eval mode)."""
+  seen = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+      seen.append((context.module.path, args[0]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    logits = model.apply(variables, x, train=False)
+  return logits, seen
+
+
+def bn_statistic_loss(model, variables, x):
+  """Σ_l ‖μ_l(x) − μ_l^run‖₂ + ‖σ²_l(x) − σ²_l^run‖₂ over BatchNorm layers (DeepInversion)."""
+  logits, seen = batch_norm_inputs(model, variables, x)
+  total = 0.0
+  for path, a in seen:
+    stats = variables["batch_stats"]
+    for name in path:
+      stats = stats[name]
+    axes = tuple(range(a.ndim - 1))
+    total = total + jnp.linalg.norm(jnp.mean(a, axes) - stats["mean"]) + \
+        jnp.linalg.norm(jnp.var(a, axes) - stats["var"])
+  return logits, total
+
+
+def total_variation(x):
+  """Mean absolute difference between neighbouring pixels, per image."""
+  dh = jnp.abs(x[:, 1:, :, :] - x[:, :-1, :, :]).mean(axis=(1, 2, 3))
+  dw = jnp.abs(x[:, :, 1:, :] - x[:, :, :-1, :]).mean(axis=(1, 2, 3))
+  return dh + dw
+
+
+@register("deepinversion", reads=(), scenarios=("class",), requires=("batch_norm",),
+          paper="Yin et al. 2020 (DeepInversion); seed 003 (entropy filter, deep retrain)",
+          defaults=dict(per_class=64, synth_batch=128, synth_steps=300, synth_lr=0.1,
+                        r_bn=1.0, r_tv=1e-2, r_l2=1e-4, keep=0.5, epochs=60, lr=0.05,
+                        batch_size=64))
+def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, synth_lr, r_bn,
+                  r_tv, r_l2, keep, epochs, lr, batch_size):
+  """DeepInversion: images of the retain classes synthesised from θ0's BatchNorm statistics,
+  then a student trained from scratch on them (seed 003's "deep retrain").
+
+  Synthesis: `per_class` inputs per retain class, optimised in batches of `synth_batch`
+  mixed classes (Adam `synth_lr`, `synth_steps` steps, N(0, 1) start) to minimise
+      CE(T(x), y) + r_bn·Σ_l (‖μ_l(x) − μ_l‖₂ + ‖σ²_l(x) − σ²_l‖₂) + r_tv·TV(x) + r_l2·mean(x²),
+  μ_l, σ²_l the running statistics of T's l-th BatchNorm and μ_l(x), σ²_l(x) those of its
+  input on the batch. Entropy filter: keep the `keep` fraction with the lowest teacher
+  entropy. Student: fresh weights, KL(T‖S) on the kept images with the teacher's
+  forget-class probabilities removed (renormalised over retain classes), SGD momentum,
+  cosine lr, `epochs` epochs.
+  Needs a model with BatchNorm (the statistic term has nothing to match otherwise): a
+  ValueError says so (the CLI refuses it up front for `--model=mlp`).
+  Reads: nothing (θ0 and the forget class ids). Defaults: 64 per class, batches of 128,
+  300 Adam steps at 0.1, r_bn 1, r_tv 0.01, r_l2 1e-4, keep 0.5, student 60 epochs at
+  lr 0.05, batch 64.
+  """
+  model = ctx.model
+  forget, retain = _classes(ctx, "deepinversion")
+  is_forget = forget_mask(ctx.num_classes, forget)
+
+  def unlearn(teacher, data: UnlearnData, key):
+    del data
+    if not models_lib.has_batch_norm(teacher):
+      raise ValueError(f"deepinversion needs a model with BatchNorm layers; "
+                       f"{ctx.model_name or type(model).__name__} has none (use --model=cnn "
+                       f"or --model=resnet18)")
+    k_x, k_student, k_fit = jax.random.split(key, 3)
+    n = per_class * retain.shape[0]
+    n_batches = -(-n // synth_batch)
+    labels = jnp.resize(jnp.repeat(retain, per_class), (n_batches * synth_batch,))
+    labels = jax.random.permutation(k_x, labels).reshape(n_batches, synth_batch)
+    opt = optax.adam(synth_lr)
+
+    def loss(x, y):
+      logits, bn = bn_statistic_loss(model, teacher, x)
+      return (train_lib.cross_entropy(logits, y).mean() + r_bn * bn +
+              r_tv * total_variation(x).mean() + r_l2 * jnp.mean(jnp.square(x)))
+
+    def synthesise(x0, y):
+      def body(carry, _):
+        x, s = carry
+        u, s = opt.update(jax.grad(loss)(x, y), s, x)
+        return (optax.apply_updates(x, u), s), {}
+      return train_lib.repeat_steps(body, (x0, opt.init(x0)), k_x, synth_steps)[0][0]
+
+    x0 = jax.random.normal(k_x, labels.shape + tuple(ctx.input_shape))
+    images = jnp.stack([synthesise(x0[b], labels[b]) for b in range(n_batches)])
+    images, labels = images.reshape((-1,) + images.shape[2:]), labels.ravel()
+    t_logits = model.apply(teacher, images, train=False)
+    p = jax.nn.softmax(t_logits)
+    entropy = -jnp.sum(p * jnp.log(p + 1e-12), axis=-1)
+    n_keep = max(1, int(round(keep * images.shape[0])))
+    order = jnp.argsort(entropy)[:n_keep]
+    kept = (images[order], jnp.where(is_forget, -1e9, t_logits[order]))  # p_forget = 0 exactly
+
+    def kd_loss(v, batch, k):
+      logits, stats = train_lib.forward(model, v, batch[0], train=True)
+      return jnp.mean(_kl_rows(batch[1], logits)), (stats, {})
+
+    student = models_lib.init_variables(model, k_student, ctx.input_shape)
+    steps = epochs * train_lib.steps_per_epoch(n_keep, batch_size)
+    tx = sgd(lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", total_steps=steps)
+    student, _ = run_epochs(make_step(kd_loss, tx), student, tx, kept, k_fit, epochs,
+                            batch_size)
+    teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == labels)
+    return student, {"synthetic_teacher_accuracy": teacher_acc,
+                     **_shown(images[order], labels[order], jnp.arange(ctx.num_classes))}
+
+  return unlearn

@@ -1,0 +1,71 @@
+"""Relearning time: the anamnesis index (AIN) of Chundawat et al. 2023 (zero-shot MU).
+
+A model that only *hides* a class relearns it in a few steps; a model that never knew it
+needs as long as the retrained model. AIN compares the two.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unlearn_jax import train as train_lib
+
+
+def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float = 0.01,
+                  batch_size: int = 32, max_steps: int = 100, eval_size: int = 256):
+  """Steps of fine-tuning on D_f until forget accuracy reaches `target_acc`.
+
+  SGD (momentum 0.9, `lr`) on batches drawn uniformly from D_f, eval-mode BatchNorm (the
+  statistics stay θ's); accuracy is measured after every step on the first `eval_size`
+  forget examples. Returns (steps, reached): 0 if the model already meets the target,
+  `max_steps` with reached=False if it never does within the budget (a lower bound).
+  Runs as one `lax.scan` in `scan` loop mode (vmappable over models), as a host loop
+  with early exit in `host` mode.
+  """
+  x_eval, y_eval = (a[:eval_size] for a in forget)
+  tx = optax.sgd(lr, momentum=0.9)
+  n = forget[0].shape[0]
+
+  def acc(v):
+    return jnp.mean(jnp.argmax(model.apply(v, x_eval, train=False), -1) == y_eval)
+
+  def step(carry, k):
+    v, opt = carry
+    idx = jax.random.randint(k, (batch_size,), 0, n)
+
+    def loss(p):
+      logits = model.apply({**v, "params": p}, forget[0][idx], train=False)
+      return train_lib.cross_entropy(logits, forget[1][idx]).mean()
+
+    upd, opt = tx.update(jax.grad(loss)(v["params"]), opt, v["params"])
+    v = {**v, "params": optax.apply_updates(v["params"], upd)}
+    return (v, opt), acc(v)
+
+  carry = (variables, tx.init(variables["params"]))
+  keys = jax.random.split(key, max_steps)
+  if train_lib.get_loop_mode() == "scan":
+    accs = jnp.concatenate([acc(variables)[None], jax.lax.scan(step, carry, keys)[1]])
+    hit = accs >= target_acc
+    first = jnp.argmax(hit)
+    reached = jnp.any(hit)
+    return jnp.where(reached, first, max_steps), reached
+  if float(acc(variables)) >= float(target_acc):
+    return 0, True
+  run = jax.jit(step)
+  for i in range(max_steps):
+    carry, a = run(carry, keys[i])
+    if float(a) >= float(target_acc):
+      return i + 1, True
+  return max_steps, False
+
+
+def anamnesis_index(steps_unlearned, steps_retrain):
+  """AIN = r_t(unlearned) / r_t(retrained): relearning steps to regain 95% of the original's
+  forget accuracy, relative to the retrained model. Ideal ≈ 1; ≪ 1 means the forgotten
+  class was hidden, not removed (it comes back quickly); > 1 means harder to relearn
+  than a model that never saw it."""
+  return np.asarray(steps_unlearned, np.float64) / np.maximum(
+      np.asarray(steps_retrain, np.float64), 1.0)
