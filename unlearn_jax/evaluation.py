@@ -72,9 +72,14 @@ def train_populations(cfg, st: runner.Setup, num_models: int, chunk: int, log,
     saved = json.loads((cache / "fingerprint.json").read_text())
     if saved.get("digest") == _digest(fp):
       log(f"reusing the populations in {cache} (fingerprint {saved['digest']})")
+      like = jax.eval_shape(jax.vmap(lambda k: models_lib.init_variables(
+          st.model, k, st.ds.input_shape)), jax.random.split(jax.random.PRNGKey(0), num_models))
       out = []
       for name in ("original", "retrain"):
-        v = checkpoint.restore_variables(cache / name)
+        try:
+          v = checkpoint.restore_variables(cache / name, like)
+        except checkpoint.CheckpointError as e:
+          raise runner.UsageError(f"{e}; delete {cache} to train the populations anew") from e
         out.append(runner.ModelSet(name, v, saved["seconds"][name]))
       return out[0], out[1], True
     raise runner.UsageError(f"{cache}/fingerprint.json does not match its directory name; "
@@ -166,6 +171,58 @@ def evaluate_population(name, logits: dict, labels: dict, retrained: dict, rando
   return row, eps, phi_u
 
 
+MEMORY_FRACTION = 0.4      # of physical memory, for one vmapped chunk of a method
+
+
+def _physical_memory() -> float:
+  import os
+  try:
+    return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+  except (ValueError, OSError, AttributeError):
+    return 8.0 * 2 ** 30
+
+
+def _memory_per_model(spec, ctx, hparams, variables, data, keys) -> float:
+  """XLA's estimate (temporaries + outputs) of one model's run of the method."""
+  fn = spec(ctx, **hparams)
+  one = jax.tree_util.tree_map(lambda v: v[:1], variables)
+  try:
+    ma = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(one, data, keys[:1]).compile() \
+        .memory_analysis()
+    return float(ma.temp_size_in_bytes + ma.output_size_in_bytes)
+  except Exception:  # no analysis on this backend: assume it fits
+    return 0.0
+
+
+def _apply_in_chunks(spec, ctx, hparams, variables, data, keys, st, chunk, log):
+  """The method on every model, vmapped in chunks; a chunk that runs out of memory is
+  halved and retried (e.g. `influence` holds an N×P gradient matrix per model)."""
+  n = keys.shape[0]
+  size = n if chunk <= 0 else chunk
+  if chunk <= 0 and st.vmapped:
+    per_model = _memory_per_model(spec, ctx, hparams, variables, data, keys)
+    budget = MEMORY_FRACTION * _physical_memory()
+    if per_model * n > budget:
+      size = max(1, int(budget // per_model))
+      log(f"  {spec.name}: ~{per_model / 2 ** 20:,.0f} MiB per model; vmapping chunks of "
+          f"{size} to stay within {budget / 2 ** 30:.1f} GiB")
+  while True:
+    try:
+      parts, seconds = [], 0.0
+      with train_lib.loop_mode(st.mode):
+        for a, b in _chunks(n, size):
+          ms = runner.apply_method(spec, ctx, hparams, jax.tree_util.tree_map(
+              lambda v: v[a:b], variables), data, keys[a:b], st.vmapped)
+          parts.append(ms.variables)
+          seconds += ms.seconds * (b - a)
+      return _stack(parts), seconds
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e) or size == 1:
+        raise
+      size = max(1, size // 2)
+      log(f"  {spec.name}: out of memory; retrying in chunks of {size} models")
+
+
 def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | None,
         log: Callable[[str], None] = print, mia_models: int = 16) -> Evaluation:
   t_start = time.perf_counter()
@@ -211,16 +268,10 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   for m in st.method_names:
     spec = methods_lib.get_method(m)
     data = methods_lib.select_data(spec, forget, retain)
-    parts, seconds = [], 0.0
     t0 = time.perf_counter()
-    with train_lib.loop_mode(st.mode):
-      for a, b in _chunks(num_models, chunk):
-        keys = jax.vmap(lambda k: runner.method_key(k, m))(seed_keys[a:b])
-        ms = runner.apply_method(spec, ctx, hparams[m], jax.tree_util.tree_map(
-            lambda v: v[a:b], originals.variables), data, keys, st.vmapped)
-        parts.append(ms.variables)
-        seconds += ms.seconds * (b - a)
-    unlearned = _stack(parts)
+    unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
+                                          jax.vmap(lambda k: runner.method_key(k, m))(seed_keys),
+                                          st, chunk, log)
     row, eps, phi = evaluate_population(m, logits_of(unlearned), labels, retrained_logits,
                                         random_forget, seconds / num_models, mia_models, log)
     rows.append(row); epsilons[m] = eps; stats[m] = phi
