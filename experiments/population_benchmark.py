@@ -12,7 +12,7 @@ both measured in the same process. Compile times are printed separately.
 import statistics
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,8 @@ flags.DEFINE_string("model", "mlp", "model (mlp recommended on CPU)")
 def main(argv):
   del argv
   F = flags.FLAGS
+  if not F["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   ds = data.load_dataset("digits")
   model = models.get_model(F.model, ds.num_classes)
   cfg = runner.default_recipe(ds, F.model)
