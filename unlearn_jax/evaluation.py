@@ -116,8 +116,9 @@ def train_populations(cfg, st: runner.Setup, num_models: int, chunk: int, log,
 def population_logits(model, variables, x, chunk: int, eval_batch: int = 1000) -> np.ndarray:
   """[N, n, C] logits of every model on `x` (vmapped in chunks of models)."""
   n = jax.tree_util.tree_leaves(variables)[0].shape[0]
-  f = jax.jit(jax.vmap(lambda v: train_lib.predict(model, v, x, eval_batch)))
-  return np.concatenate([np.asarray(f(jax.tree_util.tree_map(lambda a: a[i:j], variables)))
+  f = jax.jit(jax.vmap(lambda v, xx: train_lib.predict(model, v, xx, eval_batch),
+                       in_axes=(0, None)))
+  return np.concatenate([np.asarray(f(jax.tree_util.tree_map(lambda a: a[i:j], variables), x))
                          for i, j in _chunks(n, chunk)])
 
 

@@ -199,7 +199,9 @@ def apply_method(spec, ctx, hparams: dict, variables, data, keys, vmapped: bool)
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model, model_set: ModelSet, arrays: dict, vmapped: bool, eval_batch: int):
   """Per seed: logits, losses and accuracies on every split; mia_loss_lr."""
-  def per_seed(v):
+  # The data goes in as arguments: closed-over arrays become constants that XLA tries
+  # (slowly, noisily) to fold.
+  def per_seed(v, arrays):
     out = {}
     for split, (x, y) in arrays.items():
       logits = train_lib.predict(model, v, x, eval_batch)
@@ -208,12 +210,13 @@ def evaluate(model, model_set: ModelSet, arrays: dict, vmapped: bool, eval_batch
 
   num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
   if vmapped:
-    res = jax.jit(jax.vmap(per_seed))(model_set.variables)
+    res = jax.jit(jax.vmap(per_seed, in_axes=(0, None)))(model_set.variables, arrays)
     per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
   else:
     f = jax.jit(per_seed)
     per = [jax.tree_util.tree_map(np.asarray, f(jax.tree_util.tree_map(lambda a: a[i],
-                                                                        model_set.variables)))
+                                                                        model_set.variables),
+                                                 arrays))
            for i in range(num_seeds)]
   rows, losses = [], []
   for i, r in enumerate(per):
