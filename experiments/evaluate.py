@@ -70,37 +70,24 @@ def main(argv):
       cfg[name] = F[name].value
   tag = cfg.dataset.replace("image_folder:", "folder-").replace("/", "_").replace(".", "")[-40:]
   workdir = F.workdir or f"runs/eval_{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S')}"
-  staging = None
   try:
-    if F.num_models < 4:
-      raise runner.UsageError(f"--num_models={F.num_models} must be at least 4 (the attacks "
-                              "split each population in halves)")
-    if F.chunk < 0:
-      raise runner.UsageError(f"--chunk={F.chunk} must be 0 (all at once) or positive")
     runner.validate(cfg)
     if not F.workdir:
       Path("runs").mkdir(exist_ok=True)
-    final, staging = runner.prepare_workdir(workdir, F.overwrite)
-    ev = evaluation.run(cfg, {}, F.num_models, F.chunk,
-                        Path(F.populations_dir) if F.populations_dir else None,
-                        log=lambda s: print(s, flush=True), mia_models=F.mia_models)
-    scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
-            else f"{cfg.scenario} {100 * cfg.forget_fraction:g}%")
-    md = evaluation.write_evaluation(staging, ev, cfg.to_dict() | {
-        "num_models": F.num_models, "chunk": F.chunk},
-        f"{cfg.dataset} · {ev.info['model']} · {scen}")
-    runner.commit_workdir(staging, final)
-    staging = None
-    print("\n" + md)
-    print(f"run directory: {final}")
+    with runner.staged_workdir(workdir, F.overwrite) as (final, staging):
+      ev = evaluation.run(cfg, {}, F.num_models, F.chunk,
+                          Path(F.populations_dir) if F.populations_dir else None,
+                          log=lambda s: print(s, flush=True), mia_models=F.mia_models)
+      scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
+              else f"{cfg.scenario} {100 * cfg.forget_fraction:g}%")
+      md = evaluation.write_evaluation(staging, ev, cfg.to_dict() | {
+          "num_models": F.num_models, "chunk": F.chunk},
+          f"{cfg.dataset} · {ev.info['model']} · {scen}")
   except runner.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  finally:
-    if staging is not None and staging.exists():
-      import shutil
-      shutil.rmtree(staging, ignore_errors=True)
-
+  print("\n" + md)
+  print(f"run directory: {final}")
 
 if __name__ == "__main__":
   app.run(main, flags_parser=parse_flags)

@@ -115,25 +115,18 @@ def main(argv):
   cfg = build_config()
   workdir = flags.FLAGS.workdir or default_workdir(cfg)
   hparams = {name: flag.value.to_dict() for name, flag in _METHOD_FLAGS.items()}
-  staging = None
   try:
     runner.validate(cfg)
     if not flags.FLAGS.workdir:
       Path("runs").mkdir(exist_ok=True)
-    final, staging = runner.prepare_workdir(workdir, flags.FLAGS.overwrite)
-    result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True))
-    md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
-    runner.commit_workdir(staging, final)
-    staging = None
-    print("\n" + md)
-    print(f"wall time {result.info['wall_seconds']:.1f}s; run directory: {final}")
+    with runner.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
+      result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True))
+      md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
   except runner.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  finally:
-    if staging is not None and staging.exists():
-      import shutil
-      shutil.rmtree(staging, ignore_errors=True)
+  print("\n" + md)
+  print(f"wall time {result.info['wall_seconds']:.1f}s; run directory: {final}")
 
 
 if __name__ == "__main__":

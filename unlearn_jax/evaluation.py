@@ -230,6 +230,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   if num_models < 4:
     raise runner.UsageError(f"--num_models={num_models} must be at least 4 (the attacks "
                             "split each population in halves)")
+  if chunk < 0:
+    raise runner.UsageError(f"--chunk={chunk} must be 0 (all at once) or positive")
   st = runner.setup(cfg, log)
   hparams = runner.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log)
   ds, split = st.ds, st.split

@@ -13,6 +13,7 @@ in results.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -255,6 +256,19 @@ def commit_workdir(staging: Path, final: Path) -> None:
   if final.exists():
     shutil.rmtree(final)
   staging.rename(final)
+
+
+@contextlib.contextmanager
+def staged_workdir(workdir: str, overwrite: bool):
+  """Yields (final, staging): write into `staging`; it is moved to `final` when the block
+  ends normally and deleted when it raises, so no half-written run is ever left."""
+  final, staging = prepare_workdir(workdir, overwrite)
+  try:
+    yield final, staging
+    commit_workdir(staging, final)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the run
