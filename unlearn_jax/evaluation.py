@@ -127,8 +127,7 @@ def _acc(logits, labels):
 
 
 def evaluate_population(name, logits: dict, labels: dict, retrained: dict, random_forget,
-                        seconds: float, mia_models: int, rows_log) -> tuple[dict, np.ndarray,
-                                                                            np.ndarray]:
+                        seconds: float, mia_models: int) -> tuple[dict, np.ndarray, np.ndarray]:
   """Every metric of one population against the retrained one. `logits[split]` [N, n, C]."""
   n = logits["forget"].shape[0]
   phi_u = M.logit_scaled_confidence(logits["forget"], labels["forget"][None])
@@ -265,9 +264,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   for name, variables, secs in populations:
     lg = retrained_logits if name == "retrain" else logits_of(variables)
     row, eps, phi = evaluate_population(name, lg, labels, retrained_logits, random_forget, secs,
-                                        mia_models, log)
+                                        mia_models)
     rows.append(row); epsilons[name] = eps; stats[name] = phi
-  stats["retrain"] = M.logit_scaled_confidence(retrained_logits["forget"], labels["forget"][None])
   for m in st.method_names:
     spec = methods_lib.get_method(m)
     data = methods_lib.select_data(spec, forget, retain)
@@ -276,7 +274,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
                                           jax.vmap(lambda k: runner.method_key(k, m))(seed_keys),
                                           st, chunk, log)
     row, eps, phi = evaluate_population(m, logits_of(unlearned), labels, retrained_logits,
-                                        random_forget, seconds / num_models, mia_models, log)
+                                        random_forget, seconds / num_models, mia_models)
     rows.append(row); epsilons[m] = eps; stats[m] = phi
     log(f"method {m}: {seconds / num_models:.3f}s per model "
         f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
