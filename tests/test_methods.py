@@ -280,3 +280,22 @@ def test_relearn_steps_zero_when_already_known_and_agree_across_loop_modes(setup
     s_host, r_host = metrics.relearn_steps(m, v0, cls, 0.95, jax.random.PRNGKey(1), max_steps=60)
   assert int(s_scan) == int(s_host) > 0 and bool(r_scan) == bool(r_host)
   np.testing.assert_allclose(metrics.anamnesis_index([0, 10, 40], [20, 20, 20]), [0, 0.5, 2])
+
+
+def test_deepinversion_entropy_filter_keeps_every_class():
+  """The filter keeps the lowest-entropy half *of each class*, even a class whose images
+  are all less confident than every image of another class."""
+  from unlearn_jax.methods.zero_shot import per_class_lowest
+  static = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+  perm = np.array([3, 7, 0, 9, 5, 1, 8, 2, 6, 4])
+  labels = jnp.asarray(static[perm])
+  # class 1 is always unsure (entropy ≥ 10), classes 0 and 2 always sure (< 1).
+  scores = jnp.where(labels == 1, 10.0, 0.0) + jnp.arange(10.0) / 10
+  # labels traced (as under vmap over keys); counts from the concrete static labels
+  idx = np.asarray(jax.jit(lambda s, l: per_class_lowest(s, l, static, 0.5))(scores, labels))
+  kept = np.asarray(labels)[idx]
+  assert sorted(kept.tolist()) == [0, 0, 1, 1, 2]
+  for c in (0, 1, 2):  # within a class, the kept ones are the least uncertain
+    in_c = np.nonzero(np.asarray(labels) == c)[0]
+    lowest = in_c[np.argsort(np.asarray(scores)[in_c])][:len(idx[kept == c])]
+    assert set(idx[kept == c].tolist()) == set(lowest.tolist())

@@ -288,6 +288,21 @@ def total_variation(x):
   return dh + dw
 
 
+def per_class_lowest(scores, labels, static_labels, keep):
+  """Indices of the `keep` fraction (at least one) of lowest `scores` within each class.
+
+  `labels` may be traced (a permutation of `static_labels`); the per-class counts come from
+  the concrete `static_labels`, so the result has a static length. Sorting by (label, score)
+  puts each class's images in one block, lowest score first; we take each block's head.
+  """
+  classes, counts = np.unique(static_labels, return_counts=True)
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  heads = np.concatenate([s + np.arange(max(1, int(round(keep * c))))
+                          for s, c in zip(starts, counts)])
+  order = jnp.lexsort((scores, labels))
+  return order[heads]
+
+
 @register("deepinversion", reads=(), scenarios=("class",), requires=("batch_norm",),
           paper="Yin et al. 2020 (DeepInversion); seed 003 (entropy filter, deep retrain)",
           defaults=dict(per_class=64, synth_batch=128, synth_steps=300, synth_lr=0.1,
@@ -302,8 +317,9 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
   mixed classes (Adam `synth_lr`, `synth_steps` steps, N(0, 1) start) to minimise
       CE(T(x), y) + r_bn·Σ_l (‖μ_l(x) − μ_l‖₂ + ‖σ²_l(x) − σ²_l‖₂) + r_tv·TV(x) + r_l2·mean(x²),
   μ_l, σ²_l the running statistics of T's l-th BatchNorm and μ_l(x), σ²_l(x) those of its
-  input on the batch. Entropy filter: keep the `keep` fraction with the lowest teacher
-  entropy. Student: fresh weights, KL(T‖S) on the kept images with the teacher's
+  input on the batch. Entropy filter, per class: of each class's images keep the `keep`
+  fraction with the lowest teacher entropy (a global filter drops whole classes the teacher
+  is unsure of: on CIFAR it kept no cat, deer or dog). Student: fresh weights, KL(T‖S) on the kept images with the teacher's
   forget-class probabilities removed (renormalised over retain classes), SGD momentum,
   cosine lr, `epochs` epochs.
   Needs a model with BatchNorm (the statistic term has nothing to match otherwise): a
@@ -325,8 +341,8 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
     k_x, k_student, k_fit = jax.random.split(key, 3)
     n = per_class * retain.shape[0]
     n_batches = -(-n // synth_batch)
-    labels = jnp.resize(jnp.repeat(retain, per_class), (n_batches * synth_batch,))
-    labels = jax.random.permutation(k_x, labels).reshape(n_batches, synth_batch)
+    static_labels = np.resize(np.repeat(np.asarray(retain), per_class), (n_batches * synth_batch,))
+    labels = jax.random.permutation(k_x, jnp.asarray(static_labels)).reshape(n_batches, synth_batch)
     opt = optax.adam(synth_lr)
 
     def loss(x, y):
@@ -347,8 +363,8 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
     t_logits = model.apply(teacher, images, train=False)
     p = jax.nn.softmax(t_logits)
     entropy = -jnp.sum(p * jnp.log(p + 1e-12), axis=-1)
-    n_keep = max(1, int(round(keep * images.shape[0])))
-    order = jnp.argsort(entropy)[:n_keep]
+    order = per_class_lowest(entropy, labels, static_labels, keep)
+    n_keep = order.shape[0]
     kept = (images[order], jnp.where(is_forget, -1e9, t_logits[order]))  # p_forget = 0 exactly
 
     def kd_loss(v, batch, k):
