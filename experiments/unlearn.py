@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
-from unlearn_jax import report, runner
+from unlearn_jax import parallel, report, runner
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 
@@ -73,10 +73,14 @@ flags.DEFINE_integer("train_subset", None, "stratified subset of train (0 = all)
 flags.DEFINE_integer("test_subset", None, "stratified subset of test (0 = all)")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("loop", None, "auto | scan | host")
+flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
+flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
+flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
 flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
-              "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop")
+              "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop", "mesh_seeds",
+              "mesh_data", "distributed")
 
 
 def parse_flags(argv):
@@ -113,6 +117,8 @@ def main(argv):
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   cfg = build_config()
+  if cfg.distributed:
+    parallel.initialize_distributed()
   workdir = flags.FLAGS.workdir or default_workdir(cfg)
   hparams = {name: flag.value.to_dict() for name, flag in _METHOD_FLAGS.items()}
   try:

@@ -6,6 +6,11 @@ import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+# tests/sharded needs 8 simulated devices, fixed at JAX's first backend use: it runs in its
+# own process, launched by tests/test_parallel.py with UNLEARN_JAX_SHARDED=1.
+if not os.environ.get("UNLEARN_JAX_SHARDED"):
+  collect_ignore = ["sharded"]
+
 
 @pytest.fixture(scope="session")
 def digits():

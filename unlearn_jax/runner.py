@@ -30,6 +30,7 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import metrics as metrics_lib
 from unlearn_jax import models as models_lib
+from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 
 REFERENCE_MODELS = ("original", "retrain")
@@ -134,8 +135,8 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
   progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
   compile_s = 0.0
   if vmapped:
-    init_state = jax.jit(jax.vmap(lambda v: train_lib.init_train_state(v, tx)))
-    epoch = jax.jit(jax.vmap(
+    init_state = jax.jit(parallel.vmap_seeds(lambda v: train_lib.init_train_state(v, tx)))
+    epoch = jax.jit(parallel.vmap_seeds(
         lambda st, xx, yy, k: train_lib.train_epochs(model, cfg, st, xx, yy, k, 1),
         in_axes=(0, None, None, 0)))
     state = init_state(init_vars)
@@ -169,7 +170,7 @@ def apply_method(spec, ctx, hparams: dict, variables, data, keys, vmapped: bool)
   fn = spec(ctx, **hparams)
   num_seeds = keys.shape[0]
   if vmapped:
-    f = jax.jit(jax.vmap(fn, in_axes=(0, None, 0)))
+    f = jax.jit(parallel.vmap_seeds(fn, in_axes=(0, None, 0)))
     t0 = time.perf_counter()
     compiled = f.lower(variables, data, keys).compile()
     compile_s = time.perf_counter() - t0
@@ -211,7 +212,7 @@ def evaluate(model, model_set: ModelSet, arrays: dict, vmapped: bool, eval_batch
 
   num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
   if vmapped:
-    res = jax.jit(jax.vmap(per_seed, in_axes=(0, None)))(model_set.variables, arrays)
+    res = jax.jit(parallel.vmap_seeds(per_seed, in_axes=(0, None)))(model_set.variables, arrays)
     per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
   else:
     f = jax.jit(per_seed)
@@ -345,6 +346,9 @@ def validate(cfg) -> None:
     raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
   if cfg.loop not in ("auto",) + train_lib.LOOP_MODES:
     raise UsageError(f"--loop={cfg.loop!r} is unknown; allowed: auto, scan, host")
+  if cfg.get("mesh_seeds", 1) < 1 or cfg.get("mesh_data", 0) < 0:
+    raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 1)} must be >= 1 and "
+                     f"--mesh_data={cfg.get('mesh_data', 0)} >= 0 (0 = all remaining devices)")
   resolve_methods(cfg.methods, cfg.scenario)
   parse_classes(cfg.forget_classes)
 
@@ -360,6 +364,7 @@ class Setup:
   recipe: train_lib.TrainConfig
   mode: str
   method_names: tuple
+  mesh: object = None   # jax.sharding.Mesh over ("seeds", "data"), None on one device
 
   @property
   def vmapped(self) -> bool:
@@ -399,7 +404,25 @@ def setup(cfg, log: Callable[[str], None] = print) -> Setup:
                                  log)
   recipe = resolve_recipe(default_recipe(ds, model_name), dict(cfg.train))
   mode = train_lib.default_loop_mode(model_name) if cfg.loop == "auto" else cfg.loop
-  return Setup(ds, spec, split, model_name, model, recipe, mode, method_names)
+  mesh = make_mesh(cfg, recipe.batch_size, mode)
+  return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh)
+
+
+def make_mesh(cfg, batch_size: int, mode: str):
+  """The device mesh of `--mesh_seeds` x `--mesh_data` (None when one device is all there
+  is); UsageError when the devices or the batch size do not fit it."""
+  seeds, data = int(cfg.get("mesh_seeds", 1)), int(cfg.get("mesh_data", 0))
+  if jax.device_count() == 1 and seeds == 1 and data <= 1:
+    return None
+  try:
+    mesh = parallel.make_mesh(data=data, seeds=seeds)
+    parallel.check_batch_size(batch_size, mesh, "--config.train.batch_size")
+  except parallel.MeshError as e:
+    raise UsageError(f"--mesh_seeds={seeds} --mesh_data={data}: {e}") from e
+  if seeds > 1 and mode != "scan":
+    raise UsageError(f"--mesh_seeds={seeds} shards vmapped seeds, but loop mode {mode} runs "
+                     "seeds in sequence; pass --loop=scan or --mesh_seeds=1")
+  return mesh
 
 
 def resolve_hparams(method_names, method_hparams: dict, scenario: str, log) -> dict:
@@ -439,68 +462,75 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
       f"({'seeds vmapped' if vmapped else 'seeds in sequence'}), backend {jax.default_backend()}")
   log(f"recipe: {recipe}")
 
-  x_train = jnp.asarray(ds.train_x)
-  y_train = jnp.asarray(ds.train_y)
-  take = lambda idx: (x_train[idx], y_train[idx])
-  forget, retain = take(split.forget), take(split.retain)
-  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
-  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
-  init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
-      init_keys)
+  log(f"devices: {parallel.describe(st.mesh)}")
+  with parallel.data_parallel(st.mesh):
+    # In memory and replicated on every device of the mesh (streaming input is
+    # unlearn_jax.data.streaming's job); batches are split over `data` inside the steps.
+    x_train = parallel.replicate(jnp.asarray(ds.train_x))
+    y_train = parallel.replicate(jnp.asarray(ds.train_y))
+    take = lambda idx: (x_train[idx], y_train[idx])
+    forget, retain = take(split.forget), take(split.retain)
+    seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+    init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
+        init_keys)
+    if vmapped:
+      init_vars = parallel.shard_seeds(init_vars)
 
-  model_sets = {}
-  with train_lib.loop_mode(mode):
-    log("training original (all of train)")
-    model_sets["original"] = train_population(
-        model, recipe, init_vars, x_train, y_train,
-        jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), vmapped, log, "original")
-    log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
-    log("training retrain (retain only, same recipe and initial weights)")
-    model_sets["retrain"] = train_population(
-        model, recipe, init_vars, retain[0], retain[1],
-        jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), vmapped, log, "retrain")
-    retrain_s = model_sets["retrain"].seconds
-    log(f"  retrain: {retrain_s:.2f}s per seed")
-    ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
-                                    spec.forget_classes if cfg.scenario == "class" else (),
-                                    model_name)
-    for m in method_names:
-      mspec = methods_lib.get_method(m)
-      keys = jax.vmap(lambda k: method_key(k, m))(seed_keys)
-      data = methods_lib.select_data(mspec, forget, retain)
-      ms = apply_method(mspec, ctx, hparams[m], model_sets["original"].variables, data, keys,
-                        vmapped)
-      model_sets[m] = ms
-      flags = {k: v for k, v in ms.aux.items() if k in ("stopped_early",) and any(np.ravel(v))}
-      log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
-          f"retrain)" + (f", compile {ms.compile_seconds:.1f}s" if ms.compile_seconds else "")
-          + (f" [{m} stopped early on seeds {flags}]" if flags else ""))
+    model_sets = {}
+    with train_lib.loop_mode(mode):
+      log("training original (all of train)")
+      model_sets["original"] = train_population(
+          model, recipe, init_vars, x_train, y_train,
+          jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), vmapped, log, "original")
+      log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
+      log("training retrain (retain only, same recipe and initial weights)")
+      model_sets["retrain"] = train_population(
+          model, recipe, init_vars, retain[0], retain[1],
+          jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), vmapped, log, "retrain")
+      retrain_s = model_sets["retrain"].seconds
+      log(f"  retrain: {retrain_s:.2f}s per seed")
+      ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
+                                      spec.forget_classes if cfg.scenario == "class" else (),
+                                      model_name)
+      for m in method_names:
+        mspec = methods_lib.get_method(m)
+        keys = jax.vmap(lambda k: method_key(k, m))(seed_keys)
+        data = methods_lib.select_data(mspec, forget, retain)
+        ms = apply_method(mspec, ctx, hparams[m], model_sets["original"].variables, data, keys,
+                          vmapped)
+        model_sets[m] = ms
+        flags = {k: v for k, v in ms.aux.items() if k in ("stopped_early",) and any(np.ravel(v))}
+        log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
+            f"retrain)" + (f", compile {ms.compile_seconds:.1f}s" if ms.compile_seconds else "")
+            + (f" [{m} stopped early on seeds {flags}]" if flags else ""))
 
-  arrays = {"retain": retain, "forget": forget, "val": take_test(ds, split.val),
-            "test": take_test(ds, split.test)}
-  if split.test_forget.size:
-    arrays["val_forget"] = take_test(ds, split.val_forget)
-    arrays["test_forget"] = take_test(ds, split.test_forget)
-  log("evaluating")
-  rows, losses = [], {}
-  with train_lib.loop_mode(mode):
-    for name, ms in model_sets.items():
-      metric_rows, losses[name] = evaluate(model, ms, arrays, vmapped, cfg.eval_batch_size)
-      for i, r in enumerate(metric_rows):
-        rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
-  if cfg.scenario == "class":
-    log(f"relearning the forgotten classes for AIN (up to {cfg.ain.max_steps} steps per model)")
-    targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(seed_keys)
-    steps = {}
+    arrays = {"retain": retain, "forget": forget, "val": take_test(ds, split.val),
+              "test": take_test(ds, split.test)}
+    if split.test_forget.size:
+      arrays["val_forget"] = take_test(ds, split.val_forget)
+      arrays["test_forget"] = take_test(ds, split.test_forget)
+    log("evaluating")
+    rows, losses = [], {}
     with train_lib.loop_mode(mode):
       for name, ms in model_sets.items():
-        steps[name] = relearn_population(model, ms, forget, targets, keys, vmapped, dict(cfg.ain))
-    for r in rows:
-      i = r["seed"] - int(cfg.seed)
-      r["relearn_steps"] = float(steps[r["method"]][i])
-      r["ain"] = float(metrics_lib.anamnesis_index(steps[r["method"]][i], steps["retrain"][i]))
+        metric_rows, losses[name] = evaluate(model, ms, arrays, vmapped, cfg.eval_batch_size)
+        for i, r in enumerate(metric_rows):
+          rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
+    if cfg.scenario == "class":
+      log(f"relearning the forgotten classes for AIN (up to {cfg.ain.max_steps} steps per model)")
+      targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
+      keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(seed_keys)
+      steps = {}
+      with train_lib.loop_mode(mode):
+        for name, ms in model_sets.items():
+          steps[name] = relearn_population(model, ms, forget, targets, keys, vmapped, dict(cfg.ain))
+      for r in rows:
+        i = r["seed"] - int(cfg.seed)
+        r["relearn_steps"] = float(steps[r["method"]][i])
+        r["ain"] = float(metrics_lib.anamnesis_index(steps[r["method"]][i], steps["retrain"][i]))
   info = {"model": model_name, "loop_mode": mode, "seeds_vmapped": vmapped,
+          "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "jax_version": jax.__version__,
           "compile_seconds": {k: v.compile_seconds for k, v in model_sets.items()},
@@ -514,7 +544,7 @@ def relearn_population(model, ms: ModelSet, forget, targets, keys, vmapped: bool
   """Relearning steps (see `metrics.relearn_steps`) of every seed's model."""
   fn = lambda v, t, k: metrics_lib.relearn_steps(model, v, forget, t, k, **ain_cfg)[0]
   if vmapped:
-    return np.asarray(jax.jit(jax.vmap(fn))(ms.variables, jnp.asarray(targets), keys))
+    return np.asarray(jax.jit(parallel.vmap_seeds(fn))(ms.variables, jnp.asarray(targets), keys))
   return np.asarray([fn(jax.tree_util.tree_map(lambda a: a[i], ms.variables), targets[i],
                         keys[i]) for i in range(len(targets))])
 

@@ -14,6 +14,10 @@ CPU backend runs a convolution whose kernel is carried through a while loop ~50x
 slower than the same step outside a loop (jax-ml/jax#12868; measured here: 9 vs 460
 images/s for the small CNN), so for conv models on CPUs the runner switches to `host`:
 a Python loop over one jitted step, with the same permutations, keys and math.
+
+Every batch drawn here passes through `parallel.shard_batch`: inside
+`parallel.data_parallel(mesh)` it is split over the mesh's `data` axis (weights stay
+replicated), outside it nothing changes.
 In `host` mode a method must be called eagerly (not under an outer `jax.jit`);
 `jax.vmap` still works. `loop_mode("host")` is a context manager.
 """
@@ -30,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from unlearn_jax.parallel import shard_batch
 
 Variables = dict  # {"params": ..., "batch_stats": ...}
 
@@ -173,7 +179,7 @@ def _host_epochs(step_fn, carry, data, key, num_epochs, batch_size, first_epoch)
   """`scan_epochs` as a Python loop over one jitted step (same keys, same batches)."""
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
   run_batch = jax.jit(lambda c, d, bidx, bkey: step_fn(
-      c, jax.tree_util.tree_map(lambda a: a[bidx], d), bkey))
+      c, shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], d)), bkey))
   history = []
   for epoch in range(int(first_epoch), int(first_epoch) + num_epochs):
     ekey = jax.random.fold_in(key, epoch)
@@ -210,7 +216,7 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
 
     def body(carry, xs):
       bidx, bkey = xs
-      batch = jax.tree_util.tree_map(lambda a: a[bidx], data)
+      batch = shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], data))
       return step_fn(carry, batch, bkey)
 
     carry, metrics = jax.lax.scan(body, carry, (idx, bkeys))
@@ -307,10 +313,11 @@ def predict(model: nn.Module, variables: Variables, x: jax.Array, batch_size: in
   """Logits (or (logits, features)) for every row of x, in eval mode, in batches."""
   n = x.shape[0]
   if n <= batch_size:
-    return model.apply(variables, x, train=False, features=features)
+    return model.apply(variables, shard_batch(x), train=False, features=features)
   nb = math.ceil(n / batch_size)
   padded = jnp.pad(x, ((0, nb * batch_size - n),) + ((0, 0),) * (x.ndim - 1))
-  out = jax.lax.map(lambda b: model.apply(variables, b, train=False, features=features),
+  out = jax.lax.map(lambda b: model.apply(variables, shard_batch(b), train=False,
+                                          features=features),
                     padded.reshape((nb, batch_size) + x.shape[1:]))
   return jax.tree_util.tree_map(lambda a: a.reshape((nb * batch_size,) + a.shape[2:])[:n], out)
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from unlearn_jax import train as train_lib
+from unlearn_jax.parallel import shard_batch
 
 ACCESS_CHOICES = ("forget", "retain")
 
@@ -177,7 +178,7 @@ def sample_batch(data: tuple, key: jax.Array, batch_size: int) -> tuple:
   with forget batches in the interleaved methods."""
   n = data[0].shape[0]
   idx = jax.random.randint(key, (batch_size,), 0, n)
-  return jax.tree_util.tree_map(lambda a: a[idx], data)
+  return shard_batch(jax.tree_util.tree_map(lambda a: a[idx], data))
 
 
 def ce_loss(model, train: bool = True):
@@ -218,7 +219,7 @@ def batched_mean(fn: Callable, data: tuple, batch_size: int):
   """mean over fixed-order batches of `fn(batch)` (a pytree), via `train.map_batches`
   (`lax.map`, or a host loop over the jitted `fn` in host mode: kernel gradients inside a
   compiled loop are slow on XLA:CPU even when the kernels are loop-invariant)."""
-  out = train_lib.map_batches(fn, fixed_batches(data, batch_size))
+  out = train_lib.map_batches(lambda b: fn(shard_batch(b)), fixed_batches(data, batch_size))
   return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
 
 

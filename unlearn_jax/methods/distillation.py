@@ -85,7 +85,10 @@ def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batc
   Teacher θ0 frozen, student from θ0, one Adam state. Epoch e: if e < m, a max pass over
   D_f minimising −KL_τ(teacher ‖ student); then a min pass over D_r (or a random
   `retain_fraction` of it) minimising γ·CE + α·KL_τ(teacher ‖ student). KL_τ carries
-  Hinton's τ² factor. Non-finite steps are dropped.
+  Hinton's τ² factor. Non-finite steps are dropped. The first max step starts where the KL
+  gradient vanishes (student = teacher): Adam normalises its rounding noise into full-size
+  steps, so runs that reduce in another order (other devices, a sharded mesh) diverge from
+  there; the reference PyTorch code has the same property.
   Reads: forget and retain. Defaults: 5 epochs, m 3, α 0.5, γ 1, τ 2, Adam 2e-3, batch 64
   (small-scale paper values: 10 epochs, m 3, Adam 5e-4, τ 4 for ResNet; at 5e-4 the
   digits MLP keeps a forgotten class).

@@ -1,0 +1,57 @@
+"""Mesh helpers on this process's devices, and the 8-device suite in its own process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from unlearn_jax import parallel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shard_batch_is_the_identity_outside_a_mesh():
+  x = jnp.arange(12.0).reshape(4, 3)
+  assert parallel.shard_batch(x) is x
+  assert parallel.active_mesh() is None
+
+
+def test_mesh_that_the_devices_cannot_form_is_refused():
+  n = jax.device_count()
+  with pytest.raises(parallel.MeshError, match=f"needs {2 * n} devices; {n} are visible"):
+    parallel.make_mesh(data=2 * n)
+  with pytest.raises(parallel.MeshError, match=">= 1"):
+    parallel.make_mesh(seeds=0)
+
+
+def test_one_device_mesh_runs_a_step():
+  mesh = parallel.make_mesh(data=1)
+  assert dict(mesh.shape) == {"seeds": 1, "data": 1}
+  with parallel.data_parallel(mesh):
+    y = jax.jit(lambda a: parallel.shard_batch(a) * 2)(parallel.replicate(jnp.ones((4, 2))))
+  assert float(y.sum()) == 16.0
+
+
+def test_runner_refuses_impossible_mesh_flags():
+  from experiments.configs import default
+  from unlearn_jax import runner
+  cfg = default.get_config()
+  cfg.mesh_data = 64 * jax.device_count()
+  with pytest.raises(runner.UsageError, match="--mesh_seeds=1 --mesh_data="):
+    runner.setup(cfg, log=lambda s: None)
+
+
+def test_sharded_suite_on_eight_simulated_devices():
+  """tests/sharded (training, finetune, ssd, scrub, seeds x data, the whole runner on 8
+  simulated CPU devices vs one) in a fresh process: the device count is fixed at JAX's
+  first backend use, so it cannot share this one."""
+  env = {**os.environ, "UNLEARN_JAX_SHARDED": "1"}
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/sharded"], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=1200)
+  tail = (proc.stdout + proc.stderr)[-3000:]
+  assert proc.returncode == 0, tail
+  assert " passed" in tail and "failed" not in tail, tail

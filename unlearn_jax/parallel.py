@@ -1,0 +1,192 @@
+"""Many devices the modern way: `jax.jit` with a `Mesh` and `NamedSharding`.
+
+The mesh has two axes, `("seeds", "data")`. Weights are replicated over `data`; every
+batch a train step or a method's step draws is split over `data` by
+`shard_batch` (a `with_sharding_constraint`), and XLA's SPMD partitioner turns the step
+into per-device work plus the all-reduces of the gradients and of BatchNorm's batch
+statistics. The math is that of one device on the whole batch, so a sharded run matches
+the single-device run to float tolerance (the reduction order differs).
+
+When seeds are vmapped, `vmap_seeds` names the `seeds` mesh axis as vmap's
+`spmd_axis_name`, so with `seeds=2` on 8 devices each half of the devices trains half of
+the seeds, each seed's batch split over 4 devices.
+
+Nothing here changes a pure function: `data_parallel(mesh)` is a context manager the
+*caller* enters, like `train.loop_mode`; outside it `shard_batch` is the identity.
+
+    mesh = parallel.make_mesh()                        # all devices on `data`
+    with parallel.data_parallel(mesh):
+      x = parallel.replicate(x, mesh)
+      variables, _ = jax.jit(train.fit, static_argnums=(0, 1))(model, cfg, v, x, y, key)
+
+Multi-host: call `initialize_distributed()` (the `--distributed` flag) before anything
+touches a device; every process then sees all devices of the job in `jax.devices()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("seeds", "data")
+_active: list = [None]
+
+
+class MeshError(ValueError):
+  """A mesh shape that the visible devices cannot form."""
+
+
+def make_mesh(data: int = 0, seeds: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A `("seeds", "data")` mesh: `seeds` × `data` devices (`data=0`: all that remain).
+
+  Raises MeshError naming the numbers when the devices cannot be arranged so."""
+  devices = list(jax.devices() if devices is None else devices)
+  if seeds < 1:
+    raise MeshError(f"mesh seeds axis must be >= 1, got {seeds}")
+  if data <= 0:
+    if len(devices) % seeds:
+      raise MeshError(f"{len(devices)} devices cannot be split into {seeds} seed groups")
+    data = len(devices) // seeds
+  if seeds * data > len(devices):
+    raise MeshError(f"a mesh of {seeds} seeds x {data} data needs {seeds * data} devices; "
+                    f"{len(devices)} are visible ({jax.default_backend()})")
+  grid = np.asarray(devices[:seeds * data], dtype=object).reshape(seeds, data)
+  return Mesh(grid, MESH_AXES)
+
+
+def active_mesh() -> Optional[Mesh]:
+  """The mesh of the enclosing `data_parallel` block, or None."""
+  return _active[0]
+
+
+@contextlib.contextmanager
+def data_parallel(mesh: Optional[Mesh]):
+  """Within the block, `shard_batch` splits batches over `mesh`'s `data` axis and
+  `vmap_seeds` maps seeds onto its `seeds` axis. `None` (or a 1-device mesh) is a no-op."""
+  previous, _active[0] = _active[0], mesh
+  try:
+    yield mesh
+  finally:
+    _active[0] = previous
+
+
+def data_size(mesh: Optional[Mesh] = None) -> int:
+  mesh = mesh if mesh is not None else _active[0]
+  return 1 if mesh is None else mesh.shape["data"]
+
+
+def seeds_size(mesh: Optional[Mesh] = None) -> int:
+  mesh = mesh if mesh is not None else _active[0]
+  return 1 if mesh is None else mesh.shape["seeds"]
+
+
+def shard_batch(tree: Any) -> Any:
+  """Constrains each leaf's leading (example) axis to the `data` axis of the active mesh.
+
+  Leaves whose leading size the data axis does not divide are left to the partitioner
+  (replicated); outside `data_parallel` this is the identity."""
+  mesh = _active[0]
+  if mesh is None or mesh.shape["data"] == 1:
+    return tree
+  n = mesh.shape["data"]
+
+  def one(a):
+    if not hasattr(a, "ndim") or a.ndim == 0 or a.shape[0] % n:
+      return a
+    spec = P("data", *([None] * (a.ndim - 1)))
+    return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+
+  return jax.tree_util.tree_map(one, tree)
+
+
+def replicate(tree: Any, mesh: Optional[Mesh] = None) -> Any:
+  """Places every leaf on all devices of `mesh` (the weights, the in-memory datasets)."""
+  mesh = mesh if mesh is not None else _active[0]
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
+  """Places a seed-stacked pytree (leading axis = seed) with seeds split over the `seeds`
+  mesh axis and replicated over `data`; replicated when the axis does not divide it."""
+  mesh = mesh if mesh is not None else _active[0]
+  if mesh is None:
+    return tree
+  s = mesh.shape["seeds"]
+
+  def one(a):
+    if s > 1 and getattr(a, "ndim", 0) and a.shape[0] % s == 0:
+      return jax.device_put(a, NamedSharding(mesh, P("seeds", *([None] * (a.ndim - 1)))))
+    return jax.device_put(a, NamedSharding(mesh, P()))
+
+  return jax.tree_util.tree_map(one, tree)
+
+
+def vmap_seeds(fn: Callable, in_axes=0, out_axes=0) -> Callable:
+  """`jax.vmap` over seeds; inside `data_parallel` with a `seeds` axis larger than 1 the
+  vmapped dimension of every sharding constraint goes on that axis (`spmd_axis_name`)."""
+  mesh = _active[0]
+  if mesh is not None and mesh.shape["seeds"] > 1:
+    return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes, spmd_axis_name="seeds")
+  return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+
+
+def check_batch_size(batch_size: int, mesh: Optional[Mesh] = None, what: str = "batch size"):
+  """A batch that the data axis does not divide cannot be split: say so up front."""
+  n = data_size(mesh)
+  if batch_size % n:
+    raise MeshError(f"{what} {batch_size} is not divisible by the {n} devices of the data "
+                    f"axis; use a multiple of {n}")
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """`jax.distributed.initialize` for multi-host jobs (the `--distributed` flag).
+
+  With no arguments JAX detects the cluster (SLURM, Open MPI, TPU pods, GKE); pass them
+  explicitly elsewhere. Must run before any device is touched."""
+  kwargs = {k: v for k, v in dict(coordinator_address=coordinator_address,
+                                  num_processes=num_processes,
+                                  process_id=process_id).items() if v is not None}
+  jax.distributed.initialize(**kwargs)
+
+
+def describe(mesh: Optional[Mesh]) -> str:
+  if mesh is None:
+    return "single device"
+  return (f"mesh seeds={mesh.shape['seeds']} x data={mesh.shape['data']} over "
+          f"{mesh.devices.size} {jax.default_backend()} device(s), "
+          f"{jax.process_count()} process(es)")
+
+
+def local_batch_slice(global_batch: int) -> slice:
+  """The rows of a global batch that this process feeds (streaming input, multi-host)."""
+  per = global_batch // jax.process_count()
+  if per * jax.process_count() != global_batch:
+    raise MeshError(f"global batch {global_batch} is not divisible by the "
+                    f"{jax.process_count()} processes")
+  start = jax.process_index() * per
+  return slice(start, start + per)
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+  """Assembles each process's rows into one global array split over `data`
+  (`jax.make_array_from_process_local_data`): the input path of streaming training."""
+  def one(a):
+    a = np.asarray(a)
+    spec = P("data", *([None] * (a.ndim - 1)))
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), a)
+  return jax.tree_util.tree_map(one, local)
+
+
+__all__ = ["MESH_AXES", "MeshError", "make_mesh", "active_mesh", "data_parallel", "data_size",
+           "seeds_size", "shard_batch", "replicate", "shard_seeds", "vmap_seeds",
+           "check_batch_size", "initialize_distributed", "describe", "local_batch_slice",
+           "global_batch"]
