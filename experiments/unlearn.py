@@ -6,9 +6,13 @@ r"""One command from data to a verdict: train, retrain, unlearn, evaluate, repor
 
 Writes into --workdir (default runs/<dataset>_<scenario>_<time>): results.csv,
 results.json, summary.md, splits.npz/json, plots/, checkpoints/. A run is staged in a
-hidden sibling directory and moved into place only when complete.
+hidden sibling directory and moved into place only when complete. Train states (every
+`--config.checkpoint_every` epochs) and finished methods are checkpointed in
+`.<workdir name>.resume/` beside it: a killed run, restarted with the same command,
+continues from there and ends with the weights of an uninterrupted run.
 """
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -78,6 +82,8 @@ flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 =
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
 flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
+flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
+                  "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
               "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop", "mesh_seeds",
               "mesh_data", "distributed")
@@ -125,9 +131,14 @@ def main(argv):
     runner.validate(cfg)
     if not flags.FLAGS.workdir:
       Path("runs").mkdir(exist_ok=True)
+    resume_dir = runner.resume_dir_for(workdir)
+    if not flags.FLAGS.resume and resume_dir.exists():
+      shutil.rmtree(resume_dir)
     with runner.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
-      result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True))
+      result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True),
+                          resume_dir=resume_dir if cfg.checkpoint_every > 0 else None)
       md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
+    shutil.rmtree(resume_dir, ignore_errors=True)   # the run is complete: nothing to resume
   except runner.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,4 +1,4 @@
-"""orbax checkpoints of model populations (leading axis = seed).
+"""orbax checkpoints of model populations (leading axis = seed), and of runs to resume.
 
 `save_variables(dir, variables)` writes step 0 of a `CheckpointManager` under `dir`;
 `restore_variables(dir, like)` reads it back, checking the tree against `like` so a
@@ -7,7 +7,9 @@ mismatched checkpoint fails with a clear message instead of a shape error later.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -42,3 +44,76 @@ def restore_variables(directory: Path, like, step: int | None = None):
     except Exception as e:  # orbax raises several types for corrupt/mismatched trees
       raise CheckpointError(f"checkpoint {directory} step {step} does not match the model "
                             f"or is corrupt: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+
+
+# ----------------------------------------------------------------------------- resumable runs
+class ResumeStore:
+  """The checkpoints that let a killed run resume: one orbax `CheckpointManager` per
+  population (`original`, `retrain`: the whole train state every `every` epochs, the step
+  being the number of finished epochs) and one per finished method (its unlearned weights).
+
+  `directory/fingerprint.json` records what produced them (config and hyperparameters);
+  `open` refuses a directory written by other flags instead of mixing two runs.
+  """
+
+  def __init__(self, directory: Path, every: int = 1):
+    self.directory = Path(directory).resolve()
+    self.every = max(1, int(every))
+
+  @classmethod
+  def open(cls, directory: Path, fingerprint: dict, every: int = 1) -> "ResumeStore":
+    directory = Path(directory)
+    stamp = directory / "fingerprint.json"
+    wanted = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    if stamp.exists():
+      try:
+        found = json.loads(stamp.read_text())
+      except json.JSONDecodeError as e:
+        raise CheckpointError(f"{stamp} is corrupt ({e}); delete {directory} to start over") from e
+      if found != wanted:
+        diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        raise CheckpointError(
+            f"{directory} holds checkpoints of a run with other settings (differs in: "
+            f"{', '.join(diff)}); delete it, or rerun with the same flags to resume")
+    else:
+      directory.mkdir(parents=True, exist_ok=True)
+      stamp.write_text(json.dumps(wanted, sort_keys=True, indent=1))
+    return cls(directory, every)
+
+  def _manager(self, name: str, keep: int = 2) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.directory / name,
+        options=ocp.CheckpointManagerOptions(create=True, max_to_keep=keep))
+
+  def restore_latest(self, name: str, like) -> Optional[tuple]:
+    """(step, tree, meta) of the newest checkpoint of `name`, or None if it has none.
+    CheckpointError when it is corrupt or its tree does not match `like` (`like=None`:
+    the tree as saved)."""
+    path = self.directory / name
+    if not path.is_dir():
+      return None
+    with self._manager(name) as mngr:
+      step = mngr.latest_step()
+      if step is None:
+        return None
+      abstract = (None if like is None else
+                  jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like))
+      try:
+        out = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # orbax raises several types for corrupt/mismatched trees
+        raise CheckpointError(
+            f"checkpoint {path} step {step} is corrupt or does not match the model "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); delete {self.directory} "
+            "to start over") from e
+    return step, out["state"], dict(out["meta"])
+
+  def save(self, name: str, step: int, tree, meta: dict) -> None:
+    with self._manager(name) as mngr:
+      mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                              meta=ocp.args.JsonSave(meta)))
+      mngr.wait_until_finished()
+
+  def due(self, epoch: int, total: int) -> bool:
+    """Whether to checkpoint after `epoch` finished epochs."""
+    return epoch == total or epoch % self.every == 0

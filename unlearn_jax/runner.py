@@ -98,6 +98,7 @@ class Progress:
     self.log, self.label, self.total, self.n = log, label, total_epochs, examples_per_epoch
     self.start = time.perf_counter()
     self.last_print = 0.0
+    self.first = 0   # epochs done before this process started (a resumed run)
 
   def batch(self, epoch: int, seed: int, num_seeds: int, batch: int, num_batches: int):
     """Host mode: a line at most every 20 s inside long epochs."""
@@ -105,10 +106,10 @@ class Progress:
     if now - self.last_print < 20.0 or batch == num_batches:
       return
     self.last_print = now
-    done = epoch + (seed + batch / num_batches) / num_seeds
+    done = epoch - self.first + (seed + batch / num_batches) / num_seeds
     elapsed = now - self.start
     rate = done * self.n / max(elapsed, 1e-9)
-    left = (self.total - done) * elapsed / max(done, 1e-9)
+    left = (self.total - self.first - done) * elapsed / max(done, 1e-9)
     self.log(f"  {self.label}: epoch {epoch + 1}/{self.total}, seed {seed + 1}/{num_seeds}, "
              f"batch {batch}/{num_batches} | {rate:,.0f} examples/s | {elapsed:.1f}s elapsed, "
              f"{left:.1f}s left")
@@ -119,8 +120,9 @@ class Progress:
     if done < self.total and now - self.last_print < 2.0:
       return
     self.last_print = now
-    rate = done * self.n / max(elapsed, 1e-9)
-    left = (self.total - done) * elapsed / max(done, 1)
+    ran = done - self.first
+    rate = ran * self.n / max(elapsed, 1e-9)
+    left = (self.total - done) * elapsed / max(ran, 1)
     extra = " ".join(f"{k} {float(v):.4f}" for k, v in metrics.items())
     self.log(f"  {self.label}: epoch {done}/{self.total} {extra} | {rate:,.0f} examples/s | "
              f"{elapsed:.1f}s elapsed, {left:.1f}s left")
@@ -128,30 +130,56 @@ class Progress:
 
 # ----------------------------------------------------------------------------- training
 def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, vmapped: bool,
-                     log, label: str) -> ModelSet:
-  """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch."""
+                     log, label: str, store=None) -> ModelSet:
+  """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch.
+
+  With a `checkpoint.ResumeStore` the whole train state (every seed) is saved every
+  `store.every` epochs and a rerun continues from the newest one: the epoch key comes from
+  the state's step counter, so the result is bitwise that of an uninterrupted run."""
   num_seeds = keys.shape[0]
   tx = train_lib.make_optimizer(cfg, train_lib.steps_per_epoch(x.shape[0], cfg.batch_size))
   progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
   compile_s = 0.0
+  stack = lambda trees: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
   if vmapped:
     init_state = jax.jit(parallel.vmap_seeds(lambda v: train_lib.init_train_state(v, tx)))
     epoch = jax.jit(parallel.vmap_seeds(
         lambda st, xx, yy, k: train_lib.train_epochs(model, cfg, st, xx, yy, k, 1),
         in_axes=(0, None, None, 0)))
     state = init_state(init_vars)
+  else:
+    state = stack([train_lib.init_train_state(jax.tree_util.tree_map(lambda a: a[i], init_vars),
+                                              tx) for i in range(num_seeds)])
+  start, seconds_before = 0, 0.0
+  if store is not None:
+    from unlearn_jax import checkpoint
+    try:
+      found = store.restore_latest(label, state)
+    except checkpoint.CheckpointError as e:
+      raise UsageError(str(e)) from e
+    if found is not None:
+      start, state, meta = found
+      seconds_before, progress.first = float(meta.get("seconds", 0.0)), start
+      log(f"  {label}: resumed after epoch {start}/{cfg.epochs} from {store.directory / label}")
+
+  def checkpoint(e, state):
+    if store is not None and store.due(e, cfg.epochs):
+      store.save(label, e, state, {"seconds": seconds_before + time.perf_counter() - progress.start})
+
+  if vmapped:
     t0 = time.perf_counter()
     epoch_c = epoch.lower(state, x, y, keys).compile()
     compile_s = time.perf_counter() - t0
     progress.start = time.perf_counter()
-    for e in range(cfg.epochs):
+    for e in range(start, cfg.epochs):
       state, hist = epoch_c(state, x, y, keys)
       progress.update(e + 1, {k: jnp.mean(v) for k, v in hist.items()})
+      checkpoint(e + 1, state)
     variables = jax.block_until_ready(state.variables)
   else:
-    states = [train_lib.init_train_state(jax.tree_util.tree_map(lambda a: a[i], init_vars), tx)
-              for i in range(num_seeds)]
-    for e in range(cfg.epochs):
+    states = [jax.tree_util.tree_map(lambda a: a[i], state) for i in range(num_seeds)]
+    progress.start = time.perf_counter()
+    for e in range(start, cfg.epochs):
       hists = []
       for i in range(num_seeds):
         with train_lib.on_host_batch(
@@ -159,9 +187,10 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
           states[i], hist = train_lib.train_epochs(model, cfg, states[i], x, y, keys[i], 1)
         hists.append(hist)
       progress.update(e + 1, {k: np.mean([float(h[k][0]) for h in hists]) for k in hists[0]})
-    variables = jax.block_until_ready(
-        jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[s.variables for s in states]))
-  seconds = (time.perf_counter() - progress.start) / num_seeds
+      if store is not None and store.due(e + 1, cfg.epochs):
+        checkpoint(e + 1, stack(states))
+    variables = jax.block_until_ready(stack([s.variables for s in states]))
+  seconds = (seconds_before + time.perf_counter() - progress.start) / num_seeds
   return ModelSet(label, variables, seconds, compile_s)
 
 
@@ -257,6 +286,12 @@ def commit_workdir(staging: Path, final: Path) -> None:
   if final.exists():
     shutil.rmtree(final)
   staging.rename(final)
+
+
+def resume_dir_for(workdir: str) -> Path:
+  """Where a run's resume checkpoints live: a hidden sibling of the workdir."""
+  final = Path(workdir).expanduser().resolve()
+  return final.parent / f".{final.name}.resume"
 
 
 @contextlib.contextmanager
@@ -442,16 +477,20 @@ def resolve_hparams(method_names, method_hparams: dict, scenario: str, log) -> d
   return hparams
 
 
-def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunResult:
+def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
+        resume_dir: Optional[Path] = None) -> RunResult:
   """Runs the experiment described by `cfg` (see experiments/configs/default.py).
 
   Pure computation plus logging: writing the run directory is `report.write_run`'s job.
+  With `resume_dir`, training states (every `cfg.checkpoint_every` epochs) and finished
+  methods are checkpointed there, and a rerun with the same settings continues from them.
   """
   t_start = time.perf_counter()
   st = setup(cfg, log)
   ds, spec, split, model_name, model = st.ds, st.spec, st.split, st.model_name, st.model
   recipe, mode, vmapped, method_names = st.recipe, st.mode, st.vmapped, st.method_names
   hparams = resolve_hparams(method_names, method_hparams, cfg.scenario, log)
+  store = open_resume_store(resume_dir, cfg, hparams, st)
 
   log(f"dataset {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
       f"{ds.num_classes} classes, input {ds.input_shape}")
@@ -482,12 +521,14 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
       log("training original (all of train)")
       model_sets["original"] = train_population(
           model, recipe, init_vars, x_train, y_train,
-          jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), vmapped, log, "original")
+          jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), vmapped, log, "original",
+          store)
       log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
       log("training retrain (retain only, same recipe and initial weights)")
       model_sets["retrain"] = train_population(
           model, recipe, init_vars, retain[0], retain[1],
-          jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), vmapped, log, "retrain")
+          jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), vmapped, log, "retrain",
+          store)
       retrain_s = model_sets["retrain"].seconds
       log(f"  retrain: {retrain_s:.2f}s per seed")
       ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
@@ -497,8 +538,14 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
         mspec = methods_lib.get_method(m)
         keys = jax.vmap(lambda k: method_key(k, m))(seed_keys)
         data = methods_lib.select_data(mspec, forget, retain)
-        ms = apply_method(mspec, ctx, hparams[m], model_sets["original"].variables, data, keys,
-                          vmapped)
+        ms = resumed_method(store, m, model_sets["original"].variables, log)
+        if ms is None:
+          ms = apply_method(mspec, ctx, hparams[m], model_sets["original"].variables, data,
+                            keys, vmapped)
+          if store is not None:
+            store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts},
+                       {"seconds": ms.seconds, "compile_seconds": ms.compile_seconds,
+                        "aux": ms.aux})
         model_sets[m] = ms
         flags = {k: v for k, v in ms.aux.items() if k in ("stopped_early",) and any(np.ravel(v))}
         log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
@@ -537,6 +584,47 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print) -> RunRes
           "aux": {k: v.aux for k, v in model_sets.items() if v.aux},
           "wall_seconds": time.perf_counter() - t_start}
   return RunResult(rows, model_sets, losses, split, ds, recipe, hparams, info)
+
+
+# Fields that do not change what is computed: a resumed run may differ in these.
+_NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed")
+
+
+def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):
+  """The `checkpoint.ResumeStore` of a run (None without `resume_dir`); UsageError when
+  it holds another run's checkpoints or a corrupt fingerprint."""
+  if resume_dir is None:
+    return None
+  from unlearn_jax import checkpoint
+  fp = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED},
+        "hparams": hparams, "recipe": dataclasses.asdict(st.recipe), "mode": st.mode,
+        "mesh": dict(st.mesh.shape) if st.mesh is not None else None}
+  try:
+    return checkpoint.ResumeStore.open(resume_dir, fp, int(cfg.get("checkpoint_every", 1)))
+  except checkpoint.CheckpointError as e:
+    raise UsageError(str(e)) from e
+
+
+def resumed_method(store, name: str, like_variables, log) -> Optional[ModelSet]:
+  """A method's ModelSet from the resume store, or None if it has not finished before."""
+  if store is None:
+    return None
+  from unlearn_jax import checkpoint
+  try:
+    found = store.restore_latest(f"method_{name}", None)
+  except checkpoint.CheckpointError as e:
+    raise UsageError(str(e)) from e
+  if found is None:
+    return None
+  _, tree, meta = found
+  variables = jax.tree_util.tree_map(jnp.asarray, tree["variables"])
+  if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(like_variables):
+    raise UsageError(f"{store.directory}/method_{name} does not hold this model's weights; "
+                     f"delete {store.directory} to start over")
+  log(f"method {name}: finished before, restored from {store.directory / ('method_' + name)}")
+  return ModelSet(name, variables, float(meta["seconds"]), float(meta["compile_seconds"]),
+                  dict(meta.get("aux", {})),
+                  {k: np.asarray(v) for k, v in (tree.get("artifacts") or {}).items()})
 
 
 def relearn_population(model, ms: ModelSet, forget, targets, keys, vmapped: bool,

@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed = False         # jax.distributed.initialize() first (multi-host jobs)
   c.eval_batch_size = 1000
   c.save_checkpoints = True
+  # Resumable runs: train states every N epochs (and each finished method) go to a hidden
+  # sibling of the workdir, `.<name>.resume/`; rerunning the same command resumes there.
+  c.checkpoint_every = 1
   c.plots = True
   # Anamnesis index (class scenario): relearning on D_f until 95% of the original's FA.
   c.ain = ml_collections.ConfigDict(dict(lr=0.001, batch_size=32, max_steps=200, eval_size=256))
