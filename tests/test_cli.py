@@ -75,6 +75,8 @@ def test_same_flags_same_results(two_runs):
     (["--methods=gkt"], "gkt is zero-shot and forgets whole classes: it needs --scenario=class"),
     (["--scenario=class", "--forget_classes=3", "--methods=deepinversion"],
      "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
+    (["--mesh_data=512"], "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
+    (["--mesh_seeds=0"], "--mesh_seeds=0 must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, needle):
   workdir = tmp_path / "run"
@@ -108,3 +110,33 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
   assert runner.resolve_methods("", "class", batch_norm=False) == tuple(
       m for m in methods.list_methods() if m != "deepinversion")
   assert runner.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")
+
+
+@pytest.mark.parametrize("name", ["default", "cifar10_cnn", "cifar10_resnet18"])
+def test_every_config_file_sets_up(name):
+  """Each config under experiments/configs loads and passes setup (on digits, offline)."""
+  import importlib
+  from unlearn_jax import runner
+  cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert "python -m experiments.unlearn" in importlib.import_module(
+      f"experiments.configs.{name}").__doc__
+  cfg.dataset, cfg.methods = "digits", "finetune"
+  st = runner.setup(cfg, log=lambda s: None)
+  if name == "cifar10_resnet18":
+    assert st.model_name == "resnet18" and st.recipe.schedule == "cosine"
+    assert st.recipe.augment and st.recipe.momentum == 0.9 and st.mode == "scan"
+
+
+def test_benchmark_prints_its_tables():
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  r = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=mlp",
+                      "--methods=finetune", "--seeds=2", "--repeats=1", "--epochs=3"],
+                     cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for needle in ("## 1. Train step", "| mlp | 128 |", "## 2. Methods", "| finetune |",
+                 "## 3. Seeds", "vmapped vs loop, same run:", "peak resident memory"):
+    assert needle in r.stdout, r.stdout
+  bad = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=vit"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert bad.returncode == 2 and "--models='vit'" in bad.stderr
+  assert "Traceback" not in bad.stderr

@@ -1,0 +1,203 @@
+r"""How fast is it here? One run, four tables, every figure measured in this process.
+
+    python -m experiments.benchmark                              # digits, CPU-sized
+    python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
+        --train_subset=2000 --models=cnn,resnet18 --methods=finetune,ssd,scrub
+    python -m experiments.benchmark --models=resnet18 --batch_size=256 --steps=50   # a GPU
+
+How to read it:
+1. *Train step*: one SGD step of each model on a batch of --batch_size, compiled once
+   (`compile s`, printed apart) and then timed over --steps steps, --repeats times; the
+   median gives images/s. The batch is split over all visible devices (`devices`), as in
+   the experiments. `step MiB` is XLA's own account of the compiled step (arguments +
+   temporaries): what one more seed would add when seeds are vmapped.
+2. *Methods*: the main experiment (`runner.run`, --seeds seeds) on the first model: the
+   wall time per seed of training, retraining and each method, its compile time, and the
+   ratio to retrain (< 1: cheaper than retraining from scratch, the point of unlearning).
+3. *Seeds*: --seeds models trained as one vmapped program vs a Python loop over the
+   same jitted single-model training, each timed after compilation (median of --repeats).
+   A speed-up < 1 means vmapping does not pay on this backend (small CPUs: it does not).
+4. *Memory*: the process's peak resident memory and, on GPUs/TPUs, the devices' peak bytes.
+"""
+
+import resource
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+
+import jax
+import jax.numpy as jnp
+
+from experiments.configs import default as default_config
+from unlearn_jax import data, models, parallel, runner, train
+
+flags.DEFINE_string("dataset", "digits", "digits | image_folder:PATH | cifar10 | ...")
+flags.DEFINE_integer("train_subset", 0, "stratified subset of train for sections 2 and 3")
+flags.DEFINE_string("models", "mlp,cnn,resnet18", "models for the train-step table")
+flags.DEFINE_integer("batch_size", 0, "train-step batch (0: 128, 32 for resnet18 on CPU)")
+flags.DEFINE_integer("steps", 0, "timed steps per repeat (0: 20, 2 for resnet18 on CPU)")
+flags.DEFINE_integer("repeats", 3, "timed repetitions (the median is printed)")
+flags.DEFINE_string("methods", "finetune,neggrad,random_label,l1_sparse,ssd,salun,scrub",
+                    "methods for the methods table ('' = skip the table)")
+flags.DEFINE_integer("seeds", 4, "seeds for the methods and vmap-vs-loop tables")
+flags.DEFINE_integer("epochs", 0, "epochs per model in sections 2-3 (0 = the recipe's)")
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def step_table(ds, names, F, mesh):
+  print(f"\n## 1. Train step ({jax.default_backend()}, {parallel.describe(mesh)})\n")
+  print("| model | batch | images/s | ms/step | compile s | step MiB |")
+  print("|---|---|---|---|---|---|")
+  on_cpu = jax.default_backend() == "cpu"
+  for name in names:
+    slow = on_cpu and name == "resnet18"
+    batch = F.batch_size or (32 if slow else 128)
+    batch -= batch % parallel.data_size(mesh) if batch >= parallel.data_size(mesh) else 0
+    steps = F.steps or (2 if slow else 20)
+    model = models.get_model(name, ds.num_classes)
+    cfg = train.TrainConfig(epochs=1, batch_size=batch, augment=ds.input_shape[-1] == 3)
+    tx = train.make_optimizer(cfg, steps)
+    step = train.make_supervised_step(model, tx, cfg.augment)
+    x = jnp.asarray(ds.train_x[:batch])
+    y = jnp.asarray(ds.train_y[:batch])
+    if x.shape[0] < batch:   # a tiny dataset: repeat it to a full batch
+      reps = -(-batch // x.shape[0])
+      x, y = jnp.tile(x, (reps,) + (1,) * (x.ndim - 1))[:batch], jnp.tile(y, reps)[:batch]
+    with parallel.data_parallel(mesh):
+      state = train.init_train_state(
+          models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
+      state, x, y = parallel.replicate((state, x, y), mesh)
+      fn = jax.jit(lambda s, k: step(s, parallel.shard_batch((x, y)), k))
+      key = jax.random.PRNGKey(1)
+      t0 = time.perf_counter()
+      compiled = fn.lower(state, key).compile()
+      compile_s = time.perf_counter() - t0
+      mem = compiled.memory_analysis()
+      mib = ((mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**20) if mem else float("nan")
+      jax.block_until_ready(compiled(state, key))     # warm-up
+
+      def run_steps():
+        s = state
+        for i in range(steps):
+          s, _ = compiled(s, jax.random.fold_in(key, i))
+        return s.variables
+      sec = _median_time(run_steps, F.repeats)
+    print(f"| {name} | {batch} | {batch * steps / sec:,.0f} | {1e3 * sec / steps:.1f} | "
+          f"{compile_s:.1f} | {mib:.0f} |", flush=True)
+
+
+def method_table(F, model_name):
+  cfg = default_config.get_config()
+  cfg.dataset, cfg.train_subset, cfg.methods = F.dataset, F.train_subset, F.methods
+  cfg.model, cfg.seeds, cfg.plots, cfg.save_checkpoints = model_name, F.seeds, False, False
+  if F.epochs:
+    cfg.train.epochs = F.epochs
+  t0 = time.perf_counter()
+  result = runner.run(cfg, {}, log=lambda s: None)
+  wall = time.perf_counter() - t0
+  info = result.info
+  print(f"\n## 2. Methods ({F.dataset}, {model_name}, {F.seeds} seeds, loop "
+        f"{info['loop_mode']}, seeds {'vmapped' if info['seeds_vmapped'] else 'in sequence'}; "
+        f"whole run {wall:.0f} s)\n")
+  print("| model set | s per seed | compile s | × retrain |")
+  print("|---|---|---|---|")
+  retrain = result.model_sets["retrain"].seconds
+  for name, ms in result.model_sets.items():
+    print(f"| {name} | {ms.seconds:.2f} | {ms.compile_seconds:.1f} | "
+          f"{ms.seconds / max(retrain, 1e-9):.2f} |", flush=True)
+
+
+def seeds_table(ds, F, model_name):
+  model = models.get_model(model_name, ds.num_classes)
+  cfg = runner.default_recipe(ds, model_name)
+  if F.epochs:
+    cfg = runner.resolve_recipe(cfg, {"epochs": F.epochs})
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+  fit = lambda k: train.fit(model, cfg, models.init_variables(model, k, ds.input_shape), x, y,
+                            jax.random.fold_in(k, 1))[0]
+  keys = jax.random.split(jax.random.PRNGKey(0), F.seeds)
+  mode = train.default_loop_mode(model_name)
+  with train.loop_mode(mode):
+    one = jax.jit(fit) if mode == "scan" else fit
+    t0 = time.perf_counter()
+    jax.block_until_ready(one(keys[0]))
+    first = time.perf_counter() - t0
+    loop_s = _median_time(lambda: [one(k) for k in keys], F.repeats)
+    if mode == "scan":
+      t0 = time.perf_counter()
+      many = jax.jit(jax.vmap(fit)).lower(keys).compile()
+      vmap_compile = time.perf_counter() - t0
+      vmap_s = _median_time(lambda: many(keys), F.repeats)
+  print(f"\n## 3. Seeds: {F.seeds} x {model_name} ({cfg.epochs} epochs x {len(y)} examples), "
+        f"loop mode {mode}\n")
+  print("| how | s | models/s | compile s |")
+  print("|---|---|---|---|")
+  print(f"| loop over jit(fit) | {loop_s:.2f} | {F.seeds / loop_s:.2f} | "
+        f"{first - loop_s / F.seeds:.1f} (first call − a timed one) |")
+  if mode == "scan":
+    print(f"| jit(vmap(fit)) | {vmap_s:.2f} | {F.seeds / vmap_s:.2f} | {vmap_compile:.1f} |")
+    print(f"\nvmapped vs loop, same run: {loop_s / vmap_s:.2f}x")
+  else:
+    print("\n(host loop mode: seeds run in sequence by design, nothing to vmap; "
+          "see unlearn_jax.train)")
+
+
+def memory_table():
+  print("\n## 4. Memory\n")
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+  print(f"peak resident memory of this process: {rss_mib:,.0f} MiB")
+  for d in jax.local_devices():
+    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+      print(f"{d}: peak {stats['peak_bytes_in_use'] / 2**20:,.0f} MiB of "
+            f"{stats.get('bytes_limit', 0) / 2**20:,.0f} MiB")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  F = flags.FLAGS
+  if not F["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  names = [m for m in F.models.split(",") if m]
+  bad = [m for m in names if m not in models.MODEL_CHOICES]
+  if bad or not names:
+    print(f"error: --models={F.models!r}: unknown {bad}; allowed: "
+          f"{', '.join(models.MODEL_CHOICES)}", file=sys.stderr)
+    sys.exit(2)
+  if F.seeds < 1 or F.repeats < 1:
+    print("error: --seeds and --repeats must be at least 1", file=sys.stderr)
+    sys.exit(2)
+  try:
+    ds = data.load_dataset(F.dataset, None, F.train_subset)
+  except data.DatasetError as e:
+    print(f"error: --dataset: {e}", file=sys.stderr)
+    sys.exit(2)
+  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+  print(f"# unlearn_jax benchmark: jax {jax.__version__}, {jax.default_backend()}, "
+        f"{jax.device_count()} device(s); dataset {ds.name} ({len(ds.train_y)} train), "
+        f"median of {F.repeats}")
+  step_table(ds, names, F, mesh)
+  if F.methods:
+    try:
+      method_table(F, names[0])
+    except runner.UsageError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  seeds_table(ds, F, names[0])
+  memory_table()
+
+
+if __name__ == "__main__":
+  app.run(main)
