@@ -80,13 +80,15 @@ flags.DEFINE_string("loop", None, "auto | scan | host")
 flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
+flags.DEFINE_bool("stream", None, "stream training batches from host memory (the train set "
+                  "never sits in device memory; seeds in sequence)")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
 flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
                   "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
               "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop", "mesh_seeds",
-              "mesh_data", "distributed")
+              "mesh_data", "distributed", "stream")
 
 
 def parse_flags(argv):

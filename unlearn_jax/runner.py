@@ -194,6 +194,26 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
   return ModelSet(label, variables, seconds, compile_s)
 
 
+def train_population_streaming(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, log,
+                               label: str, mesh=None) -> ModelSet:
+  """`train_population` with batches streamed from host memory (`data.streaming`): the
+  training set never sits in device memory; seeds run in sequence. Same batches, keys and
+  steps as the host loop, hence the same weights."""
+  from unlearn_jax.data import streaming
+  num_seeds = keys.shape[0]
+  source = streaming.ArraySource(np.asarray(x), np.asarray(y))
+  progress = Progress(log, label, cfg.epochs * num_seeds, len(source))
+  outs = []
+  for i in range(num_seeds):
+    v, _ = streaming.fit_streaming(
+        model, cfg, jax.tree_util.tree_map(lambda a: a[i], init_vars), source, keys[i],
+        mesh=mesh, on_epoch=lambda e, st, m, i=i: progress.update(
+            i * cfg.epochs + e + 1, {k: float(val) for k, val in m.items()}))
+    outs.append(v)
+  variables = jax.block_until_ready(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs))
+  return ModelSet(label, variables, (time.perf_counter() - progress.start) / num_seeds)
+
+
 def apply_method(spec, ctx, hparams: dict, variables, data, keys, vmapped: bool) -> ModelSet:
   """Runs one method on every seed's original; returns the unlearned ModelSet."""
   fn = spec(ctx, **hparams)
@@ -518,17 +538,24 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
 
     model_sets = {}
     with train_lib.loop_mode(mode):
-      log("training original (all of train)")
-      model_sets["original"] = train_population(
-          model, recipe, init_vars, x_train, y_train,
-          jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), vmapped, log, "original",
-          store)
+      stream = bool(cfg.get("stream", False))
+
+      def population(x, y, salt, label):
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, salt))(seed_keys)
+        if stream:   # from host memory, batch by batch (seeds in sequence, no resume)
+          return train_population_streaming(model, recipe, init_vars, x, y, keys, log, label,
+                                            st.mesh)
+        return train_population(model, recipe, init_vars, jnp.asarray(x), jnp.asarray(y), keys,
+                                vmapped, log, label, store)
+
+      log("training original (all of train)" + (", streamed from host memory" if stream else ""))
+      model_sets["original"] = population(ds.train_x if stream else x_train,
+                                          ds.train_y if stream else y_train, 1, "original")
       log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
       log("training retrain (retain only, same recipe and initial weights)")
-      model_sets["retrain"] = train_population(
-          model, recipe, init_vars, retain[0], retain[1],
-          jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), vmapped, log, "retrain",
-          store)
+      model_sets["retrain"] = population(
+          ds.train_x[split.retain] if stream else retain[0],
+          ds.train_y[split.retain] if stream else retain[1], 2, "retrain")
       retrain_s = model_sets["retrain"].seconds
       log(f"  retrain: {retrain_s:.2f}s per seed")
       ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,

@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh_seeds = 1
   c.mesh_data = 0               # 0 = all devices left after the seeds axis
   c.distributed = False         # jax.distributed.initialize() first (multi-host jobs)
+  c.stream = False              # train original/retrain from host memory batch by batch
   c.eval_batch_size = 1000
   c.save_checkpoints = True
   # Resumable runs: train states every N epochs (and each finished method) go to a hidden

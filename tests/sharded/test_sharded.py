@@ -152,3 +152,20 @@ def test_batch_size_the_mesh_cannot_split_is_a_usage_error():
   cfg.train.batch_size = 60
   with pytest.raises(runner.UsageError, match="not divisible by the 8 devices"):
     runner.setup(cfg, log=lambda s: None)
+
+
+def test_streaming_on_eight_devices_matches_one(digits_data):
+  """Host batches assembled into global arrays split over `data`
+  (make_array_from_process_local_data) train exactly as on one device."""
+  from unlearn_jax.data import streaming
+  ds, _, (x, y) = digits_data
+  model = models.get_model("mlp", 10)
+  v = models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape)
+  cfg = train.TrainConfig(epochs=2, batch_size=64, lr=0.05)
+  src = streaming.ArraySource(np.asarray(x), np.asarray(y))
+  key = jax.random.PRNGKey(1)
+  want, _ = streaming.fit_streaming(model, cfg, v, src, key)
+  mesh = parallel.make_mesh()
+  got, _ = streaming.fit_streaming(model, cfg, v, src, key, mesh=mesh)
+  chex.assert_trees_all_close(got, want, **TOL)
+  assert len(jax.tree_util.tree_leaves(got)[0].sharding.device_set) == 8
