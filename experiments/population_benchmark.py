@@ -7,6 +7,12 @@ For each N: the whole training (the default digits recipe) of N models, once as
 `jit(vmap(fit))` over N keys and once as N calls of `jit(fit)`, each timed after
 compilation; the median of --repeats runs is printed with models/s and the speed-up,
 both measured in the same process. Compile times are printed separately.
+
+    python -m experiments.population_benchmark --memory_model=cnn   # largest N in 24 GiB
+
+`--memory_model` compiles (does not run) one vmapped training epoch for N = 1, 2, 4, 8
+and reads XLA's memory analysis: bytes per extra model and shared bytes give the largest
+N within `--memory_gib`, checked by compiling that N.
 """
 
 import statistics
@@ -23,6 +29,49 @@ flags.DEFINE_string("sizes", "8,32,64", "comma list of population sizes N")
 flags.DEFINE_integer("repeats", 3, "timed repetitions per measurement (median reported)")
 flags.DEFINE_integer("epochs", 0, "epochs per model (0 = the default digits recipe)")
 flags.DEFINE_string("model", "mlp", "model (mlp recommended on CPU)")
+flags.DEFINE_string("memory_model", "", "instead of timing: the largest population of this "
+                    "model (e.g. cnn) whose vmapped training fits in --memory_gib, by XLA's "
+                    "memory analysis of the compiled epoch")
+flags.DEFINE_string("memory_input", "32,32,3", "input shape for --memory_model")
+flags.DEFINE_integer("memory_train", 50000, "training examples for --memory_model (CIFAR-10)")
+flags.DEFINE_float("memory_gib", 24.0, "memory budget for --memory_model")
+
+
+def epoch_bytes(model_name: str, input_shape, n_train: int, n_models: int) -> int:
+  """XLA's bytes for one vmapped training epoch of `n_models` models (arguments +
+  outputs + temporaries − aliased donations), compiled, not run."""
+  model = models.get_model(model_name, 10)
+  cfg = train.TrainConfig(epochs=1, batch_size=128, lr=0.1, augment=input_shape[-1] == 3)
+  tx = train.make_optimizer(cfg, train.steps_per_epoch(n_train, cfg.batch_size))
+  x = jax.ShapeDtypeStruct((n_train,) + tuple(input_shape), jnp.float32)
+  y = jax.ShapeDtypeStruct((n_train,), jnp.int32)
+  keys = jax.ShapeDtypeStruct((n_models, 2), jnp.uint32)
+  state = jax.eval_shape(jax.vmap(lambda k: train.init_train_state(
+      models.init_variables(model, k, input_shape), tx)), keys)
+  epoch = jax.jit(jax.vmap(lambda st, xx, yy, k: train.train_epochs(model, cfg, st, xx, yy, k, 1),
+                           in_axes=(0, None, None, 0)))
+  with train.loop_mode("scan"):
+    ma = epoch.lower(state, x, y, keys).compile().memory_analysis()
+  return int(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+             - ma.alias_size_in_bytes)
+
+
+def memory_report(F):
+  shape = tuple(int(v) for v in F.memory_input.split(","))
+  print(f"vmapped {F.memory_model} training on {F.memory_train} x {shape} inputs, batch 128; "
+        f"budget {F.memory_gib:g} GiB ({jax.default_backend()})")
+  sizes = (1, 2, 4, 8)
+  got = {}
+  for n in sizes:
+    got[n] = epoch_bytes(F.memory_model, shape, F.memory_train, n)
+    print(f"  N={n:>3}: {got[n] / 2**30:.2f} GiB", flush=True)
+  per_model = (got[8] - got[4]) / 4
+  base = got[8] - 8 * per_model
+  n_max = int((F.memory_gib * 2**30 - base) // per_model)
+  print(f"per model {per_model / 2**20:.0f} MiB, shared {base / 2**20:.0f} MiB "
+        f"(the training set and the program): largest N in {F.memory_gib:g} GiB = {n_max}")
+  check = epoch_bytes(F.memory_model, shape, F.memory_train, n_max)
+  print(f"check, compiled at N={n_max}: {check / 2**30:.2f} GiB")
 
 
 def main(argv):
@@ -30,6 +79,9 @@ def main(argv):
   F = flags.FLAGS
   if not F["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if F.memory_model:
+    memory_report(F)
+    return
   ds = data.load_dataset("digits")
   model = models.get_model(F.model, ds.num_classes)
   cfg = runner.default_recipe(ds, F.model)
