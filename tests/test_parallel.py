@@ -55,3 +55,18 @@ def test_sharded_suite_on_eight_simulated_devices():
   tail = (proc.stdout + proc.stderr)[-3000:]
   assert proc.returncode == 0, tail
   assert " passed" in tail and "failed" not in tail, tail
+
+
+def test_distributed_flag_calls_jax_distributed_initialize(monkeypatch):
+  """--distributed hands the cluster settings to jax.distributed.initialize (with none
+  given, JAX auto-detects SLURM / Open MPI / TPU pods)."""
+  seen = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
+  parallel.initialize_distributed()
+  parallel.initialize_distributed("10.0.0.1:1234", 2, 1)
+  assert seen == [{}, {"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+                       "process_id": 1}]
+
+
+def test_local_batch_slice_is_the_whole_batch_on_one_process():
+  assert parallel.local_batch_slice(64) == slice(0, 64)
