@@ -42,8 +42,10 @@ flags.DEFINE_string("workdir", None, "output directory (default runs/eval_<datas
 flags.DEFINE_string("populations_dir", "runs/populations",
                     "where trained populations are checkpointed and reused ('' = never)")
 flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
+flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = all)")
+flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
-              "seed", "train_subset", "test_subset", "loop")
+              "seed", "train_subset", "test_subset", "loop", "mesh_data", "distributed")
 
 
 def parse_flags(argv):
@@ -68,6 +70,9 @@ def main(argv):
   for name in _OVERRIDES:
     if F[name].value is not None:
       cfg[name] = F[name].value
+  if cfg.distributed:
+    from unlearn_jax import parallel
+    parallel.initialize_distributed()
   tag = cfg.dataset.replace("image_folder:", "folder-").replace("/", "_").replace(".", "")[-40:]
   workdir = F.workdir or f"runs/eval_{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S')}"
   try:

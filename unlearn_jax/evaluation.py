@@ -22,6 +22,7 @@ import numpy as np
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import metrics as M
 from unlearn_jax import models as models_lib
+from unlearn_jax import parallel
 from unlearn_jax import runner
 from unlearn_jax import train as train_lib
 
@@ -238,48 +239,51 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       f"test {split.test.size}; model {st.model_name}; {num_models} originals + {num_models} "
       f"retrained ({'vmapped' if st.vmapped else 'in sequence'}"
       f"{f', chunks of {chunk}' if chunk else ''})")
-  originals, retrained, reused = train_populations(cfg, st, num_models, chunk, log, cache)
-  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-  forget, retain = (x[split.forget], y[split.forget]), (x[split.retain], y[split.retain])
-  test = runner.take_test(ds, split.test)
-  labels = {"forget": np.asarray(forget[1]), "retain": np.asarray(retain[1]),
-            "test": np.asarray(test[1])}
-  inputs = {"forget": forget[0], "retain": retain[0], "test": test[0]}
-  ctx = methods_lib.MethodContext(st.model, ds.num_classes, ds.input_shape,
-                                  st.spec.forget_classes if cfg.scenario == "class" else (),
-                                  st.model_name)
-  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(num_models)])
+  # Batches of training, methods and predictions split over the mesh's `data` axis
+  # (see unlearn_jax.parallel); a no-op on one device.
+  with parallel.data_parallel(st.mesh):
+    originals, retrained, reused = train_populations(cfg, st, num_models, chunk, log, cache)
+    x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    forget, retain = (x[split.forget], y[split.forget]), (x[split.retain], y[split.retain])
+    test = runner.take_test(ds, split.test)
+    labels = {"forget": np.asarray(forget[1]), "retain": np.asarray(retain[1]),
+              "test": np.asarray(test[1])}
+    inputs = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+    ctx = methods_lib.MethodContext(st.model, ds.num_classes, ds.input_shape,
+                                    st.spec.forget_classes if cfg.scenario == "class" else (),
+                                    st.model_name)
+    seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(num_models)])
 
-  def logits_of(variables):
-    return {s: population_logits(st.model, variables, xx, chunk) for s, xx in inputs.items()}
+    def logits_of(variables):
+      return {s: population_logits(st.model, variables, xx, chunk) for s, xx in inputs.items()}
 
-  log("logits of the retrained and original populations")
-  retrained_logits = logits_of(retrained.variables)
-  random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
-      st.model, jax.random.fold_in(k, 99), ds.input_shape)))(seed_keys)
-  random_forget = population_logits(st.model, random_vars, forget[0], chunk)
-  populations = [("original", originals.variables, 0.0), ("retrain", retrained.variables,
-                                                           retrained.seconds)]
-  rows, epsilons, stats = [], {}, {}
-  for name, variables, secs in populations:
-    lg = retrained_logits if name == "retrain" else logits_of(variables)
-    row, eps, phi = evaluate_population(name, lg, labels, retrained_logits, random_forget, secs,
-                                        mia_models)
-    rows.append(row); epsilons[name] = eps; stats[name] = phi
-  for m in st.method_names:
-    spec = methods_lib.get_method(m)
-    data = methods_lib.select_data(spec, forget, retain)
-    t0 = time.perf_counter()
-    unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
-                                          jax.vmap(lambda k: runner.method_key(k, m))(seed_keys),
-                                          st, chunk, log)
-    row, eps, phi = evaluate_population(m, logits_of(unlearned), labels, retrained_logits,
-                                        random_forget, seconds / num_models, mia_models)
-    rows.append(row); epsilons[m] = eps; stats[m] = phi
-    log(f"method {m}: {seconds / num_models:.3f}s per model "
-        f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
-        f"F {row['forgetting_quality']:.3f}, score {row['competition_score']:.3f}, "
-        f"median ε̂ {row['eps_hat_median']:.2f}, U-LiRA {row['ulira_accuracy']:.2f}")
+    log("logits of the retrained and original populations")
+    retrained_logits = logits_of(retrained.variables)
+    random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
+        st.model, jax.random.fold_in(k, 99), ds.input_shape)))(seed_keys)
+    random_forget = population_logits(st.model, random_vars, forget[0], chunk)
+    populations = [("original", originals.variables, 0.0), ("retrain", retrained.variables,
+                                                             retrained.seconds)]
+    rows, epsilons, stats = [], {}, {}
+    for name, variables, secs in populations:
+      lg = retrained_logits if name == "retrain" else logits_of(variables)
+      row, eps, phi = evaluate_population(name, lg, labels, retrained_logits, random_forget, secs,
+                                          mia_models)
+      rows.append(row); epsilons[name] = eps; stats[name] = phi
+    for m in st.method_names:
+      spec = methods_lib.get_method(m)
+      data = methods_lib.select_data(spec, forget, retain)
+      t0 = time.perf_counter()
+      unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
+                                            jax.vmap(lambda k: runner.method_key(k, m))(seed_keys),
+                                            st, chunk, log)
+      row, eps, phi = evaluate_population(m, logits_of(unlearned), labels, retrained_logits,
+                                          random_forget, seconds / num_models, mia_models)
+      rows.append(row); epsilons[m] = eps; stats[m] = phi
+      log(f"method {m}: {seconds / num_models:.3f}s per model "
+          f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
+          f"F {row['forgetting_quality']:.3f}, score {row['competition_score']:.3f}, "
+          f"median ε̂ {row['eps_hat_median']:.2f}, U-LiRA {row['ulira_accuracy']:.2f}")
   retrain_s = retrained.seconds
   for r in rows:
     r["cost_ratio"] = r["seconds"] / retrain_s if retrain_s else float("nan")
@@ -288,6 +292,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
     r["avg_gap"] = M.avg_gap(r, ref)
   info = {"model": st.model_name, "num_models": num_models, "chunk": chunk,
           "populations_reused": reused, "loop_mode": st.mode, "backend": jax.default_backend(),
+          "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "fingerprint": fingerprint(cfg, st, num_models), "hparams": hparams,
           "retrain_seconds_per_model": retrain_s,
           "wall_seconds": time.perf_counter() - t_start}

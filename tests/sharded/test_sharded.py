@@ -169,3 +169,23 @@ def test_streaming_on_eight_devices_matches_one(digits_data):
   got, _ = streaming.fit_streaming(model, cfg, v, src, key, mesh=mesh)
   chex.assert_trees_all_close(got, want, **TOL)
   assert len(jax.tree_util.tree_leaves(got)[0].sharding.device_set) == 8
+
+
+def test_population_evaluation_on_eight_devices_matches_one():
+  """experiments.evaluate's core (populations, a method, every metric) on the 8-device
+  mesh gives one device's accuracies."""
+  from experiments.configs import default
+  from unlearn_jax import evaluation
+  out = {}
+  for data in (0, 1):
+    cfg = default.get_config()
+    cfg.methods, cfg.mesh_data = "finetune", data
+    cfg.train.epochs = 4
+    out[data] = evaluation.run(cfg, {"finetune": {"epochs": 1}}, num_models=4, chunk=0,
+                               cache=None, log=lambda s: None, mia_models=2)
+  assert out[0].info["mesh"] == {"seeds": 1, "data": 8}
+  assert out[1].info["mesh"] == {"seeds": 1, "data": 1}
+  for a, b in zip(out[0].rows, out[1].rows):
+    assert a["method"] == b["method"]
+    for k in ("retain_acc", "forget_acc", "test_acc"):
+      np.testing.assert_allclose(a[k], b[k], atol=2e-3, err_msg=f"{a['method']} {k}")
