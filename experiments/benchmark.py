@@ -61,8 +61,9 @@ def step_table(ds, names, F, mesh):
   on_cpu = jax.default_backend() == "cpu"
   for name in names:
     slow = on_cpu and name == "resnet18"
+    n_data = parallel.data_size(mesh)
     batch = F.batch_size or (32 if slow else 128)
-    batch -= batch % parallel.data_size(mesh) if batch >= parallel.data_size(mesh) else 0
+    batch = max(n_data, batch - batch % n_data)   # a multiple of the data axis
     steps = F.steps or (2 if slow else 20)
     model = models.get_model(name, ds.num_classes)
     cfg = train.TrainConfig(epochs=1, batch_size=batch, augment=ds.input_shape[-1] == 3)

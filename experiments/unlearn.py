@@ -80,8 +80,8 @@ flags.DEFINE_string("loop", None, "auto | scan | host")
 flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
-flags.DEFINE_bool("stream", None, "stream training batches from host memory (the train set "
-                  "never sits in device memory; seeds in sequence)")
+flags.DEFINE_bool("stream", None, "train original/retrain from host memory batch by batch "
+                  "(the train set is not copied to the device; seeds in sequence)")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
 flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "

@@ -80,11 +80,6 @@ def data_size(mesh: Optional[Mesh] = None) -> int:
   return 1 if mesh is None else mesh.shape["data"]
 
 
-def seeds_size(mesh: Optional[Mesh] = None) -> int:
-  mesh = mesh if mesh is not None else _active[0]
-  return 1 if mesh is None else mesh.shape["seeds"]
-
-
 def shard_batch(tree: Any) -> Any:
   """Constrains each leaf's leading (example) axis to the `data` axis of the active mesh.
 
@@ -187,6 +182,6 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
 
 
 __all__ = ["MESH_AXES", "MeshError", "make_mesh", "active_mesh", "data_parallel", "data_size",
-           "seeds_size", "shard_batch", "replicate", "shard_seeds", "vmap_seeds",
+           "shard_batch", "replicate", "shard_seeds", "vmap_seeds",
            "check_batch_size", "initialize_distributed", "describe", "local_batch_slice",
            "global_batch"]

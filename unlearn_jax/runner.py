@@ -129,6 +129,21 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- training
+def stack_seeds(trees):
+  """Per-seed pytrees stacked along a new leading (seed) axis."""
+  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+
+
+@contextlib.contextmanager
+def checkpoint_errors_as_usage():
+  """A corrupt or foreign resume checkpoint is the user's to fix: one line, no traceback."""
+  from unlearn_jax import checkpoint
+  try:
+    yield
+  except checkpoint.CheckpointError as e:
+    raise UsageError(str(e)) from e
+
+
 def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, vmapped: bool,
                      log, label: str, store=None) -> ModelSet:
   """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch.
@@ -140,7 +155,6 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
   tx = train_lib.make_optimizer(cfg, train_lib.steps_per_epoch(x.shape[0], cfg.batch_size))
   progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
   compile_s = 0.0
-  stack = lambda trees: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
   if vmapped:
     init_state = jax.jit(parallel.vmap_seeds(lambda v: train_lib.init_train_state(v, tx)))
     epoch = jax.jit(parallel.vmap_seeds(
@@ -148,23 +162,22 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
         in_axes=(0, None, None, 0)))
     state = init_state(init_vars)
   else:
-    state = stack([train_lib.init_train_state(jax.tree_util.tree_map(lambda a: a[i], init_vars),
+    state = stack_seeds([train_lib.init_train_state(jax.tree_util.tree_map(lambda a: a[i], init_vars),
                                               tx) for i in range(num_seeds)])
   start, seconds_before = 0, 0.0
   if store is not None:
-    from unlearn_jax import checkpoint
-    try:
+    with checkpoint_errors_as_usage():
       found = store.restore_latest(label, state)
-    except checkpoint.CheckpointError as e:
-      raise UsageError(str(e)) from e
     if found is not None:
       start, state, meta = found
       seconds_before, progress.first = float(meta.get("seconds", 0.0)), start
       log(f"  {label}: resumed after epoch {start}/{cfg.epochs} from {store.directory / label}")
 
-  def checkpoint(e, state):
+  def save_if_due(e, state_fn):
+    """Checkpoints after epoch `e` when due; `state_fn` builds the state only then."""
     if store is not None and store.due(e, cfg.epochs):
-      store.save(label, e, state, {"seconds": seconds_before + time.perf_counter() - progress.start})
+      store.save(label, e, state_fn(),
+                 {"seconds": seconds_before + time.perf_counter() - progress.start})
 
   if vmapped:
     t0 = time.perf_counter()
@@ -174,7 +187,7 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
     for e in range(start, cfg.epochs):
       state, hist = epoch_c(state, x, y, keys)
       progress.update(e + 1, {k: jnp.mean(v) for k, v in hist.items()})
-      checkpoint(e + 1, state)
+      save_if_due(e + 1, lambda: state)
     variables = jax.block_until_ready(state.variables)
   else:
     states = [jax.tree_util.tree_map(lambda a: a[i], state) for i in range(num_seeds)]
@@ -187,9 +200,8 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, v
           states[i], hist = train_lib.train_epochs(model, cfg, states[i], x, y, keys[i], 1)
         hists.append(hist)
       progress.update(e + 1, {k: np.mean([float(h[k][0]) for h in hists]) for k in hists[0]})
-      if store is not None and store.due(e + 1, cfg.epochs):
-        checkpoint(e + 1, stack(states))
-    variables = jax.block_until_ready(stack([s.variables for s in states]))
+      save_if_due(e + 1, lambda: stack_seeds(states))
+    variables = jax.block_until_ready(stack_seeds([s.variables for s in states]))
   seconds = (seconds_before + time.perf_counter() - progress.start) / num_seeds
   return ModelSet(label, variables, seconds, compile_s)
 
@@ -210,7 +222,7 @@ def train_population_streaming(model, cfg: train_lib.TrainConfig, init_vars, x, 
         mesh=mesh, on_epoch=lambda e, st, m, i=i: progress.update(
             i * cfg.epochs + e + 1, {k: float(val) for k, val in m.items()}))
     outs.append(v)
-  variables = jax.block_until_ready(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs))
+  variables = jax.block_until_ready(stack_seeds(outs))
   return ModelSet(label, variables, (time.perf_counter() - progress.start) / num_seeds)
 
 
@@ -235,7 +247,7 @@ def apply_method(spec, ctx, hparams: dict, variables, data, keys, vmapped: bool)
       auxs.append(a)
     seconds = (time.perf_counter() - t0) / num_seeds
     compile_s = 0.0
-    out = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+    out = stack_seeds(outs)
     aux = jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(v) for v in a]), *auxs) if auxs[0] else {}
   leaves_ok = all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree_util.tree_leaves(out))
   if not leaves_ok:
@@ -523,11 +535,18 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
 
   log(f"devices: {parallel.describe(st.mesh)}")
   with parallel.data_parallel(st.mesh):
-    # In memory and replicated on every device of the mesh (streaming input is
-    # unlearn_jax.data.streaming's job); batches are split over `data` inside the steps.
-    x_train = parallel.replicate(jnp.asarray(ds.train_x))
-    y_train = parallel.replicate(jnp.asarray(ds.train_y))
-    take = lambda idx: (x_train[idx], y_train[idx])
+    # In memory and replicated on every device of the mesh; batches are split over `data`
+    # inside the steps. With --stream the original and retrained models read their batches
+    # from host memory instead, so the whole train set is never copied to the device (the
+    # methods still get forget and retain there).
+    stream = bool(cfg.get("stream", False))
+    if stream:
+      take = lambda idx: parallel.replicate((jnp.asarray(ds.train_x[idx]),
+                                             jnp.asarray(ds.train_y[idx])))
+      train_set = (ds.train_x, ds.train_y)
+    else:
+      train_set = parallel.replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)))
+      take = lambda idx: (train_set[0][idx], train_set[1][idx])
     forget, retain = take(split.forget), take(split.retain)
     seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
@@ -538,24 +557,20 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
 
     model_sets = {}
     with train_lib.loop_mode(mode):
-      stream = bool(cfg.get("stream", False))
-
       def population(x, y, salt, label):
         keys = jax.vmap(lambda k: jax.random.fold_in(k, salt))(seed_keys)
         if stream:   # from host memory, batch by batch (seeds in sequence, no resume)
           return train_population_streaming(model, recipe, init_vars, x, y, keys, log, label,
                                             st.mesh)
-        return train_population(model, recipe, init_vars, jnp.asarray(x), jnp.asarray(y), keys,
-                                vmapped, log, label, store)
+        return train_population(model, recipe, init_vars, x, y, keys, vmapped, log, label,
+                                store)
 
       log("training original (all of train)" + (", streamed from host memory" if stream else ""))
-      model_sets["original"] = population(ds.train_x if stream else x_train,
-                                          ds.train_y if stream else y_train, 1, "original")
+      model_sets["original"] = population(*train_set, 1, "original")
       log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
       log("training retrain (retain only, same recipe and initial weights)")
-      model_sets["retrain"] = population(
-          ds.train_x[split.retain] if stream else retain[0],
-          ds.train_y[split.retain] if stream else retain[1], 2, "retrain")
+      retain_set = (ds.train_x[split.retain], ds.train_y[split.retain]) if stream else retain
+      model_sets["retrain"] = population(*retain_set, 2, "retrain")
       retrain_s = model_sets["retrain"].seconds
       log(f"  retrain: {retrain_s:.2f}s per seed")
       ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
@@ -626,21 +641,16 @@ def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):
   fp = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED},
         "hparams": hparams, "recipe": dataclasses.asdict(st.recipe), "mode": st.mode,
         "mesh": dict(st.mesh.shape) if st.mesh is not None else None}
-  try:
+  with checkpoint_errors_as_usage():
     return checkpoint.ResumeStore.open(resume_dir, fp, int(cfg.get("checkpoint_every", 1)))
-  except checkpoint.CheckpointError as e:
-    raise UsageError(str(e)) from e
 
 
 def resumed_method(store, name: str, like_variables, log) -> Optional[ModelSet]:
   """A method's ModelSet from the resume store, or None if it has not finished before."""
   if store is None:
     return None
-  from unlearn_jax import checkpoint
-  try:
+  with checkpoint_errors_as_usage():
     found = store.restore_latest(f"method_{name}", None)
-  except checkpoint.CheckpointError as e:
-    raise UsageError(str(e)) from e
   if found is None:
     return None
   _, tree, meta = found

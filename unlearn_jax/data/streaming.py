@@ -86,7 +86,7 @@ def channel_statistics(source, scale: float = 255.0, sample: int = 10_000, seed:
   normalisation constants, without reading the whole source)."""
   n = len(source)
   idx = np.sort(np.random.default_rng(seed).permutation(n)[:min(n, sample)])
-  x = image_transform(scale)([_get(source, [int(i)])[0] for i in idx])[0]
+  x = image_transform(scale)(_get(source, [int(i) for i in idx]))[0]
   return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2)) + 1e-6
 
 
