@@ -20,7 +20,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from unlearn_jax import evaluation, runner
+from experiments import population, setup
+from unlearn_jax import evaluation
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
@@ -37,7 +38,9 @@ flags.DEFINE_integer("mia_models", 16, "models per population that fit SalUn's S
 flags.DEFINE_integer("seed", None, "first seed")
 flags.DEFINE_integer("train_subset", None, "stratified subset of train (0 = all)")
 flags.DEFINE_integer("test_subset", None, "stratified subset of test (0 = all)")
-flags.DEFINE_string("loop", None, "auto | scan | host")
+flags.DEFINE_string("seed_loop", None, "auto | vmap | sequential (see --helpfull of "
+                    "experiments.unlearn)")
+flags.DEFINE_string("conv", None, "auto | xla | patches: the library models' convolution")
 flags.DEFINE_string("workdir", None, "output directory (default runs/eval_<dataset>_<time>)")
 flags.DEFINE_string("populations_dir", "runs/populations",
                     "where trained populations are checkpointed and reused ('' = never)")
@@ -45,7 +48,7 @@ flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdi
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = all)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
-              "seed", "train_subset", "test_subset", "loop", "mesh_data", "distributed")
+              "seed", "train_subset", "test_subset", "seed_loop", "conv", "mesh_data", "distributed")
 
 
 def parse_flags(argv):
@@ -76,11 +79,11 @@ def main(argv):
   tag = cfg.dataset.replace("image_folder:", "folder-").replace("/", "_").replace(".", "")[-40:]
   workdir = F.workdir or f"runs/eval_{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S')}"
   try:
-    runner.validate(cfg)
+    setup.validate(cfg)
     if not F.workdir:
       Path("runs").mkdir(exist_ok=True)
-    with runner.staged_workdir(workdir, F.overwrite) as (final, staging):
-      ev = evaluation.run(cfg, {}, F.num_models, F.chunk,
+    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
+      ev = population.run(cfg, {}, F.num_models, F.chunk,
                           Path(F.populations_dir) if F.populations_dir else None,
                           log=lambda s: print(s, flush=True), mia_models=F.mia_models)
       scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
@@ -88,7 +91,7 @@ def main(argv):
       md = evaluation.write_evaluation(staging, ev, cfg.to_dict() | {
           "num_models": F.num_models, "chunk": F.chunk},
           f"{cfg.dataset} · {ev.info['model']} · {scen}")
-  except runner.UsageError as e:
+  except setup.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print("\n" + md)

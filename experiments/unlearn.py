@@ -1,6 +1,6 @@
 r"""One command from data to a verdict: train, retrain, unlearn, evaluate, report.
 
-    python -m experiments.unlearn                       # digits, 10% random, all methods
+    python -m experiments.unlearn                       # digits, 10%% random, all methods
     python -m experiments.unlearn --scenario=class --forget_classes=3 --methods=finetune
     python -m experiments.unlearn --finetune.lr=0.05 --seeds=5 --workdir=runs/ft
 
@@ -21,7 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
-from unlearn_jax import parallel, report, runner
+from experiments import runner, setup
+from unlearn_jax import parallel, report
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 
@@ -76,7 +77,11 @@ flags.DEFINE_integer("seed", None, "first seed")
 flags.DEFINE_integer("train_subset", None, "stratified subset of train (0 = all)")
 flags.DEFINE_integer("test_subset", None, "stratified subset of test (0 = all)")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
-flags.DEFINE_string("loop", None, "auto | scan | host")
+flags.DEFINE_string("seed_loop", None, "auto | vmap | sequential: seeds in one vmapped program "
+                    "or one compiled program called seed after seed (auto: sequential for "
+                    "conv models on CPU, where vmapping does not pay)")
+flags.DEFINE_string("conv", None, "auto | xla | patches: the library models' convolution "
+                    "(auto: patches + matmul on CPU, XLA's elsewhere)")
 flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
@@ -87,7 +92,7 @@ flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdi
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
                   "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
-              "seeds", "seed", "train_subset", "test_subset", "data_dir", "loop", "mesh_seeds",
+              "seeds", "seed", "train_subset", "test_subset", "data_dir", "seed_loop", "conv", "mesh_seeds",
               "mesh_data", "distributed", "stream")
 
 
@@ -130,18 +135,18 @@ def main(argv):
   workdir = flags.FLAGS.workdir or default_workdir(cfg)
   hparams = {name: flag.value.to_dict() for name, flag in _METHOD_FLAGS.items()}
   try:
-    runner.validate(cfg)
+    setup.validate(cfg)
     if not flags.FLAGS.workdir:
       Path("runs").mkdir(exist_ok=True)
-    resume_dir = runner.resume_dir_for(workdir)
+    resume_dir = setup.resume_dir_for(workdir)
     if not flags.FLAGS.resume and resume_dir.exists():
       shutil.rmtree(resume_dir)
-    with runner.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
+    with setup.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
       result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True),
                           resume_dir=resume_dir if cfg.checkpoint_every > 0 else None)
       md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
     shutil.rmtree(resume_dir, ignore_errors=True)   # the run is complete: nothing to resume
-  except runner.UsageError as e:
+  except setup.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print("\n" + md)

@@ -10,7 +10,8 @@ docstring (and in the README).
 import pytest
 
 from experiments.configs import default
-from unlearn_jax import methods, report, runner
+from experiments import runner, setup
+from unlearn_jax import methods, report
 
 CLASS_FORGETTERS = ("random_label", "ssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
                     "boundary_shrink", "boundary_expand", "influence", "activation_reset")
@@ -22,7 +23,7 @@ def _run(scenario):
   cfg.scenario = scenario
   cfg.forget_classes = "3" if scenario == "class" else ""
   # gkt trains a student from scratch for 3,300 steps: its digits check is in the slow set.
-  cfg.methods = ",".join(m for m in runner.resolve_methods("", scenario, batch_norm=False)
+  cfg.methods = ",".join(m for m in setup.resolve_methods("", scenario, batch_norm=False)
                          if m != "gkt")
   return report.summarize(runner.run(cfg, {}, log=lambda s: None).rows)
 

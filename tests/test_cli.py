@@ -102,29 +102,30 @@ def test_nonempty_workdir_needs_overwrite(tmp_path):
 
 
 def test_default_methods_are_every_method_meant_for_the_scenario():
-  from unlearn_jax import methods, runner
+  from unlearn_jax import methods
+  from experiments import runner, setup
   zero_shot = ("zs_minmax_noise", "gkt", "deepinversion")
-  assert runner.resolve_methods("", "random") == tuple(
+  assert setup.resolve_methods("", "random") == tuple(
       m for m in methods.list_methods() if m not in zero_shot)
-  assert runner.resolve_methods("", "class", batch_norm=True) == methods.list_methods()
-  assert runner.resolve_methods("", "class", batch_norm=False) == tuple(
+  assert setup.resolve_methods("", "class", batch_norm=True) == methods.list_methods()
+  assert setup.resolve_methods("", "class", batch_norm=False) == tuple(
       m for m in methods.list_methods() if m != "deepinversion")
-  assert runner.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")
+  assert setup.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")
 
 
 @pytest.mark.parametrize("name", ["default", "cifar10_cnn", "cifar10_resnet18"])
 def test_every_config_file_sets_up(name):
   """Each config under experiments/configs loads and passes setup (on digits, offline)."""
   import importlib
-  from unlearn_jax import runner
+  from experiments import runner, setup
   cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
   assert "python -m experiments.unlearn" in importlib.import_module(
       f"experiments.configs.{name}").__doc__
   cfg.dataset, cfg.methods = "digits", "finetune"
-  st = runner.setup(cfg, log=lambda s: None)
+  st = setup.setup(cfg, log=lambda s: None)
   if name == "cifar10_resnet18":
     assert st.model_name == "resnet18" and st.recipe.schedule == "cosine"
-    assert st.recipe.augment and st.recipe.momentum == 0.9 and st.mode == "scan"
+    assert st.recipe.augment and st.recipe.momentum == 0.9 and st.mode == "vmap"
 
 
 def test_benchmark_prints_its_tables():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import population
 from unlearn_jax import evaluation
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -85,7 +85,7 @@ def test_method_documents_update_rule_paper_and_data(name):
 
 def test_unknown_hyperparameter_is_named(setup):
   *_, ctx = setup
-  with pytest.raises(ValueError, match="--finetune.alpha is not a hyperparameter"):
+  with pytest.raises(ValueError, match="finetune: alpha=1.0 is not a hyperparameter"):
     methods.get_method("finetune")(ctx, alpha=1.0)
 
 
@@ -211,15 +211,15 @@ def test_zero_shot_family_is_registered():
 
 @pytest.mark.parametrize("name", ZERO_SHOT)
 def test_runner_hands_zero_shot_methods_no_data(name, setup, cnn_setup):
-  from unlearn_jax import runner
+  from unlearn_jax import driver
   m, v = cnn_setup
   ctx = methods.MethodContext(m, 10, (8, 8, 1), (3,), "cnn")
   spec = methods.get_method(name)
   data = methods.select_data(spec, Untouchable(), Untouchable())
   assert data == methods.UnlearnData(None, None)
   stacked = jax.tree_util.tree_map(lambda a: a[None], v)
-  out = runner.apply_method(spec, ctx, _quick(spec), stacked, data,
-                            jax.random.split(jax.random.PRNGKey(0), 1), vmapped=True)
+  out = driver.apply_method(spec, ctx, _quick(spec), stacked, data,
+                            jax.random.split(jax.random.PRNGKey(0), 1), seed_mode="vmap")
   chex.assert_trees_all_equal_shapes_and_dtypes(out.variables, stacked)
 
 
@@ -264,21 +264,19 @@ def test_bn_statistic_loss_is_zero_at_the_running_statistics(cnn_setup):
   assert float(after) < 1e-4, float(after)
 
 
-def test_relearn_steps_zero_when_already_known_and_agree_across_loop_modes(setup):
+def test_relearn_steps_zero_when_already_known_and_agree_under_jit_and_vmap(setup):
   from unlearn_jax import metrics
   m, v, forget, retain, ctx = setup
   three = forget[1] == forget[1][0]
   cls = (forget[0][three], forget[1][three])
   steps, reached = metrics.relearn_steps(m, v, cls, 0.95, jax.random.PRNGKey(0))
   assert int(steps) == 0 and bool(reached)
-  # A freshly initialised model has to learn the class: both loop modes agree.
+  # A freshly initialised model has to learn the class: jit and vmap agree.
   v0 = models.init_variables(m, jax.random.PRNGKey(9), (8, 8, 1))
-  with train.loop_mode("scan"):
-    s_scan, r_scan = jax.jit(lambda v: metrics.relearn_steps(m, v, cls, 0.95, jax.random.PRNGKey(1),
-                                                             max_steps=60))(v0)
-  with train.loop_mode("host"):
-    s_host, r_host = metrics.relearn_steps(m, v0, cls, 0.95, jax.random.PRNGKey(1), max_steps=60)
-  assert int(s_scan) == int(s_host) > 0 and bool(r_scan) == bool(r_host)
+  relearn = lambda v: metrics.relearn_steps(m, v, cls, 0.95, jax.random.PRNGKey(1), max_steps=60)
+  s_jit, r_jit = jax.jit(relearn)(v0)
+  s_vmap, r_vmap = jax.vmap(relearn)(jax.tree_util.tree_map(lambda a: a[None], v0))
+  assert int(s_jit) == int(s_vmap[0]) > 0 and bool(r_jit) == bool(r_vmap[0])
   np.testing.assert_allclose(metrics.anamnesis_index([0, 10, 40], [20, 20, 20]), [0, 0.5, 2])
 
 

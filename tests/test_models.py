@@ -1,9 +1,11 @@
-"""Models: shapes, features, registry errors."""
+"""Models: shapes, adapters (features, head, layers), the patches convolution, registry errors."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
 
+import unlearn_jax as uj
 from unlearn_jax import models
 
 
@@ -11,16 +13,57 @@ from unlearn_jax import models
                                         ("cnn", (32, 32, 3)), ("resnet18", (8, 8, 1))])
 def test_models_give_logits_and_features(name, shape):
   m = models.get_model(name, 7)
+  adapter = uj.as_adapter(m)
   v = models.init_variables(m, jax.random.PRNGKey(0), shape)
   x = jnp.ones((4,) + shape)
   logits = m.apply(v, x, train=False)
   assert logits.shape == (4, 7)
-  logits2, feats = m.apply(v, x, train=False, features=True)
-  assert feats.shape[0] == 4 and feats.ndim == 2
+  logits2, feats, updates = adapter.features(v, x)
+  assert feats.shape[0] == 4 and feats.ndim == 2 and updates == {}
   assert jnp.allclose(logits, logits2)
+  # The features are the head's input: the head applied to them gives the logits.
+  head = adapter.head_params(v["params"])
+  chex.assert_trees_all_close(feats @ head["kernel"] + head["bias"], logits, atol=1e-4)
   assert models.has_batch_norm(v) == (name != "mlp")
+  assert adapter.layers(v, shape)[-1] == (("head",),)
 
 
-def test_unknown_model_names_the_allowed_ones():
+def test_cnn_layers_pair_each_conv_with_its_batch_norm():
+  m = models.get_model("cnn", 10, widths=(8, 16), dense=32)
+  v = models.init_variables(m, jax.random.PRNGKey(0), (8, 8, 1))
+  assert uj.as_adapter(m).layers(v, (8, 8, 1)) == [
+      (("conv0",), ("bn0",)), (("conv1",), ("bn1",)), (("fc",),), (("head",),)]
+
+
+@pytest.mark.parametrize("shape,strides,padding", [((2, 9, 9, 3), 1, "SAME"),
+                                                    ((2, 9, 9, 3), 2, "SAME"),
+                                                    ((2, 8, 8, 4), 1, "VALID")])
+def test_patches_convolution_matches_xla_in_value_and_gradient(shape, strides, padding):
+  """Same parameters, same outputs and gradients: checkpoints are interchangeable."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  xla = models.Conv(5, (3, 3), strides, impl="xla", padding=padding)
+  patches = models.Conv(5, (3, 3), strides, impl="patches", padding=padding)
+  v = xla.init(jax.random.PRNGKey(1), x)
+  chex.assert_trees_all_equal(v, patches.init(jax.random.PRNGKey(1), x))
+  loss = lambda mod: lambda p, xx: jnp.sum(jnp.sin(mod.apply(p, xx)))
+  chex.assert_trees_all_close(xla.apply(v, x), patches.apply(v, x), atol=1e-4)
+  chex.assert_trees_all_close(jax.grad(loss(xla), argnums=(0, 1))(v, x),
+                              jax.grad(loss(patches), argnums=(0, 1))(v, x), atol=1e-4)
+
+
+def test_library_cnn_is_the_same_model_with_either_convolution():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  a = models.get_model("cnn", 10, widths=(8, 16), dense=32, conv="xla")
+  b = models.get_model("cnn", 10, widths=(8, 16), dense=32, conv="patches")
+  v = models.init_variables(a, jax.random.PRNGKey(1), (8, 8, 1))
+  chex.assert_trees_all_equal(v, models.init_variables(b, jax.random.PRNGKey(1), (8, 8, 1)))
+  out_a, upd_a = uj.as_adapter(a).apply(v, x, train=True)
+  out_b, upd_b = uj.as_adapter(b).apply(v, x, train=True)
+  chex.assert_trees_all_close((out_a, upd_a), (out_b, upd_b), atol=1e-4)
+
+
+def test_unknown_model_and_conv_names_the_allowed_ones():
   with pytest.raises(ValueError, match="allowed: mlp, cnn, resnet18"):
     models.get_model("vit", 10)
+  with pytest.raises(ValueError, match="allowed: auto, xla, patches"):
+    models.conv_impl("cudnn")

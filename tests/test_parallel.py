@@ -38,11 +38,11 @@ def test_one_device_mesh_runs_a_step():
 
 def test_runner_refuses_impossible_mesh_flags():
   from experiments.configs import default
-  from unlearn_jax import runner
+  from experiments import setup
   cfg = default.get_config()
   cfg.mesh_data = 64 * jax.device_count()
-  with pytest.raises(runner.UsageError, match="--mesh_seeds=1 --mesh_data="):
-    runner.setup(cfg, log=lambda s: None)
+  with pytest.raises(setup.UsageError, match="--mesh_seeds=1 --mesh_data="):
+    setup.setup(cfg, log=lambda s: None)
 
 
 def test_sharded_suite_on_eight_simulated_devices():

@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import default
-from unlearn_jax import checkpoint, runner
+from experiments import runner, setup
+from unlearn_jax import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def _run_killed_after(cfg, resume_dir, label, step, monkeypatch):
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
-  """Seeds vmapped in the compiled loop; the SIGKILL test below covers the host loop."""
+  """Seeds vmapped; the SIGKILL test below covers sequential seeds."""
   cfg = _cfg()
   want = runner.run(cfg, {}, log=lambda s: None)
   resume_dir = tmp_path / "resume"
@@ -75,7 +76,7 @@ def test_finished_methods_are_not_rerun(tmp_path, monkeypatch):
 def test_other_flags_refuse_the_resume_directory(tmp_path, monkeypatch):
   resume_dir = tmp_path / "resume"
   _run_killed_after(_cfg(), resume_dir, "original", 2, monkeypatch)
-  with pytest.raises(runner.UsageError, match=r"other settings \(differs in: config\)"):
+  with pytest.raises(setup.UsageError, match=r"other settings \(differs in: config\)"):
     runner.run(_cfg(seed=7), {}, log=lambda s: None, resume_dir=resume_dir)
 
 
@@ -87,7 +88,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
   assert files
   for p in files:
     p.write_bytes(b"\x00garbage")
-  with pytest.raises(runner.UsageError, match=r"original step 4 is corrupt .*delete"):
+  with pytest.raises(setup.UsageError, match=r"original step 4 is corrupt .*delete"):
     runner.run(_cfg(), {}, log=lambda s: None, resume_dir=resume_dir)
 
 
@@ -101,7 +102,7 @@ def test_sigkill_then_same_command_resumes(tmp_path):
   """A real kill -9 of the CLI mid-training; the same command again finishes the run with
   the weights of an uninterrupted one."""
   args = [sys.executable, "-m", "experiments.unlearn", "--methods=finetune", "--seeds=1",
-          "--loop=host", "--config.train.epochs=12", "--config.plots=False"]
+          "--seed_loop=sequential", "--config.train.epochs=12", "--config.plots=False"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   subprocess.run(args + [f"--workdir={tmp_path / 'clean'}"], cwd=ROOT, env=env, check=True,
                  capture_output=True)

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.configs import default
-from unlearn_jax import runner
+from experiments import runner, setup
 from unlearn_jax.data import load_dataset
 
 

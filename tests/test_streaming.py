@@ -17,8 +17,7 @@ def test_streaming_training_is_the_in_memory_training(digits):
   cfg = train.TrainConfig(epochs=3, batch_size=64, lr=0.05)
   key = jax.random.PRNGKey(1)
   x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
-  with train.loop_mode("host"):
-    want, want_hist = train.fit(model, cfg, v, x, y, key)
+  want, want_hist = jax.jit(train.fit, static_argnums=(0, 1))(model, cfg, v, x, y, key)
   got, hist = streaming.fit_streaming(model, cfg, v,
                                       streaming.ArraySource(digits.train_x, digits.train_y), key)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
@@ -61,14 +60,14 @@ def test_tfds_data_source_streams_without_loading_the_dataset():
 
 
 def test_runner_stream_flag_trains_the_same_models():
-  """--stream (host-memory batches) and the in-memory host loop give the same original
+  """--stream (host-memory batches) and the in-memory loop give the same original
   and retrained weights."""
   from experiments.configs import default
-  from unlearn_jax import runner
+  from experiments import runner
   out = {}
   for stream in (False, True):
     cfg = default.get_config()
-    cfg.methods, cfg.seeds, cfg.loop, cfg.stream = "finetune", 1, "host", stream
+    cfg.methods, cfg.seeds, cfg.seed_loop, cfg.stream = "finetune", 1, "sequential", stream
     cfg.train.epochs = 3
     out[stream] = runner.run(cfg, {}, log=lambda s: None)
   for name in ("original", "retrain"):

@@ -46,14 +46,13 @@ def test_fit_vmaps_over_seeds(digits):
   chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[1], vs), one, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_host_loop_matches_scan(digits, name):
-  m, v, x, y = _setup(digits, name)
-  cfg = train.TrainConfig(epochs=2, batch_size=64)
-  scanned, _ = jax.jit(train.fit, static_argnums=(0, 1))(m, cfg, v, x, y, jax.random.PRNGKey(1))
-  with train.loop_mode("host"):
-    hosted, _ = train.fit(m, cfg, v, x, y, jax.random.PRNGKey(1))
-  chex.assert_trees_all_close(scanned, hosted, atol=2e-4, rtol=1e-3)
+def test_fit_takes_numpy_data_under_jit(digits):
+  """NumPy arrays closed over by a jitted fit are indexed by traced batch indices."""
+  m, v, *_ = _setup(digits)
+  cfg = train.TrainConfig(epochs=1, batch_size=64)
+  out, _ = jax.jit(lambda v, k: train.fit(m, cfg, v, digits.train_x, digits.train_y, k))(
+      v, jax.random.PRNGKey(0))
+  chex.assert_tree_all_finite(out)
 
 
 def test_epoch_chunks_compose_to_one_fit(digits):

@@ -1,7 +1,47 @@
 """unlearn_jax: machine unlearning in JAX/Flax.
 
 Every method is a pure function from a registry, every metric a pure function of
-logits or losses; callers `jit` and `vmap` them. The public API is flat (optax style).
+logits or losses; callers `jit` and `vmap` them. The public API is flat (optax style):
+
+    import unlearn_jax as uj
+
+    adapter = uj.ModelAdapter(my_module, train_kwargs={"train": True},
+                              eval_kwargs={"train": False}, head=("Dense_2",))
+    ctx = uj.MethodContext(adapter, num_classes=10, input_shape=(32, 32, 3))
+    unlearn = uj.ssd(ctx, alpha=10.0)                 # or uj.make_method("ssd", ctx)
+    data = uj.select_data(uj.ssd, forget=(xf, yf), retain=(xr, yr), num_classes=10)
+    new_variables, aux = jax.jit(unlearn)(variables, data, key)
+
+Every registered method is a top-level name (`uj.finetune`, `uj.scrub`, ...; `help()` on
+one shows its update rule, paper, defaults and the data it reads); so are the metrics
+(`uj.accuracy`, `uj.per_example_epsilons`, ...), the models, training and data.
+Sub-packages: `uj.methods`, `uj.metrics`, `uj.models`, `uj.data`, `uj.train`,
+`uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+from unlearn_jax import data, metrics, methods, models, parallel, train
+from unlearn_jax.adapter import ModelAdapter, as_adapter
+from unlearn_jax.data import (Dataset, Split, SplitSpec, load_dataset, make_split,
+                              stratified_subset)
+from unlearn_jax.methods import (HyperparameterError, MethodContext, UnlearnData, get_method,
+                                 list_methods, make_method, register, select_data)
+from unlearn_jax.metrics import *  # noqa: F401,F403  (the metrics' own __all__)
+from unlearn_jax.metrics import __all__ as _metric_names
+from unlearn_jax.models import CNN, MLP, Conv, ResNet18, get_model, init_variables
+from unlearn_jax.train import (TrainConfig, TrainState, cross_entropy, fit,
+                               init_train_state, make_optimizer, make_supervised_step, predict,
+                               predict_features, scan_epochs)
+
+# Every registered method as a top-level function: uj.finetune(ctx, lr=...), ...
+globals().update({_name: get_method(_name) for _name in list_methods()})
+
+__all__ = (["ModelAdapter", "as_adapter", "Dataset", "Split", "SplitSpec", "load_dataset",
+            "make_split", "stratified_subset", "HyperparameterError", "MethodContext",
+            "UnlearnData", "get_method", "list_methods", "make_method", "register",
+            "select_data", "CNN", "MLP", "Conv", "ResNet18", "get_model", "init_variables",
+            "TrainConfig", "TrainState", "cross_entropy", "fit", "init_train_state",
+            "make_optimizer", "make_supervised_step", "predict", "predict_features",
+            "scan_epochs", "data", "metrics", "methods", "models", "parallel", "train"]
+           + list(_metric_names) + list(list_methods()))

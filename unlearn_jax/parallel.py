@@ -11,8 +11,10 @@ When seeds are vmapped, `vmap_seeds` names the `seeds` mesh axis as vmap's
 `spmd_axis_name`, so with `seeds=2` on 8 devices each half of the devices trains half of
 the seeds, each seed's batch split over 4 devices.
 
-Nothing here changes a pure function: `data_parallel(mesh)` is a context manager the
-*caller* enters, like `train.loop_mode`; outside it `shard_batch` is the identity.
+No module-level state steers a trace: `data_parallel(mesh)` is `jax.set_mesh(mesh)`, JAX's
+own mesh context, which `jax.jit` includes in its cache key (a function traced outside the
+block is traced again inside it). `shard_batch` and `vmap_seeds` read that context with
+`jax.sharding.get_abstract_mesh()`; outside any mesh `shard_batch` is the identity.
 
     mesh = parallel.make_mesh()                        # all devices on `data`
     with parallel.data_parallel(mesh):
@@ -33,7 +35,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("seeds", "data")
-_active: list = [None]
 
 
 class MeshError(ValueError):
@@ -59,24 +60,25 @@ def make_mesh(data: int = 0, seeds: int = 1,
   return Mesh(grid, MESH_AXES)
 
 
-def active_mesh() -> Optional[Mesh]:
-  """The mesh of the enclosing `data_parallel` block, or None."""
-  return _active[0]
+def active_mesh():
+  """The abstract mesh of the enclosing `data_parallel` block, or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or "data" not in mesh.axis_names else mesh
 
 
 @contextlib.contextmanager
 def data_parallel(mesh: Optional[Mesh]):
-  """Within the block, `shard_batch` splits batches over `mesh`'s `data` axis and
-  `vmap_seeds` maps seeds onto its `seeds` axis. `None` (or a 1-device mesh) is a no-op."""
-  previous, _active[0] = _active[0], mesh
-  try:
+  """`jax.set_mesh(mesh)`: within the block `shard_batch` splits batches over `mesh`'s
+  `data` axis and `vmap_seeds` maps seeds onto its `seeds` axis. `None` is a no-op."""
+  if mesh is None:
+    yield None
+    return
+  with jax.set_mesh(mesh):
     yield mesh
-  finally:
-    _active[0] = previous
 
 
-def data_size(mesh: Optional[Mesh] = None) -> int:
-  mesh = mesh if mesh is not None else _active[0]
+def data_size(mesh=None) -> int:
+  mesh = mesh if mesh is not None else active_mesh()
   return 1 if mesh is None else mesh.shape["data"]
 
 
@@ -85,7 +87,7 @@ def shard_batch(tree: Any) -> Any:
 
   Leaves whose leading size the data axis does not divide are left to the partitioner
   (replicated); outside `data_parallel` this is the identity."""
-  mesh = _active[0]
+  mesh = active_mesh()
   if mesh is None or mesh.shape["data"] == 1:
     return tree
   n = mesh.shape["data"]
@@ -93,15 +95,14 @@ def shard_batch(tree: Any) -> Any:
   def one(a):
     if not hasattr(a, "ndim") or a.ndim == 0 or a.shape[0] % n:
       return a
-    spec = P("data", *([None] * (a.ndim - 1)))
-    return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(a, P("data", *([None] * (a.ndim - 1))))
 
   return jax.tree_util.tree_map(one, tree)
 
 
 def replicate(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   """Places every leaf on all devices of `mesh` (the weights, the in-memory datasets)."""
-  mesh = mesh if mesh is not None else _active[0]
+  mesh = mesh if mesh is not None else _concrete_mesh()
   if mesh is None:
     return tree
   return jax.device_put(tree, NamedSharding(mesh, P()))
@@ -110,7 +111,7 @@ def replicate(tree: Any, mesh: Optional[Mesh] = None) -> Any:
 def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   """Places a seed-stacked pytree (leading axis = seed) with seeds split over the `seeds`
   mesh axis and replicated over `data`; replicated when the axis does not divide it."""
-  mesh = mesh if mesh is not None else _active[0]
+  mesh = mesh if mesh is not None else _concrete_mesh()
   if mesh is None:
     return tree
   s = mesh.shape["seeds"]
@@ -123,11 +124,19 @@ def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
+def _concrete_mesh() -> Optional[Mesh]:
+  """The concrete mesh of the enclosing `data_parallel` block (device placement), or None."""
+  if active_mesh() is None:
+    return None
+  mesh = jax.sharding.get_mesh()
+  return None if mesh is None or mesh.empty else mesh
+
+
 def vmap_seeds(fn: Callable, in_axes=0, out_axes=0) -> Callable:
   """`jax.vmap` over seeds; inside `data_parallel` with a `seeds` axis larger than 1 the
   vmapped dimension of every sharding constraint goes on that axis (`spmd_axis_name`)."""
-  mesh = _active[0]
-  if mesh is not None and mesh.shape["seeds"] > 1:
+  mesh = active_mesh()
+  if mesh is not None and "seeds" in mesh.axis_names and mesh.shape["seeds"] > 1:
     return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes, spmd_axis_name="seeds")
   return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 

@@ -3,41 +3,41 @@
 Everything here is a pure function of (variables, optimizer state, data, PRNG key):
 callers `jax.jit` it and `jax.vmap` it over seeds. Batches are index permutations
 drawn from the key; an epoch covers every example (the last batch wraps around),
-so small forget sets still take full steps.
+so small forget sets still take full steps. `scan_epochs` is the one epoch loop of the
+library: training, every method's phases and the population driver all run through it.
 
 The epoch key is `fold_in(key, epoch)` with the epoch read from the step counter in
 the state, so running epochs in chunks (for progress lines, or after a resume) gives
 the same result as one call over all of them.
 
-Loop modes. `scan` (default) compiles all epochs into one `lax.scan` program. XLA's
-CPU backend runs a convolution whose kernel is carried through a while loop ~50x
-slower than the same step outside a loop (jax-ml/jax#12868; measured here: 9 vs 460
-images/s for the small CNN), so for conv models on CPUs the runner switches to `host`:
-a Python loop over one jitted step, with the same permutations, keys and math.
+A model is anything `adapter.as_adapter` accepts: a `ModelAdapter`, a library model, or a
+plain Linen module. Variables are the model's own collections (`params`, and whatever
+else it has); train mode updates the adapter's mutable collections and carries the rest.
+
+There is one loop mode. XLA:CPU's slow path for convolutions inside compiled loops
+(jax-ml/jax#12868) is avoided by the models themselves (`models.Conv`: patches + matmul
+on the CPU backend), not by leaving the loop.
 
 Every batch drawn here passes through `parallel.shard_batch`: inside
-`parallel.data_parallel(mesh)` it is split over the mesh's `data` axis (weights stay
-replicated), outside it nothing changes.
-In `host` mode a method must be called eagerly (not under an outer `jax.jit`);
-`jax.vmap` still works. `loop_mode("host")` is a context manager.
+`parallel.data_parallel(mesh)` (that is, `jax.set_mesh`) it is split over the mesh's
+`data` axis (weights stay replicated); outside it nothing changes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from unlearn_jax.adapter import as_adapter
 from unlearn_jax.parallel import shard_batch
 
-Variables = dict  # {"params": ..., "batch_stats": ...}
+Variables = dict  # {"params": ..., and the model's other collections}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +67,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def forward(model: nn.Module, variables: Variables, x: jax.Array, train: bool,
-            features: bool = False):
-  """Runs the model; in train mode also returns the updated batch statistics."""
-  if train and variables.get("batch_stats"):
-    out, mutated = model.apply(variables, x, train=True, features=features,
-                               mutable=["batch_stats"])
-    return out, mutated["batch_stats"]
-  out = model.apply(variables, x, train=train, features=features)
-  return out, variables.get("batch_stats", {})
+def forward(model, variables: Variables, x: jax.Array, train: bool, rng=None):
+  """(logits, updates): the model through its adapter; `updates` holds the collections a
+  train-mode call mutated (merge with `{**variables, **updates}`)."""
+  return as_adapter(model).apply(variables, x, train=train, rng=rng)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -136,65 +131,12 @@ def epoch_indices(key: jax.Array, n: int, batch_size: int) -> jax.Array:
   return jnp.resize(perm, (nb * batch_size,)).reshape(nb, batch_size)
 
 
-LOOP_MODES = ("scan", "host")
-_loop_mode = ["scan"]
-_batch_callback = [None]
-
-
-@contextlib.contextmanager
-def on_host_batch(callback):
-  """In `host` mode, calls `callback(batch_index, num_batches)` after every step
-  (progress lines inside long CPU epochs)."""
-  previous, _batch_callback[0] = _batch_callback[0], callback
-  try:
-    yield
-  finally:
-    _batch_callback[0] = previous
-
-
-def get_loop_mode() -> str:
-  return _loop_mode[0]
-
-
-@contextlib.contextmanager
-def loop_mode(mode: str):
-  """Temporarily sets how `scan_epochs` loops: `scan` (compiled) or `host` (Python)."""
-  if mode not in LOOP_MODES:
-    raise ValueError(f"loop mode {mode!r} is unknown; allowed: {', '.join(LOOP_MODES)}")
-  previous, _loop_mode[0] = _loop_mode[0], mode
-  try:
-    yield
-  finally:
-    _loop_mode[0] = previous
-
-
-def default_loop_mode(model_name: str) -> str:
-  """`host` for conv models on CPU (jax-ml/jax#12868), else `scan`."""
-  if jax.default_backend() == "cpu" and model_name in ("cnn", "resnet18"):
-    return "host"
-  return "scan"
-
-
-def _host_epochs(step_fn, carry, data, key, num_epochs, batch_size, first_epoch):
-  """`scan_epochs` as a Python loop over one jitted step (same keys, same batches)."""
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-  run_batch = jax.jit(lambda c, d, bidx, bkey: step_fn(
-      c, shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], d)), bkey))
-  history = []
-  for epoch in range(int(first_epoch), int(first_epoch) + num_epochs):
-    ekey = jax.random.fold_in(key, epoch)
-    idx = epoch_indices(jax.random.fold_in(ekey, 0), n, batch_size)
-    bkeys = jax.random.split(jax.random.fold_in(ekey, 1), idx.shape[0])
-    metrics = []
-    for b in range(idx.shape[0]):
-      carry, m = run_batch(carry, data, idx[b], bkeys[b])
-      metrics.append(m)
-      if _batch_callback[0] is not None:
-        _batch_callback[0](b + 1, idx.shape[0])
-    history.append(jax.tree_util.tree_map(lambda *ms: jnp.mean(jnp.stack(ms)), *metrics))
-  if not history:
-    return carry, None
-  return carry, jax.tree_util.tree_map(lambda *hs: jnp.stack(hs), *history)
+def epoch_plan(key: jax.Array, epoch, n: int, batch_size: int):
+  """(batch indices [steps, batch_size], step keys [steps]) of epoch `epoch`: the one
+  derivation of an epoch's order, shared by `scan_epochs` and streaming input."""
+  ekey = jax.random.fold_in(key, epoch)
+  idx = epoch_indices(jax.random.fold_in(ekey, 0), n, batch_size)
+  return idx, jax.random.split(jax.random.fold_in(ekey, 1), idx.shape[0])
 
 
 def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_epochs: int,
@@ -203,16 +145,13 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
 
   `data` is a pytree of arrays sharing their leading (example) axis; each epoch draws
   a permutation from `fold_in(key, epoch)`. Returns (carry, per-epoch mean metrics).
-  Compiled as `lax.scan` in `scan` mode, a host loop in `host` mode (module docstring).
+  NumPy leaves are taken as device arrays first (they may be indexed by traced indices).
   """
-  if get_loop_mode() == "host":
-    return _host_epochs(step_fn, carry, data, key, num_epochs, batch_size, first_epoch)
+  data = jax.tree_util.tree_map(jnp.asarray, data)
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
 
   def one_epoch(carry, epoch):
-    ekey = jax.random.fold_in(key, epoch)
-    idx = epoch_indices(jax.random.fold_in(ekey, 0), n, batch_size)
-    bkeys = jax.random.split(jax.random.fold_in(ekey, 1), idx.shape[0])
+    idx, bkeys = epoch_plan(key, epoch, n, batch_size)
 
     def body(carry, xs):
       bidx, bkey = xs
@@ -227,38 +166,17 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
 
 
 def repeat_steps(step_fn: Callable, carry: Any, key: jax.Array, num_steps: int):
-  """Runs `step_fn(carry, key) -> (carry, metrics)` `num_steps` times with keys split from
-  `key`: a `lax.scan` in `scan` mode, a Python loop over the jitted step in `host` mode
-  (for data-free loops such as zero-shot generators). Returns (carry, stacked metrics)."""
-  keys = jax.random.split(key, num_steps)
-  if get_loop_mode() == "scan":
-    return jax.lax.scan(lambda c, k: step_fn(c, k), carry, keys)
-  run = jax.jit(step_fn)
-  history = []
-  for i in range(num_steps):
-    carry, m = run(carry, keys[i])
-    history.append(m)
-    if _batch_callback[0] is not None:
-      _batch_callback[0](i + 1, num_steps)
-  return carry, jax.tree_util.tree_map(lambda *ms: jnp.stack(ms), *history)
+  """Runs `step_fn(carry, key) -> (carry, metrics)` `num_steps` times as one `lax.scan`,
+  with keys split from `key` (data-free loops such as zero-shot generators). Returns
+  (carry, stacked metrics)."""
+  return jax.lax.scan(step_fn, carry, jax.random.split(key, num_steps))
 
 
-def map_batches(fn: Callable, xs: Any):
-  """`[fn(x) for x in xs]` over the leading axis, stacked: `lax.map` in `scan` mode, a
-  Python loop over the jitted `fn` in `host` mode. Gradients with respect to convolution
-  kernels inside a compiled loop hit the same XLA:CPU slow path as training does (2.4
-  vs ~400 images/s for the CIFAR CNN's batch gradients), so host mode avoids the loop."""
-  if get_loop_mode() == "scan":
-    return jax.lax.map(fn, xs)
-  run = jax.jit(fn)
-  n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-  outs = [run(jax.tree_util.tree_map(lambda a: a[i], xs)) for i in range(n)]
-  return jax.tree_util.tree_map(lambda *o: jnp.stack(o), *outs)
-
-
-def make_supervised_step(model: nn.Module, tx: optax.GradientTransformation,
+def make_supervised_step(model, tx: optax.GradientTransformation,
                          augment: bool = False) -> Callable:
-  """One SGD step of mean CE on a batch `(x, y)`; returns (state, {loss, accuracy})."""
+  """One step of mean CE on a batch `(x, y)`; returns (state, {loss, accuracy}). The step's
+  key draws the augmentation and the model's train-mode rng streams (dropout)."""
+  adapter = as_adapter(model)
 
   def step(state: TrainState, batch, key):
     x, y = batch
@@ -266,15 +184,16 @@ def make_supervised_step(model: nn.Module, tx: optax.GradientTransformation,
       x = augment_batch(x, key)
 
     def loss_fn(params):
-      logits, new_stats = forward(model, {**state.variables, "params": params}, x, train=True)
+      logits, updates = adapter.apply({**state.variables, "params": params}, x, train=True,
+                                      rng=key)
       loss = cross_entropy(logits, y).mean()
-      return loss, (new_stats, jnp.mean(jnp.argmax(logits, -1) == y))
+      return loss, (updates, jnp.mean(jnp.argmax(logits, -1) == y))
 
-    (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (updates, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.variables["params"])
-    updates, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
-    params = optax.apply_updates(state.variables["params"], updates)
-    new_state = TrainState({"params": params, "batch_stats": new_stats}, opt_state,
+    deltas, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
+    params = optax.apply_updates(state.variables["params"], deltas)
+    new_state = TrainState({**state.variables, **updates, "params": params}, opt_state,
                            state.step + 1)
     return new_state, {"loss": loss, "accuracy": acc}
 
@@ -285,7 +204,7 @@ def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> 
   return TrainState(variables, tx.init(variables["params"]), jnp.zeros((), jnp.int32))
 
 
-def train_epochs(model: nn.Module, cfg: TrainConfig, state: TrainState, x: jax.Array,
+def train_epochs(model, cfg: TrainConfig, state: TrainState, x: jax.Array,
                  y: jax.Array, key: jax.Array, num_epochs: int):
   """Continues `state` for `num_epochs` epochs (the epoch index comes from `state.step`)."""
   spe = steps_per_epoch(x.shape[0], cfg.batch_size)
@@ -295,7 +214,7 @@ def train_epochs(model: nn.Module, cfg: TrainConfig, state: TrainState, x: jax.A
                      first_epoch=state.step // spe)
 
 
-def fit(model: nn.Module, cfg: TrainConfig, variables: Variables, x: jax.Array,
+def fit(model, cfg: TrainConfig, variables: Variables, x: jax.Array,
         y: jax.Array, key: jax.Array):
   """Trains `variables` on (x, y) with the recipe; returns (variables, history).
 
@@ -308,18 +227,28 @@ def fit(model: nn.Module, cfg: TrainConfig, variables: Variables, x: jax.Array,
 
 
 # ----------------------------------------------------------------------------- prediction
-def predict(model: nn.Module, variables: Variables, x: jax.Array, batch_size: int = 1000,
-            features: bool = False):
-  """Logits (or (logits, features)) for every row of x, in eval mode, in batches."""
+def _in_batches(fn: Callable, x: jax.Array, batch_size: int):
+  """fn over fixed-size batches of x (`lax.map`, the last batch padded), rows restored."""
+  x = jnp.asarray(x)
   n = x.shape[0]
   if n <= batch_size:
-    return model.apply(variables, shard_batch(x), train=False, features=features)
+    return fn(shard_batch(x))
   nb = math.ceil(n / batch_size)
   padded = jnp.pad(x, ((0, nb * batch_size - n),) + ((0, 0),) * (x.ndim - 1))
-  out = jax.lax.map(lambda b: model.apply(variables, shard_batch(b), train=False,
-                                          features=features),
-                    padded.reshape((nb, batch_size) + x.shape[1:]))
+  out = jax.lax.map(lambda b: fn(shard_batch(b)), padded.reshape((nb, batch_size) + x.shape[1:]))
   return jax.tree_util.tree_map(lambda a: a.reshape((nb * batch_size,) + a.shape[2:])[:n], out)
+
+
+def predict(model, variables: Variables, x: jax.Array, batch_size: int = 1000) -> jax.Array:
+  """Eval-mode logits for every row of x, in batches."""
+  adapter = as_adapter(model)
+  return _in_batches(lambda b: adapter.logits(variables, b), x, batch_size)
+
+
+def predict_features(model, variables: Variables, x: jax.Array, batch_size: int = 1000):
+  """Eval-mode (logits, penultimate features) for every row of x (the adapter's features)."""
+  adapter = as_adapter(model)
+  return _in_batches(lambda b: adapter.features(variables, b)[:2], x, batch_size)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

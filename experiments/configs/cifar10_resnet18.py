@@ -20,7 +20,7 @@ def get_config():
   c.dataset = "image_folder:../shared/data/cifar10-jpeg.tar.gz"
   c.model = "resnet18"
   c.seeds = 3
-  c.loop = "scan"                 # compiled epochs: the accelerator path
+  c.seed_loop = "vmap"            # seeds in one program: the accelerator path
   c.checkpoint_every = 5
   c.train.epochs = 40
   c.train.batch_size = 256

@@ -24,9 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.methods = ""                # comma list; "" = every registered method
   c.seeds = 3
   c.seed = 0                    # first seed; seeds are seed, seed+1, ...
-  c.loop = "auto"               # auto | scan | host (see unlearn_jax.train)
+  c.seed_loop = "auto"          # auto | vmap | sequential (see unlearn_jax.driver)
+  c.conv = "auto"               # auto | xla | patches: library models' convolution
   # Devices (unlearn_jax.parallel): a ("seeds", "data") mesh; batches split over `data`,
-  # vmapped seeds over `seeds` (scan loop only). One visible device: no mesh at all.
+  # vmapped seeds over `seeds` (--seed_loop=vmap only). One visible device: no mesh at all.
   c.mesh_seeds = 1
   c.mesh_data = 0               # 0 = all devices left after the seeds axis
   c.distributed = False         # jax.distributed.initialize() first (multi-host jobs)

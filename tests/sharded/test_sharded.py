@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import methods, models, parallel, runner, train
+from experiments import runner, setup
+from unlearn_jax import driver, methods, models, parallel, train
 from unlearn_jax.data import SplitSpec, load_dataset, make_split
 
 TOL = dict(rtol=2e-4, atol=2e-5)
@@ -69,24 +70,25 @@ def test_batch_norm_cnn_training_matches_one_device(digits_data):
   v = models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape)
   cfg = train.TrainConfig(epochs=1, batch_size=64, lr=0.05, augment=True)
   key = jax.random.PRNGKey(2)
-  with train.loop_mode("host"):
-    want, _ = train.fit(model, cfg, v, x, y, key)
-    got, _ = _on_mesh(lambda v, x, y: train.fit(model, cfg, v, x, y, key),
-                      parallel.make_mesh(), v, x, y)
+  want, _ = jax.jit(train.fit, static_argnums=(0, 1))(model, cfg, v, x, y, key)
+  got, _ = _on_mesh(lambda v, x, y: train.fit(model, cfg, v, x, y, key),
+                    parallel.make_mesh(), v, x, y)
   chex.assert_trees_all_close(got, want, **TOL)
 
 
 # SCRUB's max pass starts at student = teacher, where the KL gradient is zero up to
 # rounding; Adam normalises that rounding noise into full-size steps, so its direction is
 # set by the reduction order and no two device layouts agree (nor would two BLAS builds).
-# The min passes (CE + KL to the teacher) are compared; Adam's normalisation of small
-# gradients still needs a looser atol there.
-@pytest.mark.parametrize("name,overrides,atol", [
-    ("finetune", dict(epochs=2), TOL["atol"]),
-    ("ssd", dict(), TOL["atol"]),
-    ("scrub", dict(epochs=2, max_epochs=0), 1e-4),
+# The min passes (CE + KL to the teacher) are compared. Adam still turns a near-zero
+# gradient whose sign depends on the reduction order into a step of up to ±lr, so single
+# weights may differ by a few lr (seen: 17 of 65,536 by up to 9.7e-4 on another machine):
+# for SCRUB the test compares what the model computes (logits) and the mean weight gap.
+@pytest.mark.parametrize("name,overrides,compare", [
+    ("finetune", dict(epochs=2), "weights"),
+    ("ssd", dict(), "weights"),
+    ("scrub", dict(epochs=2, max_epochs=0), "function"),
 ])
-def test_method_matches_one_device(name, overrides, atol, digits_data):
+def test_method_matches_one_device(name, overrides, compare, digits_data):
   ds, forget, retain = digits_data
   model = models.get_model("mlp", 10)
   original, _ = jax.jit(train.fit, static_argnums=(0, 1))(
@@ -103,7 +105,14 @@ def test_method_matches_one_device(name, overrides, atol, digits_data):
 
   want = unlearn(original, data)
   got = _on_mesh(unlearn, parallel.make_mesh(), original, data)
-  chex.assert_trees_all_close(got, want, rtol=TOL["rtol"], atol=atol)
+  if compare == "weights":
+    chex.assert_trees_all_close(got, want, **TOL)
+    return
+  x = retain[0][:512]
+  chex.assert_trees_all_close(model.apply(got, x), model.apply(want, x), atol=2e-2)
+  gaps = [float(jnp.mean(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(got),
+                                                            jax.tree_util.tree_leaves(want))]
+  assert max(gaps) < 1e-5, gaps
 
 
 def test_seeds_and_data_axes_combine(digits_data):
@@ -150,8 +159,8 @@ def test_batch_size_the_mesh_cannot_split_is_a_usage_error():
   from experiments.configs import default
   cfg = default.get_config()
   cfg.train.batch_size = 60
-  with pytest.raises(runner.UsageError, match="not divisible by the 8 devices"):
-    runner.setup(cfg, log=lambda s: None)
+  with pytest.raises(setup.UsageError, match="not divisible by the 8 devices"):
+    setup.setup(cfg, log=lambda s: None)
 
 
 def test_streaming_on_eight_devices_matches_one(digits_data):
@@ -175,13 +184,13 @@ def test_population_evaluation_on_eight_devices_matches_one():
   """experiments.evaluate's core (populations, a method, every metric) on the 8-device
   mesh gives one device's accuracies."""
   from experiments.configs import default
-  from unlearn_jax import evaluation
+  from experiments import population
   out = {}
   for data in (0, 1):
     cfg = default.get_config()
     cfg.methods, cfg.mesh_data = "finetune", data
     cfg.train.epochs = 4
-    out[data] = evaluation.run(cfg, {"finetune": {"epochs": 1}}, num_models=4, chunk=0,
+    out[data] = population.run(cfg, {"finetune": {"epochs": 1}}, num_models=4, chunk=0,
                                cache=None, log=lambda s: None, mia_models=2)
   assert out[0].info["mesh"] == {"seeds": 1, "data": 8}
   assert out[1].info["mesh"] == {"seeds": 1, "data": 1}

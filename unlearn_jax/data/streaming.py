@@ -98,10 +98,8 @@ def _get(source, idx: Sequence[int]) -> list:
 
 
 def epoch_plan(key: jax.Array, epoch: int, n: int, batch_size: int):
-  """(indices [steps, B], step keys [steps]) of one epoch: exactly `train.scan_epochs`'s."""
-  ekey = jax.random.fold_in(key, epoch)
-  idx = train_lib.epoch_indices(jax.random.fold_in(ekey, 0), n, batch_size)
-  keys = jax.random.split(jax.random.fold_in(ekey, 1), idx.shape[0])
+  """(indices [steps, B] on the host, step keys [steps]) of one epoch: `train.epoch_plan`."""
+  idx, keys = train_lib.epoch_plan(key, epoch, n, batch_size)
   return np.asarray(idx), keys
 
 

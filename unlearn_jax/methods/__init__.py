@@ -1,6 +1,7 @@
 """Unlearning methods: one registry, one interface (see `base`)."""
-from unlearn_jax.methods.base import (MethodContext, MethodSpec, UnlearnData, get_method,
-                                      list_methods, make_method, register, select_data)
+from unlearn_jax.methods.base import (HyperparameterError, MethodContext, MethodSpec,
+                                      UnlearnData, check_labels, get_method, list_methods,
+                                      make_method, register, select_data)
 # Importing the family modules registers their methods, in this order.
 from unlearn_jax.methods import baselines  # noqa: F401
 from unlearn_jax.methods import surgery  # noqa: F401

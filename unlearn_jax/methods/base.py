@@ -5,30 +5,41 @@ its defaults, its paper and the scenarios it is meant for:
 
     @register("finetune", reads=("retain",), defaults=dict(epochs=5, lr=0.02), ...)
     def finetune(ctx: MethodContext, *, epochs, lr):
+      # docstring: update rule, paper, defaults, data read
       def unlearn(variables, data: UnlearnData, key):
         new_variables, history = finetune_on(ctx.model, variables, data.retain, key,
                                              epochs=epochs, lr=lr, batch_size=64)
         return new_variables, {"final_loss": history["loss"][-1]}
       return unlearn
 
-`make_method(name, ctx, **overrides)` closes over the hyperparameters and returns the
-pure `unlearn(variables, data, key) -> (variables, aux)`; `aux` is a dict of scalars
-(e.g. `stopped_early` for ascent methods). Methods never jit themselves: the caller
-applies `jax.jit`/`jax.vmap`. `select_data` builds the `UnlearnData` a method may see:
-the fields it did not declare are `None`, so a method cannot read them by accident.
+`register` returns the *method*: a function `method(ctx, **overrides) -> unlearn` with the
+factory's docstring and signature (so `help(uj.finetune)` shows the rule, the paper, the
+defaults and the data it reads) and the registry's facts as attributes (`name`, `reads`,
+`defaults`, `paper`, `scenarios`, `requires`, `choices`). Calling it checks every
+hyperparameter (name, type, range, choices: a `HyperparameterError`, a ValueError naming
+the method, the argument, the value and what is allowed) and returns the pure
+`unlearn(variables, data, key) -> (variables, aux)`; `aux` is a dict of scalars (e.g.
+`stopped_early` for ascent methods). `unlearn` checks the data's shapes when it is traced
+(before anything compiles). Methods never jit themselves: the caller applies
+`jax.jit`/`jax.vmap`. `select_data` builds the `UnlearnData` a method may see (and checks
+the labels when they are concrete): the fields it did not declare are `None`, so a method
+cannot read them by accident.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import ModelAdapter, as_adapter
 from unlearn_jax.parallel import shard_batch
 
 ACCESS_CHOICES = ("forget", "retain")
@@ -40,60 +51,199 @@ class UnlearnData(NamedTuple):
   retain: Optional[tuple] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class MethodContext:
-  """What a method knows besides data: the model and the task (no examples)."""
-  model: nn.Module
+  """What a method knows besides data: the model (as a `ModelAdapter`) and the task.
+
+  `model` may be given as a ModelAdapter, a library model or any Linen module
+  (`adapter.as_adapter`); it is stored as the adapter. `forget_classes` are the class ids
+  to forget (class scenarios; the zero-shot methods need them).
+  """
+  model: ModelAdapter
   num_classes: int
   input_shape: tuple
   forget_classes: tuple = ()
   model_name: str = ""
 
+  def __post_init__(self):
+    object.__setattr__(self, "model", as_adapter(self.model))
+    if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, (int, np.integer)) \
+        or self.num_classes < 2:
+      raise ValueError(f"num_classes must be an integer >= 2; got {self.num_classes!r}")
+    object.__setattr__(self, "num_classes", int(self.num_classes))
+    shape = tuple(self.input_shape) if isinstance(self.input_shape, (tuple, list)) else None
+    if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+      raise ValueError(f"input_shape must be a tuple of positive sizes of one example, e.g. "
+                       f"(32, 32, 3); got {self.input_shape!r}")
+    object.__setattr__(self, "input_shape", tuple(int(d) for d in shape))
+    classes = tuple(int(c) for c in self.forget_classes)
+    bad = [c for c in classes if not 0 <= c < self.num_classes]
+    if bad:
+      raise ValueError(f"forget_classes {bad} lie outside [0, {self.num_classes})")
+    object.__setattr__(self, "forget_classes", classes)
+    if not self.model_name:
+      object.__setattr__(self, "model_name", self.model.name)
 
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-  name: str
-  factory: Callable
-  reads: tuple
-  defaults: dict
-  paper: str
-  scenarios: tuple
-  summary: str
-  requires: tuple = ()   # e.g. ("batch_norm",): what the model must have
 
-  def __call__(self, ctx: MethodContext, **overrides):
-    unknown = sorted(set(overrides) - set(self.defaults))
-    if unknown:
-      raise ValueError(f"--{self.name}.{unknown[0]} is not a hyperparameter of {self.name}; "
-                       f"allowed: {', '.join(sorted(self.defaults))}")
-    return self.factory(ctx, **{**self.defaults, **overrides})
+class HyperparameterError(ValueError):
+  """A bad hyperparameter: `method`, `name` and `value` say which; the message says what is
+  allowed. The CLI turns it into a flag error (`--method.name=value: ...`)."""
+
+  def __init__(self, method: str, name: str, value, reason: str):
+    self.method, self.name, self.value, self.reason = method, name, value, reason
+    super().__init__(f"{method}: {name}={value!r} {reason}")
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+def _check_hparam(method: str, name: str, value, default, choices: dict):
+  """The value, coerced to the default's type; HyperparameterError when it does not fit."""
+  err = lambda reason: HyperparameterError(method, name, value, reason)
+  if name in choices:
+    if value not in choices[name]:
+      raise err(f"is unknown; allowed: {', '.join(map(str, choices[name]))}")
+    return value
+  if isinstance(default, bool):
+    if not isinstance(value, (bool, np.bool_)):
+      raise err("must be True or False")
+    return bool(value)
+  if isinstance(default, int):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+        or not float(value).is_integer():
+      raise err("must be a whole number")
+    value = int(value)
+    low = 1 if name in ("epochs", "batch_size", "synth_batch", "cycles") else 0
+    if value < low:
+      raise err(f"must be >= {low}")
+    return value
+  if isinstance(default, float):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+        or not math.isfinite(float(value)):
+      raise err("must be a finite number")
+    value = float(value)
+    if (name == "lr" or name.endswith("_lr") or name == "tau") and value <= 0:
+      raise err("must be > 0")
+    if name in _FRACTIONS and not 0 < value <= 1:
+      raise err("must lie in (0, 1]")
+    return value
+  if isinstance(default, str) and not isinstance(value, str):
+    raise err("must be a string")
+  return value
+
+
+_FRACTIONS = ("keep", "retain_fraction", "quantile", "gate")
+
+
+def _check_pair(method: str, name: str, pair, input_shape) -> tuple:
+  """(x, y) of matching length, at least one example, the context's input shape and
+  integer labels; checked on shapes, so it holds under jit and vmap too."""
+  if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+    raise ValueError(f"{method}: data.{name} must be an (x, y) pair; got {type(pair).__name__}")
+  x, y = pair
+  xs, ys = jnp.shape(x), jnp.shape(y)
+  if len(ys) != 1 or not xs or xs[0] != ys[0]:
+    raise ValueError(f"{method}: data.{name} has x of shape {xs} and y of shape {ys}; "
+                     "expected x [n, *input_shape] and y [n] with the same n")
+  if xs[0] == 0:
+    raise ValueError(f"{method}: data.{name} is empty; it needs at least one example")
+  if tuple(xs[1:]) != tuple(input_shape):
+    raise ValueError(f"{method}: data.{name} examples have shape {tuple(xs[1:])}; the "
+                     f"context says input_shape={tuple(input_shape)}")
+  if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+    raise ValueError(f"{method}: data.{name} labels have dtype {jnp.result_type(y)}; "
+                     "expected integer class ids")
+  return x, y
+
+
+def check_labels(y, num_classes: int, what: str = "labels") -> None:
+  """Concrete labels must lie in [0, num_classes); traced ones cannot be checked."""
+  if isinstance(y, jax.core.Tracer):
+    return
+  y = np.asarray(y)
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"{what} lie in [{y.min()}, {y.max()}]; allowed: [0, {num_classes}) "
+                     f"(num_classes={num_classes})")
+
+
+_REGISTRY: dict[str, Callable] = {}
 
 
 def register(name: str, *, reads: tuple, defaults: dict, paper: str,
-             scenarios: tuple = ("random", "class", "subclass"), requires: tuple = ()):
+             scenarios: tuple = ("random", "class", "subclass"), requires: tuple = (),
+             choices: Optional[dict] = None):
   """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`.
 
   `reads=()` declares a zero-shot method: it is handed `UnlearnData(None, None)`.
-  `requires=("batch_norm",)`: the method only runs on models with BatchNorm."""
+  `requires=("batch_norm",)`: the method only runs on models with BatchNorm. `choices`:
+  the allowed values of string hyperparameters. Returns the method (module docstring)."""
   bad = [r for r in reads if r not in ACCESS_CHOICES]
   if bad:
     raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
+  choices = {k: tuple(v) for k, v in (choices or {}).items()}
 
   def wrap(factory):
-    summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
-    _REGISTRY[name] = MethodSpec(name, factory, tuple(reads), dict(defaults), paper,
-                                 tuple(scenarios), summary, tuple(requires))
-    return factory
+    @functools.wraps(factory)
+    def method(ctx: MethodContext, **overrides):
+      if not isinstance(ctx, MethodContext):
+        raise ValueError(f"{name}: the first argument must be a MethodContext; got "
+                         f"{type(ctx).__name__}")
+      unlearn = factory(ctx, **method.validate(overrides))
+
+      @functools.wraps(unlearn)
+      def checked(variables, data: UnlearnData, key):
+        if not isinstance(variables, dict) or "params" not in variables:
+          raise ValueError(f"{name}: variables must be the model's variables dict with "
+                           f"'params'; got {type(variables).__name__}")
+        if not isinstance(data, UnlearnData):
+          raise ValueError(f"{name}: data must be an UnlearnData (see select_data); got "
+                           f"{type(data).__name__}")
+        for field in ACCESS_CHOICES:
+          pair = getattr(data, field)
+          if field in reads:
+            if pair is None:
+              raise ValueError(f"{name} reads {field}: data.{field} must be an (x, y) pair")
+            _check_pair(name, field, pair, ctx.input_shape)
+            check_labels(pair[1], ctx.num_classes, f"{name}: data.{field} labels")
+        x0 = jax.ShapeDtypeStruct((1,) + ctx.input_shape, jnp.float32)
+        out = jax.eval_shape(lambda v, x: ctx.model.logits(v, x), variables, x0)
+        if jnp.shape(out)[-1:] != (ctx.num_classes,):
+          raise ValueError(f"{name}: the model returns logits of shape {jnp.shape(out)}; the "
+                           f"context says num_classes={ctx.num_classes}")
+        return unlearn(variables, data, key)
+
+      return checked
+
+    def validate(overrides: dict) -> dict:
+      """Defaults with `overrides`, each checked; HyperparameterError for the first bad one."""
+      unknown = sorted(set(overrides) - set(defaults))
+      if unknown:
+        raise HyperparameterError(name, unknown[0], overrides[unknown[0]],
+                                  f"is not a hyperparameter of {name}; allowed: "
+                                  f"{', '.join(sorted(defaults))}")
+      return {k: _check_hparam(name, k, v, defaults[k], choices)
+              for k, v in {**defaults, **overrides}.items()}
+
+    method.validate = validate
+    method.name = name
+    method.factory = factory
+    method.reads = tuple(reads)
+    method.defaults = dict(defaults)
+    method.paper = paper
+    method.scenarios = tuple(scenarios)
+    method.requires = tuple(requires)
+    method.choices = choices
+    method.summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+    _REGISTRY[name] = method
+    return method
 
   return wrap
 
 
-def get_method(name: str) -> MethodSpec:
+MethodSpec = Callable   # a registered method (see `register`): callable, with attributes
+
+
+def get_method(name: str):
+  """The registered method `name` (help() on it shows its rule, paper, defaults, data)."""
   if name not in _REGISTRY:
-    raise ValueError(f"--methods: {name!r} is unknown; allowed: {', '.join(_REGISTRY)}")
+    raise ValueError(f"method {name!r} is unknown; allowed: {', '.join(_REGISTRY)}")
   return _REGISTRY[name]
 
 
@@ -102,13 +252,24 @@ def list_methods() -> tuple:
 
 
 def make_method(name: str, ctx: MethodContext, **overrides):
+  """`get_method(name)(ctx, **overrides)`: the pure `unlearn(variables, data, key)`."""
   return get_method(name)(ctx, **overrides)
 
 
-def select_data(spec: MethodSpec, forget: tuple, retain: tuple) -> UnlearnData:
-  """Only what the method declared: undeclared fields stay None."""
-  return UnlearnData(forget=forget if "forget" in spec.reads else None,
-                     retain=retain if "retain" in spec.reads else None)
+def select_data(spec, forget: Optional[tuple] = None, retain: Optional[tuple] = None,
+                num_classes: Optional[int] = None) -> UnlearnData:
+  """Only what the method declared: undeclared fields stay None. With `num_classes`,
+  concrete labels outside [0, num_classes) are a ValueError here, before any tracing."""
+  spec = get_method(spec) if isinstance(spec, str) else spec
+  out = UnlearnData(forget=forget if "forget" in spec.reads else None,
+                    retain=retain if "retain" in spec.reads else None)
+  for field in ACCESS_CHOICES:
+    pair = getattr(out, field)
+    if field in spec.reads and pair is None:
+      raise ValueError(f"{spec.name} reads {field}: pass {field}=(x, y)")
+    if pair is not None and num_classes is not None:
+      check_labels(pair[1], num_classes, f"{field} labels")
+  return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -122,8 +283,11 @@ def sgd(lr: float, momentum: float = 0.9, weight_decay: float = 0.0, grad_clip: 
 
 def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool = False,
               with_step: bool = False, mask=None):
-  """A gradient step on `loss_fn(variables, batch, key) -> (loss, (batch_stats, metrics))`.
+  """A gradient step on `loss_fn(variables, batch, key) -> (loss, (updates, metrics))`.
 
+  `updates` are the collections the loss's train-mode forward passes mutated (BatchNorm
+  statistics; `{}` for none): the new variables are `{**variables, **updates, "params":
+  new params}`, so collections the model has but does not mutate are carried unchanged.
   `with_step` passes the step counter as a fourth argument (for schedules inside the
   loss, e.g. l1_sparse's decaying α_t). `mask` (a params-shaped tree of bools) keeps
   every weight where it is False bitwise unchanged: applied after the whole optimizer,
@@ -141,17 +305,17 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool =
       v = {**variables, "params": params}
       return loss_fn(v, batch, key, state.step) if with_step else loss_fn(v, batch, key)
 
-    (loss, (new_stats, metrics)), grads = jax.value_and_grad(wrapped, has_aux=True)(
+    (loss, (updates, metrics)), grads = jax.value_and_grad(wrapped, has_aux=True)(
         variables["params"])
-    updates, opt_state = tx.update(grads, state.opt_state, variables["params"])
-    params = optax.apply_updates(variables["params"], updates)
+    deltas, opt_state = tx.update(grads, state.opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], deltas)
     if mask is not None:
       params = jax.tree_util.tree_map(jnp.where, mask, params, variables["params"])
-    new_state = train_lib.TrainState({"params": params, "batch_stats": new_stats}, opt_state,
+    new_state = train_lib.TrainState({**variables, **updates, "params": params}, opt_state,
                                      state.step + 1)
     metrics = {"loss": loss, **metrics}
     if guard:
-      finite = jnp.isfinite(loss) & all_finite(params) & all_finite(new_stats)
+      finite = jnp.isfinite(loss) & all_finite(params) & all_finite(updates)
       new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
       metrics["nonfinite"] = (~finite).astype(jnp.float32)
     return new_state, metrics
@@ -176,18 +340,21 @@ def run_epochs(step, variables, tx, data, key, epochs, batch_size):
 def sample_batch(data: tuple, key: jax.Array, batch_size: int) -> tuple:
   """A uniformly sampled batch (with replacement) from `(x, y)`: pairs retain batches
   with forget batches in the interleaved methods."""
+  data = jax.tree_util.tree_map(jnp.asarray, data)
   n = data[0].shape[0]
   idx = jax.random.randint(key, (batch_size,), 0, n)
   return shard_batch(jax.tree_util.tree_map(lambda a: a[idx], data))
 
 
 def ce_loss(model, train: bool = True):
-  """`loss_fn` of mean CE on `(x, y)` for `make_step`."""
+  """`loss_fn` of mean CE on `(x, y)` for `make_step` (the step's key feeds the model's
+  train-mode rng streams)."""
+  adapter = as_adapter(model)
 
   def loss_fn(variables, batch, key):
     x, y = batch
-    logits, stats = train_lib.forward(model, variables, x, train=train)
-    return train_lib.cross_entropy(logits, y).mean(), (stats, {})
+    logits, updates = adapter.apply(variables, x, train=train, rng=key)
+    return train_lib.cross_entropy(logits, y).mean(), (updates, {})
 
   return loss_fn
 
@@ -209,6 +376,7 @@ def finetune_on(model, variables, data, key, *, epochs, lr, batch_size, momentum
 
 def fixed_batches(data: tuple, batch_size: int) -> tuple:
   """`data` reshaped to [num_batches, batch_size, ...] in order (last batch wraps)."""
+  data = jax.tree_util.tree_map(jnp.asarray, data)
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
   idx = jnp.resize(jnp.arange(n), (train_lib.steps_per_epoch(n, batch_size) * batch_size,))
   idx = idx.reshape(-1, batch_size)
@@ -216,10 +384,8 @@ def fixed_batches(data: tuple, batch_size: int) -> tuple:
 
 
 def batched_mean(fn: Callable, data: tuple, batch_size: int):
-  """mean over fixed-order batches of `fn(batch)` (a pytree), via `train.map_batches`
-  (`lax.map`, or a host loop over the jitted `fn` in host mode: kernel gradients inside a
-  compiled loop are slow on XLA:CPU even when the kernels are loop-invariant)."""
-  out = train_lib.map_batches(lambda b: fn(shard_batch(b)), fixed_batches(data, batch_size))
+  """mean over fixed-order batches of `fn(batch)` (a pytree), one `lax.map`."""
+  out = jax.lax.map(lambda b: fn(shard_batch(b)), fixed_batches(data, batch_size))
   return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from unlearn_jax import models as models_lib
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import as_adapter
 from unlearn_jax.methods.base import (MethodContext, UnlearnData, finetune_on, fixed_batches,
                                       kl_divergence, make_step, register, run_epochs,
                                       sample_batch, sgd, subsample)
@@ -40,16 +41,17 @@ def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_s
 def _teacher_mix_loss(model, competent, incompetent, tau: float):
   """`loss_fn` on batches `(x, l)`: KL(t ‖ softmax(S(x)/τ)) with the target
   t = l·softmax(T_i(x)/τ) + (1−l)·softmax(T_c(x)/τ) (l = 1 to forget, 0 to keep)."""
+  model = as_adapter(model)
 
   def loss_fn(v, batch, k):
     xb, lb = batch
-    t_c = model.apply(competent, xb, train=False)
-    t_i = model.apply(incompetent, xb, train=False)
+    t_c = model.logits(competent, xb)
+    t_i = model.logits(incompetent, xb)
     target = (lb[:, None] * jax.nn.softmax(t_i / tau) +
               (1 - lb[:, None]) * jax.nn.softmax(t_c / tau))
-    logits, stats = train_lib.forward(model, v, xb, train=True)
+    logits, updates = model.apply(v, xb, train=True, rng=k)
     log_s = jax.nn.log_softmax(logits / tau)
-    return jnp.mean(jnp.sum(target * (jnp.log(target + 1e-12) - log_s), axis=-1)), (stats, {})
+    return jnp.mean(jnp.sum(target * (jnp.log(target + 1e-12) - log_s), axis=-1)), (updates, {})
 
   return loss_fn
 
@@ -59,7 +61,7 @@ def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
 
   def unlearn(variables, data: UnlearnData, key):
     k_inc, k_sub, k_run = jax.random.split(key, 3)
-    incompetent = models_lib.init_variables(model, k_inc, ctx.input_shape)
+    incompetent = model.init(k_inc, ctx.input_shape)
     xr = select_retain(variables, data, k_sub)
     xf = data.forget[0]
     x = jnp.concatenate([xf, xr])
@@ -100,16 +102,16 @@ def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batc
 
     def max_loss(v, batch, k):
       x, _ = batch
-      logits, stats = train_lib.forward(model, v, x, train=True)
-      t = model.apply(teacher, x, train=False)
-      return -kl_divergence(t, logits, tau), (stats, {})
+      logits, updates = model.apply(v, x, train=True, rng=k)
+      t = model.logits(teacher, x)
+      return -kl_divergence(t, logits, tau), (updates, {})
 
     def min_loss(v, batch, k):
       x, y = batch
-      logits, stats = train_lib.forward(model, v, x, train=True)
-      t = model.apply(teacher, x, train=False)
+      logits, updates = model.apply(v, x, train=True, rng=k)
+      t = model.logits(teacher, x)
       ce = train_lib.cross_entropy(logits, y).mean()
-      return gamma * ce + alpha * kl_divergence(t, logits, tau), (stats, {})
+      return gamma * ce + alpha * kl_divergence(t, logits, tau), (updates, {})
 
     tx = adam(lr)
     max_step = make_step(max_loss, tx, guard=True)
@@ -130,8 +132,8 @@ def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batc
 
 
 def penultimate(model, variables, x, batch_size: int = 512):
-  """Eval-mode penultimate features of x."""
-  return train_lib.predict(model, variables, x, batch_size, features=True)[1]
+  """Eval-mode penultimate features of x (the adapter's `features`)."""
+  return train_lib.predict_features(model, variables, x, batch_size)[1]
 
 
 @register("bad_teacher_similar", reads=("forget", "retain"),
@@ -150,6 +152,7 @@ def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction,
   but overshoots on 10% random forgetting (FA 88.9%, RA 91.5%).
   """
   model = ctx.model
+  model.require_features("bad_teacher_similar")
 
   def select(variables, data, key):
     del key  # deterministic: nearest neighbours
@@ -176,12 +179,12 @@ def error_maximising_noise(model, variables, labels, input_shape, key, steps: in
   """Per label batch, inputs N maximising CE(f(N), y) − reg·mean(N²) (Adam, `steps`);
   with `maximise=False`, error-*minimising* noise: N minimising CE(f(N), y) + reg·mean(N²).
   `labels` is [batches, batch]; returns [batches, batch, *input_shape]."""
-  import optax
+  model = as_adapter(model)
   opt = optax.adam(lr)
   sign = -1.0 if maximise else 1.0
 
   def loss(n, y):
-    logits = model.apply(variables, n, train=False)
+    logits = model.logits(variables, n)
     return sign * train_lib.cross_entropy(logits, y).mean() + reg * jnp.mean(n ** 2)
 
   def step(carry, _):
@@ -245,22 +248,23 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   retain batch: each step minimises L_c + w·CE(D_r batch). SGD momentum 0.9.
   Reads: forget and retain. Defaults: 3 epochs over D_f, τ 1, lr 0.01, w 1, batch 64.
   Limits (digits MLP, 3 seeds): a forgotten class keeps FA 100% (lr 0.05, τ 0.5: 93%);
-  built for random-sample forgetting (the competition's setting).
+  built for random-sample forgetting (the competition's setting). Needs penultimate
+  features from the adapter (`head`, or a `features_fn`).
   """
   model = ctx.model
+  model.require_features("contrastive")
 
   def unlearn(variables, data: UnlearnData, key):
     def loss_fn(v, batch, k):
       xf, _ = batch
       xr, yr = sample_batch(data.retain, k, batch_size)
-      (logits, z), stats = train_lib.forward(model, v, jnp.concatenate([xf, xr]), train=True,
-                                             features=True)
+      logits, z, updates = model.features(v, jnp.concatenate([xf, xr]), train=True, rng=k)
       z = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-12)
       n = xf.shape[0]
       sim = z[:n] @ z[n:].T / tau
       l_c = jnp.mean(jax.nn.logsumexp(sim, axis=1))
       ce = train_lib.cross_entropy(logits[n:], yr).mean()
-      return l_c + ce_weight * ce, (stats, {})
+      return l_c + ce_weight * ce, (updates, {})
 
     tx = sgd(lr, momentum=0.9)
     out, _ = run_epochs(make_step(loss_fn, tx, guard=True), variables, tx, data.forget, key,
@@ -294,7 +298,7 @@ def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_st
 
   def unlearn(variables, data: UnlearnData, key):
     k_noise, k_inc, k_sub, k_run = jax.random.split(key, 4)
-    incompetent = models_lib.init_variables(model, k_inc, ctx.input_shape)
+    incompetent = model.init(k_inc, ctx.input_shape)
     labels = noise_labels(ctx, data.forget, batch_size)
     noise = error_maximising_noise(model, variables, labels, ctx.input_shape, k_noise,
                                    noise_steps, noise_lr, noise_reg)

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from unlearn_jax import models as models_lib
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import as_adapter
 from unlearn_jax.methods.base import (MethodContext, UnlearnData, batched_mean, finetune_on,
                                       fixed_batches,
                                       make_step, random_other_labels, register, run_epochs,
@@ -24,8 +24,9 @@ tree_map = jax.tree_util.tree_map
 
 
 def _ce_grad(model, variables, x, y):
+  model = as_adapter(model)
   def loss(params):
-    logits = model.apply({**variables, "params": params}, x, train=False)
+    logits = model.logits({**variables, "params": params}, x)
     return train_lib.cross_entropy(logits, y).mean()
   return jax.grad(loss)(variables["params"])
 
@@ -38,6 +39,7 @@ def weight_importance(model, variables, data, batch_size: int, kind: str = "batc
     (per-example gradients through `vmap(grad)`).
   * `label_free` (LFSSD): mean over minibatches of |∇θ mean_x ‖f(x)‖²|.
   """
+  model = as_adapter(model)
   if kind == "batch":
     fn = lambda b: tree_map(jnp.square, _ce_grad(model, variables, *b))
   elif kind == "fisher":
@@ -47,7 +49,7 @@ def weight_importance(model, variables, data, batch_size: int, kind: str = "batc
   elif kind == "label_free":
     def fn(b):
       def sq_norm(params):
-        out = model.apply({**variables, "params": params}, b[0], train=False)
+        out = model.logits({**variables, "params": params}, b[0])
         return jnp.mean(jnp.sum(jnp.square(out), axis=-1))
       return tree_map(jnp.abs, jax.grad(sq_norm)(variables["params"]))
   else:
@@ -77,6 +79,7 @@ SSD_IMPORTANCE = ("batch", "fisher")
 
 
 @register("ssd", reads=("forget", "retain"), paper="Foster et al. 2024 (Selective Synaptic Dampening)",
+          choices=dict(importance=SSD_IMPORTANCE),
           defaults=dict(alpha=10.0, lam=1.0, importance="batch", batch_size=64))
 def ssd(ctx: MethodContext, *, alpha, lam, importance, batch_size):
   """Selective Synaptic Dampening: shrink weights far more important to D_f than to D.
@@ -87,10 +90,6 @@ def ssd(ctx: MethodContext, *, alpha, lam, importance, batch_size):
   θ ← min(λ·I_D/I_f, 1)·θ. No gradient step; BatchNorm statistics are left as they are.
   Reads: forget and retain. Defaults: α 10, λ 1 (ResNet-18 values), batch 64.
   """
-  if importance not in SSD_IMPORTANCE:
-    raise ValueError(f"--ssd.importance={importance!r} is unknown; allowed: "
-                     f"{', '.join(SSD_IMPORTANCE)}")
-
   def unlearn(variables, data: UnlearnData, key):
     imp_f = weight_importance(ctx.model, variables, data.forget, batch_size, importance)
     imp_d = weight_importance(ctx.model, variables, shuffled_union(data.forget, data.retain, key),
@@ -155,6 +154,7 @@ def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size):
 
 def saliency_mask(model, variables, forget, batch_size: int, keep: float):
   """1 for the weights whose |∇θ CE(D_f)| is in the global top `keep` fraction."""
+  model = as_adapter(model)
   grads = batched_mean(lambda b: _ce_grad(model, variables, *b), forget, batch_size)
   flat = jnp.concatenate([jnp.abs(g).ravel() for g in jax.tree_util.tree_leaves(grads)])
   threshold = jnp.quantile(flat, 1.0 - keep)
@@ -186,8 +186,8 @@ def salun(ctx: MethodContext, *, keep, epochs, lr, batch_size, weight_decay):
     def loss_fn(v, batch, k):
       xb, yb = batch
       xr, yr = sample_batch(data.retain, k, batch_size)
-      logits, stats = train_lib.forward(model, v, jnp.concatenate([xb, xr]), train=True)
-      return train_lib.cross_entropy(logits, jnp.concatenate([yb, yr])).mean(), (stats, {})
+      logits, updates = model.apply(v, jnp.concatenate([xb, xr]), train=True, rng=k)
+      return train_lib.cross_entropy(logits, jnp.concatenate([yb, yr])).mean(), (updates, {})
 
     tx = sgd(lr, momentum=0.9, weight_decay=weight_decay)
     variables, _ = run_epochs(make_step(loss_fn, tx, mask=mask), variables, tx, poisoned,
@@ -198,9 +198,22 @@ def salun(ctx: MethodContext, *, keep, epochs, lr, batch_size, weight_decay):
   return unlearn
 
 
-def layer_names(params: dict) -> list:
-  """Top-level parameter groups that are layers (BatchNorm goes with its conv)."""
-  return [k for k in params if not k.startswith("bn")]
+def _path_in(path: tuple, modules) -> bool:
+  """Whether a flattened variable path lies inside one of the module paths."""
+  return any(path[:len(m)] == tuple(m) for m in modules)
+
+
+def reset_modules(variables: dict, fresh: dict, modules) -> dict:
+  """`variables` with every leaf under one of the module paths (in every collection)
+  taken from `fresh`."""
+  out = {}
+  for col, tree in variables.items():
+    flat = traverse_util.flatten_dict(dict(tree))
+    fresh_flat = traverse_util.flatten_dict(dict(fresh.get(col, {})))
+    out[col] = traverse_util.unflatten_dict(
+        {p: (fresh_flat[p] if _path_in(p, modules) and p in fresh_flat else v)
+         for p, v in flat.items()})
+  return out
 
 
 @register("reinit", reads=("retain",), paper="Goel et al. 2022 (CF-k / EU-k)",
@@ -208,20 +221,35 @@ def layer_names(params: dict) -> list:
 def reinit(ctx: MethodContext, *, num_layers, epochs, lr, batch_size):
   """Reinitialise the last k layers, then fine-tune on D_r (EU-k style).
 
-  The last `num_layers` top-level layers of the model (a conv's BatchNorm with it)
-  are replaced by fresh initial weights drawn from the key; then CE fine-tuning on D_r
-  (SGD momentum, cosine lr).
+  k = 1 is the classifier head (the adapter's `head`). For k > 1 the layers are the
+  modules with a `kernel` in the order a forward pass calls them
+  (`ModelAdapter.layers`), each with the normalisation that follows it; the last k
+  (which must end at the head) are replaced, in every collection, by fresh initial
+  weights drawn from the key; then CE fine-tuning on D_r (SGD momentum, cosine lr).
   Reads: retain. Defaults: k 1 (the classifier head), 5 epochs, lr 0.02, batch 64.
+  Needs the adapter's `head`.
   """
+  adapter = ctx.model
+  head = adapter.require_head("reinit")
+  if num_layers < 1:
+    raise ValueError(f"reinit: num_layers={num_layers} must be >= 1")
 
   def unlearn(variables, data: UnlearnData, key):
     k_init, k_ft = jax.random.split(key)
-    fresh = models_lib.init_variables(ctx.model, k_init, ctx.input_shape)
-    names = layer_names(variables["params"])[-num_layers:]
-    reset = set(names) | {"bn" + n[len("conv"):] for n in names if n.startswith("conv")}
-    new = {col: {k: (fresh[col][k] if k in reset else v) for k, v in variables[col].items()}
-           for col in ("params", "batch_stats")}
-    new, _ = finetune_on(ctx.model, new, data.retain, k_ft, epochs=epochs, lr=lr,
+    fresh = adapter.init(k_init, ctx.input_shape)
+    if num_layers == 1:
+      modules = [head]
+    else:
+      layers = adapter.layers(variables, ctx.input_shape)
+      if not layers or layers[-1][0] != head:
+        raise ValueError(f"reinit: the last layer a forward pass calls is "
+                         f"{layers[-1][0] if layers else None}, not the head {head}")
+      if num_layers > len(layers):
+        raise ValueError(f"reinit: num_layers={num_layers}, but the model has "
+                         f"{len(layers)} layers")
+      modules = [m for group in layers[-num_layers:] for m in group]
+    new = reset_modules(variables, fresh, modules)
+    new, _ = finetune_on(adapter, new, data.retain, k_ft, epochs=epochs, lr=lr,
                          batch_size=batch_size)
     return new, {}
 
@@ -273,14 +301,15 @@ def _overfit(model, variables, data, key, epochs, lr, batch_size):
 
 def _low_change_mask(before, after, quantile, only=None):
   """True where |after − before| is below the tensor-global `quantile` (over the
-  layers in `only`, or all); those weights are reinitialised."""
-  names = [k for k in before if only is None or k in only]
-  deltas = [jnp.abs(a - b) for k in names
-            for a, b in zip(jax.tree_util.tree_leaves(after[k]), jax.tree_util.tree_leaves(before[k]))]
-  threshold = jnp.quantile(jnp.concatenate([d.ravel() for d in deltas]), quantile)
-  return {k: (tree_map(lambda a, b: jnp.abs(a - b) < threshold, after[k], before[k])
-              if k in names else tree_map(lambda a: jnp.zeros(a.shape, bool), after[k]))
-          for k in before}
+  parameters under the module paths in `only`, or all); those weights are reinitialised."""
+  flat_b = traverse_util.flatten_dict(dict(before))
+  flat_a = traverse_util.flatten_dict(dict(after))
+  scope = [p for p in flat_b if only is None or _path_in(p, only)]
+  deltas = [jnp.abs(flat_a[p] - flat_b[p]).ravel() for p in scope]
+  threshold = jnp.quantile(jnp.concatenate(deltas), quantile)
+  return traverse_util.unflatten_dict(
+      {p: (jnp.abs(flat_a[p] - b) < threshold if p in scope else jnp.zeros(b.shape, bool))
+       for p, b in flat_b.items()})
 
 
 PRUNE_DOC_DEFAULTS = dict(quantile=0.3, overfit_epochs=5, overfit_lr=0.01, epochs=5, lr=0.001,
@@ -291,11 +320,13 @@ def _prune_factory(scope: str):
   def factory(ctx: MethodContext, *, quantile, overfit_epochs, overfit_lr, epochs, lr,
               batch_size):
     model = ctx.model
+    if scope == "last_layer":
+      model.require_head("prune_last_layer")
 
     def unlearn(variables, data: UnlearnData, key):
       k_over, k_over2, k_sub, k_init, k_ft = jax.random.split(key, 5)
       params = variables["params"]
-      only = None if scope != "last_layer" else {layer_names(params)[-1]}
+      only = None if scope != "last_layer" else [model.require_head("prune_last_layer")]
       over_f = _overfit(model, variables, data.forget, k_over, overfit_epochs, overfit_lr,
                         batch_size)
       mask = _low_change_mask(params, over_f, quantile, only)
@@ -306,7 +337,7 @@ def _prune_factory(scope: str):
         over_r = _overfit(model, variables, retain_sub, k_over2, overfit_epochs, overfit_lr,
                           batch_size)
         mask = tree_map(jnp.logical_and, mask, _low_change_mask(params, over_r, quantile))
-      fresh = models_lib.init_variables(model, k_init, ctx.input_shape)["params"]
+      fresh = model.init(k_init, ctx.input_shape)["params"]
       new_params = tree_map(jnp.where, mask, fresh, params)
       reset = sum(jnp.sum(m) for m in jax.tree_util.tree_leaves(mask))
       out, _ = finetune_on(model, {**variables, "params": new_params}, data.retain, k_ft,
@@ -356,13 +387,14 @@ register("prune_complex", reads=("forget", "retain"),
 # ----------------------------------------------------------------------------- influence
 def per_example_grads(model, variables, data, batch_size: int) -> jax.Array:
   """[n, P]: the flattened CE gradient of every example (eval mode), via `vmap(grad)`."""
+  model = as_adapter(model)
   flat0, unravel = jax.flatten_util.ravel_pytree(variables["params"])
 
   def one(x, y):
     g = _ce_grad(model, variables, x[None], y[None])
     return jax.flatten_util.ravel_pytree(g)[0]
 
-  out = train_lib.map_batches(lambda b: jax.vmap(one)(*b), fixed_batches(data, batch_size))
+  out = jax.lax.map(lambda b: jax.vmap(one)(*b), fixed_batches(data, batch_size))
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
   return out.reshape(-1, flat0.shape[0])[:n]
 
@@ -384,7 +416,7 @@ def woodfisher_inverse_product(grads: jax.Array, v: jax.Array, damp: float) -> j
 
 @register("influence", reads=("forget", "retain"),
           paper="Koh & Liang 2017; Izzo et al. 2021; Jia et al. 2023 (IU, WoodFisher)",
-          defaults=dict(alpha=0.2, num_examples=1000, damp=1e-3, max_gradient_mib=2048,
+          defaults=dict(alpha=0.2, num_examples=1000, damp=1e-3, max_gradient_mib=2048.0,
                         batch_size=64))
 def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib, batch_size):
   """Influence unlearning (IU): one Newton-style step that removes D_f's influence.
@@ -424,14 +456,10 @@ def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib
 # ----------------------------------------------------------------------------- activation reset
 def _kernel_outputs(model, variables, x):
   """{module path: [batch, channels]} — each Conv/Dense output averaged over space."""
-  _, state = model.apply(variables, x, train=False, mutable=["intermediates"],
-                         capture_intermediates=lambda mdl, _: isinstance(mdl, (nn.Conv, nn.Dense)))
-  flat = traverse_util.flatten_dict(state["intermediates"])
-  out = {}
-  for path, (value,) in flat.items():
-    act = value.reshape(value.shape[0], -1, value.shape[-1]).mean(axis=1)
-    out[path[:-1]] = act
-  return out
+  model = as_adapter(model)
+  _, captured, _ = model.capture(variables, x, lambda m: isinstance(m, (nn.Conv, nn.Dense)))
+  return {path: value.reshape(value.shape[0], -1, value.shape[-1]).mean(axis=1)
+          for path, value in captured.items()}
 
 
 def he_normal(key, shape, dtype=jnp.float32):
@@ -450,13 +478,15 @@ def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
   output channel c of every Conv/Dense layer below the head, a_c(x) is the layer's output
   (before its BatchNorm/ReLU) averaged over space; if a_c(x_f) > a_c(x_r) for at least
   `threshold` of the pairs, channel c's kernel slice is reinitialised (Kaiming normal,
-  bias 0). The head is always reinitialised; then FT on D_r (SGD momentum, cosine).
+  bias 0). The head (the adapter's `head`) is always reinitialised; then FT on D_r (SGD
+  momentum, cosine). Only Linen `nn.Conv`/`nn.Dense` layers are seen.
   Reads: forget and retain. Defaults: threshold 0.8, FT 5 epochs at lr 0.01, batch 64.
   Seed 004's lr 0.001 is too small to retrain a fresh head of the small models (digits
   MLP: RA 95.0% in both scenarios, random-scenario FA 94.2% vs retrain's 98.7%). On a
   model without conv layers (the MLP) the hidden Dense units play the kernels' part.
   """
   model = ctx.model
+  model.require_head("activation_reset")
 
   def unlearn(variables, data: UnlearnData, key):
     k_sub, k_init, k_ft = jax.random.split(key, 3)
@@ -472,14 +502,14 @@ def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
       return {p: jnp.mean(a_f[p] > a_r[p], axis=0) for p in a_f}
 
     fractions = batched_mean(exceed, pairs, batch_size)
-    head = layer_names(variables["params"])[-1]
+    head = model.require_head("activation_reset")
     flat = traverse_util.flatten_dict(variables["params"])
     keys = dict(zip(sorted(flat), jax.random.split(k_init, len(flat))))
     new, reset = {}, jnp.float32(0)
     for path, p in flat.items():
       module, leaf = path[:-1], path[-1]
       fresh = he_normal(keys[path], p.shape, p.dtype) if leaf == "kernel" else jnp.zeros_like(p)
-      if module[0] == head:
+      if _path_in(module, [head]):
         new[path] = fresh
       elif module in fractions and leaf in ("kernel", "bias"):
         hit = fractions[module] >= threshold

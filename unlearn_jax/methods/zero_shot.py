@@ -28,6 +28,7 @@ import optax
 
 from unlearn_jax import models as models_lib
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import as_adapter
 from unlearn_jax.methods.base import (MethodContext, UnlearnData, make_step, register,
                                       run_epochs, sgd)
 from unlearn_jax.methods.distillation import error_maximising_noise
@@ -39,7 +40,7 @@ def _classes(ctx: MethodContext, name: str):
   """(forget classes, retain classes) as int32 arrays; a clear error without forget ids."""
   if not ctx.forget_classes:
     raise ValueError(f"{name} is zero-shot: it needs the ids of the classes to forget "
-                     f"(--scenario=class --forget_classes=K)")
+                     f"(MethodContext(..., forget_classes=(k, ...)))")
   forget = tuple(int(c) for c in ctx.forget_classes)
   retain = tuple(c for c in range(ctx.num_classes) if c not in forget)
   return jnp.asarray(forget, jnp.int32), jnp.asarray(retain, jnp.int32)
@@ -109,9 +110,10 @@ def zs_minmax_noise(ctx: MethodContext, *, noise_per_class, noise_steps, noise_l
 
 
 def _eval_ce(model):
+  model = as_adapter(model)
   def loss_fn(v, batch, key):
-    logits = model.apply(v, batch[0], train=False)
-    return train_lib.cross_entropy(logits, batch[1]).mean(), (v["batch_stats"], {})
+    logits = model.logits(v, batch[0])
+    return train_lib.cross_entropy(logits, batch[1]).mean(), ({}, {})
   return loss_fn
 
 
@@ -137,14 +139,13 @@ class Generator(nn.Module):
     return (h - mean) / std
 
 
-def _activations(model, variables, x, train: bool):
-  """(logits, [hidden Conv/Dense outputs], new batch_stats); the head is left out."""
-  mutable = ["intermediates"] + (["batch_stats"] if train and variables["batch_stats"] else [])
-  logits, state = model.apply(variables, x, train=train, mutable=mutable,
-                              capture_intermediates=lambda m, _: isinstance(m, (nn.Conv, nn.Dense)))
-  flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
-  acts = [a for path, a in flat if "head" not in jax.tree_util.keystr(path)]
-  return logits, acts, state.get("batch_stats", variables["batch_stats"])
+def _activations(model, variables, x, train: bool, rng=None):
+  """(logits, [Conv/Dense outputs], updates): every layer's output in call order; only
+  the feature maps (`_spatial`) enter attention transfer, so the head needs no name."""
+  model = as_adapter(model)
+  logits, captured, updates = model.capture(
+      variables, x, lambda m: isinstance(m, (nn.Conv, nn.Dense)), train=train, rng=rng)
+  return logits, list(captured.values()), updates
 
 
 def _spatial(acts):
@@ -201,7 +202,7 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
     del data
     k_gen, k_student, k_loop = jax.random.split(key, 3)
     g_params = gen.init(k_gen, jnp.zeros((1, z_dim)))["params"]
-    student = models_lib.init_variables(model, k_student, ctx.input_shape)
+    student = model.init(k_student, ctx.input_shape)
     carry = (g_params, tx.init(g_params), student, tx.init(student["params"]))
 
     def teacher_out(x):
@@ -215,8 +216,8 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
 
       def gen_loss(gp):
         x = gen.apply({"params": gp}, jax.random.normal(keys[0], (batch_size, z_dim)))
-        t_logits = model.apply(teacher, x, train=False)
-        s_logits = train_lib.forward(model, student, x, train=True)[0]
+        t_logits = model.logits(teacher, x)
+        s_logits = model.apply(student, x, train=True, rng=keys[0])[0]
         p_f = jnp.sum(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
         return -jnp.mean(_kl_rows(t_logits, s_logits)) + avoid * jnp.mean(p_f)
 
@@ -230,8 +231,8 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
         p_forget = jnp.max(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
         w = (p_forget <= gate).astype(jnp.float32)
 
-        def student_loss(params):
-          s_logits, acts, stats = _activations(model, {**student, "params": params}, x, True)
+        def student_loss(params, k=keys[i + 1]):
+          s_logits, acts, stats = _activations(model, {**student, "params": params}, x, True, k)
           at = sum((jnp.sum(jnp.square(attention_map(a) - t), axis=-1)
                     for a, t in zip(_spatial(acts), t_att)), jnp.zeros(x.shape[0]))
           per = _kl_rows(t_logits, s_logits) + beta * at
@@ -239,13 +240,13 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
 
         grads, stats = jax.grad(student_loss, has_aux=True)(student["params"])
         upd, s_opt = tx.update(grads, s_opt, student["params"])
-        student = {"params": optax.apply_updates(student["params"], upd), "batch_stats": stats}
+        student = {**student, **stats, "params": optax.apply_updates(student["params"], upd)}
         kept = kept + jnp.mean(w)
       return (g_params, g_opt, student, s_opt), kept / student_steps
 
     carry, kept = train_lib.repeat_steps(cycle, carry, k_loop, cycles)
     x = gen.apply({"params": carry[0]}, jax.random.normal(key, (4 * batch_size, z_dim)))
-    labels = jnp.argmax(model.apply(teacher, x, train=False), axis=-1)
+    labels = jnp.argmax(model.logits(teacher, x), axis=-1)
     return carry[2], {"gate_pass_rate": jnp.mean(kept),
                       **_shown(x, labels, jnp.arange(ctx.num_classes))}
 
@@ -255,6 +256,7 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
 # ----------------------------------------------------------------------------- DeepInversion
 def batch_norm_inputs(model, variables, x):
   """[(BN module path, its input)] for every BatchNorm in the forward pass (eval mode)."""
+  model = as_adapter(model)
   seen = []
 
   def interceptor(next_fun, args, kwargs, context):
@@ -263,12 +265,13 @@ def batch_norm_inputs(model, variables, x):
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(interceptor):
-    logits = model.apply(variables, x, train=False)
+    logits = model.logits(variables, x)
   return logits, seen
 
 
 def bn_statistic_loss(model, variables, x):
   """Σ_l ‖μ_l(x) − μ_l^run‖₂ + ‖σ²_l(x) − σ²_l^run‖₂ over BatchNorm layers (DeepInversion)."""
+  model = as_adapter(model)
   logits, seen = batch_norm_inputs(model, variables, x)
   total = 0.0
   for path, a in seen:
@@ -335,9 +338,8 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
   def unlearn(teacher, data: UnlearnData, key):
     del data
     if not models_lib.has_batch_norm(teacher):
-      raise ValueError(f"deepinversion needs a model with BatchNorm layers; "
-                       f"{ctx.model_name or type(model).__name__} has none (use --model=cnn "
-                       f"or --model=resnet18)")
+      raise ValueError(f"deepinversion needs a model with BatchNorm layers (a "
+                       f"'batch_stats' collection); {ctx.model_name} has none")
     k_x, k_student, k_fit = jax.random.split(key, 3)
     n = per_class * retain.shape[0]
     n_batches = -(-n // synth_batch)
@@ -360,7 +362,7 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
     x0 = jax.random.normal(k_x, labels.shape + tuple(ctx.input_shape))
     images = jnp.stack([synthesise(x0[b], labels[b]) for b in range(n_batches)])
     images, labels = images.reshape((-1,) + images.shape[2:]), labels.ravel()
-    t_logits = model.apply(teacher, images, train=False)
+    t_logits = model.logits(teacher, images)
     p = jax.nn.softmax(t_logits)
     entropy = -jnp.sum(p * jnp.log(p + 1e-12), axis=-1)
     order = per_class_lowest(entropy, labels, static_labels, keep)
@@ -368,10 +370,10 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
     kept = (images[order], jnp.where(is_forget, -1e9, t_logits[order]))  # p_forget = 0 exactly
 
     def kd_loss(v, batch, k):
-      logits, stats = train_lib.forward(model, v, batch[0], train=True)
-      return jnp.mean(_kl_rows(batch[1], logits)), (stats, {})
+      logits, updates = model.apply(v, batch[0], train=True, rng=k)
+      return jnp.mean(_kl_rows(batch[1], logits)), (updates, {})
 
-    student = models_lib.init_variables(model, k_student, ctx.input_shape)
+    student = model.init(k_student, ctx.input_shape)
     steps = epochs * train_lib.steps_per_epoch(n_keep, batch_size)
     tx = sgd(lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", total_steps=steps)
     student, _ = run_epochs(make_step(kd_loss, tx), student, tx, kept, k_fit, epochs,

@@ -1,5 +1,7 @@
-"""Evaluation metrics: pure functions of logits/losses; each docstring gives the formula
-and the ideal value (the retrained model's)."""
+"""Evaluation metrics. Each docstring gives the formula, the input shapes and the ideal value
+(usually the retrained model's). Functions of logits or losses are `jax.numpy` and run under
+`jit` and `vmap`; the attack classifiers (scikit-learn: `mia_loss_lr`, `mia_efficacy`) and
+the per-example ε families run on the host, as they say."""
 from unlearn_jax.metrics.attacks import lira, mia_efficacy, roc_summary, ulira
 from unlearn_jax.metrics.distribution import activation_distance, avg_gap, js_to_retrain, zrf
 from unlearn_jax.metrics.mia import mia_loss_lr
@@ -8,3 +10,8 @@ from unlearn_jax.metrics.population import (competition_score, eps_hat, forgetti
                                             per_example_epsilons)
 from unlearn_jax.metrics.relearn import anamnesis_index, relearn_steps
 from unlearn_jax.metrics.utility import accuracy, per_example_loss
+
+__all__ = ["lira", "mia_efficacy", "roc_summary", "ulira", "activation_distance", "avg_gap",
+           "js_to_retrain", "zrf", "mia_loss_lr", "competition_score", "eps_hat",
+           "forgetting_quality", "hinge", "logit_scaled_confidence", "per_example_epsilons",
+           "anamnesis_index", "relearn_steps", "accuracy", "per_example_loss"]

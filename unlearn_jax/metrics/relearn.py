@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import as_adapter
 
 
 def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float = 0.01,
@@ -22,22 +23,23 @@ def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float
   statistics stay θ's); accuracy is measured after every step on the first `eval_size`
   forget examples. Returns (steps, reached): 0 if the model already meets the target,
   `max_steps` with reached=False if it never does within the budget (a lower bound).
-  Runs as one `lax.scan` in `scan` loop mode (vmappable over models), as a host loop
-  with early exit in `host` mode.
+  Runs as one `lax.scan` of `max_steps` steps (vmappable over models; no early exit).
   """
+  model = as_adapter(model)
+  forget = tuple(jnp.asarray(a) for a in forget)
   x_eval, y_eval = (a[:eval_size] for a in forget)
   tx = optax.sgd(lr, momentum=0.9)
   n = forget[0].shape[0]
 
   def acc(v):
-    return jnp.mean(jnp.argmax(model.apply(v, x_eval, train=False), -1) == y_eval)
+    return jnp.mean(jnp.argmax(model.logits(v, x_eval), -1) == y_eval)
 
   def step(carry, k):
     v, opt = carry
     idx = jax.random.randint(k, (batch_size,), 0, n)
 
     def loss(p):
-      logits = model.apply({**v, "params": p}, forget[0][idx], train=False)
+      logits = model.logits({**v, "params": p}, forget[0][idx])
       return train_lib.cross_entropy(logits, forget[1][idx]).mean()
 
     upd, opt = tx.update(jax.grad(loss)(v["params"]), opt, v["params"])
@@ -46,20 +48,10 @@ def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float
 
   carry = (variables, tx.init(variables["params"]))
   keys = jax.random.split(key, max_steps)
-  if train_lib.get_loop_mode() == "scan":
-    accs = jnp.concatenate([acc(variables)[None], jax.lax.scan(step, carry, keys)[1]])
-    hit = accs >= target_acc
-    first = jnp.argmax(hit)
-    reached = jnp.any(hit)
-    return jnp.where(reached, first, max_steps), reached
-  if float(acc(variables)) >= float(target_acc):
-    return 0, True
-  run = jax.jit(step)
-  for i in range(max_steps):
-    carry, a = run(carry, keys[i])
-    if float(a) >= float(target_acc):
-      return i + 1, True
-  return max_steps, False
+  accs = jnp.concatenate([acc(variables)[None], jax.lax.scan(step, carry, keys)[1]])
+  hit = accs >= target_acc
+  reached = jnp.any(hit)
+  return jnp.where(reached, jnp.argmax(hit), max_steps), reached
 
 
 def anamnesis_index(steps_unlearned, steps_retrain):

@@ -1,97 +1,164 @@
-"""Flax Linen classifiers and a registry by name.
+"""Flax Linen classifiers, a registry by name, and a convolution with no slow CPU path.
 
-Every model is called as `model.apply(variables, x, train=bool, features=bool)`:
-it returns logits, or `(logits, penultimate_features)` when `features=True` (used by
-methods that work in feature space: similarity sampling, contrastive unlearning).
-Variables are always `{"params": ..., "batch_stats": ...}`; `batch_stats` is an empty
-dict for models without BatchNorm, so every pytree has the same two keys.
+Every model is called as `model.apply(variables, x, train=bool)` and returns logits. Its
+`unlearn_adapter()` says how methods run it (`unlearn_jax.ModelAdapter`): train/eval
+keyword arguments, `batch_stats` mutable when it has BatchNorm, the head at `("head",)`
+(penultimate features are the head's input). Variables are what `model.init` returns:
+`{"params"}`, plus `{"batch_stats"}` for the BatchNorm models.
+
+Convolutions. XLA's CPU backend runs `lax.conv_general_dilated` about 20x slower inside a
+compiled loop (`lax.scan`, a while loop) than outside one (jax-ml/jax#12868). The same
+convolution written as `lax.conv_general_dilated_patches` followed by one matmul has no
+such slow path, so the library's models use `Conv`: an `nn.Conv` (same parameters, same
+initialisation, interchangeable checkpoints) whose `conv_general_dilated` is the patches
+form on the CPU backend and XLA's convolution elsewhere (`conv_impl`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import functools
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from unlearn_jax.adapter import ModelAdapter, has_mutable_state
 
 MODEL_CHOICES = ("mlp", "cnn", "resnet18")
+CONV_IMPLS = ("auto", "xla", "patches")
 
 
-class MLP(nn.Module):
+# ----------------------------------------------------------------------------- convolution
+def patches_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                 rhs_dilation=None, dimension_numbers=None,
+                                 feature_group_count=1, precision=None, **unused):
+  """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels as patches + one matmul.
+
+  patches[n, h, w, (c, i, j)] = the input window of output pixel (h, w), channel-major, so
+  y = patches · reshape(transpose(kernel, (c, i, j, o)), [C·kh·kw, O]). Grouped convolutions
+  and other layouts fall back to XLA's convolution.
+  """
+  del unused
+  nd = rhs.ndim - 2
+  if feature_group_count != 1 or nd != 2 or lhs.ndim != 4:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision)
+  kh, kw, cin, cout = rhs.shape
+  patches = lax.conv_general_dilated_patches(
+      lhs, (kh, kw), window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=precision)
+  kernel = jnp.transpose(rhs, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+  return jnp.dot(patches, kernel, precision=precision)
+
+
+def conv_impl(impl: str = "auto") -> Optional[Callable]:
+  """The `conv_general_dilated` for `nn.Conv`: the patches form for `patches` (and for
+  `auto` on the CPU backend), None (XLA's convolution) otherwise."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv impl {impl!r} is unknown; allowed: {', '.join(CONV_IMPLS)}")
+  if impl == "patches" or (impl == "auto" and jax.default_backend() == "cpu"):
+    return patches_conv_general_dilated
+  return None
+
+
+def Conv(features: int, kernel_size, strides=1, *, impl: str = "auto", **kwargs) -> nn.Conv:
+  """`nn.Conv` (NHWC, same parameters and initialisers) with `conv_impl(impl)`."""
+  if isinstance(strides, int):
+    strides = (strides, strides)
+  return nn.Conv(features, kernel_size, strides, conv_general_dilated=conv_impl(impl), **kwargs)
+
+
+# ----------------------------------------------------------------------------- models
+class _LibraryModel:
+  """The adapter every library model shares: `train=` keyword, BatchNorm statistics
+  mutable, head at ("head",)."""
+
+  def unlearn_adapter(self) -> ModelAdapter:
+    return ModelAdapter(self, train_kwargs={"train": True}, eval_kwargs={"train": False},
+                        mutable=("batch_stats",), head=("head",),
+                        name=type(self).__name__)
+
+
+class MLP(nn.Module, _LibraryModel):
   """Two hidden ReLU layers on flattened pixels."""
   num_classes: int
   hidden: Sequence[int] = (256, 256)
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features: bool = False):
+  def __call__(self, x, train: bool = False):
     h = x.reshape((x.shape[0], -1))
     for width in self.hidden:
       h = nn.relu(nn.Dense(width)(h))
-    logits = nn.Dense(self.num_classes, name="head")(h)
-    return (logits, h) if features else logits
+    return nn.Dense(self.num_classes, name="head")(h)
 
 
-class CNN(nn.Module):
+class CNN(nn.Module, _LibraryModel):
   """Three conv(3x3)+BatchNorm+ReLU+max-pool blocks, then two dense layers.
 
-  The small model for CPUs: the shape of the PyTorch reference CNN that reaches
-  82% on CIFAR-10 in 10 epochs. Pooling is skipped once the map is 1x1 so that the
-  same model runs on 8x8 digits.
+  The small model for CPUs, the shape of the PyTorch reference CNN that reaches 82% on
+  CIFAR-10 in 10 epochs. Pooling is skipped once the map is 1x1 so that the same model
+  runs on 8x8 digits. `conv` picks the convolution (`conv_impl`).
   """
   num_classes: int
   widths: Sequence[int] = (64, 128, 256)
   dense: int = 256
+  conv: str = "auto"
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features: bool = False):
+  def __call__(self, x, train: bool = False):
     h = x
     for i, width in enumerate(self.widths):
-      h = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, name=f"conv{i}")(h)
+      h = Conv(width, (3, 3), padding="SAME", use_bias=False, impl=self.conv,
+               name=f"conv{i}")(h)
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(h)
       h = nn.relu(h)
       if h.shape[1] > 1:
         h = nn.max_pool(h, (2, 2), strides=(2, 2))
     h = h.reshape((h.shape[0], -1))
     h = nn.relu(nn.Dense(self.dense, name="fc")(h))
-    logits = nn.Dense(self.num_classes, name="head")(h)
-    return (logits, h) if features else logits
+    return nn.Dense(self.num_classes, name="head")(h)
 
 
 class BasicBlock(nn.Module):
   width: int
   strides: int = 1
+  conv: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
-    h = nn.Conv(self.width, (3, 3), (self.strides,) * 2, padding="SAME", use_bias=False,
-                name="conv1")(x)
+    conv = functools.partial(Conv, use_bias=False, impl=self.conv)
+    h = conv(self.width, (3, 3), self.strides, padding="SAME", name="conv1")(x)
     h = nn.relu(norm("bn1")(h))
-    h = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, name="conv2")(h)
+    h = conv(self.width, (3, 3), padding="SAME", name="conv2")(h)
     h = norm("bn2")(h)
     if x.shape[-1] != self.width or self.strides != 1:
-      x = nn.Conv(self.width, (1, 1), (self.strides,) * 2, use_bias=False, name="proj")(x)
+      x = conv(self.width, (1, 1), self.strides, name="proj")(x)
       x = norm("bn_proj")(x)
     return nn.relu(h + x)
 
 
-class ResNet18(nn.Module):
+class ResNet18(nn.Module, _LibraryModel):
   """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
   num_classes: int
   stage_widths: Sequence[int] = (64, 128, 256, 512)
+  conv: str = "auto"
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features: bool = False):
-    h = nn.Conv(self.stage_widths[0], (3, 3), padding="SAME", use_bias=False, name="stem")(x)
+  def __call__(self, x, train: bool = False):
+    h = Conv(self.stage_widths[0], (3, 3), padding="SAME", use_bias=False, impl=self.conv,
+             name="stem")(x)
     h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn_stem")(h))
     for s, width in enumerate(self.stage_widths):
       for b in range(2):
         strides = 2 if (s > 0 and b == 0 and h.shape[1] > 1) else 1
-        h = BasicBlock(width, strides, name=f"stage{s}_block{b}")(h, train)
+        h = BasicBlock(width, strides, self.conv, name=f"stage{s}_block{b}")(h, train)
     h = jnp.mean(h, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, name="head")(h)
-    return (logits, h) if features else logits
+    return nn.Dense(self.num_classes, name="head")(h)
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -104,7 +171,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   """Builds a registered model; raises ValueError naming the allowed models."""
   if name not in _REGISTRY:
-    raise ValueError(f"--model={name!r} is unknown; allowed: {', '.join(_REGISTRY)}")
+    raise ValueError(f"model {name!r} is unknown; allowed: {', '.join(_REGISTRY)}")
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
@@ -112,11 +179,17 @@ def register_model(name: str, constructor: Callable[..., nn.Module]) -> None:
   _REGISTRY[name] = constructor
 
 
-def init_variables(model: nn.Module, key: jax.Array, input_shape) -> dict:
-  """Initial `{"params", "batch_stats"}` for one example shape (H, W, C)."""
-  variables = model.init(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32), train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+def init_variables(model, key: jax.Array, input_shape) -> dict:
+  """Initial variables of `model` (a module or a ModelAdapter) for examples of
+  `input_shape` (H, W, C)."""
+  from unlearn_jax.adapter import as_adapter
+  return as_adapter(model).init(key, input_shape)
 
 
 def has_batch_norm(variables: dict) -> bool:
-  return bool(jax.tree_util.tree_leaves(variables.get("batch_stats", {})))
+  return has_mutable_state(variables, "batch_stats")
+
+
+__all__ = ["MODEL_CHOICES", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "Conv",
+           "conv_impl", "patches_conv_general_dilated", "get_model", "register_model",
+           "init_variables", "has_batch_norm"]

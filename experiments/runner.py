@@ -1,0 +1,167 @@
+"""The end-to-end unlearning experiment: data -> split -> original/retrain -> methods ->
+metrics -> report. `experiments/unlearn.py` is the thin absl wrapper around `run`.
+
+Seeds: seed s trains its original from `init_key(s)`; its retrained model starts from
+the same initial weights; each method gets `driver.method_key(seed_key, name)`, so a
+method's result does not depend on which other methods run. The loops over seeds and
+epochs are `unlearn_jax.driver`'s (vmapped or sequential seeds, compiled once).
+
+`seconds` is wall time of the execution after compilation, per seed: in vmapped mode
+the batch's time divided by the number of seeds. Compile time is reported separately
+in results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.setup import (Setup, UsageError, checkpoint_errors_as_usage, open_resume_store,
+                               resolve_hparams, resumed_method, setup, take_test)
+from unlearn_jax import data as data_lib
+from unlearn_jax import driver
+from unlearn_jax import methods as methods_lib
+from unlearn_jax import metrics as metrics_lib
+from unlearn_jax import models as models_lib
+from unlearn_jax import parallel
+from unlearn_jax import train as train_lib
+
+
+@dataclasses.dataclass
+class RunResult:
+  rows: list            # one dict per (method, seed): the results.csv rows
+  model_sets: dict      # name -> ModelSet
+  losses: dict          # name -> per-seed {split: per-example losses}
+  split: data_lib.Split
+  dataset: data_lib.Dataset
+  recipe: train_lib.TrainConfig
+  hparams: dict         # method -> hyperparameters used
+  info: dict            # model, loop mode, devices, compile times, wall time
+
+
+def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
+        resume_dir: Optional[Path] = None) -> RunResult:
+  """Runs the experiment described by `cfg` (see experiments/configs/default.py).
+
+  Pure computation plus logging: writing the run directory is `report.write_run`'s job.
+  With `resume_dir`, training states (every `cfg.checkpoint_every` epochs) and finished
+  methods are checkpointed there, and a rerun with the same settings continues from them.
+  """
+  t_start = time.perf_counter()
+  st = setup(cfg, log)
+  ds, spec, split, model_name, model = st.ds, st.spec, st.split, st.model_name, st.model
+  recipe, mode, vmapped, method_names = st.recipe, st.mode, st.vmapped, st.method_names
+  hparams = resolve_hparams(method_names, method_hparams, cfg.scenario, log)
+  store = open_resume_store(resume_dir, cfg, hparams, st)
+
+  log(f"dataset {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
+      f"{ds.num_classes} classes, input {ds.input_shape}")
+  log(f"split {spec.scenario}: forget {split.forget.size}, retain {split.retain.size}, "
+      f"val {split.val.size}, test {split.test.size}"
+      + (f", forget-class test {split.test_forget.size}" if split.test_forget.size else ""))
+  log(f"model {model_name}, {cfg.seeds} seed(s), seeds {'vmapped' if vmapped else 'in sequence'}"
+      f", backend {jax.default_backend()}")
+  log(f"recipe: {recipe}")
+
+  log(f"devices: {parallel.describe(st.mesh)}")
+  with parallel.data_parallel(st.mesh):
+    # In memory and replicated on every device of the mesh; batches are split over `data`
+    # inside the steps. With --stream the original and retrained models read their batches
+    # from host memory instead, so the whole train set is never copied to the device (the
+    # methods still get forget and retain there).
+    stream = bool(cfg.get("stream", False))
+    if stream:
+      take = lambda idx: parallel.replicate((jnp.asarray(ds.train_x[idx]),
+                                             jnp.asarray(ds.train_y[idx])))
+      train_set = (ds.train_x, ds.train_y)
+    else:
+      train_set = parallel.replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)))
+      take = lambda idx: (train_set[0][idx], train_set[1][idx])
+    forget, retain = take(split.forget), take(split.retain)
+    seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+    init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
+        init_keys)
+    if vmapped:
+      init_vars = parallel.shard_seeds(init_vars)
+
+    model_sets = {}
+
+    def population(x, y, salt, label):
+      keys = jax.vmap(lambda k: jax.random.fold_in(k, salt))(seed_keys)
+      if stream:   # from host memory, batch by batch (seeds in sequence, no resume)
+        return driver.train_population_streaming(model, recipe, init_vars, x, y, keys,
+                                                 log=log, label=label, mesh=st.mesh)
+      with checkpoint_errors_as_usage():
+        return driver.train_population(model, recipe, init_vars, x, y, keys, seed_mode=mode,
+                                       log=log, label=label, store=store)
+
+    log("training original (all of train)" + (", streamed from host memory" if stream else ""))
+    model_sets["original"] = population(*train_set, 1, "original")
+    log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
+    log("training retrain (retain only, same recipe and initial weights)")
+    retain_set = (ds.train_x[split.retain], ds.train_y[split.retain]) if stream else retain
+    model_sets["retrain"] = population(*retain_set, 2, "retrain")
+    retrain_s = model_sets["retrain"].seconds
+    log(f"  retrain: {retrain_s:.2f}s per seed")
+    ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
+                                    spec.forget_classes if cfg.scenario == "class" else (),
+                                    model_name)
+    for m in method_names:
+      mspec = methods_lib.get_method(m)
+      keys = jax.vmap(lambda k: driver.method_key(k, m))(seed_keys)
+      data = methods_lib.select_data(mspec, forget, retain)
+      ms = resumed_method(store, m, model_sets["original"].variables, log)
+      if ms is None:
+        ms = driver.apply_method(mspec, ctx, hparams[m], model_sets["original"].variables,
+                                 data, keys, seed_mode=mode)
+        if store is not None:
+          store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts},
+                     {"seconds": ms.seconds, "compile_seconds": ms.compile_seconds,
+                      "aux": ms.aux})
+      model_sets[m] = ms
+      flags = {k: v for k, v in ms.aux.items() if k in ("stopped_early",) and any(np.ravel(v))}
+      log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
+          f"retrain)" + (f", compile {ms.compile_seconds:.1f}s" if ms.compile_seconds else "")
+          + (f" [{m} stopped early on seeds {flags}]" if flags else ""))
+
+    arrays = {"retain": retain, "forget": forget, "val": take_test(ds, split.val),
+              "test": take_test(ds, split.test)}
+    if split.test_forget.size:
+      arrays["val_forget"] = take_test(ds, split.val_forget)
+      arrays["test_forget"] = take_test(ds, split.test_forget)
+    log("evaluating")
+    rows, losses = [], {}
+    for name, ms in model_sets.items():
+      metric_rows, losses[name] = driver.seed_metrics(model, ms, arrays, seed_mode=mode,
+                                                      eval_batch=cfg.eval_batch_size)
+      for i, r in enumerate(metric_rows):
+        rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
+    if cfg.scenario == "class":
+      log(f"relearning the forgotten classes for AIN (up to {cfg.ain.max_steps} steps per model)")
+      targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
+      keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(seed_keys)
+      steps = {name: driver.relearn_population(model, ms, forget, targets, keys, seed_mode=mode,
+                                               **dict(cfg.ain))
+               for name, ms in model_sets.items()}
+      for r in rows:
+        i = r["seed"] - int(cfg.seed)
+        r["relearn_steps"] = float(steps[r["method"]][i])
+        r["ain"] = float(metrics_lib.anamnesis_index(steps[r["method"]][i], steps["retrain"][i]))
+  info = {"model": model_name, "seed_mode": mode, "seeds_vmapped": vmapped,
+          "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "jax_version": jax.__version__,
+          "compile_seconds": {k: v.compile_seconds for k, v in model_sets.items()},
+          "aux": {k: v.aux for k, v in model_sets.items() if v.aux},
+          "wall_seconds": time.perf_counter() - t_start}
+  return RunResult(rows, model_sets, losses, split, ds, recipe, hparams, info)
+
+
+# Fields that do not change what is computed: a resumed run may differ in these.

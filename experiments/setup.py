@@ -1,0 +1,323 @@
+"""From flags to a validated experiment: every user mistake is caught here, as a
+`UsageError` naming the flag (one line, exit status 2, nothing written).
+
+`setup(cfg)` checks the config, loads the dataset, makes the split and picks the model, the
+training recipe, the seed mode, the mesh and the methods. Also here: the run directory
+staging (a run is written to a hidden sibling and moved into place only when complete) and
+the resume store's fingerprint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearn_jax import data as data_lib
+from unlearn_jax import driver
+from unlearn_jax import methods as methods_lib
+from unlearn_jax import models as models_lib
+from unlearn_jax import parallel
+from unlearn_jax import train as train_lib
+
+REFERENCE_MODELS = ("original", "retrain")
+SEED_LOOP_CHOICES = ("auto",) + driver.SEED_MODES
+
+
+class UsageError(ValueError):
+  """A user mistake: printed as one line, exit status 2, nothing written."""
+
+
+
+# ----------------------------------------------------------------------------- recipes
+def default_model(dataset: data_lib.Dataset) -> str:
+  return "mlp" if dataset.image_size <= 8 else "cnn"
+
+
+def default_recipe(dataset: data_lib.Dataset, model_name: str) -> train_lib.TrainConfig:
+  """Training recipe by model and image size; every field can be overridden."""
+  small = dataset.image_size <= 8
+  if model_name == "mlp":
+    return train_lib.TrainConfig(epochs=30, batch_size=64, lr=0.05)
+  if model_name == "cnn":
+    if small:
+      return train_lib.TrainConfig(epochs=15, batch_size=64, lr=0.05)
+    color = dataset.input_shape[-1] == 3
+    return train_lib.TrainConfig(epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4,
+                                 augment=color)
+  # resnet18: the GPU recipe (SGD momentum, cosine, crop+flip).
+  return train_lib.TrainConfig(epochs=15 if small else 40, batch_size=128, lr=0.1,
+                               weight_decay=5e-4, schedule="cosine",
+                               augment=(not small) and dataset.input_shape[-1] == 3)
+
+
+def resolve_recipe(base: train_lib.TrainConfig, overrides: dict) -> train_lib.TrainConfig:
+  """Applies config overrides; -1, '' and None mean 'keep the recipe's value'."""
+  fields = {f.name for f in dataclasses.fields(base)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise UsageError(f"--config.train.{unknown[0]} is unknown; allowed: {', '.join(sorted(fields))}")
+  chosen = {k: v for k, v in overrides.items() if v is not None and v != "" and v != -1}
+  if "augment" in chosen:
+    chosen["augment"] = bool(chosen["augment"])
+  return dataclasses.replace(base, **chosen)
+
+
+@contextlib.contextmanager
+def checkpoint_errors_as_usage():
+  """A corrupt or foreign resume checkpoint is the user's to fix: one line, no traceback."""
+  from unlearn_jax import checkpoint
+  try:
+    yield
+  except checkpoint.CheckpointError as e:
+    raise UsageError(str(e)) from e
+
+
+# ----------------------------------------------------------------------------- workdir
+def prepare_workdir(workdir: str, overwrite: bool) -> tuple[Path, Path]:
+  """Checks the workdir and returns (final path, staging path); writes nothing yet."""
+  final = Path(workdir).expanduser().resolve()
+  if final.exists() and not final.is_dir():
+    raise UsageError(f"--workdir={workdir} is a file; give a directory path")
+  if final.is_dir() and any(final.iterdir()) and not overwrite:
+    raise UsageError(f"--workdir={workdir} already holds files; pass --overwrite to replace "
+                     "them or choose another directory")
+  if not final.parent.exists():
+    raise UsageError(f"--workdir={workdir}: parent directory {final.parent} does not exist")
+  staging = final.parent / f".{final.name}.partial-{int(time.time() * 1e3)}"
+  return final, staging
+
+
+def commit_workdir(staging: Path, final: Path) -> None:
+  """Moves the finished run into place (the only step that touches `final`)."""
+  if final.exists():
+    shutil.rmtree(final)
+  staging.rename(final)
+
+
+def resume_dir_for(workdir: str) -> Path:
+  """Where a run's resume checkpoints live: a hidden sibling of the workdir."""
+  final = Path(workdir).expanduser().resolve()
+  return final.parent / f".{final.name}.resume"
+
+
+@contextlib.contextmanager
+def staged_workdir(workdir: str, overwrite: bool):
+  """Yields (final, staging): write into `staging`; it is moved to `final` when the block
+  ends normally and deleted when it raises, so no half-written run is ever left."""
+  final, staging = prepare_workdir(workdir, overwrite)
+  try:
+    yield final, staging
+    commit_workdir(staging, final)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the run
+def parse_classes(text) -> tuple:
+  if isinstance(text, (tuple, list)):
+    return tuple(int(c) for c in text)
+  text = str(text).strip()
+  if not text:
+    return ()
+  try:
+    return tuple(int(c) for c in text.split(","))
+  except ValueError:
+    raise UsageError(f"--forget_classes={text!r} must be a comma list of class ids, e.g. 3 or 3,5")
+
+
+def resolve_methods(text, scenario: str, batch_norm: Optional[bool] = None,
+                    log: Callable[[str], None] = lambda s: None) -> tuple:
+  """The methods to run. By default every registered method meant for `scenario` (and,
+  when `batch_norm` is known, runnable on the model); a method named explicitly that
+  cannot run here is a UsageError naming why."""
+  names = [m.strip() for m in str(text).split(",") if m.strip()] if text else []
+  known = methods_lib.list_methods()
+  if not names:
+    chosen = []
+    for m in known:
+      spec = methods_lib.get_method(m)
+      if scenario not in spec.scenarios:
+        continue
+      if batch_norm is False and "batch_norm" in spec.requires:
+        log(f"note: skipping {m}: it needs a model with BatchNorm (--model=cnn or resnet18)")
+        continue
+      chosen.append(m)
+    return tuple(chosen)
+  for m in names:
+    if m in REFERENCE_MODELS:
+      raise UsageError(f"--methods: {m!r} is always run as a reference; list unlearning "
+                       f"methods only ({', '.join(known)})")
+    if m not in known:
+      raise UsageError(f"--methods: {m!r} is unknown; allowed: {', '.join(known)}")
+    spec = methods_lib.get_method(m)
+    if not spec.reads and scenario not in spec.scenarios:
+      raise UsageError(f"--methods: {m} is zero-shot and forgets whole classes: it needs "
+                       f"--scenario=class with --forget_classes (got --scenario={scenario})")
+    if batch_norm is False and "batch_norm" in spec.requires:
+      raise UsageError(f"--methods: {m} needs a model with BatchNorm layers; the chosen "
+                       f"model has none (use --model=cnn or --model=resnet18)")
+  return tuple(dict.fromkeys(names))
+
+
+def validate(cfg) -> None:
+  """Checks everything that needs no data; raises UsageError naming the flag."""
+  name = cfg.dataset
+  if not (name in data_lib.TFDS_NAMES or name == "digits" or name.startswith("image_folder:")):
+    raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
+  if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
+    raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")
+  if cfg.model and cfg.model not in models_lib.MODEL_CHOICES:
+    raise UsageError(f"--model={cfg.model!r} is unknown; allowed: {', '.join(models_lib.MODEL_CHOICES)}")
+  if cfg.scenario not in data_lib.SCENARIOS:
+    raise UsageError(f"--scenario={cfg.scenario!r} is unknown; allowed: {', '.join(data_lib.SCENARIOS)}")
+  if cfg.scenario == "random" and not 0.0 < float(cfg.forget_fraction) < 1.0:
+    raise UsageError(f"--forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
+  if cfg.seeds < 1:
+    raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
+  if cfg.seed_loop not in SEED_LOOP_CHOICES:
+    raise UsageError(f"--seed_loop={cfg.seed_loop!r} is unknown; allowed: "
+                     f"{', '.join(SEED_LOOP_CHOICES)}")
+  if cfg.get("mesh_seeds", 1) < 1 or cfg.get("mesh_data", 0) < 0:
+    raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 1)} must be >= 1 and "
+                     f"--mesh_data={cfg.get('mesh_data', 0)} >= 0 (0 = all remaining devices)")
+  resolve_methods(cfg.methods, cfg.scenario)
+  parse_classes(cfg.forget_classes)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything an experiment needs before training: data, split, model, recipe, seed mode
+  (`vmap` or `sequential`, see `unlearn_jax.driver`), methods and mesh."""
+  ds: data_lib.Dataset
+  spec: data_lib.SplitSpec
+  split: data_lib.Split
+  model_name: str
+  model: object
+  recipe: train_lib.TrainConfig
+  mode: str
+  method_names: tuple
+  mesh: object = None   # jax.sharding.Mesh over ("seeds", "data"), None on one device
+
+  @property
+  def vmapped(self) -> bool:
+    return self.mode == "vmap"
+
+
+def setup(cfg, log: Callable[[str], None] = print) -> Setup:
+  """Validates `cfg`, loads the dataset, makes the split and picks model, recipe, seed
+  mode and methods; raises UsageError (naming the flag) for every user mistake."""
+  validate(cfg)
+  try:
+    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir or None, cfg.train_subset,
+                               cfg.test_subset)
+  except data_lib.DatasetError as e:
+    raise UsageError(str(e)) from e
+  train_fine = test_fine = None
+  if cfg.scenario == "subclass":
+    if ds.train_coarse_y is None:
+      raise UsageError(f"--scenario=subclass needs a dataset with coarse labels (cifar100); "
+                       f"--dataset={cfg.dataset} has one label set")
+    train_fine, test_fine = ds.train_y, ds.test_y
+    ds = dataclasses.replace(ds, train_y=ds.train_coarse_y, test_y=ds.test_coarse_y,
+                             num_classes=ds.num_coarse_classes)
+  spec = data_lib.SplitSpec(cfg.scenario, float(cfg.forget_fraction),
+                            parse_classes(cfg.forget_classes), bool(cfg.stratified),
+                            int(cfg.split_seed))
+  try:
+    split = data_lib.make_split(spec, ds.train_y, ds.test_y, ds.num_classes, train_fine,
+                                test_fine)
+  except data_lib.SplitError as e:
+    raise UsageError(str(e)) from e
+  model_name = cfg.model or default_model(ds)
+  conv = {} if model_name == "mlp" else {"conv": cfg.get("conv", "auto")}
+  model = models_lib.get_model(model_name, ds.num_classes, **conv)
+  shapes = jax.eval_shape(lambda: models_lib.init_variables(model, jax.random.PRNGKey(0),
+                                                            ds.input_shape))
+  method_names = resolve_methods(cfg.methods, cfg.scenario, models_lib.has_batch_norm(shapes),
+                                 log)
+  recipe = resolve_recipe(default_recipe(ds, model_name), dict(cfg.train))
+  mode = driver.default_seed_mode(model_name) if cfg.seed_loop == "auto" else cfg.seed_loop
+  mesh = make_mesh(cfg, recipe.batch_size, mode)
+  return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh)
+
+
+def make_mesh(cfg, batch_size: int, mode: str):
+  """The device mesh of `--mesh_seeds` x `--mesh_data` (None when one device is all there
+  is); UsageError when the devices or the batch size do not fit it."""
+  seeds, data = int(cfg.get("mesh_seeds", 1)), int(cfg.get("mesh_data", 0))
+  if jax.device_count() == 1 and seeds == 1 and data <= 1:
+    return None
+  try:
+    mesh = parallel.make_mesh(data=data, seeds=seeds)
+    parallel.check_batch_size(batch_size, mesh, "--config.train.batch_size")
+  except parallel.MeshError as e:
+    raise UsageError(f"--mesh_seeds={seeds} --mesh_data={data}: {e}") from e
+  if seeds > 1 and mode != "vmap":
+    raise UsageError(f"--mesh_seeds={seeds} shards vmapped seeds, but --seed_loop={mode} runs "
+                     "seeds in sequence; pass --seed_loop=vmap or --mesh_seeds=1")
+  return mesh
+
+
+def resolve_hparams(method_names, method_hparams: dict, scenario: str, log) -> dict:
+  """Each method's defaults with the user's overrides, checked by the method itself
+  (names, types, ranges, choices); a bad one is a UsageError naming the flag."""
+  hparams = {}
+  for m in method_names:
+    method = methods_lib.get_method(m)
+    try:
+      hparams[m] = method.validate(dict(method_hparams.get(m, {})))
+    except methods_lib.HyperparameterError as e:
+      raise UsageError(f"--{e.method}.{e.name}={e.value!r} {e.reason}") from e
+    if scenario not in method.scenarios:
+      log(f"note: {m} is not meant for the {scenario} scenario "
+          f"(meant for: {', '.join(method.scenarios)}); running it anyway")
+  return hparams
+
+
+_NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed")
+
+
+def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):
+  """The `checkpoint.ResumeStore` of a run (None without `resume_dir`); UsageError when
+  it holds another run's checkpoints or a corrupt fingerprint."""
+  if resume_dir is None:
+    return None
+  from unlearn_jax import checkpoint
+  fp = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED},
+        "hparams": hparams, "recipe": dataclasses.asdict(st.recipe), "mode": st.mode,
+        "mesh": dict(st.mesh.shape) if st.mesh is not None else None}
+  with checkpoint_errors_as_usage():
+    return checkpoint.ResumeStore.open(resume_dir, fp, int(cfg.get("checkpoint_every", 1)))
+
+
+def resumed_method(store, name: str, like_variables, log) -> Optional[driver.ModelSet]:
+  """A method's ModelSet from the resume store, or None if it has not finished before."""
+  if store is None:
+    return None
+  with checkpoint_errors_as_usage():
+    found = store.restore_latest(f"method_{name}", None)
+  if found is None:
+    return None
+  _, tree, meta = found
+  variables = jax.tree_util.tree_map(jnp.asarray, tree["variables"])
+  if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(like_variables):
+    raise UsageError(f"{store.directory}/method_{name} does not hold this model's weights; "
+                     f"delete {store.directory} to start over")
+  log(f"method {name}: finished before, restored from {store.directory / ('method_' + name)}")
+  return driver.ModelSet(name, variables, float(meta["seconds"]), float(meta["compile_seconds"]),
+                  dict(meta.get("aux", {})),
+                  {k: np.asarray(v) for k, v in (tree.get("artifacts") or {}).items()})
+
+
+def take_test(ds: data_lib.Dataset, idx: np.ndarray):
+  return jnp.asarray(ds.test_x[idx]), jnp.asarray(ds.test_y[idx])
+

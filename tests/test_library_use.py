@@ -1,0 +1,229 @@
+"""unlearn_jax as a library: a user's own models, trained by the user's own optax loop, then
+every method through the public API under `jax.jit(jax.vmap(...))` over 4 keys.
+
+Three user models, none of them the library's:
+* `UserNet`: Conv, LayerNorm, Dropout, Flax's automatic layer names, no BatchNorm; its
+  keyword is `deterministic`, and train mode draws from the `dropout` rng stream.
+* `UserBNNet`: the same with BatchNorm (a mutable `batch_stats` collection).
+* `UserNNX`: an NNX model entering through `flax.nnx.bridge.to_linen`, with a
+  `features_fn` (the bridge hides its submodules from Linen's interception).
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.nnx import bridge
+
+import unlearn_jax as uj
+
+
+class UserNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    x = nn.Conv(8, (3, 3))(x)                       # Conv_0
+    x = nn.relu(nn.LayerNorm()(x))                  # LayerNorm_0
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dense(32)(x)                             # Dense_0
+    x = nn.relu(nn.LayerNorm()(x))                  # LayerNorm_1: the last key, not the head
+    x = nn.Dropout(0.2, deterministic=deterministic)(x)
+    return nn.Dense(self.num_classes)(x)            # Dense_1: the head
+
+
+class UserBNNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    x = nn.max_pool(x, (2, 2), (2, 2)).reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(32)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class UserNNX(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(64, 32, rngs=rngs)
+    self.head = nnx.Linear(32, 10, rngs=rngs)
+
+  def features(self, x):
+    return nnx.relu(self.hidden(x.reshape((x.shape[0], -1))))
+
+  def __call__(self, x):
+    return self.head(self.features(x))
+
+
+def _nnx_features(adapter, variables, x, train, rngs):
+  """The bridged module's `features` method (penultimate activations) and its logits."""
+  feats = adapter.module.apply(variables, x, method=lambda m, xx: m.features(xx))
+  logits = adapter.module.apply(variables, x)
+  return logits, feats, {}
+
+
+ADAPTERS = {
+    "user_layernorm_dropout": lambda: uj.ModelAdapter(
+        UserNet(), train_kwargs={"deterministic": False}, rng_streams=("dropout",),
+        head=("Dense_1",)),
+    "user_batchnorm": lambda: uj.ModelAdapter(
+        UserBNNet(), train_kwargs={"train": True}, eval_kwargs={"train": False},
+        mutable=("batch_stats",), head=("Dense_1",)),
+    "nnx_bridge": lambda: uj.ModelAdapter(
+        bridge.to_linen(UserNNX), head=("head",), features_fn=_nnx_features),
+}
+
+
+def _own_training(adapter, x, y, steps=60):
+  """The user's own optax loop (no library training code): Adam on mean CE."""
+  variables = adapter.init(jax.random.PRNGKey(0), x.shape[1:])
+  tx = optax.adam(3e-3)
+  opt = tx.init(variables["params"])
+
+  @jax.jit
+  def step(variables, opt, xb, yb, key):
+    def loss(p):
+      logits, updates = adapter.apply({**variables, "params": p}, xb, train=True, rng=key)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), updates
+    (l, updates), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    u, opt = tx.update(g, opt, variables["params"])
+    return {**variables, **updates, "params": optax.apply_updates(variables["params"], u)}, opt
+
+  rng = np.random.default_rng(0)
+  for i in range(steps):
+    idx = rng.integers(0, len(x), 64)
+    variables, opt = step(variables, opt, x[idx], y[idx], jax.random.PRNGKey(i))
+  return variables
+
+
+def _quick(method):
+  """The method's defaults shortened (one epoch, two steps or cycles, small batches)."""
+  def small(k, v):
+    if isinstance(v, bool) or not isinstance(v, int):
+      return v
+    if "epochs" in k:
+      return min(v, 1)
+    if k.endswith("steps") or k == "cycles":
+      return min(v, 2)
+    if k.endswith("per_class"):
+      return min(v, 8)
+    if k in ("synth_batch", "num_examples", "batch_size"):
+      return min(v, 32)
+    return v
+  return {k: small(k, v) for k, v in method.defaults.items()}
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+  x, y = np.asarray(digits.train_x[:600]), np.asarray(digits.train_y[:600])
+  return {name: (make(), _own_training(make(), x, y)) for name, make in ADAPTERS.items()}
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+  x, y = jnp.asarray(digits.train_x[:600]), jnp.asarray(digits.train_y[:600])
+  three = y == 3
+  return (x[three][:40], y[three][:40]), (x[~three][:200], y[~three][:200])
+
+
+def _runs_on(method, variables) -> bool:
+  return not ("batch_norm" in method.requires and not uj.models.has_batch_norm(variables))
+
+
+CASES = [(m, a) for m in uj.list_methods() for a in ADAPTERS]
+
+
+@pytest.mark.parametrize("name,model_kind", CASES)
+def test_every_method_runs_on_a_users_model(name, model_kind, trained, data):
+  adapter, variables = trained[model_kind]
+  method = uj.get_method(name)
+  if not _runs_on(method, variables):
+    with pytest.raises(ValueError, match="BatchNorm"):
+      jax.jit(method(uj.MethodContext(adapter, 10, (8, 8, 1), (3,)), **_quick(method)))(
+          variables, uj.UnlearnData(), jax.random.PRNGKey(0))
+    return
+  ctx = uj.MethodContext(adapter, num_classes=10, input_shape=(8, 8, 1), forget_classes=(3,))
+  unlearn = method(ctx, **_quick(method))
+  batch = uj.select_data(method, forget=data[0], retain=data[1], num_classes=10)
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  out, aux = jax.jit(jax.vmap(unlearn, in_axes=(None, None, 0)))(variables, batch, keys)
+  chex.assert_tree_all_finite(out)
+  chex.assert_trees_all_equal_structs(jax.tree_util.tree_map(lambda a: a[0], out), variables)
+  chex.assert_trees_all_equal_shapes_and_dtypes(jax.tree_util.tree_map(lambda a: a[0], out),
+                                                variables)
+  assert isinstance(aux, dict)
+
+
+def test_features_are_the_head_input_not_a_guess(trained):
+  adapter, variables = trained["user_layernorm_dropout"]
+  x = jnp.ones((3, 8, 8, 1))
+  logits, feats, _ = adapter.features(variables, x)
+  head = adapter.head_params(variables["params"])
+  chex.assert_trees_all_close(feats @ head["kernel"] + head["bias"], logits, atol=1e-4)
+  # The layers come from the call order: LayerNorm_1 goes with Dense_0, the head is last.
+  assert adapter.layers(variables, (8, 8, 1))[-2:] == [(("Dense_0",), ("LayerNorm_1",)),
+                                                       (("Dense_1",),)]
+
+
+def test_reinit_resets_the_head_it_is_told_of(trained, data):
+  adapter, variables = trained["user_layernorm_dropout"]
+  ctx = uj.MethodContext(adapter, 10, (8, 8, 1))
+  fresh = adapter.init(jax.random.split(jax.random.PRNGKey(0))[0], (8, 8, 1))
+  out, _ = uj.reinit(ctx, epochs=1)(variables, uj.UnlearnData(retain=data[1]),
+                                    jax.random.PRNGKey(0))
+  # LayerNorm_1 (the last key) is fine-tuned from its trained value, never reset to 1/0.
+  assert not np.allclose(out["params"]["LayerNorm_1"]["scale"], 1.0)
+  del fresh
+
+
+def test_a_method_needing_what_the_adapter_lacks_says_what_to_provide():
+  plain = uj.MethodContext(UserNet(), 10, (8, 8, 1))   # plain module: no head, no rng
+  for name in ("boundary_expand", "reinit", "prune_last_layer", "activation_reset",
+               "contrastive", "bad_teacher_similar"):
+    with pytest.raises(ValueError, match="head="):
+      uj.get_method(name)(plain)
+
+
+def test_dropout_without_a_key_names_the_stream():
+  adapter = ADAPTERS["user_layernorm_dropout"]()
+  v = adapter.init(jax.random.PRNGKey(0), (8, 8, 1))
+  with pytest.raises(ValueError, match="dropout"):
+    adapter.apply(v, jnp.ones((2, 8, 8, 1)), train=True)
+
+
+def test_help_on_a_method_shows_its_rule_paper_defaults_and_data():
+  doc = uj.ssd.__doc__
+  assert "Selective Synaptic Dampening" in doc and "Reads:" in doc and "Defaults:" in doc
+  assert uj.ssd.paper and uj.ssd.reads == ("forget", "retain")
+  assert set(uj.__all__) >= {"finetune", "ssd", "accuracy", "per_example_epsilons",
+                             "ModelAdapter", "MethodContext", "fit", "load_dataset",
+                             "make_split"}
+
+
+@pytest.mark.parametrize("make_call,match", [
+    (lambda ctx, f, r: uj.finetune(ctx, epochs=2.5), "epochs=2.5 must be a whole number"),
+    (lambda ctx, f, r: uj.finetune(ctx, lr=-1.0), "lr=-1.0 must be > 0"),
+    (lambda ctx, f, r: uj.random_label(ctx, variant="mixed"), "allowed: interleaved"),
+    (lambda ctx, f, r: uj.finetune(ctx, alpha=1.0), "not a hyperparameter of finetune"),
+    (lambda ctx, f, r: uj.ssd(ctx)(f[2], uj.UnlearnData((f[0], f[1][:-1]), r), f[3]),
+     "same n"),
+    (lambda ctx, f, r: uj.ssd(ctx)(f[2], uj.UnlearnData((f[0][:0], f[1][:0]), r), f[3]),
+     "is empty"),
+    (lambda ctx, f, r: uj.select_data(uj.ssd, (f[0], f[1] + 20), r, num_classes=10),
+     r"allowed: \[0, 10\)"),
+    (lambda ctx, f, r: uj.ssd(uj.MethodContext(ctx.model, 7, (8, 8, 1)))(
+        f[2], uj.UnlearnData((f[0], f[1] % 7), (r[0], r[1] % 7)), f[3]), "num_classes=7"),
+    (lambda ctx, f, r: uj.MethodContext(ctx.model, 10, (8, 8, 1), (12,)), "forget_classes"),
+])
+def test_bad_arguments_are_value_errors_naming_them(make_call, match, trained, data):
+  adapter, variables = trained["user_layernorm_dropout"]
+  ctx = uj.MethodContext(adapter, 10, (8, 8, 1))
+  forget = (*data[0], variables, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match=match) as err:
+    make_call(ctx, forget, data[1])
+  assert "--" not in str(err.value)     # library messages name arguments, not CLI flags

@@ -1,0 +1,251 @@
+"""The loop driver: populations of models over seeds, epoch by epoch, compiled once.
+
+Methods and training provide pure steps (`train.make_supervised_step`, each method's
+`unlearn`); this module owns what surrounds them: the seed loop (one vmapped program, or one
+compiled single-seed program called seed after seed), progress lines with throughput and
+time left, resumable checkpoints of whole populations, and timing. Everything it needs is
+an argument: the seed mode, the progress `log`, the resume `store`; the device mesh is JAX's
+own context (`parallel.data_parallel`, i.e. `jax.set_mesh`).
+
+Seed modes. `vmap` runs every seed in one program (accelerators; the MLP on CPUs). On the
+2-core CPU, vmapping 4 seeds of the CNN ran at 0.88x a loop over seeds, so
+`default_seed_mode` picks `sequential` for the conv models on the CPU backend.
+
+Compiled once: each population's epoch function (and each method's `unlearn`) is lowered and
+compiled a single time with `.lower(...).compile()` and that executable is called for every
+epoch and every seed; a state whose types drifted between epochs would fail loudly rather
+than silently compile again. `seconds` is wall time after compilation, per seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearn_jax import metrics as metrics_lib
+from unlearn_jax import parallel
+from unlearn_jax import train as train_lib
+
+SEED_MODES = ("vmap", "sequential")
+
+
+def default_seed_mode(model_name: str, backend: Optional[str] = None) -> str:
+  """`sequential` for the conv models on the CPU backend (measured: vmapping their seeds
+  does not pay there), `vmap` otherwise."""
+  backend = backend or jax.default_backend()
+  return "sequential" if backend == "cpu" and model_name in ("cnn", "resnet18") else "vmap"
+
+
+def check_seed_mode(mode: str) -> str:
+  if mode not in SEED_MODES:
+    raise ValueError(f"seed mode {mode!r} is unknown; allowed: {', '.join(SEED_MODES)}")
+  return mode
+
+
+def method_key(seed_key: jax.Array, name: str) -> jax.Array:
+  """A method's key for one seed: independent of which other methods run."""
+  return jax.random.fold_in(seed_key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+@dataclasses.dataclass
+class ModelSet:
+  """Variables for every seed (leading axis = seed) and how long they took."""
+  name: str
+  variables: dict
+  seconds: float
+  compile_seconds: float = 0.0
+  aux: dict = dataclasses.field(default_factory=dict)
+  artifacts: dict = dataclasses.field(default_factory=dict)   # e.g. synthetic images
+
+
+def stack_seeds(trees):
+  """Per-seed pytrees stacked along a new leading (seed) axis."""
+  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+
+
+def seed_slice(tree, i: int):
+  return jax.tree_util.tree_map(lambda a: a[i], tree)
+
+
+class Progress:
+  """Progress lines with throughput and time left (at most one every 2 s, and the last)."""
+
+  def __init__(self, log: Callable[[str], None], label: str, total: int,
+               examples_per_unit: int, unit: str = "epoch"):
+    self.log, self.label, self.total, self.n, self.unit = log, label, total, examples_per_unit, unit
+    self.start = time.perf_counter()
+    self.last_print = 0.0
+    self.first = 0   # units done before this process started (a resumed run)
+
+  def update(self, done: int, metrics: Optional[dict] = None):
+    now = time.perf_counter()
+    elapsed = now - self.start
+    if done < self.total and now - self.last_print < 2.0:
+      return
+    self.last_print = now
+    ran = done - self.first
+    rate = ran * self.n / max(elapsed, 1e-9)
+    left = (self.total - done) * elapsed / max(ran, 1)
+    extra = " ".join(f"{k} {float(v):.4f}" for k, v in (metrics or {}).items())
+    self.log(f"  {self.label}: {self.unit} {done}/{self.total} {extra} | {rate:,.0f} examples/s "
+             f"| {elapsed:.1f}s elapsed, {left:.1f}s left")
+
+
+def _compile(fn, *args):
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *,
+                     seed_mode: str = "vmap", log: Callable[[str], None] = print,
+                     label: str = "train", store=None) -> ModelSet:
+  """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch.
+
+  One epoch function is compiled once and called for every epoch (and, in `sequential`
+  mode, every seed). With a `checkpoint.ResumeStore` the whole train state (every seed) is
+  saved every `store.every` epochs and a rerun continues from the newest one: the epoch key
+  comes from the state's step counter, so the result is bitwise that of an uninterrupted
+  run."""
+  check_seed_mode(seed_mode)
+  num_seeds = keys.shape[0]
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  tx = train_lib.make_optimizer(cfg, train_lib.steps_per_epoch(x.shape[0], cfg.batch_size))
+  one_epoch = lambda st, xx, yy, k: train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
+  init_state = parallel.vmap_seeds(lambda v: train_lib.init_train_state(v, tx))
+  state = jax.jit(init_state)(init_vars)
+  start, seconds_before = 0, 0.0
+  progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
+  if store is not None:
+    found = store.restore_latest(label, state)
+    if found is not None:
+      start, state, meta = found
+      seconds_before, progress.first = float(meta.get("seconds", 0.0)), start
+      log(f"  {label}: resumed after epoch {start}/{cfg.epochs} from {store.directory / label}")
+
+  if seed_mode == "vmap":
+    epoch, compile_s = _compile(parallel.vmap_seeds(one_epoch, in_axes=(0, None, None, 0)),
+                                state, x, y, keys)
+    run_epoch = lambda st: epoch(st, x, y, keys)
+  else:
+    epoch, compile_s = _compile(one_epoch, seed_slice(state, 0), x, y, keys[0])
+
+    def run_epoch(st):
+      outs = [epoch(seed_slice(st, i), x, y, keys[i]) for i in range(num_seeds)]
+      return stack_seeds([o[0] for o in outs]), stack_seeds([o[1] for o in outs])
+
+  progress.start = time.perf_counter()
+  for e in range(start, cfg.epochs):
+    state, hist = run_epoch(state)
+    progress.update(e + 1, {k: jnp.mean(v) for k, v in hist.items()})
+    if store is not None and store.due(e + 1, cfg.epochs):
+      store.save(label, e + 1, state,
+                 {"seconds": seconds_before + time.perf_counter() - progress.start})
+  variables = jax.block_until_ready(state.variables)
+  seconds = (seconds_before + time.perf_counter() - progress.start) / num_seeds
+  return ModelSet(label, variables, seconds, compile_s)
+
+
+def train_population_streaming(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *,
+                               log: Callable[[str], None] = print, label: str = "train",
+                               mesh=None) -> ModelSet:
+  """`train_population` with batches streamed from host memory (`data.streaming`): the
+  training set never sits in device memory; seeds run in sequence. Same batches, keys and
+  steps as the in-memory loop, hence the same weights."""
+  from unlearn_jax.data import streaming
+  num_seeds = keys.shape[0]
+  source = streaming.ArraySource(np.asarray(x), np.asarray(y))
+  progress = Progress(log, label, cfg.epochs * num_seeds, len(source))
+  outs = []
+  for i in range(num_seeds):
+    v, _ = streaming.fit_streaming(
+        model, cfg, seed_slice(init_vars, i), source, keys[i],
+        mesh=mesh, on_epoch=lambda e, st, m, i=i: progress.update(
+            i * cfg.epochs + e + 1, {k: float(val) for k, val in m.items()}))
+    outs.append(v)
+  variables = jax.block_until_ready(stack_seeds(outs))
+  return ModelSet(label, variables, (time.perf_counter() - progress.start) / num_seeds)
+
+
+def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
+                 seed_mode: str = "vmap") -> ModelSet:
+  """Runs one method on every seed's original (compiled once); returns the unlearned
+  ModelSet. Synthetic images in the method's aux become `artifacts`."""
+  check_seed_mode(seed_mode)
+  fn = method(ctx, **hparams)
+  num_seeds = keys.shape[0]
+  if seed_mode == "vmap":
+    compiled, compile_s = _compile(parallel.vmap_seeds(fn, in_axes=(0, None, 0)),
+                                   variables, data, keys)
+    t0 = time.perf_counter()
+    out, aux = jax.block_until_ready(compiled(variables, data, keys))
+  else:
+    compiled, compile_s = _compile(fn, seed_slice(variables, 0), data, keys[0])
+    t0 = time.perf_counter()
+    results = [jax.block_until_ready(compiled(seed_slice(variables, i), data, keys[i]))
+               for i in range(num_seeds)]
+    out = stack_seeds([r[0] for r in results])
+    aux = stack_seeds([r[1] for r in results]) if results[0][1] else {}
+  seconds = (time.perf_counter() - t0) / num_seeds
+  if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(out)):
+    raise FloatingPointError(f"method {method.name} returned non-finite weights")
+  artifacts = {k: np.asarray(v) for k, v in aux.items() if k.startswith("synthetic_")
+               and np.ndim(v) > 1}
+  return ModelSet(method.name, out, seconds, compile_s,
+                  {k: np.asarray(v).tolist() for k, v in aux.items() if k not in artifacts},
+                  artifacts)
+
+
+def seed_metrics(model, model_set: ModelSet, arrays: dict, *, seed_mode: str = "vmap",
+                 eval_batch: int = 1000):
+  """Per seed: losses and accuracies on every split of `arrays` ({split: (x, y)}) and the
+  loss-threshold MIA (forget vs the test examples of the forgotten classes, or all of test).
+  Returns (rows, per-seed {split: per-example losses})."""
+  # The data goes in as arguments: closed-over arrays become constants that XLA tries
+  # (slowly, noisily) to fold.
+  def per_seed(v, arrays):
+    out = {}
+    for split, (x, y) in arrays.items():
+      logits = train_lib.predict(model, v, x, eval_batch)
+      out[split] = (metrics_lib.per_example_loss(logits, y), metrics_lib.accuracy(logits, y))
+    return out
+
+  num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
+  if seed_mode == "vmap":
+    res = jax.jit(parallel.vmap_seeds(per_seed, in_axes=(0, None)))(model_set.variables, arrays)
+    per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
+  else:
+    f = jax.jit(per_seed)
+    per = [jax.tree_util.tree_map(np.asarray, f(seed_slice(model_set.variables, i), arrays))
+           for i in range(num_seeds)]
+  rows, losses = [], []
+  for i, r in enumerate(per):
+    row = {f"{split}_acc": float(acc) for split, (_, acc) in r.items()}
+    nonmember = r["test_forget"][0] if "test_forget" in r else r["test"][0]
+    try:
+      row["mia_loss_lr"] = metrics_lib.mia_loss_lr(r["forget"][0], nonmember, seed=i)
+    except ValueError:
+      row["mia_loss_lr"] = float("nan")
+    for split in ("retain", "forget", "test"):
+      row[f"{split}_loss"] = float(np.mean(r[split][0]))
+    rows.append(row)
+    losses.append({split: loss for split, (loss, _) in r.items()})
+  return rows, losses
+
+
+def relearn_population(model, model_set: ModelSet, forget, targets, keys, *,
+                       seed_mode: str = "vmap", **relearn_kwargs) -> np.ndarray:
+  """Relearning steps (`metrics.relearn_steps`) of every seed's model."""
+  fn = lambda v, t, k: metrics_lib.relearn_steps(model, v, forget, t, k, **relearn_kwargs)[0]
+  targets = jnp.asarray(targets)
+  if seed_mode == "vmap":
+    return np.asarray(jax.jit(parallel.vmap_seeds(fn))(model_set.variables, targets, keys))
+  f = jax.jit(fn)
+  return np.asarray([f(seed_slice(model_set.variables, i), targets[i], keys[i])
+                     for i in range(keys.shape[0])])
