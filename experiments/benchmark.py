@@ -4,11 +4,16 @@ r"""How fast is it here? One run, four tables, every figure measured in this pro
     python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
         --train_subset=2000 --models=cnn,resnet18 --methods=finetune,ssd,scrub
     python -m experiments.benchmark --models=resnet18 --batch_size=256 --steps=50   # a GPU
+    python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
+        --train_subset=1000 --models=cnn,cnn:32-64-128 --methods= --seeds=2    # conv paths
 
 How to read it:
 1. *Train step*: one SGD step of each model on a batch of --batch_size, compiled once
    (`compile s`, printed apart) and then timed over --steps steps, --repeats times; the
-   median gives images/s. The batch is split over all visible devices (`devices`), as in
+   median gives images/s, for a Python loop over the compiled step ("host loop") and for
+   the steps inside one `lax.scan`, with XLA's convolution and with the patches + matmul
+   form (`models.conv_impl`); PyTorch's same CNN beside them when torch is installed.
+   `cnn:32-64-128` names the CNN at the PyTorch reference's widths. The batch is split over all visible devices (`devices`), as in
    the experiments. `step MiB` is XLA's own account of the compiled step (arguments +
    temporaries): what one more seed would add when seeds are vmapped.
 2. *Methods*: the main experiment (`runner.run`, --seeds seeds) on the first model: the
@@ -31,7 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from experiments.configs import default as default_config
-from unlearn_jax import data, models, parallel, runner, train
+from experiments import runner, setup
+from unlearn_jax import data, driver, models, parallel, train
 
 flags.DEFINE_string("dataset", "digits", "digits | image_folder:PATH | cifar10 | ...")
 flags.DEFINE_integer("train_subset", 0, "stratified subset of train for sections 2 and 3")
@@ -54,47 +60,103 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
+def _model(name, num_classes, conv=None):
+  """`cnn:32-64-128` is the CNN with those widths (the PyTorch reference's shape)."""
+  base, _, widths = name.partition(":")
+  kwargs = {} if base == "mlp" else {"conv": conv or "auto"}
+  if widths:
+    kwargs["widths"] = tuple(int(w) for w in widths.split("-"))
+  return models.get_model(base, num_classes, **kwargs)
+
+
+def _torch_images_per_s(name, ds, batch, steps, repeats):
+  """The same CNN in PyTorch (optional: None when torch is not installed)."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  base, _, widths = name.partition(":")
+  if base != "cnn":
+    return None
+  widths = tuple(int(w) for w in widths.split("-")) if widths else (64, 128, 256)
+  torch.manual_seed(0)
+  layers, c, size = [], ds.input_shape[-1], ds.input_shape[0]
+  for w in widths:
+    layers += [torch.nn.Conv2d(c, w, 3, padding=1, bias=False), torch.nn.BatchNorm2d(w),
+               torch.nn.ReLU()]
+    if size > 1:
+      layers.append(torch.nn.MaxPool2d(2))
+      size //= 2
+    c = w
+  net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(c * size * size, 256),
+                            torch.nn.ReLU(), torch.nn.Linear(256, ds.num_classes))
+  opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+  x = torch.randn(batch, ds.input_shape[-1], *ds.input_shape[:2])
+  y = torch.randint(0, ds.num_classes, (batch,))
+
+  def run():
+    for _ in range(steps):
+      opt.zero_grad()
+      torch.nn.functional.cross_entropy(net(x), y).backward()
+      opt.step()
+  run()
+  return batch * steps / _median_time(run, repeats)
+
+
 def step_table(ds, names, F, mesh):
+  """Train-step images/s per model and convolution path: a Python loop over one compiled
+  step ("host loop") and `steps` steps inside one `lax.scan`, for XLA's convolution and the
+  patches + matmul form; PyTorch's same CNN when torch is installed."""
   print(f"\n## 1. Train step ({jax.default_backend()}, {parallel.describe(mesh)})\n")
-  print("| model | batch | images/s | ms/step | compile s | step MiB |")
-  print("|---|---|---|---|---|---|")
+  print("| model | conv | batch | host loop img/s | lax.scan img/s | compile s | step MiB |")
+  print("|---|---|---|---|---|---|---|")
   on_cpu = jax.default_backend() == "cpu"
   for name in names:
-    slow = on_cpu and name == "resnet18"
+    slow = on_cpu and name.startswith("resnet18")
     n_data = parallel.data_size(mesh)
     batch = F.batch_size or (32 if slow else 128)
     batch = max(n_data, batch - batch % n_data)   # a multiple of the data axis
     steps = F.steps or (2 if slow else 20)
-    model = models.get_model(name, ds.num_classes)
-    cfg = train.TrainConfig(epochs=1, batch_size=batch, augment=ds.input_shape[-1] == 3)
-    tx = train.make_optimizer(cfg, steps)
-    step = train.make_supervised_step(model, tx, cfg.augment)
+    convs = ("-",) if name == "mlp" else ("xla", "patches")
     x = jnp.asarray(ds.train_x[:batch])
     y = jnp.asarray(ds.train_y[:batch])
     if x.shape[0] < batch:   # a tiny dataset: repeat it to a full batch
       reps = -(-batch // x.shape[0])
       x, y = jnp.tile(x, (reps,) + (1,) * (x.ndim - 1))[:batch], jnp.tile(y, reps)[:batch]
-    with parallel.data_parallel(mesh):
-      state = train.init_train_state(
-          models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
-      state, x, y = parallel.replicate((state, x, y), mesh)
-      fn = jax.jit(lambda s, k: step(s, parallel.shard_batch((x, y)), k))
-      key = jax.random.PRNGKey(1)
-      t0 = time.perf_counter()
-      compiled = fn.lower(state, key).compile()
-      compile_s = time.perf_counter() - t0
-      mem = compiled.memory_analysis()
-      mib = ((mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**20) if mem else float("nan")
-      jax.block_until_ready(compiled(state, key))     # warm-up
+    for conv in convs:
+      model = _model(name, ds.num_classes, None if conv == "-" else conv)
+      cfg = train.TrainConfig(epochs=1, batch_size=batch, augment=ds.input_shape[-1] == 3)
+      tx = train.make_optimizer(cfg, steps)
+      step = train.make_supervised_step(model, tx, cfg.augment)
+      with parallel.data_parallel(mesh):
+        state = train.init_train_state(
+            models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
+        state, xr, yr = parallel.replicate((state, x, y), mesh)
+        key = jax.random.PRNGKey(1)
+        t0 = time.perf_counter()
+        compiled = jax.jit(lambda s, k: step(s, parallel.shard_batch((xr, yr)), k)).lower(
+            state, key).compile()
+        compile_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        mib = ((mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**20) if mem else float("nan")
+        jax.block_until_ready(compiled(state, key))     # warm-up
 
-      def run_steps():
-        s = state
-        for i in range(steps):
-          s, _ = compiled(s, jax.random.fold_in(key, i))
-        return s.variables
-      sec = _median_time(run_steps, F.repeats)
-    print(f"| {name} | {batch} | {batch * steps / sec:,.0f} | {1e3 * sec / steps:.1f} | "
-          f"{compile_s:.1f} | {mib:.0f} |", flush=True)
+        def host_loop():
+          s = state
+          for i in range(steps):
+            s, _ = compiled(s, jax.random.fold_in(key, i))
+          return s.variables
+        host = _median_time(host_loop, F.repeats)
+        scanned = jax.jit(lambda s, k: jax.lax.scan(
+            lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
+            jax.random.split(k, steps))[0].variables).lower(state, key).compile()
+        jax.block_until_ready(scanned(state, key))
+        scan = _median_time(lambda: scanned(state, key), F.repeats)
+      print(f"| {name} | {conv} | {batch} | {batch * steps / host:,.0f} | "
+            f"{batch * steps / scan:,.0f} | {compile_s:.1f} | {mib:.0f} |", flush=True)
+    torch_rate = _torch_images_per_s(name, ds, batch, steps, F.repeats) if on_cpu else None
+    if torch_rate is not None:
+      print(f"| {name} | PyTorch | {batch} | {torch_rate:,.0f} | — | — | — |", flush=True)
 
 
 def method_table(F, model_name):
@@ -107,9 +169,8 @@ def method_table(F, model_name):
   result = runner.run(cfg, {}, log=lambda s: None)
   wall = time.perf_counter() - t0
   info = result.info
-  print(f"\n## 2. Methods ({F.dataset}, {model_name}, {F.seeds} seeds, loop "
-        f"{info['loop_mode']}, seeds {'vmapped' if info['seeds_vmapped'] else 'in sequence'}; "
-        f"whole run {wall:.0f} s)\n")
+  print(f"\n## 2. Methods ({F.dataset}, {model_name}, {F.seeds} seeds, seeds "
+        f"{'vmapped' if info['seeds_vmapped'] else 'in sequence'}; whole run {wall:.0f} s)\n")
   print("| model set | s per seed | compile s | × retrain |")
   print("|---|---|---|---|")
   retrain = result.model_sets["retrain"].seconds
@@ -119,40 +180,30 @@ def method_table(F, model_name):
 
 
 def seeds_table(ds, F, model_name):
-  model = models.get_model(model_name, ds.num_classes)
-  cfg = runner.default_recipe(ds, model_name)
+  """--seeds models: one vmapped program vs a loop over one compiled single-model program."""
+  model = _model(model_name, ds.num_classes)
+  cfg = setup.default_recipe(ds, model_name.partition(":")[0])
   if F.epochs:
-    cfg = runner.resolve_recipe(cfg, {"epochs": F.epochs})
+    cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   fit = lambda k: train.fit(model, cfg, models.init_variables(model, k, ds.input_shape), x, y,
                             jax.random.fold_in(k, 1))[0]
   keys = jax.random.split(jax.random.PRNGKey(0), F.seeds)
-  mode = train.default_loop_mode(model_name)
-  with train.loop_mode(mode):
-    one = jax.jit(fit) if mode == "scan" else fit
-    t0 = time.perf_counter()
-    jax.block_until_ready(one(keys[0]))
-    first = time.perf_counter() - t0
-    loop_s = _median_time(lambda: [one(k) for k in keys], F.repeats)
-    if mode == "scan":
-      t0 = time.perf_counter()
-      many = jax.jit(jax.vmap(fit)).lower(keys).compile()
-      vmap_compile = time.perf_counter() - t0
-      vmap_s = _median_time(lambda: many(keys), F.repeats)
-  print(f"\n## 3. Seeds: {F.seeds} x {model_name} ({cfg.epochs} epochs x {len(y)} examples), "
-        f"loop mode {mode}\n")
+  t0 = time.perf_counter()
+  one = jax.jit(fit).lower(keys[0]).compile()
+  one_compile = time.perf_counter() - t0
+  loop_s = _median_time(lambda: [one(k) for k in keys], F.repeats)
+  t0 = time.perf_counter()
+  many = jax.jit(jax.vmap(fit)).lower(keys).compile()
+  vmap_compile = time.perf_counter() - t0
+  vmap_s = _median_time(lambda: many(keys), F.repeats)
+  print(f"\n## 3. Seeds: {F.seeds} x {model_name} ({cfg.epochs} epochs x {len(y)} examples)\n")
   print("| how | s | models/s | compile s |")
   print("|---|---|---|---|")
-  compile_text = (f"{first - loop_s / F.seeds:.1f} (first call − a timed one)" if mode == "scan"
-                  else "— (host loop: one small jitted step)")
-  print(f"| loop over {'jit(fit)' if mode == 'scan' else 'fit (host loop)'} | {loop_s:.2f} | "
-        f"{F.seeds / loop_s:.2f} | {compile_text} |")
-  if mode == "scan":
-    print(f"| jit(vmap(fit)) | {vmap_s:.2f} | {F.seeds / vmap_s:.2f} | {vmap_compile:.1f} |")
-    print(f"\nvmapped vs loop, same run: {loop_s / vmap_s:.2f}x")
-  else:
-    print("\n(host loop mode: seeds run in sequence by design, nothing to vmap; "
-          "see unlearn_jax.train)")
+  print(f"| loop over jit(fit) | {loop_s:.2f} | {F.seeds / loop_s:.2f} | {one_compile:.1f} |")
+  print(f"| jit(vmap(fit)) | {vmap_s:.2f} | {F.seeds / vmap_s:.2f} | {vmap_compile:.1f} |")
+  print(f"\nvmapped vs loop, same run: {loop_s / vmap_s:.2f}x "
+        f"(driver default here: {driver.default_seed_mode(model_name.partition(':')[0])})")
 
 
 def memory_table():
@@ -174,7 +225,7 @@ def main(argv):
   if not F["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   names = [m for m in F.models.split(",") if m]
-  bad = [m for m in names if m not in models.MODEL_CHOICES]
+  bad = [m for m in names if m.partition(":")[0] not in models.MODEL_CHOICES]
   if bad or not names:
     print(f"error: --models={F.models!r}: unknown {bad}; allowed: "
           f"{', '.join(models.MODEL_CHOICES)}", file=sys.stderr)
@@ -195,7 +246,7 @@ def main(argv):
   if F.methods:
     try:
       method_table(F, names[0])
-    except runner.UsageError as e:
+    except setup.UsageError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   seeds_table(ds, F, names[0])

@@ -212,7 +212,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
     r["cost_ratio"] = r["seconds"] / retrain_s if retrain_s else float("nan")
   ref = next(r for r in rows if r["method"] == "retrain")
   for r in rows:
-    r["avg_gap"] = M.avg_gap(r, ref)
+    r["avg_gap"] = float(M.avg_gap(r, ref))
   info = {"model": st.model_name, "num_models": num_models, "chunk": chunk,
           "populations_reused": reused, "seed_mode": st.mode, "backend": jax.default_backend(),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,

@@ -23,7 +23,8 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from unlearn_jax import data, models, runner, train
+from experiments import setup
+from unlearn_jax import data, models, train
 
 flags.DEFINE_string("sizes", "8,32,64", "comma list of population sizes N")
 flags.DEFINE_integer("repeats", 3, "timed repetitions per measurement (median reported)")
@@ -50,8 +51,7 @@ def epoch_bytes(model_name: str, input_shape, n_train: int, n_models: int) -> in
       models.init_variables(model, k, input_shape), tx)), keys)
   epoch = jax.jit(jax.vmap(lambda st, xx, yy, k: train.train_epochs(model, cfg, st, xx, yy, k, 1),
                            in_axes=(0, None, None, 0)))
-  with train.loop_mode("scan"):
-    ma = epoch.lower(state, x, y, keys).compile().memory_analysis()
+  ma = epoch.lower(state, x, y, keys).compile().memory_analysis()
   return int(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
              - ma.alias_size_in_bytes)
 
@@ -84,9 +84,9 @@ def main(argv):
     return
   ds = data.load_dataset("digits")
   model = models.get_model(F.model, ds.num_classes)
-  cfg = runner.default_recipe(ds, F.model)
+  cfg = setup.default_recipe(ds, F.model)
   if F.epochs:
-    cfg = runner.resolve_recipe(cfg, {"epochs": F.epochs})
+    cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   init = lambda k: models.init_variables(model, k, ds.input_shape)
   fit_one = jax.jit(lambda k: train.fit(model, cfg, init(k), x, y, jax.random.fold_in(k, 1))[0])

@@ -1,6 +1,8 @@
 """Metrics against hand-computable cases."""
 
 import jax.numpy as jnp
+import chex
+import jax
 import numpy as np
 import pytest
 
@@ -41,12 +43,14 @@ def test_logit_scaled_confidence_and_hinge_by_hand():
   logits = np.array([[2.0, 0.0, 0.0], [0.0, 1000.0, -1000.0]])
   labels = np.array([0, 1])
   p0 = np.exp(2) / (np.exp(2) + 2)
-  np.testing.assert_allclose(metrics.logit_scaled_confidence(logits, labels)[0],
-                             np.log(p0 / (1 - p0)), rtol=1e-12)
-  # Σ_{j≠y} p_j underflows even in float64: the 1e-45 guard keeps φ finite, at −ln 1e-45.
-  np.testing.assert_allclose(metrics.logit_scaled_confidence(logits, labels)[1],
-                             -np.log(1e-45), rtol=1e-12)
-  np.testing.assert_allclose(metrics.hinge(logits, labels), [2.0, 1000.0])
+  with jax.enable_x64(True):        # the float64 form
+    phi = np.asarray(metrics.logit_scaled_confidence(logits, labels))
+    np.testing.assert_allclose(phi[0], np.log(p0 / (1 - p0)), rtol=1e-12)
+    # Σ_{j≠y} p_j underflows even in float64; z_y − logsumexp_{j≠y} z_j stays exact.
+    np.testing.assert_allclose(phi[1], 1000.0, rtol=1e-12)
+    np.testing.assert_allclose(metrics.hinge(logits, labels), [2.0, 1000.0])
+  # float32 (the default) agrees to float32 precision.
+  np.testing.assert_allclose(metrics.logit_scaled_confidence(logits, labels), phi, rtol=1e-6)
 
 
 def test_identical_populations_give_zero_epsilon_and_full_quality():
@@ -92,10 +96,12 @@ def test_epsilons_grow_with_the_gaussian_shift():
 
 
 def test_forgetting_quality_buckets_by_hand():
-  # code: N=512 → ε_max = ⌈ln 511⌉ = 7; ε 0.2 → 1, 0.7 → 1/2, 1.2 → 1/4, 7.1 → 0
-  assert metrics.forgetting_quality([0.2, 0.7, 1.2, 7.1], 512) == (1 + 0.5 + 0.25 + 0) / 4
-  # kaggle: bin n = ⌊ε/0.5⌋ + 1, H = 2/2^n; beyond 13 bins 2^-12
-  assert metrics.forgetting_quality([0.2, 0.7, 9.0], 512, "kaggle") == (1 + 0.5 + 2 ** -12) / 3
+  with jax.enable_x64(True):   # the float64 form; float32 is checked under jit below
+    # code: N=512 → ε_max = ⌈ln 511⌉ = 7; ε 0.2 → 1, 0.7 → 1/2, 1.2 → 1/4, 7.1 → 0
+    assert metrics.forgetting_quality([0.2, 0.7, 1.2, 7.1], 512) == (1 + 0.5 + 0.25 + 0) / 4
+    # kaggle: bin n = ⌊ε/0.5⌋ + 1, H = 2/2^n; beyond 13 bins 2^-12
+    np.testing.assert_allclose(metrics.forgetting_quality([0.2, 0.7, 9.0], 512, "kaggle"),
+                               (1 + 0.5 + 2 ** -12) / 3, rtol=1e-12)
 
 
 def test_competition_score_of_retrain_against_itself_is_about_one():
@@ -148,23 +154,82 @@ def test_ulira_chance_when_unlearning_equals_retraining():
 
 
 def test_distribution_metrics_by_hand():
-  a = np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))
-  assert metrics.js_to_retrain(a, a) == 0.0 and metrics.activation_distance(a, a) == 0.0
-  assert metrics.zrf(a, a) == 1.0 and metrics.zrf(a, a, compat=True) == 1.0
-  p, q = np.array([1.0, 0.0]), np.array([0.0, 1.0])     # disjoint: JS = ln 2
-  lp, lq = np.log(np.maximum([p], 1e-300)), np.log(np.maximum([q], 1e-300))
-  np.testing.assert_allclose(metrics.js_to_retrain(lp, lq), np.log(2), rtol=1e-9)
-  np.testing.assert_allclose(metrics.activation_distance(lp, lq), np.sqrt(2), rtol=1e-9)
-  np.testing.assert_allclose(metrics.zrf(lp, lq), 1 - np.log(2), rtol=1e-9)
-  # compat: the reference averages m·(ln m − ln p) over n·C elements (here C = 2)
-  pr, qr = np.array([0.7, 0.3]), np.array([0.2, 0.8])
-  m = (pr + qr) / 2
-  ref = 0.5 * np.mean(m * np.log(m / pr)) + 0.5 * np.mean(m * np.log(m / qr))
-  np.testing.assert_allclose(metrics.zrf(np.log([pr]), np.log([qr]), compat=True), 1 - ref,
-                             rtol=1e-9)
+  with jax.enable_x64(True):   # the float64 form; float32 is checked under jit below
+    a = np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))
+    assert metrics.js_to_retrain(a, a) == 0.0 and metrics.activation_distance(a, a) == 0.0
+    assert metrics.zrf(a, a) == 1.0 and metrics.zrf(a, a, compat=True) == 1.0
+    p, q = np.array([1.0, 0.0]), np.array([0.0, 1.0])     # disjoint: JS = ln 2
+    lp, lq = np.log(np.maximum([p], 1e-300)), np.log(np.maximum([q], 1e-300))
+    np.testing.assert_allclose(metrics.js_to_retrain(lp, lq), np.log(2), rtol=1e-9)
+    np.testing.assert_allclose(metrics.activation_distance(lp, lq), np.sqrt(2), rtol=1e-9)
+    np.testing.assert_allclose(metrics.zrf(lp, lq), 1 - np.log(2), rtol=1e-9)
+    # compat: the reference averages m·(ln m − ln p) over n·C elements (here C = 2)
+    pr, qr = np.array([0.7, 0.3]), np.array([0.2, 0.8])
+    m = (pr + qr) / 2
+    ref = 0.5 * np.mean(m * np.log(m / pr)) + 0.5 * np.mean(m * np.log(m / qr))
+    np.testing.assert_allclose(metrics.zrf(np.log([pr]), np.log([qr]), compat=True), 1 - ref,
+                               rtol=1e-9)
 
 
 def test_avg_gap_by_hand():
   u = {"forget_acc": 0.2, "retain_acc": 0.9, "test_acc": 0.8, "mia_efficacy": 0.5}
   r = {"forget_acc": 0.0, "retain_acc": 1.0, "test_acc": 0.8, "mia_efficacy": 0.7}
   np.testing.assert_allclose(metrics.avg_gap(u, r), (20 + 10 + 0 + 20) / 4)
+
+
+# ----------------------------------------------------------------------------- under jit
+def _metric_cases():
+  """Every metric of unlearn_jax.metrics with small arguments: (name, fn(*args), args)."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(40, 5)).astype(np.float32)
+  logits2 = rng.normal(size=(40, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, 40).astype(np.int32)
+  u, r = _pop(0.0, n=16, s=6).astype(np.float32), _pop(0.3, n=16, s=6, seed=1).astype(np.float32)
+  pop_u = rng.normal(size=(8, 6, 5)).astype(np.float32)
+  pop_r = rng.normal(size=(8, 6, 5)).astype(np.float32)
+  losses = np.abs(rng.normal(size=40)).astype(np.float32)
+  return {
+      "accuracy": (metrics.accuracy, (logits, labels)),
+      "per_example_loss": (metrics.per_example_loss, (logits, labels)),
+      "logit_scaled_confidence": (metrics.logit_scaled_confidence, (logits, labels)),
+      "hinge": (metrics.hinge, (logits, labels)),
+      "zrf": (metrics.zrf, (logits, logits2)),
+      "js_to_retrain": (metrics.js_to_retrain, (logits, logits2)),
+      "activation_distance": (metrics.activation_distance, (logits, logits2)),
+      "avg_gap": (lambda a, b: metrics.avg_gap(
+          {"forget_acc": a, "retain_acc": a, "test_acc": b, "mia_efficacy": b},
+          {"forget_acc": b, "retain_acc": b, "test_acc": a, "mia_efficacy": a}),
+                  (np.float32(0.9), np.float32(0.7))),
+      "forgetting_quality": (lambda e: metrics.forgetting_quality(e, 16),
+                             (np.float32([0.2, 0.7, 1.2, 7.1]),)),
+      "competition_score": (lambda e, a: metrics.competition_score(e, 16, a, a, a, a),
+                            (np.float32([0.2, 0.7]), np.float32([0.9, 0.8]))),
+      "anamnesis_index": (metrics.anamnesis_index, (np.float32([0, 10, 40]), np.float32([20] * 3))),
+      "per_example_epsilons": (metrics.per_example_epsilons, (u, r)),
+      "eps_hat": (lambda a, b: metrics.eps_hat(a, b, labels[:6]), (pop_u, pop_r)),
+      "roc_summary": (metrics.roc_summary, (u[0], r[0])),
+      "lira": (lambda s, t: metrics.lira(s, np.broadcast_to(np.arange(16)[:, None] % 2 == 0,
+                                                            (16, 6)), t, np.ones((4, 6), bool)),
+               (u, r[:4])),
+      "ulira": (lambda a, b: metrics.ulira(a[:8], b[:8], jnp.concatenate([a[8:], b[8:]]),
+                                           np.arange(16) < 8), (u, r)),
+      "mia_loss_lr": (metrics.mia_loss_lr, (losses, losses * 2)),
+      "mia_efficacy": (lambda a, b: metrics.mia_efficacy(a, labels, b, labels, a[:10], labels[:10]),
+                       (logits, logits2)),
+      "relearn_steps": None,    # needs a model: covered in test_methods under jit and vmap
+  }
+
+
+@pytest.mark.parametrize("name", metrics.__all__)
+def test_every_metric_runs_under_jit_and_matches_its_float64_form(name):
+  case = _metric_cases()[name]
+  if case is None:
+    pytest.skip("takes a model; jit and vmap are tested with one in test_methods")
+  fn, args = case
+  got = jax.jit(fn)(*args)                      # float32, traced (host metrics: pure_callback)
+  with jax.enable_x64(True):                    # the float64 form, eager
+    want = fn(*[np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else a
+                for a in args])
+  chex.assert_trees_all_close(jax.tree_util.tree_map(np.asarray, got),
+                              jax.tree_util.tree_map(lambda v: np.asarray(v, np.float32), want),
+                              rtol=1e-4, atol=1e-5)

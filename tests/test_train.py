@@ -1,4 +1,4 @@
-"""Training: one real step learns, loop modes agree, chunks compose, traces are few."""
+"""Training: one real step learns, chunks compose, the step is traced once per population."""
 
 import chex
 import jax
@@ -95,3 +95,21 @@ def test_bad_schedule_and_optimizer_are_named():
     train.make_schedule("linear", 0.1, 10)
   with pytest.raises(ValueError, match="allowed: sgd, adam"):
     train.make_optimizer(train.TrainConfig(optimizer="lamb"), 1)
+
+
+@pytest.mark.parametrize("seed_mode", ["vmap", "sequential"])
+def test_train_step_is_traced_once_per_population(digits, seed_mode, monkeypatch):
+  """A 3-epoch, 2-seed CNN population: the epoch function (hence the train step) is traced
+  and compiled once, then called for every epoch and seed (`driver.train_population`)."""
+  import chex
+  from unlearn_jax import driver
+  model = models.get_model("cnn", 10, widths=(8, 16), dense=32)
+  x, y = jnp.asarray(digits.train_x[:256]), jnp.asarray(digits.train_y[:256])
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  init = jax.vmap(lambda k: models.init_variables(model, k, digits.input_shape))(keys)
+  monkeypatch.setattr(train, "make_supervised_step",
+                      chex.assert_max_traces(train.make_supervised_step, n=1))
+  ms = driver.train_population(model, train.TrainConfig(epochs=3, batch_size=64), init, x, y,
+                               keys, seed_mode=seed_mode, log=lambda s: None)
+  chex.assert_tree_all_finite(ms.variables)
+  assert jax.tree_util.tree_leaves(ms.variables)[0].shape[0] == 2

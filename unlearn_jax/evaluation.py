@@ -57,9 +57,20 @@ def _acc(logits, labels):
 def evaluate_population(name, logits: dict, labels: dict, retrained: dict, random_forget,
                         seconds: float, mia_models: int) -> tuple[dict, np.ndarray, np.ndarray]:
   """Every metric of one population against the retrained one. `logits[split]` [N, n, C]."""
+  # Float64 throughout (jax.numpy metrics under x64): the competition's thresholds need it.
+  with jax.enable_x64(True):
+    row, eps, phi_u = _evaluate_population64(
+        name, {k: np.asarray(v, np.float64) for k, v in logits.items()}, labels,
+        {k: np.asarray(v, np.float64) for k, v in retrained.items()},
+        np.asarray(random_forget, np.float64), seconds, mia_models)
+  return {k: (float(v) if k not in ("method", "num_models") else v) for k, v in row.items()}, \
+      np.asarray(eps), np.asarray(phi_u)
+
+
+def _evaluate_population64(name, logits, labels, retrained, random_forget, seconds, mia_models):
   n = logits["forget"].shape[0]
-  phi_u = M.logit_scaled_confidence(logits["forget"], labels["forget"][None])
-  phi_r = M.logit_scaled_confidence(retrained["forget"], labels["forget"][None])
+  phi_u = np.asarray(M.logit_scaled_confidence(logits["forget"], labels["forget"][None]))
+  phi_r = np.asarray(M.logit_scaled_confidence(retrained["forget"], labels["forget"][None]))
   if name == "retrain":
     # Retrain against retrain: two disjoint halves, the noise floor of the attack at N/2.
     h = n // 2

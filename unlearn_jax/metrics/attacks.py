@@ -1,4 +1,5 @@
-"""Membership attacks: SalUn's MIA-efficacy, LiRA and U-LiRA (host-side NumPy/sklearn)."""
+"""Membership attacks: SalUn's MIA-efficacy, LiRA and U-LiRA. Host-side NumPy/scikit-learn,
+callable from traced code through `host.host_metric` (a `jax.pure_callback`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import numpy as np
 
+from unlearn_jax.metrics.host import ROC, SCALAR, host_metric
 from unlearn_jax.metrics.population import _gauss_logpdf
 
 
@@ -25,6 +27,7 @@ def _feature(logits, labels, feature):
   raise ValueError(f"feature={feature!r} is unknown; allowed: confidence, entropy")
 
 
+@host_metric(SCALAR)
 def mia_efficacy(retain_logits, retain_labels, test_logits, test_labels, forget_logits,
                  forget_labels, feature: str = "confidence") -> float:
   """SalUn's MIA-efficacy: the fraction of the forget set an attacker calls non-member.
@@ -44,6 +47,7 @@ def mia_efficacy(retain_logits, retain_labels, test_logits, test_labels, forget_
   return float(np.mean(clf.predict(_feature(forget_logits, forget_labels, feature)) == 0))
 
 
+@host_metric(ROC)
 def roc_summary(scores_pos, scores_neg) -> dict:
   """AUC, best balanced accuracy, and TPR at 0.1% / 1% FPR of 'positive when score ≥ t'."""
   pos, neg = np.ravel(scores_pos), np.ravel(scores_neg)
@@ -64,6 +68,7 @@ def _fit(stats, mask):
   return np.nanmedian(s, axis=0), np.nanstd(s, axis=0)
 
 
+@host_metric(ROC)
 def lira(shadow_stats, shadow_in, target_stats, target_in, online: bool = True) -> dict:
   """LiRA (Carlini et al. 2022), per example over shadow models.
 
@@ -83,9 +88,10 @@ def lira(shadow_stats, shadow_in, target_stats, target_in, online: bool = True) 
     score = _gauss_logpdf(np.asarray(target_stats, np.float64), mu_in, sd_in) - \
         _gauss_logpdf(np.asarray(target_stats, np.float64), mu_out, sd_out)
   member = np.asarray(target_in, bool)
-  return roc_summary(score[member], score[~member])
+  return roc_summary.host(score[member], score[~member])
 
 
+@host_metric(lambda *s: {**ROC(), "accuracy": ()})
 def ulira(unlearned_shadow, retrained_shadow, target_stats, target_unlearned) -> dict:
   """U-LiRA (Hayes et al. 2024): can an attacker tell "trained on x, then unlearned" from
   "never trained on x"?
@@ -100,6 +106,6 @@ def ulira(unlearned_shadow, retrained_shadow, target_stats, target_unlearned) ->
   t = np.asarray(target_stats, np.float64)
   lr = _gauss_logpdf(t, u.mean(0), u.std(0)) - _gauss_logpdf(t, r.mean(0), r.std(0))
   is_u = np.broadcast_to(np.asarray(target_unlearned, bool)[:, None], lr.shape)
-  out = roc_summary(lr[is_u], lr[~is_u])
+  out = roc_summary.host(lr[is_u], lr[~is_u])
   out["accuracy"] = float(np.mean((lr > 0) == is_u))
   return out

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from unlearn_jax.metrics.host import SCALAR, host_metric
 
+
+@host_metric(SCALAR)
 def mia_loss_lr(forget_losses, test_losses, n_splits: int = 10, seed: int = 0) -> float:
   """Loss-threshold MIA of the NeurIPS 2023 unlearning starting kit.
 

@@ -3,47 +3,53 @@
 For every forget example s there are two samples of size N of a statistic: one from the
 models the method unlearned, one from models retrained without s. The less an attacker
 can tell them apart, the better the unlearning. Inputs are arrays [N, S] (statistics) or
-[N, S, C] (logits); everything runs in float64 NumPy on the host (these are small arrays
-and the competition's thresholds need the precision).
+[N, S, C] (logits).
+
+The statistics (`logit_scaled_confidence`, `hinge`) and the scores (`forgetting_quality`,
+`competition_score`) are `jax.numpy`: they run under `jit`/`vmap`, in float32, or in float64
+inside `jax.enable_x64(True)` (what the evaluation does: the competition's thresholds are
+placed on a grid of step 0.01 over φ, and φ near p_y ≈ 1 needs the precision; the tests
+check the float32 path against float64). The per-example ε families (`per_example_epsilons`,
+`eps_hat`) are float64 NumPy on the host, callable from traced code (`host.host_metric`).
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from unlearn_jax.metrics.host import host_metric
 
 EPS_CAP = 50.0
 
 
-def _logits64(logits):
-  z = np.asarray(logits, np.float64)
-  return z - z.max(axis=-1, keepdims=True)
+def _true_and_others(logits, labels):
+  z = jnp.asarray(logits)
+  y = jnp.asarray(labels)
+  onehot = jax.nn.one_hot(y, z.shape[-1], dtype=bool)
+  z_y = jnp.sum(jnp.where(onehot, z, 0.0), axis=-1)
+  return z_y, jnp.where(onehot, -jnp.inf, z)
 
 
 def logit_scaled_confidence(logits, labels):
   """φ = ln p_y − ln Σ_{j≠y} p_j  ( = ln(p_y / (1 − p_y)) ), per example.
 
-  Computed in float64 after subtracting the max logit, as z_y − log Σ_{j≠y} e^{z_j} with
-  1e-45 guards, so it stays finite and exact where p_y rounds to 1. Ideal: the retrained
+  Logits [..., C], labels [...] (broadcast against the logits' leading axes); returns [...].
+  Computed as z_y − logsumexp_{j≠y} z_j, exact where p_y rounds to 1. Ideal: the retrained
   models' distribution of φ for the same example.
   """
-  z = _logits64(logits)
-  y = np.asarray(labels)[..., None]
-  z_y = np.take_along_axis(z, y, axis=-1)[..., 0]
-  others = np.exp(z)
-  np.put_along_axis(others, y, 0.0, axis=-1)
-  return np.log(np.maximum(np.exp(z_y), 1e-45)) - np.log(np.maximum(others.sum(-1), 1e-45))
+  z_y, others = _true_and_others(logits, labels)
+  return z_y - jax.nn.logsumexp(others, axis=-1)
 
 
 def hinge(logits, labels):
-  """h = z_y − max_{j≠y} z_j (the margin), per example. Ideal: as for retrained models."""
-  z = np.asarray(logits, np.float64)
-  y = np.asarray(labels)[..., None]
-  z_y = np.take_along_axis(z, y, axis=-1)[..., 0]
-  masked = z.copy()
-  np.put_along_axis(masked, y, -np.inf, axis=-1)
-  return z_y - masked.max(axis=-1)
+  """h = z_y − max_{j≠y} z_j (the margin), per example; logits [..., C], labels [...].
+  Ideal: as for retrained models."""
+  z_y, others = _true_and_others(logits, labels)
+  return z_y - jnp.max(others, axis=-1)
 
 
 def _epsilon(fpr, fnr, delta):
@@ -92,6 +98,7 @@ def _example_epsilon(u, r, delta, num_right=400, num_left=400):
   return float(min(eps, EPS_CAP))
 
 
+@host_metric(lambda u, r: (u[1],))
 def per_example_epsilons(unlearned, retrained, delta: float = 1e-5) -> np.ndarray:
   """Per-example ε of the NeurIPS 2023 unlearning competition, from statistics [N, S].
 
@@ -102,7 +109,7 @@ def per_example_epsilons(unlearned, retrained, delta: float = 1e-5) -> np.ndarra
   edges on [r − w − 2, r − w + 2]). Per attack FPR/FNR over the N models; ε = ∞ if both are
   0, attacks with exactly one 0 skipped, else max(0, ln(1−δ−FPR) − ln FNR,
   ln(1−δ−FNR) − ln FPR); ε_s = max over attacks, clipped to [0, 50].
-  Ideal: 0 (the populations are indistinguishable). Returns [S].
+  Ideal: 0 (the populations are indistinguishable). Returns [S]. Host NumPy (float64).
   """
   u, r = np.asarray(unlearned, np.float64), np.asarray(retrained, np.float64)
   if u.ndim != 2 or u.shape[1] != r.shape[1]:
@@ -110,34 +117,34 @@ def per_example_epsilons(unlearned, retrained, delta: float = 1e-5) -> np.ndarra
   return np.asarray([_example_epsilon(u[:, s], r[:, s], delta) for s in range(u.shape[1])])
 
 
-def forgetting_quality(epsilons, num_models: int, variant: str = "code") -> float:
-  """F = mean_s H(ε_s): 1 = every forget example indistinguishable from retraining, 0 = all
-  fully exposed. Ideal: 1.
+def forgetting_quality(epsilons, num_models: int, variant: str = "code"):
+  """F = mean_s H(ε_s) over per-example ε [S]: 1 = every forget example indistinguishable
+  from retraining, 0 = all fully exposed. Ideal: 1. `num_models` (N) and `variant` are static.
 
   `code` (the competition's scoring code): ε_max = ⌈ln(N − 1)⌉, bucket k = ⌊ε/0.5⌋,
   H = 2^−k for ε < ε_max, else 0. `kaggle` (its description): 13 bins of width 0.5 from
   0, H = 2/2^n for bin n = 1..13, 2^−12 beyond.
   """
-  eps = np.asarray(epsilons, np.float64)
+  eps = jnp.asarray(epsilons)
   if variant == "code":
     eps_max = math.ceil(math.log(num_models - 1)) if num_models > 2 else 1
-    k = np.floor(eps / 0.5)
-    h = np.where(eps < eps_max, 2.0 ** -np.minimum(k, 1000), 0.0)
+    k = jnp.floor(eps / 0.5)
+    h = jnp.where(eps < eps_max, 2.0 ** -jnp.minimum(k, 1000), 0.0)
   elif variant == "kaggle":
-    n = np.floor(eps / 0.5) + 1
-    h = np.where(n <= 13, 2.0 / 2.0 ** np.minimum(n, 1000), 2.0 ** -12)
+    n = jnp.floor(eps / 0.5) + 1
+    h = jnp.where(n <= 13, 2.0 / 2.0 ** jnp.minimum(n, 1000), 2.0 ** -12)
   else:
     raise ValueError(f"variant={variant!r} is unknown; allowed: code, kaggle")
-  return float(np.mean(h))
+  return jnp.mean(h)
 
 
 def competition_score(epsilons, num_models: int, retain_acc_unlearned, retain_acc_retrained,
-                      test_acc_unlearned, test_acc_retrained, variant: str = "code") -> float:
-  """F × (RA_U / RA_R) × (TA_U / TA_R), accuracies averaged over the N models.
-  Ideal: 1 (retrain against itself scores ≈ 1)."""
+                      test_acc_unlearned, test_acc_retrained, variant: str = "code"):
+  """F × (RA_U / RA_R) × (TA_U / TA_R), accuracies (any shape, e.g. [N]) averaged over the
+  models. Ideal: 1 (retrain against itself scores ≈ 1)."""
   f = forgetting_quality(epsilons, num_models, variant)
-  return float(f * np.mean(retain_acc_unlearned) / np.mean(retain_acc_retrained) *
-               np.mean(test_acc_unlearned) / np.mean(test_acc_retrained))
+  return (f * jnp.mean(jnp.asarray(retain_acc_unlearned)) / jnp.mean(jnp.asarray(retain_acc_retrained))
+          * jnp.mean(jnp.asarray(test_acc_unlearned)) / jnp.mean(jnp.asarray(test_acc_retrained)))
 
 
 def _gauss_logpdf(x, mu, sigma):
@@ -166,6 +173,7 @@ def _eps_hat_example(hu, hr, delta):
   return float(max(0.0, np.max(a), np.max(b)))
 
 
+@host_metric(lambda u, r, y: ((u[1],), ()))
 def eps_hat(unlearned_logits, retrained_logits, labels, delta: float = 0.05):
   """ε̂ of seed 004 ("Forget with Precision"): a Gaussian likelihood-ratio attack per example.
 
@@ -175,9 +183,10 @@ def eps_hat(unlearned_logits, retrained_logits, labels, delta: float = 0.05):
   threshold: ε = ∞ if one separates perfectly, thresholds with exactly one zero rate
   dropped, else ε = max over thresholds of ln(1−δ−FPR+1e-8) − ln(FNR+1e-8) and the
   symmetric term. Inputs: logits [N, S, C], labels [S]. Returns (ε per example [S],
-  median ε). Ideal: 0.
+  median ε). Ideal: 0. Host NumPy (float64).
   """
-  hu = hinge(unlearned_logits, np.broadcast_to(labels, np.shape(unlearned_logits)[:2]))
-  hr = hinge(retrained_logits, np.broadcast_to(labels, np.shape(retrained_logits)[:2]))
+  with jax.enable_x64(True):
+    hu = np.asarray(hinge(np.asarray(unlearned_logits, np.float64), np.asarray(labels)))
+    hr = np.asarray(hinge(np.asarray(retrained_logits, np.float64), np.asarray(labels)))
   eps = np.asarray([_eps_hat_example(hu[:, s], hr[:, s], delta) for s in range(hu.shape[1])])
   return eps, float(np.median(eps))

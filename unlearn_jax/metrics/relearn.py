@@ -59,5 +59,5 @@ def anamnesis_index(steps_unlearned, steps_retrain):
   forget accuracy, relative to the retrained model. Ideal ≈ 1; ≪ 1 means the forgotten
   class was hidden, not removed (it comes back quickly); > 1 means harder to relearn
   than a model that never saw it."""
-  return np.asarray(steps_unlearned, np.float64) / np.maximum(
-      np.asarray(steps_retrain, np.float64), 1.0)
+  return jnp.asarray(steps_unlearned, jnp.float32) / jnp.maximum(
+      jnp.asarray(steps_retrain, jnp.float32), 1.0)
