@@ -141,3 +141,16 @@ def test_benchmark_prints_its_tables():
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert bad.returncode == 2 and "--models='vit'" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_help_prints_the_module_docstring_as_written():
+  """absl formats the docstring with %: '10% r' once printed as a path (fixed by '%%')."""
+  r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--help"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert "# digits, 10% random, all methods" in r.stdout, r.stdout[:500]
+
+
+def test_bad_method_hyperparameter_value_is_a_flag_error(tmp_path):
+  r = run_cli("--methods=finetune", "--finetune.epochs=0", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 2 and "--finetune.epochs=0 must be >= 1" in r.stderr
+  assert not (tmp_path / "w").exists()
