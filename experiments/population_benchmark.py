@@ -13,6 +13,13 @@ both measured in the same process. Compile times are printed separately.
 `--memory_model` compiles (does not run) one vmapped training epoch for N = 1, 2, 4, 8
 and reads XLA's memory analysis: bytes per extra model and shared bytes give the largest
 N within `--memory_gib`, checked by compiling that N.
+
+    python -m experiments.population_benchmark --epsilon_sizes=30x32,10000x512
+
+`--epsilon_sizes` (S examples x N models each) times the per-example ε of the competition
+(`metrics.per_example_epsilons`, one vectorised float64 computation, after its compilation)
+against the earlier Python loop over examples (`tests/reference_epsilons.py`, skipped above
+--epsilon_loop_max examples), median of --repeats, on normal statistics.
 """
 
 import statistics
@@ -36,6 +43,10 @@ flags.DEFINE_string("memory_model", "", "instead of timing: the largest populati
 flags.DEFINE_string("memory_input", "32,32,3", "input shape for --memory_model")
 flags.DEFINE_integer("memory_train", 50000, "training examples for --memory_model (CIFAR-10)")
 flags.DEFINE_float("memory_gib", 24.0, "memory budget for --memory_model")
+flags.DEFINE_string("epsilon_sizes", "", "instead of training: time per-example ε for these "
+                    "SxN sizes (e.g. 30x32,10000x512)")
+flags.DEFINE_integer("epsilon_loop_max", 2000, "largest S for which the Python-loop reference "
+                     "is timed too")
 
 
 def epoch_bytes(model_name: str, input_shape, n_train: int, n_models: int) -> int:
@@ -74,6 +85,48 @@ def memory_report(F):
   print(f"check, compiled at N={n_max}: {check / 2**30:.2f} GiB")
 
 
+def epsilon_report(F):
+  """Per-example ε: the vectorised computation vs the loop over examples, same data."""
+  import importlib.util
+  from pathlib import Path
+
+  import numpy as np
+
+  from unlearn_jax import metrics
+  path = Path(__file__).resolve().parents[1] / "tests" / "reference_epsilons.py"
+  reference = None
+  if path.exists():
+    spec = importlib.util.spec_from_file_location("reference_epsilons", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = module.per_example_epsilons
+  print(f"per-example ε, {jax.default_backend()}, float64, median of {F.repeats}")
+  print("| S examples | N models | vectorised s | compile s | loop s | speed-up |")
+  print("|---|---|---|---|---|---|")
+  for size in F.epsilon_sizes.split(","):
+    s_, n_ = (int(v) for v in size.lower().split("x"))
+    rng = np.random.default_rng(0)
+    u, r = rng.normal(0, 1, (n_, s_)), rng.normal(0.2, 1.1, (n_, s_))
+    with jax.enable_x64(True):
+      t0 = time.perf_counter()
+      np.asarray(metrics.per_example_epsilons(u, r))        # compiles
+      first = time.perf_counter() - t0
+      vec = _median(lambda: np.asarray(metrics.per_example_epsilons(u, r)), F.repeats)
+    loop = (_median(lambda: reference(u, r), F.repeats)
+            if reference is not None and s_ <= F.epsilon_loop_max else float("nan"))
+    print(f"| {s_:,} | {n_} | {vec:.3f} | {max(first - vec, 0):.1f} | "
+          f"{loop:.3f} | {loop / vec:.1f}x |", flush=True)
+
+
+def _median(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
 def main(argv):
   del argv
   F = flags.FLAGS
@@ -81,6 +134,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if F.memory_model:
     memory_report(F)
+    return
+  if F.epsilon_sizes:
+    epsilon_report(F)
     return
   ds = data.load_dataset("digits")
   model = models.get_model(F.model, ds.num_classes)

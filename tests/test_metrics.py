@@ -205,7 +205,8 @@ def _metric_cases():
       "competition_score": (lambda e, a: metrics.competition_score(e, 16, a, a, a, a),
                             (np.float32([0.2, 0.7]), np.float32([0.9, 0.8]))),
       "anamnesis_index": (metrics.anamnesis_index, (np.float32([0, 10, 40]), np.float32([20] * 3))),
-      "per_example_epsilons": (metrics.per_example_epsilons, (u, r)),
+      "per_example_epsilons": (lambda a, b: metrics.per_example_epsilons(a, b, max_thresholds=2000),
+                               (u, r)),
       "eps_hat": (lambda a, b: metrics.eps_hat(a, b, labels[:6]), (pop_u, pop_r)),
       "roc_summary": (metrics.roc_summary, (u[0], r[0])),
       "lira": (lambda s, t: metrics.lira(s, np.broadcast_to(np.arange(16)[:, None] % 2 == 0,
@@ -233,3 +234,41 @@ def test_every_metric_runs_under_jit_and_matches_its_float64_form(name):
   chex.assert_trees_all_close(jax.tree_util.tree_map(np.asarray, got),
                               jax.tree_util.tree_map(lambda v: np.asarray(v, np.float32), want),
                               rtol=1e-4, atol=1e-5)
+
+
+def _epsilon_cases():
+  rng = np.random.default_rng(5)
+  u = rng.normal(0.0, 1.0, (32, 30))
+  r = rng.normal(0.4, 1.3, (32, 30))
+  r[:, :5] = u[:, :5]                                  # identical samples
+  r[:, 5:8] = u[:, 5:8] + 10                           # perfectly separated
+  u[:, 8] = 1.0                                        # degenerate range
+  r[:, 9:12] = np.round(r[:, 9:12], 1)                 # ties on the grid
+  return u, r
+
+
+def test_vectorised_epsilons_equal_the_competitions_loop_in_float64():
+  from reference_epsilons import per_example_epsilons as reference
+  u, r = _epsilon_cases()
+  with jax.enable_x64(True):
+    got = np.asarray(metrics.per_example_epsilons(u, r))
+  # The same attacks are chosen; only the last bits of a logarithm may differ.
+  np.testing.assert_allclose(got, reference(u, r), rtol=1e-12)
+  # Different population sizes (the retrain-vs-retrain floor uses halves).
+  with jax.enable_x64(True):
+    got = np.asarray(metrics.per_example_epsilons(u[:20], r))
+  np.testing.assert_allclose(got, reference(u[:20], r), rtol=1e-12)
+
+
+def test_vectorised_epsilons_in_float32_under_jit_stay_close():
+  from reference_epsilons import per_example_epsilons as reference
+  u, r = _epsilon_cases()
+  want = reference(u, r)
+  size = int(np.max(np.ceil(100 * (np.maximum(u.max(0), r.max(0)) - np.minimum(u.min(0), r.min(0))))))
+  got = np.asarray(jax.jit(lambda a, b: metrics.per_example_epsilons(a, b, max_thresholds=size))(
+      u.astype(np.float32), r.astype(np.float32)))
+  assert np.mean(np.isclose(got, want, rtol=1e-4)) >= 0.9
+  np.testing.assert_allclose(metrics.forgetting_quality(got, 32),
+                             metrics.forgetting_quality(want, 32), atol=0.05)
+  with pytest.raises(ValueError, match="max_thresholds"):
+    jax.jit(metrics.per_example_epsilons)(u, r)

@@ -15,6 +15,7 @@ check the float32 path against float64). The per-example ε families (`per_examp
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -52,69 +53,143 @@ def hinge(logits, labels):
   return z_y - jnp.max(others, axis=-1)
 
 
-def _epsilon(fpr, fnr, delta):
-  """ε of a set of attacks from their error rates: ∞ if one attack makes no error, attacks
-  with exactly one zero rate skipped, else max(0, ln(1−δ−FPR) − ln FNR, ln(1−δ−FNR) − ln FPR)."""
-  fpr, fnr = np.ravel(fpr), np.ravel(fnr)
-  if np.any((fpr == 0) & (fnr == 0)):
-    return math.inf
-  ok = (fpr > 0) & (fnr > 0)
-  if not np.any(ok):
-    return 0.0
-  fpr, fnr = fpr[ok], fnr[ok]
-  with np.errstate(divide="ignore", invalid="ignore"):
-    a = np.where(1 - delta - fpr > 0, np.log(np.maximum(1 - delta - fpr, 1e-300)) - np.log(fnr),
-                 -np.inf)
-    b = np.where(1 - delta - fnr > 0, np.log(np.maximum(1 - delta - fnr, 1e-300)) - np.log(fpr),
-                 -np.inf)
-  return float(max(0.0, np.max(a), np.max(b)))
+def _linspace(start, stop, num, size: int):
+  """`np.linspace(start, stop, num)` (traced num ≤ size) padded to `size`: k·step + start,
+  the last valid entry exactly `stop` (NumPy's rule, so the grids are bitwise NumPy's)."""
+  k = jnp.arange(size, dtype=jnp.result_type(start))
+  step = (stop - start) / jnp.maximum(num - 1, 1)
+  t = jnp.where(num > 1, k * step + start, start)
+  return jnp.where((k == num - 1) & (num > 1), stop, t), k < num
 
 
-def _example_epsilon(u, r, delta, num_right=400, num_left=400):
-  pos, neg = (u, r) if np.median(u) >= np.median(r) else (r, u)
-  ranges = np.ptp(u), np.ptp(r)
-  if min(ranges) < 0.01 * max(ranges):
-    return EPS_CAP
-  lo, hi = min(u.min(), r.min()), max(u.max(), r.max())
-  # Single thresholds: predict positive when φ ≥ t.
-  t = np.linspace(lo, hi, int(math.ceil(100 * (hi - lo))))
-  pos_s, neg_s = np.sort(pos), np.sort(neg)
-  fpr = 1 - np.searchsorted(neg_s, t, "left") / neg.size
-  fnr = np.searchsorted(pos_s, t, "left") / pos.size
-  eps = _epsilon(fpr, fnr, delta)
-  # Intervals: predict "A" (the population with the smaller range w) when l ≤ φ ≤ r.
-  a, b = (u, r) if ranges[0] <= ranges[1] else (r, u)
-  w = np.ptp(a)
-  rights = np.linspace(a.max() - 2, a.max() + 2, num_right)
-  lefts = rights[:, None] + np.linspace(-w - 2, -w + 2, num_left)[None, :]
-  a_s, b_s = np.sort(a), np.sort(b)
-  inside = lambda s: (np.searchsorted(s, rights[:, None], "right") -
-                      np.searchsorted(s, lefts, "left")).clip(min=0)
-  fnr_i = 1 - inside(a_s) / a.size       # A predicted not-A
-  fpr_i = inside(b_s) / b.size           # B predicted A
-  fpr_i = np.where(lefts <= rights[:, None], fpr_i, 0.0)
-  fnr_i = np.where(lefts <= rights[:, None], fnr_i, 1.0)
-  eps = max(eps, _epsilon(fpr_i, fnr_i, delta))
-  return float(min(eps, EPS_CAP))
+class _Rates:
+  """An error rate as a function of an integer count c ∈ [0, n], tabulated in NumPy float64
+  (`rate(c)` the reference's own expression: under `jit`, XLA would turn c / n into
+  c · (1/n), and 20 · 0.05 ≠ 1), with ln(rate) and ln(1 − δ − rate) tabulated too: ε of
+  160,000 attacks then costs gathers, not logarithms."""
+
+  def __init__(self, rate_of_count, n: int, delta, dtype):
+    rate = jnp.asarray(rate_of_count(np.arange(n + 1, dtype=np.float64)), dtype)
+    tiny = jnp.finfo(dtype).tiny
+    self.rate = rate
+    self.log_rate = jnp.log(jnp.maximum(rate, tiny))
+    self.log_rest = jnp.log(jnp.maximum(1 - delta - rate, tiny))
+    self.rest_positive = 1 - delta - rate > 0
 
 
-@host_metric(lambda u, r: (u[1],))
-def per_example_epsilons(unlearned, retrained, delta: float = 1e-5) -> np.ndarray:
+def _attack_epsilon(fp_count, fp: _Rates, fn_count, fn: _Rates, valid):
+  """ε of a family of attacks from their error counts (masked by `valid`): ∞ if one attack
+  makes no error; attacks with exactly one zero rate skipped; else
+  max(0, ln(1−δ−FPR) − ln FNR, ln(1−δ−FNR) − ln FPR)."""
+  fpr, fnr = fp.rate[fp_count], fn.rate[fn_count]
+  perfect = jnp.any(valid & (fpr == 0) & (fnr == 0))
+  ok = valid & (fpr > 0) & (fnr > 0)
+  side_a = jnp.where(ok & fp.rest_positive[fp_count],
+                     fp.log_rest[fp_count] - fn.log_rate[fn_count], -jnp.inf)
+  side_b = jnp.where(ok & fn.rest_positive[fn_count],
+                     fn.log_rest[fn_count] - fp.log_rate[fp_count], -jnp.inf)
+  eps = jnp.maximum(0.0, jnp.maximum(jnp.max(side_a, initial=-jnp.inf),
+                                     jnp.max(side_b, initial=-jnp.inf)))
+  return jnp.where(perfect, jnp.inf, eps)
+
+
+def _example_epsilon(u, r, delta, max_thresholds: int, num_right: int = 400,
+                     num_left: int = 400):
+  """ε of one forget example from its two samples u [N_u], r [N_r] (see
+  `per_example_epsilons`); every size static, so it vmaps over examples."""
+  dtype = u.dtype
+  u_s, r_s = jnp.sort(u), jnp.sort(r)
+  n_u, n_r = u.shape[0], r.shape[0]
+  u_pos = jnp.median(u) >= jnp.median(r)
+  ptp_u, ptp_r = u_s[-1] - u_s[0], r_s[-1] - r_s[0]
+  degenerate = jnp.minimum(ptp_u, ptp_r) < 0.01 * jnp.maximum(ptp_u, ptp_r)
+  lo, hi = jnp.minimum(u_s[0], r_s[0]), jnp.maximum(u_s[-1], r_s[-1])
+  # Comparing against every value beats a binary search for small populations (CPU).
+  find = lambda s, q, side: jnp.searchsorted(
+      s, q, side=side, method="compare_all" if s.shape[0] <= 64 else "scan")
+  # Single thresholds: predict positive when φ ≥ t, t on NumPy's linspace grid.
+  # FPR = 1 − #(neg < t)/n_neg, FNR = #(pos < t)/n_pos, each for u or r as the positive.
+  t, valid = _linspace(lo, hi, jnp.ceil(100 * (hi - lo)).astype(jnp.int32), max_thresholds)
+  below_u, below_r = find(u_s, t, "left"), find(r_s, t, "left")
+  one_minus = lambda n: (lambda c: 1 - c / n)
+  share = lambda n: (lambda c: c / n)
+  eps_u_pos = _attack_epsilon(below_r, _Rates(one_minus(n_r), n_r, delta, dtype),
+                              below_u, _Rates(share(n_u), n_u, delta, dtype), valid)
+  eps_r_pos = _attack_epsilon(below_u, _Rates(one_minus(n_u), n_u, delta, dtype),
+                              below_r, _Rates(share(n_r), n_r, delta, dtype), valid)
+  eps = jnp.where(u_pos, eps_u_pos, eps_r_pos)
+  # Intervals: predict A (the narrower population) when l ≤ φ ≤ r.
+  a_is_u = ptp_u <= ptp_r
+  a_max, w = jnp.where(a_is_u, u_s[-1], r_s[-1]), jnp.where(a_is_u, ptp_u, ptp_r)
+  rights, _ = _linspace(a_max - 2, a_max + 2, num_right, num_right)
+  offsets, _ = _linspace(-w - 2, -w + 2, num_left, num_left)
+  # Left edge (i, j) is rights[i] + offsets[j]; both grids have the step 4/399, so the left
+  # edges take one value per diagonal i + j (up to the last bit of the sum): counting below
+  # the num_right + num_left − 1 diagonal values instead of all 160,000 edges is the same
+  # unless a statistic lies within a few ulps of an edge.
+  d = jnp.arange(num_right + num_left - 1)
+  i_d = jnp.minimum(d, num_right - 1)
+  lefts_d = rights[i_d] + offsets[d - i_d]
+  diag = jnp.arange(num_right)[:, None] + jnp.arange(num_left)[None, :]
+  ordered = lefts_d[diag] <= rights[:, None]     # else the attack predicts nothing as A
+  inside = lambda s: jnp.where(ordered, jnp.clip(
+      find(s, rights, "right")[:, None] - find(s, lefts_d, "left")[diag], 0), 0)
+  in_u, in_r = inside(u_s), inside(r_s)
+  all_valid = jnp.ones_like(ordered)
+  # A predicted not-A: FNR = 1 − #A inside/n_A; B predicted A: FPR = #B inside/n_B.
+  eps_a_u = _attack_epsilon(in_r, _Rates(share(n_r), n_r, delta, dtype),
+                            in_u, _Rates(one_minus(n_u), n_u, delta, dtype), all_valid)
+  eps_a_r = _attack_epsilon(in_u, _Rates(share(n_u), n_u, delta, dtype),
+                            in_r, _Rates(one_minus(n_r), n_r, delta, dtype), all_valid)
+  eps = jnp.maximum(eps, jnp.where(a_is_u, eps_a_u, eps_a_r))
+  return jnp.where(degenerate, EPS_CAP, jnp.minimum(eps, EPS_CAP))
+
+
+def per_example_epsilons(unlearned, retrained, delta: float = 1e-5,
+                         max_thresholds: int | None = None, chunk: int = 64):
   """Per-example ε of the NeurIPS 2023 unlearning competition, from statistics [N, S].
 
-  Positive = the population with the larger median. If the smaller range of the two is
-  under 1% of the larger, ε_s = 50. Otherwise two attack families: thresholds t on
-  linspace(min, max, ⌈100·range⌉) (positive when φ ≥ t) and intervals [l, r] around the
-  narrower population A (400 right edges on [max A − 2, max A + 2], for each 400 left
-  edges on [r − w − 2, r − w + 2]). Per attack FPR/FNR over the N models; ε = ∞ if both are
-  0, attacks with exactly one 0 skipped, else max(0, ln(1−δ−FPR) − ln FNR,
-  ln(1−δ−FNR) − ln FPR); ε_s = max over attacks, clipped to [0, 50].
-  Ideal: 0 (the populations are indistinguishable). Returns [S]. Host NumPy (float64).
+  For each forget example s, the unlearned sample u = unlearned[:, s] and the retrained
+  sample r = retrained[:, s] (N may differ between them). Positive = the population with
+  the larger median. If the smaller range of the two is under 1% of the larger, ε_s = 50.
+  Otherwise two attack families: thresholds t on linspace(min, max, ⌈100·range⌉) (positive
+  when φ ≥ t) and intervals [l, r] around the narrower population A (400 right edges on
+  [max A − 2, max A + 2], for each 400 left edges on [r − w − 2, r − w + 2], w = range of A).
+  Per attack FPR/FNR over the models; ε = ∞ if both are 0, attacks with exactly one 0
+  skipped, else max(0, ln(1−δ−FPR) − ln FNR, ln(1−δ−FNR) − ln FPR); ε_s = max over attacks,
+  clipped to [0, 50]. Ideal: 0 (the populations are indistinguishable). Returns [S].
+
+  One vectorised `jax.numpy` computation (vmapped over examples, `lax.map` over chunks of
+  `chunk` examples to bound memory): it runs under `jit`. The threshold grid has a
+  data-dependent length, so it is padded to `max_thresholds` (static): from concrete
+  inputs it is computed (the largest ⌈100·range⌉); under `jit` pass it (an example whose
+  grid is longer raises nothing but is cut, so choose it from the statistics' range, e.g.
+  100·(max φ − min φ) + 1). In float64 (inside `jax.enable_x64(True)`, what the evaluation
+  does) it equals the competition's float64 code; float32 grids can place a threshold on
+  the other side of a tied statistic (tests bound the difference).
   """
-  u, r = np.asarray(unlearned, np.float64), np.asarray(retrained, np.float64)
-  if u.ndim != 2 or u.shape[1] != r.shape[1]:
+  u, r = jnp.asarray(unlearned), jnp.asarray(retrained)
+  if u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]:
     raise ValueError(f"expected [N, S] statistics with the same S; got {u.shape}, {r.shape}")
-  return np.asarray([_example_epsilon(u[:, s], r[:, s], delta) for s in range(u.shape[1])])
+  if max_thresholds is None:
+    if isinstance(u, jax.core.Tracer) or isinstance(r, jax.core.Tracer):
+      raise ValueError("per_example_epsilons under jit needs max_thresholds (static): at "
+                       "least the largest ceil(100 * range) of an example's statistics")
+    both = np.concatenate([np.asarray(u), np.asarray(r)])
+    max_thresholds = max(1, int(np.max(np.ceil(100 * (both.max(0) - both.min(0))))))
+  dtype = jnp.result_type(u.dtype, r.dtype, jnp.float32)
+  return _epsilons(u.astype(dtype), r.astype(dtype), delta, int(max_thresholds),
+                   max(1, min(int(chunk), u.shape[1])))
+
+
+@functools.partial(jax.jit, static_argnames=("max_thresholds", "chunk"))
+def _epsilons(u, r, delta, max_thresholds: int, chunk: int):
+  """`_example_epsilon` vmapped over chunks of examples, `lax.map` over the chunks."""
+  one = lambda ur: _example_epsilon(ur[0], ur[1], delta, max_thresholds)
+  n = u.shape[1]
+  pad = -n % chunk
+  cols = lambda a: jnp.pad(a.T, ((0, pad), (0, 0)), mode="edge").reshape(-1, chunk, a.shape[0])
+  return jax.lax.map(jax.vmap(one), (cols(u), cols(r))).reshape(-1)[:n]
 
 
 def forgetting_quality(epsilons, num_models: int, variant: str = "code"):
