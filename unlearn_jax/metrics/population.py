@@ -62,34 +62,52 @@ def _linspace(start, stop, num, size: int):
   return jnp.where((k == num - 1) & (num > 1), stop, t), k < num
 
 
-class _Rates:
-  """An error rate as a function of an integer count c ∈ [0, n], tabulated in NumPy float64
-  (`rate(c)` the reference's own expression: under `jit`, XLA would turn c / n into
-  c · (1/n), and 20 · 0.05 ≠ 1), with ln(rate) and ln(1 − δ − rate) tabulated too: ε of
-  160,000 attacks then costs gathers, not logarithms."""
+def _hankel(x, rows: int, cols: int):
+  """H[i, j] = x[i + j] (x of length rows + cols − 1) by tiling and reshaping, no gather:
+  row i of tile(x) laid out with stride len(x) + 1 starts at x[i]."""
+  n = x.shape[0]
+  return jnp.tile(x, rows + 1)[:rows * (n + 1)].reshape(rows, n + 1)[:, :cols]
 
-  def __init__(self, rate_of_count, n: int, delta, dtype):
-    rate = jnp.asarray(rate_of_count(np.arange(n + 1, dtype=np.float64)), dtype)
+
+def _rate_tables(n: int, delta, dtype):
+  """For an error count c ∈ [0, n] of two kinds, the rate as the reference computes it —
+  `share`: c / n; `rest`: 1 − c / n — indexed by badness b (rate increasing in b: b = c for
+  share, b = n − c for rest), with ln(rate) and ln(1 − δ − rate). Tabulated in NumPy float64:
+  under `jit` XLA would turn c / n into c · (1/n), and 20 · 0.05 ≠ 1."""
+  b = np.arange(n + 1, dtype=np.float64)
+  out = {}
+  for kind, rate in (("share", b / n), ("rest", 1 - (n - b) / n)):
+    rate = jnp.asarray(rate, dtype)
     tiny = jnp.finfo(dtype).tiny
-    self.rate = rate
-    self.log_rate = jnp.log(jnp.maximum(rate, tiny))
-    self.log_rest = jnp.log(jnp.maximum(1 - delta - rate, tiny))
-    self.rest_positive = 1 - delta - rate > 0
+    out[kind] = (rate, jnp.log(jnp.maximum(rate, tiny)),
+                 jnp.log(jnp.maximum(1 - delta - rate, tiny)), 1 - delta - rate > 0)
+  return out
 
 
-def _attack_epsilon(fp_count, fp: _Rates, fn_count, fn: _Rates, valid):
-  """ε of a family of attacks from their error counts (masked by `valid`): ∞ if one attack
-  makes no error; attacks with exactly one zero rate skipped; else
-  max(0, ln(1−δ−FPR) − ln FNR, ln(1−δ−FNR) − ln FPR)."""
-  fpr, fnr = fp.rate[fp_count], fn.rate[fn_count]
-  perfect = jnp.any(valid & (fpr == 0) & (fnr == 0))
-  ok = valid & (fpr > 0) & (fnr > 0)
-  side_a = jnp.where(ok & fp.rest_positive[fp_count],
-                     fp.log_rest[fp_count] - fn.log_rate[fn_count], -jnp.inf)
-  side_b = jnp.where(ok & fn.rest_positive[fn_count],
-                     fn.log_rest[fn_count] - fp.log_rate[fp_count], -jnp.inf)
-  eps = jnp.maximum(0.0, jnp.maximum(jnp.max(side_a, initial=-jnp.inf),
-                                     jnp.max(side_b, initial=-jnp.inf)))
+def _attack_epsilon(bad_fp, fp_table, bad_fn, fn_table, valid):
+  """ε of a family of attacks from their error badness indices (see `_rate_tables`; masked
+  by `valid`): ∞ if one attack makes no error; attacks with exactly one zero rate skipped;
+  else max(0, ln(1−δ−FPR) − ln FNR, ln(1−δ−FNR) − ln FPR).
+
+  Both terms fall as either rate grows, so for each FNR only the smallest positive FPR can
+  win the first, and for each FPR only the smallest positive FNR the second: two scatter-mins
+  over the attacks, then logarithms of tables of n + 1 entries."""
+  fp_rate, fp_log, fp_log_rest, fp_rest_pos = fp_table
+  fn_rate, fn_log, fn_log_rest, fn_rest_pos = fn_table
+  big = jnp.iinfo(jnp.int32).max
+  perfect = jnp.any(valid & (bad_fp == 0) & (bad_fn == 0))
+  ok = valid & (bad_fp >= 1) & (bad_fn >= 1)
+  best_fp = jnp.full(fn_rate.shape, big, jnp.int32).at[bad_fn].min(jnp.where(ok, bad_fp, big))
+  best_fn = jnp.full(fp_rate.shape, big, jnp.int32).at[bad_fp].min(jnp.where(ok, bad_fn, big))
+
+  def side(best, rest_pos, log_rest, log_other):
+    found = best < big
+    idx = jnp.where(found, best, 0)
+    v = jnp.where(found & rest_pos[idx], log_rest[idx] - log_other, -jnp.inf)
+    return jnp.max(v, initial=-jnp.inf)
+
+  eps = jnp.maximum(0.0, jnp.maximum(side(best_fp, fp_rest_pos, fp_log_rest, fn_log),
+                                     side(best_fn, fn_rest_pos, fn_log_rest, fp_log)))
   return jnp.where(perfect, jnp.inf, eps)
 
 
@@ -100,6 +118,7 @@ def _example_epsilon(u, r, delta, max_thresholds: int, num_right: int = 400,
   dtype = u.dtype
   u_s, r_s = jnp.sort(u), jnp.sort(r)
   n_u, n_r = u.shape[0], r.shape[0]
+  tab_u, tab_r = _rate_tables(n_u, delta, dtype), _rate_tables(n_r, delta, dtype)
   u_pos = jnp.median(u) >= jnp.median(r)
   ptp_u, ptp_r = u_s[-1] - u_s[0], r_s[-1] - r_s[0]
   degenerate = jnp.minimum(ptp_u, ptp_r) < 0.01 * jnp.maximum(ptp_u, ptp_r)
@@ -107,17 +126,17 @@ def _example_epsilon(u, r, delta, max_thresholds: int, num_right: int = 400,
   # Comparing against every value beats a binary search for small populations (CPU).
   find = lambda s, q, side: jnp.searchsorted(
       s, q, side=side, method="compare_all" if s.shape[0] <= 64 else "scan")
-  # Single thresholds: predict positive when φ ≥ t, t on NumPy's linspace grid.
-  # FPR = 1 − #(neg < t)/n_neg, FNR = #(pos < t)/n_pos, each for u or r as the positive.
+  # Single thresholds: predict positive when φ ≥ t, t on NumPy's linspace grid;
+  # FPR = 1 − #(neg < t)/n_neg (badness n_neg − #), FNR = #(pos < t)/n_pos (badness #).
   t, valid = _linspace(lo, hi, jnp.ceil(100 * (hi - lo)).astype(jnp.int32), max_thresholds)
   below_u, below_r = find(u_s, t, "left"), find(r_s, t, "left")
-  one_minus = lambda n: (lambda c: 1 - c / n)
-  share = lambda n: (lambda c: c / n)
-  eps_u_pos = _attack_epsilon(below_r, _Rates(one_minus(n_r), n_r, delta, dtype),
-                              below_u, _Rates(share(n_u), n_u, delta, dtype), valid)
-  eps_r_pos = _attack_epsilon(below_u, _Rates(one_minus(n_u), n_u, delta, dtype),
-                              below_r, _Rates(share(n_r), n_r, delta, dtype), valid)
-  eps = jnp.where(u_pos, eps_u_pos, eps_r_pos)
+  if n_u == n_r:   # one table for both orientations: choose the counts, score once
+    eps = _attack_epsilon(jnp.where(u_pos, n_r - below_r, n_u - below_u), tab_r["rest"],
+                          jnp.where(u_pos, below_u, below_r), tab_u["share"], valid)
+  else:
+    eps = jnp.where(
+        u_pos, _attack_epsilon(n_r - below_r, tab_r["rest"], below_u, tab_u["share"], valid),
+        _attack_epsilon(n_u - below_u, tab_u["rest"], below_r, tab_r["share"], valid))
   # Intervals: predict A (the narrower population) when l ≤ φ ≤ r.
   a_is_u = ptp_u <= ptp_r
   a_max, w = jnp.where(a_is_u, u_s[-1], r_s[-1]), jnp.where(a_is_u, ptp_u, ptp_r)
@@ -130,18 +149,21 @@ def _example_epsilon(u, r, delta, max_thresholds: int, num_right: int = 400,
   d = jnp.arange(num_right + num_left - 1)
   i_d = jnp.minimum(d, num_right - 1)
   lefts_d = rights[i_d] + offsets[d - i_d]
-  diag = jnp.arange(num_right)[:, None] + jnp.arange(num_left)[None, :]
-  ordered = lefts_d[diag] <= rights[:, None]     # else the attack predicts nothing as A
+  ordered = _hankel(lefts_d, num_right, num_left) <= rights[:, None]   # else no A at all
   inside = lambda s: jnp.where(ordered, jnp.clip(
-      find(s, rights, "right")[:, None] - find(s, lefts_d, "left")[diag], 0), 0)
+      find(s, rights, "right")[:, None] - _hankel(find(s, lefts_d, "left"), num_right,
+                                                  num_left), 0), 0)
   in_u, in_r = inside(u_s), inside(r_s)
-  all_valid = jnp.ones_like(ordered)
-  # A predicted not-A: FNR = 1 − #A inside/n_A; B predicted A: FPR = #B inside/n_B.
-  eps_a_u = _attack_epsilon(in_r, _Rates(share(n_r), n_r, delta, dtype),
-                            in_u, _Rates(one_minus(n_u), n_u, delta, dtype), all_valid)
-  eps_a_r = _attack_epsilon(in_u, _Rates(share(n_u), n_u, delta, dtype),
-                            in_r, _Rates(one_minus(n_r), n_r, delta, dtype), all_valid)
-  eps = jnp.maximum(eps, jnp.where(a_is_u, eps_a_u, eps_a_r))
+  everywhere = jnp.ones(ordered.shape, bool)
+  # FPR = #B inside/n_B (badness #), FNR = 1 − #A inside/n_A (badness n_A − #).
+  if n_u == n_r:
+    eps_i = _attack_epsilon(jnp.where(a_is_u, in_r, in_u), tab_r["share"],
+                            jnp.where(a_is_u, n_u - in_u, n_r - in_r), tab_u["rest"], everywhere)
+  else:
+    eps_i = jnp.where(
+        a_is_u, _attack_epsilon(in_r, tab_r["share"], n_u - in_u, tab_u["rest"], everywhere),
+        _attack_epsilon(in_u, tab_u["share"], n_r - in_r, tab_r["rest"], everywhere))
+  eps = jnp.maximum(eps, eps_i)
   return jnp.where(degenerate, EPS_CAP, jnp.minimum(eps, EPS_CAP))
 
 
