@@ -13,7 +13,11 @@ How to read it:
    median gives images/s, for a Python loop over the compiled step ("host loop") and for
    the steps inside one `lax.scan`, with XLA's convolution and with the patches + matmul
    form (`models.conv_impl`); PyTorch's same CNN beside them when torch is installed.
-   `cnn:32-64-128` names the CNN at the PyTorch reference's widths. The batch is split over all visible devices (`devices`), as in
+   `cnn:32-64-128` names the CNN at the PyTorch reference's widths.
+   `--accuracy_target=0.82` replaces the tables by the time to that test accuracy, each
+   model trained once on all of --dataset with its recipe:
+       python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \\
+           --models=cnn:32-64-128,cnn --accuracy_target=0.82 The batch is split over all visible devices (`devices`), as in
    the experiments. `step MiB` is XLA's own account of the compiled step (arguments +
    temporaries): what one more seed would add when seeds are vmapped.
 2. *Methods*: the main experiment (`runner.run`, --seeds seeds) on the first model: the
@@ -49,6 +53,9 @@ flags.DEFINE_string("methods", "finetune,neggrad,random_label,l1_sparse,ssd,salu
                     "methods for the methods table ('' = skip the table)")
 flags.DEFINE_integer("seeds", 4, "seeds for the methods and vmap-vs-loop tables")
 flags.DEFINE_integer("epochs", 0, "epochs per model in sections 2-3 (0 = the recipe's)")
+flags.DEFINE_float("accuracy_target", 0.0, "instead of the tables: train each of --models on "
+                   "all of --dataset with its recipe, test accuracy after every epoch, and "
+                   "print the wall time to reach this test accuracy (e.g. 0.82)")
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -206,6 +213,48 @@ def seeds_table(ds, F, model_name):
         f"(driver default here: {driver.default_seed_mode(model_name.partition(':')[0])})")
 
 
+def time_to_accuracy(ds, names, F):
+  """Each model trained once with its recipe (--epochs overrides), the test set scored after
+  every epoch: wall time (compilation excluded, reported apart) until --accuracy_target."""
+  print(f"\n## Time to {100 * F.accuracy_target:.0f}% test accuracy ({ds.name}, "
+        f"{len(ds.train_y)} train, {jax.default_backend()})\n")
+  for name in names:
+    model = _model(name, ds.num_classes)
+    cfg = setup.default_recipe(ds, name.partition(":")[0])
+    if F.epochs:
+      cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
+    x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    tx = train.make_optimizer(cfg, train.steps_per_epoch(len(y), cfg.batch_size))
+    state = train.init_train_state(
+        models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    epoch = jax.jit(lambda st: train.train_epochs(model, cfg, st, x, y, key, 1)).lower(
+        state).compile()
+    test_x, test_y = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
+    score = jax.jit(lambda v: train.accuracy(train.predict(model, v, test_x, 500), test_y))
+    compile_s = time.perf_counter() - t0
+    params = sum(a.size for a in jax.tree_util.tree_leaves(state.variables["params"]))
+    print(f"### {name} ({params:,} parameters; recipe {cfg}; compile {compile_s:.1f} s)\n")
+    print("| epoch | train loss | test acc | wall s (training) |")
+    print("|---|---|---|---|")
+    wall, reached = 0.0, None
+    for e in range(cfg.epochs):
+      t0 = time.perf_counter()
+      state, hist = epoch(state)
+      jax.block_until_ready(state)
+      wall += time.perf_counter() - t0
+      acc = float(score(state.variables))
+      print(f"| {e + 1} | {float(hist['loss'][0]):.3f} | {100 * acc:.1f} | {wall:.0f} |",
+            flush=True)
+      if reached is None and acc >= F.accuracy_target:
+        reached = wall
+    print(f"\n{name}: {'reached' if reached is not None else 'did not reach'} "
+          f"{100 * F.accuracy_target:.0f}% test accuracy"
+          + (f" after {reached:.0f} s of training" if reached is not None else "")
+          + f"; {len(y) * cfg.epochs / wall:,.0f} images/s over the whole run\n", flush=True)
+
+
 def memory_table():
   print("\n## 4. Memory\n")
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -242,6 +291,9 @@ def main(argv):
   print(f"# unlearn_jax benchmark: jax {jax.__version__}, {jax.default_backend()}, "
         f"{jax.device_count()} device(s); dataset {ds.name} ({len(ds.train_y)} train), "
         f"median of {F.repeats}")
+  if F.accuracy_target:
+    time_to_accuracy(ds, names, F)
+    return
   step_table(ds, names, F, mesh)
   if F.methods:
     try:
