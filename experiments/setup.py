@@ -31,6 +31,16 @@ REFERENCE_MODELS = ("original", "retrain")
 SEED_LOOP_CHOICES = ("auto",) + driver.SEED_MODES
 
 
+_FLAG_WORDS = ("dataset", "scenario", "forget_fraction", "forget_classes", "model")
+
+
+def as_flags(message: str) -> str:
+  """A library message names arguments (`dataset=x`); the CLI's names them as flags."""
+  import re
+  return re.sub(r"(?<![\w-])(" + "|".join(_FLAG_WORDS) + r")(?==| needs| names)", r"--\1",
+                message)
+
+
 class UsageError(ValueError):
   """A user mistake: printed as one line, exit status 2, nothing written."""
 
@@ -220,7 +230,7 @@ def setup(cfg, log: Callable[[str], None] = print) -> Setup:
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir or None, cfg.train_subset,
                                cfg.test_subset)
   except data_lib.DatasetError as e:
-    raise UsageError(str(e)) from e
+    raise UsageError(as_flags(str(e))) from e
   train_fine = test_fine = None
   if cfg.scenario == "subclass":
     if ds.train_coarse_y is None:
@@ -236,7 +246,7 @@ def setup(cfg, log: Callable[[str], None] = print) -> Setup:
     split = data_lib.make_split(spec, ds.train_y, ds.test_y, ds.num_classes, train_fine,
                                 test_fine)
   except data_lib.SplitError as e:
-    raise UsageError(str(e)) from e
+    raise UsageError(as_flags(str(e))) from e
   model_name = cfg.model or default_model(ds)
   conv = {} if model_name == "mlp" else {"conv": cfg.get("conv", "auto")}
   model = models_lib.get_model(model_name, ds.num_classes, **conv)

@@ -61,7 +61,7 @@ def test_different_seeds_differ_and_digest_is_sha256():
 @pytest.mark.parametrize("spec,match", [
     (SplitSpec("random", 0.0), "forget_fraction"),
     (SplitSpec("random", 1.0), "forget_fraction"),
-    (SplitSpec("class"), "needs --forget_classes"),
+    (SplitSpec("class"), "needs forget_classes"),
     (SplitSpec("class", forget_classes=(12,)), "outside"),
     (SplitSpec("class", forget_classes=(0, 1, 2)), "every class"),
     (SplitSpec("bogus"), "allowed: random, class, subclass"),

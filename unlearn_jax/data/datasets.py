@@ -142,9 +142,9 @@ def load_tfds(name: str, data_dir: Optional[str] = None, download: bool = True) 
                for s in ("train", "test")}
   except Exception as e:  # tfds raises many types; the user needs one line.
     raise DatasetError(
-        f"--dataset={name}: tfds could not provide it ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}). Offline? Use --dataset=digits or "
-        "--dataset=image_folder:PATH; preparing a download needs "
+        f"dataset={name}: tfds could not provide it ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}). Offline? Use dataset=digits or "
+        "dataset=image_folder:PATH; preparing a download needs "
         "`pip install -e .[tfds-prepare]`.") from e
   has_coarse = "coarse_label" in builder.info.features
   keys = ("image", "label") + (("coarse_label",) if has_coarse else ())
@@ -190,7 +190,7 @@ def _decode_image_folder(path: Path):
       images[split].append((cls, name, data))
   if not images["train"] or not images["test"]:
     raise DatasetError(
-        f"--dataset=image_folder:{path}: expected PATH/train/<class>/<image> and "
+        f"dataset=image_folder:{path}: expected PATH/train/<class>/<image> and "
         f"PATH/test/<class>/<image>; found {len(images['train'])} train and "
         f"{len(images['test'])} test images")
   classes = sorted({c for c, _, _ in images["train"]})
@@ -200,12 +200,12 @@ def _decode_image_folder(path: Path):
     items.sort(key=lambda t: (t[0], t[1]))  # canonical order, whatever the archive's
     unknown = sorted({c for c, _, _ in items} - set(classes))
     if unknown:
-      raise DatasetError(f"--dataset=image_folder:{path}: test classes {unknown} are "
+      raise DatasetError(f"dataset=image_folder:{path}: test classes {unknown} are "
                          "not among the train classes")
     xs = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for _, _, d in items]
     shapes = {x.shape for x in xs}
     if len(shapes) != 1:
-      raise DatasetError(f"--dataset=image_folder:{path}: images differ in size {shapes}")
+      raise DatasetError(f"dataset=image_folder:{path}: images differ in size {shapes}")
     out[split] = (np.stack(xs), np.asarray([index[c] for c, _, _ in items], np.int32))
   return out, tuple(classes)
 
@@ -213,7 +213,7 @@ def _decode_image_folder(path: Path):
 def load_image_folder(path: str) -> Dataset:
   p = Path(path).expanduser().resolve()
   if not p.exists():
-    raise DatasetError(f"--dataset=image_folder:{path}: no such file or folder")
+    raise DatasetError(f"dataset=image_folder:{path}: no such file or folder")
   stat = p.stat()
   key = hashlib.sha1(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
   cached = cache_dir() / "image_folder" / f"{p.name}-{key}.npz"
@@ -244,7 +244,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
   elif name in TFDS_NAMES:
     ds = load_tfds(name, data_dir)
   else:
-    raise DatasetError(f"--dataset={name!r} is unknown; allowed: {', '.join(DATASET_CHOICES)}")
+    raise DatasetError(f"dataset={name!r} is unknown; allowed: {', '.join(DATASET_CHOICES)}")
   if train_subset or test_subset:
     tr = stratified_subset(ds.train_y, train_subset) if train_subset else slice(None)
     te = stratified_subset(ds.test_y, test_subset) if test_subset else slice(None)

@@ -41,20 +41,20 @@ class SplitSpec:
 
   def validate(self, num_classes: int) -> None:
     if self.scenario not in SCENARIOS:
-      raise SplitError(f"--scenario={self.scenario!r} is unknown; allowed: {', '.join(SCENARIOS)}")
+      raise SplitError(f"scenario={self.scenario!r} is unknown; allowed: {', '.join(SCENARIOS)}")
     if self.scenario == "random":
       if not 0.0 < self.forget_fraction < 1.0:
-        raise SplitError(f"--forget_fraction={self.forget_fraction} must lie in (0, 1)")
+        raise SplitError(f"forget_fraction={self.forget_fraction} must lie in (0, 1)")
     else:
       if not self.forget_classes:
-        raise SplitError(f"--scenario={self.scenario} needs --forget_classes "
+        raise SplitError(f"scenario={self.scenario} needs forget_classes "
                          f"(comma list of class ids in 0..{num_classes - 1})")
       bad = [c for c in self.forget_classes if not 0 <= c < num_classes]
       if bad:
-        raise SplitError(f"--forget_classes={','.join(map(str, self.forget_classes))}: "
+        raise SplitError(f"forget_classes={','.join(map(str, self.forget_classes))}: "
                          f"{bad} outside the dataset's classes 0..{num_classes - 1}")
       if len(set(self.forget_classes)) == num_classes:
-        raise SplitError("--forget_classes names every class: nothing would be retained")
+        raise SplitError("forget_classes names every class: nothing would be retained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ def make_split(spec: SplitSpec, train_labels: np.ndarray, test_labels: np.ndarra
                test_fine: Optional[np.ndarray] = None) -> Split:
   """Builds the split indices. `*_fine` are the fine labels for `subclass`."""
   if spec.scenario == "subclass" and (train_fine is None or test_fine is None):
-    raise SplitError("--scenario=subclass needs a dataset with coarse and fine labels "
+    raise SplitError("scenario=subclass needs a dataset with coarse and fine labels "
                      "(cifar100); this dataset has only one label set")
   spec.validate(num_classes if spec.scenario != "subclass" else _num(train_fine))
   train_labels = np.asarray(train_labels)
@@ -117,8 +117,8 @@ def make_split(spec: SplitSpec, train_labels: np.ndarray, test_labels: np.ndarra
     test_mask = np.isin(by_test, spec.forget_classes)
   forget = np.sort(np.asarray(forget, np.int64))
   if forget.size == 0:
-    raise SplitError("the forget set is empty: raise --forget_fraction or pick "
-                     "--forget_classes present in train")
+    raise SplitError("the forget set is empty: raise forget_fraction or pick "
+                     "forget_classes present in train")
   retain = np.setdiff1d(np.arange(n, dtype=np.int64), forget)
   # val/test: a fixed 50/50 split of the test set, independent of the split seed.
   perm = np.random.default_rng(VAL_TEST_SEED).permutation(len(test_labels))

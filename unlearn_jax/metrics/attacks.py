@@ -35,8 +35,10 @@ def mia_efficacy(retain_logits, retain_labels, test_logits, test_labels, forget_
   An SVC (RBF kernel, C = 3, γ = 1/d, no feature scaling) is trained on the true-class
   confidence p_y (or the prediction entropy, `feature="entropy"`): label 1 for |test|
   retain examples (members), 0 for the test examples; applied to D_f,
-  efficacy = mean(prediction == 0). Ideal: the retrained model's value (for class
-  forgetting ≈ 1, for random forgetting ≈ 1 − its generalisation-gap signal).
+  efficacy = mean(prediction == 0). Inputs: logits [n, C] and labels [n] of retain, test
+  and forget. Returns a scalar. Host scikit-learn (under `jit` via `jax.pure_callback`).
+  Ideal: the retrained model's value (for class forgetting ≈ 1, for random forgetting
+  ≈ 1 − its generalisation-gap signal).
   """
   from sklearn.svm import SVC
   n = min(len(test_labels), len(retain_labels))
@@ -49,7 +51,10 @@ def mia_efficacy(retain_logits, retain_labels, test_logits, test_labels, forget_
 
 @host_metric(ROC)
 def roc_summary(scores_pos, scores_neg) -> dict:
-  """AUC, best balanced accuracy, and TPR at 0.1% / 1% FPR of 'positive when score ≥ t'."""
+  """AUC, best balanced accuracy, and TPR at 0.1% / 1% FPR of 'positive when score ≥ t'.
+
+  Inputs: scores of positives [P] and negatives [Q] (any shape, flattened). Returns a dict
+  of scalars. Ideal for an attack on forgotten examples: AUC 0.5, TPRs at their FPR."""
   pos, neg = np.ravel(scores_pos), np.ravel(scores_neg)
   thresholds = np.unique(np.concatenate([pos, neg, [np.inf]]))
   tpr = 1 - np.searchsorted(np.sort(pos), thresholds, "left") / pos.size

@@ -18,13 +18,19 @@ def mia_loss_lr(forget_losses, test_losses, n_splits: int = 10, seed: int = 0) -
 
       MIA = mean_k acc_k(LR fitted on split k's train part, scored on its test part)
 
-  Ideal: the retrained model's value (≈ 0.5: forget examples look unseen).
+  Inputs: per-example losses [n_forget] and [n_test] (1-D: a population [N, S] would be
+  pooled silently, so it is refused). Returns a scalar. Host NumPy/scikit-learn (under
+  `jit` through `jax.pure_callback`). Ideal: the retrained model's value (≈ 0.5: forget
+  examples look unseen).
   """
   from sklearn.linear_model import LogisticRegression
   from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
 
-  forget = np.asarray(forget_losses, np.float64).ravel()
-  test = np.asarray(test_losses, np.float64).ravel()
+  forget = np.asarray(forget_losses, np.float64)
+  test = np.asarray(test_losses, np.float64)
+  if forget.ndim != 1 or test.ndim != 1:
+    raise ValueError(f"mia_loss_lr takes 1-D per-example losses; got shapes {forget.shape} "
+                     f"and {test.shape} (score one model at a time)")
   n = min(len(forget), len(test))
   if n < 10:  # each 10% held-out part must hold both classes
     raise ValueError(f"mia_loss_lr needs >= 10 forget and test examples, got "

@@ -58,6 +58,6 @@ def anamnesis_index(steps_unlearned, steps_retrain):
   """AIN = r_t(unlearned) / r_t(retrained): relearning steps to regain 95% of the original's
   forget accuracy, relative to the retrained model. Ideal ≈ 1; ≪ 1 means the forgotten
   class was hidden, not removed (it comes back quickly); > 1 means harder to relearn
-  than a model that never saw it."""
+  than a model that never saw it. Inputs: step counts of any (matching) shape."""
   return jnp.asarray(steps_unlearned, jnp.float32) / jnp.maximum(
       jnp.asarray(steps_retrain, jnp.float32), 1.0)

@@ -7,11 +7,13 @@ import optax
 
 
 def accuracy(logits, labels):
-  """Fraction of argmax(logits) == labels. Ideal: retrain's value (RA, TA high; FA as
-  retrain's, which is ≈ TA for random forgetting and 0 for class forgetting)."""
+  """Fraction of argmax(logits) == labels; logits [n, C], integer labels [n] → scalar.
+  Ideal: retrain's value (RA, TA high; FA as retrain's, which is ≈ TA for random
+  forgetting and 0 for class forgetting)."""
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
 def per_example_loss(logits, labels):
-  """CE per example: ℓ_i = −log softmax(z_i)_{y_i}."""
+  """CE per example: ℓ_i = −log softmax(z_i)_{y_i}; logits [n, C], labels [n] → [n].
+  Ideal: the retrained model's losses (the loss MIAs compare their distributions)."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
