@@ -116,16 +116,24 @@ def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batc
     tx = adam(lr)
     max_step = make_step(max_loss, tx, guard=True)
     min_step = make_step(min_loss, tx, guard=True)
-    state = train_lib.init_train_state(variables, tx)
-    for e in range(epochs):
+
+    def epoch(state, e):
+      """One SCRUB epoch: the max pass while e < m (a `lax.cond` on the epoch counter,
+      which is never batched), then the min pass; both through `scan_epochs`."""
       ke = jax.random.fold_in(key, e)
-      if e < max_epochs:
-        state, _ = train_lib.scan_epochs(max_step, state, data.forget,
-                                         jax.random.fold_in(ke, 0), 1, batch_size)
+      state = jax.lax.cond(
+          e < max_epochs,
+          lambda st: train_lib.scan_epochs(max_step, st, data.forget,
+                                           jax.random.fold_in(ke, 0), 1, batch_size)[0],
+          lambda st: st, state)
       retain = data.retain if retain_fraction >= 1 else subsample(
           data.retain, jax.random.fold_in(ke, 1), retain_fraction)
       state, _ = train_lib.scan_epochs(min_step, state, retain, jax.random.fold_in(ke, 2), 1,
                                        batch_size)
+      return state, None
+
+    state, _ = jax.lax.scan(epoch, train_lib.init_train_state(variables, tx),
+                            jnp.arange(epochs))
     return state.variables, {}
 
   return unlearn
