@@ -138,18 +138,17 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
       arrays["test_forget"] = take_test(ds, split.test_forget)
     log("evaluating")
     rows, losses = [], {}
+    evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
     for name, ms in model_sets.items():
-      metric_rows, losses[name] = driver.seed_metrics(model, ms, arrays, seed_mode=mode,
-                                                      eval_batch=cfg.eval_batch_size)
+      metric_rows, losses[name] = evaluate(ms, arrays)
       for i, r in enumerate(metric_rows):
         rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
     if cfg.scenario == "class":
       log(f"relearning the forgotten classes for AIN (up to {cfg.ain.max_steps} steps per model)")
       targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
       keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(seed_keys)
-      steps = {name: driver.relearn_population(model, ms, forget, targets, keys, seed_mode=mode,
-                                               **dict(cfg.ain))
-               for name, ms in model_sets.items()}
+      relearn = driver.Relearner(model, forget, seed_mode=mode, **dict(cfg.ain))
+      steps = {name: relearn(ms, targets, keys) for name, ms in model_sets.items()}
       for r in rows:
         i = r["seed"] - int(cfg.seed)
         r["relearn_steps"] = float(steps[r["method"]][i])

@@ -37,8 +37,9 @@ _FLAG_WORDS = ("dataset", "scenario", "forget_fraction", "forget_classes", "mode
 def as_flags(message: str) -> str:
   """A library message names arguments (`dataset=x`); the CLI's names them as flags."""
   import re
-  return re.sub(r"(?<![\w-])(" + "|".join(_FLAG_WORDS) + r")(?==| needs| names)", r"--\1",
-                message)
+  words = "|".join(_FLAG_WORDS)
+  message = re.sub(r"(?<![\w-])(" + words + r")(?==| needs| names)", r"--\1", message)
+  return re.sub(r"(?<=needs )(" + words + r")\b", r"--\1", message)
 
 
 class UsageError(ValueError):

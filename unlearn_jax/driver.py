@@ -202,50 +202,69 @@ def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
                   artifacts)
 
 
-def seed_metrics(model, model_set: ModelSet, arrays: dict, *, seed_mode: str = "vmap",
-                 eval_batch: int = 1000):
+class SeedMetrics:
   """Per seed: losses and accuracies on every split of `arrays` ({split: (x, y)}) and the
   loss-threshold MIA (forget vs the test examples of the forgotten classes, or all of test).
-  Returns (rows, per-seed {split: per-example losses})."""
-  # The data goes in as arguments: closed-over arrays become constants that XLA tries
-  # (slowly, noisily) to fold.
-  def per_seed(v, arrays):
-    out = {}
-    for split, (x, y) in arrays.items():
-      logits = train_lib.predict(model, v, x, eval_batch)
-      out[split] = (metrics_lib.per_example_loss(logits, y), metrics_lib.accuracy(logits, y))
-    return out
 
-  num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
-  if seed_mode == "vmap":
-    res = jax.jit(parallel.vmap_seeds(per_seed, in_axes=(0, None)))(model_set.variables, arrays)
-    per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
-  else:
-    f = jax.jit(per_seed)
-    per = [jax.tree_util.tree_map(np.asarray, f(seed_slice(model_set.variables, i), arrays))
-           for i in range(num_seeds)]
-  rows, losses = [], []
-  for i, r in enumerate(per):
-    row = {f"{split}_acc": float(acc) for split, (_, acc) in r.items()}
-    nonmember = r["test_forget"][0] if "test_forget" in r else r["test"][0]
-    try:
-      row["mia_loss_lr"] = metrics_lib.mia_loss_lr(r["forget"][0], nonmember, seed=i)
-    except ValueError:
-      row["mia_loss_lr"] = float("nan")
-    for split in ("retain", "forget", "test"):
-      row[f"{split}_loss"] = float(np.mean(r[split][0]))
-    rows.append(row)
-    losses.append({split: loss for split, (loss, _) in r.items()})
-  return rows, losses
+  Built once per run: its jitted evaluation compiles once and serves every model set of the
+  same shapes (original, retrain, each method). `__call__(model_set, arrays)` returns (rows,
+  per-seed {split: per-example losses})."""
+
+  def __init__(self, model, *, seed_mode: str = "vmap", eval_batch: int = 1000):
+    check_seed_mode(seed_mode)
+    self.seed_mode = seed_mode
+
+    # The data goes in as arguments: closed-over arrays become constants that XLA tries
+    # (slowly, noisily) to fold.
+    def per_seed(v, arrays):
+      out = {}
+      for split, (x, y) in arrays.items():
+        logits = train_lib.predict(model, v, x, eval_batch)
+        out[split] = (metrics_lib.per_example_loss(logits, y), metrics_lib.accuracy(logits, y))
+      return out
+
+    self._vmapped = jax.jit(parallel.vmap_seeds(per_seed, in_axes=(0, None)))
+    self._single = jax.jit(per_seed)
+
+  def __call__(self, model_set: ModelSet, arrays: dict):
+    num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
+    if self.seed_mode == "vmap":
+      res = self._vmapped(model_set.variables, arrays)
+      per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
+    else:
+      per = [jax.tree_util.tree_map(np.asarray,
+                                    self._single(seed_slice(model_set.variables, i), arrays))
+             for i in range(num_seeds)]
+    rows, losses = [], []
+    for i, r in enumerate(per):
+      row = {f"{split}_acc": float(acc) for split, (_, acc) in r.items()}
+      nonmember = r["test_forget"][0] if "test_forget" in r else r["test"][0]
+      try:
+        row["mia_loss_lr"] = metrics_lib.mia_loss_lr(r["forget"][0], nonmember, seed=i)
+      except ValueError:
+        row["mia_loss_lr"] = float("nan")
+      for split in ("retain", "forget", "test"):
+        row[f"{split}_loss"] = float(np.mean(r[split][0]))
+      rows.append(row)
+      losses.append({split: loss for split, (loss, _) in r.items()})
+    return rows, losses
 
 
-def relearn_population(model, model_set: ModelSet, forget, targets, keys, *,
-                       seed_mode: str = "vmap", **relearn_kwargs) -> np.ndarray:
-  """Relearning steps (`metrics.relearn_steps`) of every seed's model."""
-  fn = lambda v, t, k: metrics_lib.relearn_steps(model, v, forget, t, k, **relearn_kwargs)[0]
-  targets = jnp.asarray(targets)
-  if seed_mode == "vmap":
-    return np.asarray(jax.jit(parallel.vmap_seeds(fn))(model_set.variables, targets, keys))
-  f = jax.jit(fn)
-  return np.asarray([f(seed_slice(model_set.variables, i), targets[i], keys[i])
-                     for i in range(keys.shape[0])])
+class Relearner:
+  """Relearning steps (`metrics.relearn_steps`) of every seed's model, for the anamnesis
+  index; built once per run, so its scan compiles once for every model set."""
+
+  def __init__(self, model, forget, *, seed_mode: str = "vmap", **relearn_kwargs):
+    check_seed_mode(seed_mode)
+    self.seed_mode = seed_mode
+    fn = lambda v, f, t, k: metrics_lib.relearn_steps(model, v, f, t, k, **relearn_kwargs)[0]
+    self.forget = forget
+    self._vmapped = jax.jit(parallel.vmap_seeds(fn, in_axes=(0, None, 0, 0)))
+    self._single = jax.jit(fn)
+
+  def __call__(self, model_set: ModelSet, targets, keys) -> np.ndarray:
+    targets = jnp.asarray(targets)
+    if self.seed_mode == "vmap":
+      return np.asarray(self._vmapped(model_set.variables, self.forget, targets, keys))
+    return np.asarray([self._single(seed_slice(model_set.variables, i), self.forget,
+                                    targets[i], keys[i]) for i in range(keys.shape[0])])
