@@ -13,6 +13,8 @@ from experiments.configs import default
 from experiments import runner, setup
 from unlearn_jax import methods, report
 
+pytestmark = pytest.mark.xdist_group("test_behaviour")   # its module fixtures are built once
+
 CLASS_FORGETTERS = ("random_label", "ssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
                     "boundary_shrink", "boundary_expand", "influence", "activation_reset")
 RANDOM_OVERSHOOT = ("random_label", "salun", "boundary_shrink")

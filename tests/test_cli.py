@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("test_cli")   # its module fixtures are built once
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--seeds=2", "--config.train.epochs=6", "--methods=finetune,neggrad,random_label",
          "--finetune.epochs=2", "--random_label.epochs=2", "--neggrad.epochs=2"]
@@ -130,12 +132,12 @@ def test_every_config_file_sets_up(name):
 
 def test_benchmark_prints_its_tables():
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  r = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=mlp,cnn",
+  r = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=mlp,cnn:8-16",
                       "--methods=finetune", "--steps=2", "--seeds=2", "--repeats=1", "--epochs=3"],
                      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  for needle in ("## 1. Train step", "| mlp | - | 128 |", "| cnn | xla | 128 |",
-                 "| cnn | patches | 128 |", "## 2. Methods", "| finetune |",
+  for needle in ("## 1. Train step", "| mlp | - | 128 |", "| cnn:8-16 | xla | 128 |",
+                 "| cnn:8-16 | patches | 128 |", "## 2. Methods", "| finetune |",
                  "## 3. Seeds", "vmapped vs loop, same run:", "peak resident memory"):
     assert needle in r.stdout, r.stdout
   bad = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=vit"],

@@ -1,5 +1,6 @@
 """unlearn_jax as a library: a user's own models, trained by the user's own optax loop, then
-every method through the public API under `jax.jit(jax.vmap(...))` over 4 keys.
+every method through the public API under `jax.jit(jax.vmap(...))` over 4 keys: the method
+contract (finite, same tree structure and dtypes, deterministic for a key).
 
 Three user models, none of them the library's:
 * `UserNet`: Conv, LayerNorm, Dropout, Flax's automatic layer names, no BatchNorm; its
@@ -151,7 +152,9 @@ def test_every_method_runs_on_a_users_model(name, model_kind, trained, data):
   unlearn = method(ctx, **_quick(method))
   batch = uj.select_data(method, forget=data[0], retain=data[1], num_classes=10)
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
-  out, aux = jax.jit(jax.vmap(unlearn, in_axes=(None, None, 0)))(variables, batch, keys)
+  run = jax.jit(jax.vmap(unlearn, in_axes=(None, None, 0)))
+  out, aux = run(variables, batch, keys)
+  chex.assert_trees_all_equal(out, run(variables, batch, keys)[0])     # deterministic
   chex.assert_tree_all_finite(out)
   chex.assert_trees_all_equal_structs(jax.tree_util.tree_map(lambda a: a[0], out), variables)
   chex.assert_trees_all_equal_shapes_and_dtypes(jax.tree_util.tree_map(lambda a: a[0], out),

@@ -11,6 +11,8 @@ import pytest
 
 from unlearn_jax import parallel
 
+pytestmark = pytest.mark.xdist_group("test_parallel")   # its module fixtures are built once
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -6,6 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from unlearn_jax.data import SplitError, SplitSpec, make_split, sha256_indices
 
+pytestmark = pytest.mark.xdist_group("test_splits")   # its module fixtures are built once
+
 
 def _labels(n, c, seed):
   return np.random.default_rng(seed).integers(0, c, n)
