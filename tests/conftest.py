@@ -6,11 +6,6 @@ import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-# Under pytest-xdist two workers share the 2 cores: one XLA thread each, not two apiece.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_cpu_multi_thread_eigen=false").strip()
-
 # tests/sharded needs 8 simulated devices, fixed at JAX's first backend use: it runs in its
 # own process, launched by tests/test_parallel.py with UNLEARN_JAX_SHARDED=1.
 if not os.environ.get("UNLEARN_JAX_SHARDED"):
