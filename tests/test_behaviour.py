@@ -13,7 +13,6 @@ from experiments.configs import default
 from experiments import runner, setup
 from unlearn_jax import methods, report
 
-pytestmark = pytest.mark.xdist_group("test_behaviour")   # its module fixtures are built once
 
 CLASS_FORGETTERS = ("random_label", "ssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
                     "boundary_shrink", "boundary_expand", "influence", "activation_reset")
@@ -99,7 +98,8 @@ def test_gkt_on_the_mlp():
 
 @pytest.mark.slow
 def test_zero_shot_on_the_cnn():
-  """All three zero-shot methods on digits with the BatchNorm CNN (slow: host loop)."""
+  """All three zero-shot methods on digits with the BatchNorm CNN, 3 seeds (slow: a
+  generator-driven student and image synthesis, minutes on 2 cores)."""
   cfg = default.get_config()
   cfg.scenario, cfg.forget_classes, cfg.model = "class", "3", "cnn"
   cfg.methods = "zs_minmax_noise,gkt,deepinversion"

@@ -7,7 +7,6 @@ import pytest
 
 from unlearn_jax import checkpoint, models
 
-pytestmark = pytest.mark.xdist_group("test_checkpoint")   # its module fixtures are built once
 
 
 def test_round_trip_and_mismatch(tmp_path):

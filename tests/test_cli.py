@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("test_cli")   # its module fixtures are built once
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--seeds=2", "--config.train.epochs=6", "--methods=finetune,neggrad,random_label",

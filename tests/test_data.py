@@ -8,7 +8,6 @@ import tensorflow_datasets as tfds
 
 from unlearn_jax.data import DatasetError, load_dataset, stratified_subset
 
-pytestmark = pytest.mark.xdist_group("test_data")   # its module fixtures are built once
 
 
 def test_digits_is_the_real_sklearn_data(digits):

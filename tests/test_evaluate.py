@@ -11,7 +11,6 @@ import pytest
 from experiments import population
 from unlearn_jax import evaluation
 
-pytestmark = pytest.mark.xdist_group("test_evaluate")   # its module fixtures are built once
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ import pytest
 import unlearn_jax as uj
 from unlearn_jax import models
 
-pytestmark = pytest.mark.xdist_group("test_models")   # its module fixtures are built once
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8, 1)), ("cnn", (8, 8, 1)),

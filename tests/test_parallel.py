@@ -11,7 +11,6 @@ import pytest
 
 from unlearn_jax import parallel
 
-pytestmark = pytest.mark.xdist_group("test_parallel")   # its module fixtures are built once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,16 +46,29 @@ def test_runner_refuses_impossible_mesh_flags():
     setup.setup(cfg, log=lambda s: None)
 
 
-def test_sharded_suite_on_eight_simulated_devices():
-  """tests/sharded (training, finetune, ssd, scrub, seeds x data, the whole runner on 8
-  simulated CPU devices vs one) in a fresh process: the device count is fixed at JAX's
-  first backend use, so it cannot share this one."""
+def _sharded(*args):
+  """tests/sharded in a fresh process (the device count is fixed at JAX's first backend use,
+  so it cannot share this one), in one worker (`-n 0`: each would simulate 8 devices)."""
   env = {**os.environ, "UNLEARN_JAX_SHARDED": "1"}
-  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/sharded"], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=1200)
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", *args,
+                         "tests/sharded"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=1200)
   tail = (proc.stdout + proc.stderr)[-3000:]
   assert proc.returncode == 0, tail
   assert " passed" in tail and "failed" not in tail, tail
+
+
+def test_sharded_suite_on_eight_simulated_devices():
+  """Training, BatchNorm training, finetune, ssd, scrub, seeds x data, streaming and the
+  mesh errors on 8 simulated CPU devices vs one."""
+  _sharded()
+
+
+@pytest.mark.slow
+def test_sharded_whole_experiments_on_eight_simulated_devices():
+  """The whole runner and the population evaluation on 8 simulated devices vs one
+  (`pytest -m slow`; a minute and a half of the default suite's budget otherwise)."""
+  _sharded("-m", "slow")
 
 
 def test_distributed_flag_calls_jax_distributed_initialize(monkeypatch):

@@ -17,7 +17,6 @@ from experiments.configs import default
 from experiments import runner, setup
 from unlearn_jax import checkpoint
 
-pytestmark = pytest.mark.xdist_group("test_resume")   # its module fixtures are built once
 
 ROOT = Path(__file__).resolve().parents[1]
 

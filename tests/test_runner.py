@@ -8,7 +8,6 @@ from experiments.configs import default
 from experiments import runner, setup
 from unlearn_jax.data import load_dataset
 
-pytestmark = pytest.mark.xdist_group("test_runner")   # its module fixtures are built once
 
 
 def test_subclass_scenario_trains_on_coarse_labels_and_forgets_a_fine_class():

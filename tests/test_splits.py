@@ -6,7 +6,6 @@ from hypothesis import given, settings, strategies as st
 
 from unlearn_jax.data import SplitError, SplitSpec, make_split, sha256_indices
 
-pytestmark = pytest.mark.xdist_group("test_splits")   # its module fixtures are built once
 
 
 def _labels(n, c, seed):

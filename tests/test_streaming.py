@@ -10,7 +10,6 @@ import tensorflow_datasets as tfds
 from unlearn_jax import models, train
 from unlearn_jax.data import streaming
 
-pytestmark = pytest.mark.xdist_group("test_streaming")   # its module fixtures are built once
 
 
 def test_streaming_training_is_the_in_memory_training(digits):

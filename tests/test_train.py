@@ -8,7 +8,6 @@ import pytest
 
 from unlearn_jax import models, train
 
-pytestmark = pytest.mark.xdist_group("test_train")   # its module fixtures are built once
 
 
 def _setup(digits, name="mlp"):

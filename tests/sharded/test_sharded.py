@@ -133,6 +133,7 @@ def test_seeds_and_data_axes_combine(digits_data):
   assert len(leaf.sharding.device_set) == 8
 
 
+@pytest.mark.slow
 def test_runner_on_eight_devices_matches_one(tmp_path):
   """The whole experiment (train, retrain, finetune, evaluate) with the default mesh over
   all 8 devices gives the numbers of a 1-device mesh."""
@@ -180,6 +181,7 @@ def test_streaming_on_eight_devices_matches_one(digits_data):
   assert len(jax.tree_util.tree_leaves(got)[0].sharding.device_set) == 8
 
 
+@pytest.mark.slow
 def test_population_evaluation_on_eight_devices_matches_one():
   """experiments.evaluate's core (populations, a method, every metric) on the 8-device
   mesh gives one device's accuracies."""
