@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.setup import (Setup, UsageError, checkpoint_errors_as_usage, open_resume_store,
-                               resolve_hparams, resumed_method, setup, take_test)
+from experiments.setup import (checkpoint_errors_as_usage, open_resume_store, resolve_hparams,
+                               resumed_method, setup, take_test)
 from unlearn_jax import data as data_lib
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib

@@ -3,7 +3,6 @@ callable from traced code through `host.host_metric` (a `jax.pure_callback`)."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
