@@ -69,11 +69,8 @@ def _median_time(fn, repeats: int) -> float:
 
 def _model(name, num_classes, conv=None):
   """`cnn:32-64-128` is the CNN with those widths (the PyTorch reference's shape)."""
-  base, _, widths = name.partition(":")
-  kwargs = {} if base == "mlp" else {"conv": conv or "auto"}
-  if widths:
-    kwargs["widths"] = tuple(int(w) for w in widths.split("-"))
-  return models.get_model(base, num_classes, **kwargs)
+  kwargs = {} if name.partition(":")[0] == "mlp" else {"conv": conv or "auto"}
+  return models.get_model(name, num_classes, **kwargs)
 
 
 def _torch_images_per_s(name, ds, batch, steps, repeats):

@@ -186,8 +186,14 @@ def validate(cfg) -> None:
     raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
   if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
     raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")
-  if cfg.model and cfg.model not in models_lib.MODEL_CHOICES:
-    raise UsageError(f"--model={cfg.model!r} is unknown; allowed: {', '.join(models_lib.MODEL_CHOICES)}")
+  if cfg.model:
+    if cfg.model.partition(":")[0] not in models_lib.MODEL_CHOICES:
+      raise UsageError(f"--model={cfg.model!r} is unknown; allowed: "
+                       f"{', '.join(models_lib.MODEL_CHOICES)} (optionally name:W1-W2-...)")
+    try:
+      models_lib.parse_model_spec(cfg.model)
+    except ValueError as e:
+      raise UsageError(f"--model={cfg.model!r}: {str(e).partition(': ')[2]}") from e
   if cfg.scenario not in data_lib.SCENARIOS:
     raise UsageError(f"--scenario={cfg.scenario!r} is unknown; allowed: {', '.join(data_lib.SCENARIOS)}")
   if cfg.scenario == "random" and not 0.0 < float(cfg.forget_fraction) < 1.0:
@@ -248,15 +254,16 @@ def setup(cfg, log: Callable[[str], None] = print) -> Setup:
                                 test_fine)
   except data_lib.SplitError as e:
     raise UsageError(as_flags(str(e))) from e
-  model_name = cfg.model or default_model(ds)
-  conv = {} if model_name == "mlp" else {"conv": cfg.get("conv", "auto")}
+  model_name = cfg.model or default_model(ds)   # a name or a `cnn:16-32-64` spec
+  base = models_lib.parse_model_spec(model_name)[0]
+  conv = {} if base == "mlp" else {"conv": cfg.get("conv", "auto")}
   model = models_lib.get_model(model_name, ds.num_classes, **conv)
   shapes = jax.eval_shape(lambda: models_lib.init_variables(model, jax.random.PRNGKey(0),
                                                             ds.input_shape))
   method_names = resolve_methods(cfg.methods, cfg.scenario, models_lib.has_batch_norm(shapes),
                                  log)
-  recipe = resolve_recipe(default_recipe(ds, model_name), dict(cfg.train))
-  mode = driver.default_seed_mode(model_name) if cfg.seed_loop == "auto" else cfg.seed_loop
+  recipe = resolve_recipe(default_recipe(ds, base), dict(cfg.train))
+  mode = driver.default_seed_mode(base) if cfg.seed_loop == "auto" else cfg.seed_loop
   mesh = make_mesh(cfg, recipe.batch_size, mode)
   return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh)
 

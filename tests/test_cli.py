@@ -65,6 +65,7 @@ def test_same_flags_same_results(two_runs):
 @pytest.mark.parametrize("args,needle", [
     (["--dataset=imagenet"], "--dataset='imagenet' is unknown; allowed: digits"),
     (["--model=vit"], "--model='vit' is unknown; allowed: mlp, cnn, resnet18"),
+    (["--model=cnn:16-x"], "--model='cnn:16-x': after ':' give positive layer widths"),
     (["--methods=finetune,magic"], "--methods: 'magic' is unknown; allowed: finetune"),
     (["--scenario=sideways"], "--scenario='sideways' is unknown; allowed: random, class, subclass"),
     (["--forget_fraction=1.5"], "--forget_fraction=1.5 must lie strictly between 0 and 1"),

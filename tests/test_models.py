@@ -63,6 +63,18 @@ def test_library_cnn_is_the_same_model_with_either_convolution():
   chex.assert_trees_all_close((out_a, upd_a), (out_b, upd_b), atol=1e-4)
 
 
+def test_model_specs_set_layer_widths():
+  assert models.parse_model_spec("cnn") == ("cnn", {})
+  cnn = models.get_model("cnn:16-32-64", 10)
+  assert cnn.widths == (16, 32, 64)
+  v = models.init_variables(cnn, jax.random.PRNGKey(0), (32, 32, 3))
+  assert v["params"]["conv2"]["kernel"].shape == (3, 3, 32, 64)
+  assert models.get_model("mlp:32", 10).hidden == (32,)
+  for bad in ("cnn:", "cnn:16-x", "cnn:0-8"):
+    with pytest.raises(ValueError, match="positive layer widths"):
+      models.parse_model_spec(bad)
+
+
 def test_unknown_model_and_conv_names_the_allowed_ones():
   with pytest.raises(ValueError, match="allowed: mlp, cnn, resnet18"):
     models.get_model("vit", 10)

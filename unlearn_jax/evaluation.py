@@ -120,6 +120,34 @@ def write_csv(path: Path, rows: list) -> None:
       w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def population_signal(rows: list) -> dict | None:
+  """The population table's memorisation signal: the untouched original's F against the
+  retrain floor (F of retrained vs retrained), and original FA − retrain FA (points).
+
+  It discriminates when the original is clearly told apart from retraining,
+  F_original ≤ F_floor / 2, and FA differs by ≥ `report.MIN_SIGNAL_POINTS`; otherwise a
+  method can score near the floor by doing nothing."""
+  from unlearn_jax.report import MIN_SIGNAL_POINTS
+  by = {r["method"]: r for r in rows}
+  if "original" not in by or "retrain" not in by:
+    return None
+  f_o, f_r = by["original"]["forgetting_quality"], by["retrain"]["forgetting_quality"]
+  points = 100 * (by["original"]["forget_acc"] - by["retrain"]["forget_acc"])
+  return {"original_f": f_o, "floor_f": f_r, "fa_points": points,
+          "discriminates": bool(f_o <= f_r / 2 and points >= MIN_SIGNAL_POINTS)}
+
+
+def signal_markdown(signal: dict) -> str:
+  line = (f"Memorisation signal: the untouched original scores F = {signal['original_f']:.3f} "
+          f"against the retrain floor F = {signal['floor_f']:.3f}; original FA − retrain FA = "
+          f"{signal['fa_points']:.1f} points.")
+  if not signal["discriminates"]:
+    line += (" **Warning: too small to rank methods** (needs F_original ≤ floor/2 and ≥ 5 "
+             "points of FA): doing nothing scores near retraining here. Use a memorising "
+             "setup (experiments/configs/cifar10_memorise.py).")
+  return line
+
+
 def report_markdown(ev: Evaluation, title: str) -> str:
   head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "MIA-eff.", "Avg. Gap", "RA", "FA",
           "TA", "s/model", "× retrain"]
@@ -139,6 +167,9 @@ def report_markdown(ev: Evaluation, title: str) -> str:
         f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}", f"{r['mia_efficacy']:.3f}",
         f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
         f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]) + " |")
+  signal = population_signal(ev.rows)
+  if signal is not None:
+    lines += ["", signal_markdown(signal)]
   ranked = sorted((r for r in ev.rows if r["method"] not in ("retrain",)),
                   key=lambda r: -r["competition_score"])
   lines += ["", "Ranked by competition score: " +
@@ -237,7 +268,8 @@ def write_evaluation(directory: Path, ev: Evaluation, config: dict, title: str) 
   (directory / "report.md").write_text(md)
   np.savez_compressed(directory / "epsilons.npz", **ev.epsilons)
   (directory / "evaluation.json").write_text(json.dumps(
-      {"config": config, "info": ev.info, "rows": ev.rows}, indent=2, default=float) + "\n")
+      {"config": config, "info": ev.info, "rows": ev.rows,
+       "memorisation_signal": population_signal(ev.rows)}, indent=2, default=float) + "\n")
   plots = directory / "plots"
   plots.mkdir(exist_ok=True)
   plot_epsilons(plots / "epsilons.png", ev.epsilons)

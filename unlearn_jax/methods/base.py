@@ -375,18 +375,61 @@ def finetune_on(model, variables, data, key, *, epochs, lr, batch_size, momentum
 
 
 def fixed_batches(data: tuple, batch_size: int) -> tuple:
-  """`data` reshaped to [num_batches, batch_size, ...] in order (last batch wraps)."""
+  """`(batches, valid)`: `data` in order as [num_batches, batch_size, ...] and a
+  [num_batches, batch_size] bool mask. The last batch is short, as a PyTorch loader's:
+  its padding rows (wrapped from the start of the set) are marked invalid, and every
+  reduction below leaves them out."""
   data = jax.tree_util.tree_map(jnp.asarray, data)
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
-  idx = jnp.resize(jnp.arange(n), (train_lib.steps_per_epoch(n, batch_size) * batch_size,))
-  idx = idx.reshape(-1, batch_size)
-  return jax.tree_util.tree_map(lambda a: a[idx], data)
+  total = train_lib.steps_per_epoch(n, batch_size) * batch_size
+  idx = (jnp.arange(total) % n).reshape(-1, batch_size)
+  valid = (jnp.arange(total) < n).reshape(-1, batch_size)
+  return jax.tree_util.tree_map(lambda a: a[idx], data), valid
+
+
+def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean of `values` [batch, ...] over the rows where `valid` [batch] is True."""
+  w = valid.astype(values.dtype).reshape(valid.shape + (1,) * (values.ndim - 1))
+  return jnp.sum(values * w, axis=0) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def batched_mean(fn: Callable, data: tuple, batch_size: int):
-  """mean over fixed-order batches of `fn(batch)` (a pytree), one `lax.map`."""
-  out = jax.lax.map(lambda b: fn(shard_batch(b)), fixed_batches(data, batch_size))
+  """Mean over the ⌈n/B⌉ fixed-order batches of `fn(batch, valid)` (a pytree), one
+  `lax.map`: a reference loader's `Σ_batches stat(batch) / len(loader)`. `fn` reduces its
+  batch over the rows where `valid` is True (`masked_mean`), so the short last batch is a
+  real short batch, not a wrapped full one."""
+  batches, valid = fixed_batches(data, batch_size)
+  out = jax.lax.map(lambda bv: fn(shard_batch(bv[0]), bv[1]), (batches, valid))
   return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
+
+
+def weighted_batch_mean(fn: Callable, data: tuple, batch_size: int):
+  """Exact mean over the n examples from batch means: Σ_b |b|·fn(batch_b, valid_b) / n,
+  where `fn` returns the mean over its batch's valid rows (`masked_mean`) — e.g. the mean
+  CE gradient of a whole set without per-example gradients."""
+  batches, valid = fixed_batches(data, batch_size)
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+  out = jax.lax.map(lambda bv: jax.tree_util.tree_map(
+      lambda a: a * jnp.sum(bv[1]).astype(a.dtype), fn(shard_batch(bv[0]), bv[1])),
+      (batches, valid))
+  return jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0) / n, out)
+
+
+def example_mean(fn: Callable, data: tuple, batch_size: int):
+  """Exact mean over the n examples of `fn(batch) -> per-example values` (a pytree of
+  [batch, ...] arrays), computed batch by batch in one `lax.map`; padding rows of the
+  short last batch are left out."""
+  batches, valid = fixed_batches(data, batch_size)
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+
+  def one(bv):
+    w = bv[1]
+    return jax.tree_util.tree_map(
+        lambda a: jnp.sum(a * w.astype(a.dtype).reshape(w.shape + (1,) * (a.ndim - 1)), 0),
+        fn(shard_batch(bv[0])))
+
+  sums = jax.lax.map(one, (batches, valid))
+  return jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0) / n, sums)
 
 
 def kl_divergence(teacher_logits, student_logits, tau: float = 1.0):

@@ -179,7 +179,7 @@ def noise_labels(ctx: MethodContext, forget: tuple, batch_size: int) -> jax.Arra
   scenarios, from the context) or per fixed-order forget batch (random forgetting)."""
   if ctx.forget_classes:
     return jnp.repeat(jnp.asarray(ctx.forget_classes, jnp.int32)[:, None], batch_size, 1)
-  return fixed_batches(forget, batch_size)[1]
+  return fixed_batches(forget, batch_size)[0][1]
 
 
 def error_maximising_noise(model, variables, labels, input_shape, key, steps: int, lr: float,

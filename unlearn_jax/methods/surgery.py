@@ -1,7 +1,9 @@
 """Weight surgery: dampen, perturb, mask or reinitialise the weights that carry D_f.
 
 Importances are computed in eval mode (BatchNorm uses its running statistics) with the
-weights held fixed, over fixed-order batches (`batched_mean`).
+weights held fixed, over fixed-order batches whose last batch is short, as the reference
+loaders' are (`batched_mean`: a mean of batch statistics; `example_mean`: an exact mean
+over examples).
 """
 
 from __future__ import annotations
@@ -15,46 +17,51 @@ from flax import traverse_util
 
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
-from unlearn_jax.methods.base import (MethodContext, UnlearnData, batched_mean, finetune_on,
-                                      fixed_batches,
-                                      make_step, random_other_labels, register, run_epochs,
-                                      sample_batch, sgd, subsample)
+from unlearn_jax.methods.base import (MethodContext, UnlearnData, batched_mean, example_mean,
+                                      weighted_batch_mean,
+                                      finetune_on, fixed_batches, make_step, masked_mean,
+                                      random_other_labels, register, run_epochs, sample_batch,
+                                      sgd, subsample, ce_loss)
 
 tree_map = jax.tree_util.tree_map
 
 
-def _ce_grad(model, variables, x, y):
+def _ce_grad(model, variables, x, y, valid=None):
+  """∇θ of the mean CE over the batch (over its `valid` rows when given), eval mode."""
   model = as_adapter(model)
   def loss(params):
-    logits = model.logits({**variables, "params": params}, x)
-    return train_lib.cross_entropy(logits, y).mean()
+    ce = train_lib.cross_entropy(model.logits({**variables, "params": params}, x), y)
+    return ce.mean() if valid is None else masked_mean(ce, valid)
   return jax.grad(loss)(variables["params"])
 
 
 def weight_importance(model, variables, data, batch_size: int, kind: str = "batch"):
   """Diagonal importance of each weight for the data.
 
-  * `batch` (SSD's reference code): mean over minibatches of (∇θ mean-batch CE)².
-  * `fisher`: the exact diagonal empirical Fisher, mean over examples of (∇θ CE_i)²
+  * `batch` (SSD's reference code): mean over the ⌈n/B⌉ minibatches of
+    (∇θ mean-batch CE)², the last batch short (its mean over its own rows).
+  * `fisher`: the exact diagonal empirical Fisher, mean over the n examples of (∇θ CE_i)²
     (per-example gradients through `vmap(grad)`).
-  * `label_free` (LFSSD): mean over minibatches of |∇θ mean_x ‖f(x)‖²|.
+  * `label_free` (LFSSD's reference code): mean over minibatches of |∇θ mean_x ‖f(x)‖²|.
   """
   model = as_adapter(model)
   if kind == "batch":
-    fn = lambda b: tree_map(jnp.square, _ce_grad(model, variables, *b))
-  elif kind == "fisher":
-    def fn(b):
+    return batched_mean(lambda b, valid: tree_map(jnp.square,
+                                                  _ce_grad(model, variables, *b, valid)),
+                        data, batch_size)
+  if kind == "fisher":
+    def per_example(b):
       per_ex = jax.vmap(lambda x, y: _ce_grad(model, variables, x[None], y[None]))(*b)
-      return tree_map(lambda g: jnp.mean(jnp.square(g), axis=0), per_ex)
-  elif kind == "label_free":
-    def fn(b):
+      return tree_map(jnp.square, per_ex)
+    return example_mean(per_example, data, batch_size)
+  if kind == "label_free":
+    def fn(b, valid):
       def sq_norm(params):
         out = model.logits({**variables, "params": params}, b[0])
-        return jnp.mean(jnp.sum(jnp.square(out), axis=-1))
+        return masked_mean(jnp.sum(jnp.square(out), axis=-1), valid)
       return tree_map(jnp.abs, jax.grad(sq_norm)(variables["params"]))
-  else:
-    raise ValueError(f"importance kind {kind!r} is unknown; allowed: batch, fisher, label_free")
-  return batched_mean(fn, data, batch_size)
+    return batched_mean(fn, data, batch_size)
+  raise ValueError(f"importance kind {kind!r} is unknown; allowed: batch, fisher, label_free")
 
 
 def dampen(params, imp_forget, imp_all, alpha: float, lam: float):
@@ -66,11 +73,22 @@ def dampen(params, imp_forget, imp_all, alpha: float, lam: float):
   return tree_map(one, params, imp_forget, imp_all)
 
 
-def shuffled_union(forget, retain, key):
-  """D = D_f ∪ D_r in a random order. The order matters for minibatch importances: in
-  mixed batches the forget gradient is diluted (as in SSD's shuffled train loader);
-  forget-only batches would make I_D ≥ |D_f|/|D|·I_f and α = 10 could never select."""
-  both = tree_map(lambda u, v: jnp.concatenate([u, v]), forget, retain)
+SSD_UNIONS = ("ordered", "shuffled")
+
+
+def union_set(forget, retain, key, order: str = "ordered"):
+  """D = D_r ∪ D_f for SSD-style importances on D.
+
+  `ordered` (SSD's reference code): the unshuffled concatenation retain-then-forget, so the
+  last ⌈|D_f|/B⌉ batches are forget-only. `shuffled`: a random order (our earlier default):
+  in mixed batches the forget gradient is diluted, I_D is smaller and more weights pass
+  I_f > α·I_D. The order matters because batch importances average *squared batch-mean*
+  gradients."""
+  if order not in SSD_UNIONS:
+    raise ValueError(f"union={order!r} is unknown; allowed: {', '.join(SSD_UNIONS)}")
+  both = tree_map(lambda u, v: jnp.concatenate([u, v]), retain, forget)
+  if order == "ordered":
+    return both
   perm = jax.random.permutation(key, jax.tree_util.tree_leaves(both)[0].shape[0])
   return tree_map(lambda a: a[perm], both)
 
@@ -78,21 +96,30 @@ def shuffled_union(forget, retain, key):
 SSD_IMPORTANCE = ("batch", "fisher")
 
 
+
 @register("ssd", reads=("forget", "retain"), paper="Foster et al. 2024 (Selective Synaptic Dampening)",
-          choices=dict(importance=SSD_IMPORTANCE),
-          defaults=dict(alpha=10.0, lam=1.0, importance="batch", batch_size=64))
-def ssd(ctx: MethodContext, *, alpha, lam, importance, batch_size):
+          choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS),
+          defaults=dict(alpha=5.0, lam=1.0, importance="batch", union="ordered",
+                        forget_batch_size=128, batch_size=64))
+def ssd(ctx: MethodContext, *, alpha, lam, importance, union, forget_batch_size, batch_size):
   """Selective Synaptic Dampening: shrink weights far more important to D_f than to D.
 
-  I_f = importance on D_f, I_D on D = D_f ∪ D_r shuffled (`importance`: `batch` = mean of squared
-  minibatch-mean CE gradients, the reference code; `fisher` = exact diagonal empirical
-  Fisher from per-example gradients). For each weight with I_f > α·I_D:
+  I_f = importance on D_f, I_D on D = D_r ∪ D_f (`importance`: `batch` = mean over
+  minibatches of squared minibatch-mean CE gradients, the reference code; `fisher` = exact
+  diagonal empirical Fisher from per-example gradients). For each weight with I_f > α·I_D:
   θ ← min(λ·I_D/I_f, 1)·θ. No gradient step; BatchNorm statistics are left as they are.
-  Reads: forget and retain. Defaults: α 10, λ 1 (ResNet-18 values), batch 64.
+  Reads: forget and retain. Defaults: α 5, λ 1, union ordered, batches 128 (D_f) and 64
+  (D). The paper's α is 10; with the reference's loaders α 10 selects nothing on the digits
+  MLP (a forgotten class keeps FA 100%), α 5 forgets it (FA 0%, RA 99.9%) and leaves 10%
+  random forgetting where retrain is (FA 100% vs 98.7%).
+  Importances use SSD's reference loaders (if-loops/selective-synaptic-dampening,
+  `forget_random_main.py`): D_f in order with batch `forget_batch_size` (128), D = D_r then
+  D_f unshuffled (`union="ordered"`) with batch `batch_size` (64 in its CIFAR scripts); each
+  last batch is short. `union="shuffled"` shuffles D instead.
   """
   def unlearn(variables, data: UnlearnData, key):
-    imp_f = weight_importance(ctx.model, variables, data.forget, batch_size, importance)
-    imp_d = weight_importance(ctx.model, variables, shuffled_union(data.forget, data.retain, key),
+    imp_f = weight_importance(ctx.model, variables, data.forget, forget_batch_size, importance)
+    imp_d = weight_importance(ctx.model, variables, union_set(data.forget, data.retain, key, union),
                               batch_size, importance)
     params = dampen(variables["params"], imp_f, imp_d, alpha, lam)
     changed = sum(jnp.sum(p != q) for p, q in zip(jax.tree_util.tree_leaves(params),
@@ -103,21 +130,27 @@ def ssd(ctx: MethodContext, *, alpha, lam, importance, batch_size):
 
 
 @register("lfssd", reads=("forget", "retain"), paper="Foster et al. 2024 (Loss-Free Machine Unlearning)",
-          defaults=dict(alpha=10.0, lam=1.0, batch_size=64))
-def lfssd(ctx: MethodContext, *, alpha, lam, batch_size):
+          choices=dict(union=SSD_UNIONS),
+          defaults=dict(alpha=5.0, lam=1.0, union="ordered", forget_batch_size=128,
+                        batch_size=64))
+def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_size):
   """Label-free SSD: SSD's dampening with importances that need no labels.
 
   Importance = mean over minibatches of |∇θ mean_x ‖f(x)‖²| (the sensitivity of the
-  output norm), on D_f and on D = D_f ∪ D_r; then θ ← min(λ·I_D/I_f, 1)·θ where
+  output norm), on D_f and on D = D_r ∪ D_f; then θ ← min(λ·I_D/I_f, 1)·θ where
   I_f > α·I_D. Labels are never read (the label arrays are ignored).
-  Reads: forget and retain (inputs only). Defaults: α 10, λ 1, batch 64.
-  Limits (digits MLP, 3 seeds): for a forgotten class FA 86% at α 10; α 3 reaches FA 0%
-  but RA falls to 71%.
+  Reads: forget and retain (inputs only). Defaults: α 5, λ 1, union ordered, batches 128
+  (D_f) and 64 (D), as SSD's (paper α 10: on the digits MLP it keeps a forgotten class;
+  α 5 forgets it, FA 0%, RA 99.7%).
+  Importances use SSD's reference loaders (if-loops/selective-synaptic-dampening,
+  `forget_random_main.py`): D_f in order with batch `forget_batch_size` (128), D = D_r then
+  D_f unshuffled (`union="ordered"`) with batch `batch_size` (64 in its CIFAR scripts); each
+  last batch is short. `union="shuffled"` shuffles D instead.
   """
 
   def unlearn(variables, data: UnlearnData, key):
-    imp_f = weight_importance(ctx.model, variables, data.forget, batch_size, "label_free")
-    imp_d = weight_importance(ctx.model, variables, shuffled_union(data.forget, data.retain, key),
+    imp_f = weight_importance(ctx.model, variables, data.forget, forget_batch_size, "label_free")
+    imp_d = weight_importance(ctx.model, variables, union_set(data.forget, data.retain, key, union),
                               batch_size, "label_free")
     return {**variables, "params": dampen(variables["params"], imp_f, imp_d, alpha, lam)}, {}
 
@@ -152,26 +185,56 @@ def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size):
   return unlearn
 
 
+def top_fraction_mask(scores, keep: float):
+  """A tree of bools marking exactly ⌊N·keep⌋ of the N leaves' entries: those with the
+  largest scores, ties broken by position in the flattened tree (a stable sort), as
+  SalUn's reference (`generate_mask.py`: ranks from an argsort, rank < ⌊N·keep⌋)."""
+  leaves, treedef = jax.tree_util.tree_flatten(scores)
+  flat = jnp.concatenate([jnp.ravel(g) for g in leaves])
+  k = int(flat.shape[0] * keep)
+  order = jnp.argsort(-flat, stable=True)
+  marked = jnp.zeros(flat.shape, bool).at[order[:k]].set(True)
+  out, start = [], 0
+  for g in leaves:
+    out.append(marked[start:start + g.size].reshape(g.shape))
+    start += g.size
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def saliency_mask(model, variables, forget, batch_size: int, keep: float):
-  """1 for the weights whose |∇θ CE(D_f)| is in the global top `keep` fraction."""
+  """1 for exactly ⌊N·keep⌋ weights: the largest |∇θ CE(D_f)|, the gradient a mean over
+  fixed-order forget batches (the last one short), as SalUn's reference accumulates it."""
   model = as_adapter(model)
-  grads = batched_mean(lambda b: _ce_grad(model, variables, *b), forget, batch_size)
-  flat = jnp.concatenate([jnp.abs(g).ravel() for g in jax.tree_util.tree_leaves(grads)])
-  threshold = jnp.quantile(flat, 1.0 - keep)
-  return tree_map(lambda g: jnp.abs(g) >= threshold, grads)
+  grads = batched_mean(lambda b, valid: _ce_grad(model, variables, *b, valid), forget,
+                       batch_size)
+  return top_fraction_mask(tree_map(jnp.abs, grads), keep)
+
+
+SALUN_SCHEDULES = ("paired", "reference")
 
 
 @register("salun", reads=("forget", "retain"), paper="Fan et al. 2024 (SalUn)",
-          defaults=dict(keep=0.5, epochs=10, lr=0.013, batch_size=64, weight_decay=5e-4))
-def salun(ctx: MethodContext, *, keep, epochs, lr, batch_size, weight_decay):
+          choices=dict(schedule=SALUN_SCHEDULES),
+          defaults=dict(keep=0.5, schedule="paired", epochs=10, lr=0.013, batch_size=64,
+                        weight_decay=5e-4))
+def salun(ctx: MethodContext, *, keep, schedule, epochs, lr, batch_size, weight_decay):
   """SalUn: random-label unlearning restricted to the forget-salient weights.
 
-  Mask m = 1[|∇θ CE(θ0; D_f)| in the global top `keep` fraction]. Then random-label
-  training (D_f with one wrong label per example, each batch paired with a D_r batch),
-  SGD momentum with weight decay, where the mask is applied to the *result* of the
-  optimizer step: θ ← m ⊙ θ_new + (1 − m) ⊙ θ, so masked-out weights stay bitwise θ0
-  (weight decay and momentum cannot move them). BatchNorm statistics are not masked.
-  Reads: forget and retain. Defaults: keep 0.5, 10 epochs, lr 0.013, batch 64, wd 5e-4.
+  Mask m = 1 for exactly ⌊N·keep⌋ of the N weights, those with the largest |∇θ CE(θ0; D_f)|
+  (ties by position, as the reference's sort). Then random-label training, SGD momentum
+  with weight decay, where the mask is applied to the *result* of the optimizer step:
+  θ ← m ⊙ θ_new + (1 − m) ⊙ θ, so masked-out weights stay bitwise θ0 (weight decay and
+  momentum cannot move them; the reference masks gradients, and its weight decay still
+  shrinks masked weights). BatchNorm statistics are not masked. `schedule`:
+    * `paired` (default): E epochs over D_f, each example with one wrong label drawn once
+      uniformly from the other classes, each D_f batch trained together with a random
+      D_r batch. Costs E·|D_f|/B steps: the 10% random scenario is 10× cheaper than the
+      reference's schedule, and a label equal to the truth teaches nothing to forget.
+    * `reference` (OPTML-Group/Unlearn-Saliency, `RL.py`, CIFAR-10 branch): per epoch, one
+      pass over D_f with labels redrawn every batch uniformly over *all* classes (the true
+      one included), then one pass over all of D_r with true labels.
+  Reads: forget and retain. Defaults: keep 0.5, paired, 10 epochs, lr 0.013, batch 64,
+  wd 5e-4.
   Limits (digits MLP, 3 seeds): forgets a class (FA 0%, RA 98.4%); in the 10% random
   scenario it overshoots (FA 72% vs retrain's 98.7%, RA 79%).
   """
@@ -180,6 +243,12 @@ def salun(ctx: MethodContext, *, keep, epochs, lr, batch_size, weight_decay):
   def unlearn(variables, data: UnlearnData, key):
     k_label, k_run = jax.random.split(key)
     mask = saliency_mask(model, variables, data.forget, batch_size, keep)
+    tx = sgd(lr, momentum=0.9, weight_decay=weight_decay)
+    kept = sum(jnp.sum(m) for m in jax.tree_util.tree_leaves(mask))
+    if schedule == "reference":
+      variables = _salun_reference_epochs(model, C, variables, data, tx, mask, k_run, epochs,
+                                          batch_size)
+      return variables, {"salient_weights": kept}
     xf, yf = data.forget
     poisoned = (xf, random_other_labels(k_label, yf, C))
 
@@ -189,13 +258,37 @@ def salun(ctx: MethodContext, *, keep, epochs, lr, batch_size, weight_decay):
       logits, updates = model.apply(v, jnp.concatenate([xb, xr]), train=True, rng=k)
       return train_lib.cross_entropy(logits, jnp.concatenate([yb, yr])).mean(), (updates, {})
 
-    tx = sgd(lr, momentum=0.9, weight_decay=weight_decay)
     variables, _ = run_epochs(make_step(loss_fn, tx, mask=mask), variables, tx, poisoned,
                               k_run, epochs, batch_size)
-    kept = sum(jnp.sum(m) for m in jax.tree_util.tree_leaves(mask))
     return variables, {"salient_weights": kept}
 
   return unlearn
+
+
+def _salun_reference_epochs(model, num_classes, variables, data, tx, mask, key, epochs,
+                            batch_size):
+  """SalUn's reference schedule: per epoch a D_f pass (labels uniform over all classes,
+  redrawn per batch) then a D_r pass, one optimizer state throughout, one `lax.scan`."""
+  def forget_loss(v, batch, k):
+    x, y = batch
+    k_label, k_model = jax.random.split(k)
+    labels = jax.random.randint(k_label, y.shape, 0, num_classes)
+    logits, updates = model.apply(v, x, train=True, rng=k_model)
+    return train_lib.cross_entropy(logits, labels).mean(), (updates, {})
+
+  forget_step = make_step(forget_loss, tx, mask=mask)
+  retain_step = make_step(ce_loss(model), tx, mask=mask)
+
+  def epoch(state, e):
+    k = jax.random.fold_in(key, e)
+    state, _ = train_lib.scan_epochs(forget_step, state, data.forget, jax.random.fold_in(k, 0),
+                                     1, batch_size)
+    state, _ = train_lib.scan_epochs(retain_step, state, data.retain, jax.random.fold_in(k, 1),
+                                     1, batch_size)
+    return state, None
+
+  state, _ = jax.lax.scan(epoch, train_lib.init_train_state(variables, tx), jnp.arange(epochs))
+  return state.variables
 
 
 def _path_in(path: tuple, modules) -> bool:
@@ -258,26 +351,31 @@ def reinit(ctx: MethodContext, *, num_layers, epochs, lr, batch_size):
 
 @register("gisa", reads=("forget", "retain"),
           paper="seed 002 (MUFAC local scoring); our interpretation, no public definition",
-          defaults=dict(alpha=10.0, step=1.0, repair_epochs=1, repair_lr=0.01, batch_size=64))
-def gisa(ctx: MethodContext, *, alpha, step, repair_epochs, repair_lr, batch_size):
+          choices=dict(union=SSD_UNIONS),
+          defaults=dict(alpha=5.0, step=1.0, repair_epochs=1, repair_lr=0.01, union="ordered",
+                        forget_batch_size=128, batch_size=64))
+def gisa(ctx: MethodContext, *, alpha, step, repair_epochs, repair_lr, union, forget_batch_size,
+         batch_size):
   """GISA (Gradient-Informed Synaptic Adjustment) — our interpretation of seed 002.
 
   No public definition exists. Synapses are selected as in SSD (importances on D_f and
-  on shuffled D, selected where I_f > α·I_D); instead of dampening, each selected weight
+  on D = D_r ∪ D_f with SSD's batches and order, selected where I_f > α·I_D); instead of dampening, each selected weight
   takes a gradient-ascent step on D_f scaled per weight by s_i = 1 − I_D,i/I_f,i ∈ (0, 1]:
       θ_i ← θ_i + η·s_i·ĝ_i,  ĝ = ∇θ CE(D_f) / max|∇θ CE(D_f)| (normalised per tensor),
   unselected weights unchanged; then a short repair FT on D_r.
-  Reads: forget and retain. Defaults: α 10, η 1.0 (× the tensor's max |θ|), 1 repair
-  epoch at lr 0.01, batch 64.
+  Reads: forget and retain. Defaults: α 5 (SSD's), η 1.0 (× the tensor's max |θ|), 1 repair
+  epoch at lr 0.01, union ordered, batches 128 (D_f importance and gradient) and 64 (D,
+  repair).
   """
 
   def unlearn(variables, data: UnlearnData, key):
     k_mix, k_ft = jax.random.split(key)
     model = ctx.model
-    imp_f = weight_importance(model, variables, data.forget, batch_size, "batch")
-    imp_d = weight_importance(model, variables, shuffled_union(data.forget, data.retain, k_mix),
+    imp_f = weight_importance(model, variables, data.forget, forget_batch_size, "batch")
+    imp_d = weight_importance(model, variables, union_set(data.forget, data.retain, k_mix, union),
                               batch_size, "batch")
-    grad_f = batched_mean(lambda b: _ce_grad(model, variables, *b), data.forget, batch_size)
+    grad_f = batched_mean(lambda b, valid: _ce_grad(model, variables, *b, valid), data.forget,
+                          forget_batch_size)
 
     def adjust(p, i_f, i_d, g):
       selected = i_f > alpha * i_d
@@ -394,7 +492,7 @@ def per_example_grads(model, variables, data, batch_size: int) -> jax.Array:
     g = _ce_grad(model, variables, x[None], y[None])
     return jax.flatten_util.ravel_pytree(g)[0]
 
-  out = jax.lax.map(lambda b: jax.vmap(one)(*b), fixed_batches(data, batch_size))
+  out = jax.lax.map(lambda b: jax.vmap(one)(*b), fixed_batches(data, batch_size)[0])
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
   return out.reshape(-1, flat0.shape[0])[:n]
 
@@ -443,7 +541,8 @@ def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib
     sample = subsample(data.retain, key, n_fisher / n_r)
     grads = per_example_grads(ctx.model, variables, sample, batch_size)
     mean_grad = lambda d: jax.flatten_util.ravel_pytree(
-        batched_mean(lambda b: _ce_grad(ctx.model, variables, *b), d, batch_size))[0]
+        weighted_batch_mean(lambda b, valid: _ce_grad(ctx.model, variables, *b, valid), d,
+                            batch_size))[0]
     v = (n_f * mean_grad(data.forget) - n_r * mean_grad(data.retain)) / (n_f + n_r)
     delta = woodfisher_inverse_product(grads, v, damp)
     params = unravel(flat + alpha * delta)
@@ -496,12 +595,12 @@ def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
     k = min(n_f, retain_x.shape[0])
     pairs = (data.forget[0][:k], retain_x[:k])
 
-    def exceed(batch):
+    def exceed(batch, valid):
       a_f = _kernel_outputs(model, variables, batch[0])
       a_r = _kernel_outputs(model, variables, batch[1])
-      return {p: jnp.mean(a_f[p] > a_r[p], axis=0) for p in a_f}
+      return {p: masked_mean((a_f[p] > a_r[p]).astype(jnp.float32), valid) for p in a_f}
 
-    fractions = batched_mean(exceed, pairs, batch_size)
+    fractions = weighted_batch_mean(exceed, pairs, batch_size)
     head = model.require_head("activation_reset")
     flat = traverse_util.flatten_dict(variables["params"])
     keys = dict(zip(sorted(flat), jax.random.split(k_init, len(flat))))

@@ -168,11 +168,37 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The width field a `name:W1-W2-...` spec sets, per library model.
+_WIDTH_FIELD = {"mlp": "hidden", "cnn": "widths", "resnet18": "stage_widths"}
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+  """`"cnn:16-32-64"` -> `("cnn", {"widths": (16, 32, 64)})`; a bare name has no kwargs.
+
+  The part after ':' sets the model's layer widths (MLP hidden sizes, CNN conv widths,
+  ResNet-18 stage widths). ValueError names the spec and what is allowed."""
+  base, sep, widths = str(spec).partition(":")
+  if base not in _REGISTRY:
+    raise ValueError(f"model {base!r} is unknown; allowed: {', '.join(_REGISTRY)}")
+  if not sep:
+    return base, {}
+  field = _WIDTH_FIELD.get(base)
+  try:
+    values = tuple(int(w) for w in widths.split("-"))
+  except ValueError:
+    values = ()
+  if field is None or not values or min(values) < 1:
+    raise ValueError(f"model spec {spec!r}: after ':' give positive layer widths joined "
+                     f"by '-' (e.g. cnn:16-32-64); allowed models with widths: "
+                     f"{', '.join(_WIDTH_FIELD)}")
+  return base, {field: values}
+
+
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Builds a registered model; raises ValueError naming the allowed models."""
-  if name not in _REGISTRY:
-    raise ValueError(f"model {name!r} is unknown; allowed: {', '.join(_REGISTRY)}")
-  return _REGISTRY[name](num_classes=num_classes, **kwargs)
+  """Builds a registered model from its name or a `name:W1-W2-...` spec
+  (`parse_model_spec`); raises ValueError naming the allowed models."""
+  base, spec_kwargs = parse_model_spec(name)
+  return _REGISTRY[base](num_classes=num_classes, **{**spec_kwargs, **kwargs})
 
 
 def register_model(name: str, constructor: Callable[..., nn.Module]) -> None:
@@ -191,5 +217,5 @@ def has_batch_norm(variables: dict) -> bool:
 
 
 __all__ = ["MODEL_CHOICES", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "Conv",
-           "conv_impl", "patches_conv_general_dilated", "get_model", "register_model",
+           "conv_impl", "patches_conv_general_dilated", "get_model", "parse_model_spec", "register_model",
            "init_variables", "has_batch_norm"]

@@ -1,0 +1,35 @@
+"""The memorisation signal every summary.md and report.md states."""
+
+from unlearn_jax import evaluation, report
+
+
+def _rows(original_fa, retrain_fa):
+  return [{"method": m, "seed": s, "retain_acc": 1.0, "forget_acc": fa[s], "test_acc": 0.9,
+           "mia_loss_lr": 0.5, "seconds": 1.0}
+          for s in range(3) for m, fa in (("original", original_fa), ("retrain", retrain_fa))]
+
+
+def test_a_small_signal_warns_and_a_large_one_does_not():
+  small = report.memorisation_signal(_rows([1.0, 1.0, 1.0], [0.98, 0.99, 0.99]))
+  assert abs(small["points"][0] - 100 * (0.02 + 0.01 + 0.01) / 3) < 1e-9
+  assert not small["discriminates"]
+  assert "Warning: too small to rank methods" in report.signal_markdown(small)
+  large = report.memorisation_signal(_rows([1.0, 1.0, 1.0], [0.55, 0.52, 0.50]))
+  assert large["discriminates"] and large["original_fa"] == 100.0
+  text = report.signal_markdown(large)
+  assert "= 47.7 ± 2.5 points" in text and "Warning" not in text
+  # Large but noisier than a third of itself: no ranking either.
+  noisy = report.memorisation_signal(_rows([1.0, 1.0, 1.0], [0.99, 0.50, 0.99]))
+  assert not noisy["discriminates"]
+  assert report.memorisation_signal(_rows([1.0] * 3, [0.5] * 3)[::2]) is None   # no retrain
+
+
+def test_population_signal_compares_the_original_with_the_retrain_floor():
+  rows = [{"method": "original", "forgetting_quality": 0.107, "forget_acc": 1.0},
+          {"method": "retrain", "forgetting_quality": 0.150, "forget_acc": 0.987}]
+  weak = evaluation.population_signal(rows)
+  assert not weak["discriminates"]
+  assert "F = 0.107 against the retrain floor F = 0.150" in evaluation.signal_markdown(weak)
+  rows[0].update(forgetting_quality=0.01, forget_acc=1.0)
+  rows[1].update(forget_acc=0.55)
+  assert evaluation.population_signal(rows)["discriminates"]
