@@ -131,6 +131,38 @@ def _check_hparam(method: str, name: str, value, default, choices: dict):
 
 _FRACTIONS = ("keep", "retain_fraction", "quantile", "gate")
 
+SCALES = ("log", "linear")
+
+
+def check_space(name: str, space: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+  """A method's search space, checked: every key a float hyperparameter of the method,
+  ranges (scale, low, high) with low < high (low > 0 on a log scale) or non-empty value
+  lists. ValueError naming the method, the hyperparameter and what is allowed."""
+  out = {}
+  for k, spec in dict(space).items():
+    if k not in defaults:
+      raise ValueError(f"{name}: search space names {k!r}, which is not a hyperparameter; "
+                       f"allowed: {', '.join(sorted(defaults))}")
+    if not isinstance(defaults[k], float):
+      raise ValueError(f"{name}: only float hyperparameters are searched as one program; "
+                       f"{k} defaults to {defaults[k]!r}")
+    if isinstance(spec, tuple) and len(spec) == 3 and spec[0] in SCALES:
+      scale, low, high = spec
+      if not (math.isfinite(low) and math.isfinite(high) and low < high) or \
+          (scale == "log" and low <= 0):
+        raise ValueError(f"{name}: space of {k} is {spec!r}; a range needs low < high "
+                         "(and low > 0 on a log scale)")
+      out[k] = (scale, float(low), float(high))
+    elif isinstance(spec, (tuple, list)) and spec and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
+      out[k] = tuple(float(v) for v in spec)
+    else:
+      raise ValueError(f"{name}: space of {k} is {spec!r}; allowed: ('log', low, high), "
+                       "('linear', low, high) or a tuple of numbers")
+  return out
+
+
+
 
 def _check_pair(method: str, name: str, pair, input_shape) -> tuple:
   """(x, y) of matching length, at least one example, the context's input shape and
@@ -168,16 +200,19 @@ _REGISTRY: dict[str, Callable] = {}
 
 def register(name: str, *, reads: tuple, defaults: dict, paper: str,
              scenarios: tuple = ("random", "class", "subclass"), requires: tuple = (),
-             choices: Optional[dict] = None):
+             choices: Optional[dict] = None, space: Optional[dict] = None):
   """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`.
 
   `reads=()` declares a zero-shot method: it is handed `UnlearnData(None, None)`.
   `requires=("batch_norm",)`: the method only runs on models with BatchNorm. `choices`:
-  the allowed values of string hyperparameters. Returns the method (module docstring)."""
+  the allowed values of string hyperparameters. `space`: the search space of float
+  hyperparameters (`check_space`; `unlearn_jax.tuning` searches them as one program).
+  Returns the method (module docstring)."""
   bad = [r for r in reads if r not in ACCESS_CHOICES]
   if bad:
     raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
   choices = {k: tuple(v) for k, v in (choices or {}).items()}
+  space = check_space(name, space or {}, defaults)
 
   def wrap(factory):
     @functools.wraps(factory)
@@ -230,6 +265,7 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
     method.scenarios = tuple(scenarios)
     method.requires = tuple(requires)
     method.choices = choices
+    method.space = space
     method.summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
     _REGISTRY[name] = method
     return method

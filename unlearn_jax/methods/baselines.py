@@ -18,7 +18,8 @@ from unlearn_jax.methods.base import (MethodContext, UnlearnData, ce_loss, finet
                                       sample_batch, sgd)
 
 
-@register("finetune", reads=("retain",), paper="Golatkar et al. 2020; Warnecke et al. 2023",
+@register("finetune", space=dict(lr=("log", 1e-3, 0.3)),
+          reads=("retain",), paper="Golatkar et al. 2020; Warnecke et al. 2023",
           defaults=dict(epochs=5, lr=0.02, batch_size=64, momentum=0.9, weight_decay=5e-4))
 def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_decay):
   """Fine-tune on the retain set (FT): catastrophic forgetting of D_f.
@@ -64,7 +65,8 @@ def _neg_ce(model, variables, batch, key):
   return -train_lib.cross_entropy(logits, y).mean(), (updates, {})
 
 
-@register("neggrad", reads=("forget",), paper="Golatkar et al. 2020 (NegGrad); Thudi et al. 2022",
+@register("neggrad", space=dict(lr=("log", 1e-4, 0.1)),
+          reads=("forget",), paper="Golatkar et al. 2020 (NegGrad); Thudi et al. 2022",
           defaults=dict(epochs=5, lr=0.01, batch_size=32, grad_clip=5.0, loss_cap_factor=1.0))
 def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_factor):
   """Gradient ascent on the forget set (NegGrad / GA): minimise −CE(θ; D_f).
@@ -97,7 +99,8 @@ def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_f
 RANDOM_LABEL_VARIANTS = ("interleaved", "forget_only", "whole", "hybrid")
 
 
-@register("random_label", reads=("forget", "retain"),
+@register("random_label", space=dict(lr=("log", 1e-3, 0.1), retain_weight=("log", 0.25, 4.0)),
+          reads=("forget", "retain"),
           paper="Graves et al. 2021 (Amnesiac ML); Krahenmann et al. (seed 004)",
           choices=dict(variant=RANDOM_LABEL_VARIANTS),
           defaults=dict(variant="interleaved", epochs=5, lr=0.01, batch_size=64,
@@ -160,7 +163,8 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
   return unlearn
 
 
-@register("neggrad_plus", reads=("forget", "retain"),
+@register("neggrad_plus", space=dict(beta=("linear", 0.5, 0.999), lr=("log", 1e-3, 0.1)),
+          reads=("forget", "retain"),
           paper="Kurmanji et al. 2023 (NegGrad+); seed 002 (advanced NegGrad)",
           defaults=dict(beta=0.95, epochs=5, lr=0.02, batch_size=64, grad_clip=5.0))
 def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip):
@@ -193,7 +197,8 @@ def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip)
   return unlearn
 
 
-@register("l1_sparse", reads=("retain",), paper="Jia et al. 2023 (Model sparsity can simplify MU)",
+@register("l1_sparse", space=dict(alpha=("log", 1e-5, 1e-2), lr=("log", 1e-3, 0.3)),
+          reads=("retain",), paper="Jia et al. 2023 (Model sparsity can simplify MU)",
           defaults=dict(alpha=1e-3, epochs=10, lr=0.1, batch_size=64, momentum=0.9))
 def l1_sparse(ctx: MethodContext, *, alpha, epochs, lr, batch_size, momentum):
   """ℓ1-sparse fine-tuning: FT on D_r with a decaying ℓ1 penalty that prunes softly.
@@ -235,7 +240,8 @@ def _fgsm_labels(model, variables, x, y, eps):
   return jnp.argmax(logits, -1)
 
 
-@register("boundary_shrink", reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
+@register("boundary_shrink", space=dict(eps=("log", 0.01, 1.0), lr=("log", 1e-3, 0.1)),
+          reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
           defaults=dict(eps=0.1, epochs=5, lr=0.01, batch_size=64))
 def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   """Boundary shrinking: relabel each forget example with its nearest wrong class.
@@ -260,7 +266,8 @@ def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   return unlearn
 
 
-@register("boundary_expand", reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
+@register("boundary_expand", space=dict(lr=("log", 1e-4, 0.05)),
+          reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
           defaults=dict(epochs=5, lr=0.002, batch_size=64))
 def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
   """Boundary expanding: send D_f to an extra "shadow" class, then delete it.

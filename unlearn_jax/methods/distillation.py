@@ -18,7 +18,8 @@ def adam(lr: float):
       train_lib.TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, schedule="constant"), 1)
 
 
-@register("bad_teacher", reads=("forget", "retain"),
+@register("bad_teacher", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
+          reads=("forget", "retain"),
           paper="Chundawat et al. 2023 (Can bad teaching induce forgetting?); seeds 000, 002",
           defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
 def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
@@ -77,7 +78,8 @@ def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
   return unlearn
 
 
-@register("scrub", reads=("forget", "retain"), paper="Kurmanji et al. 2023 (SCRUB)",
+@register("scrub", space=dict(alpha=("log", 0.05, 5.0), gamma=("log", 0.1, 10.0), tau=("log", 0.5, 8.0), lr=("log", 1e-4, 1e-2)),
+          reads=("forget", "retain"), paper="Kurmanji et al. 2023 (SCRUB)",
           defaults=dict(epochs=5, max_epochs=3, alpha=0.5, gamma=1.0, tau=2.0, lr=2e-3,
                         batch_size=64, retain_fraction=1.0))
 def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batch_size,
@@ -144,7 +146,8 @@ def penultimate(model, variables, x, batch_size: int = 512):
   return train_lib.predict_features(model, variables, x, batch_size)[1]
 
 
-@register("bad_teacher_similar", reads=("forget", "retain"),
+@register("bad_teacher_similar", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
+          reads=("forget", "retain"),
           paper="seed 002 (similarity-based sampling, NeurIPS 2023 Kaggle discussion 458648)",
           defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
 def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
@@ -176,7 +179,9 @@ def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction,
 
 def noise_labels(ctx: MethodContext, forget: tuple, batch_size: int) -> jax.Array:
   """[num_noise_batches, batch_size] labels: one batch per forget class (class
-  scenarios, from the context) or per fixed-order forget batch (random forgetting)."""
+  scenarios, from the context) or per fixed-order forget batch (random forgetting; the
+  short last batch is filled with labels from the start of the set, so every noise batch
+  has the same static size)."""
   if ctx.forget_classes:
     return jnp.repeat(jnp.asarray(ctx.forget_classes, jnp.int32)[:, None], batch_size, 1)
   return fixed_batches(forget, batch_size)[0][1]
@@ -207,7 +212,8 @@ def error_maximising_noise(model, variables, labels, input_shape, key, steps: in
   return train_lib.repeat_steps(step, carry, key, steps)[0][0]
 
 
-@register("unsir", reads=("forget", "retain"), paper="Tarun et al. 2023 (UNSIR, fast yet effective MU)",
+@register("unsir", space=dict(noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0), impair_lr=("log", 1e-3, 0.1), repair_lr=("log", 1e-3, 0.1)),
+          reads=("forget", "retain"), paper="Tarun et al. 2023 (UNSIR, fast yet effective MU)",
           defaults=dict(noise_steps=40, noise_lr=0.1, noise_reg=0.1, impair_lr=0.01,
                         repair_lr=0.01, retain_fraction=1.0, batch_size=64))
 def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, repair_lr,
@@ -244,7 +250,8 @@ def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, re
   return unlearn
 
 
-@register("contrastive", reads=("forget", "retain"),
+@register("contrastive", space=dict(tau=("log", 0.1, 4.0), lr=("log", 1e-3, 0.1), ce_weight=("log", 0.1, 10.0)),
+          reads=("forget", "retain"),
           paper="NeurIPS 2023 unlearning competition, 2nd place (seed 002)",
           defaults=dict(epochs=3, tau=1.0, lr=0.01, ce_weight=1.0, batch_size=64))
 def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
@@ -282,7 +289,8 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   return unlearn
 
 
-@register("unlearnify", reads=("forget", "retain"),
+@register("unlearnify", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2), noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0)),
+          reads=("forget", "retain"),
           paper="seed 000 (Unlearnify); ours, built from its description",
           defaults=dict(epochs=3, tau=1.0, lr=5e-4, retain_fraction=1.0, noise_steps=40,
                         noise_lr=0.1, noise_reg=0.1, batch_size=64))

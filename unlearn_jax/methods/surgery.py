@@ -97,7 +97,8 @@ SSD_IMPORTANCE = ("batch", "fisher")
 
 
 
-@register("ssd", reads=("forget", "retain"), paper="Foster et al. 2024 (Selective Synaptic Dampening)",
+@register("ssd", space=dict(alpha=("log", 0.5, 50.0), lam=("log", 0.1, 10.0)),
+          reads=("forget", "retain"), paper="Foster et al. 2024 (Selective Synaptic Dampening)",
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, importance="batch", union="ordered",
                         forget_batch_size=128, batch_size=64))
@@ -129,7 +130,8 @@ def ssd(ctx: MethodContext, *, alpha, lam, importance, union, forget_batch_size,
   return unlearn
 
 
-@register("lfssd", reads=("forget", "retain"), paper="Foster et al. 2024 (Loss-Free Machine Unlearning)",
+@register("lfssd", space=dict(alpha=("log", 0.5, 50.0), lam=("log", 0.1, 10.0)),
+          reads=("forget", "retain"), paper="Foster et al. 2024 (Loss-Free Machine Unlearning)",
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, union="ordered", forget_batch_size=128,
                         batch_size=64))
@@ -157,7 +159,8 @@ def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_siz
   return unlearn
 
 
-@register("fisher_forgetting", reads=("retain",), paper="Golatkar et al. 2020 (Eternal Sunshine)",
+@register("fisher_forgetting", space=dict(alpha=("log", 1e-9, 1e-5)),
+          reads=("retain",), paper="Golatkar et al. 2020 (Eternal Sunshine)",
           defaults=dict(alpha=1e-6, max_examples=2000, batch_size=32))
 def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size):
   """Fisher forgetting: Gaussian noise, largest where the retain set does not care.
@@ -191,9 +194,13 @@ def top_fraction_mask(scores, keep: float):
   SalUn's reference (`generate_mask.py`: ranks from an argsort, rank < ⌊N·keep⌋)."""
   leaves, treedef = jax.tree_util.tree_flatten(scores)
   flat = jnp.concatenate([jnp.ravel(g) for g in leaves])
-  k = int(flat.shape[0] * keep)
+  n = flat.shape[0]
   order = jnp.argsort(-flat, stable=True)
-  marked = jnp.zeros(flat.shape, bool).at[order[:k]].set(True)
+  ranks = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+  # ⌊N·keep⌋ in float64 arithmetic on the host when keep is a Python number; `keep` may
+  # also be traced (a searched hyperparameter), then in float32.
+  k = int(n * keep) if isinstance(keep, (int, float)) else jnp.floor(n * keep)
+  marked = ranks < k
   out, start = [], 0
   for g in leaves:
     out.append(marked[start:start + g.size].reshape(g.shape))
@@ -213,7 +220,8 @@ def saliency_mask(model, variables, forget, batch_size: int, keep: float):
 SALUN_SCHEDULES = ("paired", "reference")
 
 
-@register("salun", reads=("forget", "retain"), paper="Fan et al. 2024 (SalUn)",
+@register("salun", space=dict(keep=("linear", 0.1, 0.9), lr=("log", 1e-3, 0.1)),
+          reads=("forget", "retain"), paper="Fan et al. 2024 (SalUn)",
           choices=dict(schedule=SALUN_SCHEDULES),
           defaults=dict(keep=0.5, schedule="paired", epochs=10, lr=0.013, batch_size=64,
                         weight_decay=5e-4))
@@ -309,7 +317,8 @@ def reset_modules(variables: dict, fresh: dict, modules) -> dict:
   return out
 
 
-@register("reinit", reads=("retain",), paper="Goel et al. 2022 (CF-k / EU-k)",
+@register("reinit", space=dict(lr=("log", 1e-3, 0.3)),
+          reads=("retain",), paper="Goel et al. 2022 (CF-k / EU-k)",
           defaults=dict(num_layers=1, epochs=5, lr=0.02, batch_size=64))
 def reinit(ctx: MethodContext, *, num_layers, epochs, lr, batch_size):
   """Reinitialise the last k layers, then fine-tune on D_r (EU-k style).
@@ -349,7 +358,8 @@ def reinit(ctx: MethodContext, *, num_layers, epochs, lr, batch_size):
   return unlearn
 
 
-@register("gisa", reads=("forget", "retain"),
+@register("gisa", space=dict(alpha=("log", 0.5, 50.0), step=("log", 0.01, 3.0), repair_lr=("log", 1e-3, 0.1)),
+          reads=("forget", "retain"),
           paper="seed 002 (MUFAC local scoring); our interpretation, no public definition",
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, step=1.0, repair_epochs=1, repair_lr=0.01, union="ordered",
@@ -410,6 +420,7 @@ def _low_change_mask(before, after, quantile, only=None):
        for p, b in flat_b.items()})
 
 
+PRUNE_SPACE = dict(quantile=("linear", 0.1, 0.95), overfit_lr=("log", 1e-3, 0.1), lr=("log", 1e-4, 0.1))
 PRUNE_DOC_DEFAULTS = dict(quantile=0.3, overfit_epochs=5, overfit_lr=0.01, epochs=5, lr=0.001,
                           batch_size=64)
 
@@ -461,13 +472,15 @@ _PRUNE_RULE = """
 prune = _prune_factory("all")
 prune.__doc__ = ("Selective pruning (seed 004): reinitialise the weights the forget set "
                  "barely moves, then fine-tune." + _PRUNE_RULE.format(scope="", complex=""))
-register("prune", reads=("forget", "retain"), paper="Krahenmann et al. (seed 004, Forget with Precision)",
+register("prune", space=PRUNE_SPACE,
+         reads=("forget", "retain"), paper="Krahenmann et al. (seed 004, Forget with Precision)",
          defaults=PRUNE_DOC_DEFAULTS)(prune)
 
 prune_last_layer = _prune_factory("last_layer")
 prune_last_layer.__doc__ = ("Selective pruning of the final dense layer only (seed 004)." +
                             _PRUNE_RULE.format(scope=" in the last layer", complex=""))
-register("prune_last_layer", reads=("forget", "retain"),
+register("prune_last_layer", space=PRUNE_SPACE,
+         reads=("forget", "retain"),
          paper="Krahenmann et al. (seed 004, Forget with Precision)",
          defaults=PRUNE_DOC_DEFAULTS)(prune_last_layer)
 
@@ -477,7 +490,8 @@ prune_complex.__doc__ = ("Pruning complex (seed 004): reinitialise weights 'simi
                              scope="", complex=(", but only where a second copy overfitted "
                                                 "on a random D_r subset of |D_f| examples "
                                                 "also changed them less than its quantile")))
-register("prune_complex", reads=("forget", "retain"),
+register("prune_complex", space=PRUNE_SPACE,
+         reads=("forget", "retain"),
          paper="Krahenmann et al. (seed 004, Forget with Precision)",
          defaults=PRUNE_DOC_DEFAULTS)(prune_complex)
 
@@ -512,7 +526,8 @@ def woodfisher_inverse_product(grads: jax.Array, v: jax.Array, damp: float) -> j
   return (v - grads.T @ coef) / damp
 
 
-@register("influence", reads=("forget", "retain"),
+@register("influence", space=dict(alpha=("log", 0.01, 2.0), damp=("log", 1e-5, 0.1)),
+          reads=("forget", "retain"),
           paper="Koh & Liang 2017; Izzo et al. 2021; Jia et al. 2023 (IU, WoodFisher)",
           defaults=dict(alpha=0.2, num_examples=1000, damp=1e-3, max_gradient_mib=2048.0,
                         batch_size=64))
@@ -567,7 +582,8 @@ def he_normal(key, shape, dtype=jnp.float32):
   return jnp.sqrt(2.0 / fan_in).astype(dtype) * jax.random.normal(key, shape, dtype)
 
 
-@register("activation_reset", reads=("forget", "retain"),
+@register("activation_reset", space=dict(threshold=("linear", 0.5, 0.95), lr=("log", 1e-3, 0.1)),
+          reads=("forget", "retain"),
           paper="Krahenmann et al. (seed 004, Forget with Precision)",
           defaults=dict(threshold=0.8, epochs=5, lr=0.01, batch_size=64))
 def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):

@@ -60,7 +60,8 @@ def forget_mask(num_classes: int, forget) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- min-max noise
-@register("zs_minmax_noise", reads=(), scenarios=("class",),
+@register("zs_minmax_noise", space=dict(noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0), impair_lr=("log", 1e-4, 0.05), repair_lr=("log", 1e-4, 0.05)),
+          reads=(), scenarios=("class",),
           paper="Chundawat et al. 2023 (Zero-shot machine unlearning), seed 003",
           defaults=dict(noise_per_class=64, noise_steps=40, noise_lr=0.1, noise_reg=0.1,
                         impair_epochs=1, impair_lr=0.005, repair_epochs=2, repair_lr=0.01,
@@ -166,7 +167,8 @@ def _kl_rows(t_logits, s_logits):
   return jnp.sum(jnp.exp(p) * (p - jax.nn.log_softmax(s_logits)), axis=-1)
 
 
-@register("gkt", reads=(), scenarios=("class",),
+@register("gkt", space=dict(lr=("log", 1e-4, 1e-2), gate=("log", 1e-3, 0.1), beta=("log", 10.0, 1000.0), avoid=("log", 1.0, 100.0)),
+          reads=(), scenarios=("class",),
           paper="Chundawat et al. 2023 (Zero-shot MU: gated knowledge transfer); "
                 "Micaelli & Storkey 2019",
           defaults=dict(cycles=300, student_steps=10, batch_size=256, z_dim=128, lr=1e-3,

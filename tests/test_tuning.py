@@ -1,0 +1,96 @@
+"""Search spaces and the vmapped configuration grid (unlearn_jax.tuning)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unlearn_jax import methods, models, train, tuning
+from unlearn_jax.methods.base import check_space
+
+
+@pytest.fixture(scope="module")
+def setup(digits, digits_split):
+  m = models.get_model("mlp", 10, hidden=(32,))
+  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
+  cfg = train.TrainConfig(epochs=3, batch_size=64, lr=0.05)
+  fit = jax.jit(train.fit, static_argnums=(0, 1))
+  seeds = [fit(m, cfg, models.init_variables(m, jax.random.PRNGKey(s), digits.input_shape), x, y,
+               jax.random.PRNGKey(10 + s))[0] for s in range(2)]
+  variables = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *seeds)
+  forget = (x[digits_split.forget][:40], y[digits_split.forget][:40])
+  retain = (x[digits_split.retain][:200], y[digits_split.retain][:200])
+  ctx = methods.MethodContext(m, 10, digits.input_shape, (), "mlp")
+  return m, variables, forget, retain, ctx
+
+
+@pytest.mark.parametrize("name,fixed", [
+    ("finetune", dict(epochs=1)),
+    ("ssd", {}),
+    ("salun", dict(epochs=1)),
+    ("scrub", dict(epochs=2, max_epochs=1)),
+])
+def test_vmapped_grid_equals_configurations_run_one_by_one(setup, name, fixed):
+  m, variables, forget, retain, ctx = setup
+  method = methods.get_method(name)
+  configs = tuning.sample_configs(method, 3, jax.random.PRNGKey(0))
+  data = methods.select_data(method, forget, retain)
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  grid, _ = jax.jit(tuning.grid_unlearn(method, ctx, configs, fixed))(variables, data, keys)
+  for k, cfg in enumerate(tuning.configs_list(configs)):
+    one = method(ctx, **fixed, **cfg)
+    alone = jax.jit(jax.vmap(lambda v, key: one(v, data, key)[0]))(variables, keys)
+    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[k], grid), alone,
+                                rtol=1e-4, atol=1e-5)
+
+
+def test_every_declared_space_traces(setup):
+  """Every searchable hyperparameter reaches the update as a traced value."""
+  m, variables, forget, retain, _ = setup
+  for name in methods.list_methods():
+    method = methods.get_method(name)
+    if not method.space or "batch_norm" in method.requires:
+      continue
+    ctx = methods.MethodContext(m, 10, (8, 8, 1), () if method.reads else (3,), "mlp")
+    data = (methods.select_data(method, forget, retain) if method.reads
+            else methods.UnlearnData(None, None))
+    short = {k: 1 for k, v in method.defaults.items() if isinstance(v, int)
+             and not isinstance(v, bool) and ("epochs" in k or k.endswith("steps") or k == "cycles")}
+    configs = tuning.sample_configs(method, 2, jax.random.PRNGKey(0))
+    assert set(configs) == set(method.space), name
+    out = jax.eval_shape(tuning.grid_unlearn(method, ctx, configs, short), variables, data,
+                         jax.random.split(jax.random.PRNGKey(0), 2))
+    assert jax.tree_util.tree_leaves(out[0])[0].shape[:2] == (2, 2), name
+
+
+def test_samples_start_at_the_defaults_and_stay_in_range():
+  method = methods.get_method("scrub")
+  configs = tuning.sample_configs(method, 64, jax.random.PRNGKey(3))
+  for k, (scale, low, high) in method.space.items():
+    assert configs[k][0] == np.float32(method.defaults[k])
+    assert np.all((configs[k][1:] >= np.float32(low)) & (configs[k][1:] <= np.float32(high)))
+  again = tuning.sample_configs(method, 64, jax.random.PRNGKey(3))
+  chex.assert_trees_all_equal(configs, again)
+
+
+def test_bad_spaces_and_budgets_are_named():
+  defaults = dict(lr=0.1, epochs=3)
+  with pytest.raises(ValueError, match="'momentum', which is not a hyperparameter"):
+    check_space("m", dict(momentum=("log", 0.1, 1.0)), defaults)
+  with pytest.raises(ValueError, match="only float hyperparameters"):
+    check_space("m", dict(epochs=(1, 2)), defaults)
+  with pytest.raises(ValueError, match="low > 0 on a log scale"):
+    check_space("m", dict(lr=("log", 0.0, 1.0)), defaults)
+  with pytest.raises(ValueError, match="budget=0 must be >= 1"):
+    tuning.sample_configs(methods.get_method("finetune"), 0, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="no search space; searchable: lr"):
+    tuning.sample_configs(methods.get_method("finetune"), 2, jax.random.PRNGKey(0),
+                          names=["momentum"])
+
+
+def test_a_bad_configuration_fails_before_tracing(setup):
+  _, _, _, _, ctx = setup
+  method = methods.get_method("finetune")
+  with pytest.raises(methods.HyperparameterError, match="lr"):
+    tuning.grid_unlearn(method, ctx, {"lr": np.array([0.1, -1.0], np.float32)})
