@@ -94,3 +94,32 @@ def test_a_bad_configuration_fails_before_tracing(setup):
   method = methods.get_method("finetune")
   with pytest.raises(methods.HyperparameterError, match="lr"):
     tuning.grid_unlearn(method, ctx, {"lr": np.array([0.1, -1.0], np.float32)})
+
+
+def test_selection_parts_never_include_test_or_reported_forget_examples(digits_split):
+  parts = tuning.selection_parts(digits_split, 0.2, seed=0)
+  for name in ("forget", "retain"):
+    sel, rep = parts[f"{name}_select"], parts[f"{name}_report"]
+    assert not np.intersect1d(sel, rep).size
+    np.testing.assert_array_equal(np.sort(np.concatenate([sel, rep])),
+                                  np.sort(getattr(digits_split, name)))
+    assert abs(sel.size - 0.2 * getattr(digits_split, name).size) <= 1
+  assert not np.intersect1d(parts["val"], digits_split.test).size
+  with pytest.raises(ValueError, match="fraction=1.0 must lie strictly between 0 and 1"):
+    tuning.selection_parts(digits_split, 1.0)
+
+
+def test_selection_scores():
+  retrained = dict(retain_acc=1.0, forget_acc=0.55, test_acc=0.53, mia_loss_lr=0.47)
+  assert tuning.retrain_gap_score(retrained, retrained) == 0.0
+  doing_nothing = dict(retain_acc=1.0, forget_acc=1.0, test_acc=0.545, mia_loss_lr=0.77)
+  np.testing.assert_allclose(tuning.retrain_gap_score(doing_nothing, retrained),
+                             (0 + 45 + 1.5 + 30) / 4)
+  # no_retrain: forgetting down to held-out accuracy with nothing lost scores 0.
+  good = dict(retain_acc=1.0, forget_acc=0.53, test_acc=0.53, mia_loss_lr=0.5)
+  assert tuning.no_retrain_score(good, doing_nothing, "random") == pytest.approx(1.5)
+  collapsed = dict(retain_acc=0.1, forget_acc=0.1, test_acc=0.1, mia_loss_lr=0.5)
+  assert tuning.no_retrain_score(collapsed, doing_nothing, "random") > 100
+  forgot_class = dict(retain_acc=0.99, forget_acc=0.0, test_acc=0.97, mia_loss_lr=0.5)
+  original = dict(retain_acc=1.0, forget_acc=1.0, test_acc=0.97, mia_loss_lr=0.45)
+  assert tuning.no_retrain_score(forgot_class, original, "class") == pytest.approx(1.0)

@@ -83,3 +83,65 @@ def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping 
     return jax.vmap(per_seed, in_axes=(0, None, None, None))(grid, variables, data, keys)
 
   return run
+
+
+# ----------------------------------------------------------------------------- selection
+SELECTION_RULES = ("retrain_gap", "no_retrain")
+
+
+def selection_parts(split, fraction: float = 0.2, seed: int = 0) -> dict:
+  """Index sets a search may select on, and the ones it must not touch.
+
+  The method still unlearns all of D_f and reads all of D_r; selection only *scores* on
+  `forget_select` (a random `fraction` of D_f), `retain_select` (as much of D_r) and the
+  split's `val` examples (`val_forget`: the forgotten classes' validation examples). What
+  is reported afterwards is `forget_report` (the rest of D_f), `retain_report` and `test`:
+  selection never reads the test split or the forget examples whose accuracy is reported.
+  """
+  if not 0 < fraction < 1:
+    raise ValueError(f"fraction={fraction} must lie strictly between 0 and 1")
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name in ("forget", "retain"):
+    idx = np.asarray(getattr(split, name))
+    k = max(1, int(round(fraction * idx.size)))
+    if k >= idx.size:
+      raise ValueError(f"fraction={fraction} leaves no {name} examples to report "
+                       f"({idx.size} in all)")
+    chosen = np.zeros(idx.size, bool)
+    chosen[rng.choice(idx.size, k, replace=False)] = True
+    out[f"{name}_select"], out[f"{name}_report"] = np.sort(idx[chosen]), np.sort(idx[~chosen])
+  out["val"], out["val_forget"] = np.asarray(split.val), np.asarray(split.val_forget)
+  return out
+
+
+def retrain_gap_score(candidate: Mapping[str, float], retrained: Mapping[str, float]) -> float:
+  """`retrain_gap` (benchmark mode, what papers select on): the mean absolute gap, in
+  points, to the retrained models over RA, FA, TA and the loss MIA, each measured on the
+  selection parts (retain_select, forget_select, val). Lower is better; 0 is retraining.
+
+      score = mean_{m ∈ RA, FA, TA, MIA} 100·|m(candidate) − m(retrained)|
+  """
+  keys = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
+  return float(np.mean([100 * abs(candidate[k] - retrained[k]) for k in keys]))
+
+
+def no_retrain_score(candidate: Mapping[str, float], original: Mapping[str, float],
+                     scenario: str) -> float:
+  """`no_retrain` (deployment mode: whoever must forget has no retrained model), in
+  points, lower is better:
+
+      score = |FA − FA*| + max(0, RA₀ − RA) + max(0, VA₀ − VA) + 100·|MIA − 0.5|
+
+  FA on forget_select; FA* = 0 when whole classes are forgotten, else the accuracy on
+  held-out examples of the same classes (the val split: what a model that never saw D_f
+  would score); RA on retain_select and VA on val, each against the original's (a drop
+  costs, a gain does not); the loss MIA on forget_select toward chance (0.5).
+  """
+  if scenario not in ("random", "class", "subclass"):
+    raise ValueError(f"scenario={scenario!r} is unknown; allowed: random, class, subclass")
+  target = 0.0 if scenario != "random" else candidate["test_acc"]
+  return float(100 * abs(candidate["forget_acc"] - target)
+               + 100 * max(0.0, original["retain_acc"] - candidate["retain_acc"])
+               + 100 * max(0.0, original["test_acc"] - candidate["test_acc"])
+               + 100 * abs(candidate["mia_loss_lr"] - 0.5))
