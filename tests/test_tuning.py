@@ -123,3 +123,15 @@ def test_selection_scores():
   forgot_class = dict(retain_acc=0.99, forget_acc=0.0, test_acc=0.97, mia_loss_lr=0.5)
   original = dict(retain_acc=1.0, forget_acc=1.0, test_acc=0.97, mia_loss_lr=0.45)
   assert tuning.no_retrain_score(forgot_class, original, "class") == pytest.approx(1.0)
+
+
+def test_sequential_search_equals_the_vmapped_grid(setup):
+  m, variables, forget, retain, ctx = setup
+  method = methods.get_method("neggrad_plus")
+  configs = tuning.sample_configs(method, 3, jax.random.PRNGKey(2))
+  data = methods.select_data(method, forget, retain)
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  vm, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys, "vmap")
+  seq, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys,
+                                "sequential")
+  chex.assert_trees_all_close(vm, seq, rtol=1e-4, atol=1e-5)

@@ -54,14 +54,8 @@ def configs_list(configs: Mapping[str, np.ndarray]) -> list:
   return [{n: float(v[i]) for n, v in configs.items()} for i in range(k)]
 
 
-def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping | None = None):
-  """`fn(variables [S, ...], data, keys [S]) -> (variables [K, S, ...], aux [K, S])`: the
-  method under every configuration × seed (seed s starts from original s), one program
-  (the caller jits it).
-
-  `configs` maps searched float hyperparameters to [K] values (`sample_configs`);
-  `fixed` overrides other hyperparameters (Python values). Each configuration is
-  validated as a single run would be (HyperparameterError) before anything is traced."""
+def _checked(method, configs: Mapping[str, np.ndarray], fixed: Mapping | None) -> dict:
+  """The fixed hyperparameters, validated; every configuration validated with them."""
   fixed = dict(fixed or {})
   overlap = sorted(set(fixed) & set(configs))
   if overlap:
@@ -72,17 +66,70 @@ def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping 
                               "is not a float hyperparameter; only those are searched")
   for cfg in configs_list(configs):
     method.validate({**fixed, **cfg})
-  base = method.validate(fixed)
-  grid = {k: jnp.asarray(v, jnp.float32) for k, v in configs.items()}
+  return method.validate(fixed)
+
+
+def config_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping | None = None):
+  """`fn(hp, variables, data, key) -> (variables, aux)` with the searched hyperparameters
+  `hp` ({name: scalar}) as *arguments*: compiled once, it runs any configuration."""
+  base = _checked(method, configs, fixed)
 
   def one(hp, variables, data, key):
     return method.factory(ctx, **{**base, **hp})(variables, data, key)
+
+  return one
+
+
+def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping | None = None):
+  """`fn(variables [S, ...], data, keys [S]) -> (variables [K, S, ...], aux [K, S])`: the
+  method under every configuration × seed (seed s starts from original s), one program
+  (the caller jits it).
+
+  `configs` maps searched float hyperparameters to [K] values (`sample_configs`);
+  `fixed` overrides other hyperparameters (Python values). Each configuration is
+  validated as a single run would be (HyperparameterError) before anything is traced."""
+  one = config_unlearn(method, ctx, configs, fixed)
+  grid = {k: jnp.asarray(v, jnp.float32) for k, v in configs.items()}
 
   def run(variables, data, keys):
     per_seed = jax.vmap(one, in_axes=(None, 0, None, 0))
     return jax.vmap(per_seed, in_axes=(0, None, None, None))(grid, variables, data, keys)
 
   return run
+
+
+SEARCH_LOOPS = ("vmap", "sequential")
+
+
+def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "vmap"):
+  """All K configurations × S seeds: `loop="vmap"` as one program (`grid_unlearn`),
+  `"sequential"` as one compiled single-configuration, single-seed program
+  (`config_unlearn`) called K·S times — on CPU conv models the vmapped program does not
+  pay. Returns (variables [K, S, ...], seconds of the search after compilation,
+  compile seconds)."""
+  import time
+  if loop not in SEARCH_LOOPS:
+    raise ValueError(f"loop={loop!r} is unknown; allowed: {', '.join(SEARCH_LOOPS)}")
+  if loop == "vmap":
+    fn = jax.jit(grid_unlearn(method, ctx, configs, fixed))
+    t0 = time.perf_counter()
+    compiled = fn.lower(variables, data, keys).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(variables, data, keys)[0])
+    return out, time.perf_counter() - t1, t1 - t0
+  one = jax.jit(config_unlearn(method, ctx, configs, fixed))
+  hps = [{k: jnp.float32(v) for k, v in cfg.items()} for cfg in configs_list(configs)]
+  v0 = jax.tree_util.tree_map(lambda a: a[0], variables)
+  t0 = time.perf_counter()
+  compiled = one.lower(hps[0], v0, data, keys[0]).compile()
+  t1 = time.perf_counter()
+  rows = []
+  for hp in hps:
+    per_seed = [jax.block_until_ready(compiled(hp, jax.tree_util.tree_map(lambda a: a[s], variables),
+                                               data, keys[s])[0]) for s in range(keys.shape[0])]
+    rows.append(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_seed))
+  out = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *rows)
+  return out, time.perf_counter() - t1, t1 - t0
 
 
 # ----------------------------------------------------------------------------- selection
