@@ -3,6 +3,7 @@ r"""One command from data to a verdict: train, retrain, unlearn, evaluate, repor
     python -m experiments.unlearn                       # digits, 10%% random, all methods
     python -m experiments.unlearn --scenario=class --forget_classes=3 --methods=finetune
     python -m experiments.unlearn --finetune.lr=0.05 --seeds=5 --workdir=runs/ft
+    python -m experiments.unlearn --hparams=runs/tune_x/tuned.json   # experiments.tune's choice
 
 Writes into --workdir (default runs/<dataset>_<scenario>_<time>): results.csv,
 results.json, summary.md, splits.npz/json, plots/, checkpoints/. A run is staged in a
@@ -89,6 +90,9 @@ flags.DEFINE_bool("stream", None, "train original/retrain from host memory batch
                   "(the train set is not copied to the device; seeds in sequence)")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
 flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
+flags.DEFINE_string("hparams", None, "a tuned.json from experiments.tune: its chosen "
+                    "hyperparameters replace the defaults (an explicit --<method>.<hparam> "
+                    "still wins)")
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
                   "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
@@ -116,6 +120,19 @@ def build_config():
   return cfg
 
 
+def with_tuned(hparams: dict, path: str) -> dict:
+  """The flags' hyperparameters with a tuned.json's choices in place of the defaults; a
+  value given explicitly on the command line (different from the default) is kept."""
+  from experiments import tuning_run
+  out = {m: dict(v) for m, v in hparams.items()}
+  for m, chosen in tuning_run.load_tuned(path).items():
+    defaults = methods_lib.get_method(m).defaults
+    for k, v in chosen.items():
+      if k in defaults and out[m].get(k) == defaults[k]:
+        out[m][k] = v
+  return out
+
+
 def default_workdir(cfg) -> str:
   tag = cfg.dataset.replace("image_folder:", "folder-").replace("/", "_").replace(".", "")[-40:]
   return f"runs/{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S')}"
@@ -135,6 +152,8 @@ def main(argv):
   workdir = flags.FLAGS.workdir or default_workdir(cfg)
   hparams = {name: flag.value.to_dict() for name, flag in _METHOD_FLAGS.items()}
   try:
+    if flags.FLAGS.hparams:
+      hparams = with_tuned(hparams, flags.FLAGS.hparams)
     setup.validate(cfg)
     if not flags.FLAGS.workdir:
       Path("runs").mkdir(exist_ok=True)

@@ -1,0 +1,73 @@
+r"""Tuned, not guessed: search every method's hyperparameters as one program per method.
+
+    python -m experiments.tune --scenario=class --forget_classes=3 --budget=16   # digits
+    python -m experiments.tune --config=experiments/configs/cifar10_memorise.py \
+        --methods=finetune,ssd,salun --select=retrain_gap
+    python -m experiments.unlearn --hparams=runs/<tune dir>/tuned.json            # reuse it
+
+For each method with a search space (`register(..., space=...)`), `--budget` K
+configurations (the defaults first, then random draws, log-uniform on log scales) × the
+seeds run as one vmapped program (`--search_loop=vmap`) or one compiled program called per
+configuration and seed (`sequential`; `auto` picks what the seeds use: sequential for conv
+models on CPU). Selection (`--select`) scores each configuration on a
+`--selection_fraction` of D_f and of D_r and on the val split; the report uses only the
+rest of D_f and D_r and the test split:
+  * `no_retrain` (deployment mode): forget accuracy toward held-out accuracy (random) or 0
+    (class), retain and val accuracy kept, loss MIA toward 0.5 (`tuning.no_retrain_score`);
+  * `retrain_gap` (benchmark mode): mean |gap| to the retrained models over RA, FA, TA and
+    the loss MIA (`tuning.retrain_gap_score`).
+Writes into --workdir: tuning.csv (every configuration × seed: its values, the selection
+metrics and score), tuned.json (the chosen hyperparameters per method, the rule and the
+data it saw), report.md (default vs tuned), tuning.json and plots/tuning_<method>.png.
+Every other flag is experiments.unlearn's (dataset, model, scenario, seeds, configs,
+`--<method>.<hparam>` for the hyperparameters that are not searched).
+"""
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from experiments import setup, tuning_run
+from experiments import unlearn as cli   # defines the shared flags and their parsing
+
+flags.DEFINE_integer("budget", 16, "configurations per method (the defaults are the first)")
+flags.DEFINE_string("select", "no_retrain", "selection rule: no_retrain | retrain_gap")
+flags.DEFINE_float("selection_fraction", 0.2, "fraction of D_f and of D_r selection may read")
+flags.DEFINE_string("search_loop", "auto", "auto | vmap | sequential")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  cfg = cli.build_config()
+  F = flags.FLAGS
+  workdir = F.workdir or cli.default_workdir(cfg).replace("runs/", "runs/tune_", 1)
+  fixed = {name: flag.value.to_dict() for name, flag in cli._METHOD_FLAGS.items()}
+  try:
+    tuning_run.check_options(F.budget, F.select, F.selection_fraction, F.search_loop)
+    setup.validate(cfg)
+    if not F.workdir:
+      Path("runs").mkdir(exist_ok=True)
+    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
+      result = tuning_run.run(cfg, fixed, budget=F.budget, rule=F.select,
+                              fraction=F.selection_fraction, loop=F.search_loop,
+                              log=lambda s: print(s, flush=True))
+      title = (f"Tuning: {cfg.dataset} · {result.info['model']} · {cfg.scenario}"
+               + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else
+                  f" ({100 * cfg.forget_fraction:g}% forget)"))
+      md = tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots)
+  except setup.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print("\n" + md)
+  print(f"wall time {result.info['wall_seconds']:.1f}s; run directory: {final}; reuse the "
+        f"choice with --hparams={final}/tuned.json")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

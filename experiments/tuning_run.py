@@ -1,0 +1,291 @@
+"""The tuning run behind `python -m experiments.tune`: train originals (and retrains),
+search each method's space as K configurations × S seeds, select on the selection parts,
+report default vs tuned on the parts selection never saw.
+
+Pure computation plus logging; `write_tuning` writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.setup import UsageError, resolve_hparams, setup, take_test
+from unlearn_jax import driver, methods as methods_lib, models as models_lib, tuning
+
+LOOPS = ("auto",) + tuning.SEARCH_LOOPS
+REPORT_KEYS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
+
+
+@dataclasses.dataclass
+class TuningResult:
+  rows: list            # tuning.csv: method, config, seed, searched values, metrics, score
+  table: list           # per method: default and tuned metrics on the report parts
+  tuned: dict           # tuned.json
+  info: dict
+
+
+def check_options(budget: int, rule: str, fraction: float, loop: str) -> None:
+  """One-line flag errors before anything is loaded."""
+  if budget < 1:
+    raise UsageError(f"--budget={budget} must be >= 1")
+  if rule not in tuning.SELECTION_RULES:
+    raise UsageError(f"--select={rule!r} is unknown; allowed: {', '.join(tuning.SELECTION_RULES)}")
+  if not 0 < fraction < 1:
+    raise UsageError(f"--selection_fraction={fraction} must lie strictly between 0 and 1")
+  if loop not in LOOPS:
+    raise UsageError(f"--search_loop={loop!r} is unknown; allowed: {', '.join(LOOPS)}")
+
+
+def _mean_rows(rows: list) -> dict:
+  return {k: float(np.nanmean([r[k] for r in rows])) for k in REPORT_KEYS}
+
+
+def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
+        fraction: float = 0.2, loop: str = "auto",
+        log: Callable[[str], None] = print) -> TuningResult:
+  """Tunes every method of `cfg.methods` that declares a search space."""
+  check_options(budget, rule, fraction, loop)
+  t_start = time.perf_counter()
+  st = setup(cfg, log)
+  ds, split, model, recipe, mode = st.ds, st.split, st.model, st.recipe, st.mode
+  hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log)
+  search_loop = mode if loop == "auto" else loop
+  try:
+    parts = tuning.selection_parts(split, fraction, seed=int(cfg.split_seed))
+  except ValueError as e:
+    raise UsageError(f"--selection_fraction: {e}") from e
+  take = lambda idx: (jnp.asarray(ds.train_x[idx]), jnp.asarray(ds.train_y[idx]))
+  forget, retain = take(split.forget), take(split.retain)
+  select_arrays = {"retain": take(parts["retain_select"]), "forget": take(parts["forget_select"]),
+                   "test": take_test(ds, split.val)}
+  report_arrays = {"retain": take(parts["retain_report"]), "forget": take(parts["forget_report"]),
+                   "test": take_test(ds, split.test)}
+  if split.test_forget.size:   # class scenarios: the MIA's non-members are the forgotten classes'
+    select_arrays["test_forget"] = take_test(ds, split.val_forget)
+    report_arrays["test_forget"] = take_test(ds, split.test_forget)
+  log(f"dataset {ds.name}; split {cfg.scenario}: forget {split.forget.size} "
+      f"(select on {parts['forget_select'].size}, report {parts['forget_report'].size}), "
+      f"retain {split.retain.size} (select {parts['retain_select'].size}), val {split.val.size} "
+      f"(select), test {split.test.size} (report only)")
+  log(f"model {st.model_name}, {cfg.seeds} seed(s); search: {budget} configurations × "
+      f"{cfg.seeds} seeds per method, {'one vmapped program' if search_loop == 'vmap' else 'one compiled program called per configuration and seed'}; "
+      f"selection rule {rule}")
+
+  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
+  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+  init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
+      init_keys)
+  train_set = (jnp.asarray(ds.train_x), jnp.asarray(ds.train_y))
+  pops = {}
+  for name, (x, y), salt in (("original", train_set, 1), ("retrain", retain, 2)):
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, salt))(seed_keys)
+    log(f"training {name}")
+    pops[name] = driver.train_population(model, recipe, init_vars, x, y, keys, seed_mode=mode,
+                                         log=log, label=name)
+  retrain_s = pops["retrain"].seconds
+  evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
+  reference = {name: {"select": evaluate(ms, select_arrays)[0],
+                      "report": evaluate(ms, report_arrays)[0]} for name, ms in pops.items()}
+
+  ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
+                                  st.spec.forget_classes if cfg.scenario == "class" else (),
+                                  st.model_name)
+  rows, table, tuned = [], [], {}
+  searchable = [m for m in st.method_names if methods_lib.get_method(m).space]
+  for m in st.method_names:
+    if m not in searchable:
+      log(f"{m}: no search space; kept at its defaults")
+  for i, m in enumerate(searchable):
+    method = methods_lib.get_method(m)
+    configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
+        int(cfg.seed)), m))
+    fixed = {k: v for k, v in hparams[m].items() if k not in configs}
+    keys = jax.vmap(lambda k: driver.method_key(k, m))(seed_keys)
+    data = methods_lib.select_data(method, forget, retain)
+    grid, seconds, compile_s = tuning.run_search(method, ctx, configs, fixed,
+                                                 pops["original"].variables, data, keys,
+                                                 search_loop)
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
+      log(f"  {m}: some configurations returned non-finite weights; they score +inf")
+    cfg_list = tuning.configs_list(configs)
+    scores = np.zeros((budget, int(cfg.seeds)))
+    for k, hp in enumerate(cfg_list):
+      ms = driver.ModelSet(m, jax.tree_util.tree_map(lambda a: a[k], grid), 0.0)
+      sel = evaluate(ms, select_arrays)[0]
+      for s, r in enumerate(sel):
+        if rule == "retrain_gap":
+          score = tuning.retrain_gap_score(r, reference["retrain"]["select"][s])
+        else:
+          score = tuning.no_retrain_score(r, reference["original"]["select"][s], cfg.scenario)
+        score = score if math.isfinite(score) else float("inf")
+        scores[k, s] = score
+        rows.append({"method": m, "config": k, "seed": int(cfg.seed) + s, **hp,
+                     **{f"select_{key}": r[key] for key in REPORT_KEYS}, "score": score})
+    mean = scores.mean(axis=1)
+    best = int(np.argmin(np.where(np.isfinite(mean), mean, np.inf)))
+    reported = {}
+    for label, k in (("default", 0), ("tuned", best)):
+      ms = driver.ModelSet(m, jax.tree_util.tree_map(lambda a: a[k], grid), 0.0)
+      reported[label] = _mean_rows(evaluate(ms, report_arrays)[0])
+    per_config = seconds / (budget * int(cfg.seeds))
+    table.append({"method": m, "default": reported["default"], "tuned": reported["tuned"],
+                  "default_score": float(mean[0]), "tuned_score": float(mean[best]),
+                  "search_seconds_per_seed": seconds / int(cfg.seeds),
+                  "method_seconds": per_config, "compile_seconds": compile_s,
+                  "cost_ratio_with_search": (seconds / int(cfg.seeds)) / max(retrain_s, 1e-9),
+                  "tuned_config": cfg_list[best]})
+    tuned[m] = {"hparams": {**fixed, **cfg_list[best]}, "searched": cfg_list[best],
+                "default": {k: method.defaults[k] for k in configs},
+                "score": float(mean[best]), "default_score": float(mean[0]), "config": best}
+    left = (len(searchable) - i - 1) * (time.perf_counter() - t_start) / (i + 1)
+    log(f"tuning {m} ({i + 1}/{len(searchable)}): {budget} configurations × {cfg.seeds} seeds in "
+        f"{seconds:.1f} s ({budget * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
+        f"compile {compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "
+        f"(configuration {best}); ~{left:.0f} s left")
+
+  for name in ("original", "retrain"):
+    table.insert(0 if name == "original" else 1, {
+        "method": name, "default": _mean_rows(reference[name]["report"]),
+        "tuned": _mean_rows(reference[name]["report"])})
+  info = {"rule": rule, "budget": budget, "selection_fraction": fraction,
+          "search_loop": search_loop, "seeds": int(cfg.seeds), "model": st.model_name,
+          "scenario": cfg.scenario, "retrain_seconds": retrain_s,
+          "selection_sizes": {k: int(v.size) for k, v in parts.items()},
+          "selection_sha256": {k: _digest(v) for k, v in parts.items()},
+          "wall_seconds": time.perf_counter() - t_start}
+  tuned_json = {"rule": rule, "budget": budget, "scenario": cfg.scenario,
+                "dataset": cfg.dataset, "model": st.model_name,
+                "selection": {"fraction": fraction, "sizes": info["selection_sizes"],
+                              "sha256": info["selection_sha256"],
+                              "data": "selected on forget_select, retain_select and val; "
+                                      "reported on forget_report, retain_report and test"},
+                "methods": tuned}
+  return TuningResult(rows, table, tuned_json, info)
+
+
+def _digest(idx) -> str:
+  from unlearn_jax.data import splits
+  return splits.sha256_indices(np.asarray(idx))
+
+
+def avg_gap(row: dict, retrain: dict) -> float:
+  return float(np.mean([100 * abs(row[k] - retrain[k]) for k in REPORT_KEYS]))
+
+
+def report_markdown(result: TuningResult, title: str) -> str:
+  info = result.info
+  retrain = next(r for r in result.table if r["method"] == "retrain")["default"]
+  head = ["method", "RA", "FA", "TA", "MIA", "Avg. Gap", "→ tuned RA", "FA", "TA", "MIA",
+          "Avg. Gap", "score", "tuned hyperparameters", "search × retrain"]
+  lines = [f"## {title}", "",
+           f"Selection rule `{info['rule']}`, {info['budget']} configurations × {info['seeds']} "
+           f"seeds per method ({info['search_loop']}). Selected on "
+           f"{info['selection_sizes']['forget_select']} forget and "
+           f"{info['selection_sizes']['retain_select']} retain examples and the val split; "
+           "every number below is on the examples selection never saw (the rest of D_f and "
+           "D_r, and the test split), mean over seeds, accuracies in %. Avg. Gap: mean "
+           "|gap| to retrain over RA, FA, TA, MIA (points). score: the selection score at "
+           "the defaults → tuned (lower is better). search × retrain: the whole search's "
+           "seconds per seed over retrain's.", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  pct = lambda v: f"{100 * v:.1f}"
+  for r in result.table:
+    d, t = r["default"], r["tuned"]
+    cells = [r["method"], pct(d["retain_acc"]), pct(d["forget_acc"]), pct(d["test_acc"]),
+             f"{d['mia_loss_lr']:.2f}", f"{avg_gap(d, retrain):.1f}"]
+    if r["method"] in ("original", "retrain"):
+      cells += ["", "", "", "", "", "", "", ""]
+    else:
+      hp = ", ".join(f"{k} {v:.3g}" for k, v in r["tuned_config"].items())
+      cells += [pct(t["retain_acc"]), pct(t["forget_acc"]), pct(t["test_acc"]),
+                f"{t['mia_loss_lr']:.2f}", f"{avg_gap(t, retrain):.1f}",
+                f"{r['default_score']:.1f} → {r['tuned_score']:.1f}", hp,
+                f"{r['cost_ratio_with_search']:.2f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  ranked = sorted((avg_gap(r["tuned"], retrain), r["method"]) for r in result.table
+                  if r["method"] not in ("original", "retrain"))
+  if ranked:
+    lines += ["", "Tuned, ranked by Avg. Gap: " + ", ".join(f"{m} {g:.1f}" for g, m in ranked)]
+  lines += ["", f"Wall time {info['wall_seconds']:.0f} s."]
+  return "\n".join(lines) + "\n"
+
+
+def plot_scores(path: Path, rows: list, method: str, space: dict) -> None:
+  """Selection score (mean over seeds) against each searched hyperparameter."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  mine = [r for r in rows if r["method"] == method]
+  configs = sorted({r["config"] for r in mine})
+  score = np.array([np.mean([r["score"] for r in mine if r["config"] == c]) for c in configs])
+  names = sorted(space)
+  fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    x = np.array([next(r[name] for r in mine if r["config"] == c) for c in configs])
+    ax.scatter(x, score, s=14, color="tab:blue")
+    ax.scatter(x[:1], score[:1], s=40, color="tab:orange", label="default")
+    best = int(np.argmin(score))
+    ax.scatter(x[best:best + 1], score[best:best + 1], s=40, marker="*", color="tab:red",
+               label="chosen")
+    if space[name][0] == "log":
+      ax.set_xscale("log")
+    ax.set_xlabel(name, fontsize=8)
+    ax.tick_params(labelsize=6)
+  axes[0][0].set_ylabel("selection score (lower is better)", fontsize=7)
+  axes[0][0].legend(fontsize=6)
+  fig.suptitle(method, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_tuning(directory: Path, result: TuningResult, config: dict, title: str,
+                 plots: bool = True) -> str:
+  import csv
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  searched = sorted({k for r in result.rows for k in r} - {"method", "config", "seed", "score"}
+                    - {f"select_{k}" for k in REPORT_KEYS})
+  fields = ["method", "config", "seed"] + searched + [f"select_{k}" for k in REPORT_KEYS] + ["score"]
+  with open(directory / "tuning.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    for r in result.rows:
+      w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+  (directory / "tuned.json").write_text(json.dumps(result.tuned, indent=2) + "\n")
+  md = report_markdown(result, title)
+  (directory / "report.md").write_text(md)
+  (directory / "tuning.json").write_text(json.dumps(
+      {"config": config, "info": result.info, "table": result.table}, indent=2, default=float) + "\n")
+  if plots:
+    (directory / "plots").mkdir(exist_ok=True)
+    for m in result.tuned["methods"]:
+      plot_scores(directory / "plots" / f"tuning_{m}.png", result.rows, m,
+                  methods_lib.get_method(m).space)
+  return md
+
+
+def load_tuned(path: str) -> dict:
+  """{method: hyperparameters} from a tuned.json; UsageError naming --hparams."""
+  try:
+    data = json.loads(Path(path).read_text())
+    chosen = {m: dict(v["hparams"]) for m, v in data["methods"].items()}
+  except FileNotFoundError:
+    raise UsageError(f"--hparams={path}: no such file") from None
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise UsageError(f"--hparams={path}: not a tuned.json written by experiments.tune "
+                     f"({type(e).__name__}: {e})") from None
+  unknown = sorted(set(chosen) - set(methods_lib.list_methods()))
+  if unknown:
+    raise UsageError(f"--hparams={path}: method {unknown[0]!r} is unknown; allowed: "
+                     f"{', '.join(methods_lib.list_methods())}")
+  return chosen
