@@ -12,8 +12,7 @@ searchable hyperparameter ("log", low, high), ("linear", low, high), or a tuple 
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
