@@ -27,6 +27,10 @@ How to read it:
    same jitted single-model training, each timed after compilation (median of --repeats).
    A speed-up < 1 means vmapping does not pay on this backend (small CPUs: it does not).
 4. *Memory*: the process's peak resident memory and, on GPUs/TPUs, the devices' peak bytes.
+5. *Search*: --search_budget configurations of --search_method as one vmapped program vs
+   one compiled program called per configuration (`unlearn_jax.tuning.run_search`),
+   compile excluded, median of --repeats; the ratio says whether vmapping configurations
+   pays on this backend for each of --search_models.
 """
 
 import resource
@@ -53,6 +57,9 @@ flags.DEFINE_string("methods", "finetune,neggrad,random_label,l1_sparse,ssd,salu
                     "methods for the methods table ('' = skip the table)")
 flags.DEFINE_integer("seeds", 4, "seeds for the methods and vmap-vs-loop tables")
 flags.DEFINE_integer("epochs", 0, "epochs per model in sections 2-3 (0 = the recipe's)")
+flags.DEFINE_string("search_method", "finetune", "method for the search table ('' = skip)")
+flags.DEFINE_integer("search_budget", 16, "configurations in the search table")
+flags.DEFINE_string("search_models", "", "models for the search table ('' = --models)")
 flags.DEFINE_float("accuracy_target", 0.0, "instead of the tables: train each of --models on "
                    "all of --dataset with its recipe, test accuracy after every epoch, and "
                    "print the wall time to reach this test accuracy (e.g. 0.82)")
@@ -252,6 +259,42 @@ def time_to_accuracy(ds, names, F):
           + f"; {len(y) * cfg.epochs / wall:,.0f} images/s over the whole run\n", flush=True)
 
 
+def search_table(ds, F, names):
+  """K configurations of one method (1 seed, 1 epoch where it has epochs): one vmapped
+  program vs one compiled program called K times (`tuning.run_search`), compile excluded."""
+  from unlearn_jax import methods as methods_lib, tuning
+  method = methods_lib.get_method(F.search_method)
+  split = data.make_split(data.SplitSpec("random", 0.1, seed=0), ds.train_y, ds.test_y,
+                          ds.num_classes)
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+  forget, retain = (x[split.forget], y[split.forget]), (x[split.retain], y[split.retain])
+  configs = tuning.sample_configs(method, F.search_budget, jax.random.PRNGKey(0))
+  fixed = {k: 1 for k, v in method.defaults.items() if "epochs" in k and isinstance(v, int)}
+  print(f"\n## 5. Search: {F.search_budget} configurations of {method.name} "
+        f"({', '.join(configs)}; {fixed or 'its defaults'}), 1 seed, {len(split.retain)} "
+        f"retain / {len(split.forget)} forget\n")
+  print("| model | vmapped s | sequential s | configurations/s vmapped | sequential | "
+        "vmapped ÷ sequential speed | picked here |")
+  print("|---|---|---|---|---|---|---|")
+  for name in names:
+    model = _model(name, ds.num_classes)
+    variables = jax.tree_util.tree_map(lambda a: a[None], models.init_variables(
+        model, jax.random.PRNGKey(0), ds.input_shape))
+    ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape, (), name)
+    data_ = methods_lib.select_data(method, forget, retain)
+    keys = jax.random.split(jax.random.PRNGKey(1), 1)
+    timed = {loop: statistics.median(
+        tuning.run_search(method, ctx, configs, fixed, variables, data_, keys, loop)[1]
+        for _ in range(F.repeats)) for loop in tuning.SEARCH_LOOPS}
+    k = F.search_budget
+    print(f"| {name} | {timed['vmap']:.2f} | {timed['sequential']:.2f} | "
+          f"{k / timed['vmap']:.1f} | {k / timed['sequential']:.1f} | "
+          f"{timed['sequential'] / timed['vmap']:.2f}x | "
+          f"{driver.default_seed_mode(name.partition(':')[0])} |", flush=True)
+  print(f"\n`experiments.tune --search_loop=auto` uses the seeds' mode: sequential for conv "
+        f"models on CPU, vmap elsewhere (backend here: {jax.default_backend()}).")
+
+
 def memory_table():
   print("\n## 4. Memory\n")
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -299,6 +342,8 @@ def main(argv):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   seeds_table(ds, F, names[0])
+  if F.search_method:
+    search_table(ds, F, [m for m in (F.search_models or F.models).split(",") if m])
   memory_table()
 
 
