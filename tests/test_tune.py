@@ -15,8 +15,8 @@ from experiments.configs import default
 from unlearn_jax import data as data_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--seeds=2", "--config.train.epochs=6", "--methods=finetune,ssd", "--budget=4",
-         "--finetune.epochs=1"]
+SMALL = ["--seeds=2", "--config.train.epochs=3", "--methods=finetune,ssd", "--budget=3",
+         "--finetune.epochs=1", "--config.plots=True"]
 
 
 def run_module(module, *args):
@@ -39,7 +39,7 @@ def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path
                "plots/tuning_finetune.png", "plots/tuning_ssd.png"):
     assert (workdir / name).exists(), name
   rows = (workdir / "tuning.csv").read_text().splitlines()
-  assert len(rows) == 1 + 2 * 4 * 2        # methods × configurations × seeds
+  assert len(rows) == 1 + 2 * 3 * 2        # methods × configurations × seeds
   assert "configurations/s" in proc.stdout and "| ssd |" in proc.stdout
   tuned = json.loads((workdir / "tuned.json").read_text())
   assert tuned["rule"] == "no_retrain" and set(tuned["methods"]) == {"finetune", "ssd"}
@@ -79,9 +79,9 @@ def test_selection_never_reads_the_test_split(monkeypatch):
   """Poison every test-split example (noise images, shuffled labels): the choice is the
   same, and only the reported test accuracy moves."""
   cfg = default.get_config()
-  cfg.seeds, cfg.methods, cfg.train.epochs = 1, "neggrad_plus,ssd", 6
+  cfg.seeds, cfg.methods, cfg.train.epochs = 1, "neggrad_plus,ssd", 4
   hp = {"neggrad_plus": {"epochs": 1}}
-  clean = tuning_run.run(cfg, hp, budget=4, log=lambda s: None)
+  clean = tuning_run.run(cfg, hp, budget=3, log=lambda s: None)
 
   real_load = data_lib.load_dataset
 
@@ -96,7 +96,7 @@ def test_selection_never_reads_the_test_split(monkeypatch):
     return dataclasses.replace(ds, test_x=x, test_y=y)
 
   monkeypatch.setattr(data_lib, "load_dataset", poisoned)
-  dirty = tuning_run.run(cfg, hp, budget=4, log=lambda s: None)
+  dirty = tuning_run.run(cfg, hp, budget=3, log=lambda s: None)
   for m in ("neggrad_plus", "ssd"):
     assert dirty.tuned["methods"][m]["config"] == clean.tuned["methods"][m]["config"], m
     assert dirty.tuned["methods"][m]["score"] == pytest.approx(clean.tuned["methods"][m]["score"])
