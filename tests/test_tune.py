@@ -33,6 +33,7 @@ def tuned_run(tmp_path_factory):
   return workdir, proc
 
 
+@pytest.mark.slow   # two CLI runs (~20 s): the suite's 10-minute budget is tight
 def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path):
   workdir, proc = tuned_run
   for name in ("tuning.csv", "tuned.json", "report.md", "tuning.json",

@@ -29,7 +29,6 @@ def setup(digits, digits_split):
     ("finetune", dict(epochs=1)),
     ("ssd", {}),
     ("salun", dict(epochs=1)),
-    ("scrub", dict(epochs=2, max_epochs=1)),
 ])
 def test_vmapped_grid_equals_configurations_run_one_by_one(setup, name, fixed):
   m, variables, forget, retain, ctx = setup
