@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from experiments import population, setup
@@ -62,12 +62,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
+  setup.begin_cli(argv)
   F = flags.FLAGS
   cfg = config_dict.ConfigDict(_CONFIG.value.to_dict())
   for name in _OVERRIDES:

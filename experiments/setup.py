@@ -336,6 +336,18 @@ def resumed_method(store, name: str, like_variables, log) -> Optional[driver.Mod
                   {k: np.asarray(v) for k, v in (tree.get("artifacts") or {}).items()})
 
 
+def begin_cli(argv) -> None:
+  """What every experiments CLI does first: refuse stray arguments, keep the console for
+  progress (orbax and tfds log every file they touch at INFO), no tfds progress bars."""
+  from absl import app, flags, logging
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+
+
 def take_test(ds: data_lib.Dataset, idx: np.ndarray):
   return jnp.asarray(ds.test_x[idx]), jnp.asarray(ds.test_y[idx])
 

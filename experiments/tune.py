@@ -26,7 +26,7 @@ Every other flag is experiments.unlearn's (dataset, model, scenario, seeds, conf
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import setup, tuning_run
 from experiments import unlearn as cli   # defines the shared flags and their parsing
@@ -38,12 +38,7 @@ flags.DEFINE_string("search_loop", "auto", "auto | vmap | sequential")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
+  setup.begin_cli(argv)
   cfg = cli.build_config()
   F = flags.FLAGS
   workdir = F.workdir or cli.default_workdir(cfg).replace("runs/", "runs/tune_", 1)

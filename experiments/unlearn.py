@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
@@ -139,13 +139,7 @@ def default_workdir(cfg) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # orbax and tfds log every file they touch at INFO; keep the console for progress.
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
+  setup.begin_cli(argv)
   cfg = build_config()
   if cfg.distributed:
     parallel.initialize_distributed()
