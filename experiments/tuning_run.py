@@ -177,10 +177,6 @@ def _digest(idx) -> str:
   return splits.sha256_indices(np.asarray(idx))
 
 
-def avg_gap(row: dict, retrain: dict) -> float:
-  return float(np.mean([100 * abs(row[k] - retrain[k]) for k in REPORT_KEYS]))
-
-
 def report_markdown(result: TuningResult, title: str) -> str:
   info = result.info
   retrain = next(r for r in result.table if r["method"] == "retrain")["default"]
@@ -201,17 +197,18 @@ def report_markdown(result: TuningResult, title: str) -> str:
   for r in result.table:
     d, t = r["default"], r["tuned"]
     cells = [r["method"], pct(d["retain_acc"]), pct(d["forget_acc"]), pct(d["test_acc"]),
-             f"{d['mia_loss_lr']:.2f}", f"{avg_gap(d, retrain):.1f}"]
+             f"{d['mia_loss_lr']:.2f}", f"{tuning.retrain_gap_score(d, retrain):.1f}"]
     if r["method"] in ("original", "retrain"):
       cells += ["", "", "", "", "", "", "", ""]
     else:
       hp = ", ".join(f"{k} {v:.3g}" for k, v in r["tuned_config"].items())
       cells += [pct(t["retain_acc"]), pct(t["forget_acc"]), pct(t["test_acc"]),
-                f"{t['mia_loss_lr']:.2f}", f"{avg_gap(t, retrain):.1f}",
+                f"{t['mia_loss_lr']:.2f}", f"{tuning.retrain_gap_score(t, retrain):.1f}",
                 f"{r['default_score']:.1f} → {r['tuned_score']:.1f}", hp,
                 f"{r['cost_ratio_with_search']:.2f}"]
     lines.append("| " + " | ".join(cells) + " |")
-  ranked = sorted((avg_gap(r["tuned"], retrain), r["method"]) for r in result.table
+  ranked = sorted((tuning.retrain_gap_score(r["tuned"], retrain), r["method"])
+                  for r in result.table
                   if r["method"] not in ("original", "retrain"))
   if ranked:
     lines += ["", "Tuned, ranked by Avg. Gap: " + ", ".join(f"{m} {g:.1f}" for g, m in ranked)]

@@ -12,6 +12,7 @@ searchable hyperparameter ("log", low, high), ("linear", low, high), or a tuple 
 
 from __future__ import annotations
 
+import time
 from typing import Mapping
 
 import jax
@@ -106,7 +107,6 @@ def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "
   (`config_unlearn`) called K·S times — on CPU conv models the vmapped program does not
   pay. Returns (variables [K, S, ...], seconds of the search after compilation,
   compile seconds)."""
-  import time
   if loop not in SEARCH_LOOPS:
     raise ValueError(f"loop={loop!r} is unknown; allowed: {', '.join(SEARCH_LOOPS)}")
   if loop == "vmap":

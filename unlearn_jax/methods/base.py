@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -160,8 +160,6 @@ def check_space(name: str, space: Mapping[str, Any], defaults: Mapping[str, Any]
       raise ValueError(f"{name}: space of {k} is {spec!r}; allowed: ('log', low, high), "
                        "('linear', low, high) or a tuple of numbers")
   return out
-
-
 
 
 def _check_pair(method: str, name: str, pair, input_shape) -> tuple:
@@ -423,10 +421,15 @@ def fixed_batches(data: tuple, batch_size: int) -> tuple:
   return jax.tree_util.tree_map(lambda a: a[idx], data), valid
 
 
+def masked_sum(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """Sum of `values` [batch, ...] over the rows where `valid` [batch] is True."""
+  w = valid.astype(values.dtype).reshape(valid.shape + (1,) * (values.ndim - 1))
+  return jnp.sum(values * w, axis=0)
+
+
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
   """Mean of `values` [batch, ...] over the rows where `valid` [batch] is True."""
-  w = valid.astype(values.dtype).reshape(valid.shape + (1,) * (values.ndim - 1))
-  return jnp.sum(values * w, axis=0) / jnp.maximum(jnp.sum(valid), 1)
+  return masked_sum(values, valid) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def batched_mean(fn: Callable, data: tuple, batch_size: int):
@@ -458,13 +461,8 @@ def example_mean(fn: Callable, data: tuple, batch_size: int):
   batches, valid = fixed_batches(data, batch_size)
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
 
-  def one(bv):
-    w = bv[1]
-    return jax.tree_util.tree_map(
-        lambda a: jnp.sum(a * w.astype(a.dtype).reshape(w.shape + (1,) * (a.ndim - 1)), 0),
-        fn(shard_batch(bv[0])))
-
-  sums = jax.lax.map(one, (batches, valid))
+  sums = jax.lax.map(lambda bv: jax.tree_util.tree_map(
+      lambda a: masked_sum(a, bv[1]), fn(shard_batch(bv[0]))), (batches, valid))
   return jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0) / n, sums)
 
 
