@@ -77,7 +77,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
       f"retain {split.retain.size} (select {parts['retain_select'].size}), val {split.val.size} "
       f"(select), test {split.test.size} (report only)")
   log(f"model {st.model_name}, {cfg.seeds} seed(s); search: {budget} configurations × "
-      f"{cfg.seeds} seeds per method, {'one vmapped program' if search_loop == 'vmap' else 'one compiled program called per configuration and seed'}; "
+      f"{cfg.seeds} seeds per method (and per value of a searched integer hyperparameter), {'one vmapped program' if search_loop == 'vmap' else 'one compiled program called per configuration and seed'}; "
       f"selection rule {rule}")
 
   seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
@@ -108,18 +108,27 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
     method = methods_lib.get_method(m)
     configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
         int(cfg.seed)), m))
-    fixed = {k: v for k, v in hparams[m].items() if k not in configs}
+    # An integer hyperparameter the user set (--<method>.epochs=20) stays fixed.
+    user_set = {k for k in method.space if tuning.is_outer(method, k)
+                and hparams[m].get(k, method.defaults[k]) != method.defaults[k]}
     keys = jax.vmap(lambda k: driver.method_key(k, m))(seed_keys)
     data = methods_lib.select_data(method, forget, retain)
-    grid, seconds, compile_s = tuning.run_search(method, ctx, configs, fixed,
-                                                 pops["original"].variables, data, keys,
-                                                 search_loop)
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
-      log(f"  {m}: some configurations returned non-finite weights; they score +inf")
-    cfg_list = tuning.configs_list(configs)
-    scores = np.zeros((budget, int(cfg.seeds)))
+    grids, cfg_list, seconds, compile_s = [], [], 0.0, 0.0
+    for outer in tuning.outer_configs(method, user_set):
+      fixed = {**{k: v for k, v in hparams[m].items() if k not in configs}, **outer}
+      grid, sec, comp = tuning.run_search(method, ctx, configs, fixed,
+                                          pops["original"].variables, data, keys, search_loop)
+      if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
+        log(f"  {m} {outer or ''}: some configurations returned non-finite weights; they "
+            "score +inf")
+      grids.append(grid)
+      seconds, compile_s = seconds + sec, compile_s + comp
+      cfg_list += [{**outer, **c} for c in tuning.configs_list(configs)]
+    total = len(cfg_list)
+    variables_of = lambda k: jax.tree_util.tree_map(lambda a: a[k % budget], grids[k // budget])
+    scores = np.zeros((total, int(cfg.seeds)))
     for k, hp in enumerate(cfg_list):
-      ms = driver.ModelSet(m, jax.tree_util.tree_map(lambda a: a[k], grid), 0.0)
+      ms = driver.ModelSet(m, variables_of(k), 0.0)
       sel = evaluate(ms, select_arrays)[0]
       for s, r in enumerate(sel):
         if rule == "retrain_gap":
@@ -134,9 +143,9 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
     best = int(np.argmin(np.where(np.isfinite(mean), mean, np.inf)))
     reported = {}
     for label, k in (("default", 0), ("tuned", best)):
-      ms = driver.ModelSet(m, jax.tree_util.tree_map(lambda a: a[k], grid), 0.0)
+      ms = driver.ModelSet(m, variables_of(k), 0.0)
       reported[label] = _mean_rows(evaluate(ms, report_arrays)[0])
-    per_config = seconds / (budget * int(cfg.seeds))
+    per_config = seconds / (total * int(cfg.seeds))
     table.append({"method": m, "default": reported["default"], "tuned": reported["tuned"],
                   "default_score": float(mean[0]), "tuned_score": float(mean[best]),
                   "search_seconds_per_seed": seconds / int(cfg.seeds),
@@ -144,11 +153,11 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
                   "cost_ratio_with_search": (seconds / int(cfg.seeds)) / max(retrain_s, 1e-9),
                   "tuned_config": cfg_list[best]})
     tuned[m] = {"hparams": {**fixed, **cfg_list[best]}, "searched": cfg_list[best],
-                "default": {k: method.defaults[k] for k in configs},
+                "default": {k: method.defaults[k] for k in cfg_list[0]},
                 "score": float(mean[best]), "default_score": float(mean[0]), "config": best}
     left = (len(searchable) - i - 1) * (time.perf_counter() - t_start) / (i + 1)
-    log(f"tuning {m} ({i + 1}/{len(searchable)}): {budget} configurations × {cfg.seeds} seeds in "
-        f"{seconds:.1f} s ({budget * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
+    log(f"tuning {m} ({i + 1}/{len(searchable)}): {total} configurations × {cfg.seeds} seeds in "
+        f"{seconds:.1f} s ({total * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
         f"compile {compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "
         f"(configuration {best}); ~{left:.0f} s left")
 
@@ -184,7 +193,8 @@ def report_markdown(result: TuningResult, title: str) -> str:
           "Avg. Gap", "score", "tuned hyperparameters", "search × retrain"]
   lines = [f"## {title}", "",
            f"Selection rule `{info['rule']}`, {info['budget']} configurations × {info['seeds']} "
-           f"seeds per method ({info['search_loop']}). Selected on "
+           f"seeds per method and per value of a searched integer hyperparameter (epochs) "
+           f"({info['search_loop']}). Selected on "
            f"{info['selection_sizes']['forget_select']} forget and "
            f"{info['selection_sizes']['retain_select']} retain examples and the val split; "
            "every number below is on the examples selection never saw (the rest of D_f and "

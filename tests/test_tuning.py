@@ -57,7 +57,7 @@ def test_every_declared_space_traces(setup):
     short = {k: 1 for k, v in method.defaults.items() if isinstance(v, int)
              and not isinstance(v, bool) and ("epochs" in k or k.endswith("steps") or k == "cycles")}
     configs = tuning.sample_configs(method, 2, jax.random.PRNGKey(0))
-    assert set(configs) == set(method.space), name
+    assert set(configs) == {k for k in method.space if not tuning.is_outer(method, k)}, name
     out = jax.eval_shape(tuning.grid_unlearn(method, ctx, configs, short), variables, data,
                          jax.random.split(jax.random.PRNGKey(0), 2))
     assert jax.tree_util.tree_leaves(out[0])[0].shape[:2] == (2, 2), name
@@ -77,8 +77,12 @@ def test_bad_spaces_and_budgets_are_named():
   defaults = dict(lr=0.1, epochs=3)
   with pytest.raises(ValueError, match="'momentum', which is not a hyperparameter"):
     check_space("m", dict(momentum=("log", 0.1, 1.0)), defaults)
-  with pytest.raises(ValueError, match="only float hyperparameters"):
+  with pytest.raises(ValueError, match="integer epochs is .*holding its default 3"):
     check_space("m", dict(epochs=(1, 2)), defaults)
+  with pytest.raises(ValueError, match="positive integers"):
+    check_space("m", dict(epochs=("log", 1, 9)), defaults)
+  with pytest.raises(ValueError, match="only float hyperparameters .* and integer ones"):
+    check_space("m", dict(name=(1.0, 2.0)), dict(name="a"))
   with pytest.raises(ValueError, match="low > 0 on a log scale"):
     check_space("m", dict(lr=("log", 0.0, 1.0)), defaults)
   with pytest.raises(ValueError, match="budget=0 must be >= 1"):
@@ -134,3 +138,14 @@ def test_sequential_search_equals_the_vmapped_grid(setup):
   seq, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys,
                                 "sequential")
   chex.assert_trees_all_close(vm, seq, rtol=1e-4, atol=1e-5)
+
+
+def test_integer_hyperparameters_form_an_outer_loop():
+  """Integer spaces (epochs) are not sampled: each value is one compiled program, the
+  defaults first; a value the user set stays fixed."""
+  method = methods.get_method("neggrad_plus")
+  assert method.space["epochs"] == (5, 20)
+  assert "epochs" not in tuning.sample_configs(method, 4, jax.random.PRNGKey(0))
+  assert tuning.outer_configs(method) == [{"epochs": 5}, {"epochs": 20}]
+  assert tuning.outer_configs(method, fixed={"epochs"}) == [{}]
+  assert tuning.outer_configs(methods.get_method("finetune")) == [{}]

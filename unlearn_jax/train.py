@@ -93,7 +93,9 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
   if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
   if cfg.optimizer == "sgd":
-    if cfg.weight_decay:
+    # A traced weight decay (a searched hyperparameter) is always applied; a Python 0 adds
+    # no transform, so the default program is unchanged.
+    if not isinstance(cfg.weight_decay, (int, float)) or cfg.weight_decay:
       parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.momentum > 0))
   elif cfg.optimizer == "adam":

@@ -7,11 +7,14 @@ Python values for the rest. Every concrete configuration is validated first (the
 `HyperparameterError`s as a single run), so nothing reaches compilation unchecked.
 
 Search spaces are declared in the registry (`register(..., space=...)`): for each
-searchable hyperparameter ("log", low, high), ("linear", low, high), or a tuple of values.
+searchable float hyperparameter ("log", low, high), ("linear", low, high), or a tuple of
+values; for an integer one (epochs) a tuple of integers, searched as an outer loop of
+compiled programs (`outer_configs`), each running the K float configurations.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Mapping
 
@@ -22,13 +25,31 @@ import numpy as np
 from unlearn_jax.methods.base import SCALES, HyperparameterError
 
 
+def is_outer(method, name: str) -> bool:
+  """Whether a searched hyperparameter is an integer one: an outer loop of compiled
+  programs (shapes and loop lengths depend on it), not a traced value."""
+  return not isinstance(method.defaults[name], float)
+
+
+def outer_configs(method, fixed=None) -> list:
+  """The outer loop's combinations of the integer hyperparameters in `method.space`
+  ([{name: int}], the defaults first); a name in `fixed` (set by the user) is left out."""
+  names = [k for k in sorted(method.space) if is_outer(method, k) and k not in (fixed or {})]
+  combos = [dict(zip(names, vals)) for vals in itertools.product(
+      *[method.space[k] for k in names])]
+  default = {k: method.defaults[k] for k in names}
+  return [default] + [c for c in combos if c != default]
+
+
 def sample_configs(method, budget: int, key: jax.Array, names=None) -> dict:
-  """`budget` configurations of the method's searched hyperparameters ({name: [K]}):
+  """`budget` configurations of the method's searched float hyperparameters ({name: [K]}):
   configuration 0 is the defaults, the others are drawn uniformly (log-uniformly on log
-  scales, uniformly from value lists). `names` restricts the search to some of them."""
+  scales, uniformly from value lists). `names` restricts the search to some of them.
+  Integer hyperparameters are not sampled here (`outer_configs`)."""
   if budget < 1:
     raise ValueError(f"budget={budget} must be >= 1")
-  space = {k: v for k, v in method.space.items() if names is None or k in names}
+  space = {k: v for k, v in method.space.items()
+           if (names is None or k in names) and not is_outer(method, k)}
   if names is not None:
     unknown = sorted(set(names) - set(method.space))
     if unknown:

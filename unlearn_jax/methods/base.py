@@ -137,15 +137,27 @@ SCALES = ("log", "linear")
 def check_space(name: str, space: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
   """A method's search space, checked: every key a float hyperparameter of the method,
   ranges (scale, low, high) with low < high (low > 0 on a log scale) or non-empty value
-  lists. ValueError naming the method, the hyperparameter and what is allowed."""
+  lists; or an integer one (epochs, steps) with a tuple of integers that holds its default:
+  an outer loop, one compiled program per value. ValueError naming the method, the
+  hyperparameter and what is allowed."""
   out = {}
   for k, spec in dict(space).items():
     if k not in defaults:
       raise ValueError(f"{name}: search space names {k!r}, which is not a hyperparameter; "
                        f"allowed: {', '.join(sorted(defaults))}")
+    if isinstance(defaults[k], int) and not isinstance(defaults[k], bool):
+      if not (isinstance(spec, tuple) and spec and all(
+          isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in spec)
+              and defaults[k] in spec):
+        raise ValueError(f"{name}: space of integer {k} is {spec!r}; allowed: a tuple of "
+                         f"positive integers holding its default {defaults[k]} (an outer "
+                         "loop, one compiled program per value)")
+      out[k] = tuple(dict.fromkeys(spec))
+      continue
     if not isinstance(defaults[k], float):
-      raise ValueError(f"{name}: only float hyperparameters are searched as one program; "
-                       f"{k} defaults to {defaults[k]!r}")
+      raise ValueError(f"{name}: only float hyperparameters (traced, one program) and "
+                       f"integer ones (an outer loop) are searched; {k} defaults to "
+                       f"{defaults[k]!r}")
     if isinstance(spec, tuple) and len(spec) == 3 and spec[0] in SCALES:
       scale, low, high = spec
       if not (math.isfinite(low) and math.isfinite(high) and low < high) or \

@@ -18,7 +18,7 @@ from unlearn_jax.methods.base import (MethodContext, UnlearnData, ce_loss, finet
                                       sample_batch, sgd)
 
 
-@register("finetune", space=dict(lr=("log", 1e-3, 0.3)),
+@register("finetune", space=dict(lr=("log", 1e-3, 1.0), weight_decay=("log", 1e-5, 0.05)),
           reads=("retain",), paper="Golatkar et al. 2020; Warnecke et al. 2023",
           defaults=dict(epochs=5, lr=0.02, batch_size=64, momentum=0.9, weight_decay=5e-4))
 def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_decay):
@@ -65,7 +65,7 @@ def _neg_ce(model, variables, batch, key):
   return -train_lib.cross_entropy(logits, y).mean(), (updates, {})
 
 
-@register("neggrad", space=dict(lr=("log", 1e-4, 0.1)),
+@register("neggrad", space=dict(lr=("log", 1e-4, 0.3), loss_cap_factor=("linear", 0.5, 3.0)),
           reads=("forget",), paper="Golatkar et al. 2020 (NegGrad); Thudi et al. 2022",
           defaults=dict(epochs=5, lr=0.01, batch_size=32, grad_clip=5.0, loss_cap_factor=1.0))
 def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_factor):
@@ -163,7 +163,7 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
   return unlearn
 
 
-@register("neggrad_plus", space=dict(beta=("linear", 0.5, 0.999), lr=("log", 1e-3, 0.1)),
+@register("neggrad_plus", space=dict(beta=("linear", 0.3, 0.999), lr=("log", 1e-3, 0.3), epochs=(5, 20)),
           reads=("forget", "retain"),
           paper="Kurmanji et al. 2023 (NegGrad+); seed 002 (advanced NegGrad)",
           defaults=dict(beta=0.95, epochs=5, lr=0.02, batch_size=64, grad_clip=5.0))

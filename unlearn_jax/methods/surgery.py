@@ -159,7 +159,7 @@ def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_siz
   return unlearn
 
 
-@register("fisher_forgetting", space=dict(alpha=("log", 1e-9, 1e-5)),
+@register("fisher_forgetting", space=dict(alpha=("log", 1e-9, 1e-2)),
           reads=("retain",), paper="Golatkar et al. 2020 (Eternal Sunshine)",
           defaults=dict(alpha=1e-6, max_examples=2000, batch_size=32))
 def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size):
