@@ -53,6 +53,14 @@ def test_evaluation_artifacts(evaluated):
   orig = next(r for r in rows if r["method"] == "original")
   assert float(rl["forget_acc"]) < float(orig["forget_acc"])
   assert "Ranked by competition score" in first.stdout
+  # KLOM: finite, >= 0 on every split; random labels move the forget margins more than the
+  # retain ones.
+  for r in rows:
+    for c in evaluation.CSV_COLUMNS:
+      if c.startswith("klom_"):
+        assert 0.0 <= float(r[c]) < 12.0, (c, r)
+  assert float(rl["klom_forget_p95"]) > float(rl["klom_retain_p50"])
+  assert "Ranked by KLOM" in first.stdout
 
 
 def test_second_evaluation_reuses_the_populations(evaluated):

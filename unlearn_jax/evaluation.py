@@ -21,7 +21,10 @@ from unlearn_jax import train as train_lib
 CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_median",
                "ulira_accuracy", "mia_efficacy", "avg_gap", "retain_acc", "forget_acc",
                "test_acc", "seconds", "forgetting_quality_kaggle", "eps_hat_inf_fraction",
-               "js_to_retrain", "activation_distance", "zrf", "num_models")
+               "js_to_retrain", "activation_distance", "zrf", "num_models",
+               "klom_forget_p95", "klom_forget_p50", "klom_retain_p95", "klom_retain_p50",
+               "klom_test_p95", "klom_test_p50")
+KLOM_SPLITS = ("forget", "retain", "test")
 
 
 @dataclasses.dataclass
@@ -107,7 +110,25 @@ def _evaluate_population64(name, logits, labels, retrained, random_forget, secon
          "activation_distance": float(np.mean([M.activation_distance(
              logits["forget"][i], retrained["forget"][i]) for i in range(n)])),
          "zrf": float(np.mean([M.zrf(logits["forget"][i], random_forget[i]) for i in range(n)]))}
+  row.update(_klom_columns(name, logits, retrained, labels))
   return row, eps, phi_u
+
+
+def _klom_columns(name, logits, retrained, labels) -> dict:
+  """KLOM's median and 95th percentile over the forget, retain and held-out (test)
+  examples: the margins of the N unlearned models against the N retrained ones; for
+  retrain itself two disjoint halves (the floor at N/2, as for ε)."""
+  out = {}
+  for split in KLOM_SPLITS:
+    phi_r = M.logit_scaled_confidence(retrained[split], labels[split][None])
+    if name == "retrain":
+      h = phi_r.shape[0] // 2
+      values = M.klom(phi_r[:h], phi_r[h:2 * h])
+    else:
+      values = M.klom(M.logit_scaled_confidence(logits[split], labels[split][None]), phi_r)
+    for key, v in M.klom_percentiles(values).items():
+      out[f"klom_{split}_{key}"] = float(v)
+  return out
 
 
 # ----------------------------------------------------------------------------- artifacts
@@ -149,13 +170,15 @@ def signal_markdown(signal: dict) -> str:
 
 
 def report_markdown(ev: Evaluation, title: str) -> str:
-  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "MIA-eff.", "Avg. Gap", "RA", "FA",
-          "TA", "s/model", "× retrain"]
+  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "KLOM p95 F / R / T", "MIA-eff.",
+          "Avg. Gap", "RA", "FA", "TA", "s/model", "× retrain"]
   lines = [f"## {title}", "",
            f"{ev.info['num_models']} unlearned vs {ev.info['num_models']} retrained models per "
            "method. F: forgetting quality (NeurIPS 2023 scoring code; 1 = indistinguishable "
            "from retraining); score = F·RA_U/RA_R·TA_U/TA_R; ε̂: seed 004's per-example "
-           "Gaussian LR attack (0 ideal); U-LiRA accuracy (0.5 ideal); MIA-efficacy and "
+           "Gaussian LR attack (0 ideal); U-LiRA accuracy (0.5 ideal); KLOM: 95th "
+           "percentile over the forget / retain / test examples of the binned KL between "
+           "unlearned and retrained margins (Georgiev et al. 2025; 0 ideal); MIA-efficacy and "
            "Avg. Gap as in SalUn (compare with retrain / 0 ideal). The `retrain` row compares "
            "two disjoint halves of the retrained population: the noise floor of the attacks "
            f"at N/2 = {ev.info['num_models'] // 2}.", "",
@@ -164,7 +187,8 @@ def report_markdown(ev: Evaluation, title: str) -> str:
     pct = lambda v: f"{100 * v:.1f}"
     lines.append("| " + " | ".join([
         r["method"], f"{r['forgetting_quality']:.3f}", f"{r['competition_score']:.3f}",
-        f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}", f"{r['mia_efficacy']:.3f}",
+        f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
+        " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS), f"{r['mia_efficacy']:.3f}",
         f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
         f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]) + " |")
   signal = population_signal(ev.rows)
@@ -172,8 +196,11 @@ def report_markdown(ev: Evaluation, title: str) -> str:
     lines += ["", signal_markdown(signal)]
   ranked = sorted((r for r in ev.rows if r["method"] not in ("retrain",)),
                   key=lambda r: -r["competition_score"])
+  by_klom = sorted(ranked, key=lambda r: r["klom_forget_p95"])
   lines += ["", "Ranked by competition score: " +
             ", ".join(f"{r['method']} {r['competition_score']:.3f}" for r in ranked),
+            "", "Ranked by KLOM (forget p95, lower is better): " +
+            ", ".join(f"{r['method']} {r['klom_forget_p95']:.2f}" for r in by_klom),
             "", f"Wall time {ev.info['wall_seconds']:.0f} s"
             + (" (populations reused from checkpoints)" if ev.info["populations_reused"] else "")
             + "."]
