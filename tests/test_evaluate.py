@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from experiments import population
 from unlearn_jax import evaluation
 
 
