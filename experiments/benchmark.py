@@ -76,7 +76,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def _model(name, num_classes, conv=None):
   """`cnn:32-64-128` is the CNN with those widths (the PyTorch reference's shape)."""
-  kwargs = {} if name.partition(":")[0] == "mlp" else {"conv": conv or "auto"}
+  kwargs = {"conv": conv or "auto"} if name.partition(":")[0] in models.CONV_MODELS else {}
   return models.get_model(name, num_classes, **kwargs)
 
 

@@ -63,6 +63,12 @@ def default_recipe(dataset: data_lib.Dataset, model_name: str) -> train_lib.Trai
     color = dataset.input_shape[-1] == 3
     return train_lib.TrainConfig(epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4,
                                  augment=color)
+  if model_name == "vit":
+    # AdamW (decoupled weight decay 0.05), one-cycle: the usual small-ViT recipe; SGD at
+    # the CNN's lr does not train a transformer from scratch.
+    return train_lib.TrainConfig(epochs=30 if small else 40, batch_size=64 if small else 128,
+                                 lr=1e-3, weight_decay=0.05, optimizer="adam",
+                                 augment=(not small) and dataset.input_shape[-1] == 3)
   # resnet18: the GPU recipe (SGD momentum, cosine, crop+flip).
   return train_lib.TrainConfig(epochs=15 if small else 40, batch_size=128, lr=0.1,
                                weight_decay=5e-4, schedule="cosine",
@@ -256,7 +262,7 @@ def setup(cfg, log: Callable[[str], None] = print) -> Setup:
     raise UsageError(as_flags(str(e))) from e
   model_name = cfg.model or default_model(ds)   # a name or a `cnn:16-32-64` spec
   base = models_lib.parse_model_spec(model_name)[0]
-  conv = {} if base == "mlp" else {"conv": cfg.get("conv", "auto")}
+  conv = {"conv": cfg.get("conv", "auto")} if base in models_lib.CONV_MODELS else {}
   model = models_lib.get_model(model_name, ds.num_classes, **conv)
   shapes = jax.eval_shape(lambda: models_lib.init_variables(model, jax.random.PRNGKey(0),
                                                             ds.input_shape))

@@ -11,7 +11,8 @@ from unlearn_jax import models
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8, 1)), ("cnn", (8, 8, 1)),
-                                        ("cnn", (32, 32, 3)), ("resnet18", (8, 8, 1))])
+                                        ("cnn", (32, 32, 3)), ("resnet18", (8, 8, 1)),
+                                        ("vit:16-1-2", (8, 8, 1)), ("vit:16-1-2", (32, 32, 3))])
 def test_models_give_logits_and_features(name, shape):
   m = models.get_model(name, 7)
   adapter = uj.as_adapter(m)
@@ -25,7 +26,7 @@ def test_models_give_logits_and_features(name, shape):
   # The features are the head's input: the head applied to them gives the logits.
   head = adapter.head_params(v["params"])
   chex.assert_trees_all_close(feats @ head["kernel"] + head["bias"], logits, atol=1e-4)
-  assert models.has_batch_norm(v) == (name != "mlp")
+  assert models.has_batch_norm(v) == (name.partition(":")[0] in ("cnn", "resnet18"))
   assert adapter.layers(v, shape)[-1] == (("head",),)
 
 
@@ -76,7 +77,33 @@ def test_model_specs_set_layer_widths():
 
 
 def test_unknown_model_and_conv_names_the_allowed_ones():
-  with pytest.raises(ValueError, match="allowed: mlp, cnn, resnet18"):
-    models.get_model("vit", 10)
+  with pytest.raises(ValueError, match="allowed: mlp, cnn, resnet18, vit"):
+    models.get_model("swin", 10)
   with pytest.raises(ValueError, match="allowed: auto, xla, patches"):
     models.conv_impl("cudnn")
+
+
+def test_vit_patches_tokens_and_dropout_stream():
+  """Patch 4 on 32×32 (64 tokens + class token), 2 on 8×8; LayerNorm, no BatchNorm; with
+  dropout, train mode draws from the `dropout` stream and is deterministic for a key."""
+  vit = models.get_model("vit:16-1-2", 10)
+  assert (vit.dim, vit.depth, vit.heads) == (16, 1, 2)
+  v = models.init_variables(vit, jax.random.PRNGKey(0), (32, 32, 3))
+  assert v["params"]["pos_embedding"].shape == (1, 65, 16)
+  assert v["params"]["embed"]["kernel"].shape == (4 * 4 * 3, 16)
+  assert set(v) == {"params"}
+  small = models.init_variables(vit, jax.random.PRNGKey(0), (8, 8, 1))
+  assert small["params"]["pos_embedding"].shape == (1, 17, 16)
+  drop = models.get_model("vit:16-1-2", 10, dropout=0.3)
+  adapter = uj.as_adapter(drop)
+  assert adapter.rng_streams == ("dropout",)
+  x = jnp.ones((4, 8, 8, 1))
+  a, _ = adapter.apply(small, x, train=True, rng=jax.random.PRNGKey(1))
+  b, _ = adapter.apply(small, x, train=True, rng=jax.random.PRNGKey(1))
+  c, _ = adapter.apply(small, x, train=True, rng=jax.random.PRNGKey(2))
+  chex.assert_trees_all_equal(a, b)
+  assert not jnp.allclose(a, c)
+  with pytest.raises(ValueError, match="patch_size=3 must divide the image size 8x8"):
+    models.get_model("vit:16-1-2", 10, patch_size=3).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="width-depth-heads"):
+    models.parse_model_spec("vit:16-1-2-4")

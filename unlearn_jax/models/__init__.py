@@ -26,7 +26,8 @@ from jax import lax
 
 from unlearn_jax.adapter import ModelAdapter, has_mutable_state
 
-MODEL_CHOICES = ("mlp", "cnn", "resnet18")
+MODEL_CHOICES = ("mlp", "cnn", "resnet18", "vit")
+CONV_MODELS = ("cnn", "resnet18")          # the models that take `conv=` (`conv_impl`)
 CONV_IMPLS = ("auto", "xla", "patches")
 
 
@@ -161,22 +162,90 @@ class ResNet18(nn.Module, _LibraryModel):
     return nn.Dense(self.num_classes, name="head")(h)
 
 
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)) (GELU)."""
+  dim: int
+  heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.LayerNorm(name="ln1")(x)
+    h = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
+                                        deterministic=not train, name="attn")(h, h)
+    x = x + drop(h)
+    h = nn.LayerNorm(name="ln2")(x)
+    h = nn.gelu(nn.Dense(self.mlp_dim, name="mlp1")(h))
+    h = nn.Dense(self.dim, name="mlp2")(drop(h))
+    return x + drop(h)
+
+
+class ViT(nn.Module, _LibraryModel):
+  """A small Vision Transformer (Dosovitskiy et al. 2021): non-overlapping patches, a
+  linear patch embedding, a class token and learned position embeddings, `depth`
+  pre-LayerNorm encoder blocks, LayerNorm, then the head on the class token.
+
+  No BatchNorm and no convolution (the embedding is a reshape and a Dense, which has no
+  slow CPU path): the library's proof that methods assume neither. `patch_size` 0 picks 4
+  for images of 16 pixels and more (64 tokens on 32×32) and 2 below (16 tokens on 8×8
+  digits). `dropout` > 0 makes train mode draw from the `dropout` rng stream.
+  """
+  num_classes: int
+  patch_size: int = 0
+  dim: int = 96
+  depth: int = 4
+  heads: int = 4
+  mlp_ratio: int = 2
+  dropout: float = 0.0
+
+  def unlearn_adapter(self) -> ModelAdapter:
+    return ModelAdapter(self, train_kwargs={"train": True}, eval_kwargs={"train": False},
+                        rng_streams=("dropout",) if self.dropout > 0 else (),
+                        head=("head",), name="ViT")
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    n, height, width, channels = x.shape
+    p = self.patch_size or (4 if min(height, width) >= 16 else 2)
+    if height % p or width % p:
+      raise ValueError(f"ViT: patch_size={p} must divide the image size {height}x{width}")
+    patches = x.reshape(n, height // p, p, width // p, p, channels)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(n, -1, p * p * channels)
+    tokens = nn.Dense(self.dim, name="embed")(patches)
+    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))
+    tokens = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.dim)).astype(tokens.dtype),
+                              tokens], axis=1)
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02),
+                     (1, tokens.shape[1], self.dim))
+    h = nn.Dropout(self.dropout, deterministic=not train)(tokens + pos)
+    for i in range(self.depth):
+      h = EncoderBlock(self.dim, self.heads, self.mlp_ratio * self.dim, self.dropout,
+                       name=f"block{i}")(h, train)
+    h = nn.LayerNorm(name="ln_final")(h[:, 0])
+    return nn.Dense(self.num_classes, name="head")(h)
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn": CNN,
     "resnet18": ResNet18,
+    "vit": ViT,
 }
 
 
 # The width field a `name:W1-W2-...` spec sets, per library model.
-_WIDTH_FIELD = {"mlp": "hidden", "cnn": "widths", "resnet18": "stage_widths"}
+_WIDTH_FIELD = {"mlp": "hidden", "cnn": "widths", "resnet18": "stage_widths",
+                "vit": ("dim", "depth", "heads")}
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
   """`"cnn:16-32-64"` -> `("cnn", {"widths": (16, 32, 64)})`; a bare name has no kwargs.
 
   The part after ':' sets the model's layer widths (MLP hidden sizes, CNN conv widths,
-  ResNet-18 stage widths). ValueError names the spec and what is allowed."""
+  ResNet-18 stage widths) or, for the ViT, up to three numbers: width, depth, heads
+  (`vit:64-2` = width 64, depth 2). ValueError names the spec and what is allowed."""
   base, sep, widths = str(spec).partition(":")
   if base not in _REGISTRY:
     raise ValueError(f"model {base!r} is unknown; allowed: {', '.join(_REGISTRY)}")
@@ -187,10 +256,13 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     values = tuple(int(w) for w in widths.split("-"))
   except ValueError:
     values = ()
-  if field is None or not values or min(values) < 1:
+  if field is None or not values or min(values) < 1 or (
+      isinstance(field, tuple) and len(values) > len(field)):
     raise ValueError(f"model spec {spec!r}: after ':' give positive layer widths joined "
-                     f"by '-' (e.g. cnn:16-32-64); allowed models with widths: "
-                     f"{', '.join(_WIDTH_FIELD)}")
+                     f"by '-' (e.g. cnn:16-32-64, vit:64-2-4 for width-depth-heads); "
+                     f"allowed models with widths: {', '.join(_WIDTH_FIELD)}")
+  if isinstance(field, tuple):
+    return base, dict(zip(field, values))
   return base, {field: values}
 
 
@@ -216,6 +288,7 @@ def has_batch_norm(variables: dict) -> bool:
   return has_mutable_state(variables, "batch_stats")
 
 
-__all__ = ["MODEL_CHOICES", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "Conv",
+__all__ = ["MODEL_CHOICES", "CONV_MODELS", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "ViT",
+           "EncoderBlock", "Conv",
            "conv_impl", "patches_conv_general_dilated", "get_model", "parse_model_spec", "register_model",
            "init_variables", "has_batch_norm"]
