@@ -119,7 +119,7 @@ def _check_hparam(method: str, name: str, value, default, choices: dict):
         or not math.isfinite(float(value)):
       raise err("must be a finite number")
     value = float(value)
-    if (name == "lr" or name.endswith("_lr") or name == "tau") and value <= 0:
+    if (name in _POSITIVE or name.endswith("_lr")) and value <= 0:
       raise err("must be > 0")
     if name in _FRACTIONS and not 0 < value <= 1:
       raise err("must lie in (0, 1]")
@@ -130,6 +130,7 @@ def _check_hparam(method: str, name: str, value, default, choices: dict):
 
 
 _FRACTIONS = ("keep", "retain_fraction", "quantile", "gate")
+_POSITIVE = ("lr", "tau", "sigma")          # (and every "*_lr")
 
 SCALES = ("log", "linear")
 
