@@ -64,7 +64,7 @@ def test_same_flags_same_results(two_runs):
 
 @pytest.mark.parametrize("args,needle", [
     (["--dataset=imagenet"], "--dataset='imagenet' is unknown; allowed: digits"),
-    (["--model=vit"], "--model='vit' is unknown; allowed: mlp, cnn, resnet18"),
+    (["--model=swin"], "--model='swin' is unknown; allowed: mlp, cnn, resnet18, vit"),
     (["--model=cnn:16-x"], "--model='cnn:16-x': after ':' give positive layer widths"),
     (["--methods=finetune,magic"], "--methods: 'magic' is unknown; allowed: finetune"),
     (["--scenario=sideways"], "--scenario='sideways' is unknown; allowed: random, class, subclass"),
@@ -142,9 +142,9 @@ def test_benchmark_prints_its_tables():
                  "## 3. Seeds", "vmapped vs loop, same run:", "## 5. Search: 3 configurations",
                  "vmapped ÷ sequential", "peak resident memory"):
     assert needle in r.stdout, r.stdout
-  bad = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=vit"],
+  bad = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=swin"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-  assert bad.returncode == 2 and "--models='vit'" in bad.stderr
+  assert bad.returncode == 2 and "--models='swin'" in bad.stderr
   assert "Traceback" not in bad.stderr
 
 
