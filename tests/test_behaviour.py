@@ -14,7 +14,7 @@ from experiments import runner, setup
 from unlearn_jax import methods, report
 
 
-CLASS_FORGETTERS = ("random_label", "ssd", "lfssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
+CLASS_FORGETTERS = ("random_label", "ssd", "assd", "lfssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
                     "boundary_shrink", "boundary_expand", "influence", "activation_reset")
 RANDOM_OVERSHOOT = ("random_label", "salun", "boundary_shrink")
 

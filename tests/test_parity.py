@@ -9,8 +9,8 @@ import pytest
 
 from unlearn_jax import methods, models, train
 from unlearn_jax.methods import base
-from unlearn_jax.methods.surgery import (_ce_grad, dampen, saliency_mask, top_fraction_mask,
-                                         union_set, weight_importance)
+from unlearn_jax.methods.surgery import (_ce_grad, assd_alpha, dampen, saliency_mask,
+                                         top_fraction_mask, union_set, weight_importance)
 
 tree_map = jax.tree_util.tree_map
 
@@ -211,3 +211,19 @@ def test_mia_efficacy_is_salun_svc_on_true_class_confidence(setup):
   ours = metrics.mia_efficacy(m.apply(v, retain[0]), retain[1], m.apply(v, test[0]), test[1],
                               m.apply(v, forget[0]), forget[1])
   np.testing.assert_allclose(float(ours), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("forget_fraction", [0.01, 0.1, 0.5])
+def test_assd_threshold_passes_the_top_log_percent_of_relative_importance(forget_fraction):
+  """α = percentile_p(I_f/I_D), p = 100 − ln(1 + 100·|D_f|/|D|): SSD's test I_f > α·I_D then
+  passes ln(1 + 100·|D_f|/|D|) % of the weights (zero-importance ones left out of the
+  ratios, as non-finite)."""
+  key_f, key_d = jax.random.split(jax.random.PRNGKey(0))
+  imp_f = {"a": jax.random.uniform(key_f, (400, 25)), "b": jnp.zeros((7,))}
+  imp_d = {"a": jax.random.uniform(key_d, (400, 25)) + 0.1, "b": jnp.zeros((7,))}
+  alpha = assd_alpha(imp_f, imp_d, forget_fraction)
+  passed = float(jnp.mean(imp_f["a"] > alpha * imp_d["a"]))
+  np.testing.assert_allclose(100 * passed, np.log1p(100 * forget_fraction), atol=0.02)
+  params = {"a": jnp.ones((400, 25)), "b": jnp.ones((7,))}
+  out = dampen(params, imp_f, imp_d, alpha, 1.0)
+  assert float(jnp.mean(out["a"] != 1.0)) == passed and bool(jnp.all(out["b"] == 1.0))
