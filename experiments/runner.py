@@ -137,12 +137,19 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
       arrays["val_forget"] = take_test(ds, split.val_forget)
       arrays["test_forget"] = take_test(ds, split.test_forget)
     log("evaluating")
-    rows, losses = [], {}
+    rows, losses, layers = [], {}, {}
     evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
+    distance = jax.jit(jax.vmap(metrics_lib.layer_distance))
     for name, ms in model_sets.items():
       metric_rows, losses[name] = evaluate(ms, arrays)
+      # Per layer, per seed: ‖θ − θ_retrain‖/‖θ_retrain‖ (same initial weights per seed).
+      per_layer = {k: np.asarray(v) for k, v in distance(
+          ms.variables["params"], model_sets["retrain"].variables["params"]).items()}
+      layers[name] = {k: v.tolist() for k, v in per_layer.items()}
       for i, r in enumerate(metric_rows):
-        rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds})
+        rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds,
+                     "layer_distance": float(np.mean([v[i] for v in per_layer.values()])),
+                     "peak_memory_mib": ms.peak_bytes / 2 ** 20})
     if cfg.scenario == "class":
       log(f"relearning the forgotten classes for AIN (up to {cfg.ain.max_steps} steps per model)")
       targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
@@ -159,6 +166,7 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
           "jax_version": jax.__version__,
           "compile_seconds": {k: v.compile_seconds for k, v in model_sets.items()},
           "aux": {k: v.aux for k, v in model_sets.items() if v.aux},
+          "layer_distance": layers,
           "wall_seconds": time.perf_counter() - t_start}
   return RunResult(rows, model_sets, losses, split, ds, recipe, hparams, info)
 

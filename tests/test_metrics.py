@@ -218,6 +218,12 @@ def _metric_cases():
       "mia_efficacy": (lambda a, b: metrics.mia_efficacy(a, labels, b, labels, a[:10], labels[:10]),
                        (logits, logits2)),
       "relearn_steps": None,    # needs a model: covered in test_methods under jit and vmap
+      "klom": (metrics.klom, (u, r)),
+      "klom_percentiles": (lambda a, b: metrics.klom_percentiles(metrics.klom(a, b)), (u, r)),
+      "layer_distance": (lambda a, b: metrics.layer_distance({"l0": a, "l1": b}, {"l0": b, "l1": a}),
+                         (u, r)),
+      "mean_layer_distance": (lambda a, b: metrics.mean_layer_distance({"l0": a}, {"l0": b}),
+                              (u, r)),
   }
 
 
@@ -272,3 +278,16 @@ def test_vectorised_epsilons_in_float32_under_jit_stay_close():
                              metrics.forgetting_quality(want, 32), atol=0.05)
   with pytest.raises(ValueError, match="max_thresholds"):
     jax.jit(metrics.per_example_epsilons)(u, r)
+
+
+def test_layer_distance_is_relative_per_layer_and_traceable():
+  ref = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
+         "head": {"kernel": 2.0 * jnp.ones((4, 2)), "bias": jnp.ones(2)}}
+  moved = {"Dense_0": {"kernel": 1.5 * jnp.ones((3, 4)), "bias": jnp.zeros(4)}, "head": ref["head"]}
+  d = metrics.layer_distance(moved, ref)
+  assert list(d) == ["Dense_0", "head"]
+  np.testing.assert_allclose([float(d["Dense_0"]), float(d["head"])], [0.5, 0.0], atol=1e-6)
+  np.testing.assert_allclose(float(jax.jit(metrics.mean_layer_distance)(moved, ref)), 0.25,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="layers differ"):
+    metrics.layer_distance({"a": jnp.ones(2)}, {"b": jnp.ones(2)})

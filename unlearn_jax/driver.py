@@ -62,6 +62,26 @@ class ModelSet:
   compile_seconds: float = 0.0
   aux: dict = dataclasses.field(default_factory=dict)
   artifacts: dict = dataclasses.field(default_factory=dict)   # e.g. synthetic images
+  peak_bytes: float = float("nan")   # XLA's memory analysis of the compiled method
+
+
+def compiled_peak_bytes(compiled) -> float:
+  """Peak memory of a compiled program by XLA's buffer assignment (`memory_analysis()`:
+  its peak where the backend reports one, else arguments + outputs + temporaries −
+  aliased); NaN where the backend gives no analysis. Per program, so comparable across
+  methods and backends without running them; the device's own peak counter
+  (`memory_stats()["peak_bytes_in_use"]`, GPUs) also counts other live buffers."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:   # backends without an analysis  # noqa: BLE001
+    return float("nan")
+  if m is None:
+    return float("nan")
+  peak = getattr(m, "peak_memory_in_bytes", 0) or 0
+  if peak > 0:
+    return float(peak)
+  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
 
 
 def stack_seeds(trees):
@@ -199,7 +219,7 @@ def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
                and np.ndim(v) > 1}
   return ModelSet(method.name, out, seconds, compile_s,
                   {k: np.asarray(v).tolist() for k, v in aux.items() if k not in artifacts},
-                  artifacts)
+                  artifacts, compiled_peak_bytes(compiled))
 
 
 class SeedMetrics:

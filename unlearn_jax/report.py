@@ -13,12 +13,14 @@ import numpy as np
 # results.csv columns, in order; the first seven are the results contract.
 CSV_COLUMNS = ("method", "seed", "retain_acc", "forget_acc", "test_acc", "mia_loss_lr",
                "seconds", "val_acc", "forget_test_acc", "retain_loss", "forget_loss",
-               "test_loss", "ain", "relearn_steps")
+               "test_loss", "ain", "relearn_steps", "layer_distance", "peak_memory_mib")
 # Summary table: (column in rows, header).
 SUMMARY_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
                    ("forget_test_acc", "FTA"), ("mia_loss_lr", "MIA (loss LR)"),
-                   ("ain", "AIN"), ("seconds", "seconds"))
-OPTIONAL_COLUMNS = ("forget_test_acc", "ain")   # shown only where some row has them
+                   ("ain", "AIN"), ("layer_distance", "layer dist."),
+                   ("seconds", "seconds"), ("peak_memory_mib", "peak MiB"))
+# Shown only where some row has them.
+OPTIONAL_COLUMNS = ("forget_test_acc", "ain", "layer_distance", "peak_memory_mib")
 
 
 def csv_rows(rows: list) -> list:
@@ -80,7 +82,11 @@ def summary_markdown(summary: dict, num_seeds: int, title: str) -> str:
                                if has_fta else "") +
            ". The goal is retrain's row, not FA = 0." +
            (" AIN: relearning steps to 95% of the original's FA ÷ retrain's (ideal ≈ 1)."
-            if "ain" in present else ""), "",
+            if "ain" in present else "") +
+           (" layer dist.: mean over layers of ‖θ − θ_retrain‖/‖θ_retrain‖ (same initial "
+            "weights; 0 ideal)." if "layer_distance" in present else "") +
+           (" peak MiB: XLA's memory analysis of the compiled method (all seeds)."
+            if "peak_memory_mib" in present else ""), "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for m, v in summary.items():
     cells = [m] + [_fmt(*v[c], pct=c.endswith("_acc")) for c, _ in cols]
@@ -195,6 +201,25 @@ def plot_metric_bars(path: Path, summary: dict) -> None:
   plt.close(fig)
 
 
+def plot_layer_distance(path: Path, layers: dict) -> None:
+  """Heatmap: methods × layers, ‖θ − θ_retrain‖/‖θ_retrain‖ (mean over seeds)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  methods = [m for m in layers if m != "retrain"]
+  names = list(next(iter(layers.values())))
+  grid = np.array([[np.mean(layers[m][n]) for n in names] for m in methods])
+  fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(names), 0.8 + 0.28 * len(methods)))
+  im = ax.imshow(grid, aspect="auto", cmap="viridis")
+  ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+  ax.set_yticks(range(len(methods)), methods, fontsize=7)
+  fig.colorbar(im, ax=ax, label="‖θ − θ_retrain‖ / ‖θ_retrain‖")
+  ax.set_title("Distance to retrain, layer by layer", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_image_grid(path: Path, name: str, images: np.ndarray, labels: np.ndarray,
                     forget_classes=()) -> None:
   """One row per class of the synthetic inputs a zero-shot method made (seed 0); each
@@ -268,6 +293,9 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
     for name, per_seed in result.losses.items():
       plot_loss_histograms(directory / "plots" / f"losses_{name}.png", name, per_seed[0])
     plot_metric_bars(directory / "plots" / "metrics.png", summary)
+    if result.info.get("layer_distance"):
+      plot_layer_distance(directory / "plots" / "layer_distance.png",
+                          result.info["layer_distance"])
     for name, ms in result.model_sets.items():
       if "synthetic_images" in getattr(ms, "artifacts", {}):
         plot_image_grid(directory / "plots" / f"synthetic_{name}.png", name,
