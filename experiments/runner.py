@@ -113,18 +113,25 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
     ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
                                     spec.forget_classes if cfg.scenario == "class" else (),
                                     model_name)
+    # Seeds per stage: every trained model t is unlearned with U keys; the T·U pairs are
+    # one leading axis (slot t·U + u), so each method is still one program.
+    num_unlearn = int(cfg.get("unlearn_seeds", 1))
+    slots = driver.SeedSlots(int(cfg.seeds), num_unlearn)
+    if num_unlearn > 1:
+      log(f"seeds per stage: {cfg.seeds} trained models × {num_unlearn} unlearning seeds = "
+          f"{slots.size} unlearned models per method")
+    originals = slots.tile(model_sets["original"].variables)
     for m in method_names:
       mspec = methods_lib.get_method(m)
-      keys = jax.vmap(lambda k: driver.method_key(k, m))(seed_keys)
+      keys = slots.method_keys(seed_keys, m)
       data = methods_lib.select_data(mspec, forget, retain)
-      ms = resumed_method(store, m, model_sets["original"].variables, log)
+      ms = resumed_method(store, m, originals, log)
       if ms is None:
-        ms = driver.apply_method(mspec, ctx, hparams[m], model_sets["original"].variables,
-                                 data, keys, seed_mode=mode)
+        ms = driver.apply_method(mspec, ctx, hparams[m], originals, data, keys, seed_mode=mode)
         if store is not None:
           store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts},
                      {"seconds": ms.seconds, "compile_seconds": ms.compile_seconds,
-                      "aux": ms.aux})
+                      "aux": ms.aux, "peak_bytes": ms.peak_bytes})
       model_sets[m] = ms
       flags = {k: v for k, v in ms.aux.items() if k in ("stopped_early",) and any(np.ravel(v))}
       log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
@@ -140,14 +147,20 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
     rows, losses, layers = [], {}, {}
     evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
     distance = jax.jit(jax.vmap(metrics_lib.layer_distance))
+    retrain_params = model_sets["retrain"].variables["params"]
     for name, ms in model_sets.items():
       metric_rows, losses[name] = evaluate(ms, arrays)
-      # Per layer, per seed: ‖θ − θ_retrain‖/‖θ_retrain‖ (same initial weights per seed).
+      unlearned = len(metric_rows) == slots.size and name not in ("original", "retrain")
+      # Per layer, per model: ‖θ − θ_retrain‖/‖θ_retrain‖ against the retrained model of the
+      # same training seed (same initial weights).
       per_layer = {k: np.asarray(v) for k, v in distance(
-          ms.variables["params"], model_sets["retrain"].variables["params"]).items()}
+          ms.variables["params"],
+          slots.tile(retrain_params) if unlearned else retrain_params).items()}
       layers[name] = {k: v.tolist() for k, v in per_layer.items()}
       for i, r in enumerate(metric_rows):
-        rows.append({"method": name, "seed": int(cfg.seed) + i, **r, "seconds": ms.seconds,
+        t, u = slots.stages(i) if unlearned else (i, 0)
+        rows.append({"method": name, "seed": int(cfg.seed) + t, **r, "seconds": ms.seconds,
+                     "train_seed": int(cfg.seed) + t, "unlearn_seed": u,
                      "layer_distance": float(np.mean([v[i] for v in per_layer.values()])),
                      "peak_memory_mib": ms.peak_bytes / 2 ** 20})
     if cfg.scenario == "class":
@@ -155,11 +168,18 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
       targets = 0.95 * np.asarray([r["forget_acc"] for r in rows if r["method"] == "original"])
       keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(seed_keys)
       relearn = driver.Relearner(model, forget, seed_mode=mode, **dict(cfg.ain))
-      steps = {name: relearn(ms, targets, keys) for name, ms in model_sets.items()}
+      steps = {}
+      for name, ms in model_sets.items():
+        n = jax.tree_util.tree_leaves(ms.variables)[0].shape[0]
+        tiled = n == slots.size and name not in ("original", "retrain")
+        steps[name] = relearn(ms, np.repeat(targets, num_unlearn) if tiled else targets,
+                              slots.tile(keys) if tiled else keys)
+      position = {}
       for r in rows:
-        i = r["seed"] - int(cfg.seed)
+        i = position[r["method"]] = position.get(r["method"], -1) + 1
+        t = r["train_seed"] - int(cfg.seed)
         r["relearn_steps"] = float(steps[r["method"]][i])
-        r["ain"] = float(metrics_lib.anamnesis_index(steps[r["method"]][i], steps["retrain"][i]))
+        r["ain"] = float(metrics_lib.anamnesis_index(steps[r["method"]][i], steps["retrain"][t]))
   info = {"model": model_name, "seed_mode": mode, "seeds_vmapped": vmapped,
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],

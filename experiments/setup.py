@@ -206,6 +206,8 @@ def validate(cfg) -> None:
     raise UsageError(f"--forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
   if cfg.seeds < 1:
     raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
+  if cfg.get("unlearn_seeds", 1) < 1:
+    raise UsageError(f"--unlearn_seeds={cfg.unlearn_seeds} must be at least 1")
   if cfg.seed_loop not in SEED_LOOP_CHOICES:
     raise UsageError(f"--seed_loop={cfg.seed_loop!r} is unknown; allowed: "
                      f"{', '.join(SEED_LOOP_CHOICES)}")
@@ -339,7 +341,8 @@ def resumed_method(store, name: str, like_variables, log) -> Optional[driver.Mod
   log(f"method {name}: finished before, restored from {store.directory / ('method_' + name)}")
   return driver.ModelSet(name, variables, float(meta["seconds"]), float(meta["compile_seconds"]),
                   dict(meta.get("aux", {})),
-                  {k: np.asarray(v) for k, v in (tree.get("artifacts") or {}).items()})
+                  {k: np.asarray(v) for k, v in (tree.get("artifacts") or {}).items()},
+                  float(meta.get("peak_bytes", float("nan"))))
 
 
 def begin_cli(argv) -> None:

@@ -74,6 +74,9 @@ flags.DEFINE_float("forget_fraction", None, "random scenario: fraction of train 
 flags.DEFINE_string("forget_classes", None, "class/subclass scenarios: comma list of ids")
 flags.DEFINE_string("methods", None, "comma list of methods (default: every registered)")
 flags.DEFINE_integer("seeds", None, "number of seeds (vmapped where possible)")
+flags.DEFINE_integer("train_seeds", None, "models trained per population (the same as --seeds)")
+flags.DEFINE_integer("unlearn_seeds", None, "unlearning keys per trained model: each method runs "
+                     "on every (trained model x unlearning seed) pair as one program")
 flags.DEFINE_integer("seed", None, "first seed")
 flags.DEFINE_integer("train_subset", None, "stratified subset of train (0 = all)")
 flags.DEFINE_integer("test_subset", None, "stratified subset of test (0 = all)")
@@ -96,7 +99,7 @@ flags.DEFINE_string("hparams", None, "a tuned.json from experiments.tune: its ch
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
                   "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
-              "seeds", "seed", "train_subset", "test_subset", "data_dir", "seed_loop", "conv", "mesh_seeds",
+              "seeds", "unlearn_seeds", "seed", "train_subset", "test_subset", "data_dir", "seed_loop", "conv", "mesh_seeds",
               "mesh_data", "distributed", "stream")
 
 
@@ -117,6 +120,13 @@ def build_config():
     value = flags.FLAGS[name].value
     if value is not None:
       cfg[name] = value
+  train_seeds, seeds = flags.FLAGS.train_seeds, flags.FLAGS.seeds
+  if train_seeds is not None:
+    if seeds is not None and seeds != train_seeds:
+      print(f"error: --train_seeds={train_seeds} and --seeds={seeds} disagree: they are the "
+            "same setting; pass one", file=sys.stderr)
+      sys.exit(2)
+    cfg.seeds = train_seeds
   return cfg
 
 

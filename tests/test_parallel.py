@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import jax
+import chex
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from unlearn_jax import parallel
@@ -84,3 +86,18 @@ def test_distributed_flag_calls_jax_distributed_initialize(monkeypatch):
 
 def test_local_batch_slice_is_the_whole_batch_on_one_process():
   assert parallel.local_batch_slice(64) == slice(0, 64)
+
+
+def test_seed_slots_pair_training_and_unlearning_seeds():
+  from unlearn_jax import driver
+  keys = jnp.stack([jax.random.PRNGKey(i) for i in range(3)])
+  one = driver.SeedSlots(3, 1)
+  chex.assert_trees_all_equal(one.method_keys(keys, "ssd"),
+                              jax.vmap(lambda k: driver.method_key(k, "ssd"))(keys))
+  two = driver.SeedSlots(3, 2)
+  assert two.size == 6 and two.stages(3) == (1, 1) and two.stages(4) == (2, 0)
+  k = two.method_keys(keys, "ssd")
+  chex.assert_trees_all_equal(k[::2], one.method_keys(keys, "ssd"))
+  assert not bool(jnp.all(k[0] == k[1]))
+  tiled = two.tile({"w": jnp.arange(3.0)})
+  np.testing.assert_array_equal(tiled["w"], [0, 0, 1, 1, 2, 2])

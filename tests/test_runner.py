@@ -23,3 +23,32 @@ def test_subclass_scenario_trains_on_coarse_labels_and_forgets_a_fine_class():
   assert result.dataset.num_classes == 20  # the model sees coarse labels
   assert {r["method"] for r in result.rows} == {"original", "retrain", "finetune"}
   assert all(np.isfinite(r["forget_acc"]) for r in result.rows)
+
+
+def test_seeds_per_stage_run_every_trained_model_with_every_unlearning_seed():
+  """--train_seeds 2 × --unlearn_seeds 2: four unlearned models per method in one program;
+  unlearning seed 0 is the single-stage run (same keys; float tolerance, the vmapped
+  program is twice as wide); the summary splits the spread."""
+  from unlearn_jax import report
+
+  def run(unlearn_seeds):
+    cfg = default.get_config()
+    cfg.update(dict(methods="finetune,ssd", seeds=2, unlearn_seeds=unlearn_seeds))
+    cfg.train.epochs = 3
+    return runner.run(cfg, {"finetune": {"epochs": 1}}, log=lambda s: None)
+
+  two, one = run(2), run(1)
+  ft = [r for r in two.rows if r["method"] == "finetune"]
+  assert [(r["train_seed"], r["unlearn_seed"]) for r in ft] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+  assert [r["unlearn_seed"] for r in two.rows if r["method"] == "retrain"] == [0, 0]
+  single = {r["train_seed"]: r for r in one.rows if r["method"] == "finetune"}
+  for r in ft:
+    if r["unlearn_seed"] == 0:
+      assert r["forget_acc"] == single[r["train_seed"]]["forget_acc"]
+      np.testing.assert_allclose(r["retain_loss"], single[r["train_seed"]]["retain_loss"],
+                                 rtol=1e-5)
+  assert ft[0]["retain_loss"] != ft[1]["retain_loss"]      # another unlearning key
+  spread = report.stage_spread(two.rows)
+  assert set(spread) == {"finetune", "ssd"} and set(spread["ssd"]["forget_acc"]) == {
+      "train", "unlearn"}
+  assert report.stage_spread(one.rows) == {}

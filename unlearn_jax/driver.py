@@ -53,6 +53,39 @@ def method_key(seed_key: jax.Array, name: str) -> jax.Array:
   return jax.random.fold_in(seed_key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
+@dataclasses.dataclass(frozen=True)
+class SeedSlots:
+  """Seeds per stage: T trained models × U unlearning seeds as one leading axis of T·U
+  slots (slot t·U + u: trained model t, unlearning seed u), so a method runs on every pair
+  as one program. With U = 1 the slots are the training seeds and the keys are exactly the
+  single-stage ones (`method_key(seed_key, name)`); unlearning seed u > 0 folds u in."""
+  num_train: int
+  num_unlearn: int = 1
+
+  @property
+  def size(self) -> int:
+    return self.num_train * self.num_unlearn
+
+  def stages(self, slot: int) -> tuple[int, int]:
+    """(training seed index, unlearning seed index) of a slot."""
+    return divmod(int(slot), self.num_unlearn)
+
+  def tile(self, tree):
+    """Each trained model's leaves repeated U times along the leading axis."""
+    if self.num_unlearn == 1:
+      return tree
+    return jax.tree_util.tree_map(lambda a: jnp.repeat(a, self.num_unlearn, axis=0), tree)
+
+  def method_keys(self, seed_keys: jax.Array, name: str) -> jax.Array:
+    """[T·U] keys of method `name`: slot (t, u) gets method_key(seed t), with u folded in
+    for u > 0."""
+    base = jax.vmap(lambda k: method_key(k, name))(seed_keys)
+    if self.num_unlearn == 1:
+      return base
+    return jnp.stack([base[t] if u == 0 else jax.random.fold_in(base[t], u)
+                      for t in range(self.num_train) for u in range(self.num_unlearn)])
+
+
 @dataclasses.dataclass
 class ModelSet:
   """Variables for every seed (leading axis = seed) and how long they took."""

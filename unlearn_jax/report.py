@@ -12,7 +12,7 @@ import numpy as np
 
 # results.csv columns, in order; the first seven are the results contract.
 CSV_COLUMNS = ("method", "seed", "retain_acc", "forget_acc", "test_acc", "mia_loss_lr",
-               "seconds", "val_acc", "forget_test_acc", "retain_loss", "forget_loss",
+               "seconds", "train_seed", "unlearn_seed", "val_acc", "forget_test_acc", "retain_loss", "forget_loss",
                "test_loss", "ain", "relearn_steps", "layer_distance", "peak_memory_mib")
 # Summary table: (column in rows, header).
 SUMMARY_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
@@ -147,6 +147,51 @@ def signal_markdown(signal: dict | None) -> str:
   return line + "\n"
 
 
+STAGE_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
+                 ("mia_loss_lr", "MIA"))
+
+
+def stage_spread(rows: list) -> dict:
+  """Seeds per stage: for each method run with several unlearning seeds, how much of the
+  spread comes from training and how much from unlearning, per metric:
+
+      train   = std over training seeds t of mean_u m(t, u)
+      unlearn = mean over training seeds t of std over unlearning seeds u of m(t, u)
+
+  (sample std, ddof 1). {method: {column: {"train": …, "unlearn": …}}}; methods with one
+  unlearning seed are left out."""
+  by = {}
+  for r in csv_rows(rows):
+    u = r.get("unlearn_seed")
+    if u is None or (isinstance(u, float) and math.isnan(u)):
+      continue
+    by.setdefault(r["method"], {}).setdefault(r["train_seed"], []).append(r)
+  out = {}
+  for m, per_train in by.items():
+    if max(len(v) for v in per_train.values()) < 2:
+      continue
+    out[m] = {}
+    for c, _ in STAGE_COLUMNS:
+      means = [mean_std([r[c] for r in v])[0] for v in per_train.values()]
+      within = [mean_std([r[c] for r in v])[1] for v in per_train.values()]
+      out[m][c] = {"train": mean_std(means)[1], "unlearn": float(np.mean(within))}
+  return out
+
+
+def stage_markdown(spread: dict) -> str:
+  if not spread:
+    return ""
+  head = ["method"] + [f"{h} {stage}" for _, h in STAGE_COLUMNS for stage in ("train", "unlearn")]
+  lines = ["", "Spread by stage (std, points; MIA ×100): *train* = across trained models of "
+           "the mean over unlearning seeds, *unlearn* = across unlearning seeds of one trained "
+           "model, averaged.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for m, cols in spread.items():
+    cells = [m] + [f"{100 * cols[c][stage]:.1f}" for c, _ in STAGE_COLUMNS
+                   for stage in ("train", "unlearn")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- plots
 def plot_loss_histograms(path: Path, name: str, losses: dict) -> None:
   """Histogram of forget, test and retain losses of one model (seed 001's figure)."""
@@ -257,11 +302,17 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
   write_csv(directory / "results.csv", result.rows)
   summary = summarize(result.rows)
   seeds = len({r["seed"] for r in result.rows})
+  unlearn_seeds = len({r.get("unlearn_seed", 0) for r in result.rows})
   title = (f"{result.dataset.name} · {result.info['model']} · {result.split.spec.scenario}"
            + (f" (classes {','.join(map(str, result.split.spec.forget_classes))})"
               if result.split.spec.forget_classes else
               f" ({100 * result.split.spec.forget_fraction:g}% forget)"))
   md = summary_markdown(summary, seeds, title)
+  if unlearn_seeds > 1:
+    md = md.replace(f"over {seeds} seed(s).", f"over {seeds} training seed(s) × {unlearn_seeds} "
+                    "unlearning seeds (original and retrain: the training seeds).", 1)
+  spread = stage_spread(result.rows)
+  md += stage_markdown(spread)
   gaps = gap_to_retrain(summary)
   if gaps:
     ranked = sorted((g, m) for m, g in gaps.items() if m != "original")
@@ -285,6 +336,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
                   for m, cols in summary.items()},
       "gap_to_retrain": gaps,
       "memorisation_signal": signal,
+      "stage_spread": spread,
       "rows": csv_rows(result.rows),
   }
   (directory / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")

@@ -22,8 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.stratified = False          # random scenario: stratify the forget set by class
   c.split_seed = 0
   c.methods = ""                # comma list; "" = every registered method
-  c.seeds = 3
+  c.seeds = 3                   # training seeds (--train_seeds is the same flag's alias)
   c.seed = 0                    # first seed; seeds are seed, seed+1, ...
+  c.unlearn_seeds = 1           # unlearning keys per trained model: T x U unlearned models
   c.seed_loop = "auto"          # auto | vmap | sequential (see unlearn_jax.driver)
   c.conv = "auto"               # auto | xla | patches: library models' convolution
   # Devices (unlearn_jax.parallel): a ("seeds", "data") mesh; batches split over `data`,
