@@ -16,13 +16,14 @@ Every registered method is a top-level name (`uj.finetune`, `uj.scrub`, ...; `he
 one shows its update rule, paper, defaults and the data it reads); so are the metrics
 (`uj.accuracy`, `uj.per_example_epsilons`, ...), the models, training and data.
 Sub-packages: `uj.methods`, `uj.metrics`, `uj.models`, `uj.data`, `uj.train`,
-`uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`, `uj.tuning`
+`uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`, `uj.tuning`,
+`uj.sisa` (exact unlearning by sharded training)
 (search spaces run as one vmapped program: K configurations × S seeds).
 """
 
 __version__ = "0.2.0"
 
-from unlearn_jax import data, metrics, methods, models, parallel, train, tuning
+from unlearn_jax import data, metrics, methods, models, parallel, sisa, train, tuning
 from unlearn_jax.adapter import ModelAdapter, as_adapter
 from unlearn_jax.data import (Dataset, Split, SplitSpec, load_dataset, make_split,
                               stratified_subset)
@@ -44,5 +45,6 @@ __all__ = (["ModelAdapter", "as_adapter", "Dataset", "Split", "SplitSpec", "load
             "select_data", "CNN", "MLP", "Conv", "ResNet18", "get_model", "init_variables",
             "TrainConfig", "TrainState", "cross_entropy", "fit", "init_train_state",
             "make_optimizer", "make_supervised_step", "predict", "predict_features",
-            "scan_epochs", "data", "metrics", "methods", "models", "parallel", "train", "tuning"]
+            "scan_epochs", "data", "metrics", "methods", "models", "parallel", "sisa", "train",
+            "tuning"]
            + list(_metric_names) + list(list_methods()))
