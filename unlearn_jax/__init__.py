@@ -16,9 +16,9 @@ Every registered method is a top-level name (`uj.finetune`, `uj.scrub`, ...; `he
 one shows its update rule, paper, defaults and the data it reads); so are the metrics
 (`uj.accuracy`, `uj.per_example_epsilons`, ...), the models, training and data.
 Sub-packages: `uj.methods`, `uj.metrics`, `uj.models`, `uj.data`, `uj.train`,
-`uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`, `uj.tuning`,
-`uj.sisa` (exact unlearning by sharded training)
-(search spaces run as one vmapped program: K configurations × S seeds).
+`uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`, `uj.tuning`
+(search spaces run as one vmapped program: K configurations × S seeds), `uj.sisa` (exact
+unlearning by sharded, sliced training: S shard models as one program).
 """
 
 __version__ = "0.2.0"
