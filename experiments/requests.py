@@ -1,0 +1,328 @@
+r"""Deletion requests over time: K requests applied in order by each method, SISA and
+retraining, every metric re-measured after every request.
+
+    python -m experiments.requests                                   # digits, 10 x 1%
+    python -m experiments.requests --requests=5 --request_kind=class --forget_classes=3
+    python -m experiments.requests --methods=sisa,finetune --sisa_shards=8 --seeds=3
+
+Requests: `--request_kind=random` draws K disjoint sets of `--request_size` examples
+(a fraction of train when < 1, a count otherwise); `class` splits the `--forget_classes`
+examples into K near-equal requests. After request k the forget set is the union of
+requests 1..k (cumulative) and the retain set everything else.
+
+* `retrain`: a model trained from scratch on the retain set after every request (the
+  reference curve);
+* an approximate method: applied to the previous request's model with D_f = request k and
+  D_r = the current retain set (so errors compound, as in deployment);
+* `sisa`: `unlearn_jax.sisa` (`--sisa_shards` × `--sisa_slices`), trained once, each
+  request deleted exactly; predictions by the shard models' mean logits.
+
+After every request: RA (current retain set), FA (cumulative forget set), TA, the loss MIA
+(cumulative forget set vs test) and the seconds so far. Writes requests.csv (method, seed,
+request, metrics, seconds, cumulative seconds), requests.md (per-request means and the
+final and worst gaps to retrain per method) and plots/requests_<metric>.png (each metric
+against the request index, retrain's curve as reference). Every other flag is
+experiments.unlearn's (dataset, model, seeds, recipe, `--<method>.<hparam>`).
+"""
+
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from experiments import setup
+from experiments import unlearn as cli   # the shared flags and their parsing
+from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, sisa
+from unlearn_jax import models as models_lib, train as train_lib
+
+flags.DEFINE_integer("requests", 10, "number of deletion requests K")
+flags.DEFINE_float("request_size", 0.01, "examples per request: a fraction of train (< 1) "
+                   "or a count")
+flags.DEFINE_string("request_kind", "random", "random | class (--forget_classes split into "
+                    "K requests)")
+flags.DEFINE_integer("sisa_shards", 4, "SISA shards S")
+flags.DEFINE_integer("sisa_slices", 4, "SISA slices R per shard")
+flags.DEFINE_integer("sisa_epochs_per_slice", 0, "SISA epochs per stage (0: the recipe's "
+                     "epochs / R, at least 1)")
+
+REQUEST_KINDS = ("random", "class")
+DEFAULT_METHODS = "sisa,finetune,scrub,salun,ssd"
+METRICS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
+           ("mia_loss_lr", "MIA"))
+
+
+def make_requests(train_y, kind: str, k: int, size: float, classes, seed: int) -> list:
+  """K disjoint index arrays (see the module docstring); UsageError for what cannot be."""
+  n = len(train_y)
+  if k < 1:
+    raise setup.UsageError(f"--requests={k} must be >= 1")
+  if kind not in REQUEST_KINDS:
+    raise setup.UsageError(f"--request_kind={kind!r} is unknown; allowed: "
+                           f"{', '.join(REQUEST_KINDS)}")
+  rng = np.random.default_rng(seed)
+  if kind == "class":
+    if not classes:
+      raise setup.UsageError("--request_kind=class needs --forget_classes (e.g. 3)")
+    pool = rng.permutation(np.flatnonzero(np.isin(train_y, classes)))
+    if pool.size < k:
+      raise setup.UsageError(f"--forget_classes={','.join(map(str, classes))} has {pool.size} "
+                             f"examples, fewer than --requests={k}")
+    return [np.sort(p) for p in np.array_split(pool, k)]
+  m = int(round(size * n)) if size < 1 else int(size)
+  if m < 1 or k * m >= n:
+    raise setup.UsageError(f"--request_size={size:g} × --requests={k} must select at least "
+                           f"one example per request and leave a retain set ({n} examples)")
+  pool = rng.permutation(n)[:k * m]
+  return [np.sort(p) for p in pool.reshape(k, m)]
+
+
+def _scores(logits_fn, arrays, seed: int) -> dict:
+  """RA, FA, TA and the loss MIA from `logits_fn(x)`; arrays = {split: (x, y)}."""
+  out, losses = {}, {}
+  for split, (x, y) in arrays.items():
+    logits = logits_fn(x)
+    out[f"{split}_acc"] = float(metrics_lib.accuracy(logits, y))
+    losses[split] = np.asarray(metrics_lib.per_example_loss(logits, y))
+  try:
+    out["mia_loss_lr"] = metrics_lib.mia_loss_lr(losses["forget"], losses["test"], seed=seed)
+  except ValueError:          # fewer than 10 forget examples after the first requests
+    out["mia_loss_lr"] = float("nan")
+  return out
+
+
+def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: float,
+        kind: str, sisa_config: sisa.SisaConfig, log=print) -> dict:
+  """Every method over the K requests; returns {"rows", "info"}. `sisa_config` with
+  `epochs_per_slice=0` takes the recipe's epochs / R (at least 1)."""
+  st = setup.setup(cfg, log)
+  ds, model, recipe = st.ds, st.model, st.recipe
+  if sisa_config.epochs_per_slice == 0:
+    sisa_config = dataclasses.replace(
+        sisa_config, epochs_per_slice=max(1, recipe.epochs // sisa_config.slices))
+  requests = make_requests(ds.train_y, kind, num_requests, request_size,
+                           setup.parse_classes(cfg.forget_classes), int(cfg.split_seed))
+  log(f"dataset {ds.name}: {len(ds.train_y)} train; {num_requests} {kind} requests of "
+      f"{', '.join(str(r.size) for r in requests[:3])}{'…' if num_requests > 3 else ''} "
+      f"examples; model {st.model_name}; {cfg.seeds} seed(s); methods {', '.join(names)}")
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+  test = setup.take_test(ds, st.split.test)
+  seeds = int(cfg.seeds)
+  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(seeds)])
+  init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
+      model, jax.random.fold_in(k, 0), ds.input_shape)))(seed_keys)
+  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+  t0 = time.perf_counter()
+  original = driver.train_population(model, recipe, init_vars, x, y, train_keys,
+                                     seed_mode=st.mode, log=lambda s: None, label="original")
+  log(f"original: {original.seconds:.1f} s per seed")
+  predict = jax.jit(lambda v, xx: train_lib.predict(model, v, xx, cfg.eval_batch_size))
+  rows, state = [], {m: original.variables for m in names if m not in ("sisa", "retrain")}
+  spent = {m: 0.0 for m in names}
+  sisa_states, sisa_work = [], []
+  if "sisa" in names:
+    for i in range(seeds):
+      sisa_states.append(sisa.train_sisa(model, (ds.train_x, ds.train_y), seed_keys[i],
+                                         sisa_config, init_variables=jax.tree_util.tree_map(
+                                             lambda a: a[i], init_vars),
+                                         shard_loop=st.mode))
+    log(f"sisa: {sisa_config.shards} shards × {sisa_config.slices} slices trained in "
+        f"{np.mean([s.log[0]['seconds'] for s in sisa_states]):.1f} s per seed")
+  ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
+                                  setup.parse_classes(cfg.forget_classes) if kind == "class" else (),
+                                  st.model_name)
+  deleted = np.zeros(len(ds.train_y), bool)
+  for k, request in enumerate(requests, start=1):
+    deleted[request] = True
+    forget_idx, retain_idx = np.flatnonzero(deleted), np.flatnonzero(~deleted)
+    arrays = {"retain": (x[retain_idx], y[retain_idx]), "forget": (x[forget_idx], y[forget_idx]),
+              "test": test}
+    models_now = {}
+    for m in names:
+      if m == "retrain":
+        ms = driver.train_population(model, recipe, init_vars, *arrays["retain"],
+                                     jax.vmap(lambda kk: jax.random.fold_in(kk, 2 + k))(seed_keys),
+                                     seed_mode=st.mode, log=lambda s: None, label="retrain")
+        spent[m] += ms.seconds
+        models_now[m] = lambda xx, i, v=ms.variables: predict(jax.tree_util.tree_map(
+            lambda a: a[i], v), xx)
+      elif m == "sisa":
+        reports = [sisa.unlearn_sisa(s, request) for s in sisa_states]
+        spent[m] += float(np.mean([r["seconds"] for r in reports]))
+        sisa_work.append({"request": k, "affected_shards": float(np.mean(
+            [len(r["affected_shards"]) for r in reports])), "fraction_of_full": float(
+                np.mean([r["fraction_of_full"] for r in reports]))})
+        models_now[m] = lambda xx, i: jnp.mean(sisa.sisa_logits(
+            model, sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)
+      else:
+        spec = methods_lib.get_method(m)
+        data = methods_lib.select_data(spec, (x[request], y[request]), arrays["retain"])
+        keys = jax.vmap(lambda kk: jax.random.fold_in(driver.method_key(kk, m), k))(seed_keys)
+        ms = driver.apply_method(spec, ctx, hparams[m], state[m], data, keys, seed_mode=st.mode)
+        state[m] = ms.variables
+        spent[m] += ms.seconds
+        models_now[m] = lambda xx, i, v=ms.variables: predict(jax.tree_util.tree_map(
+            lambda a: a[i], v), xx)
+      for i in range(seeds):
+        r = _scores(lambda xx: models_now[m](xx, i), arrays, seed=i)
+        rows.append({"method": m, "seed": int(cfg.seed) + i, "request": k,
+                     "forget_size": int(forget_idx.size), **r,
+                     "cumulative_seconds": spent[m]})
+    done = [rw for rw in rows if rw["request"] == k]
+    log(f"request {k}/{num_requests} ({forget_idx.size} forgotten): " + "; ".join(
+        f"{m} FA {100 * np.mean([rw['forget_acc'] for rw in done if rw['method'] == m]):.1f}"
+        for m in names) + f" | {time.perf_counter() - t0:.0f} s elapsed, "
+        f"~{(time.perf_counter() - t0) / k * (num_requests - k):.0f} s left")
+  return {"rows": rows, "info": {"requests": [r.tolist() for r in requests], "kind": kind,
+                                 "model": st.model_name, "seeds": seeds,
+                                 "original_seconds": original.seconds,
+                                 "sisa": {"shards": sisa_config.shards,
+                                          "slices": sisa_config.slices,
+                                          "epochs_per_slice": sisa_config.epochs_per_slice,
+                                          "train_seconds": float(np.mean(
+                                              [s.log[0]["seconds"] for s in sisa_states]))
+                                          if sisa_states else None,
+                                          "per_request": sisa_work},
+                                 "wall_seconds": time.perf_counter() - t0}}
+
+
+def _mean(rows, m, k, c):
+  return float(np.nanmean([r[c] for r in rows if r["method"] == m and r["request"] == k]))
+
+
+def report_markdown(result: dict, title: str) -> str:
+  rows, info = result["rows"], result["info"]
+  names = list(dict.fromkeys(r["method"] for r in rows))
+  ks = sorted({r["request"] for r in rows})
+  lines = [f"## {title}", "", f"{len(ks)} requests, mean over {info['seeds']} seed(s); "
+           "accuracies in %; FA on the cumulative forget set; seconds: cumulative cost of "
+           "the requests (SISA: its deletions; retrain: every retraining).", ""]
+  if "retrain" in names:
+    head = ["method", "final RA", "FA", "TA", "MIA", "final gap", "worst gap (request)",
+            "seconds"]
+    lines += ["Gap to retrain: mean |difference| over RA, FA, TA, MIA (points) after a "
+              "request; final = after the last, worst = the largest over all requests.", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in names:
+      gaps = [float(np.mean([100 * abs(_mean(rows, m, k, c) - _mean(rows, "retrain", k, c))
+                             for c, _ in METRICS])) for k in ks]
+      worst = int(np.nanargmax(gaps)) if m != "retrain" else 0
+      last = ks[-1]
+      lines.append("| " + " | ".join([
+          m, f"{100 * _mean(rows, m, last, 'retain_acc'):.1f}",
+          f"{100 * _mean(rows, m, last, 'forget_acc'):.1f}",
+          f"{100 * _mean(rows, m, last, 'test_acc'):.1f}",
+          f"{_mean(rows, m, last, 'mia_loss_lr'):.2f}", f"{gaps[-1]:.1f}",
+          f"{gaps[worst]:.1f} ({ks[worst]})",
+          f"{_mean(rows, m, last, 'cumulative_seconds'):.1f}"]) + " |")
+  lines += ["", "FA after each request (%):", "",
+            "| method | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks)]
+  for m in names:
+    lines.append(f"| {m} | " + " | ".join(f"{100 * _mean(rows, m, k, 'forget_acc'):.1f}"
+                                          for k in ks) + " |")
+  work = (info.get("sisa") or {}).get("per_request") or []
+  if work:
+    lines += ["", f"SISA ({info['sisa']['shards']} shards × {info['sisa']['slices']} slices): "
+              f"a request retrained {np.mean([w['affected_shards'] for w in work]):.1f} shards "
+              f"and {100 * np.mean([w['fraction_of_full'] for w in work]):.1f}% of the "
+              "example-passes of retraining every shard from scratch, on average."]
+  lines += ["", f"Wall time {info['wall_seconds']:.0f} s."]
+  return "\n".join(lines) + "\n"
+
+
+def plot_requests(directory: Path, rows: list) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(dict.fromkeys(r["method"] for r in rows))
+  ks = sorted({r["request"] for r in rows})
+  for c, label in METRICS:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for m in names:
+      style = dict(color="black", linestyle="--", linewidth=2) if m == "retrain" else {}
+      ax.plot(ks, [_mean(rows, m, k, c) for k in ks], marker="o", markersize=3, label=m,
+              **style)
+    ax.set_xlabel("request")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label} after each request (retrain dashed)", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(directory / f"requests_{c}.png", dpi=110)
+    plt.close(fig)
+
+
+def write_requests(directory: Path, result: dict, config: dict, title: str,
+                   plots: bool = True) -> str:
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  fields = ["method", "seed", "request", "forget_size", "retain_acc", "forget_acc",
+            "test_acc", "mia_loss_lr", "cumulative_seconds"]
+  with open(directory / "requests.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in result["rows"]:
+      w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+  md = report_markdown(result, title)
+  (directory / "requests.md").write_text(md)
+  (directory / "requests.json").write_text(json.dumps(
+      {"config": config, "info": result["info"]}, indent=1, default=str) + "\n")
+  if plots:
+    (directory / "plots").mkdir(exist_ok=True)
+    plot_requests(directory / "plots", result["rows"])
+  return md
+
+
+def main(argv):
+  setup.begin_cli(argv)
+  cfg = cli.build_config()
+  F = flags.FLAGS
+  names = [m for m in (F.methods if F.methods is not None else DEFAULT_METHODS).split(",") if m]
+  workdir = F.workdir or cli.default_workdir(cfg).replace("runs/", "runs/requests_", 1)
+  hparams = {name: flag.value.to_dict() for name, flag in cli._METHOD_FLAGS.items()}
+  try:
+    if not names:
+      raise setup.UsageError("--methods is empty")
+    known = set(methods_lib.list_methods()) | {"sisa", "retrain"}
+    bad = [m for m in names if m not in known]
+    if bad:
+      raise setup.UsageError(f"--methods: {bad[0]!r} is unknown; allowed: sisa, retrain, "
+                             f"{', '.join(methods_lib.list_methods())}")
+    if "retrain" not in names:
+      names.append("retrain")
+    cfg.methods = ",".join(m for m in names if m not in ("sisa", "retrain")) or "finetune"
+    cfg.scenario = "class" if F.request_kind == "class" else "random"
+    if cfg.scenario == "random":
+      cfg.forget_classes = ""
+    for name in ("sisa_shards", "sisa_slices"):
+      if F[name].value < 1:
+        raise setup.UsageError(f"--{name}={F[name].value} must be >= 1")
+    if F.sisa_epochs_per_slice < 0:
+      raise setup.UsageError(f"--sisa_epochs_per_slice={F.sisa_epochs_per_slice} must be >= 0 "
+                             "(0: the recipe's epochs / slices)")
+    sisa_config = sisa.SisaConfig(shards=F.sisa_shards, slices=F.sisa_slices,
+                                  epochs_per_slice=F.sisa_epochs_per_slice)
+    setup.validate(cfg)
+    if not F.workdir:
+      Path("runs").mkdir(exist_ok=True)
+    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
+      result = run(cfg, hparams, names, num_requests=F.requests, request_size=F.request_size,
+                   kind=F.request_kind, sisa_config=sisa_config,
+                   log=lambda s: print(s, flush=True))
+      title = (f"Deletion requests: {cfg.dataset} · {result['info']['model']} · "
+               f"{F.requests} {F.request_kind} requests")
+      md = write_requests(staging, result, cfg.to_dict(), title, cfg.plots)
+  except setup.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print("\n" + md)
+  print(f"run directory: {final}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

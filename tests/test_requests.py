@@ -1,0 +1,47 @@
+"""`python -m experiments.requests`: a small real stream of deletion requests, and bad flags."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_requests(*args):
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  return subprocess.run([sys.executable, "-m", "experiments.requests", *args], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_two_requests_with_sisa_finetune_and_retrain(tmp_path):
+  r = run_requests("--requests=2", "--request_size=0.02", "--seeds=1",
+                   "--methods=sisa,finetune", "--config.train.epochs=4", "--sisa_shards=2",
+                   "--sisa_slices=2", f"--workdir={tmp_path / 'run'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = list(csv.DictReader(open(tmp_path / "run" / "requests.csv")))
+  assert [(x["method"], x["request"]) for x in rows] == [
+      ("sisa", "1"), ("finetune", "1"), ("retrain", "1"),
+      ("sisa", "2"), ("finetune", "2"), ("retrain", "2")]
+  assert [int(x["forget_size"]) for x in rows] == [25, 25, 25, 50, 50, 50]
+  for x in rows:
+    assert 0.0 <= float(x["forget_acc"]) <= 1.0 and float(x["cumulative_seconds"]) >= 0.0
+  for name in ("requests.md", "requests.json", "plots/requests_forget_acc.png"):
+    assert (tmp_path / "run" / name).exists(), name
+  assert "worst gap" in r.stdout and "SISA (2 shards × 2 slices)" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--request_kind=sideways"], "--request_kind='sideways' is unknown; allowed: random, class"),
+    (["--request_kind=class"], "needs --forget_classes"),
+    (["--methods=sisa,magic"], "--methods: 'magic' is unknown; allowed: sisa, retrain"),
+    (["--requests=200", "--request_size=0.01"], "must select at least one example per request"),
+    (["--sisa_shards=0"], "--sisa_shards=0 must be >= 1"),
+])
+def test_bad_flags_are_one_line(args, needle, tmp_path):
+  r = run_requests(*args, f"--workdir={tmp_path / 'bad'}")
+  assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+  assert not (tmp_path / "bad").exists()
