@@ -76,6 +76,10 @@ class SisaState:
   shard_loop: str = "vmap"
   checkpoint_dir: Optional[Path] = None
   log: list = dataclasses.field(default_factory=list)   # one dict per training / deletion
+  # Per stage, the padded length of every shard's data: fixed at training time, so a
+  # deletion reuses the compiled stage programs (a shard's result never depends on it).
+  stage_lengths: list = dataclasses.field(default_factory=list)
+  programs: dict = dataclasses.field(default_factory=dict)    # compiled once per state
 
   @property
   def variables(self):
@@ -113,7 +117,7 @@ def _stage_arrays(state_like: SisaState, shards: Sequence[int], stage: int):
   (x [k, L, ...], y [k, L], ids [k, L], valid [k, L]); L is the largest shard's count."""
   keep = ~state_like.deleted & (state_like.slice_of < stage)
   members = [np.flatnonzero(keep & (state_like.shard_of == s)) for s in shards]
-  length = max(1, max(m.size for m in members))
+  length = max([1] + [m.size for m in members] + state_like.stage_lengths[stage:stage + 1])
   idx = np.zeros((len(shards), length), np.int64)
   valid = np.zeros((len(shards), length), bool)
   for i, m in enumerate(members):
@@ -183,15 +187,18 @@ def _stage_fn(model, config: SisaConfig):
 def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> float:
   """Retrains stages first_stage..R of `shards` from stage first_stage−1; updates
   `state.stage_states` (and the checkpoints). Returns the seconds spent."""
-  fn = _stage_fn(state.model, state.config)
+  if not state.programs:
+    fn = _stage_fn(state.model, state.config)
+    state.programs["vmap"] = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, 0, 0, 0, None)))
+    state.programs["single"] = jax.jit(fn)
   sel = jnp.asarray(np.asarray(shards, np.int32))
   take = lambda tree: jax.tree_util.tree_map(lambda a: a[sel], tree)
   current = take(state.stage_states[first_stage - 1])
   keys = state.shard_keys[sel]
   if state.shard_loop == "vmap":
-    run = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, 0, 0, 0, None)))
+    run = state.programs["vmap"]
   else:
-    single = jax.jit(fn)
+    single = state.programs["single"]
 
     def run(st, x, y, ids, valid, k, stage):
       outs = [single(jax.tree_util.tree_map(lambda a: a[i], st), x[i], y[i], ids[i], valid[i],
@@ -229,12 +236,15 @@ def restore_stage(checkpoint_dir: Path, like, stage: int):
 
 def train_sisa(model, data: tuple, key: jax.Array, config: SisaConfig = SisaConfig(), *,
                init_variables=None, assignment_seed: int = 0, shard_loop: str = "vmap",
-               checkpoint_dir: Optional[str | Path] = None, deleted=None) -> SisaState:
+               checkpoint_dir: Optional[str | Path] = None, deleted=None,
+               programs: Optional[dict] = None) -> SisaState:
   """Trains the S shard models of `data = (x, y)` in R slices (see the module docstring).
 
   `init_variables`: one model's variables (every shard starts from them) or None (drawn
   from `key`). `deleted`: indices left out from the start (what a from-scratch retrain
-  without them trains on). Returns a SisaState; `state.variables` are the [S] models.
+  without them trains on). `programs`: another state's `programs` for the same model and
+  config, to reuse its compiled stage programs. Returns a SisaState; `state.variables`
+  are the [S] models.
   """
   x, y = np.asarray(data[0]), np.asarray(data[1])
   _check(config, len(y), shard_loop)
@@ -253,7 +263,11 @@ def train_sisa(model, data: tuple, key: jax.Array, config: SisaConfig = SisaConf
   state = SisaState(model, config, x, y, shard_of, slice_of, gone,
                     [init_state] * (config.slices + 1),
                     jax.random.split(k_shards, config.shards), shard_loop,
-                    Path(checkpoint_dir) if checkpoint_dir else None)
+                    Path(checkpoint_dir) if checkpoint_dir else None,
+                    programs=programs if programs is not None else {})
+  state.stage_lengths = [0] + [
+      int(max(np.sum(~gone & (shard_of == sh) & (slice_of < stage))
+              for sh in range(config.shards))) for stage in range(1, config.slices + 1)]
   if state.checkpoint_dir is not None:
     _save(state, [0])
   seconds = _train_stages(state, list(range(config.shards)), 1)
