@@ -102,8 +102,10 @@ def _check(config: SisaConfig, n: int, shard_loop: str) -> None:
 
 def assign(n: int, shards: int, slices: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(shard_of [n], slice_of [n]): a random deal into `shards` near-equal shards, each cut
-  into `slices` near-equal slices."""
-  order = np.random.default_rng(seed).permutation(n)
+  into `slices` near-equal slices. The generator is salted: a plain `default_rng(seed)`
+  permutation elsewhere (a forget set drawn with the same seed) must not line up with the
+  shards."""
+  order = np.random.default_rng([int(seed), 0x51A5]).permutation(n)
   shard_of, slice_of = np.empty(n, np.int32), np.empty(n, np.int32)
   for s, members in enumerate(np.array_split(order, shards)):
     shard_of[members] = s
