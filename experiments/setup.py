@@ -42,6 +42,16 @@ def as_flags(message: str) -> str:
   return re.sub(r"(?<=needs )(" + words + r")\b", r"--\1", message)
 
 
+def flag_error_line(error: Exception) -> str:
+  """One line for a flag error. absl wraps an exception raised while loading a config file
+  (say `get_config` refusing an unknown `--config=FILE:ARG`) with its whole traceback:
+  keep the flag's own first line and the exception's message."""
+  lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+  if len(lines) > 1 and any(ln.startswith("Traceback") for ln in lines):
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+  return " ".join(lines)
+
+
 class UsageError(ValueError):
   """A user mistake: printed as one line, exit status 2, nothing written."""
 

@@ -108,7 +108,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {setup.flag_error_line(e)}", file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     _bad_dotted_flag(e)
   sys.exit(2)

@@ -79,6 +79,8 @@ def test_same_flags_same_results(two_runs):
      "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
     (["--mesh_data=512"], "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
     (["--mesh_seeds=0"], "--mesh_seeds=0 must be >= 1"),
+    (["--config=experiments/configs/cifar10_vit.py:tpu"],
+     "cifar10_vit.py:tpu: unknown recipe; allowed: cpu, gpu"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, needle):
   workdir = tmp_path / "run"
@@ -115,19 +117,32 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
   assert setup.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")
 
 
-@pytest.mark.parametrize("name", ["default", "cifar10_cnn", "cifar10_resnet18"])
-def test_every_config_file_sets_up(name):
+@pytest.mark.parametrize("name,arg", [("default", None), ("cifar10_cnn", None),
+                                      ("cifar10_resnet18", None), ("cifar10_memorise", None),
+                                      ("cifar10_vit", None), ("cifar10_vit", "gpu")])
+def test_every_config_file_sets_up(name, arg):
   """Each config under experiments/configs loads and passes setup (on digits, offline)."""
   import importlib
   from experiments import runner, setup
-  cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
-  assert "python -m experiments.unlearn" in importlib.import_module(
-      f"experiments.configs.{name}").__doc__
+  module = importlib.import_module(f"experiments.configs.{name}")
+  cfg = module.get_config() if arg is None else module.get_config(arg)
+  assert "python -m experiments.unlearn" in module.__doc__
   cfg.dataset, cfg.methods = "digits", "finetune"
   st = setup.setup(cfg, log=lambda s: None)
   if name == "cifar10_resnet18":
     assert st.model_name == "resnet18" and st.recipe.schedule == "cosine"
     assert st.recipe.augment and st.recipe.momentum == 0.9 and st.mode == "vmap"
+  if name == "cifar10_vit":
+    assert st.model_name.startswith("vit:") and st.recipe.optimizer == "adam"
+    assert not any("BatchNorm" in k for k in str(st.model).split())
+    assert st.recipe.epochs == (200 if arg == "gpu" else 30)
+    assert st.mode == "vmap"     # no convolution: seeds vmapped even on a CPU
+
+
+def test_vit_config_names_its_recipes():
+  from experiments.configs import cifar10_vit
+  with pytest.raises(ValueError, match="unknown recipe; allowed: cpu, gpu"):
+    cifar10_vit.get_config("tpu")
 
 
 def test_benchmark_prints_its_tables():

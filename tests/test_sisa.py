@@ -51,6 +51,27 @@ def test_a_deletion_equals_training_the_shard_from_scratch_without_it(small, loo
   assert again["deleted"] == 0 and again["already_deleted"] == 2
 
 
+def test_vmapped_deletions_pad_the_group_and_reuse_programs(small):
+  """Groups of 1, 3, 2 and 3 affected shards (S = 4) run as vmapped widths 1, 4, 2, 4: idle
+  copies pad a group to a power of two, so the stage program compiles once per width (the
+  training's 4, then 1 and 2) and stage length: 3 × 2, where one program per group size
+  would be 4 × 2; the padded run stays exact (float
+  tolerance, as above) against training from scratch without every deleted example."""
+  model, data = small
+  config = sisa.SisaConfig(shards=4, slices=2, epochs_per_slice=1, batch_size=32)
+  state = sisa.train_sisa(model, data, jax.random.PRNGKey(0), config, shard_loop="vmap")
+  first = lambda s, skip=0: int(np.flatnonzero((state.shard_of == s) & (state.slice_of == 0))[skip])
+  gone = []
+  for group, skip in (([0], 0), ([1, 2, 3], 0), ([0, 1], 1), ([1, 2, 3], 2)):
+    batch = [first(s, skip) for s in group]
+    gone += batch
+    assert sisa.unlearn_sisa(state, batch)["affected_shards"] == group
+  assert state.programs["vmap"]._cache_size() == 3 * config.slices
+  scratch = sisa.train_sisa(model, data, jax.random.PRNGKey(0), config, shard_loop="vmap",
+                            deleted=np.asarray(gone))
+  chex.assert_trees_all_close(state.variables, scratch.variables, atol=1e-5)
+
+
 def test_aggregation_by_vote_and_by_mean_logits():
   logits = jnp.array([[[5.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 1.0, 0.0]]])  # [S=3, n=1, C]
   assert int(sisa.aggregate(logits, "vote")[0]) == 1              # two of three vote 1

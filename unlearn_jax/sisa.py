@@ -193,10 +193,20 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
     fn = _stage_fn(state.model, state.config)
     state.programs["vmap"] = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, 0, 0, 0, None)))
     state.programs["single"] = jax.jit(fn)
+  shards = list(shards)
+  real = len(shards)
+  if state.shard_loop == "vmap":
+    # The vmapped program's leading axis is the group's size: padded to a power of two
+    # (at most S) with idle copies, so a run of deletions compiles at most ⌈log2 S⌉ + 1
+    # programs per stage instead of one per distinct group size. An idle copy has no
+    # valid example, so its steps change nothing, and it is never written back.
+    width = min(1 << (real - 1).bit_length(), state.config.shards)
+    shards = shards + [shards[0]] * (width - real)
   sel = jnp.asarray(np.asarray(shards, np.int32))
   take = lambda tree: jax.tree_util.tree_map(lambda a: a[sel], tree)
   current = take(state.stage_states[first_stage - 1])
   keys = state.shard_keys[sel]
+  write = sel[:real]
   if state.shard_loop == "vmap":
     run = state.programs["vmap"]
   else:
@@ -210,9 +220,11 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
   t0 = time.perf_counter()
   for stage in range(first_stage, state.config.slices + 1):
     x, y, ids, valid = _stage_arrays(state, shards, stage)
+    valid = valid.at[real:].set(False)
     current = jax.block_until_ready(run(current, x, y, ids, valid, keys, stage))
     state.stage_states[stage] = jax.tree_util.tree_map(
-        lambda full, part: full.at[sel].set(part), state.stage_states[stage], current)
+        lambda full, part: full.at[write].set(part[:real]), state.stage_states[stage],
+        current)
   seconds = time.perf_counter() - t0
   if state.checkpoint_dir is not None:
     _save(state, range(first_stage, state.config.slices + 1))

@@ -1,0 +1,54 @@
+"""CIFAR-10 with the small Vision Transformer: a CPU-sized and a GPU-sized recipe.
+
+    python -m experiments.unlearn --config=experiments/configs/cifar10_vit.py          # CPU
+    python -m experiments.unlearn --config=experiments/configs/cifar10_vit.py:gpu \
+        --dataset=image_folder:/path/to/cifar10-jpeg.tar.gz                             # GPU
+
+`cpu` (the default) is the memorising benchmark of `cifar10_memorise.py` with the CNN
+swapped for `vit:64-2-4` (width 64, 2 pre-LayerNorm blocks, 4 heads, patch 4: 64 tokens +
+the class token): 2,500 stratified training images, 2,000 test images (1,000 val /
+1,000 test), no augmentation, AdamW (lr 1e-3, decoupled weight decay 0.05, one-cycle),
+batch 64, 30 epochs. A transformer trained from scratch on 250 images per class
+memorises them, so forgetting is measurable (retrain's forget accuracy ≈ its test
+accuracy); the README gives its measured accuracy and images/s.
+
+`gpu` is a DeiT-Tiny-like ViT for all 50,000 images: `vit:192-6-3` (width 192, 6 blocks,
+3 heads, patch 4), crop + flip, AdamW lr 1e-3 with weight decay 0.05, cosine
+schedule, batch 256, 200 epochs, 3 seeds vmapped in one program with the batch split over
+every visible device; checkpoints every 5 epochs (rerun to resume).
+
+No BatchNorm anywhere: every method runs on it through the model's own adapter
+(`ViT.unlearn_adapter`: `train` keyword, optional `dropout` stream, head `head`).
+"""
+
+from experiments.configs import cifar10_memorise, default
+
+RECIPES = ("cpu", "gpu")
+
+
+def get_config(recipe: str = "cpu"):
+  recipe = (recipe or "cpu").lower()
+  if recipe not in RECIPES:
+    raise ValueError(f"--config=...cifar10_vit.py:{recipe}: unknown recipe; allowed: "
+                     f"{', '.join(RECIPES)}")
+  if recipe == "cpu":
+    c = cifar10_memorise.get_config()
+    c.model = "vit:64-2-4"
+    c.train.optimizer = "adam"
+    c.train.lr = 1e-3
+    c.train.weight_decay = 0.05
+    return c
+  c = default.get_config()
+  c.dataset = "image_folder:../shared/data/cifar10-jpeg.tar.gz"
+  c.model = "vit:192-6-3"
+  c.seeds = 3
+  c.seed_loop = "vmap"            # seeds in one program: the accelerator path
+  c.checkpoint_every = 5
+  c.train.epochs = 200
+  c.train.batch_size = 256
+  c.train.lr = 1e-3
+  c.train.optimizer = "adam"
+  c.train.weight_decay = 0.05
+  c.train.schedule = "cosine"
+  c.train.augment = 1
+  return c
