@@ -2,12 +2,14 @@
 every method through the public API under `jax.jit(jax.vmap(...))` over 4 keys: the method
 contract (finite, same tree structure and dtypes, deterministic for a key).
 
-Three user models, none of them the library's:
+Three user models, none of them the library's, and the library's ViT:
 * `UserNet`: Conv, LayerNorm, Dropout, Flax's automatic layer names, no BatchNorm; its
   keyword is `deterministic`, and train mode draws from the `dropout` rng stream.
 * `UserBNNet`: the same with BatchNorm (a mutable `batch_stats` collection).
 * `UserNNX`: an NNX model entering through `flax.nnx.bridge.to_linen`, with a
   `features_fn` (the bridge hides its submodules from Linen's interception).
+* `library_vit`: `vit:16-1-2` with dropout, through `ViT.unlearn_adapter` (every method
+  that reads data: one per code path in the default suite, the rest with `-m slow`).
 """
 
 import chex
@@ -77,6 +79,9 @@ ADAPTERS = {
         mutable=("batch_stats",), head=("Dense_1",)),
     "nnx_bridge": lambda: uj.ModelAdapter(
         bridge.to_linen(UserNNX), head=("head",), features_fn=_nnx_features),
+    # The library's ViT through its own adapter: attention, LayerNorm, a class token, a
+    # dropout stream, no BatchNorm and no convolution.
+    "library_vit": lambda: uj.as_adapter(uj.get_model("vit:16-1-2", 10, dropout=0.1)),
 }
 
 
@@ -142,8 +147,21 @@ def _runs_on(method, variables) -> bool:
 BATCH_NORM_METHODS = ("finetune", "neggrad", "salun", "boundary_expand", "reinit", "ssd",
                       "activation_reset", "contrastive", "scrub", "unsir", "gkt",
                       "deepinversion")
-CASES = [(m, a) for m in uj.list_methods() for a in ADAPTERS
-         if a != "user_batchnorm" or m in BATCH_NORM_METHODS]
+# The ViT runs every method that reads data. A ViT method compiles in ~10 s on the 2-core
+# CPU, so the default suite runs one method per code path on it and the slow set the rest.
+VIT_DEFAULT_SUITE = ("finetune", "neggrad_plus", "jit_lipschitz", "assd", "salun",
+                     "boundary_expand", "reinit", "influence", "activation_reset", "scrub",
+                     "contrastive", "unsir")
+
+
+def _case(m, a):
+  slow = a == "library_vit" and m not in VIT_DEFAULT_SUITE
+  return pytest.param(m, a, marks=pytest.mark.slow) if slow else (m, a)
+
+
+CASES = [_case(m, a) for m in uj.list_methods() for a in ADAPTERS
+         if (a != "user_batchnorm" or m in BATCH_NORM_METHODS)
+         and (a != "library_vit" or uj.get_method(m).reads)]
 
 
 @pytest.mark.parametrize("name,model_kind", CASES)
