@@ -128,7 +128,7 @@ def step_table(ds, names, F, mesh):
     batch = F.batch_size or (32 if slow else 128)
     batch = max(n_data, batch - batch % n_data)   # a multiple of the data axis
     steps = F.steps or (2 if slow else 20)
-    convs = ("-",) if name == "mlp" else ("xla", "patches")
+    convs = ("xla", "patches") if name.partition(":")[0] in models.CONV_MODELS else ("-",)
     x = jnp.asarray(ds.train_x[:batch])
     y = jnp.asarray(ds.train_y[:batch])
     if x.shape[0] < batch:   # a tiny dataset: repeat it to a full batch
