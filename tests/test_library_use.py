@@ -9,7 +9,9 @@ Three user models, none of them the library's, and the library's ViT:
 * `UserNNX`: an NNX model entering through `flax.nnx.bridge.to_linen`, with a
   `features_fn` (the bridge hides its submodules from Linen's interception).
 * `library_vit`: `vit:16-1-2` with dropout, through `ViT.unlearn_adapter` (every method
-  that reads data: one per code path in the default suite, the rest with `-m slow`).
+  that reads data).
+The default suite runs every method on `UserNet`, a few on the ViT and one per code path on
+the NNX bridge; `-m slow` runs the rest.
 """
 
 import chex
@@ -147,15 +149,18 @@ def _runs_on(method, variables) -> bool:
 BATCH_NORM_METHODS = ("finetune", "neggrad", "salun", "boundary_expand", "reinit", "ssd",
                       "activation_reset", "contrastive", "scrub", "unsir", "gkt",
                       "deepinversion")
-# The ViT runs every method that reads data. A ViT method compiles in ~10 s on the 2-core
-# CPU, so the default suite runs one method per code path on it and the slow set the rest.
-VIT_DEFAULT_SUITE = ("finetune", "neggrad_plus", "jit_lipschitz", "assd", "salun",
-                     "boundary_expand", "reinit", "influence", "activation_reset", "scrub",
-                     "contrastive", "unsir")
+# The ViT runs every method that reads data; the NNX model every method. A ViT method
+# compiles in ~15 s on the 2-core CPU, so the default suite runs a few methods on the ViT
+# and one method per code path on the NNX bridge; `-m slow` runs the rest.
+CODE_PATHS = ("finetune", "neggrad_plus", "jit_lipschitz", "assd", "salun", "boundary_expand",
+              "reinit", "influence", "activation_reset", "scrub", "contrastive", "unsir",
+              "zs_minmax_noise", "gkt")
+DEFAULT_SUITE = {"library_vit": ("finetune", "assd", "jit_lipschitz", "scrub", "reinit"),
+                 "nnx_bridge": CODE_PATHS}
 
 
 def _case(m, a):
-  slow = a == "library_vit" and m not in VIT_DEFAULT_SUITE
+  slow = a in DEFAULT_SUITE and m not in DEFAULT_SUITE[a]
   return pytest.param(m, a, marks=pytest.mark.slow) if slow else (m, a)
 
 
