@@ -21,7 +21,7 @@ No BatchNorm anywhere: every method runs on it through the model's own adapter
 (`ViT.unlearn_adapter`: `train` keyword, optional `dropout` stream, head `head`).
 """
 
-from experiments.configs import cifar10_memorise, default
+from experiments.configs import cifar10_memorise, cifar10_resnet18
 
 RECIPES = ("cpu", "gpu")
 
@@ -38,17 +38,12 @@ def get_config(recipe: str = "cpu"):
     c.train.lr = 1e-3
     c.train.weight_decay = 0.05
     return c
-  c = default.get_config()
-  c.dataset = "image_folder:../shared/data/cifar10-jpeg.tar.gz"
+  # The GPU recipe is ResNet-18's (full CIFAR-10, crop + flip, cosine, batch 256, seeds
+  # vmapped, checkpoints every 5 epochs) with a transformer's model and optimizer.
+  c = cifar10_resnet18.get_config()
   c.model = "vit:192-6-3"
-  c.seeds = 3
-  c.seed_loop = "vmap"            # seeds in one program: the accelerator path
-  c.checkpoint_every = 5
   c.train.epochs = 200
-  c.train.batch_size = 256
   c.train.lr = 1e-3
   c.train.optimizer = "adam"
   c.train.weight_decay = 0.05
-  c.train.schedule = "cosine"
-  c.train.augment = 1
   return c
