@@ -95,6 +95,11 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
   reference = {name: {"select": evaluate(ms, select_arrays)[0],
                       "report": evaluate(ms, report_arrays)[0]} for name, ms in pops.items()}
+  for name in pops:
+    r = _mean_rows(reference[name]["report"])
+    log(f"{name} on the report parts: RA {100 * r['retain_acc']:.1f} FA "
+        f"{100 * r['forget_acc']:.1f} TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
+        f"; {pops[name].seconds:.1f} s")
 
   ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
                                   st.spec.forget_classes if cfg.scenario == "class" else (),
@@ -160,6 +165,14 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
         f"{seconds:.1f} s ({total * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
         f"compile {compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "
         f"(configuration {best}); ~{left:.0f} s left")
+    # The report parts' numbers go to the log as each method finishes, so a search that is
+    # stopped before the end still leaves its finished methods' table in the log.
+    log("  " + "; ".join(
+        f"{label} RA {100 * r['retain_acc']:.1f} FA {100 * r['forget_acc']:.1f} "
+        f"TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
+        for label, r in reported.items())
+        + f"; tuned {', '.join(f'{k} {v:.3g}' for k, v in cfg_list[best].items())}; "
+        f"search × retrain {table[-1]['cost_ratio_with_search']:.2f}")
 
   for name in ("original", "retrain"):
     table.insert(0 if name == "original" else 1, {
