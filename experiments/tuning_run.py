@@ -109,6 +109,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   for m in st.method_names:
     if m not in searchable:
       log(f"{m}: no search space; kept at its defaults")
+  t_search = time.perf_counter()      # time left counts the searches only, not training
   for i, m in enumerate(searchable):
     method = methods_lib.get_method(m)
     configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
@@ -160,7 +161,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
     tuned[m] = {"hparams": {**fixed, **cfg_list[best]}, "searched": cfg_list[best],
                 "default": {k: method.defaults[k] for k in cfg_list[0]},
                 "score": float(mean[best]), "default_score": float(mean[0]), "config": best}
-    left = (len(searchable) - i - 1) * (time.perf_counter() - t_start) / (i + 1)
+    left = (len(searchable) - i - 1) * (time.perf_counter() - t_search) / (i + 1)
     log(f"tuning {m} ({i + 1}/{len(searchable)}): {total} configurations × {cfg.seeds} seeds in "
         f"{seconds:.1f} s ({total * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
         f"compile {compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "

@@ -15,6 +15,7 @@ from unlearn_jax import methods, report
 
 
 CLASS_FORGETTERS = ("random_label", "ssd", "assd", "lfssd", "l1_sparse", "salun", "reinit", "scrub", "gisa",
+                    "fisher_forgetting",
                     "boundary_shrink", "boundary_expand", "influence", "activation_reset")
 RANDOM_OVERSHOOT = ("random_label", "salun", "boundary_shrink")
 

@@ -277,3 +277,43 @@ def test_deepinversion_entropy_filter_keeps_every_class():
     in_c = np.nonzero(np.asarray(labels) == c)[0]
     lowest = in_c[np.argsort(np.asarray(scores)[in_c])][:len(idx[kept == c])]
     assert set(idx[kept == c].tolist()) == set(lowest.tolist())
+
+
+def test_fisher_forgetting_class_branch_redraws_only_the_forgotten_head_column(setup):
+  """The reference's class branch (Golatkar et al.'s get_mean_var): the forgotten class's
+  head row gets mean 0 and variance 1e-3; nothing else changes beyond the Fisher noise."""
+  m, v, forget, retain, ctx = setup
+  data = methods.UnlearnData(forget, retain)
+  key = jax.random.PRNGKey(0)
+  adapter = ctx.model
+  head0 = adapter.head_params(v["params"])
+  for classes, class_head, zeroed in (((3,), "zero", True), ((3,), "noise", False),
+                                      ((), "zero", False)):
+    c = methods.MethodContext(m, 10, ctx.input_shape, classes, "mlp")
+    out, _ = jax.jit(methods.make_method("fisher_forgetting", c, alpha=1e-14,
+                                         class_head=class_head))(v, data, key)
+    head = adapter.head_params(out["params"])
+    others = np.delete(np.arange(10), 3)
+    np.testing.assert_allclose(head["kernel"][:, others], head0["kernel"][:, others], atol=1e-3)
+    if zeroed:
+      assert float(jnp.max(jnp.abs(head["kernel"][:, 3]))) < 0.2
+      assert 0.01 < float(jnp.std(head["kernel"][:, 3])) < 0.06
+      assert not np.allclose(head["kernel"][:, 3], head0["kernel"][:, 3], atol=0.05)
+    else:
+      np.testing.assert_allclose(head["kernel"][:, 3], head0["kernel"][:, 3], atol=1e-3)
+      np.testing.assert_allclose(head["bias"], head0["bias"], atol=1e-3)
+
+
+def test_fisher_forgetting_class_branch_needs_a_head_or_says_which_option(setup):
+  import flax.linen as nn
+  from unlearn_jax.adapter import ModelAdapter
+
+  class Headless(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+  ctx = methods.MethodContext(ModelAdapter(Headless()), 10, (8, 8, 1), (3,))
+  with pytest.raises(ValueError, match="class_head='noise'"):
+    methods.make_method("fisher_forgetting", ctx)
+  methods.make_method("fisher_forgetting", ctx, class_head="noise")     # no head needed

@@ -309,7 +309,7 @@ def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
   return unlearn
 
 
-@register("jit_lipschitz", space=dict(lr=("log", 1e-5, 0.1), sigma=("log", 0.01, 1.0)),
+@register("jit_lipschitz", space=dict(lr=("log", 1e-5, 0.1), sigma=("log", 0.01, 1.0), epochs=(1, 3)),
           reads=("forget",),
           paper="Foster et al. 2024 (Zero-shot machine unlearning at scale via Lipschitz "
                 "regularization, JiT)",

@@ -250,7 +250,7 @@ def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, re
   return unlearn
 
 
-@register("contrastive", space=dict(tau=("log", 0.05, 4.0), lr=("log", 1e-3, 0.3), ce_weight=("log", 0.01, 10.0), epochs=(3, 10, 30)),
+@register("contrastive", space=dict(tau=("log", 0.05, 4.0), lr=("log", 1e-3, 1.0), ce_weight=("log", 0.01, 10.0), epochs=(3, 10, 30)),
           reads=("forget", "retain"),
           paper="NeurIPS 2023 unlearning competition, 2nd place (seed 002)",
           defaults=dict(epochs=3, tau=1.0, lr=0.01, ce_weight=1.0, batch_size=64))

@@ -206,31 +206,59 @@ def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_siz
   return unlearn
 
 
+FISHER_CLASS_HEADS = ("zero", "noise")
+
+
 @register("fisher_forgetting", space=dict(alpha=("log", 1e-9, 1e-2)),
           reads=("retain",), paper="Golatkar et al. 2020 (Eternal Sunshine)",
-          defaults=dict(alpha=1e-6, max_examples=2000, batch_size=32))
-def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size):
+          choices=dict(class_head=FISHER_CLASS_HEADS),
+          defaults=dict(alpha=1e-6, max_examples=2000, batch_size=32, class_head="zero"))
+def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size, class_head):
   """Fisher forgetting: Gaussian noise, largest where the retain set does not care.
 
   F_r = diagonal empirical Fisher on (a random subset of at most `max_examples` of) D_r,
   from per-example gradients; θ = θ0 + sqrt(α·min(1/(F_r + 1e-8), 1e3))·ε, ε ~ N(0, I).
+  Class forgetting (`MethodContext.forget_classes` given) with `class_head="zero"` (the
+  default) also does what the reference's class branch does (Golatkar et al.'s
+  `get_mean_var`: the forgotten class's output row gets mean 0 and variance 1e-4·10): the
+  head's kernel column and bias of each forgotten class become N(0, 1e-3) draws, so the
+  class's logit carries no learned evidence. It needs the adapter's `head`; `"noise"`
+  keeps the head like every other layer (and needs no head).
   Reads: retain. Defaults: α 1e-6 (published 1e-6..1e-8 for larger nets), 2000 examples,
-  batch 32.
-  Limits (digits MLP, 3 seeds): a perturbation, not a class eraser: FA 97% for a
-  forgotten class (RA 99.9%).
+  batch 32, class_head "zero".
+  Limits (digits MLP, 3 seeds): with `class_head="noise"` a perturbation, not a class
+  eraser: FA 97% for a forgotten class (RA 99.9%); in the 10% random scenario the head
+  branch does not apply.
   """
+  model = as_adapter(ctx.model)
+  zero_head = bool(ctx.forget_classes) and class_head == "zero"
+  if zero_head:
+    model.require_head("fisher_forgetting (class_head='zero'; class_head='noise' needs none)")
+  classes = jnp.asarray(ctx.forget_classes, jnp.int32)
 
   def unlearn(variables, data: UnlearnData, key):
-    k_sub, k_noise = jax.random.split(key)
+    k_sub, k_noise, k_head = jax.random.split(key, 3)
     n = data.retain[0].shape[0]
     retain = subsample(data.retain, k_sub, min(1.0, max_examples / n))
-    fisher = weight_importance(ctx.model, variables, retain, batch_size, "fisher")
+    fisher = weight_importance(model, variables, retain, batch_size, "fisher")
     leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
     keys = jax.random.split(k_noise, len(leaves))
     f_leaves = jax.tree_util.tree_leaves(fisher)
     noisy = [p + jnp.sqrt(alpha * jnp.minimum(1.0 / (f + 1e-8), 1e3)) *
              jax.random.normal(k, p.shape, p.dtype) for p, f, k in zip(leaves, f_leaves, keys)]
-    return {**variables, "params": jax.tree_util.tree_unflatten(treedef, noisy)}, {}
+    params = jax.tree_util.tree_unflatten(treedef, noisy)
+    if zero_head:
+      head = dict(model.head_params(params, "fisher_forgetting"))
+      k_w, k_b = jax.random.split(k_head)
+      std = math.sqrt(1e-3)
+      kernel = head["kernel"]
+      head["kernel"] = kernel.at[:, classes].set(
+          std * jax.random.normal(k_w, (kernel.shape[0], classes.size), kernel.dtype))
+      if "bias" in head:
+        head["bias"] = head["bias"].at[classes].set(
+            std * jax.random.normal(k_b, (classes.size,), head["bias"].dtype))
+      params = model.replace_head(params, head)
+    return {**variables, "params": params}, {}
 
   return unlearn
 
