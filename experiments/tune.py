@@ -16,6 +16,9 @@ rest of D_f and D_r and the test split:
     (class), retain and val accuracy kept, loss MIA toward 0.5 (`tuning.no_retrain_score`);
   * `retrain_gap` (benchmark mode): mean |gap| to the retrained models over RA, FA, TA and
     the loss MIA (`tuning.retrain_gap_score`).
+Either rule chooses only among configurations that keep `--min_retain` (default 0.9) of
+the original's retain accuracy on the selection part (`tuning.select_configuration`):
+retrain_gap alone would trade the retain set away for a smaller gap in FA and MIA.
 Writes into --workdir: tuning.csv (every configuration × seed: its values, the selection
 metrics and score), tuned.json (the chosen hyperparameters per method, the rule and the
 data it saw), report.md (default vs tuned), tuning.json and plots/tuning_<method>.png.
@@ -35,6 +38,8 @@ flags.DEFINE_integer("budget", 16, "configurations per method (the defaults are 
 flags.DEFINE_string("select", "no_retrain", "selection rule: no_retrain | retrain_gap")
 flags.DEFINE_float("selection_fraction", 0.2, "fraction of D_f and of D_r selection may read")
 flags.DEFINE_string("search_loop", "auto", "auto | vmap | sequential")
+flags.DEFINE_float("min_retain", 0.9, "only configurations keeping this fraction of the "
+                   "original's retain accuracy (on retain_select) may be chosen; 0: no floor")
 
 
 def main(argv):
@@ -44,13 +49,15 @@ def main(argv):
   workdir = F.workdir or cli.default_workdir(cfg).replace("runs/", "runs/tune_", 1)
   fixed = {name: flag.value.to_dict() for name, flag in cli._METHOD_FLAGS.items()}
   try:
-    tuning_run.check_options(F.budget, F.select, F.selection_fraction, F.search_loop)
+    tuning_run.check_options(F.budget, F.select, F.selection_fraction, F.search_loop,
+                             F.min_retain)
     setup.validate(cfg)
     if not F.workdir:
       Path("runs").mkdir(exist_ok=True)
     with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
       result = tuning_run.run(cfg, fixed, budget=F.budget, rule=F.select,
                               fraction=F.selection_fraction, loop=F.search_loop,
+                              min_retain=F.min_retain,
                               log=lambda s: print(s, flush=True))
       title = (f"Tuning: {cfg.dataset} · {result.info['model']} · {cfg.scenario}"
                + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else

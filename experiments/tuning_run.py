@@ -33,8 +33,12 @@ class TuningResult:
   info: dict
 
 
-def check_options(budget: int, rule: str, fraction: float, loop: str) -> None:
+def check_options(budget: int, rule: str, fraction: float, loop: str,
+                  min_retain: float = 0.9) -> None:
   """One-line flag errors before anything is loaded."""
+  if not 0 <= min_retain <= 1:
+    raise UsageError(f"--min_retain={min_retain} must lie in [0, 1] (a fraction of the "
+                     "original's retain accuracy; 0 turns the floor off)")
   if budget < 1:
     raise UsageError(f"--budget={budget} must be >= 1")
   if rule not in tuning.SELECTION_RULES:
@@ -50,10 +54,12 @@ def _mean_rows(rows: list) -> dict:
 
 
 def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
-        fraction: float = 0.2, loop: str = "auto",
+        fraction: float = 0.2, loop: str = "auto", min_retain: float = 0.9,
         log: Callable[[str], None] = print) -> TuningResult:
-  """Tunes every method of `cfg.methods` that declares a search space."""
-  check_options(budget, rule, fraction, loop)
+  """Tunes every method of `cfg.methods` that declares a search space; the choice is the
+  best score among configurations that keep `min_retain` of the original's retain
+  accuracy on retain_select (`tuning.select_configuration`)."""
+  check_options(budget, rule, fraction, loop, min_retain)
   t_start = time.perf_counter()
   st = setup(cfg, log)
   ds, split, model, recipe, mode = st.ds, st.split, st.model, st.recipe, st.mode
@@ -133,6 +139,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
     total = len(cfg_list)
     variables_of = lambda k: jax.tree_util.tree_map(lambda a: a[k % budget], grids[k // budget])
     scores = np.zeros((total, int(cfg.seeds)))
+    retain_acc = np.zeros((total, int(cfg.seeds)))
     for k, hp in enumerate(cfg_list):
       ms = driver.ModelSet(m, variables_of(k), 0.0)
       sel = evaluate(ms, select_arrays)[0]
@@ -143,10 +150,16 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
           score = tuning.no_retrain_score(r, reference["original"]["select"][s], cfg.scenario)
         score = score if math.isfinite(score) else float("inf")
         scores[k, s] = score
+        retain_acc[k, s] = r["retain_acc"]
         rows.append({"method": m, "config": k, "seed": int(cfg.seed) + s, **hp,
                      **{f"select_{key}": r[key] for key in REPORT_KEYS}, "score": score})
     mean = scores.mean(axis=1)
-    best = int(np.argmin(np.where(np.isfinite(mean), mean, np.inf)))
+    best, eligible = tuning.select_configuration(
+        scores, retain_acc, [r["retain_acc"] for r in reference["original"]["select"]],
+        min_retain)
+    if not eligible:
+      log(f"  {m}: no configuration keeps {100 * min_retain:g}% of the original's retain "
+          "accuracy on retain_select; chose the one that keeps the most")
     reported = {}
     for label, k in (("default", 0), ("tuned", best)):
       ms = driver.ModelSet(m, variables_of(k), 0.0)
@@ -157,10 +170,11 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
                   "search_seconds_per_seed": seconds / int(cfg.seeds),
                   "method_seconds": per_config, "compile_seconds": compile_s,
                   "cost_ratio_with_search": (seconds / int(cfg.seeds)) / max(retrain_s, 1e-9),
-                  "tuned_config": cfg_list[best]})
+                  "tuned_config": cfg_list[best], "eligible": eligible})
     tuned[m] = {"hparams": {**fixed, **cfg_list[best]}, "searched": cfg_list[best],
                 "default": {k: method.defaults[k] for k in cfg_list[0]},
-                "score": float(mean[best]), "default_score": float(mean[0]), "config": best}
+                "score": float(mean[best]), "default_score": float(mean[0]), "config": best,
+                "kept_min_retain": eligible}
     left = (len(searchable) - i - 1) * (time.perf_counter() - t_search) / (i + 1)
     log(f"tuning {m} ({i + 1}/{len(searchable)}): {total} configurations × {cfg.seeds} seeds in "
         f"{seconds:.1f} s ({total * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
@@ -180,12 +194,14 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
         "method": name, "default": _mean_rows(reference[name]["report"]),
         "tuned": _mean_rows(reference[name]["report"])})
   info = {"rule": rule, "budget": budget, "selection_fraction": fraction,
+          "min_retain": min_retain,
           "search_loop": search_loop, "seeds": int(cfg.seeds), "model": st.model_name,
           "scenario": cfg.scenario, "retrain_seconds": retrain_s,
           "selection_sizes": {k: int(v.size) for k, v in parts.items()},
           "selection_sha256": {k: _digest(v) for k, v in parts.items()},
           "wall_seconds": time.perf_counter() - t_start}
-  tuned_json = {"rule": rule, "budget": budget, "scenario": cfg.scenario,
+  tuned_json = {"rule": rule, "min_retain": min_retain, "budget": budget,
+                "scenario": cfg.scenario,
                 "dataset": cfg.dataset, "model": st.model_name,
                 "selection": {"fraction": fraction, "sizes": info["selection_sizes"],
                               "sha256": info["selection_sha256"],
@@ -206,7 +222,9 @@ def report_markdown(result: TuningResult, title: str) -> str:
   head = ["method", "RA", "FA", "TA", "MIA", "Avg. Gap", "→ tuned RA", "FA", "TA", "MIA",
           "Avg. Gap", "score", "tuned hyperparameters", "search × retrain"]
   lines = [f"## {title}", "",
-           f"Selection rule `{info['rule']}`, {info['budget']} configurations × {info['seeds']} "
+           f"Selection rule `{info['rule']}` among the configurations that keep "
+           f"{100 * info.get('min_retain', 0):g}% of the original's retain accuracy on the "
+           f"selection part, {info['budget']} configurations × {info['seeds']} "
            f"seeds per method and per value of a searched integer hyperparameter (epochs) "
            f"({info['search_loop']}). Selected on "
            f"{info['selection_sizes']['forget_select']} forget and "
@@ -226,6 +244,8 @@ def report_markdown(result: TuningResult, title: str) -> str:
       cells += ["", "", "", "", "", "", "", ""]
     else:
       hp = ", ".join(f"{k} {v:.3g}" for k, v in r["tuned_config"].items())
+      if not r.get("eligible", True):
+        hp += " (†)"
       cells += [pct(t["retain_acc"]), pct(t["forget_acc"]), pct(t["test_acc"]),
                 f"{t['mia_loss_lr']:.2f}", f"{tuning.retrain_gap_score(t, retrain):.1f}",
                 f"{r['default_score']:.1f} → {r['tuned_score']:.1f}", hp,
@@ -236,6 +256,9 @@ def report_markdown(result: TuningResult, title: str) -> str:
                   if r["method"] not in ("original", "retrain"))
   if ranked:
     lines += ["", "Tuned, ranked by Avg. Gap: " + ", ".join(f"{m} {g:.1f}" for g, m in ranked)]
+  if any(not r.get("eligible", True) for r in result.table):
+    lines += ["", f"(†) no configuration kept {100 * info.get('min_retain', 0):g}% of the "
+              "original's retain accuracy on the selection part: the one that kept the most."]
   lines += ["", f"Wall time {info['wall_seconds']:.0f} s."]
   return "\n".join(lines) + "\n"
 

@@ -62,6 +62,7 @@ def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path
     (["--select=oracle"], "--select='oracle' is unknown; allowed: retrain_gap, no_retrain"),
     (["--selection_fraction=1.5"], "--selection_fraction=1.5 must lie strictly between 0 and 1"),
     (["--search_loop=pmap"], "--search_loop='pmap' is unknown; allowed: auto, vmap, sequential"),
+    (["--min_retain=1.5"], "--min_retain=1.5 must lie in [0, 1]"),
 ])
 def test_bad_tune_flags_are_one_line_and_write_nothing(args, needle, tmp_path):
   proc = run_module("experiments.tune", *args, f"--workdir={tmp_path / 'run'}")

@@ -73,6 +73,33 @@ def test_samples_start_at_the_defaults_and_stay_in_range():
   chex.assert_trees_all_equal(configs, again)
 
 
+def test_samples_are_a_latin_hypercube_one_draw_per_stratum():
+  method = methods.get_method("scrub")
+  k = 9
+  configs = tuning.sample_configs(method, k, jax.random.PRNGKey(5))
+  for name, (scale, low, high) in method.space.items():
+    x = np.asarray(configs[name][1:], float)
+    u = (np.log(x / low) / np.log(high / low)) if scale == "log" else (x - low) / (high - low)
+    strata = np.minimum(np.floor(u * (k - 1)), k - 2).astype(int)
+    assert sorted(strata) == list(range(k - 1)), (name, strata)
+
+
+def test_selection_keeps_the_retain_floor():
+  scores = np.array([[17.0, 17.4], [10.0, 11.0], [12.0, 12.5], [np.inf, 1.0]])
+  retain = np.array([[1.0, 1.0], [0.7, 0.8], [0.95, 0.9], [1.0, 1.0]])
+  original = np.array([1.0, 1.0])
+  # Config 1 scores best but keeps 75% of RA; 3 is non-finite on one seed: never chosen.
+  assert tuning.select_configuration(scores, retain, original, 0.9) == (2, True)
+  assert tuning.select_configuration(scores, retain, original, 0.0) == (1, True)
+  # Nothing eligible: the configuration that keeps the most retain accuracy.
+  low = np.array([[0.5, 0.5], [0.6, 0.7], [0.2, 0.2], [1.0, 1.0]])
+  assert tuning.select_configuration(scores, low, original, 0.9) == (1, False)
+  with pytest.raises(ValueError, match="min_retain=1.5 must lie in"):
+    tuning.select_configuration(scores, retain, original, 1.5)
+  with pytest.raises(ValueError, match="must both be"):
+    tuning.select_configuration(scores[0], retain[0], original)
+
+
 def test_bad_spaces_and_budgets_are_named():
   defaults = dict(lr=0.1, epochs=3)
   with pytest.raises(ValueError, match="'momentum', which is not a hyperparameter"):

@@ -43,8 +43,12 @@ def outer_configs(method, fixed=None) -> list:
 
 def sample_configs(method, budget: int, key: jax.Array, names=None) -> dict:
   """`budget` configurations of the method's searched float hyperparameters ({name: [K]}):
-  configuration 0 is the defaults, the others are drawn uniformly (log-uniformly on log
-  scales, uniformly from value lists). `names` restricts the search to some of them.
+  configuration 0 is the defaults, the other K−1 a Latin hypercube over the space: each
+  range is cut into K−1 equal strata (in log space on log scales) and every stratum holds
+  exactly one draw, the strata paired at random across hyperparameters. At the small
+  budgets a CPU affords (K = 5) independent draws often leave a whole end of a range
+  unvisited (all four learning rates high); the hypercube costs the same and never does.
+  Value lists are drawn uniformly. `names` restricts the search to some of them.
   Integer hyperparameters are not sampled here (`outer_configs`)."""
   if budget < 1:
     raise ValueError(f"budget={budget} must be >= 1")
@@ -60,7 +64,7 @@ def sample_configs(method, budget: int, key: jax.Array, names=None) -> dict:
   for k, spec in sorted(space.items()):
     if spec[0] in SCALES:
       scale, low, high = spec
-      u = rng.uniform(size=budget - 1)
+      u = (rng.permutation(budget - 1) + rng.uniform(size=budget - 1)) / max(budget - 1, 1)
       draws = (np.exp(np.log(low) + u * (np.log(high) - np.log(low))) if scale == "log"
                else low + u * (high - low))
     else:
@@ -212,3 +216,32 @@ def no_retrain_score(candidate: Mapping[str, float], original: Mapping[str, floa
                + 100 * max(0.0, original["retain_acc"] - candidate["retain_acc"])
                + 100 * max(0.0, original["test_acc"] - candidate["test_acc"])
                + 100 * abs(candidate["mia_loss_lr"] - 0.5))
+
+
+def select_configuration(scores: np.ndarray, retain_acc: np.ndarray, original_retain: np.ndarray,
+                         min_retain: float = 0.9) -> tuple[int, bool]:
+  """The chosen configuration: the lowest mean score among those that keep retain accuracy.
+
+  scores, retain_acc: [K, S] (configuration × seed) selection scores and retain_select
+  accuracies; original_retain: [S] the originals' retain_select accuracy. A configuration is
+  eligible when its mean retain accuracy over seeds is at least `min_retain` × the
+  originals' mean (0 disables the floor): a score that trades the retain set away for a
+  smaller gap elsewhere (retrain_gap weighs RA like FA, TA and MIA) is not a choice a user
+  could deploy. Non-finite scores are never chosen. If no configuration is eligible, the
+  one with the highest retain accuracy is returned. Returns (index, whether it was eligible).
+
+      eligible(k) = mean_s RA[k, s] >= min_retain · mean_s RA₀[s]
+      k* = argmin_{k eligible} mean_s score[k, s]
+  """
+  scores, retain_acc = np.asarray(scores, float), np.asarray(retain_acc, float)
+  if scores.ndim != 2 or scores.shape != retain_acc.shape:
+    raise ValueError(f"scores {scores.shape} and retain_acc {retain_acc.shape} must both be "
+                     "[configurations, seeds]")
+  if not 0 <= min_retain <= 1:
+    raise ValueError(f"min_retain={min_retain} must lie in [0, 1]")
+  mean = np.where(np.all(np.isfinite(scores), axis=1), scores.mean(axis=1), np.inf)
+  ra = retain_acc.mean(axis=1)
+  eligible = (ra >= min_retain * float(np.mean(original_retain))) & np.isfinite(mean)
+  if eligible.any():
+    return int(np.argmin(np.where(eligible, mean, np.inf))), True
+  return int(np.argmax(np.where(np.isfinite(mean), ra, -np.inf))), False

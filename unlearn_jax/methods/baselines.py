@@ -99,7 +99,7 @@ def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_f
 RANDOM_LABEL_VARIANTS = ("interleaved", "forget_only", "whole", "hybrid")
 
 
-@register("random_label", space=dict(lr=("log", 1e-3, 0.1), retain_weight=("log", 0.25, 4.0)),
+@register("random_label", space=dict(lr=("log", 1e-4, 0.1), retain_weight=("log", 0.25, 4.0)),
           reads=("forget", "retain"),
           paper="Graves et al. 2021 (Amnesiac ML); Krahenmann et al. (seed 004)",
           choices=dict(variant=RANDOM_LABEL_VARIANTS),
@@ -240,7 +240,7 @@ def _fgsm_labels(model, variables, x, y, eps):
   return jnp.argmax(logits, -1)
 
 
-@register("boundary_shrink", space=dict(eps=("log", 0.01, 1.0), lr=("log", 1e-3, 0.1)),
+@register("boundary_shrink", space=dict(eps=("log", 0.01, 1.0), lr=("log", 1e-4, 0.1)),
           reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
           defaults=dict(eps=0.1, epochs=5, lr=0.01, batch_size=64))
 def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
@@ -266,7 +266,7 @@ def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   return unlearn
 
 
-@register("boundary_expand", space=dict(lr=("log", 1e-4, 0.05)),
+@register("boundary_expand", space=dict(lr=("log", 1e-5, 0.05)),
           reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
           defaults=dict(epochs=5, lr=0.002, batch_size=64))
 def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
