@@ -295,7 +295,7 @@ def saliency_mask(model, variables, forget, batch_size: int, keep: float):
 SALUN_SCHEDULES = ("paired", "reference")
 
 
-@register("salun", space=dict(keep=("linear", 0.1, 0.9), lr=("log", 1e-3, 0.1)),
+@register("salun", space=dict(keep=("linear", 0.1, 0.9), lr=("log", 1e-4, 0.1)),
           reads=("forget", "retain"), paper="Fan et al. 2024 (SalUn)",
           choices=dict(schedule=SALUN_SCHEDULES),
           defaults=dict(keep=0.5, schedule="paired", epochs=10, lr=0.013, batch_size=64,
