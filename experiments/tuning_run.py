@@ -49,6 +49,11 @@ def check_options(budget: int, rule: str, fraction: float, loop: str,
     raise UsageError(f"--search_loop={loop!r} is unknown; allowed: {', '.join(LOOPS)}")
 
 
+def _config_text(config: dict) -> str:
+  """`lr 0.0222, weight_decay 2.55e-05`: a configuration as the log and report.md print it."""
+  return ", ".join(f"{k} {v:.3g}" for k, v in config.items())
+
+
 def _mean_rows(rows: list) -> dict:
   return {k: float(np.nanmean([r[k] for r in rows])) for k in REPORT_KEYS}
 
@@ -186,7 +191,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
         f"{label} RA {100 * r['retain_acc']:.1f} FA {100 * r['forget_acc']:.1f} "
         f"TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
         for label, r in reported.items())
-        + f"; tuned {', '.join(f'{k} {v:.3g}' for k, v in cfg_list[best].items())}; "
+        + f"; tuned {_config_text(cfg_list[best])}; "
         f"search × retrain {table[-1]['cost_ratio_with_search']:.2f}")
 
   for name in ("original", "retrain"):
@@ -243,7 +248,7 @@ def report_markdown(result: TuningResult, title: str) -> str:
     if r["method"] in ("original", "retrain"):
       cells += ["", "", "", "", "", "", "", ""]
     else:
-      hp = ", ".join(f"{k} {v:.3g}" for k, v in r["tuned_config"].items())
+      hp = _config_text(r["tuned_config"])
       if not r.get("eligible", True):
         hp += " (†)"
       cells += [pct(t["retain_acc"]), pct(t["forget_acc"]), pct(t["test_acc"]),
