@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def prepare_workdir(workdir: str, overwrite: bool) -> tuple[Path, Path]:
                      "them or choose another directory")
   if not final.parent.exists():
     raise UsageError(f"--workdir={workdir}: parent directory {final.parent} does not exist")
-  staging = final.parent / f".{final.name}.partial-{int(time.time() * 1e3)}"
+  staging = final.parent / f".{final.name}.partial-{os.getpid()}-{int(time.time() * 1e3)}"
   return final, staging
 
 
@@ -135,17 +136,43 @@ def resume_dir_for(workdir: str) -> Path:
   return final.parent / f".{final.name}.resume"
 
 
+def workdir_lock(final: Path):
+  """The inter-process lock of a run directory and its resume store, taken without waiting:
+  a second process given the same --workdir while the first still writes it gets a
+  UsageError. The lock file lives in the cache (`$UNLEARN_JAX_CACHE/locks/`), keyed by the
+  directory's absolute path, so nothing is added beside the run."""
+  import hashlib
+  import filelock
+  locks = data_lib.cache_dir() / "locks"
+  locks.mkdir(parents=True, exist_ok=True)
+  key = hashlib.sha1(str(final).encode()).hexdigest()[:20]
+  return filelock.FileLock(str(locks / f"workdir-{key}.lock"), timeout=0)
+
+
 @contextlib.contextmanager
 def staged_workdir(workdir: str, overwrite: bool):
   """Yields (final, staging): write into `staging`; it is moved to `final` when the block
-  ends normally and deleted when it raises, so no half-written run is ever left."""
-  final, staging = prepare_workdir(workdir, overwrite)
+  ends normally and deleted when it raises, so no half-written run is ever left. The
+  block holds the workdir's lock (`workdir_lock`): two processes never write one run
+  directory or its resume store at once."""
+  import filelock
+  final, _ = prepare_workdir(workdir, overwrite)      # bad input: nothing written yet
+  lock = workdir_lock(final)
   try:
-    yield final, staging
-    commit_workdir(staging, final)
+    lock.acquire()
+  except filelock.Timeout:
+    raise UsageError(f"--workdir={workdir} is being written by another running process; "
+                     "wait for it to finish or choose another directory") from None
+  try:
+    final, staging = prepare_workdir(workdir, overwrite)   # again, now that it is ours
+    try:
+      yield final, staging
+      commit_workdir(staging, final)
+    finally:
+      if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
   finally:
-    if staging.exists():
-      shutil.rmtree(staging, ignore_errors=True)
+    lock.release()
 
 
 # ----------------------------------------------------------------------------- the run

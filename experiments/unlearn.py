@@ -162,9 +162,9 @@ def main(argv):
     if not flags.FLAGS.workdir:
       Path("runs").mkdir(exist_ok=True)
     resume_dir = setup.resume_dir_for(workdir)
-    if not flags.FLAGS.resume and resume_dir.exists():
-      shutil.rmtree(resume_dir)
     with setup.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
+      if not flags.FLAGS.resume and resume_dir.exists():
+        shutil.rmtree(resume_dir)    # under the workdir's lock: no other run is using it
       result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True),
                           resume_dir=resume_dir if cfg.checkpoint_every > 0 else None)
       md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)

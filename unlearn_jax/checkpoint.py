@@ -8,6 +8,7 @@ mismatched checkpoint fails with a clear message instead of a shape error later.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -77,7 +78,9 @@ class ResumeStore:
             f"{', '.join(diff)}); delete it, or rerun with the same flags to resume")
     else:
       directory.mkdir(parents=True, exist_ok=True)
-      stamp.write_text(json.dumps(wanted, sort_keys=True, indent=1))
+      tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
+      tmp.write_text(json.dumps(wanted, sort_keys=True, indent=1))
+      os.replace(tmp, stamp)     # atomic: a reader sees no fingerprint or a whole one
     return cls(directory, every)
 
   def _manager(self, name: str, keep: int = 2) -> ocp.CheckpointManager:

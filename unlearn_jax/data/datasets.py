@@ -5,6 +5,11 @@ Names:
   * `image_folder:PATH` — PATH is a `split/class/image` folder (or a `.tar.gz` of one,
     read without extracting), e.g. the shared CIFAR-10 JPEG archive. Decoded once and
     cached as `.npz` under `$UNLEARN_JAX_CACHE` (default `~/.cache/unlearn_jax`).
+
+First use is safe under concurrency: several processes (two jobs on a new machine, the
+nodes of a cluster sharing a home directory) that prepare the same cache entry at once
+take turns on a lock file beside it; the first prepares and renames its result into
+place atomically, the others wait and read the finished entry.
   * tfds names `cifar10`, `cifar100`, `mnist`, `fashion_mnist`, `svhn_cropped` — read
     with `tfds.data_source` (array_record, no TensorFlow needed to read; preparing a
     fresh download needs the `tfds-prepare` extra).
@@ -17,6 +22,7 @@ import hashlib
 import io
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +69,16 @@ def cache_dir() -> Path:
                              Path.home() / ".cache" / "unlearn_jax"))
 
 
+def cache_lock(path: Path, timeout: float = 3600.0):
+  """An inter-process lock (a `filelock.FileLock` on `path` + ".lock") guarding the first
+  write of the cache entry `path`: hold it around check-prepare-rename so that exactly one
+  process prepares and the others read the finished result. Waits up to `timeout`
+  seconds (a first CIFAR-10 decode takes a minute on two cores)."""
+  import filelock
+  path.parent.mkdir(parents=True, exist_ok=True)
+  return filelock.FileLock(str(path) + ".lock", timeout=timeout)
+
+
 def _normalise(train: np.ndarray, test: np.ndarray, pixel_max: float):
   """Scales to [0, 1], then standardises per channel with the train statistics."""
   train = train.astype(np.float32) / pixel_max
@@ -98,9 +114,13 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
 # ----------------------------------------------------------------------------- digits
 def _digits_source(data_dir: Optional[str], split: str):
   from unlearn_jax.data.digits_builder import SklearnDigits
-  builder = SklearnDigits(data_dir=data_dir or str(cache_dir() / "tfds"),
-                          file_format="array_record")
-  builder.download_and_prepare()
+  root = Path(data_dir or cache_dir() / "tfds")
+  # tfds prepares into `incomplete.XXXX` and renames it to the version directory; two
+  # processes preparing at once race on that rename. Under the lock the builder is made
+  # (it looks for a finished version when constructed) and prepared by one process.
+  with cache_lock(root / "sklearn_digits"):
+    builder = SklearnDigits(data_dir=str(root), file_format="array_record")
+    builder.download_and_prepare()
   return builder.as_data_source(split=split)
 
 
@@ -217,17 +237,24 @@ def load_image_folder(path: str) -> Dataset:
   stat = p.stat()
   key = hashlib.sha1(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
   cached = cache_dir() / "image_folder" / f"{p.name}-{key}.npz"
-  if cached.exists():
-    z = np.load(cached, allow_pickle=False)
-    arrays = {"train": (z["train_x"], z["train_y"]), "test": (z["test_x"], z["test_y"])}
-    classes = tuple(str(c) for c in z["classes"])
-  else:
-    arrays, classes = _decode_image_folder(p)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, train_x=arrays["train"][0], train_y=arrays["train"][1],
-             test_x=arrays["test"][0], test_y=arrays["test"][1], classes=np.asarray(classes))
-    tmp.replace(cached)
+  with cache_lock(cached):
+    if not cached.exists():
+      arrays, classes = _decode_image_folder(p)
+      # A temporary name of this writer's own in the same directory, then an atomic rename:
+      # a reader never sees a half-written file, two writers never share a temporary.
+      fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent)
+      try:
+        with os.fdopen(fd, "wb") as f:
+          np.savez(f, train_x=arrays["train"][0], train_y=arrays["train"][1],
+                   test_x=arrays["test"][0], test_y=arrays["test"][1],
+                   classes=np.asarray(classes))
+        os.replace(tmp, cached)
+      finally:
+        if os.path.exists(tmp):
+          os.unlink(tmp)
+  z = np.load(cached, allow_pickle=False)
+  arrays = {"train": (z["train_x"], z["train_y"]), "test": (z["test_x"], z["test_y"])}
+  classes = tuple(str(c) for c in z["classes"])
   train_x, test_x = _normalise(arrays["train"][0], arrays["test"][0], 255.0)
   return Dataset(f"image_folder:{path}", train_x, arrays["train"][1], test_x,
                  arrays["test"][1], len(classes), classes)
