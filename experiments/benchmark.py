@@ -281,7 +281,7 @@ def search_table(ds, F, names):
     variables = jax.tree_util.tree_map(lambda a: a[None], models.init_variables(
         model, jax.random.PRNGKey(0), ds.input_shape))
     ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape, (), name)
-    data_ = methods_lib.select_data(method, forget, retain)
+    data_ = methods_lib.select_data(method, forget, retain, ctx=ctx)
     keys = jax.random.split(jax.random.PRNGKey(1), 1)
     timed = {loop: statistics.median(
         tuning.run_search(method, ctx, configs, fixed, variables, data_, keys, loop)[1]

@@ -195,7 +195,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       rows.append(row); epsilons[name] = eps; stats[name] = phi
     for m in st.method_names:
       spec = methods_lib.get_method(m)
-      data = methods_lib.select_data(spec, forget, retain)
+      data = methods_lib.select_data(spec, forget, retain, ctx=ctx)
       t0 = time.perf_counter()
       unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
                                             jax.vmap(lambda k: driver.method_key(k, m))(seed_keys),

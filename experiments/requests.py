@@ -162,7 +162,8 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
             model, sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)
       else:
         spec = methods_lib.get_method(m)
-        data = methods_lib.select_data(spec, (x[request], y[request]), arrays["retain"])
+        data = methods_lib.select_data(spec, (x[request], y[request]), arrays["retain"],
+                                          ctx=ctx)
         keys = jax.vmap(lambda kk: jax.random.fold_in(driver.method_key(kk, m), k))(seed_keys)
         ms = driver.apply_method(spec, ctx, hparams[m], state[m], data, keys, seed_mode=st.mode)
         state[m] = ms.variables

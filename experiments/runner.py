@@ -124,7 +124,7 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
     for m in method_names:
       mspec = methods_lib.get_method(m)
       keys = slots.method_keys(seed_keys, m)
-      data = methods_lib.select_data(mspec, forget, retain)
+      data = methods_lib.select_data(mspec, forget, retain, ctx=ctx)
       ms = resumed_method(store, m, originals, log)
       if ms is None:
         ms = driver.apply_method(mspec, ctx, hparams[m], originals, data, keys, seed_mode=mode)

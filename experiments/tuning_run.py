@@ -129,7 +129,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
     user_set = {k for k in method.space if tuning.is_outer(method, k)
                 and hparams[m].get(k, method.defaults[k]) != method.defaults[k]}
     keys = jax.vmap(lambda k: driver.method_key(k, m))(seed_keys)
-    data = methods_lib.select_data(method, forget, retain)
+    data = methods_lib.select_data(method, forget, retain, ctx=ctx)
     grids, cfg_list, seconds, compile_s = [], [], 0.0, 0.0
     for outer in tuning.outer_configs(method, user_set):
       fixed = {**{k: v for k, v in hparams[m].items() if k not in configs}, **outer}

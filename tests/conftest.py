@@ -1,21 +1,54 @@
-"""Shared fixtures: the real digits dataset and a small split over it."""
+"""Shared fixtures (the real digits dataset and a small split over it) and the two lanes.
+
+Two lanes, each test in exactly one:
+* default (`python -m pytest`): XLA's backend optimisations off
+  (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`). The suite compiles hundreds of small programs and
+  runs each for milliseconds, so the optimisations cost more than they save (measured on
+  2 cores: the contract matrix of one user model 229 s -> 118 s).
+* optimised (`python -m pytest --optimised`): only the tests marked `optimised`, with the
+  optimisations on, i.e. the programs a user runs: the tests whose meaning depends on the
+  compiled program (the method contract matrix on user models, parity with the reference
+  codes, metrics under jit, trace counts, the 8-device suite).
+The variable is set in `pytest_configure`, before any test module imports JAX, in the
+controller and in every xdist worker; CLI and sharded-suite subprocesses inherit it.
+"""
 
 import os
 
 import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The suite compiles hundreds of small programs and runs each for milliseconds: XLA's
-# backend optimisations cost more than they save here (measured on 2 cores: the contract
-# matrix of one user model 229 s -> 118 s, the SISA/train/parity files 131 s -> 99 s).
-# Set before JAX is imported, so CLI subprocesses inherit it too. Export
-# JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test the optimised programs instead.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # tests/sharded needs 8 simulated devices, fixed at JAX's first backend use: it runs in its
 # own process, launched by tests/test_parallel.py with UNLEARN_JAX_SHARDED=1.
-if not os.environ.get("UNLEARN_JAX_SHARDED"):
+SHARDED = bool(os.environ.get("UNLEARN_JAX_SHARDED"))
+if not SHARDED:
   collect_ignore = ["sharded"]
+
+
+def pytest_addoption(parser):
+  parser.addoption("--optimised", action="store_true", default=False,
+                   help="run only the tests marked `optimised`, with XLA's optimisations on")
+
+
+def pytest_configure(config):
+  if SHARDED:      # the sharded suite inherits its launcher's lane
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    return
+  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if config.getoption("optimised") else "1"
+
+
+def pytest_collection_modifyitems(config, items):
+  if SHARDED:
+    return
+  optimised_lane = config.getoption("optimised")
+  keep, drop = [], []
+  for item in items:
+    (keep if (item.get_closest_marker("optimised") is not None) == optimised_lane
+     else drop).append(item)
+  if drop:
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
 
 
 @pytest.fixture(scope="session")

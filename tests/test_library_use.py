@@ -169,6 +169,7 @@ CASES = [_case(m, a) for m in uj.list_methods() for a in ADAPTERS
          and (a != "library_vit" or uj.get_method(m).reads)]
 
 
+@pytest.mark.optimised
 @pytest.mark.parametrize("name,model_kind", CASES)
 def test_every_method_runs_on_a_users_model(name, model_kind, trained, data):
   adapter, variables = trained[model_kind]
@@ -204,14 +205,77 @@ def test_features_are_the_head_input_not_a_guess(trained):
 
 
 def test_reinit_resets_the_head_it_is_told_of(trained, data):
+  """k = 1 replaces exactly the adapter's head (Dense_1) by a fresh draw; every other
+  layer, LayerNorm_1 (the last key in params) included, keeps its trained weights. A
+  learning rate of 1e-9 leaves the fine-tuning phase nothing measurable to move."""
   adapter, variables = trained["user_layernorm_dropout"]
   ctx = uj.MethodContext(adapter, 10, (8, 8, 1))
-  fresh = adapter.init(jax.random.split(jax.random.PRNGKey(0))[0], (8, 8, 1))
-  out, _ = uj.reinit(ctx, epochs=1)(variables, uj.UnlearnData(retain=data[1]),
-                                    jax.random.PRNGKey(0))
-  # LayerNorm_1 (the last key) is fine-tuned from its trained value, never reset to 1/0.
-  assert not np.allclose(out["params"]["LayerNorm_1"]["scale"], 1.0)
-  del fresh
+  key = jax.random.PRNGKey(0)
+  fresh = adapter.init(jax.random.split(key)[0], (8, 8, 1))     # reinit's own init key
+  out, _ = uj.reinit(ctx, epochs=1, lr=1e-9)(variables, uj.UnlearnData(retain=data[1]), key)
+  assert not np.allclose(fresh["params"]["Dense_1"]["kernel"],
+                         variables["params"]["Dense_1"]["kernel"], atol=1e-3)
+  chex.assert_trees_all_close(out["params"]["Dense_1"], fresh["params"]["Dense_1"], atol=1e-6)
+  for name in ("Conv_0", "LayerNorm_0", "Dense_0", "LayerNorm_1"):
+    chex.assert_trees_all_close(out["params"][name], variables["params"][name], atol=1e-6)
+
+
+def _user_adapter(**kwargs):
+  base = dict(train_kwargs={"deterministic": False}, rng_streams=("dropout",), head=("Dense_1",))
+  return uj.ModelAdapter(UserNet(), **{**base, **kwargs})
+
+
+@pytest.mark.parametrize("make,match", [
+    # A hidden layer named as the head: reinit, boundary_expand, activation_reset ran on it.
+    (lambda: _user_adapter(head=("Dense_0",)),
+     r"head=\('Dense_0',\) outputs 32 values; the logits have num_classes=10"),
+    # A path that is not in params: reinit reset nothing.
+    (lambda: _user_adapter(head=("Dense_9",)), r"is not a path in params: params has no 'Dense_9'"),
+    (lambda: _user_adapter(head=("Dense_1", "kernel")), "allowed: a Dense-like module"),
+    # A typo in mutable: the BatchNorm statistics were silently never updated.
+    (lambda: uj.ModelAdapter(UserBNNet(), train_kwargs={"train": True},
+                             eval_kwargs={"train": False}, mutable=("batch_stat",),
+                             head=("Dense_1",)),
+     r"mutable=\('batch_stat',\): 'batch_stat' is not a collection of UserBNNet; "
+     r"allowed: its collections besides params \['batch_stats'\]"),
+])
+def test_the_adapter_is_checked_against_the_model_when_the_context_is_built(make, match):
+  with pytest.raises(ValueError, match=match):
+    uj.MethodContext(make(), 10, (8, 8, 1))
+
+
+def test_labels_are_checked_before_jit_from_the_context(trained, data):
+  """Under jit labels are tracers: select_data is where 12 and -1 are caught, with the
+  class count from the context; without a class count it refuses."""
+  adapter, _ = trained["user_layernorm_dropout"]
+  ctx = uj.MethodContext(adapter, 10, (8, 8, 1))
+  (xf, yf), retain = data                         # yf is all 3s
+  for bad in (yf + 9, yf - 4):                    # 12 and -1
+    with pytest.raises(ValueError, match=r"forget labels lie in .*allowed: \[0, 10\)"):
+      uj.select_data(uj.ssd, (xf, bad), retain, ctx=ctx)
+  with pytest.raises(ValueError, match="pass num_classes= or ctx="):
+    uj.select_data(uj.ssd, (xf, yf), retain)
+  assert uj.select_data(uj.ssd, (xf, yf), retain, ctx=ctx).forget[1] is yf
+
+
+def test_frozen_variables_are_accepted(trained, data):
+  import flax
+  adapter, variables = trained["user_layernorm_dropout"]
+  ctx = uj.MethodContext(adapter, 10, (8, 8, 1))
+  batch = uj.select_data(uj.finetune, retain=data[1], ctx=ctx)
+  run = uj.finetune(ctx, epochs=1)
+  frozen, _ = run(flax.core.freeze(variables), batch, jax.random.PRNGKey(0))
+  plain, _ = run(variables, batch, jax.random.PRNGKey(0))
+  chex.assert_trees_all_close(frozen, plain)
+
+
+def test_a_static_argument_passed_traced_says_it_must_be_static():
+  eps = jnp.zeros(5)
+  with pytest.raises(ValueError, match="num_models must be static"):
+    jax.jit(uj.forgetting_quality)(eps, 64)
+  with pytest.raises(ValueError, match="num_models=1.5 must be an integer >= 2"):
+    uj.forgetting_quality(eps, 1.5)
+  assert float(jax.jit(uj.forgetting_quality, static_argnums=1)(eps, 64)) == 1.0
 
 
 def test_a_method_needing_what_the_adapter_lacks_says_what_to_provide():

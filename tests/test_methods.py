@@ -193,7 +193,7 @@ def test_runner_hands_zero_shot_methods_no_data(name, setup, cnn_setup):
   m, v = cnn_setup
   ctx = methods.MethodContext(m, 10, (8, 8, 1), (3,), "cnn")
   spec = methods.get_method(name)
-  data = methods.select_data(spec, Untouchable(), Untouchable())
+  data = methods.select_data(spec, Untouchable(), Untouchable(), num_classes=10)
   assert data == methods.UnlearnData(None, None)
   stacked = jax.tree_util.tree_map(lambda a: a[None], v)
   out = driver.apply_method(spec, ctx, _quick(spec), stacked, data,
@@ -203,7 +203,7 @@ def test_runner_hands_zero_shot_methods_no_data(name, setup, cnn_setup):
 
 def test_untouchable_data_does_fail_a_method_that_reads():
   spec = methods.get_method("finetune")
-  data = methods.select_data(spec, Untouchable(), Untouchable())
+  data = methods.select_data(spec, Untouchable(), Untouchable(), num_classes=10)
   m = models.get_model("mlp", 10)
   # The boundary check refuses it before the method runs (it is no (x, y) pair).
   with pytest.raises(ValueError, match="must be an \\(x, y\\) pair"):

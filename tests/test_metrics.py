@@ -227,6 +227,7 @@ def _metric_cases():
   }
 
 
+@pytest.mark.optimised
 @pytest.mark.parametrize("name", metrics.__all__)
 def test_every_metric_runs_under_jit_and_matches_its_float64_form(name):
   case = _metric_cases()[name]
@@ -253,7 +254,8 @@ def _epsilon_cases():
   return u, r
 
 
-def test_vectorised_epsilons_equal_the_competitions_loop_in_float64():
+def test_vectorised_epsilons_equal_the_competitions_rule_in_float64():
+  """Against tests/reference_epsilons.py, an independent NumPy rendering of the rule."""
   from reference_epsilons import per_example_epsilons as reference
   u, r = _epsilon_cases()
   with jax.enable_x64(True):
@@ -266,6 +268,7 @@ def test_vectorised_epsilons_equal_the_competitions_loop_in_float64():
   np.testing.assert_allclose(got, reference(u[:20], r), rtol=1e-12)
 
 
+@pytest.mark.optimised
 def test_vectorised_epsilons_in_float32_under_jit_stay_close():
   from reference_epsilons import per_example_epsilons as reference
   u, r = _epsilon_cases()
@@ -280,6 +283,7 @@ def test_vectorised_epsilons_in_float32_under_jit_stay_close():
     jax.jit(metrics.per_example_epsilons)(u, r)
 
 
+@pytest.mark.optimised
 def test_layer_distance_is_relative_per_layer_and_traceable():
   ref = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
          "head": {"kernel": 2.0 * jnp.ones((4, 2)), "bias": jnp.ones(2)}}

@@ -60,12 +60,14 @@ def _sharded(*args):
   assert " passed" in tail and "failed" not in tail, tail
 
 
+@pytest.mark.optimised
 def test_sharded_suite_on_eight_simulated_devices():
   """Training, BatchNorm training, finetune, ssd, scrub, seeds x data, streaming and the
   mesh errors on 8 simulated CPU devices vs one."""
   _sharded()
 
 
+@pytest.mark.optimised
 @pytest.mark.slow
 def test_sharded_whole_experiments_on_eight_simulated_devices():
   """The whole runner and the population evaluation on 8 simulated devices vs one

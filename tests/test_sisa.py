@@ -51,6 +51,7 @@ def test_a_deletion_equals_training_the_shard_from_scratch_without_it(small, loo
   assert again["deleted"] == 0 and again["already_deleted"] == 2
 
 
+@pytest.mark.optimised
 def test_vmapped_deletions_pad_the_group_and_reuse_programs(small):
   """Groups of 1, 3, 2 and 3 affected shards (S = 4) run as vmapped widths 1, 4, 2, 4: idle
   copies pad a group to a power of two, so the stage program compiles once per width (the

@@ -68,6 +68,7 @@ def test_epoch_chunks_compose_to_one_fit(digits):
   chex.assert_trees_all_close(whole, state.variables, atol=1e-5)
 
 
+@pytest.mark.optimised
 def test_train_step_traces_once(digits):
   m, v, x, y = _setup(digits)
   tx = train.make_optimizer(train.TrainConfig(), 10)
@@ -98,6 +99,7 @@ def test_bad_schedule_and_optimizer_are_named():
     train.make_optimizer(train.TrainConfig(optimizer="lamb"), 1)
 
 
+@pytest.mark.optimised
 @pytest.mark.parametrize("seed_mode", ["vmap", "sequential"])
 def test_train_step_is_traced_once_per_population(digits, seed_mode, monkeypatch):
   """A 3-epoch, 2-seed CNN population: the epoch function (hence the train step) is traced

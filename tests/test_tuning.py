@@ -30,11 +30,12 @@ def setup(digits, digits_split):
     ("ssd", {}),
     ("salun", dict(epochs=1)),
 ])
+@pytest.mark.optimised
 def test_vmapped_grid_equals_configurations_run_one_by_one(setup, name, fixed):
   m, variables, forget, retain, ctx = setup
   method = methods.get_method(name)
   configs = tuning.sample_configs(method, 3, jax.random.PRNGKey(0))
-  data = methods.select_data(method, forget, retain)
+  data = methods.select_data(method, forget, retain, ctx=ctx)
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   grid, _ = jax.jit(tuning.grid_unlearn(method, ctx, configs, fixed))(variables, data, keys)
   for k, cfg in enumerate(tuning.configs_list(configs)):
@@ -52,7 +53,7 @@ def test_every_declared_space_traces(setup):
     if not method.space or "batch_norm" in method.requires:
       continue
     ctx = methods.MethodContext(m, 10, (8, 8, 1), () if method.reads else (3,), "mlp")
-    data = (methods.select_data(method, forget, retain) if method.reads
+    data = (methods.select_data(method, forget, retain, ctx=ctx) if method.reads
             else methods.UnlearnData(None, None))
     short = {k: 1 for k, v in method.defaults.items() if isinstance(v, int)
              and not isinstance(v, bool) and ("epochs" in k or k.endswith("steps") or k == "cycles")}
@@ -155,11 +156,12 @@ def test_selection_scores():
   assert tuning.no_retrain_score(forgot_class, original, "class") == pytest.approx(1.0)
 
 
+@pytest.mark.optimised
 def test_sequential_search_equals_the_vmapped_grid(setup):
   m, variables, forget, retain, ctx = setup
   method = methods.get_method("neggrad_plus")
   configs = tuning.sample_configs(method, 3, jax.random.PRNGKey(2))
-  data = methods.select_data(method, forget, retain)
+  data = methods.select_data(method, forget, retain, ctx=ctx)
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   vm, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys, "vmap")
   seq, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys,

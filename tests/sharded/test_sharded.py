@@ -97,7 +97,7 @@ def test_method_matches_one_device(name, overrides, compare, digits_data):
       jax.random.PRNGKey(1))
   ctx = methods.MethodContext(model, 10, ds.input_shape, (), "mlp")
   spec = methods.get_method(name)
-  data = methods.select_data(spec, forget, retain)
+  data = methods.select_data(spec, forget, retain, ctx=ctx)
   key = jax.random.PRNGKey(3)
 
   def unlearn(v, data):

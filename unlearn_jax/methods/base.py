@@ -33,6 +33,7 @@ import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional, Mapping
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +84,45 @@ class MethodContext:
     object.__setattr__(self, "forget_classes", classes)
     if not self.model_name:
       object.__setattr__(self, "model_name", self.model.name)
+    check_adapter(self.model, self.num_classes, self.input_shape)
+
+
+def check_adapter(adapter: ModelAdapter, num_classes: int, input_shape: tuple) -> None:
+  """The adapter checked against the model, once, on abstract values (`jax.eval_shape` of
+  its init: nothing is computed or compiled): `head` must be a path in `params` to a
+  Dense-like module whose output width is `num_classes`; every `mutable` name must be a
+  collection the model has. A ValueError names the argument and what is allowed."""
+  try:
+    shapes = jax.eval_shape(lambda: adapter.init(jax.random.PRNGKey(0), input_shape))
+  except Exception as e:  # the user's model: one line saying what failed, then its error
+    raise ValueError(f"input_shape={input_shape}: {adapter.name} could not be initialised "
+                     f"on one example of this shape ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from e
+  collections = sorted(k for k in shapes if k != "params")
+  unknown = [c for c in adapter.mutable if c not in shapes]
+  if unknown:
+    raise ValueError(f"mutable={adapter.mutable}: {unknown[0]!r} is not a collection of "
+                     f"{adapter.name}; allowed: its collections besides params "
+                     f"{collections or '(none)'}")
+  if adapter.head is None:
+    return
+  node, walked = shapes.get("params", {}), ()
+  for name in adapter.head:
+    if not isinstance(node, Mapping) or name not in node:
+      where = f"params{''.join(f'[{w!r}]' for w in walked)}"
+      keys = sorted(node) if isinstance(node, Mapping) else []
+      raise ValueError(f"head={adapter.head} is not a path in params: {where} has no "
+                       f"{name!r} (its keys: {keys})")
+    node, walked = node[name], walked + (name,)
+  if not isinstance(node, Mapping) or "kernel" not in node:
+    raise ValueError(f"head={adapter.head} holds "
+                     f"{sorted(node) if isinstance(node, Mapping) else 'a single array'}; "
+                     "allowed: a Dense-like module with 'kernel' [d, num_classes] (and 'bias')")
+  width = node["kernel"].shape[-1]
+  if width != num_classes:
+    raise ValueError(f"head={adapter.head} outputs {width} values; the logits have "
+                     f"num_classes={num_classes}: give the path of the layer that produces "
+                     "the logits, not a hidden layer")
 
 
 class HyperparameterError(ValueError):
@@ -235,6 +275,8 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
 
       @functools.wraps(unlearn)
       def checked(variables, data: UnlearnData, key):
+        if isinstance(variables, Mapping) and not isinstance(variables, dict):
+          variables = flax.core.unfreeze(variables)    # a FrozenDict: a plain dict of it
         if not isinstance(variables, dict) or "params" not in variables:
           raise ValueError(f"{name}: variables must be the model's variables dict with "
                            f"'params'; got {type(variables).__name__}")
@@ -304,17 +346,28 @@ def make_method(name: str, ctx: MethodContext, **overrides):
 
 
 def select_data(spec, forget: Optional[tuple] = None, retain: Optional[tuple] = None,
-                num_classes: Optional[int] = None) -> UnlearnData:
-  """Only what the method declared: undeclared fields stay None. With `num_classes`,
-  concrete labels outside [0, num_classes) are a ValueError here, before any tracing."""
+                num_classes: Optional[int] = None, *,
+                ctx: Optional[MethodContext] = None) -> UnlearnData:
+  """Only what the method declared: undeclared fields stay None.
+
+  The labels are checked here, before any tracing: concrete labels outside
+  [0, num_classes) are a ValueError. Under `jit` they are tracers and cannot be checked,
+  so the class count is required: `num_classes`, or `ctx` (the `MethodContext`, whose
+  `num_classes` is used)."""
   spec = get_method(spec) if isinstance(spec, str) else spec
+  if num_classes is None and ctx is not None:
+    num_classes = ctx.num_classes
+  if num_classes is None:
+    raise ValueError(f"select_data({spec.name!r}, ...): pass num_classes= or ctx= (the "
+                     "MethodContext): the labels are checked here, since under jit they "
+                     "cannot be")
   out = UnlearnData(forget=forget if "forget" in spec.reads else None,
                     retain=retain if "retain" in spec.reads else None)
   for field in ACCESS_CHOICES:
     pair = getattr(out, field)
     if field in spec.reads and pair is None:
       raise ValueError(f"{spec.name} reads {field}: pass {field}=(x, y)")
-    if pair is not None and num_classes is not None:
+    if isinstance(pair, (tuple, list)) and len(pair) == 2:   # other shapes: the method says
       check_labels(pair[1], num_classes, f"{field} labels")
   return out
 

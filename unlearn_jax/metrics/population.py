@@ -214,6 +214,18 @@ def _epsilons(u, r, delta, max_thresholds: int, chunk: int):
   return jax.lax.map(jax.vmap(one), (cols(u), cols(r))).reshape(-1)[:n]
 
 
+def static_int(value, name: str, minimum: int = 1) -> int:
+  """`value` as a Python int; a ValueError naming `name` when it is traced (it fixes a
+  shape or a bound, so it must be static: mark it in `static_argnames` or close over it)
+  or below `minimum`."""
+  if isinstance(value, jax.core.Tracer):
+    raise ValueError(f"{name} must be static (a Python int), not a traced value: pass it "
+                     f"through jax.jit's static_argnames or close over it")
+  if isinstance(value, bool) or not float(value).is_integer() or int(value) < minimum:
+    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+  return int(value)
+
+
 def forgetting_quality(epsilons, num_models: int, variant: str = "code"):
   """F = mean_s H(ε_s) over per-example ε [S]: 1 = every forget example indistinguishable
   from retraining, 0 = all fully exposed. Ideal: 1. `num_models` (N) and `variant` are static.
@@ -222,6 +234,7 @@ def forgetting_quality(epsilons, num_models: int, variant: str = "code"):
   H = 2^−k for ε < ε_max, else 0. `kaggle` (its description): 13 bins of width 0.5 from
   0, H = 2/2^n for bin n = 1..13, 2^−12 beyond.
   """
+  num_models = static_int(num_models, "num_models", minimum=2)
   eps = jnp.asarray(epsilons)
   if variant == "code":
     eps_max = math.ceil(math.log(num_models - 1)) if num_models > 2 else 1

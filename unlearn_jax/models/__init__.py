@@ -78,14 +78,17 @@ class _LibraryModel:
   """The adapter every library model shares: `train=` keyword, BatchNorm statistics
   mutable, head at ("head",)."""
 
+  # The collections train mode updates: BatchNorm statistics (the MLP has none).
+  MUTABLE = ("batch_stats",)
+
   def unlearn_adapter(self) -> ModelAdapter:
     return ModelAdapter(self, train_kwargs={"train": True}, eval_kwargs={"train": False},
-                        mutable=("batch_stats",), head=("head",),
-                        name=type(self).__name__)
+                        mutable=self.MUTABLE, head=("head",), name=type(self).__name__)
 
 
 class MLP(nn.Module, _LibraryModel):
   """Two hidden ReLU layers on flattened pixels."""
+  MUTABLE = ()
   num_classes: int
   hidden: Sequence[int] = (256, 256)
 
