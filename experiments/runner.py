@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.setup import (checkpoint_errors_as_usage, open_resume_store, resolve_hparams,
-                               resumed_method, setup, take_test)
+from experiments.setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
+                               resolve_hparams, resumed_method, setup, take_test, validate)
 from unlearn_jax import data as data_lib
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
@@ -45,16 +45,31 @@ class RunResult:
   info: dict            # model, loop mode, devices, compile times, wall time
 
 
+def validate_run(cfg, method_hparams: dict, workdir: Optional[str] = None,
+                 overwrite: bool = False, log: Callable[[str], None] = lambda s: None):
+  """Every check `experiments.unlearn` makes before it writes anything: the flags, the
+  dataset, the split, the model, the methods, the mesh, each method's hyperparameters and
+  the workdir (None: the default `runs/...`, always new). Raises `setup.UsageError`
+  naming the flag; returns the `Setup` that `run` then uses."""
+  validate(cfg)
+  if workdir is not None:
+    prepare_workdir(workdir, overwrite)
+  st = setup(cfg, log)
+  resolve_hparams(st.method_names, method_hparams, cfg.scenario, lambda s: None)
+  return st
+
+
 def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
-        resume_dir: Optional[Path] = None) -> RunResult:
+        resume_dir: Optional[Path] = None, st=None) -> RunResult:
   """Runs the experiment described by `cfg` (see experiments/configs/default.py).
 
   Pure computation plus logging: writing the run directory is `report.write_run`'s job.
   With `resume_dir`, training states (every `cfg.checkpoint_every` epochs) and finished
   methods are checkpointed there, and a rerun with the same settings continues from them.
+  `st`: the `experiments.setup.Setup` of `cfg` when the caller already made it.
   """
   t_start = time.perf_counter()
-  st = setup(cfg, log)
+  st = st if st is not None else setup(cfg, log)
   ds, spec, split, model_name, model = st.ds, st.spec, st.split, st.model_name, st.model
   recipe, mode, vmapped, method_names = st.recipe, st.mode, st.vmapped, st.method_names
   hparams = resolve_hparams(method_names, method_hparams, cfg.scenario, log)

@@ -57,6 +57,11 @@ class UsageError(ValueError):
   """A user mistake: printed as one line, exit status 2, nothing written."""
 
 
+def error_line(error: Exception) -> str:
+  """The one line a CLI prints for a user mistake (then it exits with status 2)."""
+  return f"error: {error}"
+
+
 
 # ----------------------------------------------------------------------------- recipes
 def default_model(dataset: data_lib.Dataset) -> str:

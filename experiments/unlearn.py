@@ -155,22 +155,23 @@ def main(argv):
     parallel.initialize_distributed()
   workdir = flags.FLAGS.workdir or default_workdir(cfg)
   hparams = {name: flag.value.to_dict() for name, flag in _METHOD_FLAGS.items()}
+  log = lambda s: print(s, flush=True)
   try:
     if flags.FLAGS.hparams:
       hparams = with_tuned(hparams, flags.FLAGS.hparams)
-    setup.validate(cfg)
+    st = runner.validate_run(cfg, hparams, flags.FLAGS.workdir, flags.FLAGS.overwrite, log)
     if not flags.FLAGS.workdir:
       Path("runs").mkdir(exist_ok=True)
     resume_dir = setup.resume_dir_for(workdir)
     with setup.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
       if not flags.FLAGS.resume and resume_dir.exists():
         shutil.rmtree(resume_dir)    # under the workdir's lock: no other run is using it
-      result = runner.run(cfg, hparams, log=lambda s: print(s, flush=True),
+      result = runner.run(cfg, hparams, log=log, st=st,
                           resume_dir=resume_dir if cfg.checkpoint_every > 0 else None)
       md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
     shutil.rmtree(resume_dir, ignore_errors=True)   # the run is complete: nothing to resume
   except setup.UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(setup.error_line(e), file=sys.stderr)
     sys.exit(2)
   print("\n" + md)
   print(f"wall time {result.info['wall_seconds']:.1f}s; run directory: {final}")

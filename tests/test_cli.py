@@ -10,6 +10,7 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECK_RUN = ROOT.parent / "shared" / "tools" / "check_run.py"
 SMALL = ["--seeds=2", "--config.train.epochs=6", "--methods=finetune,neggrad,random_label",
          "--finetune.epochs=2", "--random_label.epochs=2", "--neggrad.epochs=2"]
 
@@ -49,10 +50,15 @@ def test_run_writes_every_artifact(two_runs):
   assert len(rows) == 10
   assert "| method | RA | FA | TA |" in proc.stdout and "epoch 6/6" in proc.stdout
   assert "examples/s" in proc.stdout and "left" in proc.stdout
-  check = subprocess.run([sys.executable, str(ROOT.parent / "shared/tools/check_run.py"),
-                          str(run), "foundation"], capture_output=True, text=True)
-  if (ROOT.parent / "shared/tools/check_run.py").exists():
-    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.skipif(not CHECK_RUN.exists(), reason=f"the results-contract checker is not at "
+                    f"{CHECK_RUN} (it ships beside this repository in the team's layout)")
+def test_run_directory_passes_the_results_contract_checker(two_runs):
+  run, _ = two_runs[0]
+  check = subprocess.run([sys.executable, str(CHECK_RUN), str(run), "foundation"],
+                         capture_output=True, text=True, timeout=300)
+  assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_same_flags_same_results(two_runs):
@@ -62,46 +68,87 @@ def test_same_flags_same_results(two_runs):
   assert (a / "splits.json").read_text() == (b / "splits.json").read_text()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--dataset=imagenet"], "--dataset='imagenet' is unknown; allowed: digits"),
-    (["--model=swin"], "--model='swin' is unknown; allowed: mlp, cnn, resnet18, vit"),
-    (["--model=cnn:16-x"], "--model='cnn:16-x': after ':' give positive layer widths"),
-    (["--methods=finetune,magic"], "--methods: 'magic' is unknown; allowed: finetune"),
-    (["--scenario=sideways"], "--scenario='sideways' is unknown; allowed: random, class, subclass"),
-    (["--forget_fraction=1.5"], "--forget_fraction=1.5 must lie strictly between 0 and 1"),
-    (["--forget_fraction=0"], "--forget_fraction=0.0 must lie strictly between 0 and 1"),
-    (["--scenario=class", "--forget_classes=11"], "[11] outside the dataset's classes 0..9"),
-    (["--scenario=class"], "needs --forget_classes"),
-    (["--forget_fraction=0.0001"], "the forget set is empty"),
-    (["--finetune.alpha=3"], "finetune"),
-    (["--methods=gkt"], "gkt is zero-shot and forgets whole classes: it needs --scenario=class"),
-    (["--scenario=class", "--forget_classes=3", "--methods=deepinversion"],
+def _config(**overrides):
+  """The CLI's config: the default config file with the top-level flags' values."""
+  from experiments.configs import default
+  cfg = default.get_config()
+  for k, v in overrides.items():
+    cfg[k] = v
+  return cfg
+
+
+def _hparams(**overrides):
+  """The CLI's hyperparameters: every method's defaults, with `--method.name` overrides."""
+  from unlearn_jax import methods
+  out = {m: dict(methods.get_method(m).defaults) for m in methods.list_methods()}
+  for m, values in overrides.items():
+    out[m].update(values)
+  return out
+
+
+# The flag-error matrix, in-process: the CLI's validation (`runner.validate_run`, every
+# check made before anything is written) and its error line (`setup.error_line`).
+@pytest.mark.parametrize("flags_,hparams_,needle", [
+    (dict(dataset="imagenet"), {}, "--dataset='imagenet' is unknown; allowed: digits"),
+    (dict(model="swin"), {}, "--model='swin' is unknown; allowed: mlp, cnn, resnet18, vit"),
+    (dict(model="cnn:16-x"), {}, "--model='cnn:16-x': after ':' give positive layer widths"),
+    (dict(methods="finetune,magic"), {}, "--methods: 'magic' is unknown; allowed: finetune"),
+    (dict(scenario="sideways"), {},
+     "--scenario='sideways' is unknown; allowed: random, class, subclass"),
+    (dict(forget_fraction=1.5), {}, "--forget_fraction=1.5 must lie strictly between 0 and 1"),
+    (dict(forget_fraction=0.0), {}, "--forget_fraction=0.0 must lie strictly between 0 and 1"),
+    (dict(scenario="class", forget_classes="11"), {}, "[11] outside the dataset's classes 0..9"),
+    (dict(scenario="class"), {}, "needs --forget_classes"),
+    (dict(forget_fraction=0.0001), {}, "the forget set is empty"),
+    (dict(methods="gkt"), {},
+     "gkt is zero-shot and forgets whole classes: it needs --scenario=class"),
+    (dict(scenario="class", forget_classes="3", methods="deepinversion"), {},
      "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
-    (["--mesh_data=512"], "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
-    (["--mesh_seeds=0"], "--mesh_seeds=0 must be >= 1"),
+    (dict(mesh_data=512), {}, "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
+    (dict(mesh_seeds=0), {}, "--mesh_seeds=0 must be >= 1"),
+    (dict(methods="finetune"), dict(finetune=dict(epochs=0)), "--finetune.epochs=0 must be >= 1"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):
+  from experiments import runner, setup
+  workdir = tmp_path / "run"
+  with pytest.raises(setup.UsageError) as err:
+    runner.validate_run(_config(**flags_), _hparams(**hparams_), str(workdir), False)
+  line = setup.error_line(err.value)
+  assert line.startswith("error: ") and needle in line and "\n" not in line, line
+  assert not workdir.exists() and not any(tmp_path.iterdir())
+
+
+# End to end: the parse-time errors absl raises (a dotted method flag, a config file's own
+# argument) and one validation error, each one line on stderr, exit 2, no traceback.
+@pytest.mark.parametrize("args,needle", [
+    (["--dataset=imagenet"], "error: --dataset='imagenet' is unknown; allowed: digits"),
+    (["--finetune.alpha=3"], "--finetune.alpha is not a hyperparameter of finetune"),
     (["--config=experiments/configs/cifar10_vit.py:tpu"],
      "cifar10_vit.py:tpu: unknown recipe; allowed: cpu, gpu"),
 ])
-def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, needle):
+def test_bad_flags_end_to_end_are_one_line_exit_2_and_write_nothing(tmp_path, args, needle):
   workdir = tmp_path / "run"
   r = run_cli(*args, f"--workdir={workdir}")
-  assert r.returncode != 0
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   assert needle in r.stderr, r.stderr[-2000:]
-  assert "Traceback" not in r.stderr
+  assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert not workdir.exists() and not any(tmp_path.iterdir())
 
 
 def test_workdir_that_is_a_file(tmp_path):
+  from experiments import runner, setup
   f = tmp_path / "file"
   f.write_text("x")
-  r = run_cli(f"--workdir={f}")
-  assert r.returncode == 2 and "is a file" in r.stderr and f.read_text() == "x"
+  with pytest.raises(setup.UsageError, match="is a file"):
+    runner.validate_run(_config(), _hparams(), str(f), False)
+  assert f.read_text() == "x"
 
 
 def test_nonempty_workdir_needs_overwrite(tmp_path):
+  from experiments import runner, setup
   (tmp_path / "keep.txt").write_text("x")
-  r = run_cli(f"--workdir={tmp_path}")
-  assert r.returncode == 2 and "--overwrite" in r.stderr
+  with pytest.raises(setup.UsageError, match="--overwrite"):
+    runner.validate_run(_config(), _hparams(), str(tmp_path), False)
   assert (tmp_path / "keep.txt").exists()
 
 
@@ -170,7 +217,3 @@ def test_help_prints_the_module_docstring_as_written():
   assert "# digits, 10% random, all methods" in r.stdout, r.stdout[:500]
 
 
-def test_bad_method_hyperparameter_value_is_a_flag_error(tmp_path):
-  r = run_cli("--methods=finetune", "--finetune.epochs=0", f"--workdir={tmp_path / 'w'}")
-  assert r.returncode == 2 and "--finetune.epochs=0 must be >= 1" in r.stderr
-  assert not (tmp_path / "w").exists()
