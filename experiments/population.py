@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,12 +32,20 @@ from unlearn_jax.evaluation import (Evaluation, _chunks, _stack, evaluate_popula
                                    population_logits)
 
 
-def fingerprint(cfg, st: setup_lib.Setup, num_models: int) -> dict:
+POPULATIONS = ("original", "retrain")
+
+
+def fingerprint(cfg, st: setup_lib.Setup, num_models: int, names=POPULATIONS,
+                first_seed=None) -> dict:
   """What determines the populations; a checkpoint is reused only when this matches."""
-  return {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset),
-          "test_subset": int(cfg.test_subset), "model": st.model_name,
-          "split_sha256": st.split.digests(), "recipe": dataclasses.asdict(st.recipe),
-          "num_models": int(num_models), "seed": int(cfg.seed)}
+  fp = {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset),
+        "test_subset": int(cfg.test_subset), "model": st.model_name,
+        "split_sha256": st.split.digests(), "recipe": dataclasses.asdict(st.recipe),
+        "num_models": int(num_models),
+        "seed": int(cfg.seed) if first_seed is None else int(first_seed)}
+  if tuple(names) != POPULATIONS:
+    fp["populations"] = list(names)
+  return fp
 
 
 def _digest(fp: dict) -> str:
@@ -44,13 +53,25 @@ def _digest(fp: dict) -> str:
 
 
 def train_populations(cfg, st: setup_lib.Setup, num_models: int, chunk: int, log,
-                      cache: Path | None):
-  """(originals, retrained, reused): ModelSets of `num_models` each. With a `cache` root,
-  populations live in `cache/<fingerprint digest>/` and are restored from there when
-  present, else trained and saved there."""
-  from unlearn_jax import checkpoint
-  fp = fingerprint(cfg, st, num_models)
+                      cache: Path | None, names=POPULATIONS, first_seed=None):
+  """(originals, retrained, reused): ModelSets of `num_models` each (None for a population
+  not in `names`). Model i of each population has seed `first_seed + i` (default
+  `cfg.seed`). With a `cache` root, populations live in `cache/<fingerprint digest>/` and
+  are restored from there when present, else trained and saved there."""
+  fp = fingerprint(cfg, st, num_models, names, first_seed)
   cache = None if cache is None else Path(cache).expanduser() / _digest(fp)
+  first_seed = int(cfg.seed) if first_seed is None else int(first_seed)
+  if cache is None:
+    return _train_or_restore(st, num_models, chunk, log, None, fp, names, first_seed)
+  # Two evaluations with the same settings at once: one trains and saves, the other waits
+  # for the lock and then restores what the first saved.
+  from unlearn_jax.data import cache_lock
+  with cache_lock(cache):
+    return _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed)
+
+
+def _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed):
+  from unlearn_jax import checkpoint
   if cache is not None and (cache / "fingerprint.json").exists():
     saved = json.loads((cache / "fingerprint.json").read_text())
     if saved.get("digest") == _digest(fp):
@@ -58,7 +79,10 @@ def train_populations(cfg, st: setup_lib.Setup, num_models: int, chunk: int, log
       like = jax.eval_shape(jax.vmap(lambda k: models_lib.init_variables(
           st.model, k, st.ds.input_shape)), jax.random.split(jax.random.PRNGKey(0), num_models))
       out = []
-      for name in ("original", "retrain"):
+      for name in POPULATIONS:
+        if name not in names:
+          out.append(None)
+          continue
         try:
           v = checkpoint.restore_variables(cache / name, like)
         except checkpoint.CheckpointError as e:
@@ -70,9 +94,11 @@ def train_populations(cfg, st: setup_lib.Setup, num_models: int, chunk: int, log
   ds, split = st.ds, st.split
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   retain = (x[split.retain], y[split.retain])
-  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(num_models)])
+  seed_keys = jnp.stack([jax.random.PRNGKey(first_seed + i) for i in range(num_models)])
   sets = {}
   for name, (xx, yy), salt in (("original", (x, y), 1), ("retrain", retain, 2)):
+    if name not in names:
+      continue
     parts, seconds = [], 0.0
     for a, b in _chunks(num_models, chunk):
       keys = seed_keys[a:b]
@@ -90,10 +116,13 @@ def train_populations(cfg, st: setup_lib.Setup, num_models: int, chunk: int, log
         "reuses them)")
     for name, ms in sets.items():
       checkpoint.save_variables(cache / name, ms.variables)
-    (cache / "fingerprint.json").write_text(json.dumps(
-        {"digest": _digest(fp), "fingerprint": fp,
-         "seconds": {k: v.seconds for k, v in sets.items()}}, indent=2) + "\n")
-  return sets["original"], sets["retrain"], False
+    # Written last and atomically: its presence means the populations are complete.
+    tmp = cache / f".fingerprint.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"digest": _digest(fp), "fingerprint": fp,
+                               "seconds": {k: v.seconds for k, v in sets.items()}},
+                              indent=2) + "\n")
+    os.replace(tmp, cache / "fingerprint.json")
+  return sets.get("original"), sets.get("retrain"), False
 
 
 MEMORY_FRACTION = 0.4      # of physical memory, for one vmapped chunk of a method
@@ -156,7 +185,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   if chunk < 0:
     raise UsageError(f"--chunk={chunk} must be 0 (all at once) or positive")
   st = setup_lib.setup(cfg, log)
-  hparams = setup_lib.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log)
+  hparams = setup_lib.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
+                                       st.model_name)
   ds, split = st.ds, st.split
   log(f"dataset {ds.name}: forget {split.forget.size}, retain {split.retain.size}, "
       f"test {split.test.size}; model {st.model_name}; {num_models} originals + {num_models} "

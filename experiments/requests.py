@@ -103,6 +103,8 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
   `epochs_per_slice=0` takes the recipe's epochs / R (at least 1)."""
   st = setup.setup(cfg, log)
   ds, model, recipe = st.ds, st.model, st.recipe
+  methods_run = [m for m in names if m not in ("sisa", "retrain")]
+  hparams = {**hparams, **setup.resolve_hparams(methods_run, hparams, kind, log, st.model_name)}
   if sisa_config.epochs_per_slice == 0:
     sisa_config = dataclasses.replace(
         sisa_config, epochs_per_slice=max(1, recipe.epochs // sisa_config.slices))

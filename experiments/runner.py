@@ -55,7 +55,7 @@ def validate_run(cfg, method_hparams: dict, workdir: Optional[str] = None,
   if workdir is not None:
     prepare_workdir(workdir, overwrite)
   st = setup(cfg, log)
-  resolve_hparams(st.method_names, method_hparams, cfg.scenario, lambda s: None)
+  resolve_hparams(st.method_names, method_hparams, cfg.scenario, lambda s: None, st.model_name)
   return st
 
 
@@ -72,7 +72,7 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
   st = st if st is not None else setup(cfg, log)
   ds, spec, split, model_name, model = st.ds, st.spec, st.split, st.model_name, st.model
   recipe, mode, vmapped, method_names = st.recipe, st.mode, st.vmapped, st.method_names
-  hparams = resolve_hparams(method_names, method_hparams, cfg.scenario, log)
+  hparams = resolve_hparams(method_names, method_hparams, cfg.scenario, log, model_name)
   store = open_resume_store(resume_dir, cfg, hparams, st)
 
   log(f"dataset {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "

@@ -335,14 +335,39 @@ def make_mesh(cfg, batch_size: int, mode: str):
   return mesh
 
 
-def resolve_hparams(method_names, method_hparams: dict, scenario: str, log) -> dict:
+def with_scenario_defaults(name: str, given: dict, scenario: str, model_name: str, log) -> dict:
+  """`given` with the values a method's authors set for this scenario and model family in
+  place of the registry's defaults (a value that differs from the registry's default was
+  chosen by the user and is kept). Today: jit_lipschitz's σ and lr (`JIT_DEFAULTS`)."""
+  if name != "jit_lipschitz" or not model_name:
+    return given
+  from unlearn_jax.methods.baselines import jit_lipschitz_defaults
+  registry = methods_lib.get_method(name).defaults
+  chosen = jit_lipschitz_defaults(model_name, scenario)
+  if not chosen:
+    return given
+  out = dict(given)
+  for k, v in chosen.items():
+    if out.get(k, registry[k]) == registry[k]:
+      out[k] = v
+  log(f"note: jit_lipschitz uses its authors' {scenario}-scenario values for this model "
+      f"family: sigma {out['sigma']}, lr {out['lr']}")
+  return out
+
+
+def resolve_hparams(method_names, method_hparams: dict, scenario: str, log,
+                    model_name: str = "") -> dict:
   """Each method's defaults with the user's overrides, checked by the method itself
-  (names, types, ranges, choices); a bad one is a UsageError naming the flag."""
+  (names, types, ranges, choices); a bad one is a UsageError naming the flag. With
+  `model_name`, methods whose authors set values per scenario and model family get them
+  (`with_scenario_defaults`)."""
   hparams = {}
   for m in method_names:
     method = methods_lib.get_method(m)
     try:
-      hparams[m] = method.validate(dict(method_hparams.get(m, {})))
+      given = with_scenario_defaults(m, dict(method_hparams.get(m, {})), scenario,
+                                     model_name, log)
+      hparams[m] = method.validate(given)
     except methods_lib.HyperparameterError as e:
       raise UsageError(f"--{e.method}.{e.name}={e.value!r} {e.reason}") from e
     if scenario not in method.scenarios:

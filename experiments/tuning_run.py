@@ -68,7 +68,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   t_start = time.perf_counter()
   st = setup(cfg, log)
   ds, split, model, recipe, mode = st.ds, st.split, st.model, st.recipe, st.mode
-  hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log)
+  hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log, st.model_name)
   search_loop = mode if loop == "auto" else loop
   try:
     parts = tuning.selection_parts(split, fraction, seed=int(cfg.split_seed))

@@ -218,6 +218,7 @@ def _metric_cases():
       "mia_efficacy": (lambda a, b: metrics.mia_efficacy(a, labels, b, labels, a[:10], labels[:10]),
                        (logits, logits2)),
       "relearn_steps": None,    # needs a model: covered in test_methods under jit and vmap
+      "klom_report": None,      # floats for a report: tests/test_klom.py
       "klom": (metrics.klom, (u, r)),
       "klom_percentiles": (lambda a, b: metrics.klom_percentiles(metrics.klom(a, b)), (u, r)),
       "layer_distance": (lambda a, b: metrics.layer_distance({"l0": a, "l1": b}, {"l0": b, "l1": a}),
@@ -227,8 +228,9 @@ def _metric_cases():
   }
 
 
-# relearn_steps takes a model: jit and vmap are tested with one in test_methods.
-WITH_A_MODEL = ("relearn_steps",)
+# Not in the jit matrix: relearn_steps takes a model (jit and vmap are tested with one in
+# test_methods); klom_report returns Python floats for a report (klom itself is here).
+WITH_A_MODEL = ("relearn_steps", "klom_report")
 
 
 def test_every_exported_metric_has_a_jit_case():

@@ -270,3 +270,46 @@ def test_assd_threshold_passes_the_top_log_percent_of_relative_importance(forget
   chex.assert_trees_all_close(out, _np_dampen(params, imp_f, imp_d, float(alpha), 1.0),
                               rtol=1e-6)
   assert float(jnp.mean(out["a"] != 1.0)) == passed and bool(jnp.all(out["b"] == 1.0))
+
+
+@pytest.mark.parametrize("importance_set", ["retain", "full"])
+def test_assd_is_the_authors_rule(setup, importance_set):
+  """error_unlearning.ipynb: I_f on D_f, I_D on D_r (SUPREME's variant: on D_r then D_f);
+  α = np.nanpercentile of I_f/I_D over all weights with NaN and inf dropped, at
+  p = 100 − ln(1 + 100·|D_f|/|D|); λ = 1 dampening. All in NumPy here."""
+  m, v, forget, retain, ctx = setup
+  imp_f = _reference_importance(m, v, forget, 128)
+  reference = retain if importance_set == "retain" else tuple(
+      jnp.concatenate([r, f]) for r, f in zip(retain, forget))
+  imp_d = _reference_importance(m, v, reference, 64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ratios = np.concatenate([(np.asarray(f, np.float64) / np.asarray(d, np.float64)).ravel()
+                             for f, d in zip(jax.tree_util.tree_leaves(imp_f),
+                                             jax.tree_util.tree_leaves(imp_d))])
+  ratios = ratios[~np.isnan(ratios)]
+  ratios = ratios[~np.isinf(ratios)]
+  n_f, n_r = len(forget[1]), len(retain[1])
+  alpha = np.nanpercentile(ratios, 100 - np.log(1 + 100 * n_f / (n_f + n_r)))
+  expected = _np_dampen(v["params"], imp_f, imp_d, alpha, 1.0)
+  out, aux = jax.jit(methods.make_method("assd", ctx, importance_set=importance_set))(
+      v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
+  np.testing.assert_allclose(float(aux["alpha"]), alpha, rtol=1e-4)
+  # Weights whose ratio sits on the threshold itself (within 1e-4 of α) may fall either
+  # side of I_f > α·I_D in float32; every other weight is dampened exactly as the rule says.
+  borderline, changed = 0, 0
+  for got, want, old, f, d in zip(*(jax.tree_util.tree_leaves(t) for t in
+                                    (out["params"], expected, v["params"], imp_f, imp_d))):
+    with np.errstate(divide="ignore", invalid="ignore"):
+      ratio = np.asarray(f, np.float64) / np.asarray(d, np.float64)
+    near = np.abs(ratio / alpha - 1) < 1e-4
+    borderline += int(near.sum())
+    np.testing.assert_allclose(np.asarray(got)[~near], np.asarray(want)[~near], rtol=1e-4,
+                               atol=1e-7)
+    changed += int(np.sum(np.asarray(got) != np.asarray(old)))
+  total = sum(a.size for a in jax.tree_util.tree_leaves(v["params"]))
+  assert borderline <= 0.05 * total, borderline      # a tied group at α, at most
+  want_changed = sum(int(np.sum(np.asarray(a) != np.asarray(b)))
+                     for a, b in zip(jax.tree_util.tree_leaves(expected),
+                                     jax.tree_util.tree_leaves(v["params"])))
+  assert changed > 0 and int(aux["dampened_weights"]) == changed
+  assert abs(changed - want_changed) <= borderline

@@ -23,7 +23,8 @@ CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_med
                "test_acc", "seconds", "forgetting_quality_kaggle", "eps_hat_inf_fraction",
                "js_to_retrain", "activation_distance", "zrf", "num_models",
                "klom_forget_p95", "klom_forget_p50", "klom_retain_p95", "klom_retain_p50",
-               "klom_test_p95", "klom_test_p50")
+               "klom_test_p95", "klom_test_p50", "klom_average_95", "klom_direction",
+               "klom_oracle_unlearned_forget_p95", "klom_oracle_unlearned_average_95")
 KLOM_SPLITS = ("forget", "retain", "test")
 
 
@@ -66,7 +67,8 @@ def evaluate_population(name, logits: dict, labels: dict, retrained: dict, rando
         name, {k: np.asarray(v, np.float64) for k, v in logits.items()}, labels,
         {k: np.asarray(v, np.float64) for k, v in retrained.items()},
         np.asarray(random_forget, np.float64), seconds, mia_models)
-  return {k: (float(v) if k not in ("method", "num_models") else v) for k, v in row.items()}, \
+  text = ("method", "num_models", "klom_direction")
+  return {k: (float(v) if k not in text else v) for k, v in row.items()}, \
       np.asarray(eps), np.asarray(phi_u)
 
 
@@ -115,19 +117,29 @@ def _evaluate_population64(name, logits, labels, retrained, random_forget, secon
 
 
 def _klom_columns(name, logits, retrained, labels) -> dict:
-  """KLOM's median and 95th percentile over the forget, retain and held-out (test)
-  examples: the margins of the N unlearned models against the N retrained ones; for
-  retrain itself two disjoint halves (the floor at N/2, as for ε)."""
-  out = {}
+  """KLOM (the Easy Data Unlearning Bench's rule, `metrics.klom`) over the forget, retain
+  and held-out (test) examples: the margins of the N unlearned models against the N
+  retrained ones; for retrain itself two disjoint halves (the floor at N/2, as for ε).
+  Median and 95th percentile per split and `klom_average_95` (the mean of the three 95th
+  percentiles) in the benchmark's direction KL(unlearned ‖ oracle), named in
+  `klom_direction`; the forget p95 and average_95 also in the other direction."""
+  out, p95, p95_reverse = {"klom_direction": "unlearned_oracle"}, [], []
   for split in KLOM_SPLITS:
     phi_r = M.logit_scaled_confidence(retrained[split], labels[split][None])
     if name == "retrain":
       h = phi_r.shape[0] // 2
-      values = M.klom(phi_r[:h], phi_r[h:2 * h])
+      pair = (phi_r[:h], phi_r[h:2 * h])
     else:
-      values = M.klom(M.logit_scaled_confidence(logits[split], labels[split][None]), phi_r)
+      pair = (M.logit_scaled_confidence(logits[split], labels[split][None]), phi_r)
+    values = M.klom(*pair)
     for key, v in M.klom_percentiles(values).items():
       out[f"klom_{split}_{key}"] = float(v)
+    p95.append(out[f"klom_{split}_p95"])
+    p95_reverse.append(float(np.percentile(np.asarray(
+        M.klom(*pair, direction="oracle_unlearned")), 95)))
+  out["klom_average_95"] = float(np.mean(p95))
+  out["klom_oracle_unlearned_forget_p95"] = p95_reverse[KLOM_SPLITS.index("forget")]
+  out["klom_oracle_unlearned_average_95"] = float(np.mean(p95_reverse))
   return out
 
 
@@ -170,15 +182,17 @@ def signal_markdown(signal: dict) -> str:
 
 
 def report_markdown(ev: Evaluation, title: str) -> str:
-  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "KLOM p95 F / R / T", "MIA-eff.",
+  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "KLOM p95 F / R / T", "KLOM avg95",
+          "MIA-eff.",
           "Avg. Gap", "RA", "FA", "TA", "s/model", "× retrain"]
   lines = [f"## {title}", "",
            f"{ev.info['num_models']} unlearned vs {ev.info['num_models']} retrained models per "
            "method. F: forgetting quality (NeurIPS 2023 scoring code; 1 = indistinguishable "
            "from retraining); score = F·RA_U/RA_R·TA_U/TA_R; ε̂: seed 004's per-example "
            "Gaussian LR attack (0 ideal); U-LiRA accuracy (0.5 ideal); KLOM: 95th "
-           "percentile over the forget / retain / test examples of the binned KL between "
-           "unlearned and retrained margins (Georgiev et al. 2025; 0 ideal); MIA-efficacy and "
+           "percentile over the forget / retain / test examples of the binned KL(unlearned ‖ "
+           "retrained) of margins, the Easy Data Unlearning Bench's rule (Georgiev et al. "
+           "2025; 0 ideal), and avg95 the mean of the three; MIA-efficacy and "
            "Avg. Gap as in SalUn (compare with retrain / 0 ideal). The `retrain` row compares "
            "two disjoint halves of the retrained population: the noise floor of the attacks "
            f"at N/2 = {ev.info['num_models'] // 2}.", "",
@@ -188,7 +202,8 @@ def report_markdown(ev: Evaluation, title: str) -> str:
     lines.append("| " + " | ".join([
         r["method"], f"{r['forgetting_quality']:.3f}", f"{r['competition_score']:.3f}",
         f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
-        " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS), f"{r['mia_efficacy']:.3f}",
+        " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS),
+        f"{r['klom_average_95']:.2f}", f"{r['mia_efficacy']:.3f}",
         f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
         f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]) + " |")
   signal = population_signal(ev.rows)

@@ -133,39 +133,46 @@ def ssd(ctx: MethodContext, *, alpha, lam, importance, union, forget_batch_size,
 
 def assd_alpha(imp_forget, imp_all, forget_fraction: float):
   """ASSD's selection threshold: the p-th percentile of the finite ratios I_f/I_D over all
-  weights, p = 100 − ln(1 + 100·|D_f|/|D|) (97.6 for a 10% forget set), so SSD's test
-  I_f > α·I_D passes the top ln(1 + 100·|D_f|/|D|) % of weights by relative importance."""
+  weights, p = 100 − ln(1 + 100·|D_f|/|D|), so SSD's test I_f > α·I_D passes the top
+  ln(1 + 100·|D_f|/|D|) % of weights by relative importance."""
   p = 100.0 - math.log1p(100.0 * forget_fraction)
   ratios = jnp.concatenate([jnp.ravel(f / d) for d, f in zip(jax.tree_util.tree_leaves(imp_all),
                                                              jax.tree_util.tree_leaves(imp_forget))])
   return jnp.nanquantile(jnp.where(jnp.isfinite(ratios), ratios, jnp.nan), p / 100.0)
 
 
+ASSD_IMPORTANCE_SETS = ("retain", "full")
+
+
 @register("assd", reads=("forget", "retain"),
-          paper="Schoepf, Foster & Brintrup 2024 (Parameter-tuning-free data entry error "
-                "unlearning with adaptive selective synaptic dampening, ASSD)",
-          choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS),
-          defaults=dict(importance="batch", union="ordered", forget_batch_size=128,
-                        batch_size=64))
-def assd(ctx: MethodContext, *, importance, union, forget_batch_size, batch_size):
+          paper="Schoepf, Foster & Brintrup, \"Parameter-tuning-free data entry error "
+                "unlearning with adaptive selective synaptic dampening\", 2024 (ASSD)",
+          choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS,
+                       importance_set=ASSD_IMPORTANCE_SETS),
+          defaults=dict(importance="batch", importance_set="retain", union="ordered",
+                        forget_batch_size=128, batch_size=64))
+def assd(ctx: MethodContext, *, importance, importance_set, union, forget_batch_size,
+         batch_size):
   """Adaptive SSD: SSD with its threshold α read off the importances, λ = 1: nothing to tune.
 
-  I_f and I_D as in `ssd` (same importances and loaders). α = the p-th percentile of the
-  finite per-weight ratios I_f/I_D, with p = 100 − ln(1 + 100·|D_f|/|D|), |D| = |D_r| +
-  |D_f|; then SSD's rule with λ = 1: where I_f > α·I_D, θ ← min(I_D/I_f, 1)·θ. So the top
-  ln(1 + 100·|D_f|/|D|) % of weights by relative importance are dampened (2.4% for a 10%
-  forget set, 0.7% for 1%). The percentile rule is our reading of the paper; the one public
-  re-implementation we found (Maplewarrior/Masters-thesis, `adaptive_ssd.py`) takes the
-  percentile of I_D/I_f instead, which on the digits MLP gives α ≈ 10⁴–10⁵ and dampens
-  nothing; no reference code was published.
-  Reads: forget and retain. Defaults: importances and loaders as SSD's (batches 128 and 64,
-  D ordered). Reports the α it chose and the number of dampened weights.
+  As the authors' code runs it (if-loops/adaptive-selective-synaptic-dampening,
+  `error_unlearning.ipynb`): I_f is SSD's importance on D_f and I_D on the **retain** set
+  (`importance_set="retain"`); `"full"` computes I_D on D = D_r ∪ D_f in SSD's order
+  (`union`), as SUPREME's port does. α = the p-th percentile (NumPy's linear
+  interpolation) of the ratios I_f/I_D over every weight, NaN and ±inf dropped, with
+  p = 100 − ln(1 + 100·|D_f|/(|D_r| + |D_f|)); then SSD's rule with λ = 1: where
+  I_f > α·I_D, θ ← min(I_D/I_f, 1)·θ. Importances: mean over unshuffled batches of the
+  squared batch-mean CE gradient (`importance="batch"`, SSD's `calc_importance`).
+  Reads: forget and retain. Defaults: I_D on D_r, batches 128 (D_f) and 64 (D_r or D).
+  Aux: `alpha` (the threshold chosen) and `dampened_weights`.
   """
+  ratio_set = importance_set
 
   def unlearn(variables, data: UnlearnData, key):
     imp_f = weight_importance(ctx.model, variables, data.forget, forget_batch_size, importance)
-    imp_d = weight_importance(ctx.model, variables, union_set(data.forget, data.retain, key, union),
-                              batch_size, importance)
+    reference = data.retain if ratio_set == "retain" else union_set(data.forget, data.retain,
+                                                                    key, union)
+    imp_d = weight_importance(ctx.model, variables, reference, batch_size, importance)
     n_f, n_r = data.forget[0].shape[0], data.retain[0].shape[0]
     alpha = assd_alpha(imp_f, imp_d, n_f / (n_f + n_r))
     params = dampen(variables["params"], imp_f, imp_d, alpha, 1.0)

@@ -6,7 +6,7 @@ from unlearn_jax.metrics.attacks import lira, mia_efficacy, roc_summary, ulira
 from unlearn_jax.metrics.distribution import activation_distance, avg_gap, js_to_retrain, zrf
 from unlearn_jax.metrics.mia import mia_loss_lr
 from unlearn_jax.metrics.population import (competition_score, eps_hat, forgetting_quality,
-                                            hinge, klom, klom_percentiles,
+                                            hinge, klom, klom_percentiles, klom_report,
                                             logit_scaled_confidence, per_example_epsilons)
 from unlearn_jax.metrics.relearn import anamnesis_index, relearn_steps
 from unlearn_jax.metrics.utility import accuracy, per_example_loss
@@ -14,7 +14,7 @@ from unlearn_jax.metrics.weights import layer_distance, mean_layer_distance
 
 __all__ = ["lira", "mia_efficacy", "roc_summary", "ulira", "activation_distance", "avg_gap",
            "js_to_retrain", "zrf", "mia_loss_lr", "competition_score", "eps_hat",
-           "forgetting_quality", "hinge", "klom", "klom_percentiles", "logit_scaled_confidence",
+           "forgetting_quality", "hinge", "klom", "klom_percentiles", "klom_report", "logit_scaled_confidence",
            "per_example_epsilons",
            "anamnesis_index", "relearn_steps", "accuracy", "per_example_loss", "layer_distance",
            "mean_layer_distance"]

@@ -303,47 +303,94 @@ def eps_hat(unlearned_logits, retrained_logits, labels, delta: float = 0.05):
 
 
 KLOM_BINS = 20
-KLOM_SMOOTHING = 1e-5
+KLOM_FLOOR = 1e-5
 KLOM_CLIP = 100.0
+KLOM_DIRECTIONS = ("unlearned_oracle", "oracle_unlearned")
 
 
-def klom(unlearned_margins, oracle_margins, bins: int = KLOM_BINS,
-         smoothing: float = KLOM_SMOOTHING, clip: float = KLOM_CLIP):
-  """KLOM (KL divergence Of Margins; Georgiev et al., ICLR 2025, "Attribute-to-Delete"),
-  per example: how far the distribution of an example's margin over N unlearned models is
-  from its distribution over N retrained ("oracle") models.
+def klom(unlearned_margins, oracle_margins, bins: int = KLOM_BINS, floor: float = KLOM_FLOOR,
+         clip: float = KLOM_CLIP, direction: str = "unlearned_oracle"):
+  """KLOM (KL divergence Of Margins; Georgiev et al., "Attribute-to-Delete", ICLR 2025), per
+  example, exactly as the Easy Data Unlearning Bench computes it (`binned_kl_divergence`
+  in easydub/EasyDUB-code, `easydub/eval.py`).
 
-  Margin: φ = z_y − logsumexp_{j≠y} z_j (`logit_scaled_confidence`). Binning rule, per
-  example: `bins` equal-width bins spanning the pooled 2N margins' [min, max], that range
-  clipped to [−clip, clip] (margins outside land in the edge bins); each population's
-  bin frequencies plus `smoothing` ε, renormalised, are p (unlearned) and q (oracle):
+  With P the margins of one example over the unlearned models and Q over the oracle
+  (retrained) models (`direction="unlearned_oracle"`, EasyDUB's and the KLOM paper's
+  first release: KL(unlearned ‖ oracle); `"oracle_unlearned"` swaps them, as
+  RoyRin/data-unlearning-bench's latest code passes them):
 
-      KLOM(s) = Σ_b p_b ln(p_b / q_b)
+  1. margins φ = z_y − logsumexp_{j≠y} z_j (`logit_scaled_confidence`), each value
+     clipped to [−clip, clip];
+  2. `bins` equal-width bins over the pooled [min, max] of the clipped values (if
+     min ≥ max, max = min + 1): edges = linspace(lo, hi, bins + 1); a value goes to bin c
+     when edges[c−1] ≤ v < edges[c] (NumPy's `digitize`), so a value equal to the pooled
+     maximum is in no bin and is not counted;
+  3. P_c, Q_c = counts / each population's counted total (no additive smoothing);
+  4. Q floored at `floor` only in bins where P > 0 (not renormalised);
+  5. KLOM = Σ_{c: P_c > 0} P_c ln(P_c / Q_c), in nats.
 
-  Identical samples give 0; two samples in disjoint bins give ≈ ln(1/ε) − H(p) (≤ 11.5
-  at ε = 1e-5), whatever N.
-  Inputs: margins [N, S] (or [N] for one example) for the unlearned and oracle models
-  (N may differ between them). Returns [S] (or a scalar). `jax.numpy`, runs under
-  `jit`/`vmap`. Ideal: 0 (report percentiles over the forget, retain and validation
-  examples: `klom_percentiles`).
+  Identical populations give 0; disjoint ones ln(1/floor) − H(P) (≤ 11.5 at 1e-5).
+  Inputs: margins [N, S] (or [N] for one example) of each population (N may differ).
+  `bins` and `direction` are static. Returns [S] (or a scalar). `jax.numpy`: runs under
+  `jit` and `vmap`. Ideal: 0; report per split with `klom_report`.
   """
   u, r = jnp.asarray(unlearned_margins), jnp.asarray(oracle_margins)
   if u.ndim not in (1, 2) or u.ndim != r.ndim or u.shape[1:] != r.shape[1:]:
     raise ValueError(f"klom takes margins [N, S] (or [N]) for both populations; got shapes "
                      f"{u.shape} and {r.shape}")
-  if bins < 1:
-    raise ValueError(f"bins={bins} must be >= 1")
-  lo = jnp.clip(jnp.minimum(u.min(axis=0), r.min(axis=0)), -clip, clip)
-  hi = jnp.clip(jnp.maximum(u.max(axis=0), r.max(axis=0)), -clip, clip)
-  width = jnp.maximum(hi - lo, 1e-12) / bins
+  bins = static_int(bins, "bins", minimum=1)
+  if direction not in KLOM_DIRECTIONS:
+    raise ValueError(f"direction={direction!r} is unknown; allowed: {', '.join(KLOM_DIRECTIONS)}")
+  dtype = jnp.result_type(u.dtype, r.dtype, jnp.float32)
+  p_samples, q_samples = (u, r) if direction == "unlearned_oracle" else (r, u)
+  p_samples = jnp.clip(p_samples.astype(dtype), -clip, clip)
+  q_samples = jnp.clip(q_samples.astype(dtype), -clip, clip)
+  lo = jnp.minimum(p_samples.min(axis=0), q_samples.min(axis=0))
+  hi = jnp.maximum(p_samples.max(axis=0), q_samples.max(axis=0))
+  hi = jnp.where(lo >= hi, lo + 1.0, hi)
+  # As NumPy's linspace: k·step + start, the last edge exactly the stop.
+  k = jnp.arange(bins + 1, dtype=dtype).reshape((-1,) + (1,) * lo.ndim)
+  edges = k * ((hi - lo) / bins) + lo
+  edges = edges.at[-1].set(hi)
 
-  def probabilities(m):
-    idx = jnp.clip(jnp.floor((m - lo) / width), 0, bins - 1).astype(jnp.int32)
-    freq = jnp.mean(jax.nn.one_hot(idx, bins, dtype=m.dtype), axis=0) + smoothing
-    return freq / jnp.sum(freq, axis=-1, keepdims=True)
+  def probabilities(values):
+    # digitize: index c with edges[c-1] <= v < edges[c]; 0 and bins + 1 fall outside.
+    counts = jnp.sum((values[:, None] >= edges[None, :-1]) & (values[:, None] < edges[None, 1:]),
+                     axis=0).astype(dtype)                              # [bins, S]
+    total = counts.sum(axis=0)
+    return jnp.where(total > 0, counts / jnp.maximum(total, 1), 0.0)
 
-  p, q = probabilities(u), probabilities(r)
-  return jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1)
+  p, q = probabilities(p_samples), probabilities(q_samples)
+  q = jnp.where(p > 0, jnp.maximum(q, floor), q)
+  terms = jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) -
+                                jnp.log(jnp.where(p > 0, q, 1.0))), 0.0)
+  return jnp.sum(terms, axis=0)
+
+
+def klom_report(unlearned: dict, oracle: dict, direction: str = "unlearned_oracle",
+                **klom_kwargs) -> dict:
+  """KLOM per split as the Easy Data Unlearning Bench reports it.
+
+  `unlearned`, `oracle`: {split: margins [N, S_split]} with the same splits (EasyDUB's are
+  `retain`, `forget` and `val`). Returns, for each split, `klom_p95_<split>`,
+  `klom_p99_<split>`, `klom_mean_<split>` and `klom_std_<split>` over the split's
+  examples, and `average_95`, the mean of the splits' 95th percentiles (NumPy's linear
+  percentile). Floats. Ideal: 0 everywhere.
+  """
+  if set(unlearned) != set(oracle) or not unlearned:
+    raise ValueError(f"unlearned and oracle must name the same splits; got "
+                     f"{sorted(unlearned)} and {sorted(oracle)}")
+  out, p95 = {}, []
+  for split in unlearned:
+    values = np.asarray(klom(unlearned[split], oracle[split], direction=direction, **klom_kwargs))
+    values = np.atleast_1d(values).astype(np.float64)
+    out[f"klom_p95_{split}"] = float(np.percentile(values, 95))
+    out[f"klom_p99_{split}"] = float(np.percentile(values, 99))
+    out[f"klom_mean_{split}"] = float(np.mean(values))
+    out[f"klom_std_{split}"] = float(np.std(values))
+    p95.append(out[f"klom_p95_{split}"])
+  out["average_95"] = float(np.mean(p95))
+  return out
 
 
 def klom_percentiles(values, percentiles=(50.0, 95.0)) -> dict:

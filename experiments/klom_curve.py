@@ -1,0 +1,192 @@
+r"""How many models KLOM needs: the do-nothing and oracle-vs-oracle KLOM per split, by N.
+
+    python -m experiments.klom_curve --config=experiments/configs/cifar10_population.py
+    python -m experiments.klom_curve --sizes=4,8,16           # digits (the default config)
+
+KLOM (the Easy Data Unlearning Bench's rule, `unlearn_jax.metrics.klom`) compares an
+example's margins over N unlearned models with its margins over N oracles (retrained
+without D_f). With few models the histograms are noisy: even a perfect method, a second
+independent set of oracles, scores a KLOM above 0 (the floor). KLOM can rank methods only
+at an N where the floor's forget p95 lies below that of doing nothing (the untouched
+originals against the oracles).
+
+For the largest N of --sizes this trains (or restores from --populations_dir, the cache
+`experiments.evaluate` fills) the originals and the oracles, and a second oracle
+population with the seeds after them. For each N: KLOM p95 per split (forget, retain,
+test) of the first N originals against the first N oracles, and of the first N second
+oracles against the same N oracles, in both directions. Writes into --workdir: curve.csv,
+curve.json, report.md, plots/curve.png.
+"""
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import population, setup
+from unlearn_jax import metrics as M
+from unlearn_jax.evaluation import population_logits
+from unlearn_jax.metrics.population import KLOM_DIRECTIONS
+
+_DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                          "ml_collections config file.", lock_config=True)
+flags.DEFINE_string("sizes", "8,16,32,64", "population sizes N (comma list, increasing)")
+flags.DEFINE_integer("chunk", 0, "models per vmapped chunk (0 = all at once)")
+flags.DEFINE_string("workdir", None, "output directory (default runs/klom_curve_<time>)")
+flags.DEFINE_string("populations_dir", "runs/populations",
+                    "where trained populations are checkpointed and reused ('' = never)")
+flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
+F = flags.FLAGS
+
+SPLITS = ("forget", "retain", "test")
+DIRECTIONS = KLOM_DIRECTIONS
+
+
+def parse_sizes(text: str) -> list:
+  try:
+    sizes = [int(s) for s in str(text).split(",") if s.strip()]
+  except ValueError:
+    raise setup.UsageError(f"--sizes={text!r} must be a comma list of integers, e.g. 8,16,32")
+  if not sizes or any(n < 2 for n in sizes) or sizes != sorted(set(sizes)):
+    raise setup.UsageError(f"--sizes={text!r} must be increasing integers >= 2")
+  return sizes
+
+
+def margins_by_split(st, variables, chunk: int) -> dict:
+  """{split: margins [N, n]} of a population."""
+  ds, split = st.ds, st.split
+  x, y = ds.train_x, ds.train_y
+  parts = {"forget": (x[split.forget], y[split.forget]),
+           "retain": (x[split.retain], y[split.retain]),
+           "test": (ds.test_x[split.test], ds.test_y[split.test])}
+  out = {}
+  for s, (xx, yy) in parts.items():
+    logits = population_logits(st.model, variables, jnp.asarray(xx), chunk)
+    out[s] = np.asarray(M.logit_scaled_confidence(logits, np.asarray(yy)[None]))
+  return out
+
+
+def curve(originals: dict, oracles: dict, second: dict, sizes: list) -> list:
+  """Rows (N, split, direction, do_nothing_p95, floor_p95) of the first N models."""
+  rows = []
+  for n in sizes:
+    for s in SPLITS:
+      for d in DIRECTIONS:
+        p95 = lambda u: float(np.percentile(np.asarray(M.klom(u[s][:n], oracles[s][:n],
+                                                               direction=d)), 95))
+        rows.append(dict(num_models=n, split=s, direction=d, do_nothing_p95=p95(originals),
+                         floor_p95=p95(second)))
+  return rows
+
+
+def first_ranking_n(rows: list, direction: str = "unlearned_oracle"):
+  """The smallest N whose floor forget p95 lies below the do-nothing forget p95."""
+  for r in rows:
+    if r["split"] == "forget" and r["direction"] == direction and \
+        r["floor_p95"] < r["do_nothing_p95"]:
+      return r["num_models"]
+  return None
+
+
+def plot(rows: list, path: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(SPLITS), figsize=(11, 3.3), sharex=True)
+  for ax, s in zip(axes, SPLITS):
+    for d, style in zip(DIRECTIONS, ("-", "--")):
+      sel = [r for r in rows if r["split"] == s and r["direction"] == d]
+      n = [r["num_models"] for r in sel]
+      ax.plot(n, [r["do_nothing_p95"] for r in sel], style, color="#6B7280", marker="o",
+              label=f"do nothing ({d})")
+      ax.plot(n, [r["floor_p95"] for r in sel], style, color="#DC2626", marker="o",
+              label=f"oracle vs oracle ({d})")
+    ax.set_xscale("log", base=2)
+    ax.set_title(s)
+    ax.set_xlabel("models per population (N)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("KLOM p95 (nats)")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+def report(rows: list, info: dict) -> str:
+  lines = ["## How many models KLOM needs", "",
+           f"{info['dataset']}, model {info['model']}, {info['scenario']} scenario; "
+           f"N up to {info['max_models']} originals, oracles and second oracles. KLOM p95 "
+           "(nats) per split: doing nothing (originals vs oracles) and the floor (a second "
+           "set of oracles vs the oracles).", "",
+           "| N | direction | forget: nothing / floor | retain: nothing / floor | "
+           "test: nothing / floor |", "|---|---|---|---|---|"]
+  for n in sorted({r["num_models"] for r in rows}):
+    for d in DIRECTIONS:
+      cell = lambda s: next(f"{r['do_nothing_p95']:.2f} / {r['floor_p95']:.2f}" for r in rows
+                            if r["num_models"] == n and r["split"] == s and r["direction"] == d)
+      lines.append(f"| {n} | {d} | {cell('forget')} | {cell('retain')} | {cell('test')} |")
+  first = info["first_ranking_n"]
+  lines += ["", (f"The floor's forget p95 first drops below doing nothing's at N = {first} "
+                 "(KL(unlearned ‖ oracle)): from there KLOM can rank methods."
+                 if first else "At no N measured is the floor's forget p95 below doing "
+                 "nothing's: KLOM cannot rank methods here; raise N."),
+            "", f"Wall time {info['wall_seconds']:.0f} s."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  setup.begin_cli(argv)
+  cfg = _CONFIG.value
+  t0 = time.perf_counter()
+  try:
+    sizes = parse_sizes(F.sizes)
+    if F.chunk < 0:
+      raise setup.UsageError(f"--chunk={F.chunk} must be 0 (all at once) or positive")
+    workdir = F.workdir or f"runs/klom_curve_{time.strftime('%Y%m%d-%H%M%S')}"
+    if not F.workdir:
+      Path("runs").mkdir(exist_ok=True)
+    setup.validate(cfg)
+    setup.prepare_workdir(workdir, F.overwrite)
+    st = setup.setup(cfg, print)
+    n = sizes[-1]
+    cache = Path(F.populations_dir) if F.populations_dir else None
+    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
+      originals, oracles, _ = population.train_populations(cfg, st, n, F.chunk, print, cache)
+      _, second, _ = population.train_populations(cfg, st, n, F.chunk, print, cache,
+                                                  names=("retrain",),
+                                                  first_seed=int(cfg.seed) + n)
+      print("margins of the three populations")
+      phi = {k: margins_by_split(st, ms.variables, F.chunk)
+             for k, ms in (("original", originals), ("oracle", oracles), ("second", second))}
+      rows = curve(phi["original"], phi["oracle"], phi["second"], sizes)
+      info = {"dataset": st.ds.name, "model": st.model_name, "scenario": cfg.scenario,
+              "max_models": n, "sizes": sizes, "first_ranking_n": first_ranking_n(rows),
+              "first_ranking_n_oracle_unlearned": first_ranking_n(rows, "oracle_unlearned"),
+              "wall_seconds": time.perf_counter() - t0}
+      staging.mkdir(parents=True, exist_ok=True)
+      with open(staging / "curve.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+      (staging / "curve.json").write_text(json.dumps({"rows": rows, "info": info}, indent=1))
+      md = report(rows, info)
+      (staging / "report.md").write_text(md)
+      plot(rows, staging / "plots" / "curve.png")
+  except setup.UsageError as e:
+    print(setup.error_line(e), file=sys.stderr)
+    sys.exit(2)
+  print("\n" + md)
+  print(f"run directory: {final}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,68 @@
+"""experiments.klom_curve: the do-nothing and oracle-vs-oracle KLOM by population size."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_curve_and_the_first_n_at_which_klom_ranks():
+  from experiments import klom_curve
+  rng = np.random.default_rng(0)
+  oracle = {s: rng.normal(0, 1, (32, 40)) for s in klom_curve.SPLITS}
+  second = {s: rng.normal(0, 1, (32, 40)) for s in klom_curve.SPLITS}
+  nothing = {s: rng.normal(0 if s != "forget" else 3.0, 1, (32, 40)) for s in klom_curve.SPLITS}
+  rows = klom_curve.curve(nothing, oracle, second, [4, 8, 32])
+  assert len(rows) == 3 * 3 * 2
+  forget = [r for r in rows if r["split"] == "forget" and r["direction"] == "unlearned_oracle"]
+  # The floor falls with N; a shifted population stays far from the oracles.
+  assert forget[0]["floor_p95"] > forget[-1]["floor_p95"]
+  assert all(r["do_nothing_p95"] > r["floor_p95"] for r in forget[1:])
+  assert klom_curve.first_ranking_n(rows) in (4, 8)
+  same = klom_curve.curve(oracle, oracle, oracle, [4])
+  assert klom_curve.first_ranking_n(same) is None
+
+
+@pytest.mark.parametrize("text", ["8,x", "8,4", "1,2", ""])
+def test_bad_sizes_are_named(text):
+  from experiments import klom_curve, setup
+  with pytest.raises(setup.UsageError, match="--sizes="):
+    klom_curve.parse_sizes(text)
+
+
+def test_the_cli_end_to_end_on_digits(tmp_path):
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  run = tmp_path / "curve"
+  r = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--sizes=2,4",
+                      "--config.train.epochs=3", f"--workdir={run}",
+                      f"--populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = list(csv.DictReader(open(run / "curve.csv")))
+  assert {(int(x["num_models"]), x["split"], x["direction"]) for x in rows} == {
+      (n, s, d) for n in (2, 4) for s in ("forget", "retain", "test")
+      for d in ("unlearned_oracle", "oracle_unlearned")}
+  assert all(float(x["floor_p95"]) >= 0 and float(x["do_nothing_p95"]) >= 0 for x in rows)
+  info = json.loads((run / "curve.json").read_text())["info"]
+  assert info["max_models"] == 4 and (run / "plots" / "curve.png").exists()
+  assert "How many models KLOM needs" in (run / "report.md").read_text()
+  # The three populations are cached: a second run trains nothing.
+  again = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--sizes=2,4",
+                          "--config.train.epochs=3", f"--workdir={tmp_path / 'again'}",
+                          f"--populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and again.stdout.count("reusing the populations") == 2, \
+      again.stdout[-2000:]
+  assert (tmp_path / "again" / "curve.csv").read_text() == (run / "curve.csv").read_text()
+  bad = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--sizes=4,2",
+                        f"--workdir={tmp_path / 'bad'}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "--sizes='4,2' must be increasing" in bad.stderr
+  assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
