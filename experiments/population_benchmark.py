@@ -18,7 +18,8 @@ N within `--memory_gib`, checked by compiling that N.
 
 `--epsilon_sizes` (S examples x N models each) times the per-example ε of the competition
 (`metrics.per_example_epsilons`, one vectorised float64 computation, after its compilation)
-against the earlier Python loop over examples (`tests/reference_epsilons.py`, skipped above
+against the brute-force float64 rendering of the rule the tests check it with
+(`tests/reference_epsilons.py`: a loop over examples, direct comparisons; skipped above
 --epsilon_loop_max examples), median of --repeats, on normal statistics.
 """
 

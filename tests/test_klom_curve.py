@@ -66,3 +66,45 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "--sizes='4,2' must be increasing" in bad.stderr
   assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
+  """experiments.render_population_docs: every method's row, sorted by average_95, the
+  curve table and plot, the stamp; a missing run is one line, exit 2."""
+  from unlearn_jax import evaluation
+  ev, cu, out = tmp_path / "ev", tmp_path / "cu", tmp_path / "docs"
+  (cu / "plots").mkdir(parents=True)
+  ev.mkdir()
+  rows = []
+  for i, m in enumerate(("original", "retrain", "scrub")):
+    row = {c: 0.1 * (3 - i) for c in evaluation.CSV_COLUMNS}
+    row.update(method=m, num_models=8, klom_direction="unlearned_oracle")
+    rows.append(row)
+  with open(ev / "evaluation.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=evaluation.CSV_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+  (ev / "evaluation.json").write_text(json.dumps({"info": {"wall_seconds": 12.0}}))
+  curve_rows = [dict(num_models=n, split=s, direction=d, do_nothing_p95=1.0, floor_p95=2.0 / n)
+                for n in (4, 8) for s in ("forget", "retain", "test")
+                for d in ("unlearned_oracle", "oracle_unlearned")]
+  (cu / "curve.json").write_text(json.dumps({"rows": curve_rows, "info": {
+      "sizes": [4, 8], "first_ranking_n": 4}}))
+  (cu / "curve.csv").write_text("x\n")
+  (cu / "plots" / "curve.png").write_bytes(b"png")
+  r = subprocess.run([sys.executable, "-m", "experiments.render_population_docs",
+                      f"--evaluation={ev}", f"--curve={cu}", f"--out={out}",
+                      "--evaluation_command=python -m experiments.evaluate --num_models=8"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  page = (out / "README.md").read_text()
+  order = [line.split("|")[1].strip() for line in page.splitlines()
+           if line.startswith("| ") and line.split("|")[1].strip() in ("original", "retrain", "scrub")]
+  assert order == ["scrub", "retrain", "original"], order      # ascending average_95
+  assert "Wall time 12 s" in page and "first falls below doing nothing" in page
+  assert "| 8 | unlearned_oracle | 1.00 / 0.25 |" in page and "JAX " in page
+  assert (out / "klom_curve.png").exists() and (out / "evaluation.csv").exists()
+  bad = subprocess.run([sys.executable, "-m", "experiments.render_population_docs",
+                        f"--evaluation={tmp_path / 'none'}", f"--curve={cu}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

@@ -302,3 +302,15 @@ def test_layer_distance_is_relative_per_layer_and_traceable():
                              atol=1e-6)
   with pytest.raises(ValueError, match="layers differ"):
     metrics.layer_distance({"a": jnp.ones(2)}, {"b": jnp.ones(2)})
+
+
+def test_epsilons_of_widely_spread_statistics_fit_in_memory():
+  """A method that spreads margins over thousands of units asks for millions of thresholds
+  (⌈100·range⌉): the grid is searched, not compared against every model at once, and the
+  examples are chunked by the grid's length (a 64-model population once asked for 342 GB)."""
+  from reference_epsilons import per_example_epsilons as reference
+  rng = np.random.default_rng(1)
+  u, r = rng.normal(0, 3000, (64, 2)), rng.normal(500, 3000, (64, 2))
+  with jax.enable_x64(True):
+    got = np.asarray(metrics.per_example_epsilons(u, r))
+  np.testing.assert_allclose(got, reference(u, r), rtol=1e-12)

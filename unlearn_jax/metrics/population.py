@@ -111,6 +111,11 @@ def _attack_epsilon(bad_fp, fp_table, bad_fn, fn_table, valid):
   return jnp.where(perfect, jnp.inf, eps)
 
 
+COMPARE_ALL_MAX = 1 << 20          # queries × population size for searchsorted's compare_all
+EPSILON_CHUNK_BYTES = 1 << 29      # memory for one chunk of examples' threshold grids
+BYTES_PER_THRESHOLD = 96           # the grid, its mask, counts and scatter-mins, per threshold
+
+
 def _example_epsilon(u, r, delta, max_thresholds: int, num_right: int = 400,
                      num_left: int = 400):
   """ε of one forget example from its two samples u [N_u], r [N_r] (see
@@ -123,9 +128,11 @@ def _example_epsilon(u, r, delta, max_thresholds: int, num_right: int = 400,
   ptp_u, ptp_r = u_s[-1] - u_s[0], r_s[-1] - r_s[0]
   degenerate = jnp.minimum(ptp_u, ptp_r) < 0.01 * jnp.maximum(ptp_u, ptp_r)
   lo, hi = jnp.minimum(u_s[0], r_s[0]), jnp.maximum(u_s[-1], r_s[-1])
-  # Comparing against every value beats a binary search for small populations (CPU).
+  # Comparing against every value beats a binary search for small populations (CPU), but
+  # holds len(q)·N booleans: a binary search once that is large (a long threshold grid).
   find = lambda s, q, side: jnp.searchsorted(
-      s, q, side=side, method="compare_all" if s.shape[0] <= 64 else "scan")
+      s, q, side=side, method="compare_all" if s.shape[0] <= 64 and
+      q.shape[0] * s.shape[0] <= COMPARE_ALL_MAX else "scan")
   # Single thresholds: predict positive when φ ≥ t, t on NumPy's linspace grid;
   # FPR = 1 − #(neg < t)/n_neg (badness n_neg − #), FNR = #(pos < t)/n_pos (badness #).
   t, valid = _linspace(lo, hi, jnp.ceil(100 * (hi - lo)).astype(jnp.int32), max_thresholds)
@@ -200,8 +207,11 @@ def per_example_epsilons(unlearned, retrained, delta: float = 1e-5,
     both = np.concatenate([np.asarray(u), np.asarray(r)])
     max_thresholds = max(1, int(np.max(np.ceil(100 * (both.max(0) - both.min(0))))))
   dtype = jnp.result_type(u.dtype, r.dtype, jnp.float32)
+  # Examples per chunk: at most `chunk`, fewer when the threshold grid is long (a method
+  # that spreads the margins over thousands of units asks for millions of thresholds).
+  fit = max(1, EPSILON_CHUNK_BYTES // (BYTES_PER_THRESHOLD * int(max_thresholds)))
   return _epsilons(u.astype(dtype), r.astype(dtype), delta, int(max_thresholds),
-                   max(1, min(int(chunk), u.shape[1])))
+                   max(1, min(int(chunk), fit, u.shape[1])))
 
 
 @functools.partial(jax.jit, static_argnames=("max_thresholds", "chunk"))
