@@ -108,3 +108,19 @@ def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
                         f"--evaluation={tmp_path / 'none'}", f"--curve={cu}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_population_config_sets_up():
+  """experiments/configs/cifar10_population.py loads and passes setup (on digits, offline):
+  a vmapped MLP over every data method."""
+  from experiments import setup
+  from experiments.configs import cifar10_population
+  from unlearn_jax import methods
+  cfg = cifar10_population.get_config()
+  assert "python -m experiments.evaluate" in cifar10_population.__doc__
+  assert cfg.model.startswith("mlp:") and cfg.seed_loop == "vmap"
+  assert set(cfg.methods.split(",")) == {m for m in methods.list_methods()
+                                         if methods.get_method(m).reads}
+  cfg.dataset = "digits"
+  st = setup.setup(cfg, log=lambda s: None)
+  assert st.mode == "vmap" and st.recipe.lr == 0.02 and st.recipe.epochs == 30

@@ -18,19 +18,12 @@ one program each, and cached by `experiments.evaluate` for `experiments.klom_cur
 Measured figures: docs/population/.
 """
 
-from experiments.configs import cifar10_memorise, default
+from experiments.configs import cifar10_memorise
 
 
 def get_config():
-  c = default.get_config()
-  c.dataset = "image_folder:../shared/data/cifar10-jpeg.tar.gz"
-  c.train_subset = 2500
-  c.test_subset = 2000
+  c = cifar10_memorise.get_config()    # the memorising subset, 30 epochs, batch 64, no aug.
   c.model = "mlp:64"
-  c.methods = cifar10_memorise.data_methods()
   c.seed_loop = "vmap"
-  c.train.epochs = 30
-  c.train.batch_size = 64
   c.train.lr = 0.02
-  c.train.augment = 0
   return c
