@@ -35,14 +35,11 @@ def stamp() -> str:
                             text=True, timeout=10).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     commit = "unknown"
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
+  cpuinfo = Path("/proc/cpuinfo")
+  names = [line.split(":", 1)[1].strip() for line in
+           (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+           if line.startswith("model name")]
+  cpu = names[0] if names else (platform.processor() or platform.machine())
   import os
   return (f"commit {commit}, {time.strftime('%Y-%m-%d')}, JAX {jax.__version__}, "
           f"{jax.default_backend()} ({os.cpu_count()} cores, {cpu})")

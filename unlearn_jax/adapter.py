@@ -234,15 +234,19 @@ class ModelAdapter:
 
   def head_params(self, params, method: str = "this method") -> dict:
     """The head's parameter dict (`kernel` [d, C], `bias` [C])."""
-    node = params
+    node, walked = params, ()
     for name in self.require_head(method):
       if not isinstance(node, Mapping) or name not in node:
-        raise ValueError(f"head={self.head} is not a path in params (top-level keys: "
-                         f"{sorted(params)})")
-      node = node[name]
+        where = f"params{''.join(f'[{w!r}]' for w in walked)}"
+        keys = sorted(node) if isinstance(node, Mapping) else []
+        raise ValueError(f"head={self.head} is not a path in params: {where} has no "
+                         f"{name!r} (its keys: {keys})")
+      node, walked = node[name], walked + (name,)
     if not isinstance(node, Mapping) or "kernel" not in node:
-      raise ValueError(f"head={self.head} holds {sorted(node) if isinstance(node, Mapping) else node!r}; "
-                       f"{method} needs a Dense-like head with 'kernel' (and 'bias')")
+      raise ValueError(f"head={self.head} holds "
+                       f"{sorted(node) if isinstance(node, Mapping) else 'a single array'}; "
+                       f"allowed: a Dense-like module with 'kernel' [d, num_classes] (and "
+                       f"'bias'), as {method} needs")
     return node
 
   def replace_head(self, params, new_head: dict) -> dict:

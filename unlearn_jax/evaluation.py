@@ -188,8 +188,9 @@ def report_markdown(ev: Evaluation, title: str) -> str:
   lines = [f"## {title}", "",
            f"{ev.info['num_models']} unlearned vs {ev.info['num_models']} retrained models per "
            "method. F: forgetting quality (NeurIPS 2023 scoring code; 1 = indistinguishable "
-           "from retraining); score = F·RA_U/RA_R·TA_U/TA_R; ε̂: seed 004's per-example "
-           "Gaussian LR attack (0 ideal); U-LiRA accuracy (0.5 ideal); KLOM: 95th "
+           "from retraining); score = F·RA_U/RA_R·TA_U/TA_R; ε̂: the per-example "
+           "Gaussian LR attack of the project \"Forget with Precision\" (0 ideal); "
+           "U-LiRA accuracy (0.5 ideal); KLOM: 95th "
            "percentile over the forget / retain / test examples of the binned KL(unlearned ‖ "
            "retrained) of margins, the Easy Data Unlearning Bench's rule (Georgiev et al. "
            "2025; 0 ideal), and avg95 the mean of the three; MIA-efficacy and "

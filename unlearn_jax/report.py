@@ -194,7 +194,7 @@ def stage_markdown(spread: dict) -> str:
 
 # ----------------------------------------------------------------------------- plots
 def plot_loss_histograms(path: Path, name: str, losses: dict) -> None:
-  """Histogram of forget, test and retain losses of one model (seed 001's figure)."""
+  """Histogram of forget, test and retain losses of one model (the figure of the "Machine Unlearning" project, DebDDash/MachineUnlearning)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

@@ -106,19 +106,7 @@ def check_adapter(adapter: ModelAdapter, num_classes: int, input_shape: tuple) -
                      f"{collections or '(none)'}")
   if adapter.head is None:
     return
-  node, walked = shapes.get("params", {}), ()
-  for name in adapter.head:
-    if not isinstance(node, Mapping) or name not in node:
-      where = f"params{''.join(f'[{w!r}]' for w in walked)}"
-      keys = sorted(node) if isinstance(node, Mapping) else []
-      raise ValueError(f"head={adapter.head} is not a path in params: {where} has no "
-                       f"{name!r} (its keys: {keys})")
-    node, walked = node[name], walked + (name,)
-  if not isinstance(node, Mapping) or "kernel" not in node:
-    raise ValueError(f"head={adapter.head} holds "
-                     f"{sorted(node) if isinstance(node, Mapping) else 'a single array'}; "
-                     "allowed: a Dense-like module with 'kernel' [d, num_classes] (and 'bias')")
-  width = node["kernel"].shape[-1]
+  width = adapter.head_params(shapes.get("params", {}), "every method")["kernel"].shape[-1]
   if width != num_classes:
     raise ValueError(f"head={adapter.head} outputs {width} values; the logits have "
                      f"num_classes={num_classes}: give the path of the layer that produces "
