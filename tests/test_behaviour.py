@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import runner, setup
+from experiments import runner
 from experiments.configs import default
 from unlearn_jax import methods, report
 
