@@ -95,7 +95,7 @@ def test_random_label_rejects_unknown_variant(setup):
 
 def test_salun_masked_weights_stay_bitwise(setup):
   m, v, forget, retain, ctx = setup
-  from unlearn_jax.methods.surgery import saliency_mask
+  from unlearn_jax.importance import saliency_mask
   mask = saliency_mask(m, v, forget, 64, 0.5)
   fn = methods.make_method("salun", ctx, epochs=2)
   out, aux = jax.jit(fn)(v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
@@ -111,7 +111,7 @@ def test_salun_masked_weights_stay_bitwise(setup):
 
 def test_ssd_fisher_importance_is_the_mean_squared_per_example_gradient(setup):
   m, v, forget, retain, ctx = setup
-  from unlearn_jax.methods.surgery import _ce_grad, weight_importance
+  from unlearn_jax.importance import ce_gradient as _ce_grad, weight_importance
   x, y = forget[0][:8], forget[1][:8]
   fisher = weight_importance(m, v, (x, y), 8, "fisher")
   by_hand = jax.tree_util.tree_map(
@@ -124,7 +124,7 @@ def test_ssd_fisher_importance_is_the_mean_squared_per_example_gradient(setup):
 
 
 def test_woodfisher_product_matches_the_rank_one_recursion():
-  from unlearn_jax.methods.surgery import woodfisher_inverse_product
+  from unlearn_jax.methods.curvature import woodfisher_inverse_product
   rng = np.random.default_rng(0)
   n, p, damp = 12, 30, 0.05
   g = rng.normal(size=(n, p))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from unlearn_jax import methods, models, train
-from unlearn_jax.methods import base
-from unlearn_jax.methods.surgery import (assd_alpha, dampen, saliency_mask, top_fraction_mask,
-                                         union_set, weight_importance)
+from unlearn_jax import batching, losses
+from unlearn_jax.importance import saliency_mask, top_fraction_mask, weight_importance
+from unlearn_jax.methods.dampening import assd_alpha, dampen, union_set
 
 # Parity depends on the compiled program (fusion, reduction order): the optimised lane.
 pytestmark = pytest.mark.optimised
@@ -82,15 +82,15 @@ def _np_top_fraction_mask(scores, keep):
 
 def test_fixed_batches_mark_the_padding_of_the_short_last_batch():
   data = (jnp.arange(23.0), jnp.arange(23))
-  (xb, yb), valid = base.fixed_batches(data, 8)
+  (xb, yb), valid = batching.fixed_batches(data, 8)
   assert xb.shape == (3, 8) and valid.shape == (3, 8)
   assert valid.sum() == 23 and not valid[2, 7]
   np.testing.assert_array_equal(np.asarray(xb[valid]), np.arange(23.0))
   # Every reduction leaves the padding out: exact means whatever the batch size.
-  mean = base.weighted_batch_mean(lambda b, ok: base.masked_mean(b[0], ok), data, 8)
+  mean = batching.weighted_batch_mean(lambda b, ok: batching.masked_mean(b[0], ok), data, 8)
   np.testing.assert_allclose(float(mean), 11.0)
-  np.testing.assert_allclose(float(base.example_mean(lambda b: b[0], data, 8)), 11.0)
-  batch_means = base.batched_mean(lambda b, ok: base.masked_mean(b[0], ok), data, 8)
+  np.testing.assert_allclose(float(batching.example_mean(lambda b: b[0], data, 8)), 11.0)
+  batch_means = batching.batched_mean(lambda b, ok: batching.masked_mean(b[0], ok), data, 8)
   np.testing.assert_allclose(float(batch_means), (3.5 + 11.5 + 19.0) / 3)
 
 
@@ -198,7 +198,7 @@ def test_scrub_kl_is_the_reference_distill_kl(setup):
   tau = 4.0
   p_t = np.exp(_np_log_softmax(t / tau))
   ref = np.sum(p_t * (np.log(p_t) - _np_log_softmax(s / tau))) * tau ** 2 / x.shape[0]
-  np.testing.assert_allclose(float(base.kl_divergence(jnp.asarray(t), jnp.asarray(s), tau)),
+  np.testing.assert_allclose(float(losses.kl_divergence(jnp.asarray(t), jnp.asarray(s), tau)),
                              ref, rtol=1e-5)
 
 

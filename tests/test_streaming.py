@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from unlearn_jax import models, train
+from unlearn_jax import batching, models, train
 from unlearn_jax.data import streaming
 
 
@@ -30,7 +30,7 @@ def test_epoch_plan_is_the_scan_loops_plan():
   idx, keys = streaming.epoch_plan(key, 2, 100, 32)
   ekey = jax.random.fold_in(key, 2)
   np.testing.assert_array_equal(
-      idx, train.epoch_indices(jax.random.fold_in(ekey, 0), 100, 32))
+      idx, batching.epoch_indices(jax.random.fold_in(ekey, 0), 100, 32))
   assert idx.shape == (4, 32) and keys.shape[0] == 4
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import models, train
+from unlearn_jax import batching, models, train
 
 
 
@@ -79,7 +79,7 @@ def test_train_step_traces_once(digits):
 
 
 def test_epoch_indices_cover_every_example():
-  idx = train.epoch_indices(jax.random.PRNGKey(0), 10, 4)
+  idx = batching.epoch_indices(jax.random.PRNGKey(0), 10, 4)
   assert idx.shape == (3, 4)
   assert set(np.asarray(idx).ravel().tolist()) == set(range(10))
 

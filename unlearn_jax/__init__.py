@@ -15,7 +15,11 @@ logits or losses; callers `jit` and `vmap` them. The public API is flat (optax s
 Every registered method is a top-level name (`uj.finetune`, `uj.scrub`, ...; `help()` on
 one shows its update rule, paper, defaults and the data it reads); so are the metrics
 (`uj.accuracy`, `uj.per_example_epsilons`, ...), the models, training and data.
-Sub-packages: `uj.methods`, `uj.metrics`, `uj.models`, `uj.data`, `uj.train`,
+Every method is also its steps (`uj.scrub.steps(ctx)`: init, one update per phase,
+finalize; `uj.steps` documents the protocol and runs it): a caller may own the loop.
+Sub-packages: `uj.methods`, `uj.metrics`, `uj.models`, `uj.data`, `uj.train`, `uj.steps`
+(the step protocol and the one driver loop), `uj.batching` (batch order, padded last
+batches), `uj.losses` (CE, KL), `uj.importance` (weight importances),
 `uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`, `uj.tuning`
 (search spaces run as one vmapped program: K configurations × S seeds), `uj.sisa` (exact
 unlearning by sharded, sliced training: S shard models as one program).
@@ -23,7 +27,8 @@ unlearning by sharded, sliced training: S shard models as one program).
 
 __version__ = "0.2.0"
 
-from unlearn_jax import data, metrics, methods, models, parallel, sisa, train, tuning
+from unlearn_jax import (batching, data, losses, metrics, methods, models, parallel, sisa,
+                         steps, train, tuning)
 from unlearn_jax.adapter import ModelAdapter, as_adapter
 from unlearn_jax.data import (Dataset, Split, SplitSpec, load_dataset, make_split,
                               stratified_subset)
@@ -45,6 +50,6 @@ __all__ = (["ModelAdapter", "as_adapter", "Dataset", "Split", "SplitSpec", "load
             "select_data", "CNN", "MLP", "Conv", "ResNet18", "get_model", "init_variables",
             "TrainConfig", "TrainState", "cross_entropy", "fit", "init_train_state",
             "make_optimizer", "make_supervised_step", "predict", "predict_features",
-            "scan_epochs", "data", "metrics", "methods", "models", "parallel", "sisa", "train",
-            "tuning"]
+            "scan_epochs", "batching", "data", "losses", "metrics", "methods", "models",
+            "parallel", "sisa", "steps", "train", "tuning"]
            + list(_metric_names) + list(list_methods()))

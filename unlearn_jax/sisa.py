@@ -40,10 +40,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
+from unlearn_jax.steps import make_step
 
-SHARD_LOOPS = ("vmap", "sequential")
 AGGREGATIONS = ("vote", "mean_logits")
 
 
@@ -88,8 +89,7 @@ class SisaState:
 
 
 def _check(config: SisaConfig, n: int, shard_loop: str) -> None:
-  if shard_loop not in SHARD_LOOPS:
-    raise ValueError(f"shard_loop={shard_loop!r} is unknown; allowed: {', '.join(SHARD_LOOPS)}")
+  parallel.check_loop(shard_loop, "shard_loop")
   for name in ("shards", "slices", "epochs_per_slice", "batch_size"):
     if getattr(config, name) < 1:
       raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
@@ -141,22 +141,18 @@ def _stage_fn(model, config: SisaConfig):
   tx = _tx(config)
   bsz = config.batch_size
 
-  def step(state, batch, key):
+  def masked_ce(variables, batch, key):
     x, y, ok = batch
+    logits, updates = adapter.apply(variables, x, train=True, rng=key)
+    ce = train_lib.cross_entropy(logits, y)
+    return jnp.sum(ce * ok) / jnp.maximum(jnp.sum(ok), 1), (updates, {})
 
-    def loss_fn(params):
-      logits, updates = adapter.apply({**state.variables, "params": params}, x, train=True,
-                                      rng=key)
-      ce = train_lib.cross_entropy(logits, y)
-      return jnp.sum(ce * ok) / jnp.maximum(jnp.sum(ok), 1), updates
+  gradient_step = make_step(masked_ce, tx)
 
-    (_, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
-    deltas, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
-    params = optax.apply_updates(state.variables["params"], deltas)
-    new = train_lib.TrainState({**state.variables, **updates, "params": params}, opt_state,
-                               state.step + 1)
+  def step(state, batch, key):
+    new, _ = gradient_step(state, batch, key)
     # A batch with no example of this shard changes nothing at all.
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(jnp.any(ok), a, b), new, state)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(jnp.any(batch[2]), a, b), new, state)
 
   def run(state, x, y, ids, valid, key, stage):
     length = valid.shape[0]

@@ -1,10 +1,10 @@
-"""Pure training: a train step, epochs as `lax.scan` over device-resident data.
+"""Pure training: the recipe (optimizer, schedule, augmentation), `fit`, prediction.
 
 Everything here is a pure function of (variables, optimizer state, data, PRNG key):
-callers `jax.jit` it and `jax.vmap` it over seeds. Batches are index permutations
-drawn from the key; an epoch covers every example (the last batch wraps around),
-so small forget sets still take full steps. `scan_epochs` is the one epoch loop of the
-library: training, every method's phases and the population driver all run through it.
+callers `jax.jit` it and `jax.vmap` it over seeds. The step is `steps.make_step` (the one
+gradient step of the library), the loop `steps.scan_epochs`, the batch order
+`batching.epoch_plan` (a permutation per epoch; the last batch wraps around), the loss
+`losses.cross_entropy`: training and every method share them.
 
 The epoch key is `fold_in(key, epoch)` with the epoch read from the step counter in
 the state, so running epochs in chunks (for progress lines, or after a resume) gives
@@ -26,16 +26,18 @@ Every batch drawn here passes through `parallel.shard_batch`: inside
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from unlearn_jax.adapter import as_adapter
-from unlearn_jax.parallel import shard_batch
+# The step, the epoch loop, the batch order and the loss live in one place each; training
+# uses them like every method does.
+from unlearn_jax.batching import in_batches, steps_per_epoch  # noqa: F401 (re-exported)
+from unlearn_jax.losses import cross_entropy
+from unlearn_jax.steps import TrainState, init_train_state, make_step, scan_epochs  # noqa: F401
 
 Variables = dict  # {"params": ..., and the model's other collections}
 
@@ -52,19 +54,6 @@ class TrainConfig:
   optimizer: str = "sgd"
   augment: bool = False
   grad_clip: float = 0.0
-
-
-@flax.struct.dataclass
-class TrainState:
-  variables: Variables
-  opt_state: Any
-  step: jax.Array
-
-
-# ----------------------------------------------------------------------------- losses
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example CE with integer labels: −log softmax(logits)_y."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def forward(model, variables: Variables, x: jax.Array, train: bool, rng=None):
@@ -105,10 +94,6 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
   return optax.chain(*parts)
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-  return max(1, math.ceil(n / batch_size))
-
-
 # ----------------------------------------------------------------------------- augmentation
 def augment_batch(x: jax.Array, key: jax.Array, pad: int = 4) -> jax.Array:
   """Random crop (zero padding `pad`) and horizontal flip, per example (CIFAR recipe)."""
@@ -125,85 +110,23 @@ def augment_batch(x: jax.Array, key: jax.Array, pad: int = 4) -> jax.Array:
   return jax.vmap(one)(padded, offsets, flips)
 
 
-# ----------------------------------------------------------------------------- epoch loops
-def epoch_indices(key: jax.Array, n: int, batch_size: int) -> jax.Array:
-  """[steps, batch_size] indices of a permutation; the last batch wraps around."""
-  nb = steps_per_epoch(n, batch_size)
-  perm = jax.random.permutation(key, n)
-  return jnp.resize(perm, (nb * batch_size,)).reshape(nb, batch_size)
-
-
-def epoch_plan(key: jax.Array, epoch, n: int, batch_size: int):
-  """(batch indices [steps, batch_size], step keys [steps]) of epoch `epoch`: the one
-  derivation of an epoch's order, shared by `scan_epochs` and streaming input."""
-  ekey = jax.random.fold_in(key, epoch)
-  idx = epoch_indices(jax.random.fold_in(ekey, 0), n, batch_size)
-  return idx, jax.random.split(jax.random.fold_in(ekey, 1), idx.shape[0])
-
-
-def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_epochs: int,
-                batch_size: int, first_epoch: jax.Array | int = 0):
-  """Runs `num_epochs` epochs of `step_fn(carry, batch, key) -> (carry, metrics)`.
-
-  `data` is a pytree of arrays sharing their leading (example) axis; each epoch draws
-  a permutation from `fold_in(key, epoch)`. Returns (carry, per-epoch mean metrics).
-  NumPy leaves are taken as device arrays first (they may be indexed by traced indices).
-  """
-  data = jax.tree_util.tree_map(jnp.asarray, data)
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-
-  def one_epoch(carry, epoch):
-    idx, bkeys = epoch_plan(key, epoch, n, batch_size)
-
-    def body(carry, xs):
-      bidx, bkey = xs
-      batch = shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], data))
-      return step_fn(carry, batch, bkey)
-
-    carry, metrics = jax.lax.scan(body, carry, (idx, bkeys))
-    return carry, jax.tree_util.tree_map(jnp.mean, metrics)
-
-  epochs = jnp.arange(num_epochs) + first_epoch
-  return jax.lax.scan(one_epoch, carry, epochs)
-
-
-def repeat_steps(step_fn: Callable, carry: Any, key: jax.Array, num_steps: int):
-  """Runs `step_fn(carry, key) -> (carry, metrics)` `num_steps` times as one `lax.scan`,
-  with keys split from `key` (data-free loops such as zero-shot generators). Returns
-  (carry, stacked metrics)."""
-  return jax.lax.scan(step_fn, carry, jax.random.split(key, num_steps))
-
-
+# ----------------------------------------------------------------------------- steps
 def make_supervised_step(model, tx: optax.GradientTransformation,
                          augment: bool = False) -> Callable:
-  """One step of mean CE on a batch `(x, y)`; returns (state, {loss, accuracy}). The step's
-  key draws the augmentation and the model's train-mode rng streams (dropout)."""
+  """One step of mean CE on a batch `(x, y)` (`steps.make_step`); returns (state, {loss,
+  accuracy}). The step's key draws the augmentation and the model's train-mode rng streams
+  (dropout)."""
   adapter = as_adapter(model)
 
-  def step(state: TrainState, batch, key):
+  def loss_fn(variables, batch, key):
     x, y = batch
     if augment:
       x = augment_batch(x, key)
+    logits, updates = adapter.apply(variables, x, train=True, rng=key)
+    return cross_entropy(logits, y).mean(), (updates, {
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)})
 
-    def loss_fn(params):
-      logits, updates = adapter.apply({**state.variables, "params": params}, x, train=True,
-                                      rng=key)
-      loss = cross_entropy(logits, y).mean()
-      return loss, (updates, jnp.mean(jnp.argmax(logits, -1) == y))
-
-    (loss, (updates, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.variables["params"])
-    deltas, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
-    params = optax.apply_updates(state.variables["params"], deltas)
-    new_state = TrainState({**state.variables, **updates, "params": params}, opt_state,
-                           state.step + 1)
-    return new_state, {"loss": loss, "accuracy": acc}
-
-  return step
-
-
-def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(variables, tx.init(variables["params"]), jnp.zeros((), jnp.int32))
+  return make_step(loss_fn, tx)
 
 
 def train_epochs(model, cfg: TrainConfig, state: TrainState, x: jax.Array,
@@ -229,28 +152,17 @@ def fit(model, cfg: TrainConfig, variables: Variables, x: jax.Array,
 
 
 # ----------------------------------------------------------------------------- prediction
-def _in_batches(fn: Callable, x: jax.Array, batch_size: int):
-  """fn over fixed-size batches of x (`lax.map`, the last batch padded), rows restored."""
-  x = jnp.asarray(x)
-  n = x.shape[0]
-  if n <= batch_size:
-    return fn(shard_batch(x))
-  nb = math.ceil(n / batch_size)
-  padded = jnp.pad(x, ((0, nb * batch_size - n),) + ((0, 0),) * (x.ndim - 1))
-  out = jax.lax.map(lambda b: fn(shard_batch(b)), padded.reshape((nb, batch_size) + x.shape[1:]))
-  return jax.tree_util.tree_map(lambda a: a.reshape((nb * batch_size,) + a.shape[2:])[:n], out)
-
 
 def predict(model, variables: Variables, x: jax.Array, batch_size: int = 1000) -> jax.Array:
   """Eval-mode logits for every row of x, in batches."""
   adapter = as_adapter(model)
-  return _in_batches(lambda b: adapter.logits(variables, b), x, batch_size)
+  return in_batches(lambda b: adapter.logits(variables, b), x, batch_size)
 
 
 def predict_features(model, variables: Variables, x: jax.Array, batch_size: int = 1000):
   """Eval-mode (logits, penultimate features) for every row of x (the adapter's features)."""
   adapter = as_adapter(model)
-  return _in_batches(lambda b: adapter.features(variables, b)[:2], x, batch_size)
+  return in_batches(lambda b: adapter.features(variables, b)[:2], x, batch_size)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import parallel
+from unlearn_jax import steps as steps_lib
 from unlearn_jax.methods.base import SCALES, HyperparameterError
 
 
@@ -100,7 +102,8 @@ def config_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mappin
   base = _checked(method, configs, fixed)
 
   def one(hp, variables, data, key):
-    return method.factory(ctx, **{**base, **hp})(variables, data, key)
+    # The factory directly: traced hyperparameters cannot pass the registry's checks.
+    return steps_lib.run(method.factory(ctx, **{**base, **hp}), variables, data, key)
 
   return one
 
@@ -123,7 +126,6 @@ def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping 
   return run
 
 
-SEARCH_LOOPS = ("vmap", "sequential")
 
 
 def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "vmap"):
@@ -132,8 +134,7 @@ def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "
   (`config_unlearn`) called K·S times — on CPU conv models the vmapped program does not
   pay. Returns (variables [K, S, ...], seconds of the search after compilation,
   compile seconds)."""
-  if loop not in SEARCH_LOOPS:
-    raise ValueError(f"loop={loop!r} is unknown; allowed: {', '.join(SEARCH_LOOPS)}")
+  parallel.check_loop(loop, "loop")
   if loop == "vmap":
     fn = jax.jit(grid_unlearn(method, ctx, configs, fixed))
     t0 = time.perf_counter()

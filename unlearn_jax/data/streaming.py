@@ -1,13 +1,13 @@
 """Streaming input: train from a random-access source without the dataset in device memory.
 
-The in-memory path (`train.scan_epochs`) gathers each batch on the device from arrays
+The in-memory path (`steps.scan_epochs`) gathers each batch on the device from arrays
 that sit there whole. For data that should not, `fit_streaming` reads each batch on the
 host from a random-access *source* (a `tfds.data_source`, or `ArraySource` over host
 arrays), converts it with a `transform`, and hands it to the *same* pure step
 (`train.make_supervised_step`) as one global array:
 
-- the batch order is `train.epoch_indices(fold_in(fold_in(key, epoch), 0), n, B)` and the
-  step keys those of `train.scan_epochs`, so streaming training is the in-memory training
+- the batch order is `batching.epoch_indices(fold_in(fold_in(key, epoch), 0), n, B)` and the
+  step keys those of `steps.scan_epochs`, so streaming training is the in-memory training
   (a test checks they agree);
 - with several processes (multi-host), each reads only its rows of every global batch
   (`parallel.local_batch_slice`) and `jax.make_array_from_process_local_data` assembles
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unlearn_jax import parallel
+from unlearn_jax import batching, parallel
 from unlearn_jax import train as train_lib
 
 Transform = Callable[[Sequence[dict]], tuple]
@@ -98,8 +98,8 @@ def _get(source, idx: Sequence[int]) -> list:
 
 
 def epoch_plan(key: jax.Array, epoch: int, n: int, batch_size: int):
-  """(indices [steps, B] on the host, step keys [steps]) of one epoch: `train.epoch_plan`."""
-  idx, keys = train_lib.epoch_plan(key, epoch, n, batch_size)
+  """(indices [steps, B] on the host, step keys [steps]) of one epoch: `batching.epoch_plan`."""
+  idx, keys = batching.epoch_plan(key, epoch, n, batch_size)
   return np.asarray(idx), keys
 
 
@@ -137,15 +137,25 @@ def host_batches(source, idx: np.ndarray, transform: Transform, mesh=None, prefe
     stop.set()
 
 
+def train_step(model, cfg: train_lib.TrainConfig, steps_per_epoch: int) -> Callable:
+  """The jitted supervised step `fit_streaming` runs (the recipe's optimizer over
+  `steps_per_epoch` steps per epoch); build it once and pass it to every call."""
+  tx = train_lib.make_optimizer(cfg, steps_per_epoch)
+  return jax.jit(train_lib.make_supervised_step(model, tx, cfg.augment))
+
+
 def fit_streaming(model, cfg: train_lib.TrainConfig, variables, source, key: jax.Array,
                   transform: Optional[Transform] = None, mesh=None, prefetch: int = 2,
-                  first_epoch: int = 0, on_epoch: Optional[Callable] = None):
+                  first_epoch: int = 0, on_epoch: Optional[Callable] = None,
+                  step: Optional[Callable] = None):
   """`train.fit` with batches streamed from `source` (see the module docstring).
 
   `transform` defaults to records that are already model inputs (`ArraySource` over
   normalised arrays). With a `mesh`, weights are replicated and each batch split over
   its `data` axis. `on_epoch(epoch, state, metrics)` is called after every epoch (progress,
-  checkpoints). Returns (variables, per-epoch mean metrics)."""
+  checkpoints). `step`: the jitted `train_step(model, cfg, steps_per_epoch)` of an earlier
+  call to reuse (seed after seed: one compilation). Returns (variables, per-epoch mean
+  metrics)."""
   transform = transform or image_transform(scale=1.0)
   n = len(source)
   if mesh is None and jax.process_count() > 1:
@@ -154,7 +164,7 @@ def fit_streaming(model, cfg: train_lib.TrainConfig, variables, source, key: jax
     parallel.check_batch_size(cfg.batch_size, mesh)
   spe = train_lib.steps_per_epoch(n, cfg.batch_size)
   tx = train_lib.make_optimizer(cfg, spe)
-  step = jax.jit(train_lib.make_supervised_step(model, tx, cfg.augment))
+  step = step or train_step(model, cfg, spe)
   state = train_lib.init_train_state(variables, tx)
   if mesh is not None:
     state = parallel.replicate(state, mesh)

@@ -1,29 +1,35 @@
-"""The method interface: a registry of factories returning pure unlearning functions.
+"""The method interface: a registry of factories returning a method's steps.
 
 A method is registered with the data it reads (`forget`, `retain`, both, or none),
-its defaults, its paper and the scenarios it is meant for:
+its defaults, its paper and the scenarios it is meant for; its factory returns its
+`steps.Steps` (init, phases, finalize: `unlearn_jax.steps`):
 
     @register("finetune", reads=("retain",), defaults=dict(epochs=5, lr=0.02), ...)
     def finetune(ctx: MethodContext, *, epochs, lr):
       # docstring: update rule, paper, defaults, data read
-      def unlearn(variables, data: UnlearnData, key):
-        new_variables, history = finetune_on(ctx.model, variables, data.retain, key,
-                                             epochs=epochs, lr=lr, batch_size=64)
-        return new_variables, {"final_loss": history["loss"][-1]}
-      return unlearn
+      def init(variables, data, key):
+        return StepState(model_state(variables), {"retain": data.retain}, {"finetune": key})
+      return Steps(init, (ce_phase("finetune", ctx.model, "retain", epochs=epochs, lr=lr,
+                                   batch_size=64),))
 
 `register` returns the *method*: a function `method(ctx, **overrides) -> unlearn` with the
 factory's docstring and signature (so `help(uj.finetune)` shows the rule, the paper, the
 defaults and the data it reads) and the registry's facts as attributes (`name`, `reads`,
-`defaults`, `paper`, `scenarios`, `requires`, `choices`). Calling it checks every
-hyperparameter (name, type, range, choices: a `HyperparameterError`, a ValueError naming
-the method, the argument, the value and what is allowed) and returns the pure
-`unlearn(variables, data, key) -> (variables, aux)`; `aux` is a dict of scalars (e.g.
-`stopped_early` for ascent methods). `unlearn` checks the data's shapes when it is traced
-(before anything compiles). Methods never jit themselves: the caller applies
+`defaults`, `paper`, `scenarios`, `requires`, `choices`); `method.steps(ctx, **overrides)`
+returns the steps themselves, for a caller who owns the loop. Calling the method checks
+every hyperparameter (name, type, range, choices: a `HyperparameterError`, a ValueError
+naming the method, the argument, the value and what is allowed) and returns the pure
+`unlearn(variables, data, key) -> (variables, aux)`: the steps run by the one driver loop
+(`steps.run`; its `evaluate`, `every` and `progress` pass through). `aux` is a dict of
+scalars (e.g. `stopped_early` for ascent methods). `unlearn` checks the data's shapes when
+it is traced (before anything compiles). Methods never jit themselves: the caller applies
 `jax.jit`/`jax.vmap`. `select_data` builds the `UnlearnData` a method may see (and checks
 the labels when they are concrete): the fields it did not declare are `None`, so a method
 cannot read them by accident.
+
+The phase builders below are shared by the method families: `gradient_phase` (epochs of
+`steps.make_step` on a loss), `ce_phase` (plain CE fine-tuning, the repair phase of many
+methods), `edit_phase` and `one_shot` (a single edit of the weights).
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearn_jax import batching, losses
+from unlearn_jax import steps as steps_lib
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import ModelAdapter, as_adapter
-from unlearn_jax.parallel import shard_batch
+from unlearn_jax.steps import Phase, StepState, Steps, TrainState, init_train_state, make_step
 
 ACCESS_CHOICES = ("forget", "retain")
 
@@ -259,10 +267,10 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
       if not isinstance(ctx, MethodContext):
         raise ValueError(f"{name}: the first argument must be a MethodContext; got "
                          f"{type(ctx).__name__}")
-      unlearn = factory(ctx, **method.validate(overrides))
+      built = method.steps(ctx, **overrides)
 
-      @functools.wraps(unlearn)
-      def checked(variables, data: UnlearnData, key):
+      def checked(variables, data: UnlearnData, key, *, evaluate=None, every: int = 1,
+                  progress=None):
         if isinstance(variables, Mapping) and not isinstance(variables, dict):
           variables = flax.core.unfreeze(variables)    # a FrozenDict: a plain dict of it
         if not isinstance(variables, dict) or "params" not in variables:
@@ -283,9 +291,23 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
         if jnp.shape(out)[-1:] != (ctx.num_classes,):
           raise ValueError(f"{name}: the model returns logits of shape {jnp.shape(out)}; the "
                            f"context says num_classes={ctx.num_classes}")
-        return unlearn(variables, data, key)
+        return steps_lib.run(built, variables, data, key, evaluate=evaluate, every=every,
+                             progress=progress)
 
+      functools.update_wrapper(checked, factory)
+      checked.steps = built
       return checked
+
+    def steps(ctx: MethodContext, **overrides) -> Steps:
+      """The method's `Steps` (`unlearn_jax.steps`) at `overrides` over the defaults."""
+      if not isinstance(ctx, MethodContext):
+        raise ValueError(f"{name}: the first argument must be a MethodContext; got "
+                         f"{type(ctx).__name__}")
+      built = factory(ctx, **method.validate(overrides))
+      if not isinstance(built, Steps):
+        raise TypeError(f"{name}: its factory must return a steps.Steps; got "
+                        f"{type(built).__name__}")
+      return built
 
     def validate(overrides: dict) -> dict:
       """Defaults with `overrides`, each checked; HyperparameterError for the first bad one."""
@@ -298,6 +320,7 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
               for k, v in {**defaults, **overrides}.items()}
 
     method.validate = validate
+    method.steps = steps
     method.name = name
     method.factory = factory
     method.reads = tuple(reads)
@@ -360,7 +383,7 @@ def select_data(spec, forget: Optional[tuple] = None, retain: Optional[tuple] = 
   return out
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- phases
 def sgd(lr: float, momentum: float = 0.9, weight_decay: float = 0.0, grad_clip: float = 0.0,
         schedule: str = "constant", total_steps: int = 1) -> optax.GradientTransformation:
   """The optimizer most methods use: clipped SGD with momentum and weight decay."""
@@ -369,170 +392,86 @@ def sgd(lr: float, momentum: float = 0.9, weight_decay: float = 0.0, grad_clip: 
   return train_lib.make_optimizer(cfg, total_steps)
 
 
-def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool = False,
-              with_step: bool = False, mask=None):
-  """A gradient step on `loss_fn(variables, batch, key) -> (loss, (updates, metrics))`.
-
-  `updates` are the collections the loss's train-mode forward passes mutated (BatchNorm
-  statistics; `{}` for none): the new variables are `{**variables, **updates, "params":
-  new params}`, so collections the model has but does not mutate are carried unchanged.
-  `with_step` passes the step counter as a fourth argument (for schedules inside the
-  loss, e.g. l1_sparse's decaying α_t). `mask` (a params-shaped tree of bools) keeps
-  every weight where it is False bitwise unchanged: applied after the whole optimizer,
-  i.e. after weight decay and momentum (SalUn).
-
-  With `guard`, a step whose loss or new weights are not finite is dropped and the
-  carry's `stopped` flag is set (the run keeps its last finite weights): ascent
-  methods use it so that no NaN/Inf ever leaves them.
-  """
-
-  def step(state: train_lib.TrainState, batch, key):
-    variables = state.variables
-
-    def wrapped(params):
-      v = {**variables, "params": params}
-      return loss_fn(v, batch, key, state.step) if with_step else loss_fn(v, batch, key)
-
-    (loss, (updates, metrics)), grads = jax.value_and_grad(wrapped, has_aux=True)(
-        variables["params"])
-    deltas, opt_state = tx.update(grads, state.opt_state, variables["params"])
-    params = optax.apply_updates(variables["params"], deltas)
-    if mask is not None:
-      params = jax.tree_util.tree_map(jnp.where, mask, params, variables["params"])
-    new_state = train_lib.TrainState({**variables, **updates, "params": params}, opt_state,
-                                     state.step + 1)
-    metrics = {"loss": loss, **metrics}
-    if guard:
-      finite = jnp.isfinite(loss) & all_finite(params) & all_finite(updates)
-      new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-      metrics["nonfinite"] = (~finite).astype(jnp.float32)
-    return new_state, metrics
-
-  return step
+def adam(lr: float) -> optax.GradientTransformation:
+  """Adam at a constant lr, no weight decay (the distillation methods')."""
+  return train_lib.make_optimizer(
+      train_lib.TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, schedule="constant"), 1)
 
 
-def all_finite(tree) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  if not leaves:
-    return jnp.array(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+def model_state(variables) -> TrainState:
+  """A carry holding only the model: the first gradient phase's `enter` gives it its
+  optimizer state."""
+  return TrainState(variables, (), jnp.zeros((), jnp.int32))
 
 
-def run_epochs(step, variables, tx, data, key, epochs, batch_size):
-  """Runs `step` for `epochs` over `data` from fresh optimizer state."""
-  state = train_lib.init_train_state(variables, tx)
-  state, history = train_lib.scan_epochs(step, state, data, key, epochs, batch_size)
-  return state.variables, history
+def gradient_phase(name: str, loss: Callable, source: str, *, epochs: int, batch_size: int,
+                   optimizer: Callable, guard: bool = False, mask: Optional[str] = None,
+                   fresh: bool = True) -> Phase:
+  """A phase of gradient steps (`steps.make_step`) on `loss(state, variables, batch, key)
+  -> (loss, (updates, metrics))` over `epochs` passes of `feeds[source]`.
+
+  `optimizer(total_steps) -> tx` (total over the phase, for cosine schedules; the count
+  comes from the feed's static shape). `fresh`: the phase starts from a new optimizer state
+  (its `enter`), as every method's separate stages do. `mask`: the name of a params-shaped
+  bool tree in `state.const` (weights where it is False stay bitwise unchanged). The carry
+  is a `TrainState`."""
+  def tx_of(state):
+    n = jax.tree_util.tree_leaves(state.feeds[source])[0].shape[0]
+    return optimizer(epochs * batching.steps_per_epoch(n, batch_size))
+
+  def update(state: StepState, batch, key):
+    step = make_step(lambda v, b, k: loss(state, v, b, k), tx_of(state), guard=guard,
+                     mask=None if mask is None else state.const[mask])
+    carry, metrics = step(state.carry, batch, key)
+    return state._replace(carry=carry), metrics
+
+  enter = None
+  if fresh:
+    enter = lambda state, key: state._replace(
+        carry=init_train_state(state.carry.variables, tx_of(state)))
+  return Phase(name, update, source=source, epochs=epochs, batch_size=batch_size, enter=enter)
 
 
-def sample_batch(data: tuple, key: jax.Array, batch_size: int) -> tuple:
-  """A uniformly sampled batch (with replacement) from `(x, y)`: pairs retain batches
-  with forget batches in the interleaved methods."""
-  data = jax.tree_util.tree_map(jnp.asarray, data)
-  n = data[0].shape[0]
-  idx = jax.random.randint(key, (batch_size,), 0, n)
-  return shard_batch(jax.tree_util.tree_map(lambda a: a[idx], data))
+def ce_phase(name: str, model, source: str, *, epochs: int, batch_size: int, lr: float,
+             momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "cosine",
+             train: bool = True) -> Phase:
+  """Plain CE fine-tuning on `feeds[source]` (the repair phase of many methods): SGD with
+  `momentum`, `weight_decay`, a `schedule` over the phase; eval-mode forward passes with
+  `train=False`."""
+  ce = losses.ce_loss(model, train=train)
+  return gradient_phase(name, lambda st, v, b, k: ce(v, b, k), source, epochs=epochs,
+                        batch_size=batch_size,
+                        optimizer=lambda total: sgd(lr, momentum, weight_decay,
+                                                    schedule=schedule, total_steps=total))
 
 
-def ce_loss(model, train: bool = True):
-  """`loss_fn` of mean CE on `(x, y)` for `make_step` (the step's key feeds the model's
-  train-mode rng streams)."""
-  adapter = as_adapter(model)
+def edit_phase(name: str, edit: Callable) -> Phase:
+  """A one-shot phase: `edit(state, variables, key) -> (variables, aux)` applied once with
+  the phase's own key (a dampening, a reset, a Newton step); its aux scalars are the phase's
+  metrics. The carry becomes `model_state` of the result (a later gradient phase starts a
+  fresh optimizer on it)."""
+  def update(state: StepState, batch, key):
+    del batch
+    variables, aux = edit(state, state.carry.variables, key)
+    return state._replace(carry=model_state(variables)), dict(aux)
+  return Phase(name, update, steps=1)
 
-  def loss_fn(variables, batch, key):
-    x, y = batch
-    logits, updates = adapter.apply(variables, x, train=train, rng=key)
-    return train_lib.cross_entropy(logits, y).mean(), (updates, {})
 
-  return loss_fn
+def one_shot(name: str, edit: Callable) -> Steps:
+  """A method that is a single edit, `edit(variables, data, key) -> (variables, aux)` with
+  the method's key (SSD, Fisher forgetting, influence): one `edit_phase`, its aux the
+  method's."""
+  def init(variables, data, key):
+    return StepState(model_state(variables), {"data": data}, {name: key})
+
+  return Steps(init, (edit_phase(name, lambda st, v, k: edit(v, st.feeds["data"], k)),),
+               report=lambda st, h: {k: v[0] for k, v in h[name].items()})
 
 
 def random_other_labels(key: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
   """Labels drawn uniformly from the classes other than y."""
   shift = jax.random.randint(key, y.shape, 1, num_classes)
   return (y + shift) % num_classes
-
-
-def finetune_on(model, variables, data, key, *, epochs, lr, batch_size, momentum=0.9,
-                weight_decay=5e-4, schedule="cosine"):
-  """Plain CE fine-tuning of `variables` on `(x, y)` (the repair phase of many methods)."""
-  n = data[0].shape[0]
-  tx = sgd(lr, momentum, weight_decay, schedule=schedule,
-           total_steps=epochs * train_lib.steps_per_epoch(n, batch_size))
-  return run_epochs(make_step(ce_loss(model), tx), variables, tx, data, key, epochs, batch_size)
-
-
-def fixed_batches(data: tuple, batch_size: int) -> tuple:
-  """`(batches, valid)`: `data` in order as [num_batches, batch_size, ...] and a
-  [num_batches, batch_size] bool mask. The last batch is short, as a PyTorch loader's:
-  its padding rows (wrapped from the start of the set) are marked invalid, and every
-  reduction below leaves them out."""
-  data = jax.tree_util.tree_map(jnp.asarray, data)
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-  total = train_lib.steps_per_epoch(n, batch_size) * batch_size
-  idx = (jnp.arange(total) % n).reshape(-1, batch_size)
-  valid = (jnp.arange(total) < n).reshape(-1, batch_size)
-  return jax.tree_util.tree_map(lambda a: a[idx], data), valid
-
-
-def masked_sum(values: jax.Array, valid: jax.Array) -> jax.Array:
-  """Sum of `values` [batch, ...] over the rows where `valid` [batch] is True."""
-  w = valid.astype(values.dtype).reshape(valid.shape + (1,) * (values.ndim - 1))
-  return jnp.sum(values * w, axis=0)
-
-
-def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
-  """Mean of `values` [batch, ...] over the rows where `valid` [batch] is True."""
-  return masked_sum(values, valid) / jnp.maximum(jnp.sum(valid), 1)
-
-
-def batched_mean(fn: Callable, data: tuple, batch_size: int):
-  """Mean over the ⌈n/B⌉ fixed-order batches of `fn(batch, valid)` (a pytree), one
-  `lax.map`: a reference loader's `Σ_batches stat(batch) / len(loader)`. `fn` reduces its
-  batch over the rows where `valid` is True (`masked_mean`), so the short last batch is a
-  real short batch, not a wrapped full one."""
-  batches, valid = fixed_batches(data, batch_size)
-  out = jax.lax.map(lambda bv: fn(shard_batch(bv[0]), bv[1]), (batches, valid))
-  return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
-
-
-def weighted_batch_mean(fn: Callable, data: tuple, batch_size: int):
-  """Exact mean over the n examples from batch means: Σ_b |b|·fn(batch_b, valid_b) / n,
-  where `fn` returns the mean over its batch's valid rows (`masked_mean`) — e.g. the mean
-  CE gradient of a whole set without per-example gradients."""
-  batches, valid = fixed_batches(data, batch_size)
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-  out = jax.lax.map(lambda bv: jax.tree_util.tree_map(
-      lambda a: a * jnp.sum(bv[1]).astype(a.dtype), fn(shard_batch(bv[0]), bv[1])),
-      (batches, valid))
-  return jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0) / n, out)
-
-
-def example_mean(fn: Callable, data: tuple, batch_size: int):
-  """Exact mean over the n examples of `fn(batch) -> per-example values` (a pytree of
-  [batch, ...] arrays), computed batch by batch in one `lax.map`; padding rows of the
-  short last batch are left out."""
-  batches, valid = fixed_batches(data, batch_size)
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-
-  sums = jax.lax.map(lambda bv: jax.tree_util.tree_map(
-      lambda a: masked_sum(a, bv[1]), fn(shard_batch(bv[0]))), (batches, valid))
-  return jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0) / n, sums)
-
-
-def kl_divergence(teacher_logits, student_logits, tau: float = 1.0):
-  """Mean over the batch of τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) (Hinton's scaling)."""
-  p_log = jax.nn.log_softmax(teacher_logits / tau)
-  q_log = jax.nn.log_softmax(student_logits / tau)
-  return (tau ** 2) * jnp.mean(jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1))
-
-
-def subsample(data: tuple, key: jax.Array, fraction: float, minimum: int = 1) -> tuple:
-  """A random subset (without replacement) of a static size round(fraction·n)."""
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-  k = int(min(n, max(minimum, round(fraction * n))))
-  idx = jax.random.choice(key, n, (k,), replace=False)
-  return jax.tree_util.tree_map(lambda a: a[idx], data)
 
 
 Hparams = dict[str, Any]

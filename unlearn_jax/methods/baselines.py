@@ -11,11 +11,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from unlearn_jax import train as train_lib
+from unlearn_jax import losses
 from unlearn_jax.adapter import as_adapter
-from unlearn_jax.methods.base import (MethodContext, UnlearnData, ce_loss, finetune_on,
-                                      make_step, random_other_labels, register, run_epochs,
-                                      sample_batch, sgd)
+from unlearn_jax.batching import sample_batch, steps_per_epoch
+from unlearn_jax.methods.base import (MethodContext, ce_phase, gradient_phase, model_state,
+                                      random_other_labels, register, sgd)
+from unlearn_jax.steps import Phase, StepState, Steps, init_train_state, make_step
 
 
 @register("finetune", space=dict(lr=("log", 1e-3, 1.0), weight_decay=("log", 1e-5, 0.05)),
@@ -31,37 +32,30 @@ def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_dec
   behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
 
-  def unlearn(variables, data: UnlearnData, key):
-    variables, history = finetune_on(ctx.model, variables, data.retain, key, epochs=epochs,
-                                     lr=lr, batch_size=batch_size, momentum=momentum,
-                                     weight_decay=weight_decay)
-    return variables, {"final_loss": history["loss"][-1]}
+  def init(variables, data, key):
+    return StepState(model_state(variables), {"retain": data.retain}, {"finetune": key})
 
-  return unlearn
+  return Steps(init, (ce_phase("finetune", ctx.model, "retain", epochs=epochs,
+                               batch_size=batch_size, lr=lr, momentum=momentum,
+                               weight_decay=weight_decay),),
+               report=lambda st, h: {"final_loss": h["finetune"]["loss"][-1]})
 
 
-def _ascent_step(model, tx, loss_cap):
+def _ascent_update(model, tx, loss_cap):
   """Gradient ascent on the forget batch that stops for good once the batch CE exceeds
-  `loss_cap` or anything turns non-finite; the carry is (state, stopped)."""
-  model = as_adapter(model)
-  inner = make_step(lambda v, b, k: _neg_ce(model, v, b, k), tx, guard=True)
+  `loss_cap` or anything turns non-finite; the carry is (train state, stopped)."""
+  inner = make_step(losses.ce_loss(model, sign=-1.0), tx, guard=True)
 
-  def step(carry, batch, key):
-    state, stopped = carry
-    new_state, metrics = inner(state, batch, key)
+  def update(state: StepState, batch, key):
+    train_state, stopped = state.carry
+    new_state, metrics = inner(train_state, batch, key)
     ce = -metrics["loss"]
     accept = (~stopped) & (ce <= loss_cap) & (metrics["nonfinite"] == 0)
-    state = jax.tree_util.tree_map(lambda n, o: jnp.where(accept, n, o), new_state, state)
-    return (state, stopped | ~accept), {"forget_ce": ce}
+    train_state = jax.tree_util.tree_map(lambda n, o: jnp.where(accept, n, o), new_state,
+                                         train_state)
+    return state._replace(carry=(train_state, stopped | ~accept)), {"forget_ce": ce}
 
-  return step
-
-
-def _neg_ce(model, variables, batch, key):
-  model = as_adapter(model)
-  x, y = batch
-  logits, updates = model.apply(variables, x, train=True, rng=key)
-  return -train_lib.cross_entropy(logits, y).mean(), (updates, {})
+  return update
 
 
 @register("neggrad", space=dict(lr=("log", 1e-4, 0.3), loss_cap_factor=("linear", 0.5, 3.0)),
@@ -80,17 +74,17 @@ def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_f
   behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   loss_cap = loss_cap_factor * math.log(ctx.num_classes)
+  tx = sgd(lr, momentum=0.0, grad_clip=grad_clip)
 
-  def unlearn(variables, data: UnlearnData, key):
-    tx = sgd(lr, momentum=0.0, grad_clip=grad_clip)
-    state = train_lib.init_train_state(variables, tx)
-    (state, stopped), history = train_lib.scan_epochs(
-        _ascent_step(ctx.model, tx, loss_cap), (state, jnp.array(False)), data.forget, key,
-        epochs, batch_size)
-    return state.variables, {"stopped_early": stopped,
-                             "final_forget_ce": history["forget_ce"][-1]}
+  def init(variables, data, key):
+    return StepState((init_train_state(variables, tx), jnp.array(False)),
+                     {"forget": data.forget}, {"ascent": key})
 
-  return unlearn
+  return Steps(init, (Phase("ascent", _ascent_update(ctx.model, tx, loss_cap), "forget",
+                            epochs=epochs, batch_size=batch_size),),
+               finalize=lambda st: st.carry[0].variables,
+               report=lambda st, h: {"stopped_early": st.carry[1],
+                                     "final_forget_ce": h["ascent"]["forget_ce"][-1]})
 
 
 RANDOM_LABEL_VARIANTS = ("interleaved", "forget_only", "whole", "hybrid")
@@ -120,44 +114,32 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
   behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model, C = ctx.model, ctx.num_classes
+  ce = losses.ce_loss(model)
 
-  def poisoned_ce(variables, batch, key):
-    x, y_wrong = batch
-    logits, updates = model.apply(variables, x, train=True, rng=key)
-    return train_lib.cross_entropy(logits, y_wrong).mean(), (updates, {})
+  def interleaved_loss(state, variables, batch, key):
+    xf, yf_wrong = batch
+    xr, yr = sample_batch(state.feeds["retain"], key, batch_size)
+    lf, lr_, updates = losses.split_forward(model, variables, xf, xr, key)
+    return (losses.cross_entropy(lf, yf_wrong).mean() +
+            retain_weight * losses.cross_entropy(lr_, yr).mean()), (updates, {})
 
-  def interleaved_loss(retain):
-    def loss_fn(variables, batch, key):
-      xf, yf_wrong = batch
-      xr, yr = sample_batch(retain, key, batch_size)
-      logits, updates = model.apply(variables, jnp.concatenate([xf, xr]), train=True, rng=key)
-      lf = train_lib.cross_entropy(logits[: xf.shape[0]], yf_wrong)
-      lr_ = train_lib.cross_entropy(logits[xf.shape[0]:], yr)
-      return lf.mean() + retain_weight * lr_.mean(), (updates, {})
-    return loss_fn
-
-  def unlearn(variables, data: UnlearnData, key):
+  def init(variables, data, key):
     k_label, k1, k2 = jax.random.split(key, 3)
     xf, yf = data.forget
     poisoned = (xf, random_other_labels(k_label, yf, C))
-    tx = sgd(lr, momentum=0.9)
-    if variant == "interleaved":
-      variables, _ = run_epochs(make_step(interleaved_loss(data.retain), tx), variables, tx,
-                                poisoned, k1, epochs, batch_size)
-    elif variant in ("forget_only", "hybrid"):
-      variables, _ = run_epochs(make_step(poisoned_ce, tx), variables, tx, poisoned, k1,
-                                epochs, batch_size)
-      if variant == "hybrid":
-        variables, _ = finetune_on(model, variables, data.retain, k2, epochs=repair_epochs,
-                                   lr=repair_lr, batch_size=batch_size)
-    else:  # whole: D_f (poisoned) ∪ D_r
+    feeds = {"poisoned": poisoned, "retain": data.retain}
+    if variant == "whole":   # D_f (poisoned) ∪ D_r
       xr, yr = data.retain
-      both = (jnp.concatenate([xf, xr]), jnp.concatenate([poisoned[1], yr]))
-      variables, _ = run_epochs(make_step(poisoned_ce, tx), variables, tx, both, k1, epochs,
-                                batch_size)
-    return variables, {}
+      feeds["poisoned"] = (jnp.concatenate([xf, xr]), jnp.concatenate([poisoned[1], yr]))
+    return StepState(model_state(variables), feeds, {"poison": k1, "repair": k2})
 
-  return unlearn
+  loss = interleaved_loss if variant == "interleaved" else lambda st, v, b, k: ce(v, b, k)
+  phases = (gradient_phase("poison", loss, "poisoned", epochs=epochs, batch_size=batch_size,
+                           optimizer=lambda total: sgd(lr, momentum=0.9)),)
+  if variant == "hybrid":
+    phases += (ce_phase("repair", model, "retain", epochs=repair_epochs, lr=repair_lr,
+                        batch_size=batch_size),)
+  return Steps(init, phases)
 
 
 @register("neggrad_plus", space=dict(beta=("linear", 0.3, 0.999), lr=("log", 1e-3, 0.3), epochs=(5, 20)),
@@ -177,21 +159,23 @@ def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip)
   """
   model = ctx.model
 
-  def unlearn(variables, data: UnlearnData, key):
-    def loss_fn(v, batch, k):
-      xf, yf = batch
-      xr, yr = sample_batch(data.retain, k, batch_size)
-      logits, updates = model.apply(v, jnp.concatenate([xf, xr]), train=True, rng=k)
-      lf = train_lib.cross_entropy(logits[: xf.shape[0]], yf).mean()
-      lr_ = train_lib.cross_entropy(logits[xf.shape[0]:], yr).mean()
-      return beta * lr_ - (1 - beta) * lf, (updates, {"forget_ce": lf})
+  def loss(state, v, batch, k):
+    xf, yf = batch
+    xr, yr = sample_batch(state.feeds["retain"], k, batch_size)
+    logits_f, logits_r, updates = losses.split_forward(model, v, xf, xr, k)
+    lf = losses.cross_entropy(logits_f, yf).mean()
+    lr_ = losses.cross_entropy(logits_r, yr).mean()
+    return beta * lr_ - (1 - beta) * lf, (updates, {"forget_ce": lf})
 
-    tx = sgd(lr, momentum=0.9, grad_clip=grad_clip)
-    variables, history = run_epochs(make_step(loss_fn, tx, guard=True), variables, tx,
-                                    data.forget, key, epochs, batch_size)
-    return variables, {"nonfinite_steps": jnp.sum(history["nonfinite"])}
+  def init(variables, data, key):
+    return StepState(model_state(variables), {"forget": data.forget, "retain": data.retain},
+                     {"ascent": key})
 
-  return unlearn
+  phase = gradient_phase("ascent", loss, "forget", epochs=epochs, batch_size=batch_size,
+                         guard=True,
+                         optimizer=lambda total: sgd(lr, momentum=0.9, grad_clip=grad_clip))
+  return Steps(init, (phase,),
+               report=lambda st, h: {"nonfinite_steps": jnp.sum(h["ascent"]["nonfinite"])})
 
 
 @register("l1_sparse", space=dict(alpha=("log", 1e-5, 1e-2), lr=("log", 1e-3, 0.3)),
@@ -205,32 +189,30 @@ def l1_sparse(ctx: MethodContext, *, alpha, epochs, lr, batch_size, momentum):
   Reads: retain. Defaults: α 1e-3, 10 epochs, lr 0.1, batch 64 (paper: α 5e-4, lr 0.01,
   10 epochs for ResNet-18; at lr 0.01 the digits MLP keeps a forgotten class).
   """
-  model = ctx.model
+  model = as_adapter(ctx.model)
 
-  def unlearn(variables, data: UnlearnData, key):
-    n = data.retain[0].shape[0]
-    total = epochs * train_lib.steps_per_epoch(n, batch_size)
+  def loss(state, v, batch, k):
+    x, y = batch
+    total = epochs * steps_per_epoch(state.feeds["retain"][0].shape[0], batch_size)
+    logits, updates = model.apply(v, x, train=True, rng=k)
+    alpha_t = alpha * (1.0 - state.carry.step / total)
+    l1 = sum(jnp.sum(jnp.abs(p)) for p in jax.tree_util.tree_leaves(v["params"]))
+    return losses.cross_entropy(logits, y).mean() + alpha_t * l1, (updates, {})
 
-    def loss_fn(v, batch, k, step):
-      x, y = batch
-      logits, updates = model.apply(v, x, train=True, rng=k)
-      alpha_t = alpha * (1.0 - step / total)
-      l1 = sum(jnp.sum(jnp.abs(p)) for p in jax.tree_util.tree_leaves(v["params"]))
-      return train_lib.cross_entropy(logits, y).mean() + alpha_t * l1, (updates, {})
+  def init(variables, data, key):
+    return StepState(model_state(variables), {"retain": data.retain}, {"sparse": key})
 
-    tx = sgd(lr, momentum=momentum, schedule="cosine", total_steps=total)
-    variables, _ = run_epochs(make_step(loss_fn, tx, with_step=True), variables, tx,
-                              data.retain, key, epochs, batch_size)
-    return variables, {}
-
-  return unlearn
+  return Steps(init, (gradient_phase(
+      "sparse", loss, "retain", epochs=epochs, batch_size=batch_size,
+      optimizer=lambda total: sgd(lr, momentum=momentum, schedule="cosine",
+                                  total_steps=total)),))
 
 
 def _fgsm_labels(model, variables, x, y, eps):
   """Nearest wrong label: argmax over the other classes of f(x + ε·sign ∇x CE)."""
   model = as_adapter(model)
   def loss(xx):
-    return train_lib.cross_entropy(model.logits(variables, xx), y).sum()
+    return losses.cross_entropy(model.logits(variables, xx), y).sum()
   x_adv = x + eps * jnp.sign(jax.grad(loss)(x))
   logits = model.logits(variables, x_adv)
   logits = jnp.where(jax.nn.one_hot(y, logits.shape[-1], dtype=bool), -jnp.inf, logits)
@@ -251,16 +233,14 @@ def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   """
   model = ctx.model
 
-  def unlearn(variables, data: UnlearnData, key):
+  def init(variables, data, key):
     xf, yf = data.forget
     y_adv = _fgsm_labels(model, variables, xf, yf, eps)
+    return StepState(model_state(variables), {"relabelled": (xf, y_adv)}, {"shrink": key})
 
-    tx = sgd(lr, momentum=0.9)
-    out, _ = run_epochs(make_step(ce_loss(model), tx), variables, tx, (xf, y_adv), key,
-                        epochs, batch_size)
-    return out, {}
-
-  return unlearn
+  return Steps(init, (ce_phase("shrink", model, "relabelled", epochs=epochs,
+                               batch_size=batch_size, lr=lr, weight_decay=0.0,
+                               schedule="constant"),))
 
 
 @register("boundary_expand", space=dict(lr=("log", 1e-5, 0.05)),
@@ -280,30 +260,34 @@ def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
   C, adapter = ctx.num_classes, ctx.model
   adapter.require_head("boundary_expand")
 
-  def unlearn(variables, data: UnlearnData, key):
+  # The optimiser sees {"model": params, "shadow": the extra column}: SGD acts per
+  # weight, so this is the widened head's update.
+  def loss(state, v, batch, k):
+    x, y = batch
+    model_vars = {**v, "params": v["params"]["model"]}
+    logits, feats, updates = adapter.features(model_vars, x, train=True, rng=k)
+    extra = feats @ v["params"]["shadow"]["kernel"] + v["params"]["shadow"]["bias"]
+    wide = jnp.concatenate([logits, extra], axis=-1)
+    return losses.cross_entropy(wide, y).mean(), (updates, {})
+
+  def init(variables, data, key):
     k_init, k_run = jax.random.split(key)
     kernel = adapter.head_params(variables["params"], "boundary_expand")["kernel"]
     shadow = {"kernel": jax.random.normal(k_init, kernel.shape[:-1] + (1,)) * jnp.std(kernel),
               "bias": jnp.zeros((1,), kernel.dtype)}
     xf, _ = data.forget
-    targets = (xf, jnp.full(xf.shape[:1], C, jnp.int32))
+    wide = {**variables, "params": {"model": variables["params"], "shadow": shadow}}
+    return StepState(model_state(wide), {"shadow": (xf, jnp.full(xf.shape[:1], C, jnp.int32))},
+                     {"expand": k_run})
 
-    # The optimiser sees {"model": params, "shadow": the extra column}: SGD acts per
-    # weight, so this is the widened head's update.
-    def loss_fn(v, batch, k):
-      x, y = batch
-      model_vars = {**v, "params": v["params"]["model"]}
-      logits, feats, updates = adapter.features(model_vars, x, train=True, rng=k)
-      extra = feats @ v["params"]["shadow"]["kernel"] + v["params"]["shadow"]["bias"]
-      wide = jnp.concatenate([logits, extra], axis=-1)
-      return train_lib.cross_entropy(wide, y).mean(), (updates, {})
+  def finalize(state):   # the K original outputs, trained; the shadow column dropped
+    v = state.carry.variables
+    return {**v, "params": v["params"]["model"]}
 
-    tx = sgd(lr, momentum=0.9)
-    start = {**variables, "params": {"model": variables["params"], "shadow": shadow}}
-    out, _ = run_epochs(make_step(loss_fn, tx), start, tx, targets, k_run, epochs, batch_size)
-    return {**out, "params": out["params"]["model"]}, {}
-
-  return unlearn
+  return Steps(init, (gradient_phase("expand", loss, "shadow", epochs=epochs,
+                                     batch_size=batch_size,
+                                     optimizer=lambda total: sgd(lr, momentum=0.9)),),
+               finalize=finalize)
 
 
 # The authors' σ (`lipschitz_weighting`) and η (`learning_rate`) per scenario and model
@@ -371,7 +355,7 @@ def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_s
   """
   model = as_adapter(ctx.model)      # sigma > 0 is checked by the registry (_POSITIVE)
 
-  def loss_fn(v, batch, key):
+  def loss(state, v, batch, key):
     x, _ = batch
     clean, _ = model.apply(v, x, train=False)
     noisy_x = jnp.clip(x[None] + sigma * jax.random.normal(key, (num_samples,) + x.shape,
@@ -384,10 +368,10 @@ def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_s
     ratio = jnp.sum(out_norm / jnp.maximum(in_norm, 1e-12), axis=1)
     return jnp.mean(ratio), ({}, {"lipschitz": jnp.mean(ratio) / x.shape[0]})
 
-  def unlearn(variables, data: UnlearnData, key):
-    tx = sgd(lr, momentum=0.0)
-    out, history = run_epochs(make_step(loss_fn, tx, guard=True), variables, tx, data.forget,
-                              key, epochs, batch_size)
-    return out, {"final_lipschitz": history["lipschitz"][-1]}
+  def init(variables, data, key):
+    return StepState(model_state(variables), {"forget": data.forget}, {"smooth": key})
 
-  return unlearn
+  return Steps(init, (gradient_phase("smooth", loss, "forget", epochs=epochs,
+                                     batch_size=batch_size, guard=True,
+                                     optimizer=lambda total: sgd(lr, momentum=0.0)),),
+               report=lambda st, h: {"final_lipschitz": h["smooth"]["lipschitz"][-1]})

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from unlearn_jax import losses
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
-from unlearn_jax.methods.base import (MethodContext, UnlearnData, finetune_on, fixed_batches,
-                                      kl_divergence, make_step, register, run_epochs,
-                                      sample_batch, sgd, subsample)
-
-
-def adam(lr: float):
-  return train_lib.make_optimizer(
-      train_lib.TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, schedule="constant"), 1)
+from unlearn_jax.batching import fixed_batches, sample_batch, subsample
+from unlearn_jax.methods.base import (MethodContext, adam, ce_phase, gradient_phase,
+                                      model_state, register, sgd)
+from unlearn_jax.steps import (Phase, StepState, Steps, apply_gradients, init_train_state,
+                               with_enter)
 
 
 @register("bad_teacher", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
@@ -39,15 +39,16 @@ def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_s
                       lambda v, data, k: subsample(data.retain, k, retain_fraction)[0])
 
 
-def _teacher_mix_loss(model, competent, incompetent, tau: float):
-  """`loss_fn` on batches `(x, l)`: KL(t ‖ softmax(S(x)/τ)) with the target
-  t = l·softmax(T_i(x)/τ) + (1−l)·softmax(T_c(x)/τ) (l = 1 to forget, 0 to keep)."""
+def _teacher_mix_loss(model, tau: float):
+  """`loss(state, variables, (x, l), key)`: KL(t ‖ softmax(S(x)/τ)) with the target
+  t = l·softmax(T_i(x)/τ) + (1−l)·softmax(T_c(x)/τ) (l = 1 to forget, 0 to keep); the
+  teachers are `state.const["competent"]` and `state.const["incompetent"]`."""
   model = as_adapter(model)
 
-  def loss_fn(v, batch, k):
+  def loss_fn(state, v, batch, k):
     xb, lb = batch
-    t_c = model.logits(competent, xb)
-    t_i = model.logits(incompetent, xb)
+    t_c = model.logits(state.const["competent"], xb)
+    t_i = model.logits(state.const["incompetent"], xb)
     target = (lb[:, None] * jax.nn.softmax(t_i / tau) +
               (1 - lb[:, None]) * jax.nn.softmax(t_c / tau))
     logits, updates = model.apply(v, xb, train=True, rng=k)
@@ -60,22 +61,19 @@ def _teacher_mix_loss(model, competent, incompetent, tau: float):
 def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
   model = ctx.model
 
-  def unlearn(variables, data: UnlearnData, key):
+  def init(variables, data, key):
     k_inc, k_sub, k_run = jax.random.split(key, 3)
     incompetent = model.init(k_inc, ctx.input_shape)
     xr = select_retain(variables, data, k_sub)
     xf = data.forget[0]
     x = jnp.concatenate([xf, xr])
     is_forget = jnp.concatenate([jnp.ones(len(xf)), jnp.zeros(len(xr))])
+    return StepState(model_state(variables), {"mixed": (x, is_forget)}, {"distil": k_run},
+                     {"competent": variables, "incompetent": incompetent})
 
-    loss_fn = _teacher_mix_loss(model, variables, incompetent, tau)
-
-    tx = adam(lr)
-    out, _ = run_epochs(make_step(loss_fn, tx), variables, tx, (x, is_forget), k_run, epochs,
-                        batch_size)
-    return out, {}
-
-  return unlearn
+  return Steps(init, (gradient_phase("distil", _teacher_mix_loss(model, tau), "mixed",
+                                     epochs=epochs, batch_size=batch_size,
+                                     optimizer=lambda total: adam(lr)),))
 
 
 @register("scrub", space=dict(alpha=("log", 0.05, 5.0), gamma=("log", 0.1, 10.0), tau=("log", 0.5, 8.0), lr=("log", 1e-4, 1e-2)),
@@ -99,46 +97,43 @@ def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batc
   """
   model = ctx.model
 
-  def unlearn(variables, data: UnlearnData, key):
-    teacher = variables
+  def max_loss(state, v, batch, k):
+    x, _ = batch
+    logits, updates = model.apply(v, x, train=True, rng=k)
+    t = model.logits(state.const["teacher"], x)
+    return -losses.kl_divergence(t, logits, tau), (updates, {})
 
-    def max_loss(v, batch, k):
-      x, _ = batch
-      logits, updates = model.apply(v, x, train=True, rng=k)
-      t = model.logits(teacher, x)
-      return -kl_divergence(t, logits, tau), (updates, {})
+  def min_loss(state, v, batch, k):
+    x, y = batch
+    logits, updates = model.apply(v, x, train=True, rng=k)
+    t = model.logits(state.const["teacher"], x)
+    ce = losses.cross_entropy(logits, y).mean()
+    return gamma * ce + alpha * losses.kl_divergence(t, logits, tau), (updates, {})
 
-    def min_loss(v, batch, k):
-      x, y = batch
-      logits, updates = model.apply(v, x, train=True, rng=k)
-      t = model.logits(teacher, x)
-      ce = train_lib.cross_entropy(logits, y).mean()
-      return gamma * ce + alpha * kl_divergence(t, logits, tau), (updates, {})
+  tx = adam(lr)
 
-    tx = adam(lr)
-    max_step = make_step(max_loss, tx, guard=True)
-    min_step = make_step(min_loss, tx, guard=True)
+  def init(variables, data, key):
+    feeds = {"forget": data.forget, "retain": data.retain, "retain_now": data.retain}
+    if retain_fraction < 1:
+      feeds["retain_now"] = subsample(data.retain, key, retain_fraction)   # shape only
+    return StepState(init_train_state(variables, tx), feeds, {"cycle": key},
+                     {"teacher": variables})
 
-    def epoch(state, e):
-      """One SCRUB epoch: the max pass while e < m (a `lax.cond` on the epoch counter,
-      which is never batched), then the min pass; both through `scan_epochs`."""
-      ke = jax.random.fold_in(key, e)
-      state = jax.lax.cond(
-          e < max_epochs,
-          lambda st: train_lib.scan_epochs(max_step, st, data.forget,
-                                           jax.random.fold_in(ke, 0), 1, batch_size)[0],
-          lambda st: st, state)
-      retain = data.retain if retain_fraction >= 1 else subsample(
-          data.retain, jax.random.fold_in(ke, 1), retain_fraction)
-      state, _ = train_lib.scan_epochs(min_step, state, retain, jax.random.fold_in(ke, 2), 1,
-                                       batch_size)
-      return state, None
+  def resample(state, cycle_key):
+    """The cycle's random `retain_fraction` of D_r (all of it at 1)."""
+    if retain_fraction >= 1:
+      return state
+    now = subsample(state.feeds["retain"], jax.random.fold_in(cycle_key, 1), retain_fraction)
+    return state._replace(feeds={**state.feeds, "retain_now": now})
 
-    state, _ = jax.lax.scan(epoch, train_lib.init_train_state(variables, tx),
-                            jnp.arange(epochs))
-    return state.variables, {}
-
-  return unlearn
+  # One Adam state through both passes (fresh=False): SCRUB's single optimizer.
+  max_phase = gradient_phase("max", max_loss, "forget", epochs=1, batch_size=batch_size,
+                             guard=True, fresh=False, optimizer=lambda total: tx)
+  min_phase = gradient_phase("min", min_loss, "retain_now", epochs=1, batch_size=batch_size,
+                             guard=True, fresh=False, optimizer=lambda total: tx)
+  return Steps(init, (dataclasses.replace(max_phase, active=lambda e: e < max_epochs, slot=0),
+                      dataclasses.replace(min_phase, enter=resample, slot=2)),
+               cycles=epochs)
 
 
 def penultimate(model, variables, x, batch_size: int = 512):
@@ -186,29 +181,45 @@ def noise_labels(ctx: MethodContext, forget: tuple, batch_size: int) -> jax.Arra
   return fixed_batches(forget, batch_size)[0][1]
 
 
-def error_maximising_noise(model, variables, labels, input_shape, key, steps: int, lr: float,
-                           reg: float, maximise: bool = True) -> jax.Array:
-  """Per label batch, inputs N maximising CE(f(N), y) − reg·mean(N²) (Adam, `steps`);
-  with `maximise=False`, error-*minimising* noise: N minimising CE(f(N), y) + reg·mean(N²).
-  `labels` is [batches, batch]; returns [batches, batch, *input_shape]."""
+def noise_phase(name: str, model, input_shape, steps: int, lr: float, reg: float,
+                maximise: bool = True) -> Phase:
+  """A data-free phase optimising `feeds[name]` [batches, batch, *input_shape]: per label
+  batch y (`feeds[name + "/labels"]`), inputs N maximising CE(f_θ0(N), y) − reg·mean(N²)
+  (Adam `lr`, `steps` steps; θ0 = `const["teacher"]`); with `maximise=False`,
+  error-*minimising* noise: N minimising CE(f_θ0(N), y) + reg·mean(N²). Its start is
+  `noise_feeds`."""
   model = as_adapter(model)
   opt = optax.adam(lr)
   sign = -1.0 if maximise else 1.0
 
-  def loss(n, y):
-    logits = model.logits(variables, n)
-    return sign * train_lib.cross_entropy(logits, y).mean() + reg * jnp.mean(n ** 2)
+  def update(state: StepState, batch, key):
+    del batch, key
+    n, s, labels = (state.feeds[name], state.feeds[name + "/opt"],
+                    state.feeds[name + "/labels"])
 
-  def step(carry, _):
-    n, s = carry
-    u, s = jax.vmap(lambda g, s_, n_: opt.update(g, s_, n_))(
+    def loss(x, y):
+      logits = model.logits(state.const["teacher"], x)
+      return sign * losses.cross_entropy(logits, y).mean() + reg * jnp.mean(x ** 2)
+
+    n, s = jax.vmap(lambda g, s_, n_: apply_gradients(opt, g, s_, n_))(
         jax.vmap(jax.grad(loss))(n, labels), s, n)
-    return (jax.vmap(optax.apply_updates)(n, u), s), {}
+    return state._replace(feeds={**state.feeds, name: n, name + "/opt": s}), {}
 
+  return Phase(name, update, steps=steps, observe=False)
+
+
+def noise_feeds(name: str, labels: jax.Array, input_shape, key, lr: float) -> dict:
+  """The feeds `noise_phase(name, ...)` starts from: N(0, 1) noise of `labels`' batches
+  (drawn from `key`, the phase's key too), its Adam state, the labels."""
   noise0 = jax.random.normal(key, labels.shape + tuple(input_shape))
-  carry = (noise0, jax.vmap(opt.init)(noise0))
-  # `repeat_steps`: a compiled loop, or a host loop on CPU conv models (see train).
-  return train_lib.repeat_steps(step, carry, key, steps)[0][0]
+  return {name: noise0, name + "/opt": jax.vmap(optax.adam(lr).init)(noise0),
+          name + "/labels": labels}
+
+
+def flat_noise(state: StepState, name: str) -> tuple:
+  """(inputs [n, *input_shape], labels [n]) of the optimised noise `name`."""
+  n = state.feeds[name]
+  return n.reshape((-1,) + n.shape[2:]), state.feeds[name + "/labels"].reshape(-1)
 
 
 @register("unsir", space=dict(noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0), impair_lr=("log", 1e-3, 0.1), repair_lr=("log", 1e-3, 0.1)),
@@ -233,21 +244,27 @@ def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, re
   """
   model = ctx.model
 
-  def unlearn(variables, data: UnlearnData, key):
+  def init(variables, data, key):
     k_noise, k_sub, k_imp, k_rep = jax.random.split(key, 4)
     labels = noise_labels(ctx, data.forget, batch_size)
-    noise = error_maximising_noise(model, variables, labels, ctx.input_shape, k_noise,
-                                   noise_steps, noise_lr, noise_reg)
-    xr, yr = subsample(data.retain, k_sub, retain_fraction)
-    impair = (jnp.concatenate([noise.reshape((-1,) + tuple(ctx.input_shape)), xr]),
-              jnp.concatenate([labels.reshape(-1), yr]))
-    out, _ = finetune_on(model, variables, impair, k_imp, epochs=1, lr=impair_lr,
-                         batch_size=batch_size, schedule="constant")
-    out, _ = finetune_on(model, out, (xr, yr), k_rep, epochs=1, lr=repair_lr,
-                         batch_size=batch_size, schedule="constant")
-    return out, {}
+    feeds = {**noise_feeds("noise", labels, ctx.input_shape, k_noise, noise_lr),
+             "retain": subsample(data.retain, k_sub, retain_fraction)}
+    return StepState(model_state(variables), feeds,
+                     {"noise": k_noise, "impair": k_imp, "repair": k_rep},
+                     {"teacher": variables})
 
-  return unlearn
+  def mix(state, key):
+    """Impair's data: the noise (labelled with its own y) and the retain subsample."""
+    (xn, yn), (xr, yr) = flat_noise(state, "noise"), state.feeds["retain"]
+    impair = (jnp.concatenate([xn, xr]), jnp.concatenate([yn, yr]))
+    return state._replace(feeds={**state.feeds, "impair": impair})
+
+  return Steps(init, (
+      noise_phase("noise", model, ctx.input_shape, noise_steps, noise_lr, noise_reg),
+      with_enter(ce_phase("impair", model, "impair", epochs=1, lr=impair_lr,
+                          batch_size=batch_size, schedule="constant"), mix),
+      ce_phase("repair", model, "retain", epochs=1, lr=repair_lr, batch_size=batch_size,
+               schedule="constant")))
 
 
 @register("contrastive", space=dict(tau=("log", 0.05, 4.0), lr=("log", 1e-3, 1.0), ce_weight=("log", 0.01, 10.0), epochs=(3, 10, 30)),
@@ -269,24 +286,24 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   model = ctx.model
   model.require_features("contrastive")
 
-  def unlearn(variables, data: UnlearnData, key):
-    def loss_fn(v, batch, k):
-      xf, _ = batch
-      xr, yr = sample_batch(data.retain, k, batch_size)
-      logits, z, updates = model.features(v, jnp.concatenate([xf, xr]), train=True, rng=k)
-      z = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-12)
-      n = xf.shape[0]
-      sim = z[:n] @ z[n:].T / tau
-      l_c = jnp.mean(jax.nn.logsumexp(sim, axis=1))
-      ce = train_lib.cross_entropy(logits[n:], yr).mean()
-      return l_c + ce_weight * ce, (updates, {})
+  def loss(state, v, batch, k):
+    xf, _ = batch
+    xr, yr = sample_batch(state.feeds["retain"], k, batch_size)
+    logits, z, updates = model.features(v, jnp.concatenate([xf, xr]), train=True, rng=k)
+    z = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-12)
+    n = xf.shape[0]
+    sim = z[:n] @ z[n:].T / tau
+    l_c = jnp.mean(jax.nn.logsumexp(sim, axis=1))
+    ce = losses.cross_entropy(logits[n:], yr).mean()
+    return l_c + ce_weight * ce, (updates, {})
 
-    tx = sgd(lr, momentum=0.9)
-    out, _ = run_epochs(make_step(loss_fn, tx, guard=True), variables, tx, data.forget, key,
-                        epochs, batch_size)
-    return out, {}
+  def init(variables, data, key):
+    return StepState(model_state(variables), {"forget": data.forget, "retain": data.retain},
+                     {"contrast": key})
 
-  return unlearn
+  return Steps(init, (gradient_phase("contrast", loss, "forget", epochs=epochs,
+                                     batch_size=batch_size, guard=True,
+                                     optimizer=lambda total: sgd(lr, momentum=0.9)),))
 
 
 @register("unlearnify", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2), noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0)),
@@ -312,30 +329,38 @@ def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_st
   """
   model = ctx.model
 
-  def unlearn(variables, data: UnlearnData, key):
+  def init(variables, data, key):
     k_noise, k_inc, k_sub, k_run = jax.random.split(key, 4)
-    incompetent = model.init(k_inc, ctx.input_shape)
     labels = noise_labels(ctx, data.forget, batch_size)
-    noise = error_maximising_noise(model, variables, labels, ctx.input_shape, k_noise,
-                                   noise_steps, noise_lr, noise_reg)
-    noise = noise.reshape((-1,) + tuple(ctx.input_shape))
     xf, yf = data.forget
-    losses = train_lib.cross_entropy(train_lib.predict(model, variables, xf), yf)
-    xf_sorted = xf[jnp.argsort(losses)]
-    xr = subsample(data.retain, k_sub, retain_fraction)[0]
+    losses_f = losses.cross_entropy(train_lib.predict(model, variables, xf), yf)
+    feeds = {**noise_feeds("noise", labels, ctx.input_shape, k_noise, noise_lr),
+             "forget_sorted": xf[jnp.argsort(losses_f)],
+             "retain": subsample(data.retain, k_sub, retain_fraction)[0]}
+    keys = {"noise": k_noise, **{f"curriculum_{e}": jax.random.fold_in(k_run, e)
+                                 for e in range(epochs)}}
+    return StepState(model_state(variables), feeds, keys,
+                     {"teacher": variables, "competent": variables,
+                      "incompetent": model.init(k_inc, ctx.input_shape)})
 
-    loss_fn = _teacher_mix_loss(model, variables, incompetent, tau)
-
-    tx = adam(lr)
-    step = make_step(loss_fn, tx)
-    state = train_lib.init_train_state(variables, tx)
-    n_f = xf.shape[0]
-    for e in range(epochs):
+  def curriculum(e):
+    """Epoch e's data: the noise, the easiest ⌈(e+1)/E·|D_f|⌉ forget examples (a static
+    size per epoch: one phase each) and the retain subsample, labelled 1 / 0."""
+    def enter(state, key):
+      noise = flat_noise(state, "noise")[0]
+      n_f = state.feeds["forget_sorted"].shape[0]
       shown = max(1, -(-(e + 1) * n_f // epochs))  # ceil, static per epoch
-      x = jnp.concatenate([noise, xf_sorted[:shown], xr])
+      xr = state.feeds["retain"]
+      x = jnp.concatenate([noise, state.feeds["forget_sorted"][:shown], xr])
       l = jnp.concatenate([jnp.ones(noise.shape[0] + shown), jnp.zeros(xr.shape[0])])
-      state, _ = train_lib.scan_epochs(step, state, (x, l), jax.random.fold_in(k_run, e), 1,
-                                       batch_size)
-    return state.variables, {}
+      return state._replace(feeds={**state.feeds, "curriculum": (x, l)})
+    return enter
 
-  return unlearn
+  loss = _teacher_mix_loss(model, tau)
+  # One Adam state through the curriculum (fresh only at its first epoch).
+  phases = [with_enter(gradient_phase(f"curriculum_{e}", loss, "curriculum", epochs=1,
+                                      batch_size=batch_size, fresh=e == 0,
+                                      optimizer=lambda total: adam(lr)), curriculum(e))
+            for e in range(epochs)]
+  return Steps(init, (noise_phase("noise", model, ctx.input_shape, noise_steps, noise_lr,
+                                  noise_reg),) + tuple(phases))

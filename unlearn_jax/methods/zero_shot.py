@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearn_jax import losses
 from unlearn_jax import models as models_lib
-from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
-from unlearn_jax.methods.base import (MethodContext, UnlearnData, make_step, register,
-                                      run_epochs, sgd)
-from unlearn_jax.methods.distillation import error_maximising_noise
+from unlearn_jax.methods.base import MethodContext, gradient_phase, model_state, register, sgd
+from unlearn_jax.methods.distillation import flat_noise, noise_feeds, noise_phase
+from unlearn_jax.steps import Phase, StepState, Steps, apply_gradients, with_enter
 
 SHOWN_PER_CLASS = 8
 
@@ -84,36 +84,33 @@ def zs_minmax_noise(ctx: MethodContext, *, noise_per_class, noise_steps, noise_l
   model = ctx.model
   forget, retain = _classes(ctx, "zs_minmax_noise")
 
-  def unlearn(variables, data: UnlearnData, key):
+  lab = lambda cs: jnp.repeat(cs[:, None], noise_per_class, axis=1)
+
+  def init(variables, data, key):
     del data  # zero-shot: always empty
     k_max, k_min, k_imp, k_rep = jax.random.split(key, 4)
-    lab = lambda cs: jnp.repeat(cs[:, None], noise_per_class, axis=1)
-    n_max = error_maximising_noise(model, variables, lab(forget), ctx.input_shape, k_max,
-                                   noise_steps, noise_lr, noise_reg, maximise=True)
-    n_min = error_maximising_noise(model, variables, lab(retain), ctx.input_shape, k_min,
-                                   noise_steps, noise_lr, noise_reg, maximise=False)
-    flat = lambda a: a.reshape((-1,) + a.shape[2:])
-    proxy = (flat(n_min), lab(retain).ravel())
-    impair = (jnp.concatenate([flat(n_max), proxy[0]]),
-              jnp.concatenate([lab(forget).ravel(), proxy[1]]))
+    feeds = {**noise_feeds("max_noise", lab(forget), ctx.input_shape, k_max, noise_lr),
+             **noise_feeds("min_noise", lab(retain), ctx.input_shape, k_min, noise_lr)}
+    return StepState(model_state(variables), feeds,
+                     {"max_noise": k_max, "min_noise": k_min, "impair": k_imp,
+                      "repair": k_rep}, {"teacher": variables})
 
-    def phase(v, d, k, epochs, lr):
-      tx = sgd(lr, momentum=0.9)
-      return run_epochs(make_step(_eval_ce(model), tx), v, tx, d, k, epochs, batch_size)[0]
+  def mix(state, key):
+    """Impair: {N_f labelled f} ∪ {M_r labelled r}; repair: {M_r} (the retain proxy)."""
+    (xn, yn), proxy = flat_noise(state, "max_noise"), flat_noise(state, "min_noise")
+    impair = (jnp.concatenate([xn, proxy[0]]), jnp.concatenate([yn, proxy[1]]))
+    return state._replace(feeds={**state.feeds, "impair": impair, "proxy": proxy})
 
-    variables = phase(variables, impair, k_imp, impair_epochs, impair_lr)
-    variables = phase(variables, proxy, k_rep, repair_epochs, repair_lr)
-    return variables, _shown(*impair, jnp.arange(ctx.num_classes))
-
-  return unlearn
-
-
-def _eval_ce(model):
-  model = as_adapter(model)
-  def loss_fn(v, batch, key):
-    logits = model.logits(v, batch[0])
-    return train_lib.cross_entropy(logits, batch[1]).mean(), ({}, {})
-  return loss_fn
+  sgd_phase = lambda name, source, epochs, lr: gradient_phase(
+      name, lambda st, v, b, k: eval_ce(v, b, k), source, epochs=epochs,
+      batch_size=batch_size, optimizer=lambda total: sgd(lr, momentum=0.9))
+  eval_ce = losses.ce_loss(model, train=False)
+  return Steps(init, (
+      noise_phase("max_noise", model, ctx.input_shape, noise_steps, noise_lr, noise_reg, True),
+      noise_phase("min_noise", model, ctx.input_shape, noise_steps, noise_lr, noise_reg, False),
+      with_enter(sgd_phase("impair", "impair", impair_epochs, impair_lr), mix),
+      sgd_phase("repair", "proxy", repair_epochs, repair_lr)),
+      report=lambda st, h: _shown(*st.feeds["impair"], jnp.arange(ctx.num_classes)))
 
 
 # ----------------------------------------------------------------------------- GKT
@@ -160,11 +157,6 @@ def attention_map(a: jax.Array) -> jax.Array:
   return m / (jnp.linalg.norm(m, axis=-1, keepdims=True) + 1e-8)
 
 
-def _kl_rows(t_logits, s_logits):
-  p = jax.nn.log_softmax(t_logits)
-  return jnp.sum(jnp.exp(p) * (p - jax.nn.log_softmax(s_logits)), axis=-1)
-
-
 @register("gkt", space=dict(lr=("log", 1e-4, 1e-2), gate=("log", 1e-3, 0.1), beta=("log", 10.0, 1000.0), avoid=("log", 1.0, 100.0)),
           reads=(), scenarios=("class",),
           paper="Chundawat et al. 2023 (Zero-shot MU: gated knowledge transfer); "
@@ -198,59 +190,65 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
   tx = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(lr))
   is_forget = forget_mask(ctx.num_classes, forget)
 
-  def unlearn(teacher, data: UnlearnData, key):
+  def init(teacher, data, key):
     del data
     k_gen, k_student, k_loop = jax.random.split(key, 3)
     g_params = gen.init(k_gen, jnp.zeros((1, z_dim)))["params"]
     student = model.init(k_student, ctx.input_shape)
     carry = (g_params, tx.init(g_params), student, tx.init(student["params"]))
+    return StepState(carry, {}, {"cycle": k_loop, "shown": key}, {"teacher": teacher})
+
+  def cycle(state: StepState, batch, k):
+    """One generator step, then `student_steps` student steps (unrolled: no loop-carried
+    conv kernels on CPU)."""
+    del batch
+    teacher = state.const["teacher"]
+    g_params, g_opt, student, s_opt = state.carry
+    keys = jax.random.split(k, student_steps + 1)
 
     def teacher_out(x):
       logits, acts, _ = _activations(model, teacher, x, train=False)
       return jax.lax.stop_gradient(logits), [jax.lax.stop_gradient(attention_map(a))
                                              for a in _spatial(acts)]
 
-    def cycle(carry, k):
-      g_params, g_opt, student, s_opt = carry
-      keys = jax.random.split(k, student_steps + 1)
+    def gen_loss(gp):
+      x = gen.apply({"params": gp}, jax.random.normal(keys[0], (batch_size, z_dim)))
+      t_logits = model.logits(teacher, x)
+      s_logits = model.apply(student, x, train=True, rng=keys[0])[0]
+      p_f = jnp.sum(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
+      return -jnp.mean(losses.kl_rows(t_logits, s_logits)) + avoid * jnp.mean(p_f)
 
-      def gen_loss(gp):
-        x = gen.apply({"params": gp}, jax.random.normal(keys[0], (batch_size, z_dim)))
-        t_logits = model.logits(teacher, x)
-        s_logits = model.apply(student, x, train=True, rng=keys[0])[0]
-        p_f = jnp.sum(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
-        return -jnp.mean(_kl_rows(t_logits, s_logits)) + avoid * jnp.mean(p_f)
+    g_params, g_opt = apply_gradients(tx, jax.grad(gen_loss)(g_params), g_opt, g_params)
+    kept = jnp.float32(0)
+    for i in range(student_steps):
+      x = gen.apply({"params": g_params}, jax.random.normal(keys[i + 1], (batch_size, z_dim)))
+      t_logits, t_att = teacher_out(x)
+      p_forget = jnp.max(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
+      w = (p_forget <= gate).astype(jnp.float32)
 
-      g_grads = jax.grad(gen_loss)(g_params)
-      upd, g_opt = tx.update(g_grads, g_opt, g_params)
-      g_params = optax.apply_updates(g_params, upd)
-      kept = jnp.float32(0)
-      for i in range(student_steps):   # unrolled: no loop-carried conv kernels on CPU
-        x = gen.apply({"params": g_params}, jax.random.normal(keys[i + 1], (batch_size, z_dim)))
-        t_logits, t_att = teacher_out(x)
-        p_forget = jnp.max(jnp.where(is_forget, jax.nn.softmax(t_logits), 0.0), axis=-1)
-        w = (p_forget <= gate).astype(jnp.float32)
+      def student_loss(params, k=keys[i + 1]):
+        s_logits, acts, stats = _activations(model, {**student, "params": params}, x, True, k)
+        at = sum((jnp.sum(jnp.square(attention_map(a) - t), axis=-1)
+                  for a, t in zip(_spatial(acts), t_att)), jnp.zeros(x.shape[0]))
+        per = losses.kl_rows(t_logits, s_logits) + beta * at
+        return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1.0), stats
 
-        def student_loss(params, k=keys[i + 1]):
-          s_logits, acts, stats = _activations(model, {**student, "params": params}, x, True, k)
-          at = sum((jnp.sum(jnp.square(attention_map(a) - t), axis=-1)
-                    for a, t in zip(_spatial(acts), t_att)), jnp.zeros(x.shape[0]))
-          per = _kl_rows(t_logits, s_logits) + beta * at
-          return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1.0), stats
+      grads, stats = jax.grad(student_loss, has_aux=True)(student["params"])
+      params, s_opt = apply_gradients(tx, grads, s_opt, student["params"])
+      student = {**student, **stats, "params": params}
+      kept = kept + jnp.mean(w)
+    return state._replace(carry=(g_params, g_opt, student, s_opt)), {
+        "gate_pass_rate": kept / student_steps}
 
-        grads, stats = jax.grad(student_loss, has_aux=True)(student["params"])
-        upd, s_opt = tx.update(grads, s_opt, student["params"])
-        student = {**student, **stats, "params": optax.apply_updates(student["params"], upd)}
-        kept = kept + jnp.mean(w)
-      return (g_params, g_opt, student, s_opt), kept / student_steps
+  def report(state, histories):
+    x = gen.apply({"params": state.carry[0]},
+                  jax.random.normal(state.keys["shown"], (4 * batch_size, z_dim)))
+    labels = jnp.argmax(model.logits(state.const["teacher"], x), axis=-1)
+    return {"gate_pass_rate": jnp.mean(histories["cycle"]["gate_pass_rate"]),
+            **_shown(x, labels, jnp.arange(ctx.num_classes))}
 
-    carry, kept = train_lib.repeat_steps(cycle, carry, k_loop, cycles)
-    x = gen.apply({"params": carry[0]}, jax.random.normal(key, (4 * batch_size, z_dim)))
-    labels = jnp.argmax(model.logits(teacher, x), axis=-1)
-    return carry[2], {"gate_pass_rate": jnp.mean(kept),
-                      **_shown(x, labels, jnp.arange(ctx.num_classes))}
-
-  return unlearn
+  return Steps(init, (Phase("cycle", cycle, steps=cycles),),
+               finalize=lambda state: state.carry[2], report=report)
 
 
 # ----------------------------------------------------------------------------- DeepInversion
@@ -335,51 +333,67 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
   forget, retain = _classes(ctx, "deepinversion")
   is_forget = forget_mask(ctx.num_classes, forget)
 
-  def unlearn(teacher, data: UnlearnData, key):
+  opt = optax.adam(synth_lr)
+
+  def init(teacher, data, key):
     del data
     if not models_lib.has_batch_norm(teacher):
       raise ValueError(f"deepinversion needs a model with BatchNorm layers (a "
                        f"'batch_stats' collection); {ctx.model_name} has none")
     k_x, k_student, k_fit = jax.random.split(key, 3)
-    n = per_class * retain.shape[0]
-    n_batches = -(-n // synth_batch)
-    static_labels = np.resize(np.repeat(np.asarray(retain), per_class), (n_batches * synth_batch,))
-    labels = jax.random.permutation(k_x, jnp.asarray(static_labels)).reshape(n_batches, synth_batch)
-    opt = optax.adam(synth_lr)
+    n_batches = -(-per_class * retain.shape[0] // synth_batch)
+    labels = jax.random.permutation(k_x, jnp.asarray(static_labels(n_batches))).reshape(
+        n_batches, synth_batch)
+    x0 = jax.random.normal(k_x, labels.shape + tuple(ctx.input_shape))
+    feeds = {"images": x0, "images/opt": jax.vmap(opt.init)(x0), "images/labels": labels}
+    return StepState(model_state(model.init(k_student, ctx.input_shape)), feeds,
+                     {"synthesise": k_x, "distil": k_fit}, {"teacher": teacher})
+
+  def static_labels(n_batches):
+    return np.resize(np.repeat(np.asarray(retain), per_class), (n_batches * synth_batch,))
+
+  def synthesise(state: StepState, batch, key):
+    """One Adam step on every batch of images (each batch its own optimisation)."""
+    del batch, key
+    teacher = state.const["teacher"]
 
     def loss(x, y):
       logits, bn = bn_statistic_loss(model, teacher, x)
-      return (train_lib.cross_entropy(logits, y).mean() + r_bn * bn +
+      return (losses.cross_entropy(logits, y).mean() + r_bn * bn +
               r_tv * total_variation(x).mean() + r_l2 * jnp.mean(jnp.square(x)))
 
-    def synthesise(x0, y):
-      def body(carry, _):
-        x, s = carry
-        u, s = opt.update(jax.grad(loss)(x, y), s, x)
-        return (optax.apply_updates(x, u), s), {}
-      return train_lib.repeat_steps(body, (x0, opt.init(x0)), k_x, synth_steps)[0][0]
+    x, s, y = state.feeds["images"], state.feeds["images/opt"], state.feeds["images/labels"]
+    x, s = jax.lax.map(lambda a: apply_gradients(opt, jax.grad(loss)(a[0], a[2]), a[1], a[0]),
+                       (x, s, y))
+    return state._replace(feeds={**state.feeds, "images": x, "images/opt": s}), {}
 
-    x0 = jax.random.normal(k_x, labels.shape + tuple(ctx.input_shape))
-    images = jnp.stack([synthesise(x0[b], labels[b]) for b in range(n_batches)])
-    images, labels = images.reshape((-1,) + images.shape[2:]), labels.ravel()
+  def keep_confident(state, key):
+    """The entropy filter; the student's targets: θ0's logits, forget classes removed."""
+    teacher = state.const["teacher"]
+    images, labels = flat_noise(state, "images")
     t_logits = model.logits(teacher, images)
     p = jax.nn.softmax(t_logits)
     entropy = -jnp.sum(p * jnp.log(p + 1e-12), axis=-1)
-    order = per_class_lowest(entropy, labels, static_labels, keep)
-    n_keep = order.shape[0]
-    kept = (images[order], jnp.where(is_forget, -1e9, t_logits[order]))  # p_forget = 0 exactly
+    order = per_class_lowest(entropy, labels, static_labels(state.feeds["images"].shape[0]),
+                             keep)
+    kept = (images[order], jnp.where(is_forget, -1e9, t_logits[order]))  # p_forget = 0
+    return state._replace(feeds={**state.feeds, "kept": kept, "kept/labels": labels[order],
+                                 "teacher_accuracy": jnp.mean(
+                                     jnp.argmax(t_logits, -1) == labels)})
 
-    def kd_loss(v, batch, k):
-      logits, updates = model.apply(v, batch[0], train=True, rng=k)
-      return jnp.mean(_kl_rows(batch[1], logits)), (updates, {})
+  def kd_loss(state, v, batch, k):
+    logits, updates = model.apply(v, batch[0], train=True, rng=k)
+    return jnp.mean(losses.kl_rows(batch[1], logits)), (updates, {})
 
-    student = model.init(k_student, ctx.input_shape)
-    steps = epochs * train_lib.steps_per_epoch(n_keep, batch_size)
-    tx = sgd(lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", total_steps=steps)
-    student, _ = run_epochs(make_step(kd_loss, tx), student, tx, kept, k_fit, epochs,
-                            batch_size)
-    teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == labels)
-    return student, {"synthetic_teacher_accuracy": teacher_acc,
-                     **_shown(images[order], labels[order], jnp.arange(ctx.num_classes))}
+  distil = gradient_phase(
+      "distil", kd_loss, "kept", epochs=epochs, batch_size=batch_size,
+      optimizer=lambda total: sgd(lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                                  total_steps=total))
 
-  return unlearn
+  def report(state, histories):
+    images, labels = state.feeds["kept"][0], state.feeds["kept/labels"]
+    return {"synthetic_teacher_accuracy": state.feeds["teacher_accuracy"],
+            **_shown(images, labels, jnp.arange(ctx.num_classes))}
+
+  return Steps(init, (Phase("synthesise", synthesise, steps=synth_steps, observe=False),
+                      with_enter(distil, keep_confident)), report=report)

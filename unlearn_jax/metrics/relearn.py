@@ -12,6 +12,7 @@ import optax
 
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
+from unlearn_jax.steps import apply_gradients
 
 
 def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float = 0.01,
@@ -41,8 +42,8 @@ def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float
       logits = model.logits({**v, "params": p}, forget[0][idx])
       return train_lib.cross_entropy(logits, forget[1][idx]).mean()
 
-    upd, opt = tx.update(jax.grad(loss)(v["params"]), opt, v["params"])
-    v = {**v, "params": optax.apply_updates(v["params"], upd)}
+    params, opt = apply_gradients(tx, jax.grad(loss)(v["params"]), opt, v["params"])
+    v = {**v, "params": params}
     return (v, opt), acc(v)
 
   carry = (variables, tx.init(variables["params"]))

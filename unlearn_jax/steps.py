@@ -1,0 +1,333 @@
+"""Methods as steps, and the one loop that runs them (the optax way: the caller owns the loop).
+
+Every registered method is built from a `Steps`: pure functions and a schedule.
+
+    steps = uj.scrub.steps(ctx, lr=1e-3)        # any registered method
+    state = steps.init(variables, data, key)     # -> StepState
+    for phase in steps.phases:                   # SCRUB: "max" on forget, "min" on retain
+      ...  state, metrics = phase.update(state, batch, step_key)
+    variables = steps.finalize(state)
+
+* `init(variables, data, key) -> StepState`: everything the updates read. `carry` is what the
+  updates change (a `TrainState`, a `(TrainState, stopped)` pair, noise being optimised ...),
+  `feeds` the arrays the phases draw batches from (`{name: (x, y)}`, static shapes), `keys`
+  one PRNG key per phase (or `"cycle"` for a cycled schedule), `const` what the updates read
+  and never change (the teacher θ0, a weight mask).
+* `Phase(name, update, source, epochs | steps, batch_size, enter)`: `update(state, batch, key)
+  -> (state, metrics)` is one step. A phase with a `source` runs `epochs` passes over
+  `feeds[source]` in batches of `batch_size` (an epoch's order and step keys:
+  `batching.epoch_plan`, the last batch wrapping around); a phase without one runs `steps`
+  data-free steps (batch `None`; keys `jax.random.split(key, steps)`): optimised noise, a
+  generator; with `steps=1`, a one-shot edit, called once with the phase's key itself. `enter(state, key) -> state` runs before the
+  phase (key: the phase's, or the cycle's in a cycled schedule): a fresh optimizer, a feed
+  built from the previous phase's result, a retain subsample.
+* `cycles`: the phases repeated (SCRUB's epochs). Cycle e has the key
+  `fold_in(keys["cycle"], e)`, and phase i inside it `fold_in(that, phase.slot)`; a phase
+  with `active(e)` False is skipped in that cycle (`lax.cond` on the cycle counter, which is
+  never batched).
+* `finalize(state) -> variables`: the model the method returns if stopped now, valid at any
+  step (so an evaluator can read it along the way); `report(state, histories) -> aux`, the
+  method's scalars (`stopped_early`, ...).
+
+`run(steps, variables, data, key)` is the one driver loop: every phase a `lax.scan` of its
+epochs, each a `lax.scan` of its steps, all in one program; the registry's
+`uj.<method>(ctx)` is exactly this, so `unlearn(variables, data, key)` and the steps give the
+same weights. With `evaluate(variables) -> {name: scalar}` it also records, every `every`
+epochs of each phase (every `every` steps of a data-free one; not in phases marked
+`observe=False`, whose steps leave the model as it is), that evaluation of the model
+`finalize` returns there: `aux["along"]`, one array per phase and metric keyed
+`"<phase index>:<phase>/<metric>"` (NaN between evaluations; the index keeps the phases'
+order, which a pytree's sorted keys would lose), which the run directory plots (forget and
+retain accuracy along a method's steps).
+With `progress(done, total)` (a host function) it reports each finished epoch from inside the
+program (`jax.debug.callback`), so a long method prints steps/s and time left.
+
+`make_step` is the one gradient step of the library (training, every method, SISA,
+relearning); `apply_gradients` the one `tx.update` + `apply_updates`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from unlearn_jax import batching
+from unlearn_jax.parallel import shard_batch
+
+
+@flax.struct.dataclass
+class TrainState:
+  """A model's variables, its optimizer state and the step counter."""
+  variables: dict
+  opt_state: Any
+  step: jax.Array
+
+
+def init_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(variables, tx.init(variables["params"]), jnp.zeros((), jnp.int32))
+
+
+class StepState(NamedTuple):
+  """What a method's updates read and write (module docstring)."""
+  carry: Any
+  feeds: dict = {}
+  keys: dict = {}
+  const: Any = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of a method's schedule (module docstring)."""
+  name: str
+  update: Callable
+  source: Optional[str] = None
+  epochs: int = 1
+  batch_size: int = 0
+  steps: int = 1
+  enter: Optional[Callable] = None
+  active: Optional[Callable] = None
+  slot: int = 0
+  observe: bool = True      # evaluated along the way (False: the model does not change)
+
+  def num_steps(self, feeds: dict) -> int:
+    """Steps of this phase per cycle, given the feeds (static shapes)."""
+    if self.source is None:
+      return self.steps
+    n = jax.tree_util.tree_leaves(feeds[self.source])[0].shape[0]
+    return self.epochs * batching.steps_per_epoch(n, self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """A method as steps: `init`, `phases`, `finalize`, `report` (module docstring)."""
+  init: Callable
+  phases: tuple
+  finalize: Callable = lambda state: state.carry.variables
+  report: Callable = lambda state, histories: {}
+  cycles: int = 0
+
+  def phase(self, name: str) -> Phase:
+    for p in self.phases:
+      if p.name == name:
+        return p
+    raise ValueError(f"phase {name!r} is unknown; allowed: "
+                     f"{', '.join(p.name for p in self.phases)}")
+
+
+# ----------------------------------------------------------------------------- the step
+def apply_gradients(tx: optax.GradientTransformation, grads, opt_state, params):
+  """(new params, new optimizer state): `tx.update` then `optax.apply_updates`."""
+  deltas, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, deltas), opt_state
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool = False,
+              with_step: bool = False, mask=None):
+  """A gradient step on `loss_fn(variables, batch, key) -> (loss, (updates, metrics))`.
+
+  Returns `step(train_state, batch, key) -> (train_state, {"loss", **metrics})`.
+  `updates` are the collections the loss's train-mode forward passes mutated (BatchNorm
+  statistics; `{}` for none): the new variables are `{**variables, **updates, "params":
+  new params}`, so collections the model has but does not mutate are carried unchanged.
+  `with_step` passes the step counter as a fourth argument (for schedules inside the
+  loss, e.g. l1_sparse's decaying α_t). `mask` (a params-shaped tree of bools) keeps
+  every weight where it is False bitwise unchanged: applied after the whole optimizer,
+  i.e. after weight decay and momentum (SalUn).
+
+  With `guard`, a step whose loss or new weights are not finite is dropped and
+  `metrics["nonfinite"]` is 1 (the run keeps its last finite weights): ascent methods use
+  it so that no NaN/Inf ever leaves them.
+  """
+  def step(state, batch, key):
+    variables = state.variables
+
+    def wrapped(params):
+      v = {**variables, "params": params}
+      return loss_fn(v, batch, key, state.step) if with_step else loss_fn(v, batch, key)
+
+    (loss, (updates, metrics)), grads = jax.value_and_grad(wrapped, has_aux=True)(
+        variables["params"])
+    params, opt_state = apply_gradients(tx, grads, state.opt_state, variables["params"])
+    if mask is not None:
+      params = jax.tree_util.tree_map(jnp.where, mask, params, variables["params"])
+    new_state = TrainState({**variables, **updates, "params": params}, opt_state,
+                           state.step + 1)
+    metrics = {"loss": loss, **metrics}
+    if guard:
+      finite = jnp.isfinite(loss) & all_finite(params) & all_finite(updates)
+      new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+      metrics["nonfinite"] = (~finite).astype(jnp.float32)
+    return new_state, metrics
+
+  return step
+
+
+def on_carry(step: Callable) -> Callable:
+  """A `TrainState` step `(carry, batch, key) -> (carry, metrics)` as a phase update: it
+  reads and writes `state.carry`."""
+  def update(state: StepState, batch, key):
+    carry, metrics = step(state.carry, batch, key)
+    return state._replace(carry=carry), metrics
+  return update
+
+
+# ----------------------------------------------------------------------------- the loop
+def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_epochs: int,
+                batch_size: int, first_epoch: jax.Array | int = 0, after_epoch=None):
+  """Runs `num_epochs` epochs of `step_fn(carry, batch, key) -> (carry, metrics)`.
+
+  `data` is a pytree of arrays sharing their leading (example) axis; epoch e draws its
+  order and step keys from `batching.epoch_plan(key, e, ...)`. Returns (carry, per-epoch
+  mean metrics, plus `after_epoch(carry, epoch)`'s dict where given). Every batch passes
+  through `parallel.shard_batch` (split over a mesh's `data` axis inside
+  `parallel.data_parallel`)."""
+  data = jax.tree_util.tree_map(jnp.asarray, data)
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+
+  def one_epoch(carry, epoch):
+    idx, bkeys = batching.epoch_plan(key, epoch, n, batch_size)
+
+    def body(carry, xs):
+      bidx, bkey = xs
+      batch = shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], data))
+      return step_fn(carry, batch, bkey)
+
+    carry, metrics = jax.lax.scan(body, carry, (idx, bkeys))
+    metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+    if after_epoch is not None:
+      metrics = {**metrics, **after_epoch(carry, epoch)}
+    return carry, metrics
+
+  epochs = jnp.arange(num_epochs) + first_epoch
+  return jax.lax.scan(one_epoch, carry, epochs)
+
+
+def _every(fn: Callable, count, every: int, like: dict):
+  """fn() when `count` (1-based) is a multiple of `every`, else NaNs of fn's shapes."""
+  nan = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), like)
+  return jax.lax.cond(count % every == 0, lambda: fn(), lambda: nan)
+
+
+def _observe(steps: Steps, evaluate, state: StepState, count, every: int) -> dict:
+  """`{"along/<metric>": value}` of `evaluate(finalize(state))` when `count` is a multiple
+  of `every` (NaN otherwise); `{}` without an evaluator."""
+  if evaluate is None:
+    return {}
+  f = lambda: {k: jnp.asarray(v, jnp.float32) for k, v in evaluate(steps.finalize(state)).items()}
+  return {f"along/{k}": v for k, v in _every(f, count, every, jax.eval_shape(f)).items()}
+
+
+def _run_phase(steps: Steps, phase: Phase, state: StepState, key, evaluate, every, progress,
+               done_before: int, total: int):
+  """(state, history) of one phase: epochs over its source, or data-free steps."""
+  observe = lambda st, count: _observe(steps, evaluate if phase.observe else None, st, count,
+                                       every)
+  # The scan carries the whole state: an update may write a feed (optimised noise).
+  if phase.source is None and phase.steps == 1:   # a one-shot update: the phase's own key
+    state, m = phase.update(state, None, key)
+    return state, jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None],
+                                         {**m, **observe(state, 1)})
+  if phase.source is None:
+    def body(st, xs):
+      i, k = xs
+      st, m = phase.update(st, None, k)
+      m = {**m, **observe(st, i + 1)}
+      if progress is not None:
+        jax.debug.callback(progress, done_before + i + 1, total)
+      return st, m
+    return jax.lax.scan(body, state, (jnp.arange(phase.steps),
+                                      jax.random.split(key, phase.steps)))
+
+  n = jax.tree_util.tree_leaves(state.feeds[phase.source])[0].shape[0]
+  spe = batching.steps_per_epoch(n, phase.batch_size)
+
+  def after_epoch(st, epoch):
+    if progress is not None:
+      jax.debug.callback(progress, done_before + (epoch + 1) * spe, total)
+    return observe(st, epoch + 1)
+
+  # The batches come from the feed as it is when the phase starts (feeds an update writes
+  # are read by later phases).
+  return scan_epochs(lambda st, b, k: phase.update(st, b, k), state,
+                     state.feeds[phase.source], key, phase.epochs, phase.batch_size,
+                     after_epoch=after_epoch)
+
+
+def with_enter(phase: Phase, first: Callable) -> Phase:
+  """`phase` whose `enter` runs `first(state, key)` before its own (building the feed the
+  phase reads, then its fresh optimizer)."""
+  own = phase.enter
+  enter = first if own is None else (lambda st, k: own(first(st, k), k))
+  return dataclasses.replace(phase, enter=enter)
+
+
+def total_steps(steps: Steps, state: StepState) -> int:
+  """Steps of the whole schedule, from the feeds' static shapes (an `enter` that builds a
+  feed is run abstractly to see its shape)."""
+  total, st = 0, state
+  for phase in steps.phases:
+    if phase.enter is not None:
+      st = jax.eval_shape(phase.enter, st, st.keys.get(phase.name, st.keys.get("cycle")))
+    total += phase.num_steps(st.feeds)
+  return total * max(steps.cycles, 1)
+
+
+def run(steps: Steps, variables, data, key, *, evaluate: Optional[Callable] = None,
+        every: int = 1, progress: Optional[Callable] = None):
+  """`(variables, aux)`: the method's schedule run as one program (module docstring).
+
+  `aux` is `steps.report(state, histories)` (histories: `{phase name: per-epoch metrics}`),
+  plus `aux["along"] = {phase/metric: [evaluations]}` with an `evaluate`."""
+  if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    raise ValueError(f"every={every!r} must be a whole number >= 1 (epochs between "
+                     "evaluations)")
+  state = steps.init(variables, data, key)
+  total = total_steps(steps, state) if progress is not None else 0
+  histories, done = {}, 0
+
+  if steps.cycles:
+    per_cycle = total // steps.cycles
+
+    def cycle(st, e):
+      ke = jax.random.fold_in(st.keys["cycle"], e)
+      for phase in steps.phases:
+        def run_it(s, phase=phase):
+          s = phase.enter(s, ke) if phase.enter else s
+          return _run_phase(steps, phase, s, jax.random.fold_in(ke, phase.slot), None, every,
+                            None, 0, 0)[0]
+        st = run_it(st) if phase.active is None else jax.lax.cond(
+            phase.active(e), run_it, lambda s: s, st)
+      if progress is not None:
+        jax.debug.callback(progress, (e + 1) * per_cycle, total)
+      return st, _observe(steps, evaluate, st, e + 1, every)
+
+    state, hist = jax.lax.scan(cycle, state, jnp.arange(steps.cycles))
+    histories["cycle"] = hist
+  else:
+    for phase in steps.phases:
+      if phase.enter is not None:
+        state = phase.enter(state, state.keys.get(phase.name))
+      state, hist = _run_phase(steps, phase, state, state.keys.get(phase.name), evaluate,
+                               every, progress, done, total)
+      if progress is not None:
+        done += phase.num_steps(state.feeds)
+      histories[phase.name] = hist
+  aux = dict(steps.report(state, histories))
+  along = {f"{i}:{name}/{k[len('along/'):]}": v
+           for i, (name, hist) in enumerate(histories.items())
+           for k, v in hist.items() if k.startswith("along/")}
+  if along:
+    aux["along"] = along
+  return steps.finalize(state), aux
