@@ -285,7 +285,7 @@ def search_table(ds, F, names):
     keys = jax.random.split(jax.random.PRNGKey(1), 1)
     timed = {loop: statistics.median(
         tuning.run_search(method, ctx, configs, fixed, variables, data_, keys, loop)[1]
-        for _ in range(F.repeats)) for loop in tuning.SEARCH_LOOPS}
+        for _ in range(F.repeats)) for loop in parallel.LOOPS}
     k = F.search_budget
     print(f"| {name} | {timed['vmap']:.2f} | {timed['sequential']:.2f} | "
           f"{k / timed['vmap']:.1f} | {k / timed['sequential']:.1f} | "
@@ -314,10 +314,10 @@ def main(argv):
   if not F["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   names = [m for m in F.models.split(",") if m]
-  bad = [m for m in names if m.partition(":")[0] not in models.MODEL_CHOICES]
+  bad = [m for m in names if m.partition(":")[0] not in models.list_models()]
   if bad or not names:
     print(f"error: --models={F.models!r}: unknown {bad}; allowed: "
-          f"{', '.join(models.MODEL_CHOICES)}", file=sys.stderr)
+          f"{', '.join(models.list_models())}", file=sys.stderr)
     sys.exit(2)
   if F.seeds < 1 or F.repeats < 1:
     print("error: --seeds and --repeats must be at least 1", file=sys.stderr)

@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from experiments import population, setup
-from unlearn_jax import evaluation
+from experiments import population_report
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
@@ -83,7 +83,7 @@ def main(argv):
                           log=lambda s: print(s, flush=True), mia_models=F.mia_models)
       scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
               else f"{cfg.scenario} {100 * cfg.forget_fraction:g}%")
-      md = evaluation.write_evaluation(staging, ev, cfg.to_dict() | {
+      md = population_report.write_evaluation(staging, ev, cfg.to_dict() | {
           "num_models": F.num_models, "chunk": F.chunk},
           f"{cfg.dataset} · {ev.info['model']} · {scen}")
   except setup.UsageError as e:

@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments import population, setup
 from unlearn_jax import metrics as M
-from unlearn_jax.evaluation import population_logits
+from unlearn_jax.evaluation import PopulationLogits
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
@@ -60,8 +60,8 @@ def parse_sizes(text: str) -> list:
   return sizes
 
 
-def margins_by_split(st, variables, chunk: int) -> dict:
-  """{split: margins [N, n]} of a population."""
+def margins_by_split(st, variables, predict: PopulationLogits) -> dict:
+  """{split: margins [N, n]} of a population (`predict`: one per run, compiled once)."""
   ds, split = st.ds, st.split
   x, y = ds.train_x, ds.train_y
   parts = {"forget": (x[split.forget], y[split.forget]),
@@ -69,7 +69,7 @@ def margins_by_split(st, variables, chunk: int) -> dict:
            "test": (ds.test_x[split.test], ds.test_y[split.test])}
   out = {}
   for s, (xx, yy) in parts.items():
-    logits = population_logits(st.model, variables, jnp.asarray(xx), chunk)
+    logits = predict(variables, jnp.asarray(xx))
     out[s] = np.asarray(M.logit_scaled_confidence(logits, np.asarray(yy)[None]))
   return out
 
@@ -165,7 +165,8 @@ def main(argv):
                                                   names=("retrain",),
                                                   first_seed=int(cfg.seed) + n)
       print("margins of the three populations")
-      phi = {k: margins_by_split(st, ms.variables, F.chunk)
+      predict = PopulationLogits(st.model, F.chunk)
+      phi = {k: margins_by_split(st, ms.variables, predict)
              for k, ms in (("original", originals), ("oracle", oracles), ("second", second))}
       rows = curve(phi["original"], phi["oracle"], phi["second"], sizes)
       info = {"dataset": st.ds.name, "model": st.model_name, "scenario": cfg.scenario,

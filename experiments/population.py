@@ -28,8 +28,12 @@ from unlearn_jax import methods as methods_lib
 from unlearn_jax import metrics as M
 from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
-from unlearn_jax.evaluation import (Evaluation, _chunks, _stack, evaluate_population,
-                                   population_logits)
+from experiments.population_report import Evaluation
+from unlearn_jax.evaluation import PopulationLogits, evaluate_population, model_chunks
+
+
+def _stack(parts):
+  return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
 
 
 POPULATIONS = ("original", "retrain")
@@ -94,20 +98,20 @@ def _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed):
   ds, split = st.ds, st.split
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   retain = (x[split.retain], y[split.retain])
-  seed_keys = jnp.stack([jax.random.PRNGKey(first_seed + i) for i in range(num_models)])
+  seed_keys = setup_lib.seed_keys(first_seed, num_models)
   sets = {}
-  for name, (xx, yy), salt in (("original", (x, y), 1), ("retrain", retain, 2)):
+  programs = {}   # each population's epoch program, compiled once for all its chunks
+  init_vars = setup_lib.initial_variables(st, seed_keys)
+  for name, (xx, yy) in (("original", (x, y)), ("retrain", retain)):
     if name not in names:
       continue
     parts, seconds = [], 0.0
-    for a, b in _chunks(num_models, chunk):
+    for a, b in model_chunks(num_models, chunk):
       keys = seed_keys[a:b]
-      init = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
-          st.model, jax.random.fold_in(k, 0), ds.input_shape)))(keys)
-      ms = driver.train_population(st.model, st.recipe, init, xx, yy,
-                                   jax.vmap(lambda k: jax.random.fold_in(k, salt))(keys),
-                                   seed_mode=st.mode, log=log,
-                                   label=f"{name} models {a + 1}-{b}/{num_models}")
+      ms = setup_lib.train_reference(st, name, xx, yy, keys,
+                                     jax.tree_util.tree_map(lambda v: v[a:b], init_vars), log,
+                                     label=f"{name} models {a + 1}-{b}/{num_models}",
+                                     programs=programs)
       parts.append(ms.variables)
       seconds += ms.seconds * (b - a)
     sets[name] = driver.ModelSet(name, _stack(parts), seconds / num_models)
@@ -136,36 +140,28 @@ def _physical_memory() -> float:
     return 8.0 * 2 ** 30
 
 
-def _memory_per_model(spec, ctx, hparams, variables, data, keys) -> float:
-  """XLA's estimate (temporaries + outputs) of one model's run of the method."""
-  fn = spec(ctx, **hparams)
-  one = jax.tree_util.tree_map(lambda v: v[:1], variables)
-  try:
-    ma = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(one, data, keys[:1]).compile() \
-        .memory_analysis()
-    return float(ma.temp_size_in_bytes + ma.output_size_in_bytes)
-  except Exception:  # no analysis on this backend: assume it fits
-    return 0.0
-
-
 def _apply_in_chunks(spec, ctx, hparams, variables, data, keys, st, chunk, log):
-  """The method on every model, vmapped in chunks; a chunk that runs out of memory is
-  halved and retried (e.g. `influence` holds an N×P gradient matrix per model)."""
+  """The method on every model, vmapped in chunks, one compiled program for every chunk of
+  the same size. Without `--chunk` (vmapped), XLA's memory analysis of the all-at-once
+  program decides: when it needs more than MEMORY_FRACTION of the machine the models go in
+  chunks that fit; a chunk that still runs out of memory is halved and retried (e.g.
+  `influence` holds an N×P gradient matrix per model)."""
   n = keys.shape[0]
   size = n if chunk <= 0 else chunk
+  program = driver.MethodProgram(spec, ctx, hparams, seed_mode=st.mode)
   if chunk <= 0 and st.vmapped:
-    per_model = _memory_per_model(spec, ctx, hparams, variables, data, keys)
+    peak = driver.compiled_peak_bytes(program.compiled(variables, data, keys, ()))
     budget = MEMORY_FRACTION * _physical_memory()
-    if per_model * n > budget:
-      size = max(1, int(budget // per_model))
-      log(f"  {spec.name}: ~{per_model / 2 ** 20:,.0f} MiB per model; vmapping chunks of "
+    if peak == peak and peak > budget:     # NaN: no analysis on this backend, assume it fits
+      size = max(1, int(n * budget // peak))
+      log(f"  {spec.name}: ~{peak / n / 2 ** 20:,.0f} MiB per model; vmapping chunks of "
           f"{size} to stay within {budget / 2 ** 30:.1f} GiB")
   while True:
     try:
       parts, seconds = [], 0.0
-      for a, b in _chunks(n, size):
+      for a, b in model_chunks(n, size):
         ms = driver.apply_method(spec, ctx, hparams, jax.tree_util.tree_map(
-            lambda v: v[a:b], variables), data, keys[a:b], seed_mode=st.mode)
+            lambda v: v[a:b], variables), data, keys[a:b], program=program)
         parts.append(ms.variables)
         seconds += ms.seconds * (b - a)
       return _stack(parts), seconds
@@ -202,19 +198,20 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
     labels = {"forget": np.asarray(forget[1]), "retain": np.asarray(retain[1]),
               "test": np.asarray(test[1])}
     inputs = {"forget": forget[0], "retain": retain[0], "test": test[0]}
-    ctx = methods_lib.MethodContext(st.model, ds.num_classes, ds.input_shape,
-                                    st.spec.forget_classes if cfg.scenario == "class" else (),
-                                    st.model_name)
-    seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(num_models)])
+    ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class"
+                                   else ())
+    seed_keys = setup_lib.seed_keys(cfg.seed, num_models)
+
+    predict = PopulationLogits(st.model, chunk)   # compiled once per split's shape
 
     def logits_of(variables):
-      return {s: population_logits(st.model, variables, xx, chunk) for s, xx in inputs.items()}
+      return {s: predict(variables, xx) for s, xx in inputs.items()}
 
     log("logits of the retrained and original populations")
     retrained_logits = logits_of(retrained.variables)
     random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
         st.model, jax.random.fold_in(k, 99), ds.input_shape)))(seed_keys)
-    random_forget = population_logits(st.model, random_vars, forget[0], chunk)
+    random_forget = predict(random_vars, forget[0])
     populations = [("original", originals.variables, 0.0), ("retrain", retrained.variables,
                                                              retrained.seconds)]
     rows, epsilons, stats = [], {}, {}

@@ -40,7 +40,7 @@ from absl import app, flags
 from experiments import setup
 from experiments import unlearn as cli   # the shared flags and their parsing
 from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, sisa
-from unlearn_jax import models as models_lib, train as train_lib
+from unlearn_jax import train as train_lib
 
 flags.DEFINE_integer("requests", 10, "number of deletion requests K")
 flags.DEFINE_float("request_size", 0.01, "examples per request: a fraction of train (< 1) "
@@ -116,13 +116,11 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   test = setup.take_test(ds, st.split.test)
   seeds = int(cfg.seeds)
-  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(seeds)])
-  init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
-      model, jax.random.fold_in(k, 0), ds.input_shape)))(seed_keys)
-  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+  seed_keys = setup.seed_keys(cfg.seed, seeds)
+  init_vars = setup.initial_variables(st, seed_keys)
   t0 = time.perf_counter()
-  original = driver.train_population(model, recipe, init_vars, x, y, train_keys,
-                                     seed_mode=st.mode, log=lambda s: None, label="original")
+  original = setup.train_reference(st, "original", x, y, seed_keys, init_vars,
+                                   lambda s: None)
   log(f"original: {original.seconds:.1f} s per seed")
   predict = jax.jit(lambda v, xx: train_lib.predict(model, v, xx, cfg.eval_batch_size))
   rows, state = [], {m: original.variables for m in names if m not in ("sisa", "retrain")}
@@ -136,9 +134,8 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
                                          shard_loop=st.mode))
     log(f"sisa: {sisa_config.shards} shards × {sisa_config.slices} slices trained in "
         f"{np.mean([s.log[0]['seconds'] for s in sisa_states]):.1f} s per seed")
-  ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
-                                  setup.parse_classes(cfg.forget_classes) if kind == "class" else (),
-                                  st.model_name)
+  ctx = setup.method_context(st, setup.parse_classes(cfg.forget_classes) if kind == "class"
+                             else ())
   deleted = np.zeros(len(ds.train_y), bool)
   for k, request in enumerate(requests, start=1):
     deleted[request] = True

@@ -22,15 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import setup as setup_lib
 from experiments.setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
                                resolve_hparams, resumed_method, setup, take_test, validate)
 from unlearn_jax import data as data_lib
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import metrics as metrics_lib
-from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import as_adapter
 
 
 @dataclasses.dataclass
@@ -57,6 +58,25 @@ def validate_run(cfg, method_hparams: dict, workdir: Optional[str] = None,
   st = setup(cfg, log)
   resolve_hparams(st.method_names, method_hparams, cfg.scenario, lambda s: None, st.model_name)
   return st
+
+
+def along_evaluator(model, forget, retain, cfg):
+  """`(along, eval_data)` for `driver.apply_method`: forget and retain accuracy (on at most
+  `cfg.along_examples` of each) every `cfg.along_every` epochs of each phase of a method;
+  `(None, ())` when `along_every` is 0."""
+  every = int(cfg.get("along_every", 0))
+  if every <= 0:
+    return None, ()
+  size = int(cfg.get("along_examples", 512))
+  eval_data = {"forget": tuple(a[:size] for a in forget),
+               "retain": tuple(a[:size] for a in retain)}
+  adapter = as_adapter(model)
+
+  def evaluate(variables, e):
+    return {f"{split}_acc": metrics_lib.accuracy(adapter.logits(variables, x), y)
+            for split, (x, y) in e.items()}
+
+  return (evaluate, every), eval_data
 
 
 def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
@@ -99,35 +119,32 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
       train_set = parallel.replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)))
       take = lambda idx: (train_set[0][idx], train_set[1][idx])
     forget, retain = take(split.forget), take(split.retain)
-    seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
-    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
-    init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
-        init_keys)
+    seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
+    init_vars = setup_lib.initial_variables(st, seed_keys)
     if vmapped:
       init_vars = parallel.shard_seeds(init_vars)
 
     model_sets = {}
 
-    def population(x, y, salt, label):
-      keys = jax.vmap(lambda k: jax.random.fold_in(k, salt))(seed_keys)
+    def population(x, y, label):
       if stream:   # from host memory, batch by batch (seeds in sequence, no resume)
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, setup_lib.REFERENCE_SALTS[label]))(
+            seed_keys)
         return driver.train_population_streaming(model, recipe, init_vars, x, y, keys,
                                                  log=log, label=label, mesh=st.mesh)
       with checkpoint_errors_as_usage():
-        return driver.train_population(model, recipe, init_vars, x, y, keys, seed_mode=mode,
-                                       log=log, label=label, store=store)
+        return setup_lib.train_reference(st, label, x, y, seed_keys, init_vars, log,
+                                         store=store)
 
     log("training original (all of train)" + (", streamed from host memory" if stream else ""))
-    model_sets["original"] = population(*train_set, 1, "original")
+    model_sets["original"] = population(*train_set, "original")
     log(f"  original: {model_sets['original'].seconds:.2f}s per seed")
     log("training retrain (retain only, same recipe and initial weights)")
     retain_set = (ds.train_x[split.retain], ds.train_y[split.retain]) if stream else retain
-    model_sets["retrain"] = population(*retain_set, 2, "retrain")
+    model_sets["retrain"] = population(*retain_set, "retrain")
     retrain_s = model_sets["retrain"].seconds
     log(f"  retrain: {retrain_s:.2f}s per seed")
-    ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
-                                    spec.forget_classes if cfg.scenario == "class" else (),
-                                    model_name)
+    ctx = setup_lib.method_context(st, spec.forget_classes if cfg.scenario == "class" else ())
     # Seeds per stage: every trained model t is unlearned with U keys; the T·U pairs are
     # one leading axis (slot t·U + u), so each method is still one program.
     num_unlearn = int(cfg.get("unlearn_seeds", 1))
@@ -136,15 +153,18 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
       log(f"seeds per stage: {cfg.seeds} trained models × {num_unlearn} unlearning seeds = "
           f"{slots.size} unlearned models per method")
     originals = slots.tile(model_sets["original"].variables)
+    along, eval_data = along_evaluator(model, forget, retain, cfg)
     for m in method_names:
       mspec = methods_lib.get_method(m)
       keys = slots.method_keys(seed_keys, m)
       data = methods_lib.select_data(mspec, forget, retain, ctx=ctx)
       ms = resumed_method(store, m, originals, log)
       if ms is None:
-        ms = driver.apply_method(mspec, ctx, hparams[m], originals, data, keys, seed_mode=mode)
+        ms = driver.apply_method(mspec, ctx, hparams[m], originals, data, keys, seed_mode=mode,
+                                 along=along, eval_data=eval_data)
         if store is not None:
-          store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts},
+          store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts,
+                                        "along": ms.along},
                      {"seconds": ms.seconds, "compile_seconds": ms.compile_seconds,
                       "aux": ms.aux, "peak_bytes": ms.peak_bytes})
       model_sets[m] = ms
@@ -205,5 +225,3 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
           "wall_seconds": time.perf_counter() - t_start}
   return RunResult(rows, model_sets, losses, split, ds, recipe, hparams, info)
 
-
-# Fields that do not change what is computed: a resumed run may differ in these.

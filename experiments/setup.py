@@ -29,7 +29,7 @@ from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 
 REFERENCE_MODELS = ("original", "retrain")
-SEED_LOOP_CHOICES = ("auto",) + driver.SEED_MODES
+LOOP_CHOICES = ("auto",) + parallel.LOOPS   # --seed_loop, --search_loop
 
 
 _FLAG_WORDS = ("dataset", "scenario", "forget_fraction", "forget_classes", "model")
@@ -235,9 +235,9 @@ def validate(cfg) -> None:
   if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
     raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")
   if cfg.model:
-    if cfg.model.partition(":")[0] not in models_lib.MODEL_CHOICES:
+    if cfg.model.partition(":")[0] not in models_lib.list_models():
       raise UsageError(f"--model={cfg.model!r} is unknown; allowed: "
-                       f"{', '.join(models_lib.MODEL_CHOICES)} (optionally name:W1-W2-...)")
+                       f"{', '.join(models_lib.list_models())} (optionally name:W1-W2-...)")
     try:
       models_lib.parse_model_spec(cfg.model)
     except ValueError as e:
@@ -250,9 +250,9 @@ def validate(cfg) -> None:
     raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
   if cfg.get("unlearn_seeds", 1) < 1:
     raise UsageError(f"--unlearn_seeds={cfg.unlearn_seeds} must be at least 1")
-  if cfg.seed_loop not in SEED_LOOP_CHOICES:
+  if cfg.seed_loop not in LOOP_CHOICES:
     raise UsageError(f"--seed_loop={cfg.seed_loop!r} is unknown; allowed: "
-                     f"{', '.join(SEED_LOOP_CHOICES)}")
+                     f"{', '.join(LOOP_CHOICES)}")
   if cfg.get("mesh_seeds", 1) < 1 or cfg.get("mesh_data", 0) < 0:
     raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 1)} must be >= 1 and "
                      f"--mesh_data={cfg.get('mesh_data', 0)} >= 0 (0 = all remaining devices)")
@@ -409,7 +409,8 @@ def resumed_method(store, name: str, like_variables, log) -> Optional[driver.Mod
   return driver.ModelSet(name, variables, float(meta["seconds"]), float(meta["compile_seconds"]),
                   dict(meta.get("aux", {})),
                   {k: np.asarray(v) for k, v in (tree.get("artifacts") or {}).items()},
-                  float(meta.get("peak_bytes", float("nan"))))
+                  float(meta.get("peak_bytes", float("nan"))),
+                  {k: np.asarray(v) for k, v in (tree.get("along") or {}).items()})
 
 
 def begin_cli(argv) -> None:
@@ -426,4 +427,37 @@ def begin_cli(argv) -> None:
 
 def take_test(ds: data_lib.Dataset, idx: np.ndarray):
   return jnp.asarray(ds.test_x[idx]), jnp.asarray(ds.test_y[idx])
+
+
+# ----------------------------------------------------------------------------- references
+# The references every experiment trains: seed s's original on all of train and its
+# retrained model on the retain set, from the same initial weights (`fold_in(seed key, 0)`),
+# with training keys `fold_in(seed key, salt)`.
+REFERENCE_SALTS = {"original": 1, "retrain": 2}
+
+
+def seed_keys(first_seed: int, count: int) -> jax.Array:
+  """[count] PRNG keys of seeds first_seed, first_seed + 1, ..."""
+  return jnp.stack([jax.random.PRNGKey(int(first_seed) + i) for i in range(int(count))])
+
+
+def initial_variables(st: Setup, keys: jax.Array):
+  """Every seed's initial weights (leading axis = seed), shared by its references."""
+  return jax.jit(jax.vmap(lambda k: models_lib.init_variables(
+      st.model, jax.random.fold_in(k, 0), st.ds.input_shape)))(keys)
+
+
+def train_reference(st: Setup, name: str, x, y, keys: jax.Array, init_vars, log, **kwargs):
+  """The `name` reference ("original" or "retrain") of every seed on (x, y): the setup's
+  recipe and seed mode (`driver.train_population`; `kwargs`: label, store, programs)."""
+  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, REFERENCE_SALTS[name]))(keys)
+  return driver.train_population(st.model, st.recipe, init_vars, x, y, train_keys,
+                                 seed_mode=st.mode, log=log, **{"label": name, **kwargs})
+
+
+def method_context(st: Setup, forget_classes: tuple = ()) -> methods_lib.MethodContext:
+  """The methods' context: the setup's model, classes and input shape, and the classes to
+  forget (class scenarios; the zero-shot methods read them)."""
+  return methods_lib.MethodContext(st.model, st.ds.num_classes, st.ds.input_shape,
+                                   tuple(forget_classes), st.model_name)
 

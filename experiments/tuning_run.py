@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import setup as setup_lib
 from experiments.setup import UsageError, resolve_hparams, setup, take_test
-from unlearn_jax import driver, methods as methods_lib, models as models_lib, tuning
+from unlearn_jax import driver, methods as methods_lib, tuning
 
-LOOPS = ("auto",) + tuning.SEARCH_LOOPS
 REPORT_KEYS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
 
 
@@ -45,8 +45,9 @@ def check_options(budget: int, rule: str, fraction: float, loop: str,
     raise UsageError(f"--select={rule!r} is unknown; allowed: {', '.join(tuning.SELECTION_RULES)}")
   if not 0 < fraction < 1:
     raise UsageError(f"--selection_fraction={fraction} must lie strictly between 0 and 1")
-  if loop not in LOOPS:
-    raise UsageError(f"--search_loop={loop!r} is unknown; allowed: {', '.join(LOOPS)}")
+  if loop not in setup_lib.LOOP_CHOICES:
+    raise UsageError(f"--search_loop={loop!r} is unknown; allowed: "
+                     f"{', '.join(setup_lib.LOOP_CHOICES)}")
 
 
 def _config_text(config: dict) -> str:
@@ -67,7 +68,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   check_options(budget, rule, fraction, loop, min_retain)
   t_start = time.perf_counter()
   st = setup(cfg, log)
-  ds, split, model, recipe, mode = st.ds, st.split, st.model, st.recipe, st.mode
+  ds, split, model, mode = st.ds, st.split, st.model, st.mode
   hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log, st.model_name)
   search_loop = mode if loop == "auto" else loop
   try:
@@ -91,17 +92,13 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
       f"{cfg.seeds} seeds per method (and per value of a searched integer hyperparameter), {'one vmapped program' if search_loop == 'vmap' else 'one compiled program called per configuration and seed'}; "
       f"selection rule {rule}")
 
-  seed_keys = jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(cfg.seeds)])
-  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
-  init_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(model, k, ds.input_shape)))(
-      init_keys)
+  seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
+  init_vars = setup_lib.initial_variables(st, seed_keys)
   train_set = (jnp.asarray(ds.train_x), jnp.asarray(ds.train_y))
   pops = {}
-  for name, (x, y), salt in (("original", train_set, 1), ("retrain", retain, 2)):
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, salt))(seed_keys)
+  for name, (x, y) in (("original", train_set), ("retrain", retain)):
     log(f"training {name}")
-    pops[name] = driver.train_population(model, recipe, init_vars, x, y, keys, seed_mode=mode,
-                                         log=log, label=name)
+    pops[name] = setup_lib.train_reference(st, name, x, y, seed_keys, init_vars, log)
   retrain_s = pops["retrain"].seconds
   evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
   reference = {name: {"select": evaluate(ms, select_arrays)[0],
@@ -112,9 +109,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
         f"{100 * r['forget_acc']:.1f} TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
         f"; {pops[name].seconds:.1f} s")
 
-  ctx = methods_lib.MethodContext(model, ds.num_classes, ds.input_shape,
-                                  st.spec.forget_classes if cfg.scenario == "class" else (),
-                                  st.model_name)
+  ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class" else ())
   rows, table, tuned = [], [], {}
   searchable = [m for m in st.method_names if methods_lib.get_method(m).space]
   for m in st.method_names:

@@ -22,8 +22,8 @@ from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
-from experiments import runner, setup
-from unlearn_jax import parallel, report
+from experiments import report, runner, setup
+from unlearn_jax import parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 

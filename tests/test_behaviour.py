@@ -21,10 +21,13 @@ import pytest
 
 from experiments import runner
 from experiments.configs import default
-from unlearn_jax import methods, report
+from experiments import report
+from unlearn_jax import methods
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "expected"))
 import behaviour_digits as recorded  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compile_log  # noqa: E402
 
 REGENERATE = "python tests/expected/behaviour_digits.py"
 TABLE = recorded.read_table()
@@ -40,14 +43,39 @@ CASES = [(s, m) for s in recorded.SCENARIOS
          for m in REFERENCES + tuple(WITH_DATA) + (ZERO_SHOT_ON_MLP if s == "class" else ())]
 
 
+COMPILES = {}   # scenario -> the run's compile log (tests/compile_log.py)
+
+
+def _run(scenario):
+  with compile_log.compiles() as counts:
+    summary = recorded.run_scenario(scenario)
+  COMPILES[scenario] = counts
+  return summary
+
+
 @pytest.fixture(scope="module")
 def class_summary():
-  return recorded.run_scenario("class")
+  return _run("class")
 
 
 @pytest.fixture(scope="module")
 def random_summary():
-  return recorded.run_scenario("random")
+  return _run("random")
+
+
+@pytest.mark.parametrize("scenario", recorded.SCENARIOS)
+def test_the_run_compiles_each_program_once(request, scenario):
+  """The compile-count contract on the same runs (vmapped seeds, every method of the
+  scenario): no program is compiled twice, and each method is exactly one program."""
+  request.getfixturevalue(f"{scenario}_summary")
+  counts = COMPILES[scenario]
+  assert not compile_log.compiled_twice(counts), compile_log.compiled_twice(counts)
+  per = compile_log.per_program(counts)
+  ran = [m for m in methods.list_methods() if f"jit(unlearn_{m})" in per]
+  expected = [m for m in WITH_DATA + list(ZERO_SHOT_ON_MLP if scenario == "class" else ())]
+  assert sorted(ran) == sorted(expected), "a method compiled no program of its own"
+  assert all(per[f"jit(unlearn_{m})"] == 1 for m in ran), {m: per[f"jit(unlearn_{m})"]
+                                                           for m in ran}
 
 
 def outside_band(table: dict, scenario: str, name: str, summary: dict) -> list:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unlearn_jax import evaluation
+from experiments import population_report as evaluation
 
 
 ROOT = Path(__file__).resolve().parents[1]

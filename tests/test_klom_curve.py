@@ -71,7 +71,7 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
 def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
   """experiments.render_population_docs: every method's row, sorted by average_95, the
   curve table and plot, the stamp; a missing run is one line, exit 2."""
-  from unlearn_jax import evaluation
+  from experiments import population_report as evaluation
   ev, cu, out = tmp_path / "ev", tmp_path / "cu", tmp_path / "docs"
   (cu / "plots").mkdir(parents=True)
   ev.mkdir()

@@ -107,3 +107,24 @@ def test_vit_patches_tokens_and_dropout_stream():
     models.get_model("vit:16-1-2", 10, patch_size=3).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="width-depth-heads"):
     models.parse_model_spec("vit:16-1-2-4")
+
+
+def test_a_registered_model_is_one_the_cli_accepts():
+  """`register_model` extends the one list the experiments validate `--model` against."""
+  from experiments import setup
+  from experiments.configs import default
+  models.register_model("tiny_mlp", lambda num_classes: models.MLP(num_classes, hidden=(8,)))
+  try:
+    assert "tiny_mlp" in models.list_models()
+    cfg = default.get_config()
+    cfg.model, cfg.methods = "tiny_mlp", "finetune"
+    setup.validate(cfg)
+    st = setup.setup(cfg, lambda s: None)
+    assert st.model_name == "tiny_mlp"
+    assert jax.tree_util.tree_leaves(uj.init_variables(st.model, jax.random.PRNGKey(0),
+                                                       (8, 8, 1)))[0].shape[-1] in (8, 10)
+    cfg.model = "not_registered"
+    with pytest.raises(setup.UsageError, match="allowed: mlp, cnn, resnet18, vit, tiny_mlp"):
+      setup.validate(cfg)
+  finally:
+    models._REGISTRY.pop("tiny_mlp", None)

@@ -1,6 +1,6 @@
 """The memorisation signal every summary.md and report.md states."""
 
-from unlearn_jax import evaluation, report
+from experiments import population_report as evaluation, report
 
 
 def _rows(original_fa, retrain_fa):

@@ -28,7 +28,7 @@ def test_seeds_per_stage_run_every_trained_model_with_every_unlearning_seed():
   """--train_seeds 2 × --unlearn_seeds 2: four unlearned models per method in one program;
   unlearning seed 0 is the single-stage run (same keys; float tolerance, the vmapped
   program is twice as wide); the summary splits the spread."""
-  from unlearn_jax import report
+  from experiments import report
 
   def run(unlearn_seeds):
     cfg = default.get_config()

@@ -32,7 +32,6 @@ from unlearn_jax import metrics as metrics_lib
 from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 
-SEED_MODES = ("vmap", "sequential")
 
 
 def default_seed_mode(model_name: str, backend: Optional[str] = None) -> str:
@@ -43,9 +42,7 @@ def default_seed_mode(model_name: str, backend: Optional[str] = None) -> str:
 
 
 def check_seed_mode(mode: str) -> str:
-  if mode not in SEED_MODES:
-    raise ValueError(f"seed mode {mode!r} is unknown; allowed: {', '.join(SEED_MODES)}")
-  return mode
+  return parallel.check_loop(mode, "seed_mode")
 
 
 def method_key(seed_key: jax.Array, name: str) -> jax.Array:
@@ -96,6 +93,7 @@ class ModelSet:
   aux: dict = dataclasses.field(default_factory=dict)
   artifacts: dict = dataclasses.field(default_factory=dict)   # e.g. synthetic images
   peak_bytes: float = float("nan")   # XLA's memory analysis of the compiled method
+  along: dict = dataclasses.field(default_factory=dict)   # phase/metric -> [seeds, evals]
 
 
 def compiled_peak_bytes(compiled) -> float:
@@ -150,28 +148,43 @@ class Progress:
              f"| {elapsed:.1f}s elapsed, {left:.1f}s left")
 
 
-def _compile(fn, *args):
+def _compile(fn, *args, donate: tuple = (), programs: Optional[dict] = None, name: str = ""):
+  """(executable, compile seconds); with a `programs` dict, the executable compiled before
+  under `name` for arguments of the same shapes is reused (0 seconds)."""
+  sig = (name, str(jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), args)))
+  if programs is not None and sig in programs:
+    return programs[sig], 0.0
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+  if programs is not None:
+    programs[sig] = compiled
   return compiled, time.perf_counter() - t0
 
 
 def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *,
                      seed_mode: str = "vmap", log: Callable[[str], None] = print,
-                     label: str = "train", store=None) -> ModelSet:
+                     label: str = "train", store=None,
+                     programs: Optional[dict] = None) -> ModelSet:
   """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch.
 
   One epoch function is compiled once and called for every epoch (and, in `sequential`
   mode, every seed). With a `checkpoint.ResumeStore` the whole train state (every seed) is
   saved every `store.every` epochs and a rerun continues from the newest one: the epoch key
   comes from the state's step counter, so the result is bitwise that of an uninterrupted
-  run."""
+  run. `programs` (a dict the caller keeps): the epoch program is compiled once for every
+  call with the same model, recipe and shapes (the chunks of a population). The state is
+  donated to each epoch (its buffers are dead once the next state exists)."""
   check_seed_mode(seed_mode)
   num_seeds = keys.shape[0]
   x, y = jnp.asarray(x), jnp.asarray(y)
   tx = train_lib.make_optimizer(cfg, train_lib.steps_per_epoch(x.shape[0], cfg.batch_size))
-  one_epoch = lambda st, xx, yy, k: train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
-  init_state = parallel.vmap_seeds(lambda v: train_lib.init_train_state(v, tx))
+  def train_epoch(st, xx, yy, k):
+    return train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
+  one_epoch = train_epoch
+  # A copy: the state is donated epoch by epoch, and jit would otherwise hand back
+  # `init_vars`' own buffers (the caller's, e.g. the retrained population's start).
+  init_state = parallel.vmap_seeds(lambda v: train_lib.init_train_state(
+      jax.tree_util.tree_map(jnp.copy, v), tx))
   state = jax.jit(init_state)(init_vars)
   start, seconds_before = 0, 0.0
   progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
@@ -184,10 +197,12 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
 
   if seed_mode == "vmap":
     epoch, compile_s = _compile(parallel.vmap_seeds(one_epoch, in_axes=(0, None, None, 0)),
-                                state, x, y, keys)
+                                state, x, y, keys, donate=(0,), programs=programs,
+                                name=f"epoch {seed_mode} {model!r} {cfg}")
     run_epoch = lambda st: epoch(st, x, y, keys)
   else:
-    epoch, compile_s = _compile(one_epoch, seed_slice(state, 0), x, y, keys[0])
+    epoch, compile_s = _compile(one_epoch, seed_slice(state, 0), x, y, keys[0], donate=(0,),
+                                programs=programs, name=f"epoch {seed_mode} {model!r} {cfg}")
 
     def run_epoch(st):
       outs = [epoch(seed_slice(st, i), x, y, keys[i]) for i in range(num_seeds)]
@@ -215,10 +230,11 @@ def train_population_streaming(model, cfg: train_lib.TrainConfig, init_vars, x, 
   num_seeds = keys.shape[0]
   source = streaming.ArraySource(np.asarray(x), np.asarray(y))
   progress = Progress(log, label, cfg.epochs * num_seeds, len(source))
+  step = streaming.train_step(model, cfg, train_lib.steps_per_epoch(len(source), cfg.batch_size))
   outs = []
   for i in range(num_seeds):
     v, _ = streaming.fit_streaming(
-        model, cfg, seed_slice(init_vars, i), source, keys[i],
+        model, cfg, seed_slice(init_vars, i), source, keys[i], step=step,
         mesh=mesh, on_epoch=lambda e, st, m, i=i: progress.update(
             i * cfg.epochs + e + 1, {k: float(val) for k, val in m.items()}))
     outs.append(v)
@@ -226,33 +242,78 @@ def train_population_streaming(model, cfg: train_lib.TrainConfig, init_vars, x, 
   return ModelSet(label, variables, (time.perf_counter() - progress.start) / num_seeds)
 
 
+class MethodProgram:
+  """One method's program over seeds, compiled once per input signature and reused (every
+  chunk of a population, every call of a run): `vmap` runs the seeds as one program,
+  `sequential` one single-seed program called seed after seed.
+
+  With `along=(evaluate, every)` the program also returns the evaluations the driver loop
+  records along the method's steps (`steps.run`: `evaluate(variables, eval_data) ->
+  {name: scalar}` every `every` epochs of each phase); `eval_data` is an argument of the
+  program, not a constant folded into it."""
+
+  def __init__(self, method, ctx, hparams: dict, *, seed_mode: str = "vmap", along=None):
+    check_seed_mode(seed_mode)
+    self.method, self.seed_mode = method, seed_mode
+    unlearn = method(ctx, **hparams)          # checks the hyperparameters now
+    evaluate, every = along if along is not None else (None, 1)
+
+    def fn(v, d, k, e):
+      return unlearn(v, d, k, every=every, evaluate=None if evaluate is None else (
+          lambda vv: evaluate(vv, e)))
+
+    # Named after the method, so compile logs (`jax_log_compiles`) say which program it is.
+    fn.__name__ = fn.__qualname__ = f"unlearn_{method.name}"
+    self._fn = parallel.vmap_seeds(fn, in_axes=(0, None, 0, None)) if seed_mode == "vmap" \
+        else fn
+    self._compiled = {}
+    self.compile_seconds = 0.0
+
+  def compiled(self, *args):
+    """The executable for arguments shaped like `args` (compiled on first use)."""
+    sig = str(jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), args))
+    if sig not in self._compiled:
+      compiled, seconds = _compile(self._fn, *args)
+      self._compiled[sig] = compiled
+      self.compile_seconds += seconds
+    return self._compiled[sig]
+
+  def __call__(self, variables, data, keys, eval_data=()):
+    """(variables, aux) for every seed, and the seconds after compilation per seed."""
+    num_seeds = keys.shape[0]
+    if self.seed_mode == "vmap":
+      run = self.compiled(variables, data, keys, eval_data)
+      t0 = time.perf_counter()
+      out, aux = jax.block_until_ready(run(variables, data, keys, eval_data))
+    else:
+      run = self.compiled(seed_slice(variables, 0), data, keys[0], eval_data)
+      t0 = time.perf_counter()
+      results = [jax.block_until_ready(run(seed_slice(variables, i), data, keys[i], eval_data))
+                 for i in range(num_seeds)]
+      out = stack_seeds([r[0] for r in results])
+      aux = stack_seeds([r[1] for r in results]) if results[0][1] else {}
+    return out, aux, (time.perf_counter() - t0) / num_seeds, run
+
+
 def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
-                 seed_mode: str = "vmap") -> ModelSet:
-  """Runs one method on every seed's original (compiled once); returns the unlearned
-  ModelSet. Synthetic images in the method's aux become `artifacts`."""
-  check_seed_mode(seed_mode)
-  fn = method(ctx, **hparams)
-  num_seeds = keys.shape[0]
-  if seed_mode == "vmap":
-    compiled, compile_s = _compile(parallel.vmap_seeds(fn, in_axes=(0, None, 0)),
-                                   variables, data, keys)
-    t0 = time.perf_counter()
-    out, aux = jax.block_until_ready(compiled(variables, data, keys))
-  else:
-    compiled, compile_s = _compile(fn, seed_slice(variables, 0), data, keys[0])
-    t0 = time.perf_counter()
-    results = [jax.block_until_ready(compiled(seed_slice(variables, i), data, keys[i]))
-               for i in range(num_seeds)]
-    out = stack_seeds([r[0] for r in results])
-    aux = stack_seeds([r[1] for r in results]) if results[0][1] else {}
-  seconds = (time.perf_counter() - t0) / num_seeds
+                 seed_mode: str = "vmap", program: Optional[MethodProgram] = None,
+                 along=None, eval_data=()) -> ModelSet:
+  """Runs one method on every seed's original (compiled once; pass the same `program` to
+  reuse its executable across calls); returns the unlearned ModelSet. Synthetic images in
+  the method's aux become `artifacts`; the evaluations along its steps (`along`, see
+  `MethodProgram`) `ModelSet.along`."""
+  program = program or MethodProgram(method, ctx, hparams, seed_mode=seed_mode, along=along)
+  before = program.compile_seconds
+  out, aux, seconds, compiled = program(variables, data, keys, eval_data)
   if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(out)):
     raise FloatingPointError(f"method {method.name} returned non-finite weights")
+  aux = dict(aux)
+  along_out = {k: np.asarray(v) for k, v in aux.pop("along", {}).items()}
   artifacts = {k: np.asarray(v) for k, v in aux.items() if k.startswith("synthetic_")
                and np.ndim(v) > 1}
-  return ModelSet(method.name, out, seconds, compile_s,
+  return ModelSet(method.name, out, seconds, program.compile_seconds - before,
                   {k: np.asarray(v).tolist() for k, v in aux.items() if k not in artifacts},
-                  artifacts, compiled_peak_bytes(compiled))
+                  artifacts, compiled_peak_bytes(compiled), along_out)
 
 
 class SeedMetrics:
@@ -310,7 +371,9 @@ class Relearner:
   def __init__(self, model, forget, *, seed_mode: str = "vmap", **relearn_kwargs):
     check_seed_mode(seed_mode)
     self.seed_mode = seed_mode
-    fn = lambda v, f, t, k: metrics_lib.relearn_steps(model, v, f, t, k, **relearn_kwargs)[0]
+    def relearn(v, f, t, k):
+      return metrics_lib.relearn_steps(model, v, f, t, k, **relearn_kwargs)[0]
+    fn = relearn
     self.forget = forget
     self._vmapped = jax.jit(parallel.vmap_seeds(fn, in_axes=(0, None, 0, 0)))
     self._single = jax.jit(fn)

@@ -36,6 +36,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("seeds", "data")
 
+# How the members of a population run (seeds, searched configurations, SISA shards): one
+# vmapped program, or one single-member program called member after member. The one list
+# and the one check, wherever the choice is made (`seed_mode`, `--seed_loop`,
+# `--search_loop`, `shard_loop`).
+LOOPS = ("vmap", "sequential")
+
+
+def check_loop(value: str, argument: str) -> str:
+  """`value` if it is one of LOOPS; a ValueError naming `argument` and the allowed values."""
+  if value not in LOOPS:
+    raise ValueError(f"{argument}={value!r} is unknown; allowed: {', '.join(LOOPS)}")
+  return value
+
 
 class MeshError(ValueError):
   """A mesh shape that the visible devices cannot form."""

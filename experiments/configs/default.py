@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   # sibling of the workdir, `.<name>.resume/`; rerunning the same command resumes there.
   c.checkpoint_every = 1
   c.plots = True
+  # Forget/retain accuracy along each method's steps (plots/along_steps.png): every N epochs
+  # of each phase, on at most `along_examples` of each set; 0 = off.
+  c.along_every = 1
+  c.along_examples = 512
   # Anamnesis index (class scenario): relearning on D_f until 95% of the original's FA.
   c.ain = ml_collections.ConfigDict(dict(lr=0.001, batch_size=32, max_steps=200, eval_size=256))
   c.train = ml_collections.ConfigDict(dict(

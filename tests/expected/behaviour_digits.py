@@ -38,7 +38,7 @@ def run_scenario(scenario: str) -> dict:
   """method -> {metric: (mean, std)} of the default experiment in `scenario`."""
   from experiments import runner, setup
   from experiments.configs import default
-  from unlearn_jax import report
+  from experiments import report
   cfg = default.get_config()
   cfg.scenario = scenario
   cfg.forget_classes = "3" if scenario == "class" else ""

@@ -206,6 +206,9 @@ def per_example_epsilons(unlearned, retrained, delta: float = 1e-5,
                        "least the largest ceil(100 * range) of an example's statistics")
     both = np.concatenate([np.asarray(u), np.asarray(r)])
     max_thresholds = max(1, int(np.max(np.ceil(100 * (both.max(0) - both.min(0))))))
+    # Up to a power of two: the padding is masked, and populations whose grids differ a
+    # little (one per method) share one compiled program.
+    max_thresholds = 1 << (max_thresholds - 1).bit_length()
   dtype = jnp.result_type(u.dtype, r.dtype, jnp.float32)
   # Examples per chunk: at most `chunk`, fewer when the threshold grid is long (a method
   # that spreads the margins over thousands of units asks for millions of thresholds).

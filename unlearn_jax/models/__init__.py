@@ -26,7 +26,6 @@ from jax import lax
 
 from unlearn_jax.adapter import ModelAdapter, has_mutable_state
 
-MODEL_CHOICES = ("mlp", "cnn", "resnet18", "vit")
 CONV_MODELS = ("cnn", "resnet18")          # the models that take `conv=` (`conv_impl`)
 CONV_IMPLS = ("auto", "xla", "patches")
 
@@ -277,7 +276,17 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 
 def register_model(name: str, constructor: Callable[..., nn.Module]) -> None:
+  """Adds `constructor(num_classes=..., **kwargs) -> nn.Module` under `name`: `get_model`
+  builds it and the experiments CLIs accept `--model=name` (they validate against
+  `list_models()`, this registry)."""
+  if not isinstance(name, str) or not name or ":" in name:
+    raise ValueError(f"register_model: name={name!r} must be a non-empty string without ':'")
   _REGISTRY[name] = constructor
+
+
+def list_models() -> tuple:
+  """The registered model names (the library's, then those added by `register_model`)."""
+  return tuple(_REGISTRY)
 
 
 def init_variables(model, key: jax.Array, input_shape) -> dict:
@@ -291,7 +300,7 @@ def has_batch_norm(variables: dict) -> bool:
   return has_mutable_state(variables, "batch_stats")
 
 
-__all__ = ["MODEL_CHOICES", "CONV_MODELS", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "ViT",
+__all__ = ["list_models", "CONV_MODELS", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "ViT",
            "EncoderBlock", "Conv",
            "conv_impl", "patches_conv_general_dilated", "get_model", "parse_model_spec", "register_model",
            "init_variables", "has_batch_norm"]

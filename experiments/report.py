@@ -265,6 +265,58 @@ def plot_layer_distance(path: Path, layers: dict) -> None:
   plt.close(fig)
 
 
+def along_curves(along: dict) -> dict:
+  """{metric: (values, phase boundaries, phase names)} of one method's `ModelSet.along`
+  ({"phase/metric": [seeds, evaluations]}): the mean over seeds of every evaluation, phases
+  in the method's order, the NaNs between evaluations dropped."""
+  out = {}
+  order = lambda key: (int(key.partition(":")[0]), key)   # "<phase index>:<phase>/<metric>"
+  for key in sorted(along, key=order):
+    values = along[key]
+    phase, _, metric = key.partition(":")[2].partition("/")
+    mean = np.nanmean(np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1]), axis=0) \
+        if np.isfinite(values).any() else np.asarray([])
+    mean = mean[np.isfinite(mean)]
+    vals, bounds, names = out.setdefault(metric, ([], [], []))
+    vals.extend(mean.tolist())
+    bounds.append(len(vals))
+    names.append(phase)
+  return out
+
+
+def plot_along(path: Path, model_sets: dict) -> None:
+  """One panel per method: forget and retain accuracy (mean over seeds) at each evaluation
+  along its steps, phase boundaries dotted."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  curves = {m: along_curves(ms.along) for m, ms in model_sets.items() if ms.along}
+  curves = {m: c for m, c in curves.items() if any(v[0] for v in c.values())}
+  if not curves:
+    return
+  cols = min(6, len(curves))
+  rows = -(-len(curves) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows), squeeze=False,
+                           sharey=True)
+  for ax, (m, c) in zip(axes.ravel(), curves.items()):
+    for metric, (vals, bounds, names) in sorted(c.items()):
+      ax.plot(range(1, len(vals) + 1), 100 * np.asarray(vals), marker=".", ms=3,
+              label=metric.replace("_acc", ""))
+    for b in next(iter(c.values()))[1][:-1]:
+      ax.axvline(b + 0.5, color="grey", ls=":", lw=0.8)
+    ax.set_title(m, fontsize=8)
+    ax.tick_params(labelsize=6)
+  for ax in axes.ravel()[len(curves):]:
+    ax.axis("off")
+  axes[0, 0].set_ylabel("accuracy (%)", fontsize=7)
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle("Forget and retain accuracy along each method's steps (evaluations; phases "
+               "dotted)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_image_grid(path: Path, name: str, images: np.ndarray, labels: np.ndarray,
                     forget_classes=()) -> None:
   """One row per class of the synthetic inputs a zero-shot method made (seed 0); each
@@ -337,6 +389,9 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
       "gap_to_retrain": gaps,
       "memorisation_signal": signal,
       "stage_spread": spread,
+      "along": {m: {metric: {"values": v, "phase_ends": b, "phases": n}
+                    for metric, (v, b, n) in along_curves(ms.along).items()}
+                for m, ms in result.model_sets.items() if getattr(ms, "along", None)},
       "rows": csv_rows(result.rows),
   }
   (directory / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
@@ -345,6 +400,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
     for name, per_seed in result.losses.items():
       plot_loss_histograms(directory / "plots" / f"losses_{name}.png", name, per_seed[0])
     plot_metric_bars(directory / "plots" / "metrics.png", summary)
+    plot_along(directory / "plots" / "along_steps.png", result.model_sets)
     if result.info.get("layer_distance"):
       plot_layer_distance(directory / "plots" / "layer_distance.png",
                           result.info["layer_distance"])

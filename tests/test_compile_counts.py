@@ -1,0 +1,64 @@
+"""The compile-count contract: in every driver mode, a run compiles each program once.
+
+The vmapped runs of every method are checked on the behaviour-band runs themselves
+(`test_behaviour.test_the_run_compiles_each_program_once`); here the sequential seed loop
+over every method and a population evaluation in chunks. Counts come from JAX's own
+compile log (`tests/compile_log.py`): the same program with the same shapes compiled twice
+fails, naming it.
+"""
+
+import sys
+from pathlib import Path
+
+from experiments import population, runner, setup
+from experiments.configs import default
+from unlearn_jax import methods
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compile_log  # noqa: E402
+
+WITH_DATA = [m for m in methods.list_methods() if methods.get_method(m).reads]
+POPULATION_METHODS = ("finetune", "neggrad", "random_label", "neggrad_plus", "l1_sparse",
+                      "ssd", "salun", "scrub", "unsir")
+
+
+def small_config(**fields):
+  cfg = default.get_config()
+  cfg.train_subset, cfg.test_subset, cfg.seeds = 400, 200, 2
+  cfg.train.epochs = 3
+  for k, v in fields.items():
+    setattr(cfg, k, v)
+  return cfg
+
+
+def assert_each_method_once(counts, names):
+  twice = compile_log.compiled_twice(counts)
+  assert not twice, f"compiled more than once in one run: {twice}"
+  per = compile_log.per_program(counts)
+  missing = [m for m in names if per[f"jit(unlearn_{m})"] == 0]
+  assert not missing, f"no program of its own for {missing}"
+  several = {m: per[f"jit(unlearn_{m})"] for m in names if per[f"jit(unlearn_{m})"] > 1}
+  assert not several, f"a method compiled as several programs: {several}"
+
+
+def test_sequential_seeds_compile_every_method_once():
+  cfg = small_config(seed_loop="sequential", methods=",".join(WITH_DATA))
+  with compile_log.compiles() as counts:
+    runner.run(cfg, {}, log=lambda s: None)
+  assert_each_method_once(counts, WITH_DATA)
+  assert compile_log.per_program(counts)["jit(train_epoch)"] == 2, \
+      "one epoch program per population (original, retrain)"
+
+
+def test_a_population_in_chunks_compiles_each_program_once():
+  """Nine methods over 4 models in chunks of 2: each method's program, the epoch programs
+  and the logits of each split compile once, however many chunks and populations."""
+  cfg = small_config(methods=",".join(POPULATION_METHODS))
+  with compile_log.compiles() as counts:
+    ev = population.run(cfg, {}, num_models=4, chunk=2, cache=None, log=lambda s: None,
+                        mia_models=2)
+  assert {r["method"] for r in ev.rows} >= set(POPULATION_METHODS)
+  assert_each_method_once(counts, POPULATION_METHODS)
+  per = compile_log.per_program(counts)
+  assert per["jit(train_epoch)"] == 2, per["jit(train_epoch)"]
+  assert per["jit(population_logits)"] <= 3, "one logits program per split's shape"
