@@ -20,30 +20,23 @@ curve.json, report.md, plots/curve.png.
 
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import population, setup
+from experiments import cli, population, setup
 from unlearn_jax import metrics as M
 from unlearn_jax.evaluation import PopulationLogits
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
 
-_DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                          "ml_collections config file.", lock_config=True)
 flags.DEFINE_string("sizes", "8,16,32,64", "population sizes N (comma list, increasing)")
 flags.DEFINE_integer("chunk", 0, "models per vmapped chunk (0 = all at once)")
-flags.DEFINE_string("workdir", None, "output directory (default runs/klom_curve_<time>)")
 flags.DEFINE_string("populations_dir", "runs/populations",
                     "where trained populations are checkpointed and reused ('' = never)")
-flags.DEFINE_bool("overwrite", False, "replace the files of an existing --workdir")
 F = flags.FLAGS
 
 SPLITS = ("forget", "retain", "test")
@@ -143,51 +136,46 @@ def report(rows: list, info: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  setup.begin_cli(argv)
-  cfg = _CONFIG.value
+def job(cfg) -> str:
   t0 = time.perf_counter()
-  try:
-    sizes = parse_sizes(F.sizes)
-    if F.chunk < 0:
-      raise setup.UsageError(f"--chunk={F.chunk} must be 0 (all at once) or positive")
-    workdir = F.workdir or f"runs/klom_curve_{time.strftime('%Y%m%d-%H%M%S')}"
-    if not F.workdir:
-      Path("runs").mkdir(exist_ok=True)
-    setup.validate(cfg)
-    setup.prepare_workdir(workdir, F.overwrite)
-    st = setup.setup(cfg, print)
-    n = sizes[-1]
-    cache = Path(F.populations_dir) if F.populations_dir else None
-    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
-      originals, oracles, _ = population.train_populations(cfg, st, n, F.chunk, print, cache)
-      _, second, _ = population.train_populations(cfg, st, n, F.chunk, print, cache,
-                                                  names=("retrain",),
-                                                  first_seed=int(cfg.seed) + n)
-      print("margins of the three populations")
-      predict = PopulationLogits(st.model, F.chunk)
-      phi = {k: margins_by_split(st, ms.variables, predict)
-             for k, ms in (("original", originals), ("oracle", oracles), ("second", second))}
-      rows = curve(phi["original"], phi["oracle"], phi["second"], sizes)
-      info = {"dataset": st.ds.name, "model": st.model_name, "scenario": cfg.scenario,
-              "max_models": n, "sizes": sizes, "first_ranking_n": first_ranking_n(rows),
-              "first_ranking_n_oracle_unlearned": first_ranking_n(rows, "oracle_unlearned"),
-              "wall_seconds": time.perf_counter() - t0}
-      staging.mkdir(parents=True, exist_ok=True)
-      with open(staging / "curve.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-      (staging / "curve.json").write_text(json.dumps({"rows": rows, "info": info}, indent=1))
-      md = report(rows, info)
-      (staging / "report.md").write_text(md)
-      plot(rows, staging / "plots" / "curve.png")
-  except setup.UsageError as e:
-    print(setup.error_line(e), file=sys.stderr)
-    sys.exit(2)
-  print("\n" + md)
-  print(f"run directory: {final}")
+  sizes = parse_sizes(F.sizes)
+  if F.chunk < 0:
+    raise setup.UsageError(f"--chunk={F.chunk} must be 0 (all at once) or positive")
+  setup.validate(cfg)
+  workdir = cli.workdir(cfg, "klom_curve_")
+  setup.prepare_workdir(workdir, F.overwrite)
+  st = setup.setup(cfg, print)
+  n = sizes[-1]
+  cache = Path(F.populations_dir) if F.populations_dir else None
+  with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
+    originals, oracles, _ = population.train_populations(cfg, st, n, F.chunk, print, cache)
+    _, second, _ = population.train_populations(cfg, st, n, F.chunk, print, cache,
+                                                names=("retrain",),
+                                                first_seed=int(cfg.seed) + n)
+    print("margins of the three populations")
+    predict = PopulationLogits(st.model, F.chunk)
+    phi = {k: margins_by_split(st, ms.variables, predict)
+           for k, ms in (("original", originals), ("oracle", oracles), ("second", second))}
+    rows = curve(phi["original"], phi["oracle"], phi["second"], sizes)
+    info = {"dataset": st.ds.name, "model": st.model_name, "scenario": cfg.scenario,
+            "max_models": n, "sizes": sizes, "first_ranking_n": first_ranking_n(rows),
+            "first_ranking_n_oracle_unlearned": first_ranking_n(rows, "oracle_unlearned"),
+            "wall_seconds": time.perf_counter() - t0}
+    write_curve(staging, rows, info)
+  return f"\n{report(rows, info)}\nrun directory: {final}"
+
+
+def write_curve(directory: Path, rows: list, info: dict) -> None:
+  """curve.csv, curve.json, report.md and plots/curve.png."""
+  directory.mkdir(parents=True, exist_ok=True)
+  with open(directory / "curve.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  (directory / "curve.json").write_text(json.dumps({"rows": rows, "info": info}, indent=1))
+  (directory / "report.md").write_text(report(rows, info))
+  plot(rows, directory / "plots" / "curve.png")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(job)

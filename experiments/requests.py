@@ -28,17 +28,16 @@ experiments.unlearn's (dataset, model, seeds, recipe, `--<method>.<hparam>`).
 import csv
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import setup
-from experiments import unlearn as cli   # the shared flags and their parsing
+from experiments import cli   # the shared flags, their parsing, the one main
 from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, sisa
 from unlearn_jax import train as train_lib
 
@@ -278,51 +277,41 @@ def write_requests(directory: Path, result: dict, config: dict, title: str,
   return md
 
 
-def main(argv):
-  setup.begin_cli(argv)
-  cfg = cli.build_config()
+def job(cfg) -> str:
   F = flags.FLAGS
   names = [m for m in (F.methods if F.methods is not None else DEFAULT_METHODS).split(",") if m]
-  workdir = F.workdir or cli.default_workdir(cfg).replace("runs/", "runs/requests_", 1)
-  hparams = {name: flag.value.to_dict() for name, flag in cli._METHOD_FLAGS.items()}
-  try:
-    if not names:
-      raise setup.UsageError("--methods is empty")
-    known = set(methods_lib.list_methods()) | {"sisa", "retrain"}
-    bad = [m for m in names if m not in known]
-    if bad:
-      raise setup.UsageError(f"--methods: {bad[0]!r} is unknown; allowed: sisa, retrain, "
-                             f"{', '.join(methods_lib.list_methods())}")
-    if "retrain" not in names:
-      names.append("retrain")
-    cfg.methods = ",".join(m for m in names if m not in ("sisa", "retrain")) or "finetune"
-    cfg.scenario = "class" if F.request_kind == "class" else "random"
-    if cfg.scenario == "random":
-      cfg.forget_classes = ""
-    for name in ("sisa_shards", "sisa_slices"):
-      if F[name].value < 1:
-        raise setup.UsageError(f"--{name}={F[name].value} must be >= 1")
-    if F.sisa_epochs_per_slice < 0:
-      raise setup.UsageError(f"--sisa_epochs_per_slice={F.sisa_epochs_per_slice} must be >= 0 "
-                             "(0: the recipe's epochs / slices)")
-    sisa_config = sisa.SisaConfig(shards=F.sisa_shards, slices=F.sisa_slices,
-                                  epochs_per_slice=F.sisa_epochs_per_slice)
-    setup.validate(cfg)
-    if not F.workdir:
-      Path("runs").mkdir(exist_ok=True)
-    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
-      result = run(cfg, hparams, names, num_requests=F.requests, request_size=F.request_size,
-                   kind=F.request_kind, sisa_config=sisa_config,
-                   log=lambda s: print(s, flush=True))
-      title = (f"Deletion requests: {cfg.dataset} · {result['info']['model']} · "
-               f"{F.requests} {F.request_kind} requests")
-      md = write_requests(staging, result, cfg.to_dict(), title, cfg.plots)
-  except setup.UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print("\n" + md)
-  print(f"run directory: {final}")
+  hparams = cli.method_hparams()
+  if not names:
+    raise setup.UsageError("--methods is empty")
+  known = set(methods_lib.list_methods()) | {"sisa", "retrain"}
+  bad = [m for m in names if m not in known]
+  if bad:
+    raise setup.UsageError(f"--methods: {bad[0]!r} is unknown; allowed: sisa, retrain, "
+                           f"{', '.join(methods_lib.list_methods())}")
+  if "retrain" not in names:
+    names.append("retrain")
+  cfg.methods = ",".join(m for m in names if m not in ("sisa", "retrain")) or "finetune"
+  cfg.scenario = "class" if F.request_kind == "class" else "random"
+  if cfg.scenario == "random":
+    cfg.forget_classes = ""
+  for name in ("sisa_shards", "sisa_slices"):
+    if F[name].value < 1:
+      raise setup.UsageError(f"--{name}={F[name].value} must be >= 1")
+  if F.sisa_epochs_per_slice < 0:
+    raise setup.UsageError(f"--sisa_epochs_per_slice={F.sisa_epochs_per_slice} must be >= 0 "
+                           "(0: the recipe's epochs / slices)")
+  sisa_config = sisa.SisaConfig(shards=F.sisa_shards, slices=F.sisa_slices,
+                                epochs_per_slice=F.sisa_epochs_per_slice)
+  setup.validate(cfg)
+  with setup.staged_workdir(cli.workdir(cfg, "requests_"), F.overwrite) as (final, staging):
+    result = run(cfg, hparams, names, num_requests=F.requests, request_size=F.request_size,
+                 kind=F.request_kind, sisa_config=sisa_config,
+                 log=lambda s: print(s, flush=True))
+    title = (f"Deletion requests: {cfg.dataset} · {result['info']['model']} · "
+             f"{F.requests} {F.request_kind} requests")
+    md = write_requests(staging, result, cfg.to_dict(), title, cfg.plots)
+  return f"\n{md}\nrun directory: {final}"
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(job)

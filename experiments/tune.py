@@ -26,13 +26,10 @@ Every other flag is experiments.unlearn's (dataset, model, scenario, seeds, conf
 `--<method>.<hparam>` for the hyperparameters that are not searched).
 """
 
-import sys
-from pathlib import Path
-
-from absl import app, flags
+from absl import flags
 
 from experiments import setup, tuning_run
-from experiments import unlearn as cli   # defines the shared flags and their parsing
+from experiments import cli   # the shared flags, their parsing, the one main
 
 flags.DEFINE_integer("budget", 16, "configurations per method (the defaults are the first)")
 flags.DEFINE_string("select", "no_retrain", "selection rule: no_retrain | retrain_gap")
@@ -42,34 +39,23 @@ flags.DEFINE_float("min_retain", 0.9, "only configurations keeping this fraction
                    "original's retain accuracy (on retain_select) may be chosen; 0: no floor")
 
 
-def main(argv):
-  setup.begin_cli(argv)
-  cfg = cli.build_config()
+def job(cfg) -> str:
   F = flags.FLAGS
-  workdir = F.workdir or cli.default_workdir(cfg).replace("runs/", "runs/tune_", 1)
-  fixed = {name: flag.value.to_dict() for name, flag in cli._METHOD_FLAGS.items()}
-  try:
-    tuning_run.check_options(F.budget, F.select, F.selection_fraction, F.search_loop,
-                             F.min_retain)
-    setup.validate(cfg)
-    if not F.workdir:
-      Path("runs").mkdir(exist_ok=True)
-    with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
-      result = tuning_run.run(cfg, fixed, budget=F.budget, rule=F.select,
-                              fraction=F.selection_fraction, loop=F.search_loop,
-                              min_retain=F.min_retain,
-                              log=lambda s: print(s, flush=True))
-      title = (f"Tuning: {cfg.dataset} · {result.info['model']} · {cfg.scenario}"
-               + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else
-                  f" ({100 * cfg.forget_fraction:g}% forget)"))
-      md = tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots)
-  except setup.UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print("\n" + md)
-  print(f"wall time {result.info['wall_seconds']:.1f}s; run directory: {final}; reuse the "
-        f"choice with --hparams={final}/tuned.json")
+  fixed = cli.method_hparams()
+  tuning_run.check_options(F.budget, F.select, F.selection_fraction, F.search_loop,
+                           F.min_retain)
+  setup.validate(cfg)
+  with setup.staged_workdir(cli.workdir(cfg, "tune_"), F.overwrite) as (final, staging):
+    result = tuning_run.run(cfg, fixed, budget=F.budget, rule=F.select,
+                            fraction=F.selection_fraction, loop=F.search_loop,
+                            min_retain=F.min_retain, log=lambda s: print(s, flush=True))
+    title = (f"Tuning: {cfg.dataset} · {result.info['model']} · {cfg.scenario}"
+             + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else
+                f" ({100 * cfg.forget_fraction:g}% forget)"))
+    md = tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots)
+  return (f"\n{md}\nwall time {result.info['wall_seconds']:.1f}s; run directory: {final}; "
+          f"reuse the choice with --hparams={final}/tuned.json")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(job)

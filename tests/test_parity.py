@@ -212,8 +212,10 @@ def test_bad_teacher_loss_is_the_reference_loss_times_num_classes(setup):
   x = jnp.concatenate([forget[0][:8], retain[0][:8]])
   is_forget = jnp.concatenate([jnp.ones(8), jnp.zeros(8)])
   student = jax.tree_util.tree_map(lambda a: a * 0.9, v)
-  ours = float(_teacher_mix_loss(m, v, incompetent, 1.0)(student, (x, is_forget),
-                                                         jax.random.PRNGKey(0))[0])
+  from unlearn_jax.steps import StepState
+  state = StepState(None, const={"competent": v, "incompetent": incompetent})
+  ours = float(_teacher_mix_loss(m, 1.0)(state, student, (x, is_forget),
+                                         jax.random.PRNGKey(0))[0])
   l = np.asarray(is_forget)[:, None]
   target = (l * np.exp(_np_log_softmax(m.apply(incompetent, x))) +
             (1 - l) * np.exp(_np_log_softmax(m.apply(v, x))))
