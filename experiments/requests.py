@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import json
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -135,41 +136,20 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
         f"{np.mean([s.log[0]['seconds'] for s in sisa_states]):.1f} s per seed")
   ctx = setup.method_context(st, setup.parse_classes(cfg.forget_classes) if kind == "class"
                              else ())
+  env = types.SimpleNamespace(cfg=cfg, st=st, hparams=hparams, ctx=ctx, x=x, y=y,
+                              seed_keys=seed_keys, init_vars=init_vars, predict=predict,
+                              state=state, sisa_states=sisa_states, sisa_work=sisa_work)
   deleted = np.zeros(len(ds.train_y), bool)
   for k, request in enumerate(requests, start=1):
     deleted[request] = True
     forget_idx, retain_idx = np.flatnonzero(deleted), np.flatnonzero(~deleted)
     arrays = {"retain": (x[retain_idx], y[retain_idx]), "forget": (x[forget_idx], y[forget_idx]),
               "test": test}
-    models_now = {}
     for m in names:
-      if m == "retrain":
-        ms = driver.train_population(model, recipe, init_vars, *arrays["retain"],
-                                     jax.vmap(lambda kk: jax.random.fold_in(kk, 2 + k))(seed_keys),
-                                     seed_mode=st.mode, log=lambda s: None, label="retrain")
-        spent[m] += ms.seconds
-        models_now[m] = lambda xx, i, v=ms.variables: predict(jax.tree_util.tree_map(
-            lambda a: a[i], v), xx)
-      elif m == "sisa":
-        reports = [sisa.unlearn_sisa(s, request) for s in sisa_states]
-        spent[m] += float(np.mean([r["seconds"] for r in reports]))
-        sisa_work.append({"request": k, "affected_shards": float(np.mean(
-            [len(r["affected_shards"]) for r in reports])), "fraction_of_full": float(
-                np.mean([r["fraction_of_full"] for r in reports]))})
-        models_now[m] = lambda xx, i: jnp.mean(sisa.sisa_logits(
-            model, sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)
-      else:
-        spec = methods_lib.get_method(m)
-        data = methods_lib.select_data(spec, (x[request], y[request]), arrays["retain"],
-                                          ctx=ctx)
-        keys = jax.vmap(lambda kk: jax.random.fold_in(driver.method_key(kk, m), k))(seed_keys)
-        ms = driver.apply_method(spec, ctx, hparams[m], state[m], data, keys, seed_mode=st.mode)
-        state[m] = ms.variables
-        spent[m] += ms.seconds
-        models_now[m] = lambda xx, i, v=ms.variables: predict(jax.tree_util.tree_map(
-            lambda a: a[i], v), xx)
+      logits_of, seconds = _after_request(m, k, request, arrays, env)
+      spent[m] += seconds
       for i in range(seeds):
-        r = _scores(lambda xx: models_now[m](xx, i), arrays, seed=i)
+        r = _scores(lambda xx: logits_of(xx, i), arrays, seed=i)
         rows.append({"method": m, "seed": int(cfg.seed) + i, "request": k,
                      "forget_size": int(forget_idx.size), **r,
                      "cumulative_seconds": spent[m]})
@@ -189,6 +169,36 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
                                           if sisa_states else None,
                                           "per_request": sisa_work},
                                  "wall_seconds": time.perf_counter() - t0}}
+
+
+def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
+  """(logits_of(x, seed), seconds per seed) of method `m` once request `k` is served:
+  retrain from scratch on what is left, SISA's retraining of the affected shards, or the
+  method applied to its own model after the previous requests (`env.state`)."""
+  st, cfg, model = env.st, env.cfg, env.st.model
+  one = lambda v, i: jax.tree_util.tree_map(lambda a: a[i], v)
+  if m == "retrain":
+    ms = driver.train_population(model, st.recipe, env.init_vars, *arrays["retain"],
+                                 jax.vmap(lambda kk: jax.random.fold_in(kk, 2 + k))(
+                                     env.seed_keys),
+                                 seed_mode=st.mode, log=lambda s: None, label="retrain")
+    return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds
+  if m == "sisa":
+    reports = [sisa.unlearn_sisa(s, request) for s in env.sisa_states]
+    env.sisa_work.append({"request": k, "affected_shards": float(np.mean(
+        [len(r["affected_shards"]) for r in reports])), "fraction_of_full": float(
+            np.mean([r["fraction_of_full"] for r in reports]))})
+    return (lambda xx, i: jnp.mean(sisa.sisa_logits(
+        model, env.sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)), \
+        float(np.mean([r["seconds"] for r in reports]))
+  spec = methods_lib.get_method(m)
+  data = methods_lib.select_data(spec, (env.x[request], env.y[request]), arrays["retain"],
+                                 ctx=env.ctx)
+  keys = jax.vmap(lambda kk: jax.random.fold_in(driver.method_key(kk, m), k))(env.seed_keys)
+  ms = driver.apply_method(spec, env.ctx, env.hparams[m], env.state[m], data, keys,
+                           seed_mode=st.mode)
+  env.state[m] = ms.variables
+  return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds
 
 
 def _mean(rows, m, k, c):

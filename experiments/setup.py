@@ -341,7 +341,7 @@ def with_scenario_defaults(name: str, given: dict, scenario: str, model_name: st
   chosen by the user and is kept). Today: jit_lipschitz's σ and lr (`JIT_DEFAULTS`)."""
   if name != "jit_lipschitz" or not model_name:
     return given
-  from unlearn_jax.methods.baselines import jit_lipschitz_defaults
+  from unlearn_jax.methods.lipschitz import jit_lipschitz_defaults
   registry = methods_lib.get_method(name).defaults
   chosen = jit_lipschitz_defaults(model_name, scenario)
   if not chosen:

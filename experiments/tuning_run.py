@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import time
 from pathlib import Path
 from typing import Callable
@@ -115,79 +116,19 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   for m in st.method_names:
     if m not in searchable:
       log(f"{m}: no search space; kept at its defaults")
+  env = types.SimpleNamespace(
+      cfg=cfg, budget=budget, rule=rule, min_retain=min_retain, hparams=hparams, ctx=ctx,
+      seed_keys=seed_keys, forget=forget, retain=retain, originals=pops["original"].variables,
+      search_loop=search_loop, evaluate=evaluate, select_arrays=select_arrays,
+      report_arrays=report_arrays, reference=reference, retrain_s=retrain_s, log=log)
   t_search = time.perf_counter()      # time left counts the searches only, not training
   for i, m in enumerate(searchable):
-    method = methods_lib.get_method(m)
-    configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
-        int(cfg.seed)), m))
-    # An integer hyperparameter the user set (--<method>.epochs=20) stays fixed.
-    user_set = {k for k in method.space if tuning.is_outer(method, k)
-                and hparams[m].get(k, method.defaults[k]) != method.defaults[k]}
-    keys = jax.vmap(lambda k: driver.method_key(k, m))(seed_keys)
-    data = methods_lib.select_data(method, forget, retain, ctx=ctx)
-    grids, cfg_list, seconds, compile_s = [], [], 0.0, 0.0
-    for outer in tuning.outer_configs(method, user_set):
-      fixed = {**{k: v for k, v in hparams[m].items() if k not in configs}, **outer}
-      grid, sec, comp = tuning.run_search(method, ctx, configs, fixed,
-                                          pops["original"].variables, data, keys, search_loop)
-      if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
-        log(f"  {m} {outer or ''}: some configurations returned non-finite weights; they "
-            "score +inf")
-      grids.append(grid)
-      seconds, compile_s = seconds + sec, compile_s + comp
-      cfg_list += [{**outer, **c} for c in tuning.configs_list(configs)]
-    total = len(cfg_list)
-    variables_of = lambda k: jax.tree_util.tree_map(lambda a: a[k % budget], grids[k // budget])
-    scores = np.zeros((total, int(cfg.seeds)))
-    retain_acc = np.zeros((total, int(cfg.seeds)))
-    for k, hp in enumerate(cfg_list):
-      ms = driver.ModelSet(m, variables_of(k), 0.0)
-      sel = evaluate(ms, select_arrays)[0]
-      for s, r in enumerate(sel):
-        if rule == "retrain_gap":
-          score = tuning.retrain_gap_score(r, reference["retrain"]["select"][s])
-        else:
-          score = tuning.no_retrain_score(r, reference["original"]["select"][s], cfg.scenario)
-        score = score if math.isfinite(score) else float("inf")
-        scores[k, s] = score
-        retain_acc[k, s] = r["retain_acc"]
-        rows.append({"method": m, "config": k, "seed": int(cfg.seed) + s, **hp,
-                     **{f"select_{key}": r[key] for key in REPORT_KEYS}, "score": score})
-    mean = scores.mean(axis=1)
-    best, eligible = tuning.select_configuration(
-        scores, retain_acc, [r["retain_acc"] for r in reference["original"]["select"]],
-        min_retain)
-    if not eligible:
-      log(f"  {m}: no configuration keeps {100 * min_retain:g}% of the original's retain "
-          "accuracy on retain_select; chose the one that keeps the most")
-    reported = {}
-    for label, k in (("default", 0), ("tuned", best)):
-      ms = driver.ModelSet(m, variables_of(k), 0.0)
-      reported[label] = _mean_rows(evaluate(ms, report_arrays)[0])
-    per_config = seconds / (total * int(cfg.seeds))
-    table.append({"method": m, "default": reported["default"], "tuned": reported["tuned"],
-                  "default_score": float(mean[0]), "tuned_score": float(mean[best]),
-                  "search_seconds_per_seed": seconds / int(cfg.seeds),
-                  "method_seconds": per_config, "compile_seconds": compile_s,
-                  "cost_ratio_with_search": (seconds / int(cfg.seeds)) / max(retrain_s, 1e-9),
-                  "tuned_config": cfg_list[best], "eligible": eligible})
-    tuned[m] = {"hparams": {**fixed, **cfg_list[best]}, "searched": cfg_list[best],
-                "default": {k: method.defaults[k] for k in cfg_list[0]},
-                "score": float(mean[best]), "default_score": float(mean[0]), "config": best,
-                "kept_min_retain": eligible}
+    method_rows, entry, choice = _search_method(m, env)
+    rows += method_rows
+    table.append(entry)
+    tuned[m] = choice
     left = (len(searchable) - i - 1) * (time.perf_counter() - t_search) / (i + 1)
-    log(f"tuning {m} ({i + 1}/{len(searchable)}): {total} configurations × {cfg.seeds} seeds in "
-        f"{seconds:.1f} s ({total * int(cfg.seeds) / max(seconds, 1e-9):.1f} configurations/s), "
-        f"compile {compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "
-        f"(configuration {best}); ~{left:.0f} s left")
-    # The report parts' numbers go to the log as each method finishes, so a search that is
-    # stopped before the end still leaves its finished methods' table in the log.
-    log("  " + "; ".join(
-        f"{label} RA {100 * r['retain_acc']:.1f} FA {100 * r['forget_acc']:.1f} "
-        f"TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
-        for label, r in reported.items())
-        + f"; tuned {_config_text(cfg_list[best])}; "
-        f"search × retrain {table[-1]['cost_ratio_with_search']:.2f}")
+    log(f"  {m} done ({i + 1}/{len(searchable)}); ~{left:.0f} s left")
 
   for name in ("original", "retrain"):
     table.insert(0 if name == "original" else 1, {
@@ -200,15 +141,104 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
           "selection_sizes": {k: int(v.size) for k, v in parts.items()},
           "selection_sha256": {k: _digest(v) for k, v in parts.items()},
           "wall_seconds": time.perf_counter() - t_start}
-  tuned_json = {"rule": rule, "min_retain": min_retain, "budget": budget,
-                "scenario": cfg.scenario,
-                "dataset": cfg.dataset, "model": st.model_name,
-                "selection": {"fraction": fraction, "sizes": info["selection_sizes"],
-                              "sha256": info["selection_sha256"],
-                              "data": "selected on forget_select, retain_select and val; "
-                                      "reported on forget_report, retain_report and test"},
-                "methods": tuned}
-  return TuningResult(rows, table, tuned_json, info)
+  return TuningResult(rows, table, _tuned_json(cfg, st, info, tuned), info)
+
+
+def _tuned_json(cfg, st, info: dict, tuned: dict) -> dict:
+  """tuned.json: the chosen hyperparameters per method, the rule and the data it saw."""
+  return {"rule": info["rule"], "min_retain": info["min_retain"], "budget": info["budget"],
+          "scenario": cfg.scenario, "dataset": cfg.dataset, "model": st.model_name,
+          "selection": {"fraction": info["selection_fraction"],
+                        "sizes": info["selection_sizes"], "sha256": info["selection_sha256"],
+                        "data": "selected on forget_select, retain_select and val; "
+                                "reported on forget_report, retain_report and test"},
+          "methods": tuned}
+
+
+def _search_method(m: str, env) -> tuple:
+  """(rows, table entry, tuned.json entry) of one method: its K configurations × S seeds
+  as `tuning.run_search` programs (one per value of a searched integer hyperparameter),
+  scored on the selection parts, the choice reported on the report parts."""
+  cfg, budget, log = env.cfg, env.budget, env.log
+  method = methods_lib.get_method(m)
+  configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
+      int(cfg.seed)), m))
+  # An integer hyperparameter the user set (--<method>.epochs=20) stays fixed.
+  user_set = {k for k in method.space if tuning.is_outer(method, k)
+              and env.hparams[m].get(k, method.defaults[k]) != method.defaults[k]}
+  keys = jax.vmap(lambda k: driver.method_key(k, m))(env.seed_keys)
+  data = methods_lib.select_data(method, env.forget, env.retain, ctx=env.ctx)
+  grids, cfg_list, seconds, compile_s = [], [], 0.0, 0.0
+  for outer in tuning.outer_configs(method, user_set):
+    fixed = {**{k: v for k, v in env.hparams[m].items() if k not in configs}, **outer}
+    grid, sec, comp = tuning.run_search(method, env.ctx, configs, fixed, env.originals, data,
+                                        keys, env.search_loop)
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
+      log(f"  {m} {outer or ''}: some configurations returned non-finite weights; they "
+          "score +inf")
+    grids.append(grid)
+    seconds, compile_s = seconds + sec, compile_s + comp
+    cfg_list += [{**outer, **c} for c in tuning.configs_list(configs)]
+  variables_of = lambda k: jax.tree_util.tree_map(lambda a: a[k % budget], grids[k // budget])
+  rows, scores, retain_acc = _score_configs(m, cfg_list, variables_of, env)
+  mean = scores.mean(axis=1)
+  best, eligible = tuning.select_configuration(
+      scores, retain_acc, [r["retain_acc"] for r in env.reference["original"]["select"]],
+      env.min_retain)
+  if not eligible:
+    log(f"  {m}: no configuration keeps {100 * env.min_retain:g}% of the original's retain "
+        "accuracy on retain_select; chose the one that keeps the most")
+  reported = {label: _mean_rows(env.evaluate(driver.ModelSet(m, variables_of(k), 0.0),
+                                             env.report_arrays)[0])
+              for label, k in (("default", 0), ("tuned", best))}
+  total, seeds = len(cfg_list), int(cfg.seeds)
+  entry = {"method": m, "default": reported["default"], "tuned": reported["tuned"],
+           "default_score": float(mean[0]), "tuned_score": float(mean[best]),
+           "search_seconds_per_seed": seconds / seeds,
+           "method_seconds": seconds / (total * seeds), "compile_seconds": compile_s,
+           "cost_ratio_with_search": (seconds / seeds) / max(env.retrain_s, 1e-9),
+           "tuned_config": cfg_list[best], "eligible": eligible}
+  choice = {"hparams": {**fixed, **cfg_list[best]}, "searched": cfg_list[best],
+            "default": {k: method.defaults[k] for k in cfg_list[0]},
+            "score": float(mean[best]), "default_score": float(mean[0]), "config": best,
+            "kept_min_retain": eligible}
+  log(f"tuning {m}: {total} configurations × {seeds} seeds in {seconds:.1f} s "
+      f"({total * seeds / max(seconds, 1e-9):.1f} configurations/s), compile "
+      f"{compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "
+      f"(configuration {best})")
+  # The report parts' numbers go to the log as each method finishes, so a search that is
+  # stopped before the end still leaves its finished methods' table in the log.
+  log("  " + "; ".join(
+      f"{label} RA {100 * r['retain_acc']:.1f} FA {100 * r['forget_acc']:.1f} "
+      f"TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
+      for label, r in reported.items())
+      + f"; tuned {_config_text(cfg_list[best])}; "
+      f"search × retrain {entry['cost_ratio_with_search']:.2f}")
+  return rows, entry, choice
+
+
+def _score_configs(m: str, cfg_list: list, variables_of, env) -> tuple:
+  """(rows, scores [K, S], retain accuracy [K, S]) of every configuration on the selection
+  parts, by the selection rule."""
+  cfg = env.cfg
+  seeds = int(cfg.seeds)
+  scores = np.zeros((len(cfg_list), seeds))
+  retain_acc = np.zeros((len(cfg_list), seeds))
+  rows = []
+  for k, hp in enumerate(cfg_list):
+    sel = env.evaluate(driver.ModelSet(m, variables_of(k), 0.0), env.select_arrays)[0]
+    for s, r in enumerate(sel):
+      if env.rule == "retrain_gap":
+        score = tuning.retrain_gap_score(r, env.reference["retrain"]["select"][s])
+      else:
+        score = tuning.no_retrain_score(r, env.reference["original"]["select"][s],
+                                        cfg.scenario)
+      score = score if math.isfinite(score) else float("inf")
+      scores[k, s] = score
+      retain_acc[k, s] = r["retain_acc"]
+      rows.append({"method": m, "config": k, "seed": int(cfg.seed) + s, **hp,
+                   **{f"select_{key}": r[key] for key in REPORT_KEYS}, "score": score})
+  return rows, scores, retain_acc
 
 
 def _digest(idx) -> str:

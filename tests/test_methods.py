@@ -227,7 +227,7 @@ def test_deepinversion_refuses_a_model_without_batch_norm(setup):
 
 def test_bn_statistic_loss_is_zero_at_the_running_statistics(cnn_setup):
   """With running stats set to a batch's own BN-input statistics the term vanishes."""
-  from unlearn_jax.methods.zero_shot import batch_norm_inputs, bn_statistic_loss
+  from unlearn_jax.methods.deepinversion import batch_norm_inputs, bn_statistic_loss
   m, v = cnn_setup
   x = jax.random.normal(jax.random.PRNGKey(3), (16, 8, 8, 1))
   _, seen = batch_norm_inputs(m, v, x)
@@ -263,7 +263,7 @@ def test_relearn_steps_zero_when_already_known_and_agree_under_jit_and_vmap(setu
 def test_deepinversion_entropy_filter_keeps_every_class():
   """The filter keeps the lowest-entropy half *of each class*, even a class whose images
   are all less confident than every image of another class."""
-  from unlearn_jax.methods.zero_shot import per_class_lowest
+  from unlearn_jax.methods.deepinversion import per_class_lowest
   static = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
   perm = np.array([3, 7, 0, 9, 5, 1, 8, 2, 6, 4])
   labels = jnp.asarray(static[perm])
@@ -322,7 +322,7 @@ def test_fisher_forgetting_class_branch_needs_a_head_or_says_which_option(setup)
 def test_jit_lipschitz_takes_its_authors_values_per_scenario_and_family():
   """jwf40/Information-Theoretic-Unlearning's forget_*_main.py: ViT and VGG branches."""
   from experiments import setup
-  from unlearn_jax.methods.baselines import jit_lipschitz_defaults
+  from unlearn_jax.methods.lipschitz import jit_lipschitz_defaults
   authors = {("random", "vit:64-2-4"): (0.5, 0.1), ("random", "cnn"): (0.01, 3e-4),
              ("class", "vit"): (0.8, 1.5), ("class", "resnet18"): (0.5, 3e-4),
              ("subclass", "vit:192-6-3"): (1.5, 0.5), ("subclass", "cnn:16-32-64"): (0.01, 3e-4)}

@@ -1,4 +1,4 @@
-"""Baselines: fine-tuning, gradient ascent and label poisoning (seeds 001, 002, 004).
+"""Baselines: fine-tuning, gradient ascent and label poisoning (the "Machine Unlearning" CIFAR-10 project, the MUFAC scoring notebook, "Forget with Precision").
 
 Defaults are scaled for the small default models (the MLP on digits, the small CNN on
 CIFAR subsets); the published ResNet-18 values are given in each docstring.
@@ -27,7 +27,7 @@ def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_dec
 
   Update: θ ← θ − η_t ∇ CE(θ; D_r batch), SGD momentum, cosine η_t, E epochs.
   Reads: retain. Defaults: 5 epochs, lr 0.02, batch 64 (SSD repository's FT;
-  seed 004 uses lr 0.001).
+  "Forget with Precision" uses lr 0.001).
   Behaviour at the defaults is measured, not stated here: tests/expected/
   behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
@@ -92,7 +92,7 @@ RANDOM_LABEL_VARIANTS = ("interleaved", "forget_only", "whole", "hybrid")
 
 @register("random_label", space=dict(lr=("log", 1e-4, 0.1), retain_weight=("log", 0.25, 4.0)),
           reads=("forget", "retain"),
-          paper="Graves et al. 2021 (Amnesiac ML); Krahenmann et al. (seed 004)",
+          paper="Graves et al. 2021 (Amnesiac ML); Krahenmann et al. (Forget with Precision)",
           choices=dict(variant=RANDOM_LABEL_VARIANTS),
           defaults=dict(variant="interleaved", epochs=5, lr=0.01, batch_size=64,
                         retain_weight=1.0, repair_epochs=5, repair_lr=0.001))
@@ -102,13 +102,13 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
 
   Each forget example gets one wrong label ỹ drawn uniformly from the other classes
   (once per run, as in Amnesiac ML: labels redrawn every step average out and the
-  model keeps the true ones). Variants (seed 004):
+  model keeps the true ones). Variants ("Forget with Precision"):
     * `interleaved` (default): each step minimises CE(D_f batch, ỹ) + w·CE(D_r batch, y)
       on paired batches; E epochs over D_f. Without the retain batches accuracy collapses.
-    * `forget_only`: CE(D_f, ỹ) alone (seed 004: 1 epoch, lr 7e-4).
-    * `whole`: one pass over D_f ∪ D_r with D_f relabelled (seed 004: 5 epochs, lr 2e-3).
-    * `hybrid`: `forget_only` (seed 004: 1 epoch, lr 0.01), then FT on D_r for
-      `repair_epochs` at `repair_lr` (seed 004: 5 epochs, lr 0.001).
+    * `forget_only`: CE(D_f, ỹ) alone ("Forget with Precision": 1 epoch, lr 7e-4).
+    * `whole`: one pass over D_f ∪ D_r with D_f relabelled ("Forget with Precision": 5 epochs, lr 2e-3).
+    * `hybrid`: `forget_only` ("Forget with Precision": 1 epoch, lr 0.01), then FT on D_r for
+      `repair_epochs` at `repair_lr` ("Forget with Precision": 5 epochs, lr 0.001).
   Reads: forget and retain. Defaults: interleaved, 5 epochs, lr 0.01, batch 64.
   Behaviour at the defaults is measured, not stated here: tests/expected/
   behaviour_digits.csv (digits, both scenarios) and the README's results tables.
@@ -144,7 +144,7 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
 
 @register("neggrad_plus", space=dict(beta=("linear", 0.3, 0.999), lr=("log", 1e-3, 0.3), epochs=(5, 20)),
           reads=("forget", "retain"),
-          paper="Kurmanji et al. 2023 (NegGrad+); seed 002 (advanced NegGrad)",
+          paper="Kurmanji et al. 2023 (NegGrad+); the MUFAC scoring notebook (advanced NegGrad)",
           defaults=dict(beta=0.95, epochs=5, lr=0.02, batch_size=64, grad_clip=5.0))
 def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip):
   """NegGrad+: descent on the retain set and ascent on the forget set at once.
@@ -288,90 +288,3 @@ def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
                                      batch_size=batch_size,
                                      optimizer=lambda total: sgd(lr, momentum=0.9)),),
                finalize=finalize)
-
-
-# The authors' σ (`lipschitz_weighting`) and η (`learning_rate`) per scenario and model
-# family (jwf40/Information-Theoretic-Unlearning, src/forget_{random,full_class,subclass}_main.py:
-# the "ViT" and "VGG16" branches).
-JIT_DEFAULTS = {
-    ("random", "transformer"): dict(sigma=0.5, lr=0.1),
-    ("random", "conv"): dict(sigma=0.01, lr=3e-4),
-    ("class", "transformer"): dict(sigma=0.8, lr=1.5),
-    ("class", "conv"): dict(sigma=0.5, lr=3e-4),
-    ("subclass", "transformer"): dict(sigma=1.5, lr=0.5),
-    ("subclass", "conv"): dict(sigma=0.01, lr=3e-4),
-}
-JIT_FAMILIES = {"vit": "transformer", "cnn": "conv", "resnet18": "conv"}
-JIT_SCENARIOS = ("random", "class", "subclass")
-
-
-def jit_lipschitz_defaults(model_name: str, scenario: str) -> dict:
-  """JiT's σ and lr as its authors set them for `scenario` (random | class | subclass) and
-  the family of `model_name` (a library model name or spec: "vit:64-2-4" is a transformer,
-  "cnn", "resnet18" conv nets; see `JIT_DEFAULTS`). `{}` for a model of neither family
-  (an MLP, a user's model): the registry's defaults then stand."""
-  if scenario not in JIT_SCENARIOS:
-    raise ValueError(f"scenario={scenario!r} is unknown; allowed: {', '.join(JIT_SCENARIOS)}")
-  family = JIT_FAMILIES.get(str(model_name).partition(":")[0])
-  return dict(JIT_DEFAULTS[(scenario, family)]) if family else {}
-
-
-@register("jit_lipschitz", space=dict(lr=("log", 1e-5, 2.0), sigma=("log", 0.005, 2.0), epochs=(1, 3)),
-          reads=("forget",),
-          paper="Foster, Fogarty, Schoepf, Öztireli & Brintrup, \"Zero-shot machine unlearning "
-                "at scale via Lipschitz regularization\", 2024 (JiT)",
-          defaults=dict(lr=3e-4, sigma=0.1, num_samples=25, epochs=1, batch_size=128))
-def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_size):
-  """JiT: smooth the model around each forget example (no retain data, no labels).
-
-  For a forget batch x and M noisy copies x'_m = clip(x + σ·ε_m, min x, max x), ε ~ N(0, I)
-  (the clip to the batch's value range as the reference's noise transform), the estimated
-  local Lipschitz constant of the logits f is lowered by SGD:
-
-      L(θ) = (1/M) Σ_m Σ_i ‖f_θ(x_i) − sg[f_θ(x'_{m,i})]‖₂ / ‖x_i − x'_{m,i}‖₂
-
-  (sum over the batch, mean over the copies; sg = stop-gradient: only the clean pass is
-  differentiated, as in the reference). The M noisy passes are one `vmap`, not a loop.
-  Both passes run in eval mode: the function being smoothed is the one that predicts
-  (the reference leaves its network in train mode, so BatchNorm uses batch statistics and
-  moves its running means; a model with BatchNorm keeps θ0's statistics here).
-  Reads: forget only (zero-shot with respect to D_r). Defaults: M 25, one plain-SGD pass
-  over D_f in batches of 128 (the authors'); σ and lr as the authors set them per scenario
-  and model family (`jit_lipschitz_defaults`; the experiments CLIs pick them by
-  `--scenario` and `--model`):
-
-      scenario   transformer (ViT)     conv net (VGG; here cnn, resnet18)
-      random     σ 0.5,  lr 0.1        σ 0.01, lr 3e-4
-      class      σ 0.8,  lr 1.5        σ 0.5,  lr 3e-4
-      subclass   σ 1.5,  lr 0.5        σ 0.01, lr 3e-4
-
-  and, for models of neither family (an MLP, a user's model), the registry's σ 0.1 and lr
-  3e-4 (ours): the loss divides by ‖x − x'‖ ≈ σ·√d, so on a small input (digits: d = 64)
-  the conv-net σ 0.01 takes steps √(3072/64) ≈ 7× larger than on a CIFAR image.
-
-  Search space: lr, σ and epochs 1 | 3 (more, gentler passes: `experiments.tune`).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
-  """
-  model = as_adapter(ctx.model)      # sigma > 0 is checked by the registry (_POSITIVE)
-
-  def loss(state, v, batch, key):
-    x, _ = batch
-    clean, _ = model.apply(v, x, train=False)
-    noisy_x = jnp.clip(x[None] + sigma * jax.random.normal(key, (num_samples,) + x.shape,
-                                                           x.dtype), jnp.min(x), jnp.max(x))
-    noisy = jax.lax.stop_gradient(
-        jax.vmap(lambda xx: model.apply(v, xx, train=False)[0])(noisy_x))
-    flat = lambda a: a.reshape(a.shape[:2] + (-1,))
-    in_norm = jnp.linalg.norm(flat(noisy_x - x[None]), axis=-1)
-    out_norm = jnp.linalg.norm(clean[None] - noisy, axis=-1)
-    ratio = jnp.sum(out_norm / jnp.maximum(in_norm, 1e-12), axis=1)
-    return jnp.mean(ratio), ({}, {"lipschitz": jnp.mean(ratio) / x.shape[0]})
-
-  def init(variables, data, key):
-    return StepState(model_state(variables), {"forget": data.forget}, {"smooth": key})
-
-  return Steps(init, (gradient_phase("smooth", loss, "forget", epochs=epochs,
-                                     batch_size=batch_size, guard=True,
-                                     optimizer=lambda total: sgd(lr, momentum=0.0)),),
-               report=lambda st, h: {"final_lipschitz": h["smooth"]["lipschitz"][-1]})

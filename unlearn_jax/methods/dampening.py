@@ -169,13 +169,13 @@ def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_siz
 
 @register("gisa", space=dict(alpha=("log", 0.5, 50.0), step=("log", 0.01, 3.0), repair_lr=("log", 1e-3, 0.1)),
           reads=("forget", "retain"),
-          paper="seed 002 (MUFAC local scoring); our interpretation, no public definition",
+          paper="the MUFAC scoring notebook; our interpretation, no public definition",
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, step=1.0, repair_epochs=1, repair_lr=0.01, union="ordered",
                         forget_batch_size=128, batch_size=64))
 def gisa(ctx: MethodContext, *, alpha, step, repair_epochs, repair_lr, union, forget_batch_size,
          batch_size):
-  """GISA (Gradient-Informed Synaptic Adjustment) — our interpretation of seed 002.
+  """GISA (Gradient-Informed Synaptic Adjustment) — our interpretation of the MUFAC scoring notebook's.
 
   No public definition exists. Synapses are selected as in SSD (importances on D_f and
   on D = D_r ∪ D_f with SSD's batches and order, selected where I_f > α·I_D); instead of dampening, each selected weight

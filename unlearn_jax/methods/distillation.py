@@ -6,21 +6,20 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from unlearn_jax import losses
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
-from unlearn_jax.batching import fixed_batches, sample_batch, subsample
-from unlearn_jax.methods.base import (MethodContext, adam, ce_phase, gradient_phase,
-                                      model_state, register, sgd)
-from unlearn_jax.steps import (Phase, StepState, Steps, apply_gradients, init_train_state,
-                               with_enter)
+from unlearn_jax.batching import sample_batch, subsample
+from unlearn_jax.methods.base import (MethodContext, adam, gradient_phase, model_state,
+                                      register, sgd)
+from unlearn_jax.methods.noise import flat_noise, noise_feeds, noise_labels, noise_phase
+from unlearn_jax.steps import StepState, Steps, init_train_state, with_enter
 
 
 @register("bad_teacher", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
           reads=("forget", "retain"),
-          paper="Chundawat et al. 2023 (Can bad teaching induce forgetting?); seeds 000, 002",
+          paper="Chundawat et al. 2023 (Can bad teaching induce forgetting?); Unlearnify, the MUFAC scoring notebook",
           defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
 def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
   """Competent/incompetent teacher: distil θ0 on D_r and a random net on D_f.
@@ -143,7 +142,7 @@ def penultimate(model, variables, x, batch_size: int = 512):
 
 @register("bad_teacher_similar", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
           reads=("forget", "retain"),
-          paper="seed 002 (similarity-based sampling, NeurIPS 2023 Kaggle discussion 458648)",
+          paper="the MUFAC scoring notebook (similarity-based sampling, NeurIPS 2023 Kaggle discussion 458648)",
           defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
 def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
   """Bad teacher with the retain subsample chosen by similarity to the forget set.
@@ -171,105 +170,9 @@ def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction,
   return _bad_teacher(ctx, tau, lr, epochs, batch_size, select)
 
 
-def noise_labels(ctx: MethodContext, forget: tuple, batch_size: int) -> jax.Array:
-  """[num_noise_batches, batch_size] labels: one batch per forget class (class
-  scenarios, from the context) or per fixed-order forget batch (random forgetting; the
-  short last batch is filled with labels from the start of the set, so every noise batch
-  has the same static size)."""
-  if ctx.forget_classes:
-    return jnp.repeat(jnp.asarray(ctx.forget_classes, jnp.int32)[:, None], batch_size, 1)
-  return fixed_batches(forget, batch_size)[0][1]
-
-
-def noise_phase(name: str, model, input_shape, steps: int, lr: float, reg: float,
-                maximise: bool = True) -> Phase:
-  """A data-free phase optimising `feeds[name]` [batches, batch, *input_shape]: per label
-  batch y (`feeds[name + "/labels"]`), inputs N maximising CE(f_θ0(N), y) − reg·mean(N²)
-  (Adam `lr`, `steps` steps; θ0 = `const["teacher"]`); with `maximise=False`,
-  error-*minimising* noise: N minimising CE(f_θ0(N), y) + reg·mean(N²). Its start is
-  `noise_feeds`."""
-  model = as_adapter(model)
-  opt = optax.adam(lr)
-  sign = -1.0 if maximise else 1.0
-
-  def update(state: StepState, batch, key):
-    del batch, key
-    n, s, labels = (state.feeds[name], state.feeds[name + "/opt"],
-                    state.feeds[name + "/labels"])
-
-    def loss(x, y):
-      logits = model.logits(state.const["teacher"], x)
-      return sign * losses.cross_entropy(logits, y).mean() + reg * jnp.mean(x ** 2)
-
-    n, s = jax.vmap(lambda g, s_, n_: apply_gradients(opt, g, s_, n_))(
-        jax.vmap(jax.grad(loss))(n, labels), s, n)
-    return state._replace(feeds={**state.feeds, name: n, name + "/opt": s}), {}
-
-  return Phase(name, update, steps=steps, observe=False)
-
-
-def noise_feeds(name: str, labels: jax.Array, input_shape, key, lr: float) -> dict:
-  """The feeds `noise_phase(name, ...)` starts from: N(0, 1) noise of `labels`' batches
-  (drawn from `key`, the phase's key too), its Adam state, the labels."""
-  noise0 = jax.random.normal(key, labels.shape + tuple(input_shape))
-  return {name: noise0, name + "/opt": jax.vmap(optax.adam(lr).init)(noise0),
-          name + "/labels": labels}
-
-
-def flat_noise(state: StepState, name: str) -> tuple:
-  """(inputs [n, *input_shape], labels [n]) of the optimised noise `name`."""
-  n = state.feeds[name]
-  return n.reshape((-1,) + n.shape[2:]), state.feeds[name + "/labels"].reshape(-1)
-
-
-@register("unsir", space=dict(noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0), impair_lr=("log", 1e-3, 0.1), repair_lr=("log", 1e-3, 0.1)),
-          reads=("forget", "retain"), paper="Tarun et al. 2023 (UNSIR, fast yet effective MU)",
-          defaults=dict(noise_steps=40, noise_lr=0.1, noise_reg=0.1, impair_lr=0.01,
-                        repair_lr=0.01, retain_fraction=1.0, batch_size=64))
-def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, repair_lr,
-          retain_fraction, batch_size):
-  """UNSIR: error-maximising noise, then impair and repair.
-
-  Noise: for each forget class (class scenarios) or each forget batch (random
-  forgetting) a batch N of inputs maximising CE(f_θ0(N), y) − λ·mean(N²) with Adam
-  (`noise_steps` steps, lr `noise_lr`), y the class / the batch's labels. Impair: one
-  epoch of CE on the noise (labelled with its own y) mixed with a random
-  `retain_fraction` of D_r, SGD lr `impair_lr`; repair: one epoch of CE on that
-  retain subsample at `repair_lr`.
-  Reads: forget and retain. Defaults: 40 steps, Adam 0.1, λ 0.1, impair lr 0.01,
-  repair lr 0.01, all of D_r, batch 64 (paper: impair lr 0.02 on a retain subsample;
-  on digits that costs 44 points of RA in the random scenario).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
-  """
-  model = ctx.model
-
-  def init(variables, data, key):
-    k_noise, k_sub, k_imp, k_rep = jax.random.split(key, 4)
-    labels = noise_labels(ctx, data.forget, batch_size)
-    feeds = {**noise_feeds("noise", labels, ctx.input_shape, k_noise, noise_lr),
-             "retain": subsample(data.retain, k_sub, retain_fraction)}
-    return StepState(model_state(variables), feeds,
-                     {"noise": k_noise, "impair": k_imp, "repair": k_rep},
-                     {"teacher": variables})
-
-  def mix(state, key):
-    """Impair's data: the noise (labelled with its own y) and the retain subsample."""
-    (xn, yn), (xr, yr) = flat_noise(state, "noise"), state.feeds["retain"]
-    impair = (jnp.concatenate([xn, xr]), jnp.concatenate([yn, yr]))
-    return state._replace(feeds={**state.feeds, "impair": impair})
-
-  return Steps(init, (
-      noise_phase("noise", model, ctx.input_shape, noise_steps, noise_lr, noise_reg),
-      with_enter(ce_phase("impair", model, "impair", epochs=1, lr=impair_lr,
-                          batch_size=batch_size, schedule="constant"), mix),
-      ce_phase("repair", model, "retain", epochs=1, lr=repair_lr, batch_size=batch_size,
-               schedule="constant")))
-
-
 @register("contrastive", space=dict(tau=("log", 0.05, 4.0), lr=("log", 1e-3, 1.0), ce_weight=("log", 0.01, 10.0), epochs=(3, 10, 30)),
           reads=("forget", "retain"),
-          paper="NeurIPS 2023 unlearning competition, 2nd place (seed 002)",
+          paper="NeurIPS 2023 unlearning competition, 2nd place (the MUFAC scoring notebook)",
           defaults=dict(epochs=3, tau=1.0, lr=0.01, ce_weight=1.0, batch_size=64))
 def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   """Contrastive unlearning: push forget embeddings away from retain embeddings.
@@ -308,12 +211,12 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
 
 @register("unlearnify", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2), noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0)),
           reads=("forget", "retain"),
-          paper="seed 000 (Unlearnify); ours, built from its description",
+          paper="Unlearnify; ours, built from its description",
           defaults=dict(epochs=3, tau=1.0, lr=5e-4, retain_fraction=1.0, noise_steps=40,
                         noise_lr=0.1, noise_reg=0.1, batch_size=64))
 def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_steps, noise_lr,
                noise_reg, batch_size):
-  """Unlearnify (ours, from seed 000): noise impairment + bad teacher + curriculum.
+  """Unlearnify (ours, from Unlearnify's description): noise impairment + bad teacher + curriculum.
 
   1. UNSIR-style error-maximising noise for the forget data (per forget class, or per
      forget batch), as in `unsir`.

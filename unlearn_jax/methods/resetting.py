@@ -158,35 +158,35 @@ _PRUNE_RULE = """
   |θ_overfit − θ0| lies below the `quantile` of all such changes{scope} are replaced by
   fresh initial weights (the model's initialisers, drawn from the key){complex}; then FT on
   D_r. Reads: forget and retain. Defaults: quantile 0.30, overfit 5 epochs at lr 0.01,
-  FT 5 epochs at lr 0.001 (seed 004), batch 64.
+  FT 5 epochs at lr 0.001 ("Forget with Precision"), batch 64.
   Behaviour at the defaults is measured, not stated here: tests/expected/
   behaviour_digits.csv (digits, both scenarios) and the README's results tables.
 """
 
 prune = _prune_factory("all")
-prune.__doc__ = ("Selective pruning (seed 004): reinitialise the weights the forget set "
+prune.__doc__ = ("Selective pruning (Forget with Precision): reinitialise the weights the forget set "
                  "barely moves, then fine-tune." + _PRUNE_RULE.format(scope="", complex=""))
 register("prune", space=PRUNE_SPACE,
-         reads=("forget", "retain"), paper="Krahenmann et al. (seed 004, Forget with Precision)",
+         reads=("forget", "retain"), paper="Krahenmann et al. (Forget with Precision)",
          defaults=PRUNE_DOC_DEFAULTS)(prune)
 
 prune_last_layer = _prune_factory("last_layer")
-prune_last_layer.__doc__ = ("Selective pruning of the final dense layer only (seed 004)." +
+prune_last_layer.__doc__ = ("Selective pruning of the final dense layer only (Forget with Precision)." +
                             _PRUNE_RULE.format(scope=" in the last layer", complex=""))
 register("prune_last_layer", space=PRUNE_SPACE,
          reads=("forget", "retain"),
-         paper="Krahenmann et al. (seed 004, Forget with Precision)",
+         paper="Krahenmann et al. (Forget with Precision)",
          defaults=PRUNE_DOC_DEFAULTS)(prune_last_layer)
 
 prune_complex = _prune_factory("complex")
-prune_complex.__doc__ = ("Pruning complex (seed 004): reinitialise weights 'similar' for "
+prune_complex.__doc__ = ("Pruning complex (Forget with Precision): reinitialise weights 'similar' for "
                          "both D_f and a retain subset." + _PRUNE_RULE.format(
                              scope="", complex=(", but only where a second copy overfitted "
                                                 "on a random D_r subset of |D_f| examples "
                                                 "also changed them less than its quantile")))
 register("prune_complex", space=PRUNE_SPACE,
          reads=("forget", "retain"),
-         paper="Krahenmann et al. (seed 004, Forget with Precision)",
+         paper="Krahenmann et al. (Forget with Precision)",
          defaults=PRUNE_DOC_DEFAULTS)(prune_complex)
 
 
@@ -206,10 +206,10 @@ he_normal = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 @register("activation_reset", space=dict(threshold=("linear", 0.5, 0.95), lr=("log", 1e-3, 0.1)),
           reads=("forget", "retain"),
-          paper="Krahenmann et al. (seed 004, Forget with Precision)",
+          paper="Krahenmann et al. (Forget with Precision)",
           defaults=dict(threshold=0.8, epochs=5, lr=0.01, batch_size=64))
 def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
-  """Activation reset (seed 004): reinitialise the kernels D_f excites more than D_r.
+  """Activation reset ("Forget with Precision"): reinitialise the kernels D_f excites more than D_r.
 
   Pairs each forget example with one of an equally sized random retain subset. For every
   output channel c of every Conv/Dense layer below the head, a_c(x) is the layer's output

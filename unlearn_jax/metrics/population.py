@@ -298,7 +298,7 @@ def _eps_hat_example(hu, hr, delta):
 
 @host_metric(lambda u, r, y: ((u[1],), ()))
 def eps_hat(unlearned_logits, retrained_logits, labels, delta: float = 0.05):
-  """ε̂ of seed 004 ("Forget with Precision"): a Gaussian likelihood-ratio attack per example.
+  """ε̂ of "Forget with Precision" (Krahenmann et al.): a Gaussian likelihood-ratio attack per example.
 
   Statistic: the hinge. Per forget example, fit N(μ, σ) (population std) to the
   unlearned and to the retrained hinges; score all 2N by log N(h; μ_U, σ_U) −
