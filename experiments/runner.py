@@ -192,7 +192,7 @@ def _apply_methods(st, cfg, hparams, data, seed_keys, slots, references, store, 
     ms = resumed_method(store, m, originals, log)
     if ms is None:
       ms = driver.apply_method(mspec, ctx, hparams[m], originals, method_data, keys,
-                               seed_mode=st.mode, along=along, eval_data=eval_data)
+                               seed_mode=st.mode, along=along, eval_data=eval_data, log=log)
       if store is not None:
         store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts,
                                       "along": ms.along},

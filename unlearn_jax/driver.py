@@ -148,6 +148,34 @@ class Progress:
              f"| {elapsed:.1f}s elapsed, {left:.1f}s left")
 
 
+class StepProgress:
+  """Progress inside a method (`steps.run(..., progress=self)`, called from the compiled
+  program): steps done of the schedule, steps/s and time left, at most one line every 2 s
+  and none for a method that finishes within 2 s. Vmapped seeds report together (the
+  slowest seed's count)."""
+
+  def __init__(self, log: Callable[[str], None], label: str):
+    self.log, self.label = log, label
+    self.start = self.last_print = None
+    self.done = 0
+
+  def __call__(self, done, total):
+    now = time.perf_counter()
+    done, total = int(np.min(done)), int(np.max(total))
+    if self.start is None or done < self.done:   # the first report, or the next seed's
+      self.start = self.last_print = now
+      self.first = self.done = done
+      return
+    self.done = done
+    if now - self.last_print < 2.0:
+      return
+    self.last_print = now
+    elapsed = now - self.start
+    rate = (done - self.first) / max(elapsed, 1e-9)
+    self.log(f"  {self.label}: step {done}/{total} | {rate:,.1f} steps/s | {elapsed:.1f}s "
+             f"elapsed, {(total - done) / max(rate, 1e-9):.1f}s left")
+
+
 def _compile(fn, *args, donate: tuple = (), programs: Optional[dict] = None, name: str = ""):
   """(executable, compile seconds); with a `programs` dict, the executable compiled before
   under `name` for arguments of the same shapes is reused (0 seconds)."""
@@ -252,15 +280,17 @@ class MethodProgram:
   {name: scalar}` every `every` epochs of each phase); `eval_data` is an argument of the
   program, not a constant folded into it."""
 
-  def __init__(self, method, ctx, hparams: dict, *, seed_mode: str = "vmap", along=None):
+  def __init__(self, method, ctx, hparams: dict, *, seed_mode: str = "vmap", along=None,
+               log: Optional[Callable[[str], None]] = None):
     check_seed_mode(seed_mode)
     self.method, self.seed_mode = method, seed_mode
     unlearn = method(ctx, **hparams)          # checks the hyperparameters now
     evaluate, every = along if along is not None else (None, 1)
+    progress = StepProgress(log, method.name) if log is not None else None
 
     def fn(v, d, k, e):
-      return unlearn(v, d, k, every=every, evaluate=None if evaluate is None else (
-          lambda vv: evaluate(vv, e)))
+      return unlearn(v, d, k, every=every, progress=progress,
+                     evaluate=None if evaluate is None else (lambda vv: evaluate(vv, e)))
 
     # Named after the method, so compile logs (`jax_log_compiles`) say which program it is.
     fn.__name__ = fn.__qualname__ = f"unlearn_{method.name}"
@@ -297,12 +327,15 @@ class MethodProgram:
 
 def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
                  seed_mode: str = "vmap", program: Optional[MethodProgram] = None,
-                 along=None, eval_data=()) -> ModelSet:
+                 along=None, eval_data=(), log: Optional[Callable[[str], None]] = None
+                 ) -> ModelSet:
   """Runs one method on every seed's original (compiled once; pass the same `program` to
   reuse its executable across calls); returns the unlearned ModelSet. Synthetic images in
   the method's aux become `artifacts`; the evaluations along its steps (`along`, see
-  `MethodProgram`) `ModelSet.along`."""
-  program = program or MethodProgram(method, ctx, hparams, seed_mode=seed_mode, along=along)
+  `MethodProgram`) `ModelSet.along`; with `log`, progress lines from inside a long method
+  (`StepProgress`)."""
+  program = program or MethodProgram(method, ctx, hparams, seed_mode=seed_mode, along=along,
+                                     log=log)
   before = program.compile_seconds
   out, aux, seconds, compiled = program(variables, data, keys, eval_data)
   if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(out)):
