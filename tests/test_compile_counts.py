@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_log  # noqa: E402
 
 WITH_DATA = [m for m in methods.list_methods() if methods.get_method(m).reads]
-POPULATION_METHODS = ("finetune", "neggrad", "random_label", "neggrad_plus", "l1_sparse",
-                      "ssd", "salun", "scrub", "unsir")
+# One per kind of schedule (epochs of a gradient phase, a one-shot edit, cycles, noise then
+# phases); the 9-method N = 16 evaluation is measured in the issue's closing note.
+POPULATION_METHODS = ("finetune", "ssd", "scrub", "unsir")
 
 
 def small_config(**fields):
@@ -51,7 +52,7 @@ def test_sequential_seeds_compile_every_method_once():
 
 
 def test_a_population_in_chunks_compiles_each_program_once():
-  """Nine methods over 4 models in chunks of 2: each method's program, the epoch programs
+  """Four methods over 4 models in chunks of 2: each method's program, the epoch programs
   and the logits of each split compile once, however many chunks and populations."""
   cfg = small_config(methods=",".join(POPULATION_METHODS))
   with compile_log.compiles() as counts:

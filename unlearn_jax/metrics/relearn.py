@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
+from unlearn_jax.batching import sample_batch
+from unlearn_jax.losses import cross_entropy
 from unlearn_jax.steps import apply_gradients
 
 
@@ -29,18 +30,16 @@ def relearn_steps(model, variables, forget: tuple, target_acc, key, *, lr: float
   forget = tuple(jnp.asarray(a) for a in forget)
   x_eval, y_eval = (a[:eval_size] for a in forget)
   tx = optax.sgd(lr, momentum=0.9)
-  n = forget[0].shape[0]
 
   def acc(v):
     return jnp.mean(jnp.argmax(model.logits(v, x_eval), -1) == y_eval)
 
   def step(carry, k):
     v, opt = carry
-    idx = jax.random.randint(k, (batch_size,), 0, n)
+    x, y = sample_batch(forget, k, batch_size)
 
     def loss(p):
-      logits = model.logits({**v, "params": p}, forget[0][idx])
-      return train_lib.cross_entropy(logits, forget[1][idx]).mean()
+      return cross_entropy(model.logits({**v, "params": p}, x), y).mean()
 
     params, opt = apply_gradients(tx, jax.grad(loss)(v["params"]), opt, v["params"])
     v = {**v, "params": params}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import optax
+from unlearn_jax.losses import cross_entropy
 
 
 def accuracy(logits, labels):
@@ -16,4 +16,4 @@ def accuracy(logits, labels):
 def per_example_loss(logits, labels):
   """CE per example: ℓ_i = −log softmax(z_i)_{y_i}; logits [n, C], labels [n] → [n].
   Ideal: the retrained model's losses (the loss MIAs compare their distributions)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return cross_entropy(logits, labels)    # the library's one CE (`losses`)
