@@ -38,11 +38,6 @@ def compiles():
     logger.removeHandler(handler)
 
 
-def from_text(text: str) -> collections.Counter:
-  """The same Counter from a process's stderr (run with JAX_LOG_COMPILES=1)."""
-  return collections.Counter(_LINE.findall(text))
-
-
 # The driver's programs, named so (unlearn_<method>: `driver.MethodProgram`). Eager
 # operations and anonymous lambdas are left out: their names say nothing, and an op run
 # eagerly inside and outside `jax.enable_x64` is two programs under one log line.

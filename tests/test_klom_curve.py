@@ -117,7 +117,16 @@ def test_the_population_config_sets_up():
   from experiments.configs import cifar10_population
   from unlearn_jax import methods
   cfg = cifar10_population.get_config()
-  assert "python -m experiments.evaluate" in cifar10_population.__doc__
+  # Its documented commands run this file with the population entry points.
+  import importlib.util
+  import re
+  commands = re.findall(r"python -m (experiments\.\w+) --config=(\S+?\.py)",
+                        cifar10_population.__doc__)
+  assert {entry for entry, _ in commands} == {"experiments.evaluate", "experiments.klom_curve"}
+  for entry, path in commands:
+    assert importlib.util.find_spec(entry) is not None, entry
+    assert (Path(__file__).resolve().parents[1] / path).resolve() == \
+        Path(cifar10_population.__file__).resolve(), path
   assert cfg.model.startswith("mlp:") and cfg.seed_loop == "vmap"
   assert set(cfg.methods.split(",")) == {m for m in methods.list_methods()
                                          if methods.get_method(m).reads}

@@ -296,17 +296,14 @@ class MethodProgram:
     fn.__name__ = fn.__qualname__ = f"unlearn_{method.name}"
     self._fn = parallel.vmap_seeds(fn, in_axes=(0, None, 0, None)) if seed_mode == "vmap" \
         else fn
-    self._compiled = {}
+    self._programs = {}        # `_compile`'s cache: one executable per input signature
     self.compile_seconds = 0.0
 
   def compiled(self, *args):
     """The executable for arguments shaped like `args` (compiled on first use)."""
-    sig = str(jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), args))
-    if sig not in self._compiled:
-      compiled, seconds = _compile(self._fn, *args)
-      self._compiled[sig] = compiled
-      self.compile_seconds += seconds
-    return self._compiled[sig]
+    compiled, seconds = _compile(self._fn, *args, programs=self._programs)
+    self.compile_seconds += seconds
+    return compiled
 
   def __call__(self, variables, data, keys, eval_data=()):
     """(variables, aux) for every seed, and the seconds after compilation per seed."""

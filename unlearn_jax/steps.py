@@ -174,15 +174,6 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool =
   return step
 
 
-def on_carry(step: Callable) -> Callable:
-  """A `TrainState` step `(carry, batch, key) -> (carry, metrics)` as a phase update: it
-  reads and writes `state.carry`."""
-  def update(state: StepState, batch, key):
-    carry, metrics = step(state.carry, batch, key)
-    return state._replace(carry=carry), metrics
-  return update
-
-
 # ----------------------------------------------------------------------------- the loop
 def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_epochs: int,
                 batch_size: int, first_epoch: jax.Array | int = 0, after_epoch=None):
