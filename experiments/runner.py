@@ -84,8 +84,9 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
   """Runs the experiment described by `cfg` (see experiments/configs/default.py).
 
   Pure computation plus logging: writing the run directory is `report.write_run`'s job.
-  With `resume_dir`, training states (every `cfg.checkpoint_every` epochs) and finished
-  methods are checkpointed there, and a rerun with the same settings continues from them.
+  With `resume_dir`, training states (every `cfg.checkpoint_every` epochs), finished
+  methods and, with `cfg.method_checkpoint_every`, methods mid-way are checkpointed there,
+  and a rerun with the same settings continues from them.
   `st`: the `experiments.setup.Setup` of `cfg` when the caller already made it.
   """
   t_start = time.perf_counter()
@@ -191,8 +192,11 @@ def _apply_methods(st, cfg, hparams, data, seed_keys, slots, references, store, 
     method_data = methods_lib.select_data(mspec, data["forget"], data["retain"], ctx=ctx)
     ms = resumed_method(store, m, originals, log)
     if ms is None:
+      every = int(cfg.get("method_checkpoint_every", 0))
       ms = driver.apply_method(mspec, ctx, hparams[m], originals, method_data, keys,
-                               seed_mode=st.mode, along=along, eval_data=eval_data, log=log)
+                               seed_mode=st.mode, along=along, eval_data=eval_data, log=log,
+                               resume=None if store is None or every <= 0 else
+                               (store, f"steps_{m}", every, 10 * every))
       if store is not None:
         store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts,
                                       "along": ms.along},

@@ -256,6 +256,9 @@ def validate(cfg) -> None:
   if cfg.get("mesh_seeds", 1) < 1 or cfg.get("mesh_data", 0) < 0:
     raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 1)} must be >= 1 and "
                      f"--mesh_data={cfg.get('mesh_data', 0)} >= 0 (0 = all remaining devices)")
+  for name in ("checkpoint_every", "method_checkpoint_every", "along_every"):
+    if int(cfg.get(name, 0)) < 0:
+      raise UsageError(f"--config.{name}={cfg.get(name)} must be >= 0 (0 = off)")
   resolve_methods(cfg.methods, cfg.scenario)
   parse_classes(cfg.forget_classes)
 
@@ -376,6 +379,7 @@ def resolve_hparams(method_names, method_hparams: dict, scenario: str, log,
   return hparams
 
 
+# method_checkpoint_every is fingerprinted: it decides what a mid-method checkpoint step is.
 _NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed")
 
 

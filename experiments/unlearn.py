@@ -8,7 +8,8 @@ r"""One command from data to a verdict: train, retrain, unlearn, evaluate, repor
 Writes into --workdir (default runs/<dataset>_<scenario>_<time>): results.csv,
 results.json, summary.md, splits.npz/json, plots/, checkpoints/. A run is staged in a
 hidden sibling directory and moved into place only when complete. Train states (every
-`--config.checkpoint_every` epochs) and finished methods are checkpointed in
+`--config.checkpoint_every` epochs), finished methods and, with
+`--config.method_checkpoint_every=N`, methods every N epochs are checkpointed in
 `.<workdir name>.resume/` beside it: a killed run, restarted with the same command,
 continues from there and ends with the weights of an uninterrupted run.
 """

@@ -2,7 +2,6 @@
 
 import chex
 import jax
-import jax.numpy as jnp
 import pytest
 
 from unlearn_jax import checkpoint, models

@@ -155,7 +155,7 @@ def test_nonempty_workdir_needs_overwrite(tmp_path):
 
 def test_default_methods_are_every_method_meant_for_the_scenario():
   from unlearn_jax import methods
-  from experiments import runner, setup
+  from experiments import setup
   zero_shot = ("zs_minmax_noise", "gkt", "deepinversion")
   assert setup.resolve_methods("", "random") == tuple(
       m for m in methods.list_methods() if m not in zero_shot)
@@ -171,7 +171,7 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
 def test_every_config_file_sets_up(name, arg):
   """Each config under experiments/configs loads and passes setup (on digits, offline)."""
   import importlib.util
-  from experiments import runner, setup
+  from experiments import setup
   module = importlib.import_module(f"experiments.configs.{name}")
   cfg = module.get_config() if arg is None else module.get_config(arg)
   # The commands the config's docstring gives run this file with an existing entry point

@@ -10,7 +10,7 @@ fails, naming it.
 import sys
 from pathlib import Path
 
-from experiments import population, runner, setup
+from experiments import population, runner
 from experiments.configs import default
 from unlearn_jax import methods
 

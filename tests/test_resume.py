@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import chex
-import jax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -72,6 +71,33 @@ def test_finished_methods_are_not_rerun(tmp_path, monkeypatch):
   assert any("original: resumed after epoch 6/6" in l for l in lines)
   assert any("method finetune: finished before, restored" in l for l in lines)
   assert not any("method neggrad: finished before" in l for l in lines)
+
+
+def test_a_method_killed_mid_way_resumes_inside_it(tmp_path, monkeypatch):
+  """`--config.method_checkpoint_every=1`: SCRUB's state after each cycle is checkpointed;
+  killed after its second cycle, the rerun restores the trained references and the
+  cycle, runs the rest, and ends with the weights and rows of an uninterrupted run."""
+  cfg = _cfg(methods="scrub", method_checkpoint_every=1, seed_loop="sequential")
+  cfg.train.epochs = 2
+  hp = {"scrub": {"epochs": 3, "max_epochs": 2}}
+  want = runner.run(cfg, hp, log=lambda s: None)
+  resume_dir = tmp_path / "resume"
+  real_save = checkpoint.ResumeStore.save
+
+  def save_then_die(self, name, s, tree, meta):
+    real_save(self, name, s, tree, meta)
+    if name == "steps_scrub" and s == 2:
+      raise Killed
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint.ResumeStore, "save", save_then_die)
+    with pytest.raises(Killed):
+      runner.run(cfg, hp, log=lambda s: None, resume_dir=resume_dir)
+  lines = []
+  got = runner.run(cfg, hp, log=lines.append, resume_dir=resume_dir)
+  assert any("scrub: resumed after chunk 2/3" in l for l in lines), lines
+  chex.assert_trees_all_equal(got.model_sets["scrub"].variables,
+                              want.model_sets["scrub"].variables)
+  assert [r["forget_acc"] for r in got.rows] == [r["forget_acc"] for r in want.rows]
 
 
 def test_other_flags_refuse_the_resume_directory(tmp_path, monkeypatch):

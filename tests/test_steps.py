@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import unlearn_jax as uj
-from unlearn_jax import batching, methods, models, steps as steps_lib
+from unlearn_jax import batching, checkpoint, driver, methods, models, steps as steps_lib
 
 NUM_CLASSES = 10
 
@@ -135,3 +135,55 @@ def test_every_must_be_a_positive_whole_number(setting):
 def test_an_unknown_phase_name_lists_the_phases(setting):
   with pytest.raises(ValueError, match="allowed: max, min"):
     uj.scrub.steps(setting[0]).phase("maximise")
+
+
+class _Killed(Exception):
+  pass
+
+
+class _DyingStore(checkpoint.ResumeStore):
+  """A resume store whose process "dies" right after writing checkpoint `die_at`."""
+  die_at = None
+
+  def save(self, name, step, tree, meta):
+    super().save(name, step, tree, meta)
+    if step == self.die_at:
+      raise _Killed
+
+
+@pytest.mark.parametrize("name,hp", [
+    ("scrub", dict(epochs=3, max_epochs=2)),            # cycles, an inactive phase
+    ("unsir", dict(noise_steps=20)),                    # data-free steps, enter, two phases
+    ("ssd", {})])                                       # one-shot edit
+def test_a_method_killed_mid_way_resumes_to_the_one_program_result(setting, tmp_path, name, hp):
+  """Checkpointed chunks (`MethodProgram.resumable`, one epoch / cycle or 10 data-free
+  steps each), killed after the second checkpoint and rerun from the store, end with the
+  weights, aux and along-evaluations of the uninterrupted one-program run (2 vmapped
+  seeds; equal up to XLA fusing the pieces differently)."""
+  ctx, variables, forget, retain = setting
+  method = methods.get_method(name)
+  data = methods.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  seeds = driver.stack_seeds([variables, variables])
+  keys = jax.random.split(jax.random.PRNGKey(3), 2)
+  acc = lambda v, f: {"forget_acc": uj.accuracy(ctx.model.logits(v, f[0]), f[1])}
+  want = driver.apply_method(method, ctx, hp, seeds, data, keys, along=(acc, 1),
+                             eval_data=forget)
+  store = _DyingStore.open(tmp_path / "resume", {"test": name})
+  chunks = steps_lib.plan(method.steps(ctx, **hp), jax.eval_shape(
+      method.steps(ctx, **hp).init, variables, data, keys[0]), 1, 10)
+  saves = [i + 1 for i, c in enumerate(chunks) if c.kind != "enter"]
+  store.die_at = saves[1] if len(saves) > 1 else saves[0]
+  with pytest.raises(_Killed):
+    driver.apply_method(method, ctx, hp, seeds, data, keys, along=(acc, 1), eval_data=forget,
+                        resume=(store, "steps", 1, 10))
+  store.die_at, lines = None, []
+  got = driver.apply_method(method, ctx, hp, seeds, data, keys, along=(acc, 1),
+                            eval_data=forget, resume=(store, "steps", 1, 10),
+                            log=lines.append)
+  assert any(f"resumed after chunk {saves[1] if len(saves) > 1 else saves[0]}/{len(chunks)}"
+             in line for line in lines), lines
+  chex.assert_trees_all_close(got.variables, want.variables, atol=1e-6, rtol=1e-6)
+  assert got.aux.keys() == want.aux.keys()
+  assert got.along.keys() == want.along.keys() and want.along, "along evaluations lost"
+  for k in want.along:
+    np.testing.assert_allclose(got.along[k], want.along[k], atol=1e-6, err_msg=k)

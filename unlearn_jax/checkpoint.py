@@ -51,7 +51,9 @@ def restore_variables(directory: Path, like, step: int | None = None):
 class ResumeStore:
   """The checkpoints that let a killed run resume: one orbax `CheckpointManager` per
   population (`original`, `retrain`: the whole train state every `every` epochs, the step
-  being the number of finished epochs) and one per finished method (its unlearned weights).
+  being the number of finished epochs), one per finished method (its unlearned weights)
+  and, for a method run in checkpointed chunks, one of its state mid-method (the step being
+  the chunks done, `driver.MethodProgram.resumable`).
 
   `directory/fingerprint.json` records what produced them (config and hyperparameters);
   `open` refuses a directory written by other flags instead of mixing two runs.
@@ -91,7 +93,7 @@ class ResumeStore:
   def restore_latest(self, name: str, like) -> Optional[tuple]:
     """(step, tree, meta) of the newest checkpoint of `name`, or None if it has none.
     CheckpointError when it is corrupt or its tree does not match `like` (`like=None`:
-    the tree as saved)."""
+    the tree as saved; a callable: `like(step)`, for trees whose shapes depend on the step)."""
     path = self.directory / name
     if not path.is_dir():
       return None
@@ -99,6 +101,7 @@ class ResumeStore:
       step = mngr.latest_step()
       if step is None:
         return None
+      like = like(step) if callable(like) else like
       abstract = (None if like is None else
                   jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like))
       try:

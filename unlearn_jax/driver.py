@@ -30,6 +30,7 @@ import numpy as np
 
 from unlearn_jax import metrics as metrics_lib
 from unlearn_jax import parallel
+from unlearn_jax import steps as steps_lib
 from unlearn_jax import train as train_lib
 
 
@@ -294,10 +295,15 @@ class MethodProgram:
 
     # Named after the method, so compile logs (`jax_log_compiles`) say which program it is.
     fn.__name__ = fn.__qualname__ = f"unlearn_{method.name}"
-    self._fn = parallel.vmap_seeds(fn, in_axes=(0, None, 0, None)) if seed_mode == "vmap" \
-        else fn
+    self._fn = self._over_seeds(fn, (0, None, 0, None))
     self._programs = {}        # `_compile`'s cache: one executable per input signature
     self.compile_seconds = 0.0
+    self.peak_bytes = float("nan")
+    self._steps, self._evaluate, self._every, self._progress = (
+        unlearn.steps, evaluate, every, progress)
+
+  def _over_seeds(self, fn, in_axes):
+    return parallel.vmap_seeds(fn, in_axes=in_axes) if self.seed_mode == "vmap" else fn
 
   def compiled(self, *args):
     """The executable for arguments shaped like `args` (compiled on first use)."""
@@ -306,7 +312,8 @@ class MethodProgram:
     return compiled
 
   def __call__(self, variables, data, keys, eval_data=()):
-    """(variables, aux) for every seed, and the seconds after compilation per seed."""
+    """(variables, aux) for every seed, and the seconds after compilation per seed
+    (`peak_bytes`: the compiled program's, `compiled_peak_bytes`)."""
     num_seeds = keys.shape[0]
     if self.seed_mode == "vmap":
       run = self.compiled(variables, data, keys, eval_data)
@@ -319,22 +326,121 @@ class MethodProgram:
                  for i in range(num_seeds)]
       out = stack_seeds([r[0] for r in results])
       aux = stack_seeds([r[1] for r in results]) if results[0][1] else {}
-    return out, aux, (time.perf_counter() - t0) / num_seeds, run
+    self.peak_bytes = compiled_peak_bytes(run)
+    return out, aux, (time.perf_counter() - t0) / num_seeds
+
+  # ---------------------------------------------------------------- checkpointed chunks
+  def resumable(self, variables, data, keys, eval_data, store, label: str,
+                every_epochs: int, every_steps: int = 0,
+                log: Callable[[str], None] = print):
+    """(variables, aux, seconds per seed) of the method run as checkpointed chunks
+    (`steps.plan`): `every_epochs` epochs of a phase (cycles of a cycled schedule) and
+    `every_steps` data-free steps (0: whole phases) per chunk. The state of every seed and
+    the histories so far are saved in the `checkpoint.ResumeStore` `store` under `label`
+    after each chunk (step = chunks done), and a rerun continues from the newest. A chunk
+    is that piece of the one-program run (same keys, same batches, same order), so the
+    weights equal an uninterrupted run's; equal-length chunks of a phase share one
+    compiled program, `start` being an argument. `seconds` excludes compilation."""
+    steps, vm, n = self._steps, self.seed_mode == "vmap", keys.shape[0]
+    evaluate, every, progress = self._evaluate, self._every, self._progress
+
+    def init(v, d, k):
+      return steps.init(jax.tree_util.tree_map(jnp.copy, v), d, k)
+
+    def chunk_fn(chunk):
+      def f(st, start, e):
+        return steps_lib.run_chunk(
+            steps, chunk, st, start, every=every, progress=progress, total=total,
+            evaluate=None if evaluate is None else (lambda vv: evaluate(vv, e)))
+      f.__name__ = f.__qualname__ = f"unlearn_{self.method.name}_{chunk.kind}"
+      return f
+
+    first = jax.eval_shape(init, seed_slice(variables, 0), data, keys[0])
+    chunks = steps_lib.plan(steps, first, every_epochs, every_steps)
+    total = steps_lib.total_steps(steps, first) if progress is not None else 0
+
+    def hists_tree(hists):
+      """The histories so far as leaves and their structure: orbax drops empty subtrees
+      (a phase without metrics), so the saved tree holds only leaves."""
+      leaves, treedef = jax.tree_util.tree_flatten(hists, is_leaf=lambda x: x is None)
+      return [leaf for leaf in leaves if leaf is not None], treedef
+
+    def saved_like(done: int):
+      """The shapes of the tree saved after `done` chunks (every seed)."""
+      st, hists = first, []
+      for c in chunks[:done]:
+        st, h = jax.eval_shape(chunk_fn(c), st, 0, eval_data)
+        hists.append(h)
+      with_seeds = lambda s: jax.ShapeDtypeStruct((n,) + s.shape, s.dtype)
+      leaves, treedef = hists_tree(hists)
+      structure[done] = (treedef, hists)
+      return jax.tree_util.tree_map(with_seeds, {"state": st, "hists": leaves})
+
+    structure = {}
+
+    def call(fn, tree, *shared, name):
+      """`fn` compiled once (per signature) and applied to every seed of `tree`."""
+      compiled, secs = _compile(self._over_seeds(fn, (0,) + (None,) * len(shared)),
+                                tree if vm else seed_slice(tree, 0), *shared,
+                                programs=self._programs, name=name)
+      self.compile_seconds += secs
+      self.peak_bytes = float(np.nanmax([self.peak_bytes, compiled_peak_bytes(compiled)]))
+      t = time.perf_counter()
+      out = compiled(tree, *shared) if vm else stack_seeds(
+          [compiled(seed_slice(tree, i), *shared) for i in range(n)])
+      return jax.block_until_ready(out), time.perf_counter() - t
+
+    found = store.restore_latest(label, saved_like)
+    if found is None:
+      done, seconds = 0, 0.0
+      state, _ = call(lambda vk, d: init(vk[0], d, vk[1]), (variables, keys), data, name="init")
+      hists = []
+    else:
+      done, tree, meta = found
+      state, seconds = tree["state"], float(meta["seconds"])
+      treedef, abstract = structure[done]
+      it = iter(tree["hists"])
+      hists = jax.tree_util.tree_unflatten(treedef, [
+          None if leaf is None else next(it) for leaf in jax.tree_util.tree_flatten(
+              abstract, is_leaf=lambda x: x is None)[0]])
+      log(f"  {self.method.name}: resumed after chunk {done}/{len(chunks)} from "
+          f"{store.directory / label}")
+    for i in range(done, len(chunks)):
+      c = chunks[i]
+      (state, hist), secs = call(chunk_fn(c), state, jnp.asarray(c.start, jnp.int32),
+                                 eval_data, name=f"chunk {c.signature}")
+      hists.append(hist)
+      seconds += secs
+      if c.kind != "enter":
+        t = time.perf_counter()
+        store.save(label, i + 1, {"state": state, "hists": hists_tree(hists)[0]},
+                   {"seconds": seconds})
+        seconds += time.perf_counter() - t
+    joined = steps_lib.join_histories(steps, chunks, hists, axis=1)
+    (out, aux), secs = call(lambda sh: steps_lib.finish(steps, *sh), (state, joined),
+                            name="finish")
+    return out, aux, (seconds + secs) / n
 
 
 def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
                  seed_mode: str = "vmap", program: Optional[MethodProgram] = None,
-                 along=None, eval_data=(), log: Optional[Callable[[str], None]] = None
-                 ) -> ModelSet:
+                 along=None, eval_data=(), log: Optional[Callable[[str], None]] = None,
+                 resume=None) -> ModelSet:
   """Runs one method on every seed's original (compiled once; pass the same `program` to
   reuse its executable across calls); returns the unlearned ModelSet. Synthetic images in
   the method's aux become `artifacts`; the evaluations along its steps (`along`, see
   `MethodProgram`) `ModelSet.along`; with `log`, progress lines from inside a long method
-  (`StepProgress`)."""
+  (`StepProgress`). `resume=(store, label, every_epochs, every_steps)` runs it as
+  checkpointed chunks that a rerun continues (`MethodProgram.resumable`)."""
   program = program or MethodProgram(method, ctx, hparams, seed_mode=seed_mode, along=along,
                                      log=log)
   before = program.compile_seconds
-  out, aux, seconds, compiled = program(variables, data, keys, eval_data)
+  if resume is None:
+    out, aux, seconds = program(variables, data, keys, eval_data)
+  else:
+    store, label, every_epochs, every_steps = resume
+    out, aux, seconds = program.resumable(variables, data, keys, eval_data, store, label,
+                                          every_epochs, every_steps, log=log or print)
   if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(out)):
     raise FloatingPointError(f"method {method.name} returned non-finite weights")
   aux = dict(aux)
@@ -343,7 +449,7 @@ def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
                and np.ndim(v) > 1}
   return ModelSet(method.name, out, seconds, program.compile_seconds - before,
                   {k: np.asarray(v).tolist() for k, v in aux.items() if k not in artifacts},
-                  artifacts, compiled_peak_bytes(compiled), along_out)
+                  artifacts, program.peak_bytes, along_out)
 
 
 class SeedMetrics:

@@ -42,6 +42,13 @@ retain accuracy along a method's steps).
 With `progress(done, total)` (a host function) it reports each finished epoch from inside the
 program (`jax.debug.callback`), so a long method prints steps/s and time left.
 
+`plan(steps, state, every_epochs, every_steps)` cuts the schedule into `Chunk`s (a phase's
+`enter`, pieces of its epochs or data-free steps, pieces of the cycles) and
+`run_chunk(steps, chunk, state, start)` runs one; `run` is exactly the loop over the whole-
+phase chunks, traced into one program. A host loop over smaller chunks can checkpoint
+between them and resume (`driver.MethodProgram.resumable`); `join_histories` and `finish`
+end such a run as `run` ends.
+
 `make_step` is the one gradient step of the library (training, every method, SISA,
 relearning); `apply_gradients` the one `tx.update` + `apply_updates`.
 """
@@ -220,42 +227,6 @@ def _observe(steps: Steps, evaluate, state: StepState, count, every: int) -> dic
   return {f"along/{k}": v for k, v in _every(f, count, every, jax.eval_shape(f)).items()}
 
 
-def _run_phase(steps: Steps, phase: Phase, state: StepState, key, evaluate, every, progress,
-               done_before: int, total: int):
-  """(state, history) of one phase: epochs over its source, or data-free steps."""
-  observe = lambda st, count: _observe(steps, evaluate if phase.observe else None, st, count,
-                                       every)
-  # The scan carries the whole state: an update may write a feed (optimised noise).
-  if phase.source is None and phase.steps == 1:   # a one-shot update: the phase's own key
-    state, m = phase.update(state, None, key)
-    return state, jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None],
-                                         {**m, **observe(state, 1)})
-  if phase.source is None:
-    def body(st, xs):
-      i, k = xs
-      st, m = phase.update(st, None, k)
-      m = {**m, **observe(st, i + 1)}
-      if progress is not None:
-        jax.debug.callback(progress, done_before + i + 1, total)
-      return st, m
-    return jax.lax.scan(body, state, (jnp.arange(phase.steps),
-                                      jax.random.split(key, phase.steps)))
-
-  n = jax.tree_util.tree_leaves(state.feeds[phase.source])[0].shape[0]
-  spe = batching.steps_per_epoch(n, phase.batch_size)
-
-  def after_epoch(st, epoch):
-    if progress is not None:
-      jax.debug.callback(progress, done_before + (epoch + 1) * spe, total)
-    return observe(st, epoch + 1)
-
-  # The batches come from the feed as it is when the phase starts (feeds an update writes
-  # are read by later phases).
-  return scan_epochs(lambda st, b, k: phase.update(st, b, k), state,
-                     state.feeds[phase.source], key, phase.epochs, phase.batch_size,
-                     after_epoch=after_epoch)
-
-
 def with_enter(phase: Phase, first: Callable) -> Phase:
   """`phase` whose `enter` runs `first(state, key)` before its own (building the feed the
   phase reads, then its fresh optimizer)."""
@@ -281,43 +252,173 @@ def run(steps: Steps, variables, data, key, *, evaluate: Optional[Callable] = No
 
   `aux` is `steps.report(state, histories)` (histories: `{phase name: per-epoch metrics}`),
   plus `aux["along"] = {phase/metric: [evaluations]}` with an `evaluate`."""
+  check_every(every)
+  state = steps.init(variables, data, key)
+  total = total_steps(steps, state) if progress is not None else 0
+  chunks, hists = plan(steps, state), []
+  for chunk in chunks:
+    state, hist = run_chunk(steps, chunk, state, evaluate=evaluate, every=every,
+                            progress=progress, total=total)
+    hists.append(hist)
+  return finish(steps, state, join_histories(steps, chunks, hists))
+
+
+def check_every(every) -> int:
   if isinstance(every, bool) or not isinstance(every, int) or every < 1:
     raise ValueError(f"every={every!r} must be a whole number >= 1 (epochs between "
                      "evaluations)")
-  state = steps.init(variables, data, key)
-  total = total_steps(steps, state) if progress is not None else 0
-  histories, done = {}, 0
+  return every
 
+
+# ----------------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """A piece of a schedule (`plan`): phase `phase`'s `enter`, a one-shot update, or
+  `length` of its epochs (`"epochs"`), data-free steps (`"steps"`) or, for a cycled
+  schedule, `length` cycles (`phase` -1), starting at `start`. `done_before`: steps of
+  the schedule before this phase (for progress)."""
+  kind: str
+  phase: int
+  start: int = 0
+  length: int = 1
+  done_before: int = 0
+
+  @property
+  def signature(self) -> tuple:
+    """What its program depends on (`start` is an argument): equal-length chunks of a
+    phase share one compiled program."""
+    return (self.kind, self.phase, self.length)
+
+
+def _pieces(total: int, every: int):
+  every = total if every <= 0 else every
+  return [(a, min(every, total - a)) for a in range(0, total, every)]
+
+
+def plan(steps: Steps, state: StepState, every_epochs: int = 0,
+         every_steps: int = 0) -> tuple:
+  """The schedule as `Chunk`s, in order: each phase's `enter`, then its epochs in pieces
+  of `every_epochs` (a cycled schedule: its cycles), its data-free steps in pieces of
+  `every_steps` (0: whole phases). Running the chunks one after another (`run_chunk`) is
+  the schedule `run` runs; a host loop between them can checkpoint (`driver`)."""
   if steps.cycles:
-    per_cycle = total // steps.cycles
+    return tuple(Chunk("cycles", -1, a, n) for a, n in _pieces(steps.cycles, every_epochs))
+  out, done, st = [], 0, state
+  for i, phase in enumerate(steps.phases):
+    if phase.enter is not None:
+      out.append(Chunk("enter", i))
+      st = jax.eval_shape(phase.enter, st, st.keys.get(phase.name))
+    if phase.source is not None:
+      out += [Chunk("epochs", i, a, n, done) for a, n in _pieces(phase.epochs, every_epochs)]
+    elif phase.steps == 1:
+      out.append(Chunk("once", i, 0, 1, done))
+    else:
+      out += [Chunk("steps", i, a, n, done) for a, n in _pieces(phase.steps, every_steps)]
+    done += phase.num_steps(st.feeds)
+  return tuple(out)
 
-    def cycle(st, e):
-      ke = jax.random.fold_in(st.keys["cycle"], e)
-      for phase in steps.phases:
-        def run_it(s, phase=phase):
-          s = phase.enter(s, ke) if phase.enter else s
-          return _run_phase(steps, phase, s, jax.random.fold_in(ke, phase.slot), None, every,
-                            None, 0, 0)[0]
-        st = run_it(st) if phase.active is None else jax.lax.cond(
-            phase.active(e), run_it, lambda s: s, st)
+
+def run_chunk(steps: Steps, chunk: Chunk, state: StepState, start=None, *,
+              evaluate: Optional[Callable] = None, every: int = 1,
+              progress: Optional[Callable] = None, total: int = 0):
+  """(state, history) after one `Chunk` of the schedule (history None for an `enter`).
+  `start` (default `chunk.start`) may be a traced integer, so every chunk of one
+  `signature` runs in one compiled program."""
+  start = chunk.start if start is None else start
+  if chunk.kind == "cycles":
+    return _run_cycles(steps, state, start, chunk.length, evaluate, every, progress, total)
+  phase = steps.phases[chunk.phase]
+  key = state.keys.get(phase.name)
+  if chunk.kind == "enter":
+    return phase.enter(state, key), None
+  return _run_piece(steps, phase, chunk.kind, state, key, start, chunk.length,
+                    evaluate if phase.observe else None, every, progress,
+                    chunk.done_before, total)
+
+
+def _kind(phase: Phase) -> str:
+  return "epochs" if phase.source is not None else "once" if phase.steps == 1 else "steps"
+
+
+def _run_piece(steps, phase, kind, state, key, start, length, evaluate, every, progress,
+               done_before, total):
+  """(state, history) of `length` epochs / data-free steps of `phase` from `start`."""
+  observe = lambda st, count: _observe(steps, evaluate, st, count, every)
+  if kind == "once":   # a one-shot update: the phase's own key
+    state, m = phase.update(state, None, key)
+    return state, jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None],
+                                         {**m, **observe(state, 1)})
+  if kind == "steps":
+    # The scan carries the whole state: an update may write a feed (optimised noise).
+    def body(st, xs):
+      i, k = xs
+      st, m = phase.update(st, None, k)
+      m = {**m, **observe(st, i + 1)}
       if progress is not None:
-        jax.debug.callback(progress, (e + 1) * per_cycle, total)
-      return st, _observe(steps, evaluate, st, e + 1, every)
+        jax.debug.callback(progress, done_before + i + 1, total)
+      return st, m
+    idx = jnp.arange(length) + start
+    return jax.lax.scan(body, state, (idx, jax.random.split(key, phase.steps)[idx]))
 
-    state, hist = jax.lax.scan(cycle, state, jnp.arange(steps.cycles))
-    histories["cycle"] = hist
-  else:
+  n = jax.tree_util.tree_leaves(state.feeds[phase.source])[0].shape[0]
+  spe = batching.steps_per_epoch(n, phase.batch_size)
+
+  def after_epoch(st, epoch):
+    if progress is not None:
+      jax.debug.callback(progress, done_before + (epoch + 1) * spe, total)
+    return observe(st, epoch + 1)
+
+  # The batches come from the feed as it is when the phase starts (feeds an update writes
+  # are read by later phases).
+  return scan_epochs(lambda st, b, k: phase.update(st, b, k), state,
+                     state.feeds[phase.source], key, length, phase.batch_size,
+                     first_epoch=start, after_epoch=after_epoch)
+
+
+def _run_cycles(steps: Steps, state: StepState, start, length: int, evaluate, every, progress,
+                total: int):
+  """Cycles `start` .. `start + length` of a cycled schedule (module docstring)."""
+  per_cycle = total // steps.cycles
+
+  def cycle(st, e):
+    ke = jax.random.fold_in(st.keys["cycle"], e)
     for phase in steps.phases:
-      if phase.enter is not None:
-        state = phase.enter(state, state.keys.get(phase.name))
-      state, hist = _run_phase(steps, phase, state, state.keys.get(phase.name), evaluate,
-                               every, progress, done, total)
-      if progress is not None:
-        done += phase.num_steps(state.feeds)
-      histories[phase.name] = hist
+      def run_it(s, phase=phase):
+        s = phase.enter(s, ke) if phase.enter else s
+        length = phase.epochs if phase.source is not None else phase.steps
+        return _run_piece(steps, phase, _kind(phase), s, jax.random.fold_in(ke, phase.slot),
+                          0, length, None, every, None, 0, 0)[0]
+      st = run_it(st) if phase.active is None else jax.lax.cond(
+          phase.active(e), run_it, lambda s: s, st)
+    if progress is not None:
+      jax.debug.callback(progress, (e + 1) * per_cycle, total)
+    return st, _observe(steps, evaluate, st, e + 1, every)
+
+  return jax.lax.scan(cycle, state, jnp.arange(length) + start)
+
+
+def join_histories(steps: Steps, chunks, hists, axis: int = 0) -> dict:
+  """`{phase name (or "cycle"): history}`: the chunks' histories joined along their
+  epoch / step / cycle axis (`axis` 1 for a population's, seed first)."""
+  parts = {}
+  for c, h in zip(chunks, hists):
+    if h is not None:
+      name = "cycle" if c.kind == "cycles" else steps.phases[c.phase].name
+      parts.setdefault(name, []).append(h)
+  return {name: hs[0] if len(hs) == 1 else
+          jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis), *hs)
+          for name, hs in parts.items()}
+
+
+def finish(steps: Steps, state: StepState, histories: dict):
+  """(variables, aux) at the end of the schedule: `finalize`, `report` and the evaluations
+  along the way (`run`)."""
   aux = dict(steps.report(state, histories))
-  along = {f"{i}:{name}/{k[len('along/'):]}": v
-           for i, (name, hist) in enumerate(histories.items())
+  # The phase's index from the schedule, not from `histories`' order: a dict that passed
+  # through jit comes back with sorted keys.
+  order = {p.name: i for i, p in enumerate(steps.phases)}
+  along = {f"{order.get(name, 0)}:{name}/{k[len('along/'):]}": v
+           for name, hist in histories.items()
            for k, v in hist.items() if k.startswith("along/")}
   if along:
     aux["along"] = along

@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Resumable runs: train states every N epochs (and each finished method) go to a hidden
   # sibling of the workdir, `.<name>.resume/`; rerunning the same command resumes there.
   c.checkpoint_every = 1
+  # Mid-method checkpoints (a long method resumes inside itself): every N epochs of a
+  # method's phase (cycles of SCRUB / SalUn's schedule; 10·N data-free steps); 0 = only
+  # after each method, which keeps each method one compiled program.
+  c.method_checkpoint_every = 0
   c.plots = True
   # Forget/retain accuracy along each method's steps (plots/along_steps.png): every N epochs
   # of each phase, on at most `along_examples` of each set; 0 = off.

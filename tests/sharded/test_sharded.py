@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import runner, setup
-from unlearn_jax import driver, methods, models, parallel, train
+from unlearn_jax import methods, models, parallel, train
 from unlearn_jax.data import SplitSpec, load_dataset, make_split
 
 TOL = dict(rtol=2e-4, atol=2e-5)
