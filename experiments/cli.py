@@ -10,11 +10,13 @@ arguments, builds the config from the flags (`build_config`), starts
 becomes one line on stderr and exit status 2, before anything is written.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import jax
 from absl import app, flags
 from ml_collections import config_dict, config_flags
 
@@ -85,7 +87,12 @@ flags.DEFINE_string("conv", None, "auto | xla | patches: the library models' con
                     "(auto: patches + matmul on CPU, XLA's elsewhere)")
 flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
-flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (multi-host)")
+flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() first: one process "
+                  "of a multi-process job (the cluster is detected: SLURM, Open MPI, TPU)")
+flags.DEFINE_string("coordinator_address", None, "multi-process job without a detected "
+                    "cluster: host:port of process 0's coordinator (implies --distributed)")
+flags.DEFINE_integer("num_processes", None, "multi-process job: the number of processes")
+flags.DEFINE_integer("process_id", None, "multi-process job: this process's index, 0..N-1")
 flags.DEFINE_bool("stream", None, "train original/retrain from host memory batch by batch "
                   "(the train set is not copied to the device; seeds in sequence)")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<dataset>_<scenario>_<time>)")
@@ -141,8 +148,11 @@ def with_tuned(hparams: dict, path: str) -> dict:
 
 
 def default_workdir(cfg) -> str:
+  """runs/<dataset>_<scenario>_<time>; in a multi-process job process 0's time (every
+  process names the same directory)."""
   tag = cfg.dataset.replace("image_folder:", "folder-").replace("/", "_").replace(".", "")[-40:]
-  return f"runs/{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S')}"
+  stamp = time.localtime(parallel.from_process_0(int(time.time())))
+  return f"runs/{tag}_{cfg.scenario}_{time.strftime('%Y%m%d-%H%M%S', stamp)}"
 
 
 def method_hparams() -> dict:
@@ -160,18 +170,56 @@ def workdir(cfg, prefix: str = "") -> str:
   return default_workdir(cfg).replace("runs/", f"runs/{prefix}", 1)
 
 
+def start_processes(cfg) -> None:
+  """`jax.distributed` when asked (`--distributed`, or `--coordinator_address` with
+  `--num_processes` and `--process_id`), then: every process must have been given the same
+  flags (UsageError naming the first that differs); processes other than 0 print nothing
+  (process 0 reports; every process computes)."""
+  F = flags.FLAGS
+  explicit = [F.coordinator_address, F.num_processes, F.process_id]
+  if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+    raise setup.UsageError("--coordinator_address, --num_processes and --process_id go "
+                           "together (or pass --distributed alone to detect the cluster)")
+  if not (cfg.distributed or F.coordinator_address):
+    return
+  parallel.initialize_distributed(F.coordinator_address, F.num_processes, F.process_id,
+                                  int(cfg.get("heartbeat_seconds", 100)))
+  given = [a for a in sys.argv[1:] if not a.lstrip("-").startswith("process_id")]
+  other = parallel.same_on_every_process(" ".join(given))
+  if other is not None:
+    raise setup.UsageError(f"process {other} was started with other flags than process 0 "
+                           f"({' '.join(given)}); start every process with the same command "
+                           "(only --process_id differs)")
+  if not parallel.is_writer():
+    sys.stdout = open(os.devnull, "w")
+
+
+def lost_peer(error: Exception) -> bool:
+  """Whether `error` is a collective failing because another process of the job died."""
+  text = f"{type(error).__name__}: {error}".lower()
+  return any(k in text for k in ("gloo", "connection", "heartbeat", "peer", "unavailable",
+                                 "barrier", "deadline", "coordination", "socket"))
+
+
 def run(job: Callable) -> None:
   """The one main() of the experiments CLIs (module docstring)."""
   def main(argv):
     setup.begin_cli(argv)
     cfg = build_config()
     try:
-      if cfg.distributed:
-        parallel.initialize_distributed()
+      start_processes(cfg)
       text = job(cfg)
     except setup.UsageError as e:
       print(setup.error_line(e), file=sys.stderr)
       sys.exit(2)
+    except Exception as e:  # noqa: BLE001  a lost peer surfaces as a runtime error
+      if jax.process_count() == 1 or not lost_peer(e):
+        raise
+      print(f"error: process {jax.process_index()} of {jax.process_count()} lost the others "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); nothing was "
+            "written to the run directory; rerun the same command on every process to "
+            "resume", file=sys.stderr)
+      os._exit(1)    # JAX's shutdown would wait for the lost process
     print(text)
 
   app.run(main, flags_parser=parse_flags)

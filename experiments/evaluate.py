@@ -38,8 +38,8 @@ def job(cfg) -> str:
                         log=lambda s: print(s, flush=True), mia_models=F.mia_models)
     scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
             else f"{cfg.scenario} {100 * cfg.forget_fraction:g}%")
-    md = population_report.write_evaluation(staging, ev, cfg.to_dict() | {
-        "num_models": F.num_models, "chunk": F.chunk},
+    md = "" if staging is None else population_report.write_evaluation(
+        staging, ev, cfg.to_dict() | {"num_models": F.num_models, "chunk": F.chunk},
         f"{cfg.dataset} · {ev.info['model']} · {scen}")
   return f"\n{md}\nrun directory: {final}"
 

@@ -9,6 +9,7 @@ second evaluation of other methods reuses them (`populations/` in the run direct
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -68,9 +69,11 @@ def train_populations(cfg, st: setup_lib.Setup, num_models: int, chunk: int, log
   if cache is None:
     return _train_or_restore(st, num_models, chunk, log, None, fp, names, first_seed)
   # Two evaluations with the same settings at once: one trains and saves, the other waits
-  # for the lock and then restores what the first saved.
+  # for the lock and then restores what the first saved. In a multi-process job process 0
+  # holds the lock for all (the others would wait on it while process 0 waits on them).
   from unlearn_jax.data import cache_lock
-  with cache_lock(cache):
+  with cache_lock(cache) if parallel.is_writer() else contextlib.nullcontext():
+    parallel.barrier("population cache locked")
     return _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed)
 
 
@@ -80,8 +83,8 @@ def _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed):
     saved = json.loads((cache / "fingerprint.json").read_text())
     if saved.get("digest") == _digest(fp):
       log(f"reusing the populations in {cache} (fingerprint {saved['digest']})")
-      like = jax.eval_shape(jax.vmap(lambda k: models_lib.init_variables(
-          st.model, k, st.ds.input_shape)), jax.random.split(jax.random.PRNGKey(0), num_models))
+      like = parallel.seed_sharded(jax.eval_shape(jax.vmap(lambda k: models_lib.init_variables(
+          st.model, k, st.ds.input_shape)), jax.random.split(jax.random.PRNGKey(0), num_models)))
       out = []
       for name in POPULATIONS:
         if name not in names:
@@ -118,14 +121,16 @@ def _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed):
   if cache is not None:
     log(f"saving the populations to {cache} (a later evaluation with the same settings "
         "reuses them)")
-    for name, ms in sets.items():
+    for name, ms in sets.items():       # every process: the arrays span them all
       checkpoint.save_variables(cache / name, ms.variables)
     # Written last and atomically: its presence means the populations are complete.
-    tmp = cache / f".fingerprint.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"digest": _digest(fp), "fingerprint": fp,
-                               "seconds": {k: v.seconds for k, v in sets.items()}},
-                              indent=2) + "\n")
-    os.replace(tmp, cache / "fingerprint.json")
+    if parallel.is_writer():
+      tmp = cache / f".fingerprint.json.{os.getpid()}.tmp"
+      tmp.write_text(json.dumps({"digest": _digest(fp), "fingerprint": fp,
+                                 "seconds": {k: v.seconds for k, v in sets.items()}},
+                                indent=2) + "\n")
+      os.replace(tmp, cache / "fingerprint.json")
+    parallel.barrier("population cache written")
   return sets.get("original"), sets.get("retrain"), False
 
 
@@ -180,7 +185,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
                             "split each population in halves)")
   if chunk < 0:
     raise UsageError(f"--chunk={chunk} must be 0 (all at once) or positive")
-  st = setup_lib.setup(cfg, log)
+  st = setup_lib.setup(cfg, log, population=chunk or num_models)
   hparams = setup_lib.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
                                        st.model_name)
   ds, split = st.ds, st.split

@@ -8,7 +8,10 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from unlearn_jax import parallel
 
 # results.csv columns, in order; the first seven are the results contract.
 CSV_COLUMNS = ("method", "seed", "retain_acc", "forget_acc", "test_acc", "mia_loss_lr",
@@ -346,6 +349,17 @@ def plot_image_grid(path: Path, name: str, images: np.ndarray, labels: np.ndarra
 
 
 # ----------------------------------------------------------------------------- the run dir
+def on_host(result):
+  """`result` with every model set's variables as host arrays where they are spread over
+  several processes (`parallel.to_host`; a collective every process calls), so that one
+  process can write them; unchanged in a one-process job."""
+  if jax.process_count() == 1:
+    return result
+  sets = {name: dataclasses.replace(ms, variables=parallel.to_host(ms.variables))
+          for name, ms in result.model_sets.items()}
+  return dataclasses.replace(result, model_sets=sets)
+
+
 def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool = True,
               plots: bool = True) -> str:
   """Writes every artifact of a run into `directory`; returns the summary Markdown."""

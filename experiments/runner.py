@@ -227,9 +227,9 @@ def _metric_rows(st, cfg, data, model_sets, slots):
     unlearned = len(metric_rows) == slots.size and name not in ("original", "retrain")
     # Per layer, per model: ‖θ − θ_retrain‖/‖θ_retrain‖ against the retrained model of the
     # same training seed (same initial weights).
-    per_layer = {k: np.asarray(v) for k, v in distance(
+    per_layer = {k: v for k, v in parallel.to_host(distance(
         ms.variables["params"],
-        slots.tile(retrain_params) if unlearned else retrain_params).items()}
+        slots.tile(retrain_params) if unlearned else retrain_params)).items()}
     layers[name] = {k: v.tolist() for k, v in per_layer.items()}
     for i, r in enumerate(metric_rows):
       t, u = slots.stages(i) if unlearned else (i, 0)

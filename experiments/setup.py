@@ -159,9 +159,13 @@ def staged_workdir(workdir: str, overwrite: bool):
   """Yields (final, staging): write into `staging`; it is moved to `final` when the block
   ends normally and deleted when it raises, so no half-written run is ever left. The
   block holds the workdir's lock (`workdir_lock`): two processes never write one run
-  directory or its resume store at once."""
+  directory or its resume store at once. In a multi-process job only process 0 stages
+  and writes; the others get `staging=None`."""
   import filelock
   final, _ = prepare_workdir(workdir, overwrite)      # bad input: nothing written yet
+  if not parallel.is_writer():     # a multi-process job: process 0 writes the run
+    yield final, None
+    return
   lock = workdir_lock(final)
   try:
     lock.acquire()
@@ -253,9 +257,10 @@ def validate(cfg) -> None:
   if cfg.seed_loop not in LOOP_CHOICES:
     raise UsageError(f"--seed_loop={cfg.seed_loop!r} is unknown; allowed: "
                      f"{', '.join(LOOP_CHOICES)}")
-  if cfg.get("mesh_seeds", 1) < 1 or cfg.get("mesh_data", 0) < 0:
-    raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 1)} must be >= 1 and "
-                     f"--mesh_data={cfg.get('mesh_data', 0)} >= 0 (0 = all remaining devices)")
+  if cfg.get("mesh_seeds", 0) < 0 or cfg.get("mesh_data", 0) < 0:
+    raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 0)} and "
+                     f"--mesh_data={cfg.get('mesh_data', 0)} must be >= 0 (mesh_seeds 0 = "
+                     "automatic, mesh_data 0 = all remaining devices)")
   for name in ("checkpoint_every", "method_checkpoint_every", "along_every"):
     if int(cfg.get(name, 0)) < 0:
       raise UsageError(f"--config.{name}={cfg.get(name)} must be >= 0 (0 = off)")
@@ -282,9 +287,10 @@ class Setup:
     return self.mode == "vmap"
 
 
-def setup(cfg, log: Callable[[str], None] = print) -> Setup:
+def setup(cfg, log: Callable[[str], None] = print, population: Optional[int] = None) -> Setup:
   """Validates `cfg`, loads the dataset, makes the split and picks model, recipe, seed
-  mode and methods; raises UsageError (naming the flag) for every user mistake."""
+  mode, methods and mesh (`population`: the models vmapped along the mesh's seeds axis,
+  default `--seeds`); raises UsageError (naming the flag) for every user mistake."""
   validate(cfg)
   try:
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir or None, cfg.train_subset,
@@ -317,14 +323,32 @@ def setup(cfg, log: Callable[[str], None] = print) -> Setup:
                                  log)
   recipe = resolve_recipe(default_recipe(ds, base), dict(cfg.train))
   mode = driver.default_seed_mode(base) if cfg.seed_loop == "auto" else cfg.seed_loop
-  mesh = make_mesh(cfg, recipe.batch_size, mode)
+  mesh = make_mesh(cfg, recipe.batch_size, mode, population)
   return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh)
 
 
-def make_mesh(cfg, batch_size: int, mode: str):
+def make_mesh(cfg, batch_size: int, mode: str, population: Optional[int] = None):
   """The device mesh of `--mesh_seeds` x `--mesh_data` (None when one device is all there
-  is); UsageError when the devices or the batch size do not fit it."""
-  seeds, data = int(cfg.get("mesh_seeds", 1)), int(cfg.get("mesh_data", 0))
+  is); UsageError when the devices or the batch size do not fit it.
+
+  `--mesh_seeds=0` (the default) is automatic: 1 in a one-process job (every device on
+  `data`); in a multi-process job the population axis spans the processes and `data` stays
+  within one (`parallel.population_mesh_shape`), so no gradient crosses a process.
+  `population` (default `--seeds`): the models vmapped along `seeds`, which that axis
+  must divide."""
+  seeds, data = int(cfg.get("mesh_seeds", 0)), int(cfg.get("mesh_data", 0))
+  population = int(cfg.seeds) if population is None else int(population)
+  if jax.process_count() > 1:
+    if mode != "vmap":
+      raise UsageError(f"--seed_loop={mode} runs the population one model after another in "
+                       f"one process; a {jax.process_count()}-process job spreads it over "
+                       "the processes: pass --seed_loop=vmap")
+    if seeds == 0:
+      try:
+        seeds, data = parallel.population_mesh_shape(population, data)
+      except parallel.MeshError as e:
+        raise UsageError(f"--seeds={population}: {e}") from e
+  seeds = max(seeds, 1)
   if jax.device_count() == 1 and seeds == 1 and data <= 1:
     return None
   try:
@@ -335,6 +359,13 @@ def make_mesh(cfg, batch_size: int, mode: str):
   if seeds > 1 and mode != "vmap":
     raise UsageError(f"--mesh_seeds={seeds} shards vmapped seeds, but --seed_loop={mode} runs "
                      "seeds in sequence; pass --seed_loop=vmap or --mesh_seeds=1")
+  if seeds > 1 and population % seeds:
+    raise UsageError(f"a population of {population} models cannot be split over the "
+                     f"{seeds} devices of the mesh's seeds axis (--mesh_seeds={seeds}); use a "
+                     f"multiple of {seeds} models")
+  if jax.process_count() > 1 and seeds % jax.process_count():
+    raise UsageError(f"--mesh_seeds={seeds}: the seeds axis must span all "
+                     f"{jax.process_count()} processes (a multiple of {jax.process_count()})")
   return mesh
 
 
@@ -380,7 +411,8 @@ def resolve_hparams(method_names, method_hparams: dict, scenario: str, log,
 
 
 # method_checkpoint_every is fingerprinted: it decides what a mid-method checkpoint step is.
-_NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed")
+_NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed",
+                      "heartbeat_seconds")
 
 
 def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):

@@ -52,7 +52,8 @@ def job(cfg) -> str:
     title = (f"Tuning: {cfg.dataset} · {result.info['model']} · {cfg.scenario}"
              + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else
                 f" ({100 * cfg.forget_fraction:g}% forget)"))
-    md = tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots)
+    md = ("" if staging is None else
+          tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots))
   return (f"\n{md}\nwall time {result.info['wall_seconds']:.1f}s; run directory: {final}; "
           f"reuse the choice with --hparams={final}/tuned.json")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments import setup as setup_lib
 from experiments.setup import UsageError, resolve_hparams, setup, take_test
-from unlearn_jax import driver, methods as methods_lib, tuning
+from unlearn_jax import driver, methods as methods_lib, parallel, tuning
 
 REPORT_KEYS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
 
@@ -68,10 +68,19 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   accuracy on retain_select (`tuning.select_configuration`)."""
   check_options(budget, rule, fraction, loop, min_retain)
   t_start = time.perf_counter()
-  st = setup(cfg, log)
+  st = setup(cfg, log, population=budget)
   ds, split, model, mode = st.ds, st.split, st.model, st.mode
+  # The references train in each process (S models, the same in every one); the search's
+  # K configurations are the population a mesh splits: across the processes of a
+  # multi-process job, or over `--mesh_seeds` devices.
+  search_mesh = st.mesh if jax.process_count() > 1 or int(cfg.get("mesh_seeds", 0)) > 1 \
+      else None
   hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log, st.model_name)
   search_loop = mode if loop == "auto" else loop
+  if jax.process_count() > 1 and search_loop != "vmap":
+    raise UsageError(f"--search_loop={search_loop} runs the configurations one after another "
+                     f"in one process; a {jax.process_count()}-process job splits them over "
+                     "the processes: pass --search_loop=vmap")
   try:
     parts = tuning.selection_parts(split, fraction, seed=int(cfg.split_seed))
   except ValueError as e:
@@ -120,7 +129,8 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
       cfg=cfg, budget=budget, rule=rule, min_retain=min_retain, hparams=hparams, ctx=ctx,
       seed_keys=seed_keys, forget=forget, retain=retain, originals=pops["original"].variables,
       search_loop=search_loop, evaluate=evaluate, select_arrays=select_arrays,
-      report_arrays=report_arrays, reference=reference, retrain_s=retrain_s, log=log)
+      report_arrays=report_arrays, reference=reference, retrain_s=retrain_s, log=log,
+      search_mesh=search_mesh)
   t_search = time.perf_counter()      # time left counts the searches only, not training
   for i, m in enumerate(searchable):
     method_rows, entry, choice = _search_method(m, env)
@@ -171,8 +181,9 @@ def _search_method(m: str, env) -> tuple:
   grids, cfg_list, seconds, compile_s = [], [], 0.0, 0.0
   for outer in tuning.outer_configs(method, user_set):
     fixed = {**{k: v for k, v in env.hparams[m].items() if k not in configs}, **outer}
-    grid, sec, comp = tuning.run_search(method, env.ctx, configs, fixed, env.originals, data,
-                                        keys, env.search_loop)
+    with parallel.data_parallel(env.search_mesh):
+      grid, sec, comp = tuning.run_search(method, env.ctx, configs, fixed, env.originals,
+                                          data, keys, env.search_loop)
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
       log(f"  {m} {outer or ''}: some configurations returned non-finite weights; they "
           "score +inf")

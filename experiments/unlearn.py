@@ -19,10 +19,12 @@ import shutil
 from absl import flags
 
 from experiments import cli, report, runner, setup
+from unlearn_jax import parallel
 
 
 def job(cfg) -> str:
-  """Validate everything, then train, unlearn, evaluate and write the run directory."""
+  """Validate everything, then train, unlearn, evaluate and write the run directory (in a
+  multi-process job every process computes and process 0 writes)."""
   F = flags.FLAGS
   log = lambda s: print(s, flush=True)
   hparams = cli.method_hparams()
@@ -30,12 +32,17 @@ def job(cfg) -> str:
   workdir = cli.workdir(cfg)
   resume_dir = setup.resume_dir_for(workdir)
   with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
-    if not F.resume and resume_dir.exists():
+    if not F.resume and resume_dir.exists() and parallel.is_writer():
       shutil.rmtree(resume_dir)    # under the workdir's lock: no other run is using it
+    parallel.barrier("resume directory ready")
     result = runner.run(cfg, hparams, log=log, st=st,
                         resume_dir=resume_dir if cfg.checkpoint_every > 0 else None)
-    md = report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
-  shutil.rmtree(resume_dir, ignore_errors=True)   # the run is complete: nothing to resume
+    result = report.on_host(result)      # every process: gathering is a collective
+    md = (report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
+          if staging is not None else "")
+  parallel.barrier("run written")
+  if parallel.is_writer():
+    shutil.rmtree(resume_dir, ignore_errors=True)   # the run is complete: nothing to resume
   return (f"\n{md}\nwall time {result.info['wall_seconds']:.1f}s; run directory: {final}")
 
 

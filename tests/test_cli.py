@@ -106,7 +106,7 @@ def _hparams(**overrides):
     (dict(scenario="class", forget_classes="3", methods="deepinversion"), {},
      "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
     (dict(mesh_data=512), {}, "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
-    (dict(mesh_seeds=0), {}, "--mesh_seeds=0 must be >= 1"),
+    (dict(mesh_seeds=-1), {}, "--mesh_seeds=-1 and --mesh_data=0 must be >= 0"),
     (dict(methods="finetune"), dict(finetune=dict(epochs=0)), "--finetune.epochs=0 must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):

@@ -20,13 +20,25 @@ class CheckpointError(ValueError):
   """A checkpoint that is missing, corrupt, or does not match the model."""
 
 
-def _manager(directory: Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(Path(directory).resolve(),
-                               options=ocp.CheckpointManagerOptions(create=True))
+def _manager(directory: Path, alone: bool = False) -> ocp.CheckpointManager:
+  """`alone`: only this process takes part (host arrays it writes by itself in a
+  multi-process job); otherwise every process of the job saves and restores together."""
+  options = ocp.CheckpointManagerOptions(create=True)
+  if alone and jax.process_count() > 1:
+    me = jax.process_index()
+    Path(directory).mkdir(parents=True, exist_ok=True)   # orbax will not, for one process
+    options = ocp.CheckpointManagerOptions(
+        create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
+  return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
 def save_variables(directory: Path, variables, step: int = 0) -> None:
-  with _manager(directory) as mngr:
+  """Writes `variables` as step `step`. Host (NumPy) arrays are written by the calling
+  process alone (the one writer of a multi-process run); device arrays by every process
+  of the job together (orbax's multi-process save)."""
+  alone = all(not isinstance(a, jax.Array) for a in jax.tree_util.tree_leaves(variables))
+  with _manager(directory, alone) as mngr:
     mngr.save(step, args=ocp.args.StandardSave(variables))
     mngr.wait_until_finished()
 
@@ -78,11 +90,14 @@ class ResumeStore:
         raise CheckpointError(
             f"{directory} holds checkpoints of a run with other settings (differs in: "
             f"{', '.join(diff)}); delete it, or rerun with the same flags to resume")
-    else:
+    elif jax.process_index() == 0:    # a multi-process job: process 0 writes it
       directory.mkdir(parents=True, exist_ok=True)
       tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
       tmp.write_text(json.dumps(wanted, sort_keys=True, indent=1))
       os.replace(tmp, stamp)     # atomic: a reader sees no fingerprint or a whole one
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("resume store opened")
     return cls(directory, every)
 
   def _manager(self, name: str, keep: int = 2) -> ocp.CheckpointManager:

@@ -214,7 +214,11 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
   # `init_vars`' own buffers (the caller's, e.g. the retrained population's start).
   init_state = parallel.vmap_seeds(lambda v: train_lib.init_train_state(
       jax.tree_util.tree_map(jnp.copy, v), tx))
+  # Seeds on the mesh's `seeds` axis (the optimizer's fresh zeros would otherwise come out
+  # replicated, and the epoch program's output, seed-sharded, would not match its input).
   state = jax.jit(init_state)(init_vars)
+  if seed_mode == "vmap":
+    state = parallel.shard_seeds(state)
   start, seconds_before = 0, 0.0
   progress = Progress(log, label, cfg.epochs, x.shape[0] * num_seeds)
   if store is not None:
@@ -443,7 +447,7 @@ def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
                                           every_epochs, every_steps, log=log or print)
   if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(out)):
     raise FloatingPointError(f"method {method.name} returned non-finite weights")
-  aux = dict(aux)
+  aux = dict(parallel.to_host(aux))
   along_out = {k: np.asarray(v) for k, v in aux.pop("along", {}).items()}
   artifacts = {k: np.asarray(v) for k, v in aux.items() if k.startswith("synthetic_")
                and np.ndim(v) > 1}
@@ -479,8 +483,8 @@ class SeedMetrics:
   def __call__(self, model_set: ModelSet, arrays: dict):
     num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
     if self.seed_mode == "vmap":
-      res = self._vmapped(model_set.variables, arrays)
-      per = [jax.tree_util.tree_map(lambda a: np.asarray(a[i]), res) for i in range(num_seeds)]
+      res = parallel.to_host(self._vmapped(model_set.variables, arrays))
+      per = [jax.tree_util.tree_map(lambda a: a[i], res) for i in range(num_seeds)]
     else:
       per = [jax.tree_util.tree_map(np.asarray,
                                     self._single(seed_slice(model_set.variables, i), arrays))
@@ -517,6 +521,6 @@ class Relearner:
   def __call__(self, model_set: ModelSet, targets, keys) -> np.ndarray:
     targets = jnp.asarray(targets)
     if self.seed_mode == "vmap":
-      return np.asarray(self._vmapped(model_set.variables, self.forget, targets, keys))
+      return parallel.to_host(self._vmapped(model_set.variables, self.forget, targets, keys))
     return np.asarray([self._single(seed_slice(model_set.variables, i), self.forget,
                                     targets[i], keys[i]) for i in range(keys.shape[0])])

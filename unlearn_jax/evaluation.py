@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from unlearn_jax import metrics as M
+from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 
 KLOM_SPLITS = ("forget", "retain", "test")
@@ -39,7 +40,7 @@ class PopulationLogits:
 
   def __call__(self, variables, x) -> np.ndarray:
     n = jax.tree_util.tree_leaves(variables)[0].shape[0]
-    return np.concatenate([np.asarray(self._fn(jax.tree_util.tree_map(
+    return np.concatenate([parallel.to_host(self._fn(jax.tree_util.tree_map(
         lambda a: a[i:j], variables), x)) for i, j in model_chunks(n, self.chunk)])
 
 

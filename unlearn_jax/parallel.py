@@ -73,6 +73,24 @@ def make_mesh(data: int = 0, seeds: int = 1,
   return Mesh(grid, MESH_AXES)
 
 
+def population_mesh_shape(population: int, data: int = 0) -> tuple[int, int]:
+  """(seeds, data) of a mesh whose population axis spans every process: the largest
+  `seeds` that divides `population` and the device count, is a multiple of the process
+  count and leaves `data = devices / seeds` within one process (`data` given: that one).
+  No gradient then crosses a process; MeshError when no such split exists."""
+  devices, procs = jax.device_count(), jax.process_count()
+  local = jax.local_device_count()
+  options = [s for s in range(devices, 0, -1)
+             if devices % s == 0 and population % s == 0 and s % procs == 0
+             and devices // s <= local and (data <= 0 or devices // s == data)]
+  if not options:
+    raise MeshError(f"{population} models cannot be spread over {procs} processes x {local} "
+                    f"devices{f' with --mesh_data={data}' if data > 0 else ''}: the population "
+                    f"axis needs a multiple of {procs} models that divides {devices} (e.g. "
+                    f"{procs * max(1, devices // procs) if population < devices else devices})")
+  return options[0], devices // options[0]
+
+
 def active_mesh():
   """The abstract mesh of the enclosing `data_parallel` block, or None."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -137,6 +155,21 @@ def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
+def seed_sharded(abstract: Any, mesh: Optional[Mesh] = None) -> Any:
+  """`jax.ShapeDtypeStruct`s of a seed-stacked tree placed as `shard_seeds` would place
+  it (what a multi-process restore needs to know); unchanged outside a mesh."""
+  mesh = mesh if mesh is not None else _concrete_mesh()
+  if mesh is None:
+    return abstract
+  s = mesh.shape["seeds"]
+
+  def one(a):
+    spec = (P("seeds", *([None] * (len(a.shape) - 1)))
+            if s > 1 and len(a.shape) and a.shape[0] % s == 0 else P())
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec))
+  return jax.tree_util.tree_map(one, abstract)
+
+
 def _concrete_mesh() -> Optional[Mesh]:
   """The concrete mesh of the enclosing `data_parallel` block (device placement), or None."""
   if active_mesh() is None:
@@ -164,15 +197,56 @@ def check_batch_size(batch_size: int, mesh: Optional[Mesh] = None, what: str = "
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
-  """`jax.distributed.initialize` for multi-host jobs (the `--distributed` flag).
+                           process_id: Optional[int] = None,
+                           heartbeat_timeout_seconds: Optional[int] = None) -> None:
+  """`jax.distributed.initialize` for multi-process jobs (the `--distributed` flag).
 
   With no arguments JAX detects the cluster (SLURM, Open MPI, TPU pods, GKE); pass them
-  explicitly elsewhere. Must run before any device is touched."""
+  explicitly elsewhere (one machine: `127.0.0.1:PORT`, N, 0..N-1). CPU collectives go
+  through gloo (XLA's CPU client has no other cross-process implementation). Must run
+  before any device is touched. `heartbeat_timeout_seconds`: how long a process that
+  stopped answering is waited for before the others fail (JAX's default: 100)."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {k: v for k, v in dict(coordinator_address=coordinator_address,
-                                  num_processes=num_processes,
-                                  process_id=process_id).items() if v is not None}
+                                  num_processes=num_processes, process_id=process_id,
+                                  heartbeat_timeout_seconds=heartbeat_timeout_seconds
+                                  ).items() if v is not None}
   jax.distributed.initialize(**kwargs)
+
+
+def is_writer() -> bool:
+  """Whether this process writes a run's files: process 0 of a multi-process job (every
+  process computes; one writes)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Every process waits here for the others (`multihost_utils.sync_global_devices`); a
+  no-op on one process. Used around files one process writes and all read."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def from_process_0(value: int) -> int:
+  """Process 0's `value` on every process (a collective; the value itself on one)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+
+
+def same_on_every_process(text: str) -> Optional[int]:
+  """None when every process passes the same `text` (its flags, say), else the index of
+  the first process that differs from process 0. A collective; a no-op on one process."""
+  if jax.process_count() == 1:
+    return None
+  import hashlib
+  from jax.experimental import multihost_utils
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int64)
+  every = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
+  differ = np.nonzero(every != every[0])[0]
+  return int(differ[0]) if differ.size else None
 
 
 def describe(mesh: Optional[Mesh]) -> str:
@@ -203,7 +277,22 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map(one, local)
 
 
-__all__ = ["MESH_AXES", "MeshError", "make_mesh", "active_mesh", "data_parallel", "data_size",
-           "shard_batch", "replicate", "shard_seeds", "vmap_seeds",
-           "check_batch_size", "initialize_distributed", "describe", "local_batch_slice",
-           "global_batch"]
+__all__ = ["MESH_AXES", "MeshError", "make_mesh", "population_mesh_shape", "active_mesh", "data_parallel", "data_size",
+           "shard_batch", "replicate", "shard_seeds", "seed_sharded", "vmap_seeds",
+           "check_batch_size", "initialize_distributed", "is_writer", "barrier",
+           "from_process_0", "same_on_every_process",
+           "describe", "local_batch_slice",
+           "global_batch", "to_host"]
+
+
+def to_host(tree: Any) -> Any:
+  """Every leaf as a NumPy array on this host, whole: a leaf spread over other processes'
+  devices (a seed-sharded population in a multi-process job) is gathered with
+  `multihost_utils.process_allgather` (a collective: every process calls it, in the same
+  order), a local one is copied (`np.asarray`)."""
+  def one(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+  return jax.tree_util.tree_map(one, tree)

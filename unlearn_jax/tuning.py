@@ -121,7 +121,9 @@ def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping 
 
   def run(variables, data, keys):
     per_seed = jax.vmap(one, in_axes=(None, 0, None, 0))
-    return jax.vmap(per_seed, in_axes=(0, None, None, None))(grid, variables, data, keys)
+    # The configurations are the population: on a mesh's `seeds` axis when there is one.
+    return parallel.vmap_seeds(per_seed, in_axes=(0, None, None, None))(
+        grid, variables, data, keys)
 
   return run
 
@@ -137,11 +139,18 @@ def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "
   parallel.check_loop(loop, "loop")
   if loop == "vmap":
     fn = jax.jit(grid_unlearn(method, ctx, configs, fixed))
+    # Inside `parallel.data_parallel(mesh)` the K configurations are split over the mesh's
+    # `seeds` axis (every process of a multi-process job runs its share); the result comes
+    # back whole to every host.
+    variables, data, keys = parallel.replicate((variables, data, keys))
     t0 = time.perf_counter()
     compiled = fn.lower(variables, data, keys).compile()
     t1 = time.perf_counter()
     out = jax.block_until_ready(compiled(variables, data, keys)[0])
-    return out, time.perf_counter() - t1, t1 - t0
+    seconds = time.perf_counter() - t1
+    if parallel.active_mesh() is not None:
+      out = jax.tree_util.tree_map(jnp.asarray, parallel.to_host(out))
+    return out, seconds, t1 - t0
   one = jax.jit(config_unlearn(method, ctx, configs, fixed))
   hps = [{k: jnp.float32(v) for k, v in cfg.items()} for cfg in configs_list(configs)]
   v0 = jax.tree_util.tree_map(lambda a: a[0], variables)

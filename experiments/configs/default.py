@@ -29,9 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.conv = "auto"               # auto | xla | patches: library models' convolution
   # Devices (unlearn_jax.parallel): a ("seeds", "data") mesh; batches split over `data`,
   # vmapped seeds over `seeds` (--seed_loop=vmap only). One visible device: no mesh at all.
-  c.mesh_seeds = 1
+  c.mesh_seeds = 0               # 0 = automatic: 1 on one process, across processes otherwise
   c.mesh_data = 0               # 0 = all devices left after the seeds axis
-  c.distributed = False         # jax.distributed.initialize() first (multi-host jobs)
+  c.distributed = False         # jax.distributed.initialize() first (multi-process jobs)
+  c.heartbeat_seconds = 100     # multi-process: a silent process fails the job after this
   c.stream = False              # train original/retrain from host memory batch by batch
   c.eval_batch_size = 1000
   c.save_checkpoints = True
