@@ -1,6 +1,6 @@
 """Shared fixtures (the real digits dataset and a small split over it) and the two lanes.
 
-Two lanes, each test in exactly one:
+Three lanes, each test in exactly one:
 * default (`python -m pytest`): XLA's backend optimisations off
   (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`). The suite compiles hundreds of small programs and
   runs each for milliseconds, so the optimisations cost more than they save (measured on
@@ -9,6 +9,9 @@ Two lanes, each test in exactly one:
   optimisations on, i.e. the programs a user runs: the tests whose meaning depends on the
   compiled program (the method contract matrix on user models, parity with the reference
   codes, metrics under jit, trace counts, the 8-device suite).
+* multiprocess (`python -m pytest --multiprocess`): only the tests marked `multiprocess`,
+  jobs launched as 2 processes x 4 simulated CPU devices (`tests/test_multiprocess.py`, launched by `tests/process_launcher.py`);
+  XLA's optimisations off, like the default lane.
 The variable is set in `pytest_configure`, before any test module imports JAX, in the
 controller and in every xdist worker; CLI and sharded-suite subprocesses inherit it.
 """
@@ -29,6 +32,8 @@ if not SHARDED:
 def pytest_addoption(parser):
   parser.addoption("--optimised", action="store_true", default=False,
                    help="run only the tests marked `optimised`, with XLA's optimisations on")
+  parser.addoption("--multiprocess", action="store_true", default=False,
+                   help="run only the tests marked `multiprocess` (jobs over 2 processes)")
 
 
 def pytest_configure(config):
@@ -41,11 +46,12 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
   if SHARDED:
     return
-  optimised_lane = config.getoption("optimised")
+  lane = ("optimised" if config.getoption("optimised") else
+          "multiprocess" if config.getoption("multiprocess") else None)
   keep, drop = [], []
   for item in items:
-    (keep if (item.get_closest_marker("optimised") is not None) == optimised_lane
-     else drop).append(item)
+    marked = [m for m in ("optimised", "multiprocess") if item.get_closest_marker(m)]
+    (keep if marked == ([lane] if lane else []) else drop).append(item)
   if drop:
     config.hook.pytest_deselected(items=drop)
     items[:] = keep

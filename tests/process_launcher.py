@@ -70,3 +70,10 @@ def launch(args, processes: int = 2, devices: int = 4, timeout: float = 300,
     text = (logs / f"process_{i}.log").read_text() if logs else p.stdout.read()
     outs.append((p.returncode, text))
   return outs
+
+
+def run_single(args, devices: int = 8, timeout: float = 300):
+  """The same job as one process over `devices` simulated devices: (returncode, output)."""
+  p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env_for(devices),
+                     capture_output=True, text=True, timeout=timeout)
+  return p.returncode, p.stdout + p.stderr
