@@ -363,7 +363,11 @@ def make_mesh(cfg, batch_size: int, mode: str, population: Optional[int] = None)
     raise UsageError(f"a population of {population} models cannot be split over the "
                      f"{seeds} devices of the mesh's seeds axis (--mesh_seeds={seeds}); use a "
                      f"multiple of {seeds} models")
-  if jax.process_count() > 1 and seeds % jax.process_count():
+  if jax.process_count() > 1 and cfg.get("stream", False) and seeds > 1:
+    raise UsageError("--stream in a multi-process job has each process read its share of "
+                     "every batch over a data axis that spans the processes: pass "
+                     "--mesh_seeds=1")
+  if jax.process_count() > 1 and seeds > 1 and seeds % jax.process_count():
     raise UsageError(f"--mesh_seeds={seeds}: the seeds axis must span all "
                      f"{jax.process_count()} processes (a multiple of {jax.process_count()})")
   return mesh

@@ -21,8 +21,12 @@ block is traced again inside it). `shard_batch` and `vmap_seeds` read that conte
       x = parallel.replicate(x, mesh)
       variables, _ = jax.jit(train.fit, static_argnums=(0, 1))(model, cfg, v, x, y, key)
 
-Multi-host: call `initialize_distributed()` (the `--distributed` flag) before anything
+Multi-process: call `initialize_distributed()` (the `--distributed` flag) before anything
 touches a device; every process then sees all devices of the job in `jax.devices()`.
+`population_mesh_shape` puts a population's axis over every process (data within one);
+`to_host` brings arrays other processes hold to this host (a collective); `is_writer`,
+`barrier`, `from_process_0` and `same_on_every_process` are what one writer among many
+processes needs.
 """
 
 from __future__ import annotations
