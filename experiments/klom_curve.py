@@ -137,6 +137,8 @@ def report(rows: list, info: dict) -> str:
 
 
 def job(cfg) -> str:
+  setup.one_process_only("experiments.klom_curve", "its nested populations are not split "
+                         "over processes")
   t0 = time.perf_counter()
   sizes = parse_sizes(F.sizes)
   if F.chunk < 0:

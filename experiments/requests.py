@@ -289,6 +289,8 @@ def write_requests(directory: Path, result: dict, config: dict, title: str,
 
 def job(cfg) -> str:
   F = flags.FLAGS
+  setup.one_process_only("experiments.requests", "its SISA shards and request loop are not "
+                         "split over processes")
   names = [m for m in (F.methods if F.methods is not None else DEFAULT_METHODS).split(",") if m]
   hparams = cli.method_hparams()
   if not names:

@@ -57,6 +57,13 @@ class UsageError(ValueError):
   """A user mistake: printed as one line, exit status 2, nothing written."""
 
 
+def one_process_only(entry_point: str, why: str) -> None:
+  """UsageError when `entry_point` is started as one process of several."""
+  if jax.process_count() > 1:
+    raise UsageError(f"{entry_point} runs in one process ({why}); start it without "
+                     "--distributed / --coordinator_address")
+
+
 def error_line(error: Exception) -> str:
   """The one line a CLI prints for a user mistake (then it exits with status 2)."""
   return f"error: {error}"
