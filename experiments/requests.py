@@ -39,7 +39,7 @@ from absl import flags
 
 from experiments import setup
 from experiments import cli   # the shared flags, their parsing, the one main
-from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, sisa
+from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, parallel, sisa
 from unlearn_jax import train as train_lib
 
 flags.DEFINE_integer("requests", 10, "number of deletion requests K")
@@ -101,7 +101,7 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
         kind: str, sisa_config: sisa.SisaConfig, log=print) -> dict:
   """Every method over the K requests; returns {"rows", "info"}. `sisa_config` with
   `epochs_per_slice=0` takes the recipe's epochs / R (at least 1)."""
-  st = setup.setup(cfg, log)
+  st = setup.setup(cfg, log, population=0)    # SISA builds its own mesh below
   ds, model, recipe = st.ds, st.model, st.recipe
   methods_run = [m for m in names if m not in ("sisa", "retrain")]
   hparams = {**hparams, **setup.resolve_hparams(methods_run, hparams, kind, log, st.model_name)}
@@ -126,19 +126,26 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
   rows, state = [], {m: original.variables for m in names if m not in ("sisa", "retrain")}
   spent = {m: 0.0 for m in names}
   sisa_states, sisa_work = [], []
+  # A multi-process job spreads SISA's shards over every process (the other methods' few
+  # seeds run in every process, the same in each).
+  sisa_mesh = (setup.make_mesh(cfg, sisa_config.batch_size, st.mode,
+                               population=sisa_config.shards)
+               if jax.process_count() > 1 and "sisa" in names else None)
   if "sisa" in names:
     for i in range(seeds):
-      sisa_states.append(sisa.train_sisa(model, (ds.train_x, ds.train_y), seed_keys[i],
-                                         sisa_config, init_variables=jax.tree_util.tree_map(
-                                             lambda a: a[i], init_vars),
-                                         shard_loop=st.mode))
+      with parallel.data_parallel(sisa_mesh):
+        sisa_states.append(sisa.train_sisa(
+            model, (ds.train_x, ds.train_y), seed_keys[i], sisa_config,
+            init_variables=jax.tree_util.tree_map(lambda a: a[i], init_vars),
+            shard_loop=st.mode))
     log(f"sisa: {sisa_config.shards} shards × {sisa_config.slices} slices trained in "
         f"{np.mean([s.log[0]['seconds'] for s in sisa_states]):.1f} s per seed")
   ctx = setup.method_context(st, setup.parse_classes(cfg.forget_classes) if kind == "class"
                              else ())
   env = types.SimpleNamespace(cfg=cfg, st=st, hparams=hparams, ctx=ctx, x=x, y=y,
                               seed_keys=seed_keys, init_vars=init_vars, predict=predict,
-                              state=state, sisa_states=sisa_states, sisa_work=sisa_work)
+                              state=state, sisa_states=sisa_states, sisa_work=sisa_work,
+                              sisa_mesh=sisa_mesh)
   deleted = np.zeros(len(ds.train_y), bool)
   for k, request in enumerate(requests, start=1):
     deleted[request] = True
@@ -184,12 +191,13 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
                                  seed_mode=st.mode, log=lambda s: None, label="retrain")
     return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds
   if m == "sisa":
-    reports = [sisa.unlearn_sisa(s, request) for s in env.sisa_states]
+    with parallel.data_parallel(env.sisa_mesh):
+      reports = [sisa.unlearn_sisa(s, request) for s in env.sisa_states]
     env.sisa_work.append({"request": k, "affected_shards": float(np.mean(
         [len(r["affected_shards"]) for r in reports])), "fraction_of_full": float(
             np.mean([r["fraction_of_full"] for r in reports]))})
-    return (lambda xx, i: jnp.mean(sisa.sisa_logits(
-        model, env.sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)), \
+    return (lambda xx, i: jnp.asarray(parallel.to_host(jnp.mean(sisa.sisa_logits(
+        model, env.sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)))), \
         float(np.mean([r["seconds"] for r in reports]))
   spec = methods_lib.get_method(m)
   data = methods_lib.select_data(spec, (env.x[request], env.y[request]), arrays["retain"],
@@ -289,8 +297,6 @@ def write_requests(directory: Path, result: dict, config: dict, title: str,
 
 def job(cfg) -> str:
   F = flags.FLAGS
-  setup.one_process_only("experiments.requests", "its SISA shards and request loop are not "
-                         "split over processes")
   names = [m for m in (F.methods if F.methods is not None else DEFAULT_METHODS).split(",") if m]
   hparams = cli.method_hparams()
   if not names:
@@ -321,7 +327,8 @@ def job(cfg) -> str:
                  log=lambda s: print(s, flush=True))
     title = (f"Deletion requests: {cfg.dataset} · {result['info']['model']} · "
              f"{F.requests} {F.request_kind} requests")
-    md = write_requests(staging, result, cfg.to_dict(), title, cfg.plots)
+    md = "" if staging is None else write_requests(staging, result, cfg.to_dict(), title,
+                                                     cfg.plots)
   return f"\n{md}\nrun directory: {final}"
 
 

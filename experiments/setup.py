@@ -342,9 +342,11 @@ def make_mesh(cfg, batch_size: int, mode: str, population: Optional[int] = None)
   `data`); in a multi-process job the population axis spans the processes and `data` stays
   within one (`parallel.population_mesh_shape`), so no gradient crosses a process.
   `population` (default `--seeds`): the models vmapped along `seeds`, which that axis
-  must divide."""
+  must divide; 0: the job builds its own meshes (no mesh here)."""
   seeds, data = int(cfg.get("mesh_seeds", 0)), int(cfg.get("mesh_data", 0))
   population = int(cfg.seeds) if population is None else int(population)
+  if population == 0:
+    return None
   if jax.process_count() > 1:
     if mode != "vmap":
       raise UsageError(f"--seed_loop={mode} runs the population one model after another in "

@@ -92,6 +92,24 @@ def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
   _only_process_0_wrote(outs_t, tmp_path, ["ev1", "ev2", "tune1", "tune2"])
 
 
+def test_sisa_shards_over_two_processes_equal_one_process(tmp_path):
+  """`experiments.requests` with SISA's 8 shards on the population axis over both
+  processes (3 deletion requests): every row equals the 1-process run."""
+  args = ["experiments.requests", "--methods=sisa,finetune", "--requests=3", "--seeds=1",
+          "--sisa_shards=8", "--sisa_slices=2", "--config.train.epochs=4",
+          "--config.plots=False"]
+  outs = _launch_ok(args + [f"--workdir={tmp_path / 'two'}"], tmp_path)
+  rc, out = mp.run_single(args + [f"--workdir={tmp_path / 'one'}"])
+  assert rc == 0, out[-3000:]
+  _only_process_0_wrote(outs, tmp_path, ["one", "two"])
+  two, one = _rows(tmp_path / "two" / "requests.csv"), _rows(tmp_path / "one" / "requests.csv")
+  assert [(r["method"], r["request"]) for r in two] == [(r["method"], r["request"]) for r in one]
+  assert {r["method"] for r in two} == {"sisa", "finetune", "retrain"}
+  for a, b in zip(two, one):
+    for col in ("retain_acc", "forget_acc", "test_acc"):
+      assert abs(float(a[col]) - float(b[col])) <= 0.005, (a["method"], a["request"], col)
+
+
 def test_flags_that_differ_between_processes_are_one_line_errors(tmp_path):
   """Process 1 started with other flags: both exit 2 with one line naming it."""
   port = mp.free_port()

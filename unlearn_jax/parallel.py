@@ -91,7 +91,7 @@ def population_mesh_shape(population: int, data: int = 0) -> tuple[int, int]:
     raise MeshError(f"{population} models cannot be spread over {procs} processes x {local} "
                     f"devices{f' with --mesh_data={data}' if data > 0 else ''}: the population "
                     f"axis needs a multiple of {procs} models that divides {devices} (e.g. "
-                    f"{procs * max(1, devices // procs) if population < devices else devices})")
+                    f"{procs} or {devices})")
   return options[0], devices // options[0]
 
 

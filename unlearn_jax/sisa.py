@@ -24,6 +24,11 @@ length would depend on the other shards).
 
 Prediction aggregates the shard models: `vote` (majority of argmax, ties to the lowest
 class) or `mean_logits` (argmax of the mean logits; `sisa_logits`).
+
+Many devices and processes: inside `parallel.data_parallel(mesh)` the shards are placed
+on the mesh's `seeds` axis (`parallel.shard_seeds`) and a group of shards whose size that
+axis divides runs spread over it (every process of a multi-process job trains its own
+shards); a smaller group runs whole on every device.
 """
 
 from __future__ import annotations
@@ -187,7 +192,11 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
   `state.stage_states` (and the checkpoints). Returns the seconds spent."""
   if not state.programs:
     fn = _stage_fn(state.model, state.config)
-    state.programs["vmap"] = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, 0, 0, 0, None)))
+    axes = (0, 0, 0, 0, 0, 0, None)
+    state.programs["vmap"] = jax.jit(jax.vmap(fn, in_axes=axes))
+    # Inside `parallel.data_parallel(mesh)`: shards on the mesh's `seeds` axis (over every
+    # process of a multi-process job) when that axis divides the group.
+    state.programs["spread"] = jax.jit(parallel.vmap_seeds(fn, in_axes=axes))
     state.programs["single"] = jax.jit(fn)
   shards = list(shards)
   real = len(shards)
@@ -198,13 +207,15 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
     # valid example, so its steps change nothing, and it is never written back.
     width = min(1 << (real - 1).bit_length(), state.config.shards)
     shards = shards + [shards[0]] * (width - real)
-  sel = jnp.asarray(np.asarray(shards, np.int32))
+  sel = np.asarray(shards, np.int32)
   take = lambda tree: jax.tree_util.tree_map(lambda a: a[sel], tree)
-  current = take(state.stage_states[first_stage - 1])
-  keys = state.shard_keys[sel]
+  current = parallel.shard_seeds(take(state.stage_states[first_stage - 1]))
+  keys = parallel.shard_seeds(state.shard_keys[sel])
   write = sel[:real]
+  mesh = parallel.active_mesh()
+  spread = mesh is not None and len(shards) % mesh.shape["seeds"] == 0
   if state.shard_loop == "vmap":
-    run = state.programs["vmap"]
+    run = state.programs["spread" if spread else "vmap"]
   else:
     single = state.programs["single"]
 
@@ -217,6 +228,7 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
   for stage in range(first_stage, state.config.slices + 1):
     x, y, ids, valid = _stage_arrays(state, shards, stage)
     valid = valid.at[real:].set(False)
+    x, y, ids, valid = parallel.shard_seeds((x, y, ids, valid))
     current = jax.block_until_ready(run(current, x, y, ids, valid, keys, stage))
     state.stage_states[stage] = jax.tree_util.tree_map(
         lambda full, part: full.at[write].set(part[:real]), state.stage_states[stage],
@@ -266,7 +278,9 @@ def train_sisa(model, data: tuple, key: jax.Array, config: SisaConfig = SisaConf
   tx = _tx(config)
   stacked = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (config.shards,) + a.shape),
                                    init_variables)
-  init_state = jax.vmap(lambda v: train_lib.init_train_state(v, tx))(stacked)
+  # On the mesh's `seeds` axis inside `parallel.data_parallel` (a no-op outside one).
+  init_state = parallel.shard_seeds(jax.vmap(lambda v: train_lib.init_train_state(v, tx))(
+      stacked))
   gone = np.zeros(len(y), bool)
   if deleted is not None:
     gone[np.asarray(deleted, np.int64)] = True
