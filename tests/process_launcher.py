@@ -62,7 +62,13 @@ def launch(args, processes: int = 2, devices: int = 4, timeout: float = 300,
       left = deadline - time.time()
       p.wait(timeout=max(left, 0.1))
   except subprocess.TimeoutExpired:
-    raise AssertionError(f"{args[0]} in {processes} processes ran past {timeout} s") from None
+    kill_all(procs)
+    tails = "".join(
+        f"\n--- process {i} ({'still running' if p.returncode is None or p.returncode < 0 else f'rc {p.returncode}'}):\n"
+        + ((logs / f"process_{i}.log").read_text()[-1500:] if logs else "")
+        for i, p in enumerate(procs))
+    raise AssertionError(f"{args[0]} in {processes} processes ran past {timeout} s"
+                         + tails) from None
   finally:
     kill_all(procs)
   outs = []
