@@ -94,12 +94,12 @@ def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
 
 def test_sisa_shards_over_two_processes_equal_one_process(tmp_path):
   """`experiments.requests` with SISA's 8 shards on the population axis over both
-  processes (3 deletion requests): every row equals the 1-process run."""
+  processes (3 deletion requests): every row equals the 1-process, 1-device run."""
   args = ["experiments.requests", "--methods=sisa,finetune", "--requests=3", "--seeds=1",
           "--sisa_shards=8", "--sisa_slices=2", "--config.train.epochs=4",
           "--config.plots=False"]
   outs = _launch_ok(args + [f"--workdir={tmp_path / 'two'}"], tmp_path)
-  rc, out = mp.run_single(args + [f"--workdir={tmp_path / 'one'}"])
+  rc, out = mp.run_single(args + [f"--workdir={tmp_path / 'one'}"], devices=1)
   assert rc == 0, out[-3000:]
   _only_process_0_wrote(outs, tmp_path, ["one", "two"])
   two, one = _rows(tmp_path / "two" / "requests.csv"), _rows(tmp_path / "one" / "requests.csv")
