@@ -149,12 +149,8 @@ def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   mesh = mesh if mesh is not None else _concrete_mesh()
   if mesh is None:
     return tree
-  s = mesh.shape["seeds"]
-
   def one(a):
-    if s > 1 and getattr(a, "ndim", 0) and a.shape[0] % s == 0:
-      return jax.device_put(a, NamedSharding(mesh, P("seeds", *([None] * (a.ndim - 1)))))
-    return jax.device_put(a, NamedSharding(mesh, P()))
+    return jax.device_put(a, _seed_sharding(mesh, jax.numpy.shape(a)))
 
   return jax.tree_util.tree_map(one, tree)
 
@@ -165,13 +161,17 @@ def seed_sharded(abstract: Any, mesh: Optional[Mesh] = None) -> Any:
   mesh = mesh if mesh is not None else _concrete_mesh()
   if mesh is None:
     return abstract
-  s = mesh.shape["seeds"]
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=_seed_sharding(mesh, a.shape)), abstract)
 
-  def one(a):
-    spec = (P("seeds", *([None] * (len(a.shape) - 1)))
-            if s > 1 and len(a.shape) and a.shape[0] % s == 0 else P())
-    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec))
-  return jax.tree_util.tree_map(one, abstract)
+
+def _seed_sharding(mesh: Mesh, shape) -> NamedSharding:
+  """The one placement rule of a seed-stacked leaf: leading axis on `seeds` when that
+  axis (larger than 1) divides it, else replicated."""
+  s = mesh.shape["seeds"]
+  if s > 1 and len(shape) and shape[0] % s == 0:
+    return NamedSharding(mesh, P("seeds", *([None] * (len(shape) - 1))))
+  return NamedSharding(mesh, P())
 
 
 def _concrete_mesh() -> Optional[Mesh]:
