@@ -17,9 +17,10 @@ How to read it:
    `--accuracy_target=0.82` replaces the tables by the time to that test accuracy, each
    model trained once on all of --dataset with its recipe:
        python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \\
-           --models=cnn:32-64-128,cnn --accuracy_target=0.82 The batch is split over all visible devices (`devices`), as in
-   the experiments. `step MiB` is XLA's own account of the compiled step (arguments +
-   temporaries): what one more seed would add when seeds are vmapped.
+           --models=cnn:32-64-128,cnn --accuracy_target=0.82
+   The batch is split over all visible devices (`devices`), as in the experiments.
+   `step MiB` is XLA's own account of the compiled step (arguments + temporaries): what one
+   more seed would add when seeds are vmapped.
 2. *Methods*: the main experiment (`runner.run`, --seeds seeds) on the first model: the
    wall time per seed of training, retraining and each method, its compile time, and the
    ratio to retrain (< 1: cheaper than retraining from scratch, the point of unlearning).
@@ -43,8 +44,8 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from experiments.configs import default as default_config
-from experiments import runner, setup
+from .configs import default as default_config
+from . import runner, setup
 from unlearn_jax import data, driver, models, parallel, train
 
 flags.DEFINE_string("dataset", "digits", "digits | image_folder:PATH | cifar10 | ...")

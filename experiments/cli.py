@@ -10,18 +10,19 @@ arguments, builds the config from the flags (`build_config`), starts
 becomes one line on stderr and exit status 2, before anything is written.
 """
 
+import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
-from experiments import setup
+from . import setup
 from unlearn_jax import parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
@@ -103,7 +104,8 @@ flags.DEFINE_string("hparams", None, "a tuned.json from experiments.tune: its ch
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
                   "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
-              "seeds", "unlearn_seeds", "seed", "train_subset", "test_subset", "data_dir", "seed_loop", "conv", "mesh_seeds",
+              "seeds", "unlearn_seeds", "seed", "train_subset", "test_subset", "data_dir",
+              "seed_loop", "conv", "mesh_seeds",
               "mesh_data", "distributed", "stream")
 
 
@@ -131,13 +133,19 @@ def build_config():
             "same setting; pass one", file=sys.stderr)
       sys.exit(2)
     cfg.seeds = train_seeds
+  if cfg.get("plots") and importlib.util.find_spec("matplotlib") is None:
+    # A core install (`pip install unlearn_jax`) has no matplotlib: the run's tables and
+    # CSVs are complete without the figures.
+    print("note: plots are off: matplotlib is not installed (pip install "
+          "'unlearn_jax[plots]')", file=sys.stderr)
+    cfg.plots = False
   return cfg
 
 
 def with_tuned(hparams: dict, path: str) -> dict:
   """The flags' hyperparameters with a tuned.json's choices in place of the defaults; a
   value given explicitly on the command line (different from the default) is kept."""
-  from experiments import tuning_run
+  from . import tuning_run
   out = {m: dict(v) for m, v in hparams.items()}
   for m, chosen in tuning_run.load_tuned(path).items():
     defaults = methods_lib.get_method(m).defaults

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from absl import flags
 
-from experiments import cli, population, population_report, setup
+from . import cli, population, population_report, setup
 
 flags.DEFINE_integer("num_models", 16, "models per population (originals, retrained, unlearned)")
 flags.DEFINE_integer("chunk", 0, "models per vmapped chunk (0 = all at once)")

@@ -28,7 +28,7 @@ from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import cli, population, setup
+from . import cli, population, setup
 from unlearn_jax import metrics as M
 from unlearn_jax.evaluation import PopulationLogits
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
@@ -47,7 +47,8 @@ def parse_sizes(text: str) -> list:
   try:
     sizes = [int(s) for s in str(text).split(",") if s.strip()]
   except ValueError:
-    raise setup.UsageError(f"--sizes={text!r} must be a comma list of integers, e.g. 8,16,32")
+    raise setup.UsageError(f"--sizes={text!r} must be a comma list of integers, e.g. 8,16,32"
+                           ) from None
   if not sizes or any(n < 2 for n in sizes) or sizes != sorted(set(sizes)):
     raise setup.UsageError(f"--sizes={text!r} must be increasing integers >= 2")
   return sizes

@@ -16,20 +16,20 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import setup as setup_lib
-from experiments.setup import UsageError
+from . import setup as setup_lib
+from .setup import UsageError
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import metrics as M
 from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
-from experiments.population_report import Evaluation
+from .population_report import Evaluation
 from unlearn_jax.evaluation import PopulationLogits, evaluate_population, model_chunks
 
 
@@ -224,7 +224,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       lg = retrained_logits if name == "retrain" else logits_of(variables)
       row, eps, phi = evaluate_population(name, lg, labels, retrained_logits, random_forget, secs,
                                           mia_models)
-      rows.append(row); epsilons[name] = eps; stats[name] = phi
+      rows.append(row)
+      epsilons[name], stats[name] = eps, phi
     for m in st.method_names:
       spec = methods_lib.get_method(m)
       data = methods_lib.select_data(spec, forget, retain, ctx=ctx)
@@ -234,7 +235,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
                                             st, chunk, log)
       row, eps, phi = evaluate_population(m, logits_of(unlearned), labels, retrained_logits,
                                           random_forget, seconds / num_models, mia_models)
-      rows.append(row); epsilons[m] = eps; stats[m] = phi
+      rows.append(row)
+      epsilons[m], stats[m] = eps, phi
       log(f"method {m}: {seconds / num_models:.3f}s per model "
           f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
           f"F {row['forgetting_quality']:.3f}, score {row['competition_score']:.3f}, "

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from experiments import setup
+from . import setup
 from unlearn_jax import data, models, train
 
 flags.DEFINE_string("sizes", "8,32,64", "comma list of population sizes N")

@@ -45,7 +45,7 @@ def population_signal(rows: list) -> dict | None:
   It discriminates when the original is clearly told apart from retraining,
   F_original ≤ F_floor / 2, and FA differs by ≥ `report.MIN_SIGNAL_POINTS`; otherwise a
   method can score near the floor by doing nothing."""
-  from experiments.report import MIN_SIGNAL_POINTS
+  from .report import MIN_SIGNAL_POINTS
   by = {r["method"]: r for r in rows}
   if "original" not in by or "retrain" not in by:
     return None

@@ -15,7 +15,8 @@ from unlearn_jax import parallel
 
 # results.csv columns, in order; the first seven are the results contract.
 CSV_COLUMNS = ("method", "seed", "retain_acc", "forget_acc", "test_acc", "mia_loss_lr",
-               "seconds", "train_seed", "unlearn_seed", "val_acc", "forget_test_acc", "retain_loss", "forget_loss",
+               "seconds", "train_seed", "unlearn_seed", "val_acc", "forget_test_acc", "retain_loss",
+               "forget_loss",
                "test_loss", "ain", "relearn_steps", "layer_distance", "peak_memory_mib")
 # Summary table: (column in rows, header).
 SUMMARY_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
@@ -197,7 +198,8 @@ def stage_markdown(spread: dict) -> str:
 
 # ----------------------------------------------------------------------------- plots
 def plot_loss_histograms(path: Path, name: str, losses: dict) -> None:
-  """Histogram of forget, test and retain losses of one model (the figure of the "Machine Unlearning" project, DebDDash/MachineUnlearning)."""
+  """Histogram of forget, test and retain losses of one model (the figure of the "Machine
+  Unlearning" CIFAR-10 project)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -302,7 +304,7 @@ def plot_along(path: Path, model_sets: dict) -> None:
   fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows), squeeze=False,
                            sharey=True)
   for ax, (m, c) in zip(axes.ravel(), curves.items()):
-    for metric, (vals, bounds, names) in sorted(c.items()):
+    for metric, (vals, _bounds, _names) in sorted(c.items()):
       ax.plot(range(1, len(vals) + 1), 100 * np.asarray(vals), marker=".", ms=3,
               label=metric.replace("_acc", ""))
     for b in next(iter(c.values()))[1][:-1]:

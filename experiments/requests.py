@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import setup
-from experiments import cli   # the shared flags, their parsing, the one main
+from . import setup
+from . import cli   # the shared flags, their parsing, the one main
 from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, parallel, sisa
 from unlearn_jax import train as train_lib
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import setup as setup_lib
-from experiments.setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
+from . import setup as setup_lib
+from .setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
                                resolve_hparams, resumed_method, setup, take_test, validate)
 from unlearn_jax import data as data_lib
 from unlearn_jax import driver
@@ -46,7 +46,7 @@ class RunResult:
   info: dict            # model, loop mode, devices, compile times, wall time
 
 
-def validate_run(cfg, method_hparams: dict, workdir: Optional[str] = None,
+def validate_run(cfg, method_hparams: dict, workdir: str | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = lambda s: None):
   """Every check `experiments.unlearn` makes before it writes anything: the flags, the
   dataset, the split, the model, the methods, the mesh, each method's hyperparameters and
@@ -80,7 +80,7 @@ def along_evaluator(model, forget, retain, cfg):
 
 
 def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
-        resume_dir: Optional[Path] = None, st=None) -> RunResult:
+        resume_dir: Path | None = None, st=None) -> RunResult:
   """Runs the experiment described by `cfg` (see experiments/configs/default.py).
 
   Pure computation plus logging: writing the run directory is `report.write_run`'s job.

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -201,10 +201,11 @@ def parse_classes(text) -> tuple:
   try:
     return tuple(int(c) for c in text.split(","))
   except ValueError:
-    raise UsageError(f"--forget_classes={text!r} must be a comma list of class ids, e.g. 3 or 3,5")
+    raise UsageError(f"--forget_classes={text!r} must be a comma list of class ids, e.g. 3 or "
+                     "3,5") from None
 
 
-def resolve_methods(text, scenario: str, batch_norm: Optional[bool] = None,
+def resolve_methods(text, scenario: str, batch_norm: bool | None = None,
                     log: Callable[[str], None] = lambda s: None) -> tuple:
   """The methods to run. By default every registered method meant for `scenario` (and,
   when `batch_norm` is known, runnable on the model); a method named explicitly that
@@ -294,7 +295,7 @@ class Setup:
     return self.mode == "vmap"
 
 
-def setup(cfg, log: Callable[[str], None] = print, population: Optional[int] = None) -> Setup:
+def setup(cfg, log: Callable[[str], None] = print, population: int | None = None) -> Setup:
   """Validates `cfg`, loads the dataset, makes the split and picks model, recipe, seed
   mode, methods and mesh (`population`: the models vmapped along the mesh's seeds axis,
   default `--seeds`); raises UsageError (naming the flag) for every user mistake."""
@@ -334,7 +335,7 @@ def setup(cfg, log: Callable[[str], None] = print, population: Optional[int] = N
   return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh)
 
 
-def make_mesh(cfg, batch_size: int, mode: str, population: Optional[int] = None):
+def make_mesh(cfg, batch_size: int, mode: str, population: int | None = None):
   """The device mesh of `--mesh_seeds` x `--mesh_data` (None when one device is all there
   is); UsageError when the devices or the batch size do not fit it.
 
@@ -441,7 +442,7 @@ def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):
     return checkpoint.ResumeStore.open(resume_dir, fp, int(cfg.get("checkpoint_every", 1)))
 
 
-def resumed_method(store, name: str, like_variables, log) -> Optional[driver.ModelSet]:
+def resumed_method(store, name: str, like_variables, log) -> driver.ModelSet | None:
   """A method's ModelSet from the resume store, or None if it has not finished before."""
   if store is None:
     return None

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import setup
+from . import setup
 from unlearn_jax import data as data_lib, models as models_lib, sisa, train as train_lib
 
 flags.DEFINE_string("dataset", "digits", "dataset (as experiments.unlearn)")

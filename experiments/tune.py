@@ -28,8 +28,8 @@ Every other flag is experiments.unlearn's (dataset, model, scenario, seeds, conf
 
 from absl import flags
 
-from experiments import setup, tuning_run
-from experiments import cli   # the shared flags, their parsing, the one main
+from . import setup, tuning_run
+from . import cli   # the shared flags, their parsing, the one main
 
 flags.DEFINE_integer("budget", 16, "configurations per method (the defaults are the first)")
 flags.DEFINE_string("select", "no_retrain", "selection rule: no_retrain | retrain_gap")

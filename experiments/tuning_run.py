@@ -13,14 +13,14 @@ import math
 import types
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import setup as setup_lib
-from experiments.setup import UsageError, resolve_hparams, setup, take_test
+from . import setup as setup_lib
+from .setup import UsageError, resolve_hparams, setup, take_test
 from unlearn_jax import driver, methods as methods_lib, parallel, tuning
 
 REPORT_KEYS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
@@ -99,8 +99,10 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
       f"retain {split.retain.size} (select {parts['retain_select'].size}), val {split.val.size} "
       f"(select), test {split.test.size} (report only)")
   log(f"model {st.model_name}, {cfg.seeds} seed(s); search: {budget} configurations × "
-      f"{cfg.seeds} seeds per method (and per value of a searched integer hyperparameter), {'one vmapped program' if search_loop == 'vmap' else 'one compiled program called per configuration and seed'}; "
-      f"selection rule {rule}")
+      f"{cfg.seeds} seeds per method (and per value of a searched integer hyperparameter), "
+      + ("one vmapped program; " if search_loop == "vmap"
+         else "one compiled program called per configuration and seed; ")
+      + f"selection rule {rule}")
 
   seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
   init_vars = setup_lib.initial_variables(st, seed_keys)

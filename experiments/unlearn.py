@@ -18,7 +18,7 @@ import shutil
 
 from absl import flags
 
-from experiments import cli, report, runner, setup
+from . import cli, report, runner, setup
 from unlearn_jax import parallel
 
 

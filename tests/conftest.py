@@ -10,7 +10,8 @@ Three lanes, each test in exactly one:
   compiled program (the method contract matrix on user models, parity with the reference
   codes, metrics under jit, trace counts, the 8-device suite).
 * multiprocess (`python -m pytest --multiprocess`): only the tests marked `multiprocess`,
-  jobs launched as 2 processes x 4 simulated CPU devices (`tests/test_multiprocess.py`, launched by `tests/process_launcher.py`);
+  jobs launched as 2 processes x 4 simulated CPU devices (`tests/test_multiprocess.py`,
+  launched by `tests/process_launcher.py`);
   XLA's optimisations off, like the default lane.
 The variable is set in `pytest_configure`, before any test module imports JAX, in the
 controller and in every xdist worker; CLI and sharded-suite subprocesses inherit it.

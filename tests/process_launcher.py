@@ -64,7 +64,8 @@ def launch(args, processes: int = 2, devices: int = 4, timeout: float = 300,
   except subprocess.TimeoutExpired:
     kill_all(procs)
     tails = "".join(
-        f"\n--- process {i} ({'still running' if p.returncode is None or p.returncode < 0 else f'rc {p.returncode}'}):\n"
+        f"\n--- process {i} ("
+        f"{'still running' if p.returncode is None or p.returncode < 0 else f'rc {p.returncode}'}):\n"
         + ((logs / f"process_{i}.log").read_text()[-1500:] if logs else "")
         for i, p in enumerate(procs))
     raise AssertionError(f"{args[0]} in {processes} processes ran past {timeout} s"

@@ -67,7 +67,7 @@ def test_every_declared_space_traces(setup):
 def test_samples_start_at_the_defaults_and_stay_in_range():
   method = methods.get_method("scrub")
   configs = tuning.sample_configs(method, 64, jax.random.PRNGKey(3))
-  for k, (scale, low, high) in method.space.items():
+  for k, (_scale, low, high) in method.space.items():
     assert configs[k][0] == np.float32(method.defaults[k])
     assert np.all((configs[k][1:] >= np.float32(low)) & (configs[k][1:] <= np.float32(high)))
   again = tuning.sample_configs(method, 64, jax.random.PRNGKey(3))

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -82,8 +83,8 @@ class ModelAdapter:
   eval_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   rng_streams: tuple = ()
   mutable: tuple = ()
-  head: Optional[tuple] = None
-  features_fn: Optional[Callable] = None
+  head: tuple | None = None
+  features_fn: Callable | None = None
   name: str = ""
 
   def __post_init__(self):
@@ -104,7 +105,7 @@ class ModelAdapter:
       object.__setattr__(self, "name", type(self.module).__name__)
 
   # --------------------------------------------------------------------------- running
-  def rngs(self, key: Optional[jax.Array]) -> Optional[dict]:
+  def rngs(self, key: jax.Array | None) -> dict | None:
     """The train-mode rng dict drawn from `key` (None when the module needs none)."""
     if not self.rng_streams:
       return None
@@ -117,7 +118,7 @@ class ModelAdapter:
             for s in self.rng_streams}
 
   def apply(self, variables: Variables, x: jax.Array, *, train: bool = False,
-            rng: Optional[jax.Array] = None):
+            rng: jax.Array | None = None):
     """(logits, updates): `updates` holds the mutated collections of a train-mode call
     (an empty dict in eval mode or when nothing is mutable); merge with `{**variables,
     **updates}`."""
@@ -139,7 +140,7 @@ class ModelAdapter:
     return self.apply(variables, x)[0]
 
   def features(self, variables: Variables, x: jax.Array, *, train: bool = False,
-               rng: Optional[jax.Array] = None):
+               rng: jax.Array | None = None):
     """(logits, penultimate features [B, d], updates). Default: the head module's input,
     captured while the model runs (one forward pass)."""
     if self.features_fn is not None:
@@ -164,7 +165,7 @@ class ModelAdapter:
     return logits, feats.reshape(feats.shape[0], -1), updates
 
   def capture(self, variables: Variables, x: jax.Array, which: Callable, *,
-              train: bool = False, rng: Optional[jax.Array] = None):
+              train: bool = False, rng: jax.Array | None = None):
     """(logits, {module path: output}, updates) for the submodules where
     `which(module)` is True (Flax's `capture_intermediates`)."""
     kwargs = dict(self.train_kwargs if train else self.eval_kwargs)

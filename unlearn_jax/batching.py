@@ -18,7 +18,7 @@ axis inside `parallel.data_parallel`; unchanged outside it).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

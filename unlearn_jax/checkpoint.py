@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -76,7 +75,7 @@ class ResumeStore:
     self.every = max(1, int(every))
 
   @classmethod
-  def open(cls, directory: Path, fingerprint: dict, every: int = 1) -> "ResumeStore":
+  def open(cls, directory: Path, fingerprint: dict, every: int = 1) -> ResumeStore:
     directory = Path(directory)
     stamp = directory / "fingerprint.json"
     wanted = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
@@ -105,7 +104,7 @@ class ResumeStore:
         self.directory / name,
         options=ocp.CheckpointManagerOptions(create=True, max_to_keep=keep))
 
-  def restore_latest(self, name: str, like) -> Optional[tuple]:
+  def restore_latest(self, name: str, like) -> tuple | None:
     """(step, tree, meta) of the newest checkpoint of `name`, or None if it has none.
     CheckpointError when it is corrupt or its tree does not match `like` (`like=None`:
     the tree as saved; a callable: `like(step)`, for trees whose shapes depend on the step)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from unlearn_jax import train as train_lib
 
 
 
-def default_seed_mode(model_name: str, backend: Optional[str] = None) -> str:
+def default_seed_mode(model_name: str, backend: str | None = None) -> str:
   """`sequential` for the conv models on the CPU backend (measured: vmapping their seeds
   does not pay there), `vmap` otherwise."""
   backend = backend or jax.default_backend()
@@ -135,7 +135,7 @@ class Progress:
     self.last_print = 0.0
     self.first = 0   # units done before this process started (a resumed run)
 
-  def update(self, done: int, metrics: Optional[dict] = None):
+  def update(self, done: int, metrics: dict | None = None):
     now = time.perf_counter()
     elapsed = now - self.start
     if done < self.total and now - self.last_print < 2.0:
@@ -177,7 +177,7 @@ class StepProgress:
              f"elapsed, {(total - done) / max(rate, 1e-9):.1f}s left")
 
 
-def _compile(fn, *args, donate: tuple = (), programs: Optional[dict] = None, name: str = ""):
+def _compile(fn, *args, donate: tuple = (), programs: dict | None = None, name: str = ""):
   """(executable, compile seconds); with a `programs` dict, the executable compiled before
   under `name` for arguments of the same shapes is reused (0 seconds)."""
   sig = (name, str(jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), args)))
@@ -193,7 +193,7 @@ def _compile(fn, *args, donate: tuple = (), programs: Optional[dict] = None, nam
 def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *,
                      seed_mode: str = "vmap", log: Callable[[str], None] = print,
                      label: str = "train", store=None,
-                     programs: Optional[dict] = None) -> ModelSet:
+                     programs: dict | None = None) -> ModelSet:
   """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch.
 
   One epoch function is compiled once and called for every epoch (and, in `sequential`
@@ -286,7 +286,7 @@ class MethodProgram:
   program, not a constant folded into it."""
 
   def __init__(self, method, ctx, hparams: dict, *, seed_mode: str = "vmap", along=None,
-               log: Optional[Callable[[str], None]] = None):
+               log: Callable[[str], None] | None = None):
     check_seed_mode(seed_mode)
     self.method, self.seed_mode = method, seed_mode
     unlearn = method(ctx, **hparams)          # checks the hyperparameters now
@@ -427,8 +427,8 @@ class MethodProgram:
 
 
 def apply_method(method, ctx, hparams: dict, variables, data, keys, *,
-                 seed_mode: str = "vmap", program: Optional[MethodProgram] = None,
-                 along=None, eval_data=(), log: Optional[Callable[[str], None]] = None,
+                 seed_mode: str = "vmap", program: MethodProgram | None = None,
+                 along=None, eval_data=(), log: Callable[[str], None] | None = None,
                  resume=None) -> ModelSet:
   """Runs one method on every seed's original (compiled once; pass the same `program` to
   reuse its executable across calls); returns the unlearned ModelSet. Synthetic images in

@@ -32,7 +32,8 @@ processes needs.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -59,7 +60,7 @@ class MeshError(ValueError):
 
 
 def make_mesh(data: int = 0, seeds: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A `("seeds", "data")` mesh: `seeds` × `data` devices (`data=0`: all that remain).
 
   Raises MeshError naming the numbers when the devices cannot be arranged so."""
@@ -102,7 +103,7 @@ def active_mesh():
 
 
 @contextlib.contextmanager
-def data_parallel(mesh: Optional[Mesh]):
+def data_parallel(mesh: Mesh | None):
   """`jax.set_mesh(mesh)`: within the block `shard_batch` splits batches over `mesh`'s
   `data` axis and `vmap_seeds` maps seeds onto its `seeds` axis. `None` is a no-op."""
   if mesh is None:
@@ -135,7 +136,7 @@ def shard_batch(tree: Any) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
-def replicate(tree: Any, mesh: Optional[Mesh] = None) -> Any:
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
   """Places every leaf on all devices of `mesh` (the weights, the in-memory datasets)."""
   mesh = mesh if mesh is not None else _concrete_mesh()
   if mesh is None:
@@ -143,7 +144,7 @@ def replicate(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
+def shard_seeds(tree: Any, mesh: Mesh | None = None) -> Any:
   """Places a seed-stacked pytree (leading axis = seed) with seeds split over the `seeds`
   mesh axis and replicated over `data`; replicated when the axis does not divide it."""
   mesh = mesh if mesh is not None else _concrete_mesh()
@@ -155,7 +156,7 @@ def shard_seeds(tree: Any, mesh: Optional[Mesh] = None) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
-def seed_sharded(abstract: Any, mesh: Optional[Mesh] = None) -> Any:
+def seed_sharded(abstract: Any, mesh: Mesh | None = None) -> Any:
   """`jax.ShapeDtypeStruct`s of a seed-stacked tree placed as `shard_seeds` would place
   it (what a multi-process restore needs to know); unchanged outside a mesh."""
   mesh = mesh if mesh is not None else _concrete_mesh()
@@ -174,7 +175,7 @@ def _seed_sharding(mesh: Mesh, shape) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _concrete_mesh() -> Optional[Mesh]:
+def _concrete_mesh() -> Mesh | None:
   """The concrete mesh of the enclosing `data_parallel` block (device placement), or None."""
   if active_mesh() is None:
     return None
@@ -191,7 +192,7 @@ def vmap_seeds(fn: Callable, in_axes=0, out_axes=0) -> Callable:
   return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 
 
-def check_batch_size(batch_size: int, mesh: Optional[Mesh] = None, what: str = "batch size"):
+def check_batch_size(batch_size: int, mesh: Mesh | None = None, what: str = "batch size"):
   """A batch that the data axis does not divide cannot be split: say so up front."""
   n = data_size(mesh)
   if batch_size % n:
@@ -199,10 +200,10 @@ def check_batch_size(batch_size: int, mesh: Optional[Mesh] = None, what: str = "
                     f"axis; use a multiple of {n}")
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None,
-                           num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None,
-                           heartbeat_timeout_seconds: Optional[int] = None) -> None:
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           heartbeat_timeout_seconds: int | None = None) -> None:
   """`jax.distributed.initialize` for multi-process jobs (the `--distributed` flag).
 
   With no arguments JAX detects the cluster (SLURM, Open MPI, TPU pods, GKE); pass them
@@ -240,7 +241,7 @@ def from_process_0(value: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
 
 
-def same_on_every_process(text: str) -> Optional[int]:
+def same_on_every_process(text: str) -> int | None:
   """None when every process passes the same `text` (its flags, say), else the index of
   the first process that differs from process 0. A collective; a no-op on one process."""
   if jax.process_count() == 1:
@@ -253,7 +254,7 @@ def same_on_every_process(text: str) -> Optional[int]:
   return int(differ[0]) if differ.size else None
 
 
-def describe(mesh: Optional[Mesh]) -> str:
+def describe(mesh: Mesh | None) -> str:
   if mesh is None:
     return "single device"
   return (f"mesh seeds={mesh.shape['seeds']} x data={mesh.shape['data']} over "
@@ -281,7 +282,8 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map(one, local)
 
 
-__all__ = ["MESH_AXES", "MeshError", "make_mesh", "population_mesh_shape", "active_mesh", "data_parallel", "data_size",
+__all__ = ["MESH_AXES", "MeshError", "make_mesh", "population_mesh_shape", "active_mesh",
+           "data_parallel", "data_size",
            "shard_batch", "replicate", "shard_seeds", "seed_sharded", "vmap_seeds",
            "check_batch_size", "initialize_distributed", "is_writer", "barrier",
            "from_process_0", "same_on_every_process",

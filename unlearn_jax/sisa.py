@@ -37,7 +37,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,7 @@ class SisaState:
   stage_states: list            # R + 1 train states [S, ...]: stage 0 = initial weights
   shard_keys: jax.Array         # [S] keys
   shard_loop: str = "vmap"
-  checkpoint_dir: Optional[Path] = None
+  checkpoint_dir: Path | None = None
   log: list = dataclasses.field(default_factory=list)   # one dict per training / deletion
   # Per stage, the padded length of every shard's data: fixed at training time, so a
   # deletion reuses the compiled stage programs (a shard's result never depends on it).
@@ -258,8 +258,8 @@ def restore_stage(checkpoint_dir: Path, like, stage: int):
 
 def train_sisa(model, data: tuple, key: jax.Array, config: SisaConfig = SisaConfig(), *,
                init_variables=None, assignment_seed: int = 0, shard_loop: str = "vmap",
-               checkpoint_dir: Optional[str | Path] = None, deleted=None,
-               programs: Optional[dict] = None) -> SisaState:
+               checkpoint_dir: str | Path | None = None, deleted=None,
+               programs: dict | None = None) -> SisaState:
   """Trains the S shard models of `data = (x, y)` in R slices (see the module docstring).
 
   `init_variables`: one model's variables (every shard starts from them) or None (drawn

@@ -18,7 +18,8 @@ Every registered method is built from a `Steps`: pure functions and a schedule.
   `feeds[source]` in batches of `batch_size` (an epoch's order and step keys:
   `batching.epoch_plan`, the last batch wrapping around); a phase without one runs `steps`
   data-free steps (batch `None`; keys `jax.random.split(key, steps)`): optimised noise, a
-  generator; with `steps=1`, a one-shot edit, called once with the phase's key itself. `enter(state, key) -> state` runs before the
+  generator; with `steps=1`, a one-shot edit, called once with the phase's key itself.
+  `enter(state, key) -> state` runs before the
   phase (key: the phase's, or the cycle's in a cycled schedule): a fresh optimizer, a feed
   built from the previous phase's result, a retain subsample.
 * `cycles`: the phases repeated (SCRUB's epochs). Cycle e has the key
@@ -56,7 +57,8 @@ relearning); `apply_gradients` the one `tx.update` + `apply_updates`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import flax
 import jax
@@ -92,12 +94,12 @@ class Phase:
   """One stage of a method's schedule (module docstring)."""
   name: str
   update: Callable
-  source: Optional[str] = None
+  source: str | None = None
   epochs: int = 1
   batch_size: int = 0
   steps: int = 1
-  enter: Optional[Callable] = None
-  active: Optional[Callable] = None
+  enter: Callable | None = None
+  active: Callable | None = None
   slot: int = 0
   observe: bool = True      # evaluated along the way (False: the model does not change)
 
@@ -246,8 +248,8 @@ def total_steps(steps: Steps, state: StepState) -> int:
   return total * max(steps.cycles, 1)
 
 
-def run(steps: Steps, variables, data, key, *, evaluate: Optional[Callable] = None,
-        every: int = 1, progress: Optional[Callable] = None):
+def run(steps: Steps, variables, data, key, *, evaluate: Callable | None = None,
+        every: int = 1, progress: Callable | None = None):
   """`(variables, aux)`: the method's schedule run as one program (module docstring).
 
   `aux` is `steps.report(state, histories)` (histories: `{phase name: per-epoch metrics}`),
@@ -319,8 +321,8 @@ def plan(steps: Steps, state: StepState, every_epochs: int = 0,
 
 
 def run_chunk(steps: Steps, chunk: Chunk, state: StepState, start=None, *,
-              evaluate: Optional[Callable] = None, every: int = 1,
-              progress: Optional[Callable] = None, total: int = 0):
+              evaluate: Callable | None = None, every: int = 1,
+              progress: Callable | None = None, total: int = 0):
   """(state, history) after one `Chunk` of the schedule (history None for an `enter`).
   `start` (default `chunk.start`) may be a traced integer, so every chunk of one
   `signature` runs in one compiled program."""

@@ -26,7 +26,7 @@ Every batch drawn here passes through `parallel.shard_batch`: inside
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

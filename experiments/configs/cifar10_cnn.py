@@ -7,7 +7,13 @@ The CNN recipe: SGD Nesterov momentum 0.9, one-cycle lr 0.1, wd 5e-4, crop+flip,
 batch 128, 10 epochs. On the whole train set it reaches >= 82% test accuracy.
 """
 
-from experiments.configs import default
+try:  # an installed wheel (`unlearn-jax run --config=...`)
+
+  from unlearn_jax_experiments.configs import default
+
+except ImportError:  # the checkout (`python -m experiments.unlearn`)
+
+  from experiments.configs import default
 
 
 def get_config():

@@ -24,7 +24,13 @@ Retrain's forget accuracy then equals its test accuracy (~52%) against the origi
 a memorisation signal of ~45 points (measured figures in the README).
 """
 
-from experiments.configs import default
+try:  # an installed wheel (`unlearn-jax run --config=...`)
+
+  from unlearn_jax_experiments.configs import default
+
+except ImportError:  # the checkout (`python -m experiments.unlearn`)
+
+  from experiments.configs import default
 from unlearn_jax import methods
 
 

@@ -18,7 +18,13 @@ one program each, and cached by `experiments.evaluate` for `experiments.klom_cur
 Measured figures: docs/population/.
 """
 
-from experiments.configs import cifar10_memorise
+try:  # an installed wheel (`unlearn-jax run --config=...`)
+
+  from unlearn_jax_experiments.configs import cifar10_memorise
+
+except ImportError:  # the checkout (`python -m experiments.unlearn`)
+
+  from experiments.configs import cifar10_memorise
 
 
 def get_config():

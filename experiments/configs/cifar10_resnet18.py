@@ -12,7 +12,13 @@ are checkpointed every 5 epochs: rerun the same command to resume a killed job.
 On a CPU this is ~13 images/s (days); use experiments/configs/cifar10_cnn.py there.
 """
 
-from experiments.configs import default
+try:  # an installed wheel (`unlearn-jax run --config=...`)
+
+  from unlearn_jax_experiments.configs import default
+
+except ImportError:  # the checkout (`python -m experiments.unlearn`)
+
+  from experiments.configs import default
 
 
 def get_config():

@@ -21,7 +21,13 @@ No BatchNorm anywhere: every method runs on it through the model's own adapter
 (`ViT.unlearn_adapter`: `train` keyword, optional `dropout` stream, head `head`).
 """
 
-from experiments.configs import cifar10_memorise, cifar10_resnet18
+try:  # an installed wheel (`unlearn-jax run --config=...`)
+
+  from unlearn_jax_experiments.configs import cifar10_memorise, cifar10_resnet18
+
+except ImportError:  # the checkout (`python -m experiments.unlearn`)
+
+  from experiments.configs import cifar10_memorise, cifar10_resnet18
 
 RECIPES = ("cpu", "gpu")
 

@@ -24,7 +24,6 @@ import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -51,8 +50,8 @@ class Dataset:
   test_y: np.ndarray
   num_classes: int
   class_names: tuple
-  train_coarse_y: Optional[np.ndarray] = None
-  test_coarse_y: Optional[np.ndarray] = None
+  train_coarse_y: np.ndarray | None = None
+  test_coarse_y: np.ndarray | None = None
   num_coarse_classes: int = 0
 
   @property
@@ -112,7 +111,7 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
 
 
 # ----------------------------------------------------------------------------- digits
-def _digits_source(data_dir: Optional[str], split: str):
+def _digits_source(data_dir: str | None, split: str):
   from unlearn_jax.data.digits_builder import SklearnDigits
   root = Path(data_dir or cache_dir() / "tfds")
   # tfds prepares into `incomplete.XXXX` and renames it to the version directory; two
@@ -140,7 +139,7 @@ def _read_source(source, keys):
   return {k: np.stack(v) if v else np.zeros((0,)) for k, v in out.items()}
 
 
-def load_digits(data_dir: Optional[str] = None) -> Dataset:
+def load_digits(data_dir: str | None = None) -> Dataset:
   parts = {}
   for split in ("train", "test"):
     arrays = _read_source(_digits_source(data_dir, split), ("image", "label", "index"))
@@ -152,7 +151,7 @@ def load_digits(data_dir: Optional[str] = None) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- tfds
-def load_tfds(name: str, data_dir: Optional[str] = None, download: bool = True) -> Dataset:
+def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
   """Loads a tfds image classification dataset through `tfds.data_source`."""
   import tensorflow_datasets as tfds
   try:
@@ -261,7 +260,7 @@ def load_image_folder(path: str) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- entry point
-def load_dataset(name: str, data_dir: Optional[str] = None,
+def load_dataset(name: str, data_dir: str | None = None,
                  train_subset: int = 0, test_subset: int = 0) -> Dataset:
   """Loads a dataset by name; `*_subset` > 0 keeps a stratified subset (fixed seed)."""
   if name == "digits":

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -97,8 +97,8 @@ def _random_forget(labels, fraction, stratified, rng):
 
 
 def make_split(spec: SplitSpec, train_labels: np.ndarray, test_labels: np.ndarray,
-               num_classes: int, train_fine: Optional[np.ndarray] = None,
-               test_fine: Optional[np.ndarray] = None) -> Split:
+               num_classes: int, train_fine: np.ndarray | None = None,
+               test_fine: np.ndarray | None = None) -> Split:
   """Builds the split indices. `*_fine` are the fine labels for `subclass`."""
   if spec.scenario == "subclass" and (train_fine is None or test_fine is None):
     raise SplitError("scenario=subclass needs a dataset with coarse and fine labels "
@@ -129,5 +129,5 @@ def make_split(spec: SplitSpec, train_labels: np.ndarray, test_labels: np.ndarra
                val_forget=sel(half & test_mask), test_forget=sel(~half & test_mask))
 
 
-def _num(labels: Optional[Sequence[int]]) -> int:
+def _num(labels: Sequence[int] | None) -> int:
   return int(np.max(labels)) + 1 if labels is not None and len(labels) else 0

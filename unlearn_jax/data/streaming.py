@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,7 @@ class ArraySource:
     return [self[i] for i in idx]
 
 
-def tfds_source(name: str, split: str, data_dir: Optional[str] = None):
+def tfds_source(name: str, split: str, data_dir: str | None = None):
   """`tfds.data_source(name, split)`: random access over array_record files (reading needs
   no TensorFlow). Raises `DatasetError` with one line when tfds cannot provide it."""
   import tensorflow_datasets as tfds
@@ -145,9 +146,9 @@ def train_step(model, cfg: train_lib.TrainConfig, steps_per_epoch: int) -> Calla
 
 
 def fit_streaming(model, cfg: train_lib.TrainConfig, variables, source, key: jax.Array,
-                  transform: Optional[Transform] = None, mesh=None, prefetch: int = 2,
-                  first_epoch: int = 0, on_epoch: Optional[Callable] = None,
-                  step: Optional[Callable] = None):
+                  transform: Transform | None = None, mesh=None, prefetch: int = 2,
+                  first_epoch: int = 0, on_epoch: Callable | None = None,
+                  step: Callable | None = None):
   """`train.fit` with batches streamed from `source` (see the module docstring).
 
   `transform` defaults to records that are already model inputs (`ArraySource` over

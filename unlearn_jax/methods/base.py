@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
-from typing import Any, Callable, NamedTuple, Optional, Mapping
+from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
 
 import flax
 import jax
@@ -56,8 +58,8 @@ ACCESS_CHOICES = ("forget", "retain")
 
 class UnlearnData(NamedTuple):
   """The data a method may read: `(x, y)` pairs, or None where not declared."""
-  forget: Optional[tuple] = None
-  retain: Optional[tuple] = None
+  forget: tuple | None = None
+  retain: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -245,19 +247,30 @@ def check_labels(y, num_classes: int, what: str = "labels") -> None:
 _REGISTRY: dict[str, Callable] = {}
 
 
+NEEDS_CHOICES = ("head", "features")
+
+
 def register(name: str, *, reads: tuple, defaults: dict, paper: str,
              scenarios: tuple = ("random", "class", "subclass"), requires: tuple = (),
-             choices: Optional[dict] = None, space: Optional[dict] = None):
+             choices: dict | None = None, space: dict | None = None, aux: tuple = (),
+             needs: tuple = ()):
   """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`.
 
+  `paper`: authors, year and venue (or the project the method comes from).
   `reads=()` declares a zero-shot method: it is handed `UnlearnData(None, None)`.
   `requires=("batch_norm",)`: the method only runs on models with BatchNorm. `choices`:
   the allowed values of string hyperparameters. `space`: the search space of float
   hyperparameters (`check_space`; `unlearn_jax.tuning` searches them as one program).
+  `aux`: the keys of the `aux` dict the method returns at its defaults. `needs`: what the
+  `ModelAdapter` must give at the defaults (`"head"`, `"features"`: the head's input, or
+  a `features_fn`). The method's docstring and signature are made from all of these.
   Returns the method (module docstring)."""
   bad = [r for r in reads if r not in ACCESS_CHOICES]
   if bad:
     raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
+  bad = [n for n in needs if n not in NEEDS_CHOICES]
+  if bad:
+    raise ValueError(f"{name}: needs {bad}; allowed {NEEDS_CHOICES} (or none)")
   choices = {k: tuple(v) for k, v in (choices or {}).items()}
   space = check_space(name, space or {}, defaults)
 
@@ -331,10 +344,54 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
     method.choices = choices
     method.space = space
     method.summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+    method.aux = tuple(aux)
+    method.needs = tuple(needs)
+    method.__signature__ = _signature(defaults)
+    method.__doc__ = _docstring(method)
     _REGISTRY[name] = method
     return method
 
   return wrap
+
+
+def _signature(defaults: dict) -> inspect.Signature:
+  """`method(ctx, *, hparam=default, ...)`: what `help()` and IDEs show."""
+  params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              annotation="MethodContext")]
+  params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+             for k, v in defaults.items()]
+  return inspect.Signature(params, return_annotation="Callable")
+
+
+def _docstring(method) -> str:
+  """The factory's docstring (the rule, the data, the published settings) followed by the
+  registry's facts, so `help(method)` shows everything a caller needs."""
+  body = inspect.cleandoc(method.factory.__doc__ or method.name)
+  space = ", ".join(
+      f"{k} {v[0]} [{v[1]:g}, {v[2]:g}]" if isinstance(v[0], str)
+      else f"{k} in {{{', '.join(f'{x:g}' for x in v)}}}" for k, v in method.space.items()
+  ) or "none (not tuned)"
+  choices = "".join(f"\n  {k}: one of {', '.join(map(repr, v))}"
+                    for k, v in method.choices.items())
+  adapter = ", ".join(method.needs + method.requires) or "nothing beyond running the model"
+  aux = ", ".join(method.aux) or "none (an empty dict)"
+  reads = ", ".join(method.reads) or "nothing (zero-shot: the forget classes only)"
+  return (f"{body}\n\n"
+          f"Paper: {method.paper}\n"
+          f"Reads: {reads}\n"
+          f"Scenarios: {', '.join(method.scenarios)}\n"
+          f"Needs from the adapter: {adapter}\n"
+          f"Defaults: {', '.join(f'{k}={v!r}' for k, v in method.defaults.items())}"
+          f"{choices}\n"
+          f"Search space (unlearn_jax.tuning): {space}\n\n"
+          "Args:\n"
+          "  ctx: the MethodContext (the model's adapter, input shape, class count).\n"
+          "  **hparams: any of the defaults above; each is checked (HyperparameterError).\n\n"
+          "Returns:\n"
+          "  unlearn(variables, data, key, *, evaluate=None, every=1, progress=None) ->\n"
+          "  (variables, aux): a pure function (jit and vmap it); `data` from\n"
+          f"  select_data. aux keys: {aux}.\n"
+          "  `method.steps(ctx, **hparams)` gives the steps themselves (unlearn_jax.steps).")
 
 
 MethodSpec = Callable   # a registered method (see `register`): callable, with attributes
@@ -356,9 +413,9 @@ def make_method(name: str, ctx: MethodContext, **overrides):
   return get_method(name)(ctx, **overrides)
 
 
-def select_data(spec, forget: Optional[tuple] = None, retain: Optional[tuple] = None,
-                num_classes: Optional[int] = None, *,
-                ctx: Optional[MethodContext] = None) -> UnlearnData:
+def select_data(spec, forget: tuple | None = None, retain: tuple | None = None,
+                num_classes: int | None = None, *,
+                ctx: MethodContext | None = None) -> UnlearnData:
   """Only what the method declared: undeclared fields stay None.
 
   The labels are checked here, before any tracing: concrete labels outside
@@ -405,7 +462,7 @@ def model_state(variables) -> TrainState:
 
 
 def gradient_phase(name: str, loss: Callable, source: str, *, epochs: int, batch_size: int,
-                   optimizer: Callable, guard: bool = False, mask: Optional[str] = None,
+                   optimizer: Callable, guard: bool = False, mask: str | None = None,
                    fresh: bool = True) -> Phase:
   """A phase of gradient steps (`steps.make_step`) on `loss(state, variables, batch, key)
   -> (loss, (updates, metrics))` over `epochs` passes of `feeds[source]`.

@@ -1,4 +1,5 @@
-"""Baselines: fine-tuning, gradient ascent and label poisoning (the "Machine Unlearning" CIFAR-10 project, the MUFAC scoring notebook, "Forget with Precision").
+"""Baselines: fine-tuning, gradient ascent and label poisoning
+(the "Machine Unlearning" CIFAR-10 project, the MUFAC scoring notebook, "Forget with Precision").
 
 Defaults are scaled for the small default models (the MLP on digits, the small CNN on
 CIFAR subsets); the published ResNet-18 values are given in each docstring.
@@ -20,7 +21,11 @@ from unlearn_jax.steps import Phase, StepState, Steps, init_train_state, make_st
 
 
 @register("finetune", space=dict(lr=("log", 1e-3, 1.0), weight_decay=("log", 1e-5, 0.05)),
-          reads=("retain",), paper="Golatkar et al. 2020; Warnecke et al. 2023",
+          reads=("retain",), paper=('Golatkar, Achille & Soatto, "Eternal Sunshine of the Spotless Net: '
+                                    'Selective Forgetting in Deep Networks", CVPR 2020; Warnecke, Pirch, '
+                                    'Wressnegger & Rieck, "Machine Unlearning of Features and Labels", '
+                                    'NDSS 2023'),
+          aux=("final_loss",),
           defaults=dict(epochs=5, lr=0.02, batch_size=64, momentum=0.9, weight_decay=5e-4))
 def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_decay):
   """Fine-tune on the retain set (FT): catastrophic forgetting of D_f.
@@ -28,8 +33,6 @@ def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_dec
   Update: θ ← θ − η_t ∇ CE(θ; D_r batch), SGD momentum, cosine η_t, E epochs.
   Reads: retain. Defaults: 5 epochs, lr 0.02, batch 64 (SSD repository's FT;
   "Forget with Precision" uses lr 0.001).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
 
   def init(variables, data, key):
@@ -59,7 +62,11 @@ def _ascent_update(model, tx, loss_cap):
 
 
 @register("neggrad", space=dict(lr=("log", 1e-4, 0.3), loss_cap_factor=("linear", 0.5, 3.0)),
-          reads=("forget",), paper="Golatkar et al. 2020 (NegGrad); Thudi et al. 2022",
+          reads=("forget",), paper=('Golatkar, Achille & Soatto, "Eternal Sunshine of the Spotless Net", '
+                                    'CVPR 2020 (NegGrad); Thudi, Deza, Chandrasekaran & Papernot, '
+                                    '"Unrolling SGD: Understanding Factors Influencing Machine '
+                                    'Unlearning", EuroS&P 2022'),
+          aux=("final_forget_ce", "stopped_early"),
           defaults=dict(epochs=5, lr=0.01, batch_size=32, grad_clip=5.0, loss_cap_factor=1.0))
 def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_factor):
   """Gradient ascent on the forget set (NegGrad / GA): minimise −CE(θ; D_f).
@@ -70,8 +77,6 @@ def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_f
   it returns the last accepted weights and reports `stopped_early`.
   Reads: forget. Defaults: 5 epochs, lr 0.01, batch 32, clip 5 (published: lr 1e-4..1e-3
   for ResNet-18).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   loss_cap = loss_cap_factor * math.log(ctx.num_classes)
   tx = sgd(lr, momentum=0.0, grad_clip=grad_clip)
@@ -92,7 +97,8 @@ RANDOM_LABEL_VARIANTS = ("interleaved", "forget_only", "whole", "hybrid")
 
 @register("random_label", space=dict(lr=("log", 1e-4, 0.1), retain_weight=("log", 0.25, 4.0)),
           reads=("forget", "retain"),
-          paper="Graves et al. 2021 (Amnesiac ML); Krahenmann et al. (Forget with Precision)",
+          paper=('Graves, Nagisetty & Ganesh, "Amnesiac Machine Learning", AAAI 2021; the "Forget with '
+                 'Precision" project (Krahenmann, Neubecker & Strozzi)'),
           choices=dict(variant=RANDOM_LABEL_VARIANTS),
           defaults=dict(variant="interleaved", epochs=5, lr=0.01, batch_size=64,
                         retain_weight=1.0, repair_epochs=5, repair_lr=0.001))
@@ -110,8 +116,6 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
     * `hybrid`: `forget_only` ("Forget with Precision": 1 epoch, lr 0.01), then FT on D_r for
       `repair_epochs` at `repair_lr` ("Forget with Precision": 5 epochs, lr 0.001).
   Reads: forget and retain. Defaults: interleaved, 5 epochs, lr 0.01, batch 64.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model, C = ctx.model, ctx.num_classes
   ce = losses.ce_loss(model)
@@ -144,7 +148,9 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
 
 @register("neggrad_plus", space=dict(beta=("linear", 0.3, 0.999), lr=("log", 1e-3, 0.3), epochs=(5, 20)),
           reads=("forget", "retain"),
-          paper="Kurmanji et al. 2023 (NegGrad+); the MUFAC scoring notebook (advanced NegGrad)",
+          paper=('Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards Unbounded Machine Unlearning", '
+                 'NeurIPS 2023 (NegGrad+); the MUFAC scoring notebook (its advanced NegGrad)'),
+          aux=("nonfinite_steps",),
           defaults=dict(beta=0.95, epochs=5, lr=0.02, batch_size=64, grad_clip=5.0))
 def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip):
   """NegGrad+: descent on the retain set and ascent on the forget set at once.
@@ -154,8 +160,6 @@ def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip)
   The retain term anchors the ascent, but a non-finite step is still dropped (guard).
   Reads: forget and retain. Defaults: β 0.95, 5 epochs over D_f, lr 0.02, batch 64,
   clip 5 (published β 0.95–0.999).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = ctx.model
 
@@ -179,7 +183,8 @@ def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip)
 
 
 @register("l1_sparse", space=dict(alpha=("log", 1e-5, 1e-2), lr=("log", 1e-3, 0.3)),
-          reads=("retain",), paper="Jia et al. 2023 (Model sparsity can simplify MU)",
+          reads=("retain",), paper=('Jia, Liu, Ram, Yao, Liu, Liu, Sharma & Liu, "Model Sparsity Can '
+                                    'Simplify Machine Unlearning", NeurIPS 2023'),
           defaults=dict(alpha=1e-3, epochs=10, lr=0.1, batch_size=64, momentum=0.9))
 def l1_sparse(ctx: MethodContext, *, alpha, epochs, lr, batch_size, momentum):
   """ℓ1-sparse fine-tuning: FT on D_r with a decaying ℓ1 penalty that prunes softly.
@@ -220,7 +225,8 @@ def _fgsm_labels(model, variables, x, y, eps):
 
 
 @register("boundary_shrink", space=dict(eps=("log", 0.01, 1.0), lr=("log", 1e-4, 0.1)),
-          reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
+          reads=("forget",), paper=('Chen, Gao, Liu, Peng & Wang, "Boundary Unlearning: Rapid Forgetting '
+                                    'of Deep Networks via Shifting the Decision Boundary", CVPR 2023'),
           defaults=dict(eps=0.1, epochs=5, lr=0.01, batch_size=64))
 def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   """Boundary shrinking: relabel each forget example with its nearest wrong class.
@@ -228,8 +234,6 @@ def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   y_adv = argmax_{j≠y} f_θ0(x + ε·sign ∇x CE(f_θ0(x), y)) (FGSM on the original model,
   computed once); then minimise CE(f_θ(x_f), y_adv) with SGD momentum.
   Reads: forget. Defaults: ε 0.1 (inputs are standardised), 5 epochs, lr 0.01, batch 64.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = ctx.model
 
@@ -244,7 +248,9 @@ def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
 
 
 @register("boundary_expand", space=dict(lr=("log", 1e-5, 0.05)),
-          reads=("forget",), paper="Chen et al. 2023 (Boundary Unlearning)",
+          reads=("forget",), paper=('Chen, Gao, Liu, Peng & Wang, "Boundary Unlearning: Rapid Forgetting '
+                                    'of Deep Networks via Shifting the Decision Boundary", CVPR 2023'),
+          needs=("head",),
           defaults=dict(epochs=5, lr=0.002, batch_size=64))
 def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
   """Boundary expanding: send D_f to an extra "shadow" class, then delete it.

@@ -23,8 +23,9 @@ FISHER_CLASS_HEADS = ("zero", "noise")
 
 
 @register("fisher_forgetting", space=dict(alpha=("log", 1e-9, 1e-2)),
-          reads=("retain",), paper="Golatkar et al. 2020 (Eternal Sunshine)",
-          choices=dict(class_head=FISHER_CLASS_HEADS),
+          reads=("retain",), paper=('Golatkar, Achille & Soatto, "Eternal Sunshine of the Spotless Net: '
+                                    'Selective Forgetting in Deep Networks", CVPR 2020'),
+          choices=dict(class_head=FISHER_CLASS_HEADS), needs=("head",),
           defaults=dict(alpha=1e-6, max_examples=2000, batch_size=128, class_head="zero"))
 def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size, class_head):
   """Fisher forgetting: Gaussian noise, largest where the retain set does not care.
@@ -42,8 +43,6 @@ def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size, cl
   (128) only chunks the per-example gradients (the Fisher is the exact mean over the
   examples); on XLA's CPU backend chunks below 64 examples are an order of magnitude
   slower.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = as_adapter(ctx.model)
   zero_head = bool(ctx.forget_classes) and class_head == "zero"
@@ -95,7 +94,11 @@ def woodfisher_inverse_product(grads: jax.Array, v: jax.Array, damp: float) -> j
 
 @register("influence", space=dict(alpha=("log", 0.01, 2.0), damp=("log", 1e-5, 0.1)),
           reads=("forget", "retain"),
-          paper="Koh & Liang 2017; Izzo et al. 2021; Jia et al. 2023 (IU, WoodFisher)",
+          paper=('Koh & Liang, "Understanding Black-box Predictions via Influence Functions", ICML 2017; '
+                 'Izzo, Smart, Chaudhuri & Zou, "Approximate Data Deletion from Machine Learning Models", '
+                 'AISTATS 2021; Jia et al., "Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023 '
+                 '(IU with WoodFisher)'),
+          aux=("fisher_examples", "step_norm"),
           defaults=dict(alpha=0.2, num_examples=1000, damp=1e-3, max_gradient_mib=2048.0,
                         batch_size=64))
 def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib, batch_size):

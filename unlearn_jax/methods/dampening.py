@@ -56,7 +56,9 @@ SSD_IMPORTANCE = ("batch", "fisher")
 
 
 @register("ssd", space=dict(alpha=("log", 0.5, 50.0), lam=("log", 0.1, 10.0)),
-          reads=("forget", "retain"), paper="Foster et al. 2024 (Selective Synaptic Dampening)",
+          reads=("forget", "retain"), paper=('Foster, Schoepf & Brintrup, "Fast Machine Unlearning Without '
+                                             'Retraining Through Selective Synaptic Dampening", AAAI 2024'),
+          aux=("dampened_weights",),
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, importance="batch", union="ordered",
                         forget_batch_size=128, batch_size=64))
@@ -69,7 +71,7 @@ def ssd(ctx: MethodContext, *, alpha, lam, importance, union, forget_batch_size,
   θ ← min(λ·I_D/I_f, 1)·θ. No gradient step; BatchNorm statistics are left as they are.
   Reads: forget and retain. Defaults: α 5, λ 1, union ordered, batches 128 (D_f) and 64
   (D). The paper's α is 10; with the reference's loaders it selects too few weights on the
-  small models to erase a class, hence 5 (README, "Parity with the reference code").
+  small models to erase a class, hence 5 (the documentation's "Parity with the reference code").
   Importances use SSD's reference loaders (if-loops/selective-synaptic-dampening,
   `forget_random_main.py`): D_f in order with batch `forget_batch_size` (128), D = D_r then
   D_f unshuffled (`union="ordered"`) with batch `batch_size` (64 in its CIFAR scripts); each
@@ -101,8 +103,9 @@ ASSD_IMPORTANCE_SETS = ("retain", "full")
 
 
 @register("assd", reads=("forget", "retain"),
-          paper="Schoepf, Foster & Brintrup, \"Parameter-tuning-free data entry error "
-                "unlearning with adaptive selective synaptic dampening\", 2024 (ASSD)",
+          paper=('Schoepf, Foster & Brintrup, "Parameter-tuning-free Data Entry Error Unlearning with '
+                 'Adaptive Selective Synaptic Dampening", arXiv 2024 (ASSD)'),
+          aux=("alpha", "dampened_weights"),
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS,
                        importance_set=ASSD_IMPORTANCE_SETS),
           defaults=dict(importance="batch", importance_set="retain", union="ordered",
@@ -140,7 +143,8 @@ def assd(ctx: MethodContext, *, importance, importance_set, union, forget_batch_
 
 
 @register("lfssd", space=dict(alpha=("log", 0.5, 50.0), lam=("log", 0.1, 10.0)),
-          reads=("forget", "retain"), paper="Foster et al. 2024 (Loss-Free Machine Unlearning)",
+          reads=("forget", "retain"), paper=('Foster, Schoepf & Brintrup, "Loss-Free Machine Unlearning", '
+                                             'ICLR 2024 Tiny Papers'),
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, union="ordered", forget_batch_size=128,
                         batch_size=64))
@@ -169,7 +173,8 @@ def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_siz
 
 @register("gisa", space=dict(alpha=("log", 0.5, 50.0), step=("log", 0.01, 3.0), repair_lr=("log", 1e-3, 0.1)),
           reads=("forget", "retain"),
-          paper="the MUFAC scoring notebook; our interpretation, no public definition",
+          paper=('the MUFAC scoring notebook; no public definition exists, this is our interpretation of '
+                 'its name'),
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, step=1.0, repair_epochs=1, repair_lr=0.01, union="ordered",
                         forget_batch_size=128, batch_size=64))
@@ -178,8 +183,8 @@ def gisa(ctx: MethodContext, *, alpha, step, repair_epochs, repair_lr, union, fo
   """GISA (Gradient-Informed Synaptic Adjustment) — our interpretation of the MUFAC scoring notebook's.
 
   No public definition exists. Synapses are selected as in SSD (importances on D_f and
-  on D = D_r ∪ D_f with SSD's batches and order, selected where I_f > α·I_D); instead of dampening, each selected weight
-  takes a gradient-ascent step on D_f scaled per weight by s_i = 1 − I_D,i/I_f,i ∈ (0, 1]:
+  on D = D_r ∪ D_f with SSD's batches and order, selected where I_f > α·I_D); instead of dampening, each
+  selected weight takes a gradient-ascent step on D_f scaled per weight by s_i = 1 − I_D,i/I_f,i ∈ (0, 1]:
       θ_i ← θ_i + η·s_i·ĝ_i,  ĝ = ∇θ CE(D_f) / max|∇θ CE(D_f)| (normalised per tensor),
   unselected weights unchanged; then a short repair FT on D_r.
   Reads: forget and retain. Defaults: α 5 (SSD's), η 1.0 (× the tensor's max |θ|), 1 repair

@@ -72,7 +72,10 @@ def per_class_lowest(scores, labels, static_labels, keep):
 
 
 @register("deepinversion", reads=(), scenarios=("class",), requires=("batch_norm",),
-          paper="Yin et al. 2020 (DeepInversion); the zero-shot unlearning project (entropy filter, deep retrain)",
+          paper=('Yin, Molchanov, Alvarez, Li, Mallya, Hoiem, Jha & Kautz, "Dreaming to Distill: Data-free '
+                 'Knowledge Transfer via DeepInversion", CVPR 2020; the CS772 "Zero-Shot Machine '
+                 'Unlearning" project (entropy filter, deep retrain)'),
+          aux=("synthetic_images", "synthetic_labels", "synthetic_teacher_accuracy"),
           defaults=dict(per_class=64, synth_batch=128, synth_steps=300, synth_lr=0.1,
                         r_bn=1.0, r_tv=1e-2, r_l2=1e-4, keep=0.5, epochs=60, lr=0.05,
                         batch_size=64))
@@ -87,11 +90,12 @@ def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, sy
   μ_l, σ²_l the running statistics of T's l-th BatchNorm and μ_l(x), σ²_l(x) those of its
   input on the batch. Entropy filter, per class: of each class's images keep the `keep`
   fraction with the lowest teacher entropy (a global filter drops whole classes the teacher
-  is unsure of: on CIFAR it kept no cat, deer or dog). Student: fresh weights, KL(T‖S) on the kept images with the teacher's
+  is unsure of: on CIFAR it kept no cat, deer or dog). Student: fresh weights, KL(T‖S) on the kept
+  images with the teacher's
   forget-class probabilities removed (renormalised over retain classes), SGD momentum,
   cosine lr, `epochs` epochs.
   Needs a model with BatchNorm (the statistic term has nothing to match otherwise): a
-  ValueError says so (the CLI refuses it up front for `--model=mlp`).
+  ValueError says so, before anything is traced.
   Reads: nothing (θ0 and the forget class ids). Defaults: 64 per class, batches of 128,
   300 Adam steps at 0.1, r_bn 1, r_tv 0.01, r_l2 1e-4, keep 0.5, student 60 epochs at
   lr 0.05, batch 64.

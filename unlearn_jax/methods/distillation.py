@@ -19,7 +19,9 @@ from unlearn_jax.steps import StepState, Steps, init_train_state, with_enter
 
 @register("bad_teacher", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
           reads=("forget", "retain"),
-          paper="Chundawat et al. 2023 (Can bad teaching induce forgetting?); Unlearnify, the MUFAC scoring notebook",
+          paper=('Chundawat, Tarun, Mandal & Kankanhalli, "Can Bad Teaching Induce Forgetting? Unlearning '
+                 'in Deep Networks Using an Incompetent Teacher", AAAI 2023; as used by Unlearnify and the '
+                 'MUFAC scoring notebook'),
           defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
 def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
   """Competent/incompetent teacher: distil θ0 on D_r and a random net on D_f.
@@ -31,8 +33,6 @@ def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_s
   with Adam.
   Reads: forget and retain. Defaults: τ 1, Adam 1e-4, 1 epoch, 30% of D_r, batch 64
   (paper: batch 256 on CIFAR).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   return _bad_teacher(ctx, tau, lr, epochs, batch_size,
                       lambda v, data, k: subsample(data.retain, k, retain_fraction)[0])
@@ -75,8 +75,11 @@ def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
                                      optimizer=lambda total: adam(lr)),))
 
 
-@register("scrub", space=dict(alpha=("log", 0.05, 5.0), gamma=("log", 0.1, 10.0), tau=("log", 0.5, 8.0), lr=("log", 1e-4, 1e-2)),
-          reads=("forget", "retain"), paper="Kurmanji et al. 2023 (SCRUB)",
+@register("scrub", space=dict(
+                    alpha=("log", 0.05, 5.0), gamma=("log", 0.1, 10.0), tau=("log", 0.5, 8.0),
+                    lr=("log", 1e-4, 1e-2)),
+          reads=("forget", "retain"), paper=('Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards '
+                                             'Unbounded Machine Unlearning", NeurIPS 2023 (SCRUB)'),
           defaults=dict(epochs=5, max_epochs=3, alpha=0.5, gamma=1.0, tau=2.0, lr=2e-3,
                         batch_size=64, retain_fraction=1.0))
 def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batch_size,
@@ -142,7 +145,9 @@ def penultimate(model, variables, x, batch_size: int = 512):
 
 @register("bad_teacher_similar", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2)),
           reads=("forget", "retain"),
-          paper="the MUFAC scoring notebook (similarity-based sampling, NeurIPS 2023 Kaggle discussion 458648)",
+          paper=('the MUFAC scoring notebook (similarity-based retain sampling, from the NeurIPS 2023 '
+                 'Machine Unlearning Challenge discussion on Kaggle)'),
+          needs=("features",),
           defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
 def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
   """Bad teacher with the retain subsample chosen by similarity to the forget set.
@@ -152,8 +157,6 @@ def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction,
   their nearest forget example, so the competent teacher guards the boundary the
   forget set sits on.
   Reads: forget and retain. Defaults: τ 1, Adam 1e-4, 1 epoch, 30% of D_r, batch 64.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = ctx.model
   model.require_features("bad_teacher_similar")
@@ -170,9 +173,13 @@ def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction,
   return _bad_teacher(ctx, tau, lr, epochs, batch_size, select)
 
 
-@register("contrastive", space=dict(tau=("log", 0.05, 4.0), lr=("log", 1e-3, 1.0), ce_weight=("log", 0.01, 10.0), epochs=(3, 10, 30)),
+@register("contrastive", space=dict(
+                    tau=("log", 0.05, 4.0), lr=("log", 1e-3, 1.0), ce_weight=("log", 0.01, 10.0),
+                    epochs=(3, 10, 30)),
           reads=("forget", "retain"),
-          paper="NeurIPS 2023 unlearning competition, 2nd place (the MUFAC scoring notebook)",
+          paper=('the NeurIPS 2023 Machine Unlearning Challenge (Kaggle), 2nd place, as reproduced in the '
+                 'MUFAC scoring notebook'),
+          needs=("features",),
           defaults=dict(epochs=3, tau=1.0, lr=0.01, ce_weight=1.0, batch_size=64))
 def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   """Contrastive unlearning: push forget embeddings away from retain embeddings.
@@ -183,8 +190,6 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   retain batch: each step minimises L_c + w·CE(D_r batch). SGD momentum 0.9.
   Reads: forget and retain. Defaults: 3 epochs over D_f, τ 1, lr 0.01, w 1, batch 64.
   Needs penultimate features from the adapter (`head`, or a `features_fn`).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = ctx.model
   model.require_features("contrastive")
@@ -209,9 +214,12 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
                                      optimizer=lambda total: sgd(lr, momentum=0.9)),))
 
 
-@register("unlearnify", space=dict(tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2), noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0)),
+@register("unlearnify", space=dict(
+                    tau=("log", 0.5, 8.0), lr=("log", 1e-5, 1e-2), noise_lr=("log", 0.01, 1.0),
+                    noise_reg=("log", 0.01, 1.0)),
           reads=("forget", "retain"),
-          paper="Unlearnify; ours, built from its description",
+          paper=('the Unlearnify project: our construction from its description (noise impairment, then a '
+                 'bad teacher)'),
           defaults=dict(epochs=3, tau=1.0, lr=5e-4, retain_fraction=1.0, noise_steps=40,
                         noise_lr=0.1, noise_reg=0.1, batch_size=64))
 def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_steps, noise_lr,
@@ -227,8 +235,6 @@ def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_st
      the easiest ⌈(e+1)/E·|D_f|⌉ of them, so the forget share grows over epochs.
   Reads: forget and retain. Defaults: 3 epochs, τ 1, Adam 5e-4, all of D_r, noise as
   `unsir` (40 Adam steps at 0.1, λ 0.1), batch 64.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = ctx.model
 

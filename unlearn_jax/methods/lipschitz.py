@@ -40,8 +40,9 @@ def jit_lipschitz_defaults(model_name: str, scenario: str) -> dict:
 
 @register("jit_lipschitz", space=dict(lr=("log", 1e-5, 2.0), sigma=("log", 0.005, 2.0), epochs=(1, 3)),
           reads=("forget",),
-          paper="Foster, Fogarty, Schoepf, Öztireli & Brintrup, \"Zero-shot machine unlearning "
-                "at scale via Lipschitz regularization\", 2024 (JiT)",
+          paper=('Foster, Fogarty, Schoepf, Öztireli & Brintrup, "Zero-shot Machine Unlearning at Scale '
+                 'via Lipschitz Regularization", arXiv 2024 (JiT)'),
+          aux=("final_lipschitz",),
           defaults=dict(lr=3e-4, sigma=0.1, num_samples=25, epochs=1, batch_size=128))
 def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_size):
   """JiT: smooth the model around each forget example (no retain data, no labels).
@@ -59,8 +60,8 @@ def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_s
   moves its running means; a model with BatchNorm keeps θ0's statistics here).
   Reads: forget only (zero-shot with respect to D_r). Defaults: M 25, one plain-SGD pass
   over D_f in batches of 128 (the authors'); σ and lr as the authors set them per scenario
-  and model family (`jit_lipschitz_defaults`; the experiments CLIs pick them by
-  `--scenario` and `--model`):
+  and model family (`jit_lipschitz_defaults(model_name, scenario)`, which the experiments
+  apply by model and scenario):
 
       scenario   transformer (ViT)     conv net (VGG; here cnn, resnet18)
       random     σ 0.5,  lr 0.1        σ 0.01, lr 3e-4
@@ -72,8 +73,6 @@ def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_s
   the conv-net σ 0.01 takes steps √(3072/64) ≈ 7× larger than on a CIFAR image.
 
   Search space: lr, σ and epochs 1 | 3 (more, gentler passes: `experiments.tune`).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = as_adapter(ctx.model)      # sigma > 0 is checked by the registry (_POSITIVE)
 

@@ -41,7 +41,9 @@ def reset_modules(variables: dict, fresh: dict, modules) -> dict:
 
 
 @register("reinit", space=dict(lr=("log", 1e-3, 0.3)),
-          reads=("retain",), paper="Goel et al. 2022 (CF-k / EU-k)",
+          reads=("retain",), paper=('Goel, Prabhu, Sanyal, Lim, Torr & Kumaraguru, "Towards Adversarial '
+                                    'Evaluations for Inexact Machine Unlearning", arXiv 2022 (CF-k / EU-k)'),
+          needs=("head",),
           defaults=dict(num_layers=1, epochs=5, lr=0.02, batch_size=64))
 def reinit(ctx: MethodContext, *, num_layers, epochs, lr, batch_size):
   """Reinitialise the last k layers, then fine-tune on D_r (EU-k style).
@@ -97,7 +99,8 @@ def _low_change_mask(before, after, quantile, only=None):
        for p, b in flat_b.items()})
 
 
-PRUNE_SPACE = dict(quantile=("linear", 0.1, 0.95), overfit_lr=("log", 1e-3, 0.1), lr=("log", 1e-4, 0.1))
+PRUNE_SPACE = dict(quantile=("linear", 0.1, 0.95), overfit_lr=("log", 1e-3, 0.1),
+                   lr=("log", 1e-4, 0.1))
 PRUNE_DOC_DEFAULTS = dict(quantile=0.3, overfit_epochs=5, overfit_lr=0.01, epochs=5, lr=0.001,
                           batch_size=64)
 
@@ -159,15 +162,16 @@ _PRUNE_RULE = """
   fresh initial weights (the model's initialisers, drawn from the key){complex}; then FT on
   D_r. Reads: forget and retain. Defaults: quantile 0.30, overfit 5 epochs at lr 0.01,
   FT 5 epochs at lr 0.001 ("Forget with Precision"), batch 64.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
 """
 
 prune = _prune_factory("all")
 prune.__doc__ = ("Selective pruning (Forget with Precision): reinitialise the weights the forget set "
                  "barely moves, then fine-tune." + _PRUNE_RULE.format(scope="", complex=""))
 register("prune", space=PRUNE_SPACE,
-         reads=("forget", "retain"), paper="Krahenmann et al. (Forget with Precision)",
+         reads=("forget", "retain"),
+         paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
+                'selective pruning'),
+         aux=("reinitialised_weights",),
          defaults=PRUNE_DOC_DEFAULTS)(prune)
 
 prune_last_layer = _prune_factory("last_layer")
@@ -175,7 +179,9 @@ prune_last_layer.__doc__ = ("Selective pruning of the final dense layer only (Fo
                             _PRUNE_RULE.format(scope=" in the last layer", complex=""))
 register("prune_last_layer", space=PRUNE_SPACE,
          reads=("forget", "retain"),
-         paper="Krahenmann et al. (Forget with Precision)",
+         paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
+                'selective pruning of the last layer'),
+         aux=("reinitialised_weights",), needs=("head",),
          defaults=PRUNE_DOC_DEFAULTS)(prune_last_layer)
 
 prune_complex = _prune_factory("complex")
@@ -186,7 +192,9 @@ prune_complex.__doc__ = ("Pruning complex (Forget with Precision): reinitialise 
                                                 "also changed them less than its quantile")))
 register("prune_complex", space=PRUNE_SPACE,
          reads=("forget", "retain"),
-         paper="Krahenmann et al. (Forget with Precision)",
+         paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
+                'selective pruning (pruning complex)'),
+         aux=("reinitialised_weights",),
          defaults=PRUNE_DOC_DEFAULTS)(prune_complex)
 
 
@@ -206,7 +214,8 @@ he_normal = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 @register("activation_reset", space=dict(threshold=("linear", 0.5, 0.95), lr=("log", 1e-3, 0.1)),
           reads=("forget", "retain"),
-          paper="Krahenmann et al. (Forget with Precision)",
+          paper='the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): activation reset',
+          aux=("reset_kernels",), needs=("head",),
           defaults=dict(threshold=0.8, epochs=5, lr=0.01, batch_size=64))
 def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
   """Activation reset ("Forget with Precision"): reinitialise the kernels D_f excites more than D_r.

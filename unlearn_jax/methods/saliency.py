@@ -22,7 +22,10 @@ SALUN_SCHEDULES = ("paired", "reference")
 
 
 @register("salun", space=dict(keep=("linear", 0.1, 0.9), lr=("log", 1e-4, 0.1)),
-          reads=("forget", "retain"), paper="Fan et al. 2024 (SalUn)",
+          reads=("forget", "retain"), paper=('Fan, Liu, Zhang, Wong, Wei & Liu, "SalUn: Empowering Machine '
+                                             'Unlearning via Gradient-based Weight Saliency in Both Image '
+                                             'Classification and Generation", ICLR 2024'),
+          aux=("salient_weights",),
           choices=dict(schedule=SALUN_SCHEDULES),
           defaults=dict(keep=0.5, schedule="paired", epochs=10, lr=0.013, batch_size=64,
                         weight_decay=5e-4))
@@ -44,8 +47,6 @@ def salun(ctx: MethodContext, *, keep, schedule, epochs, lr, batch_size, weight_
       one included), then one pass over all of D_r with true labels.
   Reads: forget and retain. Defaults: keep 0.5, paired, 10 epochs, lr 0.013, batch 64,
   wd 5e-4.
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model, C = ctx.model, ctx.num_classes
   tx = sgd(lr, momentum=0.9, weight_decay=weight_decay)

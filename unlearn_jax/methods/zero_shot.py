@@ -1,4 +1,5 @@
-"""Zero-shot unlearning (the zero-shot unlearning project, after Chundawat et al. 2023): no forget or retain data.
+"""Zero-shot unlearning: no forget or retain data (the CS772 "Zero-Shot Machine Unlearning"
+project, after Chundawat, Tarun, Mandal & Kankanhalli, IEEE TIFS 2023).
 
 These methods declare `reads=()`: the runner hands them `UnlearnData(None, None)` and they
 see only θ0, the model, the input shape and the ids of the classes to forget
@@ -18,7 +19,7 @@ a grid per class (`plots/synthetic_<method>.png`), so a person can see what the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -59,9 +60,13 @@ def forget_mask(num_classes: int, forget) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- min-max noise
-@register("zs_minmax_noise", space=dict(noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0), impair_lr=("log", 1e-4, 0.05), repair_lr=("log", 1e-4, 0.05)),
+@register("zs_minmax_noise", space=dict(
+                    noise_lr=("log", 0.01, 1.0), noise_reg=("log", 0.01, 1.0),
+                    impair_lr=("log", 1e-4, 0.05), repair_lr=("log", 1e-4, 0.05)),
           reads=(), scenarios=("class",),
-          paper="Chundawat et al. 2023 (Zero-shot machine unlearning), the zero-shot unlearning project",
+          paper=('Chundawat, Tarun, Mandal & Kankanhalli, "Zero-Shot Machine Unlearning", IEEE TIFS 2023 '
+                 '(error-minimising/maximising noise); the CS772 "Zero-Shot Machine Unlearning" project'),
+          aux=("synthetic_images", "synthetic_labels"),
           defaults=dict(noise_per_class=64, noise_steps=40, noise_lr=0.1, noise_reg=0.1,
                         impair_epochs=1, impair_lr=0.005, repair_epochs=2, repair_lr=0.01,
                         batch_size=64))
@@ -77,8 +82,6 @@ def zs_minmax_noise(ctx: MethodContext, *, noise_per_class, noise_steps, noise_l
   Reads: nothing (θ0 and the forget class ids). Defaults: 64 noise inputs per class,
   40 steps, Adam 0.1, λ 0.1, impair 1 epoch lr 0.005, repair 2 epochs lr 0.01, batch 64
   (the UNSIR impair lr 0.02 costs the digits MLP 26 points of RA).
-  Behaviour at the defaults is measured, not stated here: tests/expected/
-  behaviour_digits.csv (digits, both scenarios) and the README's results tables.
   """
   model = ctx.model
   forget, retain = _classes(ctx, "zs_minmax_noise")
@@ -156,10 +159,14 @@ def attention_map(a: jax.Array) -> jax.Array:
   return m / (jnp.linalg.norm(m, axis=-1, keepdims=True) + 1e-8)
 
 
-@register("gkt", space=dict(lr=("log", 1e-4, 1e-2), gate=("log", 1e-3, 0.1), beta=("log", 10.0, 1000.0), avoid=("log", 1.0, 100.0)),
+@register("gkt", space=dict(
+                    lr=("log", 1e-4, 1e-2), gate=("log", 1e-3, 0.1), beta=("log", 10.0, 1000.0),
+                    avoid=("log", 1.0, 100.0)),
           reads=(), scenarios=("class",),
-          paper="Chundawat et al. 2023 (Zero-shot MU: gated knowledge transfer); "
-                "Micaelli & Storkey 2019",
+          paper=('Chundawat, Tarun, Mandal & Kankanhalli, "Zero-Shot Machine Unlearning", IEEE TIFS 2023 '
+                 '(gated knowledge transfer); Micaelli & Storkey, "Zero-shot Knowledge Transfer via '
+                 'Adversarial Belief Matching", NeurIPS 2019'),
+          aux=("gate_pass_rate", "synthetic_images", "synthetic_labels"),
           defaults=dict(cycles=300, student_steps=10, batch_size=256, z_dim=128, lr=1e-3,
                         gate=0.01, beta=250.0, grad_clip=5.0, avoid=10.0))
 def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gate, beta,
@@ -178,7 +185,7 @@ def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gat
   almost every sample and the student learns nothing.
   Reads: nothing (θ0 and the forget class ids). Defaults: 300 cycles of 1 + 10 steps,
   batch 256, z 128, Adam 1e-3, gate 0.01, β 250, clip 5 (the paper's values, except
-  the number of cycles: the paper runs thousands; raise `--gkt.cycles` on accelerators),
+  the number of cycles: the paper runs thousands; raise `cycles` on accelerators),
   avoid 10. Cost: 3,300 steps of batch 256 from scratch — far above retraining a small
   model on a small dataset (digits MLP: ~55× retrain); it pays only where retraining
   on the real data is expensive or impossible.

@@ -14,7 +14,8 @@ from unlearn_jax.metrics.weights import layer_distance, mean_layer_distance
 
 __all__ = ["lira", "mia_efficacy", "roc_summary", "ulira", "activation_distance", "avg_gap",
            "js_to_retrain", "zrf", "mia_loss_lr", "competition_score", "eps_hat",
-           "forgetting_quality", "hinge", "klom", "klom_percentiles", "klom_report", "logit_scaled_confidence",
+           "forgetting_quality", "hinge", "klom", "klom_percentiles", "klom_report",
+           "logit_scaled_confidence",
            "per_example_epsilons",
            "anamnesis_index", "relearn_steps", "accuracy", "per_example_loss", "layer_distance",
            "mean_layer_distance"]

@@ -17,7 +17,8 @@ form on the CPU backend and XLA's convolution elsewhere (`conv_impl`).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Optional
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -55,7 +56,7 @@ def patches_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
   return jnp.dot(patches, kernel, precision=precision)
 
 
-def conv_impl(impl: str = "auto") -> Optional[Callable]:
+def conv_impl(impl: str = "auto") -> Callable | None:
   """The `conv_general_dilated` for `nn.Conv`: the patches form for `patches` (and for
   `auto` on the CPU backend), None (XLA's convolution) otherwise."""
   if impl not in CONV_IMPLS:
