@@ -103,6 +103,10 @@ flags.DEFINE_string("hparams", None, "a tuned.json from experiments.tune: its ch
                     "still wins)")
 flags.DEFINE_bool("resume", True, "continue a killed run from its checkpoints in "
                   "<workdir parent>/.<workdir name>.resume (--noresume: start over)")
+flags.DEFINE_string("tensorboard_dir", None, "also write TensorBoard event files of the run's "
+                    "metrics here (needs tensorboardX: the [logging] extra)")
+flags.DEFINE_string("wandb_project", None, "also log the run's metrics to this Weights & "
+                    "Biases project (needs wandb)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
               "seeds", "unlearn_seeds", "seed", "train_subset", "test_subset", "data_dir",
               "seed_loop", "conv", "mesh_seeds",

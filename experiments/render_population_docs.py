@@ -1,7 +1,7 @@
-r"""Renders docs/population/README.md from a population evaluation and a KLOM curve run.
+r"""Renders docs/results/population/README.md from a population evaluation and a KLOM curve run.
 
     python -m experiments.render_population_docs --evaluation=runs/population_cifar64 \
-        --curve=runs/klom_curve_cifar64 --out=docs/population
+        --curve=runs/klom_curve_cifar64 --out=docs/results/population
 
 Copies the runs' CSV/JSON and the curve plot next to the page and writes the tables from
 them (nothing typed by hand), stamped with the commands given, the commit, the date, the
@@ -21,7 +21,7 @@ from absl import app, flags
 
 flags.DEFINE_string("evaluation", None, "run directory of experiments.evaluate")
 flags.DEFINE_string("curve", None, "run directory of experiments.klom_curve")
-flags.DEFINE_string("out", "docs/population", "output directory")
+flags.DEFINE_string("out", "docs/results/population", "output directory")
 flags.DEFINE_string("evaluation_command", "", "the command that produced --evaluation")
 flags.DEFINE_string("curve_command", "", "the command that produced --curve")
 flags.DEFINE_float("evaluation_seconds", 0.0, "its wall time in seconds (0: from the run)")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -135,8 +137,49 @@ def prepare_workdir(workdir: str, overwrite: bool) -> tuple[Path, Path]:
   return final, staging
 
 
+def provenance() -> dict:
+  """What made a run, for the stamp under every table built from it: the command, the
+  code's commit (None outside a git checkout; `dirty` when it had uncommitted changes),
+  the date, the package versions and the hardware."""
+  import datetime
+  import platform
+  import subprocess
+  import __main__
+  here = Path(__file__).resolve().parent
+
+  def git(*args):
+    try:
+      r = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                         timeout=10)
+      return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+      return None
+
+  program = sys.argv[0]
+  if not program.startswith("unlearn-jax"):
+    spec = getattr(__main__, "__spec__", None)
+    program = f"python -m {spec.name}" if spec is not None else f"python {program}"
+  commit = git("rev-parse", "HEAD")
+  cpu = next((line.split(":", 1)[1].strip() for line in
+              Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+             platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+  import unlearn_jax
+  return {"command": " ".join([program, *sys.argv[1:]]),
+          "commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))
+          if commit else None,
+          "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+          "unlearn_jax": unlearn_jax.__version__, "jax": jax.__version__,
+          "python": platform.python_version(),
+          "hardware": {"cpu": cpu, "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+                       "devices": jax.device_count(),
+                       "device_kind": jax.devices()[0].device_kind,
+                       "processes": jax.process_count()}}
+
+
 def commit_workdir(staging: Path, final: Path) -> None:
-  """Moves the finished run into place (the only step that touches `final`)."""
+  """Moves the finished run into place (the only step that touches `final`), with its
+  `provenance.json` (`provenance()`)."""
+  (staging / "provenance.json").write_text(json.dumps(provenance(), indent=1) + "\n")
   if final.exists():
     shutil.rmtree(final)
   staging.rename(final)

@@ -18,7 +18,7 @@ import shutil
 
 from absl import flags
 
-from . import cli, report, runner, setup
+from . import cli, metric_logging, report, runner, setup
 from unlearn_jax import parallel
 
 
@@ -29,6 +29,7 @@ def job(cfg) -> str:
   log = lambda s: print(s, flush=True)
   hparams = cli.method_hparams()
   st = runner.validate_run(cfg, hparams, F.workdir, F.overwrite, log)
+  metric_logging.check_available(F.tensorboard_dir, F.wandb_project)
   workdir = cli.workdir(cfg)
   resume_dir = setup.resume_dir_for(workdir)
   with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
@@ -40,6 +41,9 @@ def job(cfg) -> str:
     result = report.on_host(result)      # every process: gathering is a collective
     md = (report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
           if staging is not None else "")
+    if staging is not None:
+      metric_logging.log_run(result, cfg.to_dict(), F.tensorboard_dir, F.wandb_project,
+                             run_name=final.name)
   parallel.barrier("run written")
   if parallel.is_writer():
     shutil.rmtree(resume_dir, ignore_errors=True)   # the run is complete: nothing to resume

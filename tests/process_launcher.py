@@ -7,6 +7,7 @@ of them within `timeout` seconds and kills every one that is still running when 
 returns or fails, so no test leaves processes behind."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,9 @@ def free_port() -> int:
 
 
 def env_for(devices: int) -> dict:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+  # PYTHONFAULTHANDLER: a process sent SIGABRT (a launch that ran out of time) writes the
+  # Python stack of every thread to its log before it dies.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   env.pop("PYTEST_XDIST_WORKER", None)
   return env
@@ -62,11 +65,15 @@ def launch(args, processes: int = 2, devices: int = 4, timeout: float = 300,
       left = deadline - time.time()
       p.wait(timeout=max(left, 0.1))
   except subprocess.TimeoutExpired:
+    for p in procs:            # where each one is stuck: faulthandler's stacks in its log
+      if p.poll() is None:
+        p.send_signal(signal.SIGABRT)
+    time.sleep(5)
     kill_all(procs)
     tails = "".join(
         f"\n--- process {i} ("
         f"{'still running' if p.returncode is None or p.returncode < 0 else f'rc {p.returncode}'}):\n"
-        + ((logs / f"process_{i}.log").read_text()[-1500:] if logs else "")
+        + ((logs / f"process_{i}.log").read_text()[-6000:] if logs else "")
         for i, p in enumerate(procs))
     raise AssertionError(f"{args[0]} in {processes} processes ran past {timeout} s"
                          + tails) from None

@@ -1,12 +1,14 @@
 """The CLI end to end: a real run, reproducibility, and every bad input."""
 
 import csv
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 
@@ -51,6 +53,21 @@ def test_run_writes_every_artifact(two_runs):
   assert len(rows) == 10
   assert "| method | RA | FA | TA |" in proc.stdout and "epoch 6/6" in proc.stdout
   assert "examples/s" in proc.stdout and "left" in proc.stdout
+
+
+def test_run_is_stamped_with_what_made_it(two_runs):
+  """provenance.json: the command, the commit of this checkout, the versions, the machine
+  (the stamp under every documentation table built from a run)."""
+  run, _ = two_runs[0]
+  stamp = json.loads((run / "provenance.json").read_text())
+  assert stamp["command"].startswith("python -m experiments.unlearn ")
+  assert f"--workdir={run}" in stamp["command"]
+  head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                        text=True)
+  if head.returncode == 0:
+    assert stamp["commit"] == head.stdout.strip()
+  assert stamp["jax"] == jax.__version__ and stamp["hardware"]["cpu_count"] == os.cpu_count()
+  assert stamp["date"][:4].isdigit() and stamp["hardware"]["backend"] == "cpu"
 
 
 @pytest.mark.skipif(not CHECK_RUN.exists(), reason=f"the results-contract checker is not at "

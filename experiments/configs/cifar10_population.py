@@ -15,7 +15,7 @@ methods, fisher_forgetting and influence, stay cheap for 64 models), 30 epochs o
 (batch 64, lr 0.02, no augmentation): it memorises its training set while generalising
 poorly, so the forget examples' margins move when they are removed. Every data method; populations vmapped in
 one program each, and cached by `experiments.evaluate` for `experiments.klom_curve`.
-Measured figures: docs/population/.
+Measured figures: docs/results/population/.
 """
 
 try:  # an installed wheel (`unlearn-jax run --config=...`)

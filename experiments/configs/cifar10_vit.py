@@ -10,7 +10,7 @@ the class token): 2,500 stratified training images, 2,000 test images (1,000 val
 1,000 test), no augmentation, AdamW (lr 1e-3, decoupled weight decay 0.05, one-cycle),
 batch 64, 30 epochs. A transformer trained from scratch on 250 images per class
 memorises them, so forgetting is measurable (retrain's forget accuracy ≈ its test
-accuracy); the README gives its measured accuracy and images/s.
+accuracy); the documentation's results pages give measured runs.
 
 `gpu` is a DeiT-Tiny-like ViT for all 50,000 images: `vit:192-6-3` (width 192, 6 blocks,
 3 heads, patch 4), crop + flip, AdamW lr 1e-3 with weight decay 0.05, cosine

@@ -343,7 +343,8 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
     method.requires = tuple(requires)
     method.choices = choices
     method.space = space
-    method.summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+    # The summary: the docstring's first paragraph, on one line.
+    method.summary = " ".join(inspect.cleandoc(factory.__doc__ or "").split("\n\n")[0].split())
     method.aux = tuple(aux)
     method.needs = tuple(needs)
     method.__signature__ = _signature(defaults)

@@ -157,6 +157,7 @@ def _prune_factory(scope: str):
 
 
 _PRUNE_RULE = """
+
   Overfit a copy of θ0 on D_f (SGD, constant lr, no weight decay); weights whose
   |θ_overfit − θ0| lies below the `quantile` of all such changes{scope} are replaced by
   fresh initial weights (the model's initialisers, drawn from the key){complex}; then FT on

@@ -9,8 +9,9 @@ The statistics (`logit_scaled_confidence`, `hinge`) and the scores (`forgetting_
 `competition_score`) are `jax.numpy`: they run under `jit`/`vmap`, in float32, or in float64
 inside `jax.enable_x64(True)` (what the evaluation does: the competition's thresholds are
 placed on a grid of step 0.01 over φ, and φ near p_y ≈ 1 needs the precision; the tests
-check the float32 path against float64). The per-example ε families (`per_example_epsilons`,
-`eps_hat`) are float64 NumPy on the host, callable from traced code (`host.host_metric`).
+check the float32 path against float64). `per_example_epsilons` is `jax.numpy` too (one
+computation vmapped over examples); `eps_hat` is float64 NumPy on the host, callable from
+traced code (`host.host_metric`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,371 @@
+"""The generated pages of the documentation, written when Sphinx starts (`builder-inited`)
+and by hand with `python docs/_ext/generate.py` (then also the README's method list).
+
+- `_generated/methods/<family>.md`: one page per method family (a module of
+  `unlearn_jax.methods`), each method's rule (its docstring), paper, data read, what it
+  needs from the adapter, defaults, search space and aux keys, all read from the registry.
+- `_generated/methods/index.md`: a line per method.
+- `_generated/metrics.md`: every metric's inputs, where it runs, and its docstring.
+- `_generated/results/<run>.md`: a page per run directory committed under `docs/results/`,
+  its tables computed from the run's CSV/JSON files and stamped with its
+  `provenance.json` (command, commit, date, JAX version, hardware). No number on these
+  pages is typed by hand.
+
+Nothing here trains or evaluates anything; it reads the registry and the committed runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import re
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1]
+ROOT = DOCS.parent
+OUT = DOCS / "_generated"
+README_BEGIN, README_END = "<!-- methods:begin -->", "<!-- methods:end -->"
+
+FAMILIES = {   # module -> (page title, one sentence)
+    "baselines": ("Baselines", "Fine-tuning, gradient ascent, label poisoning and boundary "
+                  "shifting: the methods every benchmark compares against."),
+    "lipschitz": ("Lipschitz smoothing", "Smoothing the model around the forget examples, "
+                  "with no retain data."),
+    "dampening": ("Synaptic dampening", "Importance-based edits of single weights, with no "
+                  "gradient step."),
+    "curvature": ("Curvature", "Fisher noise and influence-function (Newton) steps."),
+    "saliency": ("Saliency", "Unlearning restricted to the weights salient for the forget set."),
+    "resetting": ("Resetting and pruning", "Reinitialising layers, weights or kernels, then "
+                  "repairing on the retain set."),
+    "distillation": ("Distillation", "Teacher-student methods: a student kept close to the "
+                     "original on D_r and pushed away on D_f."),
+    "noise": ("Error-maximising noise", "Impair with learned noise, then repair."),
+    "zero_shot": ("Zero-shot", "No forget or retain data at all: only the original weights "
+                  "and the class ids to forget."),
+    "deepinversion": ("DeepInversion", "Zero-shot through images synthesised from the "
+                      "original's BatchNorm statistics."),
+}
+
+
+def _registry():
+  sys.path.insert(0, str(ROOT))
+  from unlearn_jax import methods
+  return methods, [methods.get_method(n) for n in methods.list_methods()]
+
+
+def _family(spec) -> str:
+  return spec.factory.__module__.rsplit(".", 1)[-1]
+
+
+def _cell(text) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_code(value) -> str:
+  return f"`{value!r}`" if not isinstance(value, str) else f"`{value!r}`"
+
+
+def short_cite(paper: str) -> str:
+  """`Golatkar, Achille & Soatto, "Title", CVPR 2020; ...` -> `Golatkar et al., CVPR 2020`;
+  a project without a paper keeps its name."""
+  first = paper.split(";")[0].strip()
+  m = re.match(r'([^"]+?),\s*"[^"]+",\s*(.+)$', first)
+  if not m:
+    return first.split(":")[0].split(" (")[0]
+  authors, venue = m.groups()
+  venue = re.sub(r"\s*\(.*\)$", "", venue)
+  if "," in authors:
+    authors = authors.split(",")[0].strip() + " et al."
+  return f"{authors}, {venue}"
+
+
+def method_line(spec) -> str:
+  """One line per method: name, what it does, the paper (short)."""
+  return f"`{spec.name}`: {spec.summary} ({short_cite(spec.paper)})"
+
+
+def _method_section(spec) -> list[str]:
+  doc = inspect.cleandoc(spec.factory.__doc__ or "")
+  body = doc.split("\n", 1)[1].strip() if "\n" in doc else ""
+  space = ", ".join(
+      f"`{k}` {v[0]} [{v[1]:g}, {v[2]:g}]" if isinstance(v[0], str)
+      else f"`{k}` ∈ {{{', '.join(f'{x:g}' for x in v)}}}" for k, v in spec.space.items())
+  rows = [
+      ("paper", spec.paper),
+      ("reads", ", ".join(spec.reads) or "nothing (zero-shot: the forget class ids only)"),
+      ("scenarios", ", ".join(spec.scenarios)),
+      ("needs from the adapter", ", ".join(spec.needs + spec.requires) or "nothing beyond "
+       "running the model"),
+      ("search space", space or "none (not tuned)"),
+      ("aux keys", ", ".join(f"`{a}`" for a in spec.aux) or "none"),
+  ]
+  lines = [f"## `{spec.name}`", "", spec.summary, "", "| | |", "|---|---|"]
+  lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
+  lines += ["", "| hyperparameter | default | allowed |", "|---|---|---|"]
+  for k, v in spec.defaults.items():
+    allowed = ", ".join(f"`{c!r}`" for c in spec.choices.get(k, ())) or type(v).__name__
+    lines.append(f"| `{k}` | `{v!r}` | {allowed} |")
+  lines += ["", f"`uj.{spec.name}(ctx, **hparams)` returns `unlearn(variables, data, key) -> "
+            f"(variables, aux)`; `uj.{spec.name}.steps(ctx, **hparams)` its steps "
+            "([steps](../../guide/steps.md)).", ""]
+  if body:
+    lines += ["The rule, as its docstring gives it (`help(uj." + spec.name + ")`):", "",
+              "```text", body, "```", ""]
+  return lines
+
+
+def write_methods(out: Path) -> None:
+  _, specs = _registry()
+  by_family = defaultdict(list)
+  for spec in specs:
+    by_family[_family(spec)].append(spec)
+  unknown = sorted(set(by_family) - set(FAMILIES))
+  if unknown:
+    raise ValueError(f"method families without a page title: {unknown}; add them to FAMILIES")
+  (out / "methods").mkdir(parents=True, exist_ok=True)
+  index = ["# Methods", "",
+           f"{len(specs)} registered methods, one page per family. Every page is generated "
+           "from the registry (`unlearn_jax.methods`) and the methods' docstrings.", "",
+           "| method | family | reads | summary | paper |", "|---|---|---|---|---|"]
+  toc = []
+  for module, (title, sentence) in FAMILIES.items():
+    members = by_family.get(module, [])
+    if not members:
+      continue
+    page = [f"# {title}", "", sentence, ""]
+    for spec in members:
+      page += _method_section(spec)
+      index.append(f"| [`{spec.name}`]({module}.md) | {title} | "
+                   f"{', '.join(spec.reads) or 'none'} | {_cell(spec.summary)} | "
+                   f"{_cell(spec.paper)} |")
+    (out / "methods" / f"{module}.md").write_text("\n".join(page) + "\n")
+    toc.append(module)
+  index += ["", "```{toctree}", ":hidden:", "", *toc, "```", ""]
+  (out / "methods" / "index.md").write_text("\n".join(index) + "\n")
+  needs = ["| method | needs | why |", "|---|---|---|"]
+  why = {"head": "it changes the classifier head: `head=` (its path in params)",
+         "features": "it reads penultimate features: `head=` (features are the head's input) "
+                     "or a `features_fn`",
+         "batch_norm": "it matches BatchNorm statistics: a model with BatchNorm, "
+                       "`mutable=(\"batch_stats\",)`"}
+  for spec in specs:
+    for need in spec.needs + spec.requires:
+      needs.append(f"| `{spec.name}` | {need} | {why[need]} |")
+  (out / "needs.md").write_text("\n".join(needs) + "\n")
+
+
+# ----------------------------------------------------------------------------- metrics
+METRICS = ("accuracy", "per_example_loss", "mia_loss_lr", "mia_efficacy", "lira", "ulira",
+           "roc_summary", "js_to_retrain", "activation_distance", "zrf", "avg_gap",
+           "per_example_epsilons", "forgetting_quality", "competition_score", "eps_hat",
+           "hinge", "logit_scaled_confidence", "klom", "klom_percentiles", "klom_report",
+           "layer_distance", "mean_layer_distance", "relearn_steps", "anamnesis_index")
+
+
+def _where(name, fn) -> str:
+  if hasattr(fn, "host"):
+    return "host NumPy/scikit-learn; under `jit` through `jax.pure_callback`"
+  if name == "mia_loss_lr":
+    return "host scikit-learn (call it on concrete arrays)"
+  if name == "relearn_steps":
+    return "device: a compiled SGD loop"
+  return "device (`jax.numpy`): jit and vmap it"
+
+
+def write_metrics(out: Path) -> None:
+  sys.path.insert(0, str(ROOT))
+  import unlearn_jax as uj
+  missing = sorted(set(uj.metrics.__all__) - set(METRICS))
+  if missing:
+    raise ValueError(f"metrics without a row on the metrics page: {missing}")
+  lines = ["# Metrics: the reference", "",
+           "Every metric of `unlearn_jax.metrics` (also `uj.<name>`): its inputs, where it "
+           "runs, and its docstring, which gives the formula or rule, the shapes, the paper "
+           "or reference code, and the ideal value. Generated from the code.", "",
+           "| metric | inputs | where it runs | what |", "|---|---|---|---|"]
+  sections = []
+  for name in METRICS:
+    fn = getattr(uj, name)
+    doc = inspect.getdoc(fn) or ""
+    sig = str(inspect.signature(fn)).replace("'", "")
+    lines.append(f"| [`{name}`](#{name.replace('_', '-')}) | `{_cell(sig)}` | "
+                 f"{_where(name, fn)} | {_cell(doc.splitlines()[0] if doc else '')} |")
+    sections += [f"## {name}", "", f"`uj.{name}{sig}`", "", "```text", doc, "```", ""]
+  (out / "metrics.md").write_text("\n".join(lines + [""] + sections) + "\n")
+
+
+# ----------------------------------------------------------------------------- results
+def _mean_std(values) -> str:
+  v = [float(x) for x in values if x not in ("", None) and not math.isnan(float(x))]
+  if not v:
+    return "–"
+  mean = sum(v) / len(v)
+  std = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+  return f"{mean:.2f} ± {std:.2f}" if abs(mean) < 10 else f"{mean:.1f} ± {std:.1f}"
+
+
+def _rows(path: Path) -> list[dict]:
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def stamp(run: Path) -> str:
+  p = json.loads((run / "provenance.json").read_text())
+  hw = p["hardware"]
+  commit = (p["commit"] or "no commit")[:10] + (" (uncommitted changes)" if p.get("dirty")
+                                                 else "")
+  return (f"Generated from `docs/results/{run.name}/` (run `{p['command']}`; commit "
+          f"{commit}; {p['date'][:10]}; unlearn_jax {p['unlearn_jax']}, JAX {p['jax']}; "
+          f"{hw['backend']}: {hw['devices']} {hw['device_kind']} device(s), "
+          f"{hw['cpu']} ({hw['cpu_count']} cores), {hw['processes']} process(es)).")
+
+
+def _percent(values) -> str:
+  return _mean_std([100 * float(v) for v in values])
+
+
+def _unlearn_page(run: Path, title: str) -> list[str]:
+  rows = _rows(run / "results.csv")
+  info = json.loads((run / "results.json").read_text())
+  by = defaultdict(list)
+  for r in rows:
+    by[r["method"]].append(r)
+  lines = [f"# {title}", "", stamp(run), "",
+           "Mean ± std over seeds. RA, FA, TA: retain, forget and test accuracy (%); MIA: "
+           "the loss-based attack (`mia_loss_lr`, 0.5 = forget examples look unseen); "
+           "seconds per seed after compilation. The goal is the `retrain` row.", "",
+           "| method | RA | FA | TA | MIA | seconds |", "|---|---|---|---|---|---|"]
+  for m, rs in by.items():
+    lines.append(f"| {m} | {_percent(r['retain_acc'] for r in rs)} | "
+                 f"{_percent(r['forget_acc'] for r in rs)} | "
+                 f"{_percent(r['test_acc'] for r in rs)} | "
+                 f"{_mean_std(r['mia_loss_lr'] for r in rs)} | "
+                 f"{_mean_std(r['seconds'] for r in rs)} |")
+  signal = info.get("memorisation_signal")
+  if isinstance(signal, dict) and "points" in signal:
+    mean, std = signal["points"]
+    lines += ["", f"Memorisation signal (original FA − retrain FA): {mean:.1f} ± {std:.1f} "
+              "points over seeds; " + ("enough to rank methods." if signal["discriminates"]
+                                      else "**too small to rank methods**: doing nothing sits "
+                                           "near retrain here.")]
+  if (run / "plots" / "metrics.png").exists():
+    lines += ["", f"![metrics per method](../../results/{run.name}/plots/metrics.png)"]
+  return lines
+
+
+def _requests_page(run: Path, title: str) -> list[str]:
+  rows = _rows(run / "requests.csv")
+  last = max(int(r["request"]) for r in rows)
+  lines = [f"# {title}", "", stamp(run), "",
+           f"After the last of {last} requests (the forget set is their union), mean ± std "
+           "over seeds: retain, forget and test accuracy (%), the loss MIA, and the seconds "
+           "spent on all requests.", "",
+           "| method | RA | FA | TA | MIA | seconds, all requests |", "|---|---|---|---|---|---|"]
+  by = defaultdict(list)
+  for r in rows:
+    if int(r["request"]) == last:
+      by[r["method"]].append(r)
+  for m, rs in by.items():
+    lines.append(f"| {m} | {_percent(r['retain_acc'] for r in rs)} | "
+                 f"{_percent(r['forget_acc'] for r in rs)} | "
+                 f"{_percent(r['test_acc'] for r in rs)} | "
+                 f"{_mean_std(r['mia_loss_lr'] for r in rs)} | "
+                 f"{_mean_std(r['cumulative_seconds'] for r in rs)} |")
+  for png in sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []:
+    lines += ["", f"![{png.stem}](../../results/{run.name}/plots/{png.name})"]
+  return lines
+
+
+def _tuning_page(run: Path, title: str) -> list[str]:
+  tuned = json.loads((run / "tuned.json").read_text())
+  table = json.loads((run / "tuning.json").read_text())["table"]
+  lines = [f"# {title}", "", stamp(run), "",
+           f"Selection rule `{tuned['rule']}`, {tuned['budget']} configurations per method "
+           "(configuration 0 = the defaults). Every number is on the examples selection never "
+           "saw, mean over seeds, accuracies in %; the chosen hyperparameters are "
+           "`tuned.json`'s.", "",
+           "| method | RA | FA | TA | MIA | → tuned RA | FA | TA | MIA | tuned hyperparameters |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  pct = lambda v: f"{100 * v:.1f}"
+  for r in table:
+    d = r["default"]
+    cells = [r["method"], pct(d["retain_acc"]), pct(d["forget_acc"]), pct(d["test_acc"]),
+             f"{d['mia_loss_lr']:.2f}"]
+    if r["method"] in tuned["methods"]:
+      t = r["tuned"]
+      hp = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in sorted(tuned["methods"][r["method"]]["searched"].items()))
+      cells += [pct(t["retain_acc"]), pct(t["forget_acc"]), pct(t["test_acc"]),
+                f"{t['mia_loss_lr']:.2f}", hp or "the defaults"]
+    else:
+      cells += ["", "", "", "", ""]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def write_results(out: Path) -> list[str]:
+  """A page per run under docs/results/ (a `title.txt` names it); returns the page names."""
+  (out / "results").mkdir(parents=True, exist_ok=True)
+  pages = []
+  for run in sorted(p for p in (DOCS / "results").iterdir() if p.is_dir()):
+    title = (run / "title.txt").read_text().strip()
+    if (run / "README.md").exists():       # rendered by its own script (populations)
+      text = (run / "README.md").read_text()
+      text = re.sub(r"\]\((?!http)([^)]+\.png)\)", rf"](../../results/{run.name}/\1)", text)
+      lines = [text]
+    elif (run / "results.csv").exists():
+      lines = _unlearn_page(run, title)
+    elif (run / "requests.csv").exists():
+      lines = _requests_page(run, title)
+    elif (run / "tuned.json").exists():
+      lines = _tuning_page(run, title)
+    else:
+      raise ValueError(f"docs/results/{run.name}: no results.csv, requests.csv, tuned.json "
+                       "or README.md to render")
+    (out / "results" / f"{run.name}.md").write_text("\n".join(lines) + "\n")
+    pages.append(run.name)
+  return pages
+
+
+def readme_method_list() -> str:
+  _, specs = _registry()
+  return "\n".join(f"- {method_line(s)}" for s in specs)
+
+
+def write_readme() -> bool:
+  """Rewrites the README's method list between its markers; True if it changed."""
+  path = ROOT / "README.md"
+  text = path.read_text()
+  a, b = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+  new = text[:a] + "\n" + readme_method_list() + "\n" + text[b:]
+  path.write_text(new)
+  return new != text
+
+
+def generate() -> None:
+  if OUT.exists():
+    shutil.rmtree(OUT)
+  OUT.mkdir()
+  write_methods(OUT)
+  write_metrics(OUT)
+  pages = write_results(OUT)
+  index = ["# Results", "",
+           "Every table here is computed from a run directory committed under "
+           "`docs/results/` and stamped with the command, commit, date, JAX version and "
+           "hardware of that run.", "", "```{toctree}", ":maxdepth: 1", "", *pages, "```", ""]
+  (OUT / "results" / "index.md").write_text("\n".join(index))
+
+
+def setup(app):
+  app.connect("builder-inited", lambda app: generate())
+  return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":
+  generate()
+  print("README method list", "rewritten" if write_readme() else "unchanged")

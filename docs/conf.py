@@ -1,0 +1,24 @@
+"""Sphinx configuration: MyST Markdown pages, the generated pages (`_ext/generate.py`:
+methods, metrics and results from the registry and the committed runs). Build with
+`python -m sphinx -W -b html docs docs/_build/html` (warnings are errors)."""
+
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS.parent))
+sys.path.insert(0, str(DOCS / "_ext"))
+
+import unlearn_jax  # noqa: E402
+
+project = "unlearn_jax"
+author = "the unlearn_jax developers"
+release = version = unlearn_jax.__version__
+extensions = ["myst_parser", "generate"]
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build", "_generated/needs.md", "results/*/*.md", "results/**/README.md"]
+html_theme = "alabaster"
+html_title = f"unlearn_jax {release}"
+nitpicky = False

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The run directories the documentation's results pages are computed from, and the
+# commands that made them (each run's provenance.json records its own command, commit,
+# date, versions and hardware). Run from the repository root on an idle machine, then
+# `python docs/_ext/generate.py` (or build the docs) to render the pages. Only small files
+# are kept: the tables' CSV/JSON, the summary, the stamp and the figures.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=docs/results
+
+keep_small() {   # drop checkpoints and per-example arrays from a finished run directory
+  rm -rf "$1/checkpoints" "$1"/*.npz
+}
+
+run() {   # run NAME TITLE MODULE FLAGS...
+  local name="$1" title="$2" module="$3"; shift 3
+  rm -rf "${out:?}/$name"
+  python -m "$module" "$@" --workdir="$out/$name"
+  keep_small "$out/$name"
+  echo "$title" > "$out/$name/title.txt"
+}
+
+what="${1:-digits}"
+if [ "$what" = digits ] || [ "$what" = all ]; then
+  run digits_random "Digits, 10% random forgetting, every method (the default job)" \
+    experiments.unlearn --config.save_checkpoints=False
+  run digits_class "Digits, class 3 forgotten, every method" \
+    experiments.unlearn --scenario=class --forget_classes=3 --config.save_checkpoints=False
+  run digits_requests "Digits, 10 deletion requests of 1%: SISA, fine-tuning, SCRUB, retraining" \
+    experiments.requests --methods=sisa,finetune,scrub --seeds=3
+  run digits_tuning "Digits, class 3: a 16-configuration search of every data method" \
+    experiments.tune --scenario=class --forget_classes=3 --budget=16 --seeds=2
+fi
+if [ "$what" = cifar ] || [ "$what" = all ]; then
+  run cifar10_memorise_random "Memorising CIFAR-10 subset, 10% random forgetting, every data method" \
+    experiments.unlearn --config=experiments/configs/cifar10_memorise.py \
+    --config.save_checkpoints=False
+fi

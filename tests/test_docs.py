@@ -1,0 +1,96 @@
+"""The README and the documentation site: the README is short and its method list is the
+registry's; every Python and shell block of the README and of the docs pages runs as
+written (a block that cannot run here, a cluster launch or a package install, says why in
+a `<!-- not run in tests: reason -->` line right above it); the site builds with Sphinx
+with warnings as errors and has a page for every method."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+import generate  # noqa: E402
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+         *sorted((ROOT / "docs" / "guide").glob("*.md"))]
+FENCE = re.compile(r"(?:<!-- not run in tests: (?P<why>[^>]*?) -->\n)?```(?P<lang>[^\n`]*)\n"
+                   r"(?P<body>.*?)```", re.S)
+
+
+def _blocks():
+  out = []
+  for page in PAGES:
+    for m in FENCE.finditer(page.read_text()):
+      lang = m.group("lang").strip()
+      if lang.startswith("{"):        # a MyST directive (toctree, include), not code
+        continue
+      out.append((page.relative_to(ROOT), lang, m.group("body"), m.group("why")))
+  return out
+
+
+BLOCKS = _blocks()
+RUN = [b for b in BLOCKS if b[3] is None]
+
+
+def test_the_readme_is_a_short_entry_page():
+  lines = (ROOT / "README.md").read_text().splitlines()
+  assert len(lines) <= 200, f"README.md has {len(lines)} lines (at most 200)"
+  first_screen = "\n".join(lines[:60])
+  assert "ModelAdapter" in first_screen and "uj.scrub(ctx" in first_screen, (
+      "the first screen must show how to unlearn your own model")
+
+
+def test_the_readme_method_list_is_the_registry():
+  text = (ROOT / "README.md").read_text()
+  a = text.index(generate.README_BEGIN) + len(generate.README_BEGIN)
+  b = text.index(generate.README_END)
+  assert text[a:b].strip() == generate.readme_method_list().strip(), (
+      "the README's method list differs from the registry: run python docs/_ext/generate.py")
+
+
+def test_every_code_block_is_python_or_bash_and_a_skipped_one_says_why():
+  assert len(RUN) >= 5
+  for page, lang, _, why in BLOCKS:
+    assert lang in ("python", "bash"), f"{page}: a ```{lang} block (python or bash only)"
+    assert why is None or len(why.split()) >= 4, f"{page}: a block is skipped without a reason"
+
+
+@pytest.mark.parametrize("index", range(len(RUN)),
+                         ids=[f"{p}-{i}" for i, (p, *_) in enumerate(RUN)])
+def test_code_block_runs(index, tmp_path):
+  """From an empty directory that sees the checkout's `experiments/` (so relative config
+  paths and `python -m experiments.<cli>` work and run directories land in tmp)."""
+  page, lang, body, _ = RUN[index]
+  (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  script = tmp_path / ("block.py" if lang == "python" else "block.sh")
+  script.write_text(body if lang == "python" else "set -euo pipefail\n" + body)
+  cmd = [sys.executable, str(script)] if lang == "python" else ["bash", str(script)]
+  r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, f"a {lang} block of {page} failed:\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
+
+
+def test_the_site_builds_without_warnings(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+                      str(ROOT / "docs"), str(tmp_path / "html")], cwd=ROOT,
+                     capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  html = tmp_path / "html"
+  from unlearn_jax import methods
+  family_pages = {p.stem: p.read_text() for p in (html / "_generated" / "methods").glob("*.html")}
+  for name in methods.list_methods():
+    spec = methods.get_method(name)
+    page = spec.factory.__module__.rsplit(".", 1)[-1]
+    assert page in family_pages, f"no page for the {page} family"
+    assert f"id=\"{name.replace('_', '-')}\"" in family_pages[page], f"{name} has no section"
+  for page in ("getting_started", "cli", "scaling", "design", "changelog", "reproducing"):
+    assert (html / f"{page}.html").is_file(), page
+  assert (html / "_generated" / "metrics.html").is_file()
+  results = (html / "_generated" / "results")
+  assert results.is_dir() and len(list(results.glob("*.html"))) >= 2
