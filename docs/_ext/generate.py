@@ -49,6 +49,8 @@ FAMILIES = {   # module -> (page title, one sentence)
                   "and the class ids to forget."),
     "deepinversion": ("DeepInversion", "Zero-shot through images synthesised from the "
                       "original's BatchNorm statistics."),
+    "certified": ("Certified removal", "A removal with a stated (ε, δ) guarantee, checked "
+                  "per request."),
 }
 
 
@@ -312,7 +314,8 @@ def write_results(out: Path) -> list[str]:
   """A page per run under docs/results/ (a `title.txt` names it); returns the page names."""
   (out / "results").mkdir(parents=True, exist_ok=True)
   pages = []
-  for run in sorted(p for p in (DOCS / "results").iterdir() if p.is_dir()):
+  for run in sorted(p for p in (DOCS / "results").iterdir()
+                    if p.is_dir() and not p.name.startswith(".")):   # not a run in progress
     title = (run / "title.txt").read_text().strip()
     if (run / "README.md").exists():       # rendered by its own script (populations)
       text = (run / "README.md").read_text()

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 out=docs/results
 
 keep_small() {   # drop checkpoints and per-example arrays from a finished run directory
-  rm -rf "$1/checkpoints" "$1"/*.npz
+  rm -rf "$1/checkpoints" "$1"/*.npz "$1"/plots/losses_*.png
 }
 
 run() {   # run NAME TITLE MODULE FLAGS...
