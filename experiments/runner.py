@@ -25,6 +25,7 @@ import numpy as np
 from . import setup as setup_lib
 from .setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
                                resolve_hparams, resumed_method, setup, take_test, validate)
+from unlearn_jax.adapter import model_variables
 from unlearn_jax import data as data_lib
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
@@ -198,7 +199,10 @@ def _apply_methods(st, cfg, hparams, data, seed_keys, slots, references, store, 
                                resume=None if store is None or every <= 0 else
                                (store, f"steps_{m}", every, 10 * every))
       if store is not None:
-        store.save(f"method_{m}", 0, {"variables": ms.variables, "artifacts": ms.artifacts,
+        # The model's own collections only (a method's state collection, e.g. a certified
+        # head's, serves a later request, not a resumed run): restored in the originals' shape.
+        store.save(f"method_{m}", 0, {"variables": model_variables(ms.variables),
+                                      "artifacts": ms.artifacts,
                                       "along": ms.along},
                    {"seconds": ms.seconds, "compile_seconds": ms.compile_seconds,
                     "aux": ms.aux, "peak_bytes": ms.peak_bytes})

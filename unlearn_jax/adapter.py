@@ -259,6 +259,17 @@ class ModelAdapter:
     return put(params, self.require_head("replace_head"))
 
 
+# Collections a method adds to the variables dict to carry its own state from one call to
+# the next (the model never reads them): `certified_head`'s head state.
+METHOD_COLLECTIONS = ("certified_head",)
+
+
+def model_variables(variables: Variables) -> Variables:
+  """`variables` without the methods' own collections (`METHOD_COLLECTIONS`): what the
+  model runs on, so evaluation programs see one structure for every method."""
+  return {k: v for k, v in variables.items() if k not in METHOD_COLLECTIONS}
+
+
 def as_adapter(model) -> ModelAdapter:
   """`model` as a ModelAdapter: an adapter as it is; a module with an `unlearn_adapter()`
   method (the library's models) through it; any other Linen module as

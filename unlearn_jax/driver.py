@@ -32,6 +32,7 @@ from unlearn_jax import metrics as metrics_lib
 from unlearn_jax import parallel
 from unlearn_jax import steps as steps_lib
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import model_variables
 
 
 
@@ -481,13 +482,14 @@ class SeedMetrics:
     self._single = jax.jit(per_seed)
 
   def __call__(self, model_set: ModelSet, arrays: dict):
-    num_seeds = jax.tree_util.tree_leaves(model_set.variables)[0].shape[0]
+    variables = model_variables(model_set.variables)
+    num_seeds = jax.tree_util.tree_leaves(variables)[0].shape[0]
     if self.seed_mode == "vmap":
-      res = parallel.to_host(self._vmapped(model_set.variables, arrays))
+      res = parallel.to_host(self._vmapped(variables, arrays))
       per = [jax.tree_util.tree_map(lambda a: a[i], res) for i in range(num_seeds)]
     else:
       per = [jax.tree_util.tree_map(np.asarray,
-                                    self._single(seed_slice(model_set.variables, i), arrays))
+                                    self._single(seed_slice(variables, i), arrays))
              for i in range(num_seeds)]
     rows, losses = [], []
     for i, r in enumerate(per):
@@ -519,8 +521,9 @@ class Relearner:
     self._single = jax.jit(fn)
 
   def __call__(self, model_set: ModelSet, targets, keys) -> np.ndarray:
+    variables = model_variables(model_set.variables)
     targets = jnp.asarray(targets)
     if self.seed_mode == "vmap":
-      return parallel.to_host(self._vmapped(model_set.variables, self.forget, targets, keys))
-    return np.asarray([self._single(seed_slice(model_set.variables, i), self.forget,
+      return parallel.to_host(self._vmapped(variables, self.forget, targets, keys))
+    return np.asarray([self._single(seed_slice(variables, i), self.forget,
                                     targets[i], keys[i]) for i in range(keys.shape[0])])

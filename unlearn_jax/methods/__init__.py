@@ -13,3 +13,4 @@ from unlearn_jax.methods import distillation  # noqa: F401
 from unlearn_jax.methods import noise  # noqa: F401
 from unlearn_jax.methods import zero_shot  # noqa: F401
 from unlearn_jax.methods import deepinversion  # noqa: F401
+from unlearn_jax.methods import certified  # noqa: F401

@@ -1,0 +1,147 @@
+"""Certified removal of a logistic head (Guo et al., ICML 2020; `unlearn_jax.certified` and
+the `certified_head` method): the Newton removal equals refitting without the removed
+points; the residual bound only grows and spends the budget into a refit; bad budgets are
+clear errors; the method runs on a real model and carries its state across requests."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unlearn_jax as uj
+from unlearn_jax import certified as cr
+
+LAM = 1e-3
+
+
+@pytest.fixture(scope="module")
+def digits_features():
+  """Penultimate features of a digits MLP trained for 5 epochs, and the labels."""
+  ds = uj.load_dataset("digits")
+  model = uj.as_adapter(uj.get_model("mlp", 10))
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+  variables, _ = jax.jit(uj.fit, static_argnums=(0, 1))(
+      model, uj.TrainConfig(epochs=5, batch_size=64, lr=0.05),
+      model.init(jax.random.PRNGKey(0), ds.input_shape), x, y, jax.random.PRNGKey(1))
+  feats = model.features(variables, x)[1]
+  return ds, model, variables, feats, y
+
+
+def _numpy_fit(x, s, lam, b, iters=60):
+  """The paper's binary objective Σ log(1+exp(−s wᵀx)) + λn/2‖w‖² + bᵀw minimised by
+  Newton's method in float64 NumPy (the reference, independent of the library)."""
+  x, s, b = (np.asarray(a, np.float64) for a in (x, s, b))
+  n, d = x.shape
+  w = np.zeros(d)
+  for _ in range(iters):
+    z = s * (x @ w)
+    p = 1 / (1 + np.exp(z))                       # σ(−z)
+    grad = x.T @ (-s * p) + lam * n * w + b
+    hess = (x * (p * (1 - p))[:, None]).T @ x + lam * n * np.eye(d)
+    w = w - np.linalg.solve(hess, grad)
+  return w
+
+
+def test_the_fit_is_the_papers_objective_minimiser(digits_features):
+  _, _, _, feats, y = digits_features
+  x = cr.scaled_features(feats, cr.feature_scale(feats))[:400]
+  labels = y[:400]
+  noise = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (10, x.shape[1]))
+  w = cr.fit(x, labels, 10, LAM, noise, steps=40)
+  for c in (0, 3, 9):
+    s = np.where(np.asarray(labels) == c, 1.0, -1.0)
+    np.testing.assert_allclose(np.asarray(w[c]), _numpy_fit(x, s, LAM, noise[c]), atol=2e-4,
+                               err_msg=f"one-vs-rest classifier {c}")
+  assert float(jnp.max(jnp.linalg.norm(x, axis=1))) <= 1 + 1e-6, "features must lie in the unit ball"
+
+
+def test_newton_removal_equals_refitting_for_one_point_and_a_sequence(digits_features):
+  """No perturbation, λ = 1e-3: one Newton step per removed point lands on the refit head
+  to 1e-4, for one point and for five removed one after another."""
+  _, _, _, feats, y = digits_features
+  x = cr.scaled_features(feats, cr.feature_scale(feats))
+  zero = jnp.zeros((10, x.shape[1]))
+  w = cr.fit(x, y, 10, LAM, zero, steps=30)
+  present = np.ones(len(y), bool)
+  diffs = []
+  for i in (5, 17, 300, 901, 1200):
+    idx = np.flatnonzero(present)
+    removed = jnp.asarray(idx == i)
+    w, _ = cr.remove(w, x[idx], y[idx], removed, 10, LAM)
+    present[i] = False
+    refit = cr.fit(x, y, 10, LAM, zero, mask=jnp.asarray(present), steps=30)
+    diffs.append(float(jnp.max(jnp.abs(w - refit))))
+  assert diffs[0] < 1e-4, f"one removal: max |Newton − refit| = {diffs[0]:.2e}"
+  assert max(diffs) < 1e-4, f"after each of five removals: {diffs}"
+
+
+def test_the_bound_grows_and_a_spent_budget_refits(digits_features):
+  """Through the method: over a stream of one-point requests the accumulated bound never
+  decreases until it passes the budget; then the head is refitted and the bound restarts."""
+  ds, model, variables, _, y = digits_features
+  x = jnp.asarray(ds.train_x)
+  ctx = uj.MethodContext(model, num_classes=10, input_shape=ds.input_shape)
+  # ε small enough that a handful of single-point removals spend the budget.
+  unlearn = jax.jit(uj.certified_head(ctx, epsilon=0.02, sigma=1.0))
+  present = np.ones(len(y), bool)
+  bounds, refits, state = [], [], variables
+  for k, i in enumerate(range(0, 240, 12)):
+    present[i] = False
+    keep = np.flatnonzero(present)
+    data = uj.select_data(uj.certified_head, forget=(x[i:i + 1], y[i:i + 1]),
+                          retain=(x[keep], y[keep]), ctx=ctx)
+    state, aux = unlearn(state, data, jax.random.PRNGKey(k))
+    bounds.append(float(aux["residual_bound"]))
+    refits.append(int(aux["refits"]))
+    assert float(aux["residual_bound"]) <= float(aux["residual_budget"]) + 1e-9
+  assert refits[-1] >= 2, f"the budget was never spent: bounds {bounds}"
+  for a, b, r0, r1 in zip(bounds, bounds[1:], refits, refits[1:]):
+    if r1 == r0:
+      assert b >= a, f"the bound decreased without a refit: {bounds}"
+    else:
+      assert b == 0.0, "a refit restarts the bound"
+  noise = np.asarray(state["certified_head"]["noise"])
+  assert np.all(noise != 0), "the perturbation is kept from the first call"
+
+
+def test_the_budget_is_sigma_epsilon_over_c_per_classifier():
+  eps, delta, sigma, classes = 2.0, 1e-5, 0.5, 10
+  c = math.sqrt(2 * math.log(1.5 / (delta / classes)))
+  assert cr.residual_budget(eps, delta, sigma, classes) == pytest.approx(
+      sigma * (eps / classes) / c)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(epsilon=0.0), "epsilon=0.0 must be a finite number > 0"),
+    (dict(delta=1.0), "delta=1.0 must lie in \\(0, 1\\)"),
+    (dict(lam=0.0), "lam=0.0 must be a finite number > 0"),
+    (dict(sigma=-1.0), "sigma=-1.0 must be"),
+])
+def test_a_bad_budget_is_a_clear_error(kwargs, needle, digits_features):
+  ds, model, *_ = digits_features
+  ctx = uj.MethodContext(model, num_classes=10, input_shape=ds.input_shape)
+  with pytest.raises(ValueError, match=needle):
+    uj.certified_head(ctx, **kwargs)
+
+
+def test_the_method_replaces_the_head_by_the_certified_one(digits_features):
+  """On the digits MLP, 10% random forgetting: the model's logits are the certified head's
+  one-vs-rest scores, its accuracy stays near the original's, and the aux is a certificate."""
+  ds, model, variables, _, _ = digits_features
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+  split = uj.make_split(uj.SplitSpec("random", 0.1), ds.train_y, ds.test_y, 10)
+  ctx = uj.MethodContext(model, num_classes=10, input_shape=ds.input_shape)
+  data = uj.select_data(uj.certified_head, forget=(x[split.forget], y[split.forget]),
+                        retain=(x[split.retain], y[split.retain]), ctx=ctx)
+  out, aux = jax.jit(uj.certified_head(ctx))(variables, data, jax.random.PRNGKey(3))
+  state = out["certified_head"]
+  feats = model.features(variables, x)[1]
+  chex.assert_trees_all_close(model.logits(out, x), cr.scores(state["weights"], feats,
+                                                               state["scale"]), atol=1e-4)
+  ta = uj.accuracy(model.logits(out, jnp.asarray(ds.test_x)), jnp.asarray(ds.test_y))
+  assert float(ta) > 0.9, f"test accuracy of the certified head {float(ta):.3f}"
+  assert float(aux["certified_epsilon"]) == 1.0 and float(aux["residual_bound"]) <= float(
+      aux["residual_budget"])
