@@ -41,6 +41,7 @@ from . import setup
 from . import cli   # the shared flags, their parsing, the one main
 from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, parallel, sisa
 from unlearn_jax import train as train_lib
+from unlearn_jax.adapter import model_variables
 
 flags.DEFINE_integer("requests", 10, "number of deletion requests K")
 flags.DEFINE_float("request_size", 0.01, "examples per request: a fraction of train (< 1) "
@@ -153,13 +154,13 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
     arrays = {"retain": (x[retain_idx], y[retain_idx]), "forget": (x[forget_idx], y[forget_idx]),
               "test": test}
     for m in names:
-      logits_of, seconds = _after_request(m, k, request, arrays, env)
+      logits_of, seconds, aux = _after_request(m, k, request, arrays, env)
       spent[m] += seconds
       for i in range(seeds):
         r = _scores(lambda xx: logits_of(xx, i), arrays, seed=i)
         rows.append({"method": m, "seed": int(cfg.seed) + i, "request": k,
                      "forget_size": int(forget_idx.size), **r,
-                     "cumulative_seconds": spent[m]})
+                     "cumulative_seconds": spent[m], **_certificate(aux, i)})
     done = [rw for rw in rows if rw["request"] == k]
     log(f"request {k}/{num_requests} ({forget_idx.size} forgotten): " + "; ".join(
         f"{m} FA {100 * np.mean([rw['forget_acc'] for rw in done if rw['method'] == m]):.1f}"
@@ -178,8 +179,18 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
                                  "wall_seconds": time.perf_counter() - t0}}
 
 
+CERTIFICATE_COLUMNS = ("residual_bound", "residual_budget", "refits")
+
+
+def _certificate(aux: dict, seed: int) -> dict:
+  """A certified method's certificate after this request (`certified_head`: the residual
+  bound accumulated since the last refit, the budget it may reach, the refits so far)."""
+  return {f"certified_{k}": float(aux[k][seed]) for k in CERTIFICATE_COLUMNS if k in aux}
+
+
 def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
-  """(logits_of(x, seed), seconds per seed) of method `m` once request `k` is served:
+  """(logits_of(x, seed), seconds per seed, the method's aux per seed) of method `m` once
+  request `k` is served:
   retrain from scratch on what is left, SISA's retraining of the affected shards, or the
   method applied to its own model after the previous requests (`env.state`)."""
   st, cfg, model = env.st, env.cfg, env.st.model
@@ -189,7 +200,7 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
                                  jax.vmap(lambda kk: jax.random.fold_in(kk, 2 + k))(
                                      env.seed_keys),
                                  seed_mode=st.mode, log=lambda s: None, label="retrain")
-    return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds
+    return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds, {}
   if m == "sisa":
     with parallel.data_parallel(env.sisa_mesh):
       reports = [sisa.unlearn_sisa(s, request) for s in env.sisa_states]
@@ -198,7 +209,7 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
             np.mean([r["fraction_of_full"] for r in reports]))})
     return (lambda xx, i: jnp.asarray(parallel.to_host(jnp.mean(sisa.sisa_logits(
         model, env.sisa_states[i].variables, xx, cfg.eval_batch_size), axis=0)))), \
-        float(np.mean([r["seconds"] for r in reports]))
+        float(np.mean([r["seconds"] for r in reports])), {}
   spec = methods_lib.get_method(m)
   data = methods_lib.select_data(spec, (env.x[request], env.y[request]), arrays["retain"],
                                  ctx=env.ctx)
@@ -206,7 +217,8 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
   ms = driver.apply_method(spec, env.ctx, env.hparams[m], env.state[m], data, keys,
                            seed_mode=st.mode)
   env.state[m] = ms.variables
-  return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds
+  variables = model_variables(ms.variables)   # the model's own collections: one predict program
+  return (lambda xx, i, v=variables: env.predict(one(v, i), xx)), ms.seconds, ms.aux
 
 
 def _mean(rows, m, k, c):
@@ -243,6 +255,18 @@ def report_markdown(result: dict, title: str) -> str:
   for m in names:
     lines.append(f"| {m} | " + " | ".join(f"{100 * _mean(rows, m, k, 'forget_acc'):.1f}"
                                           for k in ks) + " |")
+  for m in names:
+    mine = [r for r in rows if r["method"] == m and "certified_residual_bound" in r]
+    if mine:
+      lines += ["", f"{m}'s certificate after each request (mean over seeds): the residual "
+                "bound accumulated since the last refit / the budget it may reach; † marks a "
+                "request after which the head was refitted.", "",
+                "| | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks)]
+      refits = {k: _mean(rows, m, k, "certified_refits") for k in ks}
+      cells = [f"{_mean(rows, m, k, 'certified_residual_bound'):.3g} / "
+               f"{_mean(rows, m, k, 'certified_residual_budget'):.3g}"
+               + (" †" if refits[k] > refits.get(k - 1, 0.0) else "") for k in ks]
+      lines.append(f"| {m} | " + " | ".join(cells) + " |")
   work = (info.get("sisa") or {}).get("per_request") or []
   if work:
     lines += ["", f"SISA ({info['sisa']['shards']} shards × {info['sisa']['slices']} slices): "
@@ -280,6 +304,7 @@ def write_requests(directory: Path, result: dict, config: dict, title: str,
   directory.mkdir(parents=True, exist_ok=True)
   fields = ["method", "seed", "request", "forget_size", "retain_acc", "forget_acc",
             "test_acc", "mia_loss_lr", "cumulative_seconds"]
+  fields += sorted({k for r in result["rows"] for k in r if k.startswith("certified_")})
   with open(directory / "requests.csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     w.writeheader()

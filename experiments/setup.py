@@ -176,10 +176,14 @@ def provenance() -> dict:
                        "processes": jax.process_count()}}
 
 
-def commit_workdir(staging: Path, final: Path) -> None:
+def commit_workdir(staging: Path, final: Path, stamp: dict | None = None) -> None:
   """Moves the finished run into place (the only step that touches `final`), with its
-  `provenance.json` (`provenance()`)."""
-  (staging / "provenance.json").write_text(json.dumps(provenance(), indent=1) + "\n")
+  `provenance.json`: `stamp` (`provenance()` taken when the run started, so the commit and
+  a dirty tree are those the run began with) and the time it finished."""
+  import datetime
+  stamp = dict(stamp or provenance())
+  stamp["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+  (staging / "provenance.json").write_text(json.dumps(stamp, indent=1) + "\n")
   if final.exists():
     shutil.rmtree(final)
   staging.rename(final)
@@ -224,9 +228,10 @@ def staged_workdir(workdir: str, overwrite: bool):
                      "wait for it to finish or choose another directory") from None
   try:
     final, staging = prepare_workdir(workdir, overwrite)   # again, now that it is ours
+    stamp = provenance()
     try:
       yield final, staging
-      commit_workdir(staging, final)
+      commit_workdir(staging, final, stamp)
     finally:
       if staging.exists():
         shutil.rmtree(staging, ignore_errors=True)

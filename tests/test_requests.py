@@ -34,6 +34,26 @@ def test_two_requests_with_sisa_finetune_and_retrain(tmp_path):
   assert "worst gap" in r.stdout and "SISA (2 shards × 2 slices)" in r.stdout
 
 
+def test_certified_head_carries_its_certificate_across_requests(tmp_path):
+  """Three one-example requests: certified_head's rows carry the residual bound and the
+  budget, the bound stays within the budget, and it grows while no refit happens (the
+  head's state passes from one request to the next); requests.md shows the certificate."""
+  r = run_requests("--requests=3", "--request_size=1", "--seeds=1", "--methods=certified_head",
+                   "--config.train.epochs=4", f"--workdir={tmp_path / 'run'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [x for x in csv.DictReader(open(tmp_path / "run" / "requests.csv"))
+          if x["method"] == "certified_head"]
+  assert len(rows) == 3
+  bounds = [float(x["certified_residual_bound"]) for x in rows]
+  refits = [float(x["certified_refits"]) for x in rows]
+  for x in rows:
+    assert 0 <= float(x["certified_residual_bound"]) <= float(x["certified_residual_budget"])
+  for a, b, r0, r1 in zip(bounds, bounds[1:], refits, refits[1:]):
+    assert b > a or r1 > r0, f"the bound did not accumulate: {bounds}, refits {refits}"
+  assert "certified_head's certificate after each request" in (
+      tmp_path / "run" / "requests.md").read_text()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--request_kind=sideways"], "--request_kind='sideways' is unknown; allowed: random, class"),
     (["--request_kind=class"], "needs --forget_classes"),
