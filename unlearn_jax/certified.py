@@ -98,39 +98,41 @@ def _solve(hess, vec):
   return jax.scipy.linalg.cho_solve(chol, vec)
 
 
-def fit(x, labels, num_classes: int, lam: float, noise, mask=None, steps: int = 25):
-  """[C, d+1] minimisers of L_b over the rows of `x` ([n, d+1], scaled) where `mask`, by
-  `steps` Newton iterations from 0 (the objective is strongly convex)."""
+def fit_binary(x, signs, lam: float, noise, mask=None, steps: int = 25):
+  """[d+1] minimiser of the binary L_b (labels `signs` ∈ {−1, +1}) over the rows of `x`
+  where `mask`, by `steps` Newton iterations from 0 (the objective is strongly convex)."""
   mask = jnp.ones(x.shape[0], x.dtype) if mask is None else mask.astype(x.dtype)
-  signs = _signs(labels, num_classes)
 
-  def one_class(s, b):
-    def newton(w, _):
-      grad, hess = _grad_hess(w, x, s, lam, b, mask)
-      return w - _solve(hess, grad), None
-    return jax.lax.scan(newton, jnp.zeros(x.shape[1], x.dtype), None, length=steps)[0]
+  def newton(w, _):
+    grad, hess = _grad_hess(w, x, signs, lam, noise, mask)
+    return w - _solve(hess, grad), None
 
-  return jax.vmap(one_class)(signs, noise)
+  return jax.lax.scan(newton, jnp.zeros(x.shape[1], x.dtype), None, length=steps)[0]
+
+
+def remove_binary(w, x, signs, removed, lam: float):
+  """`remove` for one binary classifier: (new w [d+1], the step's residual bound)."""
+  keep, gone = (~removed).astype(x.dtype), removed.astype(x.dtype)
+  z = signs * (x @ w)
+  g_removed = x.T @ (-signs * jax.nn.sigmoid(-z) * gone) + lam * jnp.sum(gone) * w
+  _, hess = _grad_hess(w, x, signs, lam, jnp.zeros_like(w), keep)
+  delta = _solve(hess, g_removed)
+  bound = GAMMA * jnp.linalg.norm((x @ delta) * keep) * jnp.linalg.norm(delta)
+  return w + delta, bound
+
+
+def fit(x, labels, num_classes: int, lam: float, noise, mask=None, steps: int = 25):
+  """[C, d+1]: `fit_binary` of every one-vs-rest classifier (vmapped over the classes)."""
+  return jax.vmap(lambda s, b: fit_binary(x, s, lam, b, mask, steps))(
+      _signs(labels, num_classes), noise)
 
 
 def remove(weights, x, labels, removed, num_classes: int, lam: float):
-  """One Newton removal of the rows where `removed` ([n] bool) from a head fitted on all
-  rows of `x` that are still present. Returns (new weights [C, d+1], the step's residual
-  bound [C]). Rows of `x` already removed earlier must be excluded by the caller (pass only
-  the present rows)."""
-  signs = _signs(labels, num_classes)
-  keep = (~removed).astype(x.dtype)
-  gone = removed.astype(x.dtype)
-
-  def one_class(w, s):
-    z = s * (x @ w)
-    g_removed = x.T @ (-s * jax.nn.sigmoid(-z) * gone) + lam * jnp.sum(gone) * w
-    _, hess = _grad_hess(w, x, s, lam, jnp.zeros_like(w), keep)
-    delta = _solve(hess, g_removed)
-    bound = GAMMA * jnp.linalg.norm((x @ delta) * keep) * jnp.linalg.norm(delta)
-    return w + delta, bound
-
-  return jax.vmap(one_class)(weights, signs)
+  """One Newton removal of the rows where `removed` ([n] bool) from a head fitted on the
+  rows of `x` ([n, d+1]; rows removed earlier must not be passed). Returns (new weights
+  [C, d+1], the step's residual bound [C]): `remove_binary` of every classifier."""
+  return jax.vmap(lambda w, s: remove_binary(w, x, s, removed, lam))(
+      weights, _signs(labels, num_classes))
 
 
 def scores(weights, features, scale) -> jax.Array:
