@@ -28,6 +28,8 @@ if [ "$what" = digits ] || [ "$what" = all ]; then
     experiments.unlearn --scenario=class --forget_classes=3 --config.save_checkpoints=False
   run digits_requests "Digits, 10 deletion requests of 1%: SISA, fine-tuning, SCRUB, retraining" \
     experiments.requests --methods=sisa,finetune,scrub --seeds=3
+  run digits_certified "Digits, 10 deletion requests of 1%: exact (SISA), certified (certified_head), approximate (finetune, SCRUB)" \
+    experiments.requests --methods=sisa,certified_head,finetune,scrub --seeds=3
   run digits_tuning "Digits, class 3: a 16-configuration search of every data method" \
     experiments.tune --scenario=class --forget_classes=3 --budget=16 --seeds=2
 fi
