@@ -21,11 +21,13 @@ every hyperparameter (name, type, range, choices: a `HyperparameterError`, a Val
 naming the method, the argument, the value and what is allowed) and returns the pure
 `unlearn(variables, data, key) -> (variables, aux)`: the steps run by the one driver loop
 (`steps.run`; its `evaluate`, `every` and `progress` pass through). `aux` is a dict of
-scalars (e.g. `stopped_early` for ascent methods). `unlearn` checks the data's shapes when
-it is traced (before anything compiles). Methods never jit themselves: the caller applies
-`jax.jit`/`jax.vmap`. `select_data` builds the `UnlearnData` a method may see (and checks
-the labels when they are concrete): the fields it did not declare are `None`, so a method
-cannot read them by accident.
+scalars (e.g. `stopped_early` for ascent methods). The variables come back in the model's
+structure; a method that carries state from one call to the next adds its own collection
+(`adapter.METHOD_COLLECTIONS`; `adapter.model_variables` drops it). `unlearn` checks the
+data's shapes when it is traced (before anything compiles). Methods never jit themselves:
+the caller applies `jax.jit`/`jax.vmap`. `select_data` builds the `UnlearnData` a method
+may see (and checks the labels when they are concrete): the fields it did not declare are
+`None`, so a method cannot read them by accident.
 
 The phase builders below are shared by the method families: `gradient_phase` (epochs of
 `steps.make_step` on a loss), `ce_phase` (plain CE fine-tuning, the repair phase of many
