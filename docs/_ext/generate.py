@@ -278,6 +278,23 @@ def _requests_page(run: Path, title: str) -> list[str]:
                  f"{_percent(r['test_acc'] for r in rs)} | "
                  f"{_mean_std(r['mia_loss_lr'] for r in rs)} | "
                  f"{_mean_std(r['cumulative_seconds'] for r in rs)} |")
+  certified = defaultdict(list)
+  for r in rows:
+    if r.get("certified_residual_bound"):
+      certified[r["method"]].append(r)
+  for m, rs in certified.items():
+    ks = sorted({int(r["request"]) for r in rs})
+    mean = lambda k, c: sum(float(r[c]) for r in rs if int(r["request"]) == k) / len(
+        [r for r in rs if int(r["request"]) == k])
+    lines += ["", f"`{m}`'s certificate after each request (mean over seeds): the residual "
+              "bound since the last refit, the budget it may reach, and the refits so far.", "",
+              "| request | " + " | ".join(map(str, ks)) + " |", "|---|" + "---|" * len(ks),
+              "| bound | " + " | ".join(f"{mean(k, 'certified_residual_bound'):.3g}"
+                                        for k in ks) + " |",
+              "| budget | " + " | ".join(f"{mean(k, 'certified_residual_budget'):.3g}"
+                                         for k in ks) + " |",
+              "| refits | " + " | ".join(f"{mean(k, 'certified_refits'):.1f}"
+                                         for k in ks) + " |"]
   for png in sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []:
     lines += ["", f"![{png.stem}](../../results/{run.name}/plots/{png.name})"]
   return lines
