@@ -26,6 +26,7 @@ experiments.unlearn's (dataset, model, seeds, recipe, `--<method>.<hparam>`).
 """
 
 import csv
+import math
 import dataclasses
 import json
 import time
@@ -222,7 +223,15 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
 
 
 def _mean(rows, m, k, c):
-  return float(np.nanmean([r[c] for r in rows if r["method"] == m and r["request"] == k]))
+  """Mean over seeds; NaN when every seed's value is NaN (the loss MIA of a forget set
+  too small to fit, e.g. one-example requests), without a warning."""
+  values = np.asarray([r[c] for r in rows if r["method"] == m and r["request"] == k], float)
+  return float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
+
+
+def _finite_mean(values) -> float:
+  values = np.asarray(values, float)
+  return float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
 
 
 def report_markdown(result: dict, title: str) -> str:
@@ -239,9 +248,11 @@ def report_markdown(result: dict, title: str) -> str:
               "request; final = after the last, worst = the largest over all requests.", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in names:
-      gaps = [float(np.mean([100 * abs(_mean(rows, m, k, c) - _mean(rows, "retrain", k, c))
-                             for c, _ in METRICS])) for k in ks]
-      worst = int(np.nanargmax(gaps)) if m != "retrain" else 0
+      # Over the metrics that exist after the request (the MIA needs ≥ 10 forget examples).
+      gaps = [_finite_mean([100 * abs(_mean(rows, m, k, c) - _mean(rows, "retrain", k, c))
+                            for c, _ in METRICS]) for k in ks]
+      worst = (int(np.nanargmax(gaps)) if m != "retrain" and np.isfinite(gaps).any()
+               else 0)
       last = ks[-1]
       lines.append("| " + " | ".join([
           m, f"{100 * _mean(rows, m, last, 'retain_acc'):.1f}",
