@@ -225,8 +225,7 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
 def _mean(rows, m, k, c):
   """Mean over seeds; NaN when every seed's value is NaN (the loss MIA of a forget set
   too small to fit, e.g. one-example requests), without a warning."""
-  values = np.asarray([r[c] for r in rows if r["method"] == m and r["request"] == k], float)
-  return float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
+  return _finite_mean([r[c] for r in rows if r["method"] == m and r["request"] == k])
 
 
 def _finite_mean(values) -> float:

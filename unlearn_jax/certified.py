@@ -65,10 +65,15 @@ def residual_budget(epsilon: float, delta: float, sigma: float, num_classes: int
   return sigma * eps / math.sqrt(2.0 * math.log(1.5 / dlt))
 
 
+def _with_bias(features: jax.Array, scale) -> jax.Array:
+  """[n, d] -> [n, d+1]: [features/scale, 1] / √2 (norm ≤ 1 when ‖features‖ ≤ scale)."""
+  return jnp.concatenate([features / scale, jnp.ones((features.shape[0], 1), features.dtype)],
+                         axis=1) / jnp.sqrt(2.0)
+
+
 def scaled_features(features: jax.Array, scale) -> jax.Array:
-  """[n, d] -> [n, d+1]: features/scale with a constant column, each row clipped to norm 1."""
-  x = jnp.concatenate([features / scale, jnp.ones((features.shape[0], 1), features.dtype)],
-                      axis=1) / jnp.sqrt(2.0)
+  """[n, d] -> [n, d+1]: `_with_bias`, each row clipped to norm 1 (the bound's assumption)."""
+  x = _with_bias(features, scale)
   norms = jnp.linalg.norm(x, axis=1, keepdims=True)
   return x / jnp.maximum(norms, 1.0)
 
@@ -137,9 +142,7 @@ def remove(weights, x, labels, removed, num_classes: int, lam: float):
 
 def scores(weights, features, scale) -> jax.Array:
   """[n, C] one-vs-rest scores wᵀx of unscaled features (no clipping: prediction only)."""
-  x = jnp.concatenate([features / scale, jnp.ones((features.shape[0], 1), features.dtype)],
-                      axis=1) / jnp.sqrt(2.0)
-  return x @ weights.T
+  return _with_bias(features, scale) @ weights.T
 
 
 def as_dense(weights, scale) -> dict:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from unlearn_jax import certified as cr
+from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import METHOD_COLLECTIONS
 from unlearn_jax.methods.base import MethodContext, one_shot, register
 
@@ -13,15 +14,6 @@ from unlearn_jax.methods.base import MethodContext, one_shot, register
 # request to the next (the model ignores it; the next call reads it).
 STATE = "certified_head"
 assert STATE in METHOD_COLLECTIONS   # evaluation strips it (adapter.model_variables)
-
-
-def _features(model, variables, x, batch):
-  n = x.shape[0]
-  pad = (-n) % batch
-  xs = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
-      (-1, batch) + x.shape[1:])
-  feats = jax.lax.map(lambda xb: model.features(variables, xb)[1], xs)
-  return feats.reshape((-1, feats.shape[-1]))[:n]
 
 
 @register("certified_head", reads=("forget", "retain"), needs=("head",),
@@ -58,8 +50,8 @@ def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_ste
   def edit(variables, data, key):
     xf, yf = data.forget
     xr, yr = data.retain
-    feats_f = _features(model, variables, xf, batch_size)
-    feats_r = _features(model, variables, xr, batch_size)
+    feats_f = train_lib.predict_features(model, variables, xf, batch_size)[1]
+    feats_r = train_lib.predict_features(model, variables, xr, batch_size)[1]
     feats = jnp.concatenate([feats_f, feats_r])
     labels = jnp.concatenate([yf, yr])
     removed = jnp.arange(labels.shape[0]) < yf.shape[0]
