@@ -212,6 +212,13 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
   current = parallel.shard_seeds(take(state.stage_states[first_stage - 1]))
   keys = parallel.shard_seeds(state.shard_keys[sel])
   write = sel[:real]
+  # Over several processes the shard states live on the host, whole on every process
+  # (`_kept`): the gathers and scatters between stages are then NumPy, and the stage
+  # program is the only computation on the population mesh. Eager indexing of a
+  # population spread over processes would be one cross-process program per leaf,
+  # dispatched back to back; on the CPU runtime those interleave and deadlock (1 run in
+  # ~40 of three requests hung here, process 0 and 1 waiting in different leaves' gathers).
+  many = jax.process_count() > 1
   mesh = parallel.active_mesh()
   spread = mesh is not None and len(shards) % mesh.shape["seeds"] == 0
   if state.shard_loop == "vmap":
@@ -230,13 +237,31 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
     valid = valid.at[real:].set(False)
     x, y, ids, valid = parallel.shard_seeds((x, y, ids, valid))
     current = jax.block_until_ready(run(current, x, y, ids, valid, keys, stage))
-    state.stage_states[stage] = jax.tree_util.tree_map(
-        lambda full, part: full.at[write].set(part[:real]), state.stage_states[stage],
-        current)
+    if many:
+      done = _kept(current)
+      state.stage_states[stage] = jax.tree_util.tree_map(
+          lambda full, part: _set_rows(full, write, part[:real]), state.stage_states[stage],
+          done)
+    else:
+      state.stage_states[stage] = jax.tree_util.tree_map(
+          lambda full, part: full.at[write].set(part[:real]), state.stage_states[stage],
+          current)
   seconds = time.perf_counter() - t0
   if state.checkpoint_dir is not None:
     _save(state, range(first_stage, state.config.slices + 1))
   return seconds
+
+
+def _kept(tree):
+  """A train state as the stages keep it over several processes: NumPy on the host, whole
+  (`parallel.to_host`: one blocking all-gather per leaf); unchanged in one process."""
+  return parallel.to_host(tree) if jax.process_count() > 1 else tree
+
+
+def _set_rows(full: np.ndarray, rows, part) -> np.ndarray:
+  out = np.array(full, copy=True)
+  out[rows] = np.asarray(part)
+  return out
 
 
 def _save(state: SisaState, stages) -> None:
@@ -285,8 +310,8 @@ def train_sisa(model, data: tuple, key: jax.Array, config: SisaConfig = SisaConf
   if deleted is not None:
     gone[np.asarray(deleted, np.int64)] = True
   state = SisaState(model, config, x, y, shard_of, slice_of, gone,
-                    [init_state] * (config.slices + 1),
-                    jax.random.split(k_shards, config.shards), shard_loop,
+                    [_kept(init_state)] * (config.slices + 1),
+                    jax.random.split(k_shards, config.shards), shard_loop,   # local: no collective
                     Path(checkpoint_dir) if checkpoint_dir else None,
                     programs=programs if programs is not None else {})
   state.stage_lengths = [0] + [
