@@ -180,12 +180,15 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
                                  "wall_seconds": time.perf_counter() - t0}}
 
 
-CERTIFICATE_COLUMNS = ("residual_bound", "residual_budget", "refits")
+CERTIFICATE_COLUMNS = ("residual_bound", "residual_budget", "refits", "epsilon_bound",
+                       "unlearn_epochs", "distance_bound", "noise_sigma")
 
 
 def _certificate(aux: dict, seed: int) -> dict:
   """A certified method's certificate after this request (`certified_head`: the residual
-  bound accumulated since the last refit, the budget it may reach, the refits so far)."""
+  bound accumulated since the last refit, the budget it may reach, the refits so far;
+  `noisy_finetune`: the ε its bound gives, the epochs it ran, the W∞ bound it started from,
+  its noise σ, the retrains so far)."""
   return {f"certified_{k}": float(aux[k][seed]) for k in CERTIFICATE_COLUMNS if k in aux}
 
 
@@ -277,6 +280,20 @@ def report_markdown(result: dict, title: str) -> str:
                f"{_mean(rows, m, k, 'certified_residual_budget'):.3g}"
                + (" †" if refits[k] > refits.get(k - 1, 0.0) else "") for k in ks]
       lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  for m in names:
+    mine = [r for r in rows if r["method"] == m and "certified_epsilon_bound" in r]
+    if mine:
+      refits = {k: _mean(rows, m, k, "certified_refits") for k in ks}
+      lines += ["", f"{m}'s certificate after each request (mean over seeds): the ε its bound "
+                "certifies, the epochs of noisy SGD the request took, and the W∞ bound it "
+                "started from; † marks a request served by retraining the head.", "",
+                "| | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks)]
+      for label, col, fmt in (("ε", "certified_epsilon_bound", ".3g"),
+                              ("epochs", "certified_unlearn_epochs", ".0f"),
+                              ("W∞ bound", "certified_distance_bound", ".3g")):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{_mean(rows, m, k, col):{fmt}}"
+            + (" †" if refits[k] > refits.get(k - 1, 0.0) else "") for k in ks) + " |")
   work = (info.get("sisa") or {}).get("per_request") or []
   if work:
     lines += ["", f"SISA ({info['sisa']['shards']} shards × {info['sisa']['slices']} slices): "

@@ -54,6 +54,25 @@ def test_certified_head_carries_its_certificate_across_requests(tmp_path):
       tmp_path / "run" / "requests.md").read_text()
 
 
+def test_noisy_finetune_carries_its_certificate_across_requests(tmp_path):
+  """Three one-example requests: noisy_finetune's rows carry the ε its bound gives (within
+  the target), the epochs each request took (never fewer than the first request's, as the
+  W∞ bound carries over) and its noise σ; requests.md shows the certificate."""
+  r = run_requests("--requests=3", "--request_size=1", "--seeds=1", "--methods=noisy_finetune",
+                   "--config.train.epochs=4", f"--workdir={tmp_path / 'run'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [x for x in csv.DictReader(open(tmp_path / "run" / "requests.csv"))
+          if x["method"] == "noisy_finetune"]
+  assert len(rows) == 3
+  epochs = [float(x["certified_unlearn_epochs"]) for x in rows]
+  for x in rows:
+    assert 0 < float(x["certified_epsilon_bound"]) <= 1.0, x["certified_epsilon_bound"]
+    assert float(x["certified_noise_sigma"]) > 0
+  assert epochs[0] == 200 and min(epochs) == epochs[0], epochs
+  assert "noisy_finetune's certificate after each request" in (
+      tmp_path / "run" / "requests.md").read_text()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--request_kind=sideways"], "--request_kind='sideways' is unknown; allowed: random, class"),
     (["--request_kind=class"], "needs --forget_classes"),

@@ -27,7 +27,7 @@ unlearning by sharded, sliced training: S shard models as one program).
 
 __version__ = "0.2.0"
 
-from unlearn_jax import (batching, certified, data, losses, metrics, methods, models,
+from unlearn_jax import (batching, certified, data, langevin, losses, metrics, methods, models,
                          parallel, sisa, steps, train, tuning)
 from unlearn_jax.adapter import ModelAdapter, as_adapter
 from unlearn_jax.data import (Dataset, Split, SplitSpec, load_dataset, make_split,
@@ -50,6 +50,6 @@ __all__ = (["ModelAdapter", "as_adapter", "Dataset", "Split", "SplitSpec", "load
             "select_data", "CNN", "MLP", "Conv", "ResNet18", "get_model", "init_variables",
             "TrainConfig", "TrainState", "cross_entropy", "fit", "init_train_state",
             "make_optimizer", "make_supervised_step", "predict", "predict_features",
-            "scan_epochs", "batching", "certified", "data", "losses", "metrics", "methods", "models",
-            "parallel", "sisa", "steps", "train", "tuning"]
+            "scan_epochs", "batching", "certified", "data", "langevin", "losses", "metrics",
+            "methods", "models", "parallel", "sisa", "steps", "train", "tuning"]
            + list(_metric_names) + list(list_methods()))

@@ -260,8 +260,8 @@ class ModelAdapter:
 
 
 # Collections a method adds to the variables dict to carry its own state from one call to
-# the next (the model never reads them): `certified_head`'s head state.
-METHOD_COLLECTIONS = ("certified_head",)
+# the next (the model never reads them): `certified_head`'s and `noisy_finetune`'s head state.
+METHOD_COLLECTIONS = ("certified_head", "noisy_finetune")
 
 
 def model_variables(variables: Variables) -> Variables:

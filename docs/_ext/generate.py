@@ -295,6 +295,23 @@ def _requests_page(run: Path, title: str) -> list[str]:
                                          for k in ks) + " |",
               "| refits | " + " | ".join(f"{mean(k, 'certified_refits'):.1f}"
                                          for k in ks) + " |"]
+  noisy = defaultdict(list)
+  for r in rows:
+    if r.get("certified_epsilon_bound"):
+      noisy[r["method"]].append(r)
+  for m, rs in noisy.items():
+    ks = sorted({int(r["request"]) for r in rs})
+    mean = lambda k, c: sum(float(r[c]) for r in rs if int(r["request"]) == k) / len(
+        [r for r in rs if int(r["request"]) == k])
+    lines += ["", f"`{m}`'s certificate after each request (mean over seeds): the ε its bound "
+              "gives, the epochs of noisy SGD the request took (the head is retrained when "
+              "they would pass the cap), the W∞ bound it started from, the retrains so far.",
+              "", "| request | " + " | ".join(map(str, ks)) + " |", "|---|" + "---|" * len(ks)]
+    for label, col, fmt in (("ε", "certified_epsilon_bound", ".3g"),
+                            ("epochs", "certified_unlearn_epochs", ".0f"),
+                            ("W∞ bound", "certified_distance_bound", ".3g"),
+                            ("retrains", "certified_refits", ".1f")):
+      lines.append(f"| {label} | " + " | ".join(f"{mean(k, col):{fmt}}" for k in ks) + " |")
   for png in sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []:
     lines += ["", f"![{png.stem}](../../results/{run.name}/plots/{png.name})"]
   return lines

@@ -28,8 +28,8 @@ if [ "$what" = digits ] || [ "$what" = all ]; then
     experiments.unlearn --scenario=class --forget_classes=3 --config.save_checkpoints=False
   run digits_requests "Digits, 10 deletion requests of 1%: SISA, fine-tuning, SCRUB, retraining" \
     experiments.requests --methods=sisa,finetune,scrub --seeds=3
-  run digits_certified "Digits, 10 deletion requests of 1%: exact (SISA), certified (certified_head), approximate (finetune, SCRUB)" \
-    experiments.requests --methods=sisa,certified_head,finetune,scrub --seeds=3
+  run digits_certified "Digits, 10 deletion requests of 1%: exact (SISA), certified (certified_head, noisy_finetune), approximate (finetune, SCRUB)" \
+    experiments.requests --methods=sisa,certified_head,noisy_finetune,finetune,scrub --seeds=3
   run digits_tuning "Digits, class 3: a 16-configuration search of every data method" \
     experiments.tune --scenario=class --forget_classes=3 --budget=16 --seeds=2
 fi
@@ -37,4 +37,10 @@ if [ "$what" = cifar ] || [ "$what" = all ]; then
   run cifar10_memorise_random "Memorising CIFAR-10 subset, 10% random forgetting, every data method" \
     experiments.unlearn --config=experiments/configs/cifar10_memorise.py \
     --config.save_checkpoints=False
+  run cifar10_memorise_certified "Memorising CIFAR-10 subset, 5 deletion requests of 1%: exact (SISA), certified (certified_head, noisy_finetune), approximate (finetune, SCRUB)" \
+    experiments.requests --config=experiments/configs/cifar10_memorise.py \
+    --methods=sisa,certified_head,noisy_finetune,finetune,scrub --requests=5 --seeds=3
+  run cifar10_population_certified "Populations on the memorising CIFAR-10 subset: KLOM and U-LiRA of the certified methods beside fine-tuning and SCRUB" \
+    experiments.evaluate --config=experiments/configs/cifar10_population.py --num_models=64 \
+    --methods=certified_head,noisy_finetune,finetune,scrub
 fi

@@ -1,11 +1,16 @@
-"""Certified removal: an (ε, δ)-certified head on the frozen body (`unlearn_jax.certified`)."""
+"""Certified removal: an (ε, δ)-certified head on the frozen body, by a Newton step
+(`certified_head`, `unlearn_jax.certified`) or by noisy SGD (`noisy_finetune`,
+`unlearn_jax.langevin`)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 from unlearn_jax import certified as cr
+from unlearn_jax import langevin as lg
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import METHOD_COLLECTIONS
 from unlearn_jax.methods.base import MethodContext, one_shot, register
@@ -83,3 +88,113 @@ def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_ste
     return {**variables, "params": params, STATE: state}, aux
 
   return one_shot("certified_head", edit)
+
+
+NOISY_STATE = "noisy_finetune"
+assert NOISY_STATE in METHOD_COLLECTIONS
+
+
+@register("noisy_finetune", reads=("forget", "retain"), needs=("head",),
+          paper=('Chien, Wang, Chen & Li, "Certified Machine Unlearning via Noisy Stochastic '
+                 'Gradient Descent", NeurIPS 2024'),
+          aux=("certified_epsilon", "certified_delta", "epsilon_bound", "noise_sigma",
+               "unlearn_epochs", "distance_bound", "burn_in_gap", "refitted", "refits"),
+          defaults=dict(epsilon=1.0, delta=1e-4, lam=1e-3, batch_size=64, epochs=200,
+                        train_epochs=1000, max_epochs=1000, radius=0.0))
+def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epochs,
+                   train_epochs, max_epochs, radius):
+  """(ε, δ)-certified unlearning of a multinomial logistic head on the frozen body's
+  features by projected noisy SGD (Langevin) fine-tuning on D_r.
+
+  First call on a model (no noisy head in its variables yet): σ is solved from the bound so
+  that `epochs` epochs certify (ε, δ) for a request of |D_f| examples; the head is trained
+  on the features of D = D_r ∪ D_f by `train_epochs` epochs of the noisy process from a
+  data-independent start; then D_f is unlearned by K epochs of the same process with D_f's
+  gradients zeroed. Later calls (a stream of requests) continue from the head's state in the
+  variables' "noisy_finetune" collection: the same σ and slots, the W∞ bound carried over,
+  and K_s, the fewest epochs that meet (ε, δ) from it (K_s grows as requests accumulate).
+  When K_s would pass `max_epochs` the head is instead retrained on what is left by
+  `train_epochs` epochs from a fresh start, and the bound restarts at 0. The head's kernel
+  and bias are replaced by the noisy head. The rule, the bound, the constants and what the
+  certificate assumes (a convex head on a frozen body; a trained head at the process's
+  stationary law, `burn_in_gap` being the W∞ left after training) are in
+  `unlearn_jax.langevin`.
+  Reads: forget and retain (their features under the frozen body). Defaults: ε 1, δ 1e-4,
+  λ 1e-3, batches of 64, K = 200 epochs per request, 1,000 training epochs, at most 1,000
+  epochs per request (a retrain costs as much), radius 0 (= √(2 log C / λ), the ball that
+  holds the minimiser). An epoch is n/b steps of a [b, d+1] × [d+1, C] product: the
+  defaults cost seconds on a CPU for d ≤ 1024. A larger K needs less noise, but noise far
+  below float32's resolution of the weights certifies nothing in practice (rounding is
+  deterministic): the reported σ says which regime a setting is in.
+  """
+  cr.check_budget(epsilon, delta, lam, 1.0)
+  for name, value, low in (("epochs", epochs, 1), ("train_epochs", train_epochs, 1),
+                           ("max_epochs", max_epochs, epochs)):
+    if not (isinstance(value, int) and value >= low):
+      raise ValueError(f"noisy_finetune: {name}={value!r} must be an int ≥ {low}")
+  if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
+    raise ValueError(f"noisy_finetune: radius={radius!r} must be ≥ 0 (0: √(2 log C / λ))")
+  model, c = ctx.model, ctx.num_classes
+  model.require_head("noisy_finetune")
+  ball = float(radius) or lg.default_radius(c, lam)
+
+  def edit(variables, data, key):
+    xf, yf = data.forget
+    xr, yr = data.retain
+    feats = jnp.concatenate([train_lib.predict_features(model, variables, xf, 256)[1],
+                             train_lib.predict_features(model, variables, xr, 256)[1]])
+    labels = jnp.concatenate([yf, yr])
+    keep = jnp.arange(labels.shape[0]) >= yf.shape[0]
+    k_init, k_train, k_unlearn = jax.random.split(key, 3)
+    previous = variables.get(NOISY_STATE)
+    if previous is None:       # static: the structure of the variables dict
+      proc = lg.process(labels.shape[0], batch_size, lam)
+      z_b = lg.distance_per_example(proc)
+      sigma = lg.sigma_for(epsilon, delta, yf.shape[0] * z_b, epochs, proc)
+      scale = cr.feature_scale(feats)
+      x = cr.scaled_features(feats, scale)
+      start = lg.initial(k_init, c, x.shape[1], sigma, ball, lam)
+      weights = lg.run(start, x, labels, jnp.ones_like(keep), train_epochs, k_train, sigma,
+                       ball, proc)
+      carried, refits = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+      sigma = jnp.asarray(sigma, jnp.float32)
+    else:
+      # The slots (n, fixed by the first call) are the length of the state's `slots`.
+      proc = lg.process(previous["slots"].shape[0], batch_size, lam)
+      z_b = lg.distance_per_example(proc)
+      if labels.shape[0] > proc.slots:
+        raise ValueError(f"noisy_finetune: {labels.shape[0]} examples, more than the "
+                         f"{proc.slots} slots the head was trained on")
+      scale, sigma, weights = previous["scale"], previous["sigma"], previous["weights"]
+      carried, refits = previous["distance"], previous["refits"]
+      x = cr.scaled_features(feats, scale)
+    distance = carried + yf.shape[0] * z_b
+    needed = lg.epochs_for(epsilon, delta, distance, sigma, proc)
+    over = needed > max_epochs
+
+    def unlearn():
+      return lg.run(weights, x, labels, keep, needed, k_unlearn, sigma, ball, proc)
+
+    def retrain():
+      start = lg.initial(k_init, c, x.shape[1], sigma, ball, lam)
+      return lg.run(start, x, labels, keep, train_epochs, k_unlearn, sigma, ball, proc)
+
+    new_w = jax.lax.cond(over, retrain, unlearn)
+    ran = jnp.where(over, train_epochs, needed)
+    after = jnp.where(over, 0.0, distance * lg.decay_after(needed.astype(jnp.float32), proc))
+    refits = refits + over.astype(jnp.int32)
+    eps_bound = jnp.where(over, 0.0, lg.epsilon(lg.renyi_slope(
+        distance, sigma, needed.astype(jnp.float32), proc), delta))
+    params = model.replace_head(variables["params"], cr.as_dense(new_w, scale))
+    state = {"weights": new_w, "sigma": sigma, "distance": after.astype(jnp.float32),
+             "scale": scale, "refits": refits, "slots": jnp.zeros((proc.slots,), jnp.bool_)}
+    aux = {"certified_epsilon": jnp.asarray(epsilon, jnp.float32),
+           "certified_delta": jnp.asarray(delta, jnp.float32),
+           "epsilon_bound": eps_bound.astype(jnp.float32), "noise_sigma": sigma,
+           "unlearn_epochs": ran.astype(jnp.float32),
+           "distance_bound": distance.astype(jnp.float32),
+           "burn_in_gap": jnp.asarray(lg.burn_in_gap(ball, train_epochs, proc), jnp.float32),
+           "refitted": over.astype(jnp.float32), "refits": refits.astype(jnp.float32)}
+    return {**variables, "params": params, NOISY_STATE: state}, aux
+
+  return one_shot("noisy_finetune", edit)
