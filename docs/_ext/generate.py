@@ -344,6 +344,94 @@ def _tuning_page(run: Path, title: str) -> list[str]:
   return lines
 
 
+EVALUATION_COLUMNS = (("klom_average_95", "KLOM avg95", "{:.2f}"), ("ulira_accuracy", "U-LiRA",
+                      "{:.2f}"), ("forgetting_quality", "F", "{:.3f}"),
+                      ("retain_acc", "RA", "pct"), ("forget_acc", "FA", "pct"),
+                      ("test_acc", "TA", "pct"), ("seconds", "seconds", "{:.2f}"))
+
+
+def _fmt(value: str, how: str) -> str:
+  if value in ("", None) or math.isnan(float(value)):
+    return "–"
+  return f"{100 * float(value):.1f}" if how == "pct" else how.format(float(value))
+
+
+def _evaluation_page(run: Path, title: str) -> list[str]:
+  rows = _rows(run / "evaluation.csv")
+  n = rows[0].get("num_models", "?") if rows else "?"
+  lines = [f"# {title}", "", stamp(run), "",
+           f"Populations of {n} models per method. KLOM avg95: the mean of the p95 KLOM "
+           "(nats, KL(unlearned ‖ oracle), the Easy Data Unlearning Bench's rule) over the "
+           "forget, retain and test examples, 0 ideal; U-LiRA: the attack's accuracy (0.5 "
+           "ideal); F: forgetting quality (NeurIPS 2023 scoring, 1 ideal); RA, FA, TA: "
+           "accuracies (%); seconds per model.", "",
+           "| method | " + " | ".join(c[1] for c in EVALUATION_COLUMNS) + " |",
+           "|---|" + "---|" * len(EVALUATION_COLUMNS)]
+  for r in rows:
+    lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(c), how)
+                                                    for c, _, how in EVALUATION_COLUMNS) + " |")
+  return lines
+
+
+GUARANTEES = {   # what a method's output is promised to be, for the comparison page
+    "retrain": "the reference: trained without the deleted examples",
+    "sisa": "exact: the shards that saw a deleted example are retrained without it",
+    "certified_head": "(ε, δ) = ({epsilon:g}, {delta:g}) for the head on frozen features "
+                      "(Guo et al.)",
+    "noisy_finetune": "(ε, δ) = ({epsilon:g}, {delta:g}) for the head on frozen features "
+                      "(Chien et al., converged case)",
+}
+COMPARISON_RUNS = (("digits_certified", None), ("cifar10_memorise_certified",
+                                                "cifar10_population_certified"))
+
+
+def _comparison_page() -> list[str] | None:
+  """Exact, certified and approximate methods side by side: the last request's accuracy
+  and the seconds per request from the request runs, KLOM and U-LiRA from the population
+  run beside them (None if no request run is committed)."""
+  runs = [(DOCS / "results" / a, b and DOCS / "results" / b) for a, b in COMPARISON_RUNS]
+  runs = [(a, b) for a, b in runs if (a / "requests.csv").exists()]
+  if not runs:
+    return None
+  methods, _ = _registry()
+  lines = ["# Exact, certified, approximate: the comparison", "",
+           "Per data set: the accuracies after the last deletion request (mean ± std over "
+           "seeds, %), the seconds per request (all requests / their number), what the "
+           "method guarantees, and, where a population run sits beside it, the evidence an "
+           "attack gives (KLOM avg95, 0 ideal; U-LiRA accuracy, 0.5 ideal) for one 10% "
+           "deletion. Each source run's page has its command and stamp."]
+  for run, population in runs:
+    rows = _rows(run / "requests.csv")
+    last = max(int(r["request"]) for r in rows)
+    evidence = ({r["method"]: r for r in _rows(population / "evaluation.csv")}
+                if population is not None and (population / "evaluation.csv").exists()
+                else {})
+    title = (run / "title.txt").read_text().strip()
+    sources = f"[{run.name}]({run.name}.md)" + (
+        f", [{population.name}]({population.name}.md)" if evidence else "")
+    lines += ["", f"## {title}", "", f"From {sources}.", "",
+              "| method | guarantee | RA | FA | TA | seconds per request"
+              + (" | KLOM avg95 | U-LiRA |" if evidence else " |"),
+              "|---|---|---|---|---|---|" + ("---|---|" if evidence else "")]
+    by = defaultdict(list)
+    for r in rows:
+      if int(r["request"]) == last:
+        by[r["method"]].append(r)
+    for m, rs in by.items():
+      rule = GUARANTEES.get(m, "none: an approximate method, judged by attacks")
+      if "{" in rule:
+        rule = rule.format(**methods.get_method(m).defaults)
+      cells = [m, rule, _percent(r["retain_acc"] for r in rs),
+               _percent(r["forget_acc"] for r in rs), _percent(r["test_acc"] for r in rs),
+               _mean_std(float(r["cumulative_seconds"]) / last for r in rs)]
+      if evidence:
+        e = evidence.get(m, {})
+        cells += [_fmt(e.get("klom_average_95"), "{:.2f}"), _fmt(e.get("ulira_accuracy"),
+                                                                 "{:.2f}")]
+      lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
 def write_results(out: Path) -> list[str]:
   """A page per run under docs/results/ (a `title.txt` names it); returns the page names."""
   (out / "results").mkdir(parents=True, exist_ok=True)
@@ -361,11 +449,17 @@ def write_results(out: Path) -> list[str]:
       lines = _requests_page(run, title)
     elif (run / "tuned.json").exists():
       lines = _tuning_page(run, title)
+    elif (run / "evaluation.csv").exists():
+      lines = _evaluation_page(run, title)
     else:
-      raise ValueError(f"docs/results/{run.name}: no results.csv, requests.csv, tuned.json "
-                       "or README.md to render")
+      raise ValueError(f"docs/results/{run.name}: no results.csv, requests.csv, tuned.json, "
+                       "evaluation.csv or README.md to render")
     (out / "results" / f"{run.name}.md").write_text("\n".join(lines) + "\n")
     pages.append(run.name)
+  comparison = _comparison_page()
+  if comparison is not None:
+    (out / "results" / "comparison.md").write_text("\n".join(comparison) + "\n")
+    pages.insert(0, "comparison")
   return pages
 
 

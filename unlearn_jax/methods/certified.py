@@ -172,15 +172,12 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
     needed = lg.epochs_for(epsilon, delta, distance, sigma, proc)
     over = needed > max_epochs
 
-    def unlearn():
-      return lg.run(weights, x, labels, keep, needed, k_unlearn, sigma, ball, proc)
-
-    def retrain():
-      start = lg.initial(k_init, c, x.shape[1], sigma, ball, lam)
-      return lg.run(start, x, labels, keep, train_epochs, k_unlearn, sigma, ball, proc)
-
-    new_w = jax.lax.cond(over, retrain, unlearn)
+    # Unlearning (K epochs from the head) and retraining (T epochs from a fresh start) are
+    # the same process: one loop with the start and the epochs chosen (under vmap a
+    # lax.cond would run both branches for every seed).
+    start = jnp.where(over, lg.initial(k_init, c, x.shape[1], sigma, ball, lam), weights)
     ran = jnp.where(over, train_epochs, needed)
+    new_w = lg.run(start, x, labels, keep, ran, k_unlearn, sigma, ball, proc)
     after = jnp.where(over, 0.0, distance * lg.decay_after(needed.astype(jnp.float32), proc))
     refits = refits + over.astype(jnp.int32)
     eps_bound = jnp.where(over, 0.0, lg.epsilon(lg.renyi_slope(
