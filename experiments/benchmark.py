@@ -11,8 +11,11 @@ How to read it:
 1. *Train step*: one SGD step of each model on a batch of --batch_size, compiled once
    (`compile s`, printed apart) and then timed over --steps steps, --repeats times; the
    median gives images/s, for a Python loop over the compiled step ("host loop") and for
-   the steps inside one `lax.scan`, with XLA's convolution and with the patches + matmul
-   form (`models.conv_impl`); PyTorch's same CNN beside them when torch is installed.
+   the steps inside one `lax.scan`, and the same steps fully unrolled (no while loop around
+   the convolution), with XLA's convolution and with the patches + matmul form
+   (`models.conv_impl`); PyTorch's same CNN beside them when torch is installed. GFLOP/s:
+   XLA's flop count of the step (`cost_analysis`) over the best path's time; × PyTorch:
+   the best path's images/s over PyTorch's, in the same run.
    `cnn:32-64-128` names the CNN at the PyTorch reference's widths.
    `--accuracy_target=0.82` replaces the tables by the time to that test accuracy, each
    model trained once on all of --dataset with its recipe:
@@ -120,8 +123,9 @@ def step_table(ds, names, F, mesh):
   step ("host loop") and `steps` steps inside one `lax.scan`, for XLA's convolution and the
   patches + matmul form; PyTorch's same CNN when torch is installed."""
   print(f"\n## 1. Train step ({jax.default_backend()}, {parallel.describe(mesh)})\n")
-  print("| model | conv | batch | host loop img/s | lax.scan img/s | compile s | step MiB |")
-  print("|---|---|---|---|---|---|---|")
+  print("| model | conv | batch | host loop img/s | lax.scan img/s | unrolled img/s | "
+        "GFLOP/s (best) | × PyTorch (best) | compile s | step MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   on_cpu = jax.default_backend() == "cpu"
   for name in names:
     slow = on_cpu and name.startswith("resnet18")
@@ -130,6 +134,7 @@ def step_table(ds, names, F, mesh):
     batch = max(n_data, batch - batch % n_data)   # a multiple of the data axis
     steps = F.steps or (2 if slow else 20)
     convs = ("xla", "patches") if name.partition(":")[0] in models.CONV_MODELS else ("-",)
+    torch_rate = _torch_images_per_s(name, ds, batch, steps, F.repeats) if on_cpu else None
     x = jnp.asarray(ds.train_x[:batch])
     y = jnp.asarray(ds.train_y[:batch])
     if x.shape[0] < batch:   # a tiny dataset: repeat it to a full batch
@@ -149,6 +154,9 @@ def step_table(ds, names, F, mesh):
         compiled = jax.jit(lambda s, k: step(s, parallel.shard_batch((xr, yr)), k)).lower(
             state, key).compile()
         compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float((cost or {}).get("flops", float("nan")))   # XLA's count, one step
         mem = compiled.memory_analysis()
         mib = ((mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**20) if mem else float("nan")
         jax.block_until_ready(compiled(state, key))     # warm-up
@@ -164,11 +172,22 @@ def step_table(ds, names, F, mesh):
             jax.random.split(k, steps))[0].variables).lower(state, key).compile()
         jax.block_until_ready(scanned(state, key))
         scan = _median_time(lambda: scanned(state, key), F.repeats)
+        # The same steps fully unrolled (`unroll=steps`): one straight-line program, no
+        # while loop around the convolution (XLA:CPU emits a slower one inside loops).
+        unrolled_fn = jax.jit(lambda s, k: jax.lax.scan(
+            lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
+            jax.random.split(k, steps), unroll=steps)[0].variables).lower(state, key).compile()
+        jax.block_until_ready(unrolled_fn(state, key))
+        unrolled = _median_time(lambda: unrolled_fn(state, key), F.repeats)
+      best = min(host, scan, unrolled)
+      ratio = f"{batch * steps / best / torch_rate:.2f}" if torch_rate else "—"
       print(f"| {name} | {conv} | {batch} | {batch * steps / host:,.0f} | "
-            f"{batch * steps / scan:,.0f} | {compile_s:.1f} | {mib:.0f} |", flush=True)
-    torch_rate = _torch_images_per_s(name, ds, batch, steps, F.repeats) if on_cpu else None
+            f"{batch * steps / scan:,.0f} | {batch * steps / unrolled:,.0f} | "
+            f"{flops * steps / best / 1e9:,.1f} | {ratio} | {compile_s:.1f} | {mib:.0f} |",
+            flush=True)
     if torch_rate is not None:
-      print(f"| {name} | PyTorch | {batch} | {torch_rate:,.0f} | — | — | — |", flush=True)
+      print(f"| {name} | PyTorch | {batch} | {torch_rate:,.0f} | — | — | — | 1.00 | — | — |",
+            flush=True)
 
 
 def method_table(F, model_name):

@@ -223,7 +223,8 @@ def test_benchmark_prints_its_tables():
                       "--search_budget=3", "--search_models=mlp"],
                      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  for needle in ("## 1. Train step", "| mlp | - | 128 |", "| cnn:8-16 | xla | 128 |",
+  for needle in ("## 1. Train step", "unrolled img/s | GFLOP/s (best) | × PyTorch (best)",
+                 "| mlp | - | 128 |", "| cnn:8-16 | xla | 128 |",
                  "| cnn:8-16 | patches | 128 |", "## 2. Methods", "| finetune |",
                  "## 3. Seeds", "vmapped vs loop, same run:", "## 5. Search: 3 configurations",
                  "vmapped ÷ sequential", "peak resident memory"):
