@@ -92,7 +92,6 @@ def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
   _only_process_0_wrote(outs_t, tmp_path, ["ev1", "ev2", "tune1", "tune2"])
 
 
-@pytest.mark.slow  # hangs intermittently (2 of ~17 runs past 300 s): not diagnosed yet
 def test_sisa_shards_over_two_processes_equal_one_process(tmp_path):
   """`experiments.requests` with SISA's 8 shards on the population axis over both
   processes (3 deletion requests): every row equals the 1-process, 1-device run."""
