@@ -139,7 +139,8 @@ def prepare_workdir(workdir: str, overwrite: bool) -> tuple[Path, Path]:
 
 def provenance() -> dict:
   """What made a run, for the stamp under every table built from it: the command, the
-  code's commit (None outside a git checkout; `dirty` when it had uncommitted changes),
+  code's commit (None outside a git checkout; `dirty` when it had uncommitted changes
+  outside `docs/results/`, the committed run directories),
   the date, the package versions and the hardware."""
   import datetime
   import platform
@@ -165,7 +166,10 @@ def provenance() -> dict:
              platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
   import unlearn_jax
   return {"command": " ".join([program, *sys.argv[1:]]),
-          "commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))
+          # Committed run directories (docs/results/) are outputs, not code: a run made
+          # after another one rewrote them is still a run of the committed code.
+          "commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no",
+                                              "--", ":(top)", ":(top,exclude)docs/results"))
           if commit else None,
           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
           "unlearn_jax": unlearn_jax.__version__, "jax": jax.__version__,
