@@ -37,9 +37,9 @@ if [ "$what" = cifar ] || [ "$what" = all ]; then
   run cifar10_memorise_random "Memorising CIFAR-10 subset, 10% random forgetting, every data method" \
     experiments.unlearn --config=experiments/configs/cifar10_memorise.py \
     --config.save_checkpoints=False
-  run cifar10_memorise_certified "Memorising CIFAR-10 subset, 5 deletion requests of 1%: exact (SISA), certified (certified_head, noisy_finetune), approximate (finetune, SCRUB)" \
+  run cifar10_memorise_certified "Memorising CIFAR-10 subset, 3 deletion requests of 1%: exact (SISA), certified (certified_head, noisy_finetune), approximate (finetune, SCRUB)" \
     experiments.requests --config=experiments/configs/cifar10_memorise.py \
-    --methods=sisa,certified_head,noisy_finetune,finetune,scrub --requests=5 --seeds=3
+    --methods=sisa,certified_head,noisy_finetune,finetune,scrub --requests=3 --seeds=2
   run cifar10_population_certified "Populations on the memorising CIFAR-10 subset: KLOM and U-LiRA of the certified methods beside fine-tuning and SCRUB" \
     experiments.evaluate --config=experiments/configs/cifar10_population.py --num_models=64 \
     --methods=certified_head,noisy_finetune,finetune,scrub
