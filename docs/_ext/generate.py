@@ -409,7 +409,8 @@ def _comparison_page() -> list[str] | None:
                 else {})
     title = (run / "title.txt").read_text().strip()
     sources = f"[{run.name}]({run.name}.md)" + (
-        f", [{population.name}]({population.name}.md)" if evidence else "")
+        f"; KLOM and U-LiRA from [{population.name}]({population.name}.md), whose "
+        "population has its own model and one 10% deletion" if evidence else "")
     lines += ["", f"## {title}", "", f"From {sources}.", "",
               "| method | guarantee | RA | FA | TA | seconds per request"
               + (" | KLOM avg95 | U-LiRA |" if evidence else " |"),
