@@ -100,7 +100,7 @@ assert NOISY_STATE in METHOD_COLLECTIONS
           aux=("certified_epsilon", "certified_delta", "epsilon_bound", "noise_sigma",
                "unlearn_epochs", "distance_bound", "burn_in_gap", "refitted", "refits"),
           defaults=dict(epsilon=1.0, delta=1e-4, lam=1e-3, batch_size=64, epochs=200,
-                        train_epochs=1000, max_epochs=1000, radius=0.0))
+                        train_epochs=300, max_epochs=300, radius=0.0))
 def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epochs,
                    train_epochs, max_epochs, radius):
   """(ε, δ)-certified unlearning of a multinomial logistic head on the frozen body's
@@ -120,8 +120,9 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
   stationary law, `burn_in_gap` being the W∞ left after training) are in
   `unlearn_jax.langevin`.
   Reads: forget and retain (their features under the frozen body). Defaults: ε 1, δ 1e-4,
-  λ 1e-3, batches of 64, K = 200 epochs per request, 1,000 training epochs, at most 1,000
-  epochs per request (a retrain costs as much), radius 0 (= √(2 log C / λ), the ball that
+  λ 1e-3, batches of 64, K = 200 epochs per request, 300 training epochs (W∞ 2R c^{Tn/b}
+  ≈ 1e-3 left to stationarity on digits), at most 300 epochs per request (a retrain costs
+  as much), radius 0 (= √(2 log C / λ), the ball that
   holds the minimiser). An epoch is n/b steps of a [b, d+1] × [d+1, C] product: the
   defaults cost seconds on a CPU for d ≤ 1024. A larger K needs less noise, but noise far
   below float32's resolution of the weights certifies nothing in practice (rounding is
