@@ -68,3 +68,20 @@ def digits():
 def digits_split(digits):
   from unlearn_jax.data import SplitSpec, make_split
   return make_split(SplitSpec("random", 0.1, seed=0), digits.train_y, digits.test_y, 10)
+
+
+@pytest.fixture(scope="session")
+def digits_mlp():
+  """A digits MLP trained for 5 epochs: (dataset, adapter, variables, penultimate features of
+  the training set, training labels). The certified heads (test_certified, test_langevin)
+  are fitted on these features."""
+  import jax
+  import jax.numpy as jnp
+  import unlearn_jax as uj
+  digits = uj.load_dataset("digits")   # not the `digits` fixture: test_langevin has its own
+  model = uj.as_adapter(uj.get_model("mlp", 10))
+  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
+  variables, _ = jax.jit(uj.fit, static_argnums=(0, 1))(
+      model, uj.TrainConfig(epochs=5, batch_size=64, lr=0.05),
+      model.init(jax.random.PRNGKey(0), digits.input_shape), x, y, jax.random.PRNGKey(1))
+  return digits, model, variables, model.features(variables, x)[1], y

@@ -18,16 +18,9 @@ LAM = 1e-3
 
 
 @pytest.fixture(scope="module")
-def digits_features():
+def digits_features(digits_mlp):
   """Penultimate features of a digits MLP trained for 5 epochs, and the labels."""
-  ds = uj.load_dataset("digits")
-  model = uj.as_adapter(uj.get_model("mlp", 10))
-  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-  variables, _ = jax.jit(uj.fit, static_argnums=(0, 1))(
-      model, uj.TrainConfig(epochs=5, batch_size=64, lr=0.05),
-      model.init(jax.random.PRNGKey(0), ds.input_shape), x, y, jax.random.PRNGKey(1))
-  feats = model.features(variables, x)[1]
-  return ds, model, variables, feats, y
+  return digits_mlp
 
 
 def _numpy_fit(x, s, lam, b, iters=60):

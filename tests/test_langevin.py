@@ -68,15 +68,9 @@ def test_the_solved_sigma_needs_exactly_the_requested_epochs():
 
 
 @pytest.fixture(scope="module")
-def digits():
-  """A digits MLP trained for 5 epochs, its scaled penultimate features and the labels."""
-  ds = uj.load_dataset("digits")
-  model = uj.as_adapter(uj.get_model("mlp", 10))
-  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-  variables, _ = jax.jit(uj.fit, static_argnums=(0, 1))(
-      model, uj.TrainConfig(epochs=5, batch_size=64, lr=0.05),
-      model.init(jax.random.PRNGKey(0), ds.input_shape), x, y, jax.random.PRNGKey(1))
-  feats = model.features(variables, x)[1]
+def digits(digits_mlp):
+  """The digits MLP (conftest's `digits_mlp`) with its features scaled into the unit ball."""
+  ds, model, variables, feats, y = digits_mlp
   return ds, model, variables, cr.scaled_features(feats, cr.feature_scale(feats)), y
 
 

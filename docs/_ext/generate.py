@@ -260,6 +260,21 @@ def _unlearn_page(run: Path, title: str) -> list[str]:
   return lines
 
 
+# A certified method's rows in requests.csv (marked by their first column) and the table of
+# its certificate per request: (row label, column, format).
+CERTIFICATE_TABLES = (
+    ("certified_residual_bound", "the residual bound since the last refit, the budget it may "
+     "reach, and the refits so far.",
+     (("bound", "certified_residual_bound", ".3g"), ("budget", "certified_residual_budget", ".3g"),
+      ("refits", "certified_refits", ".1f"))),
+    ("certified_epsilon_bound", "the ε its bound gives, the epochs of noisy SGD the request took "
+     "(the head is retrained when they would pass the cap), the W∞ bound it started from, the "
+     "retrains so far.",
+     (("ε", "certified_epsilon_bound", ".3g"), ("epochs", "certified_unlearn_epochs", ".0f"),
+      ("W∞ bound", "certified_distance_bound", ".3g"), ("retrains", "certified_refits", ".1f"))),
+)
+
+
 def _requests_page(run: Path, title: str) -> list[str]:
   rows = _rows(run / "requests.csv")
   last = max(int(r["request"]) for r in rows)
@@ -278,40 +293,19 @@ def _requests_page(run: Path, title: str) -> list[str]:
                  f"{_percent(r['test_acc'] for r in rs)} | "
                  f"{_mean_std(r['mia_loss_lr'] for r in rs)} | "
                  f"{_mean_std(r['cumulative_seconds'] for r in rs)} |")
-  certified = defaultdict(list)
-  for r in rows:
-    if r.get("certified_residual_bound"):
-      certified[r["method"]].append(r)
-  for m, rs in certified.items():
-    ks = sorted({int(r["request"]) for r in rs})
-    mean = lambda k, c: sum(float(r[c]) for r in rs if int(r["request"]) == k) / len(
-        [r for r in rs if int(r["request"]) == k])
-    lines += ["", f"`{m}`'s certificate after each request (mean over seeds): the residual "
-              "bound since the last refit, the budget it may reach, and the refits so far.", "",
-              "| request | " + " | ".join(map(str, ks)) + " |", "|---|" + "---|" * len(ks),
-              "| bound | " + " | ".join(f"{mean(k, 'certified_residual_bound'):.3g}"
-                                        for k in ks) + " |",
-              "| budget | " + " | ".join(f"{mean(k, 'certified_residual_budget'):.3g}"
-                                         for k in ks) + " |",
-              "| refits | " + " | ".join(f"{mean(k, 'certified_refits'):.1f}"
-                                         for k in ks) + " |"]
-  noisy = defaultdict(list)
-  for r in rows:
-    if r.get("certified_epsilon_bound"):
-      noisy[r["method"]].append(r)
-  for m, rs in noisy.items():
-    ks = sorted({int(r["request"]) for r in rs})
-    mean = lambda k, c: sum(float(r[c]) for r in rs if int(r["request"]) == k) / len(
-        [r for r in rs if int(r["request"]) == k])
-    lines += ["", f"`{m}`'s certificate after each request (mean over seeds): the ε its bound "
-              "gives, the epochs of noisy SGD the request took (the head is retrained when "
-              "they would pass the cap), the W∞ bound it started from, the retrains so far.",
-              "", "| request | " + " | ".join(map(str, ks)) + " |", "|---|" + "---|" * len(ks)]
-    for label, col, fmt in (("ε", "certified_epsilon_bound", ".3g"),
-                            ("epochs", "certified_unlearn_epochs", ".0f"),
-                            ("W∞ bound", "certified_distance_bound", ".3g"),
-                            ("retrains", "certified_refits", ".1f")):
-      lines.append(f"| {label} | " + " | ".join(f"{mean(k, col):{fmt}}" for k in ks) + " |")
+  for marker, intro, table in CERTIFICATE_TABLES:
+    by_method = defaultdict(list)
+    for r in rows:
+      if r.get(marker):
+        by_method[r["method"]].append(r)
+    for m, rs in by_method.items():
+      ks = sorted({int(r["request"]) for r in rs})
+      mean = lambda k, c: sum(float(r[c]) for r in rs if int(r["request"]) == k) / len(
+          [r for r in rs if int(r["request"]) == k])
+      lines += ["", f"`{m}`'s certificate after each request (mean over seeds): {intro}", "",
+                "| request | " + " | ".join(map(str, ks)) + " |", "|---|" + "---|" * len(ks)]
+      for label, col, fmt in table:
+        lines.append(f"| {label} | " + " | ".join(f"{mean(k, col):{fmt}}" for k in ks) + " |")
   for png in sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []:
     lines += ["", f"![{png.stem}](../../results/{run.name}/plots/{png.name})"]
   return lines
