@@ -12,8 +12,12 @@ How to read it:
    (`compile s`, printed apart) and then timed over --steps steps, --repeats times; the
    median gives images/s, for a Python loop over the compiled step ("host loop") and for
    the steps inside one `lax.scan`, and the same steps fully unrolled (no while loop around
-   the convolution), with XLA's convolution and with the patches + matmul form
-   (`models.conv_impl`); PyTorch's same CNN beside them when torch is installed. GFLOP/s:
+   the convolution), for each convolution of `models.conv_impl`: `auto` (the default: on
+   the CPU XLA's with its gradient as canonical convolutions, patches under 4×4), `xla`
+   (XLA's, autodiff's gradient; its scan on the CPU is skipped unless --time_slow_scan:
+   minutes) and `patches` (patches + matmul); PyTorch's same CNN beside them when torch is installed.
+   --program_table=PATH writes the rates as the table `unlearn_jax.train_programs` chooses
+   the driver's training program from (`unlearn_jax/train_programs.json` ships one). GFLOP/s:
    XLA's flop count of the step (`cost_analysis`) over the best path's time; × PyTorch:
    the best path's images/s over PyTorch's, in the same run.
    `cnn:32-64-128` names the CNN at the PyTorch reference's widths.
@@ -49,7 +53,7 @@ import jax.numpy as jnp
 
 from .configs import default as default_config
 from . import runner, setup
-from unlearn_jax import data, driver, models, parallel, train
+from unlearn_jax import data, driver, models, parallel, train, train_programs
 
 flags.DEFINE_string("dataset", "digits", "digits | image_folder:PATH | cifar10 | ...")
 flags.DEFINE_integer("train_subset", 0, "stratified subset of train for sections 2 and 3")
@@ -64,6 +68,15 @@ flags.DEFINE_integer("epochs", 0, "epochs per model in sections 2-3 (0 = the rec
 flags.DEFINE_string("search_method", "finetune", "method for the search table ('' = skip)")
 flags.DEFINE_integer("search_budget", 16, "configurations in the search table")
 flags.DEFINE_string("search_models", "", "models for the search table ('' = --models)")
+flags.DEFINE_bool("time_slow_scan", False, "also time XLA's convolution inside lax.scan on "
+                  "the CPU backend (minutes per model: its slow path, jax-ml/jax#12868); "
+                  "otherwise that cell is skipped")
+flags.DEFINE_string("program_table", "", "also write the train-step table's rates as a "
+                    "train-program table (JSON, `unlearn_jax.train_programs`) to this path; "
+                    "rows already there for other (backend, model, input, batch) are kept")
+flags.DEFINE_string("train_programs", "auto", "--accuracy_target only: comma list of train "
+                    "programs to time (auto = the one unlearn_jax.train_programs chooses; "
+                    "LOOP[:CONV[:STEPS]], e.g. scan:patches,unrolled:xla:8)")
 flags.DEFINE_float("accuracy_target", 0.0, "instead of the tables: train each of --models on "
                    "all of --dataset with its recipe, test accuracy after every epoch, and "
                    "print the wall time to reach this test accuracy (e.g. 0.82)")
@@ -118,10 +131,13 @@ def _torch_images_per_s(name, ds, batch, steps, repeats):
   return batch * steps / _median_time(run, repeats)
 
 
-def step_table(ds, names, F, mesh):
+def step_table(ds, names, F, mesh) -> list:
   """Train-step images/s per model and convolution path: a Python loop over one compiled
-  step ("host loop") and `steps` steps inside one `lax.scan`, for XLA's convolution and the
-  patches + matmul form; PyTorch's same CNN when torch is installed."""
+  step ("host loop"), `steps` steps inside one `lax.scan` and the same steps unrolled, for
+  each convolution (`auto`, `xla`, `patches`); PyTorch's same CNN when torch is
+  installed. Returns the rates as train-program rows (`unlearn_jax.train_programs`): the
+  host loop is the `unrolled` program with 1 step per call."""
+  rows = []
   print(f"\n## 1. Train step ({jax.default_backend()}, {parallel.describe(mesh)})\n")
   print("| model | conv | batch | host loop img/s | lax.scan img/s | unrolled img/s | "
         "GFLOP/s (best) | × PyTorch (best) | compile s | step MiB |")
@@ -133,7 +149,8 @@ def step_table(ds, names, F, mesh):
     batch = F.batch_size or (32 if slow else 128)
     batch = max(n_data, batch - batch % n_data)   # a multiple of the data axis
     steps = F.steps or (2 if slow else 20)
-    convs = ("xla", "patches") if name.partition(":")[0] in models.CONV_MODELS else ("-",)
+    convs = (("auto", "xla", "patches") if name.partition(":")[0] in models.CONV_MODELS
+             else ("-",))
     torch_rate = _torch_images_per_s(name, ds, batch, steps, F.repeats) if on_cpu else None
     x = jnp.asarray(ds.train_x[:batch])
     y = jnp.asarray(ds.train_y[:batch])
@@ -167,11 +184,14 @@ def step_table(ds, names, F, mesh):
             s, _ = compiled(s, jax.random.fold_in(key, i))
           return s.variables
         host = _median_time(host_loop, F.repeats)
-        scanned = jax.jit(lambda s, k: jax.lax.scan(
-            lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
-            jax.random.split(k, steps))[0].variables).lower(state, key).compile()
-        jax.block_until_ready(scanned(state, key))
-        scan = _median_time(lambda: scanned(state, key), F.repeats)
+        if on_cpu and conv == "xla" and not F.time_slow_scan:
+          scan = float("inf")   # skipped (--time_slow_scan): minutes of the slow path
+        else:
+          scanned = jax.jit(lambda s, k: jax.lax.scan(
+              lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
+              jax.random.split(k, steps))[0].variables).lower(state, key).compile()
+          jax.block_until_ready(scanned(state, key))
+          scan = _median_time(lambda: scanned(state, key), F.repeats)
         # The same steps fully unrolled (`unroll=steps`): one straight-line program, no
         # while loop around the convolution (XLA:CPU emits a slower one inside loops).
         unrolled_fn = jax.jit(lambda s, k: jax.lax.scan(
@@ -179,15 +199,58 @@ def step_table(ds, names, F, mesh):
             jax.random.split(k, steps), unroll=steps)[0].variables).lower(state, key).compile()
         jax.block_until_ready(unrolled_fn(state, key))
         unrolled = _median_time(lambda: unrolled_fn(state, key), F.repeats)
+      for loop, k, secs in (("unrolled", 1, host), ("scan", steps, scan),
+                            ("unrolled", steps, unrolled)):
+        if secs == float("inf"):
+          continue
+        rows.append({"backend": jax.default_backend(), "model": name,
+                     "input": train_programs.input_name(ds.input_shape), "batch": batch,
+                     "loop": loop, "conv": "auto" if conv == "-" else conv,
+                     "steps_per_call": k, "images_per_s": round(batch * steps / secs, 1),
+                     "gflops_per_s": round(flops * steps / secs / 1e9, 2)})
       best = min(host, scan, unrolled)
       ratio = f"{batch * steps / best / torch_rate:.2f}" if torch_rate else "—"
       print(f"| {name} | {conv} | {batch} | {batch * steps / host:,.0f} | "
-            f"{batch * steps / scan:,.0f} | {batch * steps / unrolled:,.0f} | "
+            f"{'skipped' if scan == float('inf') else f'{batch * steps / scan:,.0f}'} | "
+            f"{batch * steps / unrolled:,.0f} | "
             f"{flops * steps / best / 1e9:,.1f} | {ratio} | {compile_s:.1f} | {mib:.0f} |",
             flush=True)
     if torch_rate is not None:
       print(f"| {name} | PyTorch | {batch} | {torch_rate:,.0f} | — | — | — | 1.00 | — | — |",
             flush=True)
+  return rows
+
+
+def write_program_table(path: str, rows: list, F) -> None:
+  """The train-step rates as the table `unlearn_jax.train_programs.choose` reads; rows of
+  other (backend, model, input, batch) already in `path` are kept."""
+  import json
+  import pathlib
+  import platform
+  import subprocess
+  out = pathlib.Path(path)
+  old = train_programs.load_table(out) if out.exists() else {"rows": []}
+  key = lambda r: (r["backend"], r["model"], r["input"], r["batch"])
+  mine = {key(r) for r in rows}
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit = "unknown"
+  measured = {"command": "python -m experiments.benchmark " + " ".join(sys.argv[1:]),
+              "commit": commit, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{platform.processor() or platform.machine()}, "
+                         f"{len(jax.devices())} {jax.default_backend()} device(s), "
+                         f"{__import__('os').cpu_count()} cores",
+              "repeats": F.repeats, "steps": F.steps}
+  kept = [r for r in old.get("rows", []) if key(r) not in mine]
+  runs = [run for i, run in enumerate(old.get("runs", [])) if any(r["run"] == i for r in kept)]
+  renumber = {old["runs"].index(run): j for j, run in enumerate(runs)}
+  kept = [{**r, "run": renumber[r["run"]]} for r in kept]
+  table = {"runs": runs + [measured],
+           "rows": kept + [{**r, "run": len(runs)} for r in rows]}
+  out.write_text(json.dumps(table, indent=1) + "\n")
+  print(f"\nwrote {len(rows)} train-program rows to {out} ({len(table['rows'])} in all)")
 
 
 def method_table(F, model_name):
@@ -238,45 +301,73 @@ def seeds_table(ds, F, model_name):
 
 
 def time_to_accuracy(ds, names, F):
-  """Each model trained once with its recipe (--epochs overrides), the test set scored after
-  every epoch: wall time (compilation excluded, reported apart) until --accuracy_target."""
+  """Each model trained once per train program of --train_programs with its recipe
+  (--epochs overrides), same seed, the test set scored after every epoch: wall time
+  (compilation excluded, reported apart) until --accuracy_target."""
   print(f"\n## Time to {100 * F.accuracy_target:.0f}% test accuracy ({ds.name}, "
         f"{len(ds.train_y)} train, {jax.default_backend()})\n")
+  summary = []
   for name in names:
-    model = _model(name, ds.num_classes)
     cfg = setup.default_recipe(ds, name.partition(":")[0])
     if F.epochs:
       cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
-    x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-    tx = train.make_optimizer(cfg, train.steps_per_epoch(len(y), cfg.batch_size))
-    state = train.init_train_state(
-        models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
-    key = jax.random.PRNGKey(1)
-    t0 = time.perf_counter()
-    epoch = jax.jit(lambda st: train.train_epochs(model, cfg, st, x, y, key, 1)).lower(
-        state).compile()
-    test_x, test_y = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
-    score = jax.jit(lambda v: train.accuracy(train.predict(model, v, test_x, 500), test_y))
-    compile_s = time.perf_counter() - t0
-    params = sum(a.size for a in jax.tree_util.tree_leaves(state.variables["params"]))
-    print(f"### {name} ({params:,} parameters; recipe {cfg}; compile {compile_s:.1f} s)\n")
-    print("| epoch | train loss | test acc | wall s (training) |")
-    print("|---|---|---|---|")
-    wall, reached = 0.0, None
-    for e in range(cfg.epochs):
+    for spec in [p for p in F.train_programs.split(",") if p]:
+      program = (train_programs.choose(name, jax.default_backend(), cfg.batch_size,
+                                       ds.input_shape) if spec == "auto"
+                 else train_programs.parse(spec))
+      model = _model(name, ds.num_classes, None if program.conv == "auto" else program.conv)
+      x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+      spe = train.steps_per_epoch(len(y), cfg.batch_size)
+      tx = train.make_optimizer(cfg, spe)
+      state = train.init_train_state(
+          models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
+      key = jax.random.PRNGKey(1)
+      chunk = driver.chunk_steps(spe, program.steps_per_call) if program.loop == "unrolled" \
+          else spe
       t0 = time.perf_counter()
-      state, hist = epoch(state)
-      jax.block_until_ready(state)
-      wall += time.perf_counter() - t0
-      acc = float(score(state.variables))
-      print(f"| {e + 1} | {float(hist['loss'][0]):.3f} | {100 * acc:.1f} | {wall:.0f} |",
-            flush=True)
-      if reached is None and acc >= F.accuracy_target:
-        reached = wall
-    print(f"\n{name}: {'reached' if reached is not None else 'did not reach'} "
-          f"{100 * F.accuracy_target:.0f}% test accuracy"
-          + (f" after {reached:.0f} s of training" if reached is not None else "")
-          + f"; {len(y) * cfg.epochs / wall:,.0f} images/s over the whole run\n", flush=True)
+      if program.loop == "scan":
+        call = jax.jit(lambda st: train.train_epochs(model, cfg, st, x, y, key, 1),
+                       donate_argnums=0).lower(state).compile()
+      else:
+        call = jax.jit(lambda st: train.train_steps(model, cfg, st, x, y, key, chunk),
+                       donate_argnums=0).lower(state).compile()
+      test_x, test_y = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
+      eval_model = _model(name, ds.num_classes)   # scoring: the model's own convolution
+      score = jax.jit(lambda v: train.accuracy(train.predict(eval_model, v, test_x, 500),
+                                               test_y))
+      compile_s = time.perf_counter() - t0
+      params = sum(a.size for a in jax.tree_util.tree_leaves(state.variables["params"]))
+      print(f"### {name}, train program {program.describe()} ({params:,} parameters; "
+            f"recipe {cfg}; compile {compile_s:.1f} s)\n")
+      print("| epoch | train loss | test acc | wall s (training) |")
+      print("|---|---|---|---|")
+      wall, reached = 0.0, None
+      for e in range(cfg.epochs):
+        t0 = time.perf_counter()
+        losses = []
+        for _ in range(spe // chunk):
+          state, hist = call(state)
+          losses.append(hist["loss"])
+        jax.block_until_ready(state)
+        wall += time.perf_counter() - t0
+        acc = float(score(state.variables))
+        loss = float(jnp.mean(jnp.concatenate([jnp.ravel(v) for v in losses])))
+        print(f"| {e + 1} | {loss:.3f} | {100 * acc:.1f} | {wall:.0f} |", flush=True)
+        if reached is None and acc >= F.accuracy_target:
+          reached = wall
+      rate = len(y) * cfg.epochs / wall
+      summary.append((name, program, reached, rate, acc))
+      print(f"\n{name} ({program.loop}, conv {program.conv}): "
+            f"{'reached' if reached is not None else 'did not reach'} "
+            f"{100 * F.accuracy_target:.0f}% test accuracy"
+            + (f" after {reached:.0f} s of training" if reached is not None else "")
+            + f"; {rate:,.0f} images/s over the whole run\n", flush=True)
+  print(f"| model | train program | s to {100 * F.accuracy_target:.0f}% | images/s | "
+        "final test acc |")
+  print("|---|---|---|---|---|")
+  for name, program, reached, rate, acc in summary:
+    print(f"| {name} | {program.loop}:{program.conv} | "
+          f"{'—' if reached is None else f'{reached:.0f}'} | {rate:,.0f} | {100 * acc:.1f} |")
 
 
 def search_table(ds, F, names):
@@ -354,7 +445,9 @@ def main(argv):
   if F.accuracy_target:
     time_to_accuracy(ds, names, F)
     return
-  step_table(ds, names, F, mesh)
+  rows = step_table(ds, names, F, mesh)
+  if F.program_table:
+    write_program_table(F.program_table, rows, F)
   if F.methods:
     try:
       method_table(F, names[0])

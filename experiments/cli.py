@@ -84,8 +84,12 @@ flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("seed_loop", None, "auto | vmap | sequential: seeds in one vmapped program "
                     "or one compiled program called seed after seed (auto: sequential for "
                     "conv models on CPU, where vmapping does not pay)")
-flags.DEFINE_string("conv", None, "auto | xla | patches: the library models' convolution "
-                    "(auto: patches + matmul on CPU, XLA's elsewhere)")
+flags.DEFINE_string("conv", None, "auto | xla | patches | canonical: the library models' "
+                    "convolution (auto: canonical on CPU, XLA's convolution with its gradient "
+                    "as canonical convolutions; xla elsewhere)")
+flags.DEFINE_string("train_program", None, "auto | LOOP[:CONV[:STEPS]] (LOOP scan | unrolled, "
+                    "CONV auto | xla | patches | canonical): how original/retrain epochs are "
+                    "compiled (auto: the fastest measured here, unlearn_jax.train_programs)")
 flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() first: one process "
@@ -109,7 +113,7 @@ flags.DEFINE_string("wandb_project", None, "also log the run's metrics to this W
                     "Biases project (needs wandb)")
 _OVERRIDES = ("dataset", "model", "scenario", "forget_fraction", "forget_classes", "methods",
               "seeds", "unlearn_seeds", "seed", "train_subset", "test_subset", "data_dir",
-              "seed_loop", "conv", "mesh_seeds",
+              "seed_loop", "conv", "train_program", "mesh_seeds",
               "mesh_data", "distributed", "stream")
 
 

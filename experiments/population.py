@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import setup as setup_lib
+from unlearn_jax import train_programs
 from .setup import UsageError
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
@@ -50,6 +51,11 @@ def fingerprint(cfg, st: setup_lib.Setup, num_models: int, names=POPULATIONS,
         "seed": int(cfg.seed) if first_seed is None else int(first_seed)}
   if tuple(names) != POPULATIONS:
     fp["populations"] = list(names)
+  prog = st.train_program
+  if (prog.loop, prog.conv) != (train_programs.DEFAULT.loop, train_programs.DEFAULT.conv):
+    # Another compiled program trains other weights (equal up to rounding): another cache.
+    fp["train_program"] = {"loop": prog.loop, "conv": prog.conv,
+                           "steps_per_call": prog.steps_per_call}
   return fp
 
 
@@ -249,6 +255,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
     r["avg_gap"] = float(M.avg_gap(r, ref))
   info = {"model": st.model_name, "num_models": num_models, "chunk": chunk,
           "populations_reused": reused, "seed_mode": st.mode, "backend": jax.default_backend(),
+          "train_program": st.train_program.record(),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "fingerprint": fingerprint(cfg, st, num_models), "hparams": hparams,
           "retrain_seconds_per_model": retrain_s,

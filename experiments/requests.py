@@ -169,6 +169,7 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
         f"~{(time.perf_counter() - t0) / k * (num_requests - k):.0f} s left")
   return {"rows": rows, "info": {"requests": [r.tolist() for r in requests], "kind": kind,
                                  "model": st.model_name, "seeds": seeds,
+                                 "train_program": st.train_program.record(),
                                  "original_seconds": original.seconds,
                                  "sisa": {"shards": sisa_config.shards,
                                           "slices": sisa_config.slices,
@@ -200,10 +201,13 @@ def _after_request(m: str, k: int, request, arrays: dict, env) -> tuple:
   st, cfg, model = env.st, env.cfg, env.st.model
   one = lambda v, i: jax.tree_util.tree_map(lambda a: a[i], v)
   if m == "retrain":
-    ms = driver.train_population(model, st.recipe, env.init_vars, *arrays["retain"],
+    ms = driver.train_population(st.train_model or model, st.recipe, env.init_vars,
+                                 *arrays["retain"],
                                  jax.vmap(lambda kk: jax.random.fold_in(kk, 2 + k))(
                                      env.seed_keys),
-                                 seed_mode=st.mode, log=lambda s: None, label="retrain")
+                                 seed_mode=st.mode, log=lambda s: None, label="retrain",
+                                 loop=st.train_program.loop,
+                                 steps_per_call=st.train_program.steps_per_call)
     return (lambda xx, i, v=ms.variables: env.predict(one(v, i), xx)), ms.seconds, {}
   if m == "sisa":
     with parallel.data_parallel(env.sisa_mesh):

@@ -110,6 +110,7 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
     if cfg.scenario == "class":
       _add_relearning(st, cfg, rows, data["forget"], model_sets, seed_keys, slots, log)
   info = {"model": st.model_name, "seed_mode": st.mode, "seeds_vmapped": st.vmapped,
+          "train_program": (None if data["stream"] else st.train_program.record()),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "jax_version": jax.__version__,
@@ -130,6 +131,8 @@ def _log_setting(st, cfg, log) -> None:
   log(f"model {st.model_name}, {cfg.seeds} seed(s), seeds "
       f"{'vmapped' if st.vmapped else 'in sequence'}, backend {jax.default_backend()}")
   log(f"recipe: {st.recipe}")
+  log("train program: " + ("batches streamed from host memory, one step per call"
+                           if cfg.get("stream", False) else st.train_program.describe()))
   log(f"devices: {parallel.describe(st.mesh)}")
 
 

@@ -29,6 +29,7 @@ from unlearn_jax import methods as methods_lib
 from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
+from unlearn_jax import train_programs
 
 REFERENCE_MODELS = ("original", "retrain")
 LOOP_CHOICES = ("auto",) + parallel.LOOPS   # --seed_loop, --search_loop
@@ -298,6 +299,11 @@ def validate(cfg) -> None:
     raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
   if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
     raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")
+  if cfg.get("train_program", "auto") != "auto":
+    try:
+      train_programs.parse(cfg.train_program)
+    except ValueError as e:
+      raise UsageError(f"--train_program={cfg.train_program!r}: {e}") from e
   if cfg.model:
     if cfg.model.partition(":")[0] not in models_lib.list_models():
       raise UsageError(f"--model={cfg.model!r} is unknown; allowed: "
@@ -341,6 +347,10 @@ class Setup:
   mode: str
   method_names: tuple
   mesh: object = None   # jax.sharding.Mesh over ("seeds", "data"), None on one device
+  # How original/retrain are trained (`train_program`): `train_model` is `model` with the
+  # program's convolution (same parameters); the methods and metrics use `model`.
+  train_program: train_programs.TrainProgram = train_programs.DEFAULT
+  train_model: object = None
 
   @property
   def vmapped(self) -> bool:
@@ -384,7 +394,28 @@ def setup(cfg, log: Callable[[str], None] = print, population: int | None = None
   recipe = resolve_recipe(default_recipe(ds, base), dict(cfg.train))
   mode = driver.default_seed_mode(base) if cfg.seed_loop == "auto" else cfg.seed_loop
   mesh = make_mesh(cfg, recipe.batch_size, mode, population)
-  return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh)
+  program, train_model = train_program(cfg, model_name, model, recipe, ds)
+  return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh,
+               program, train_model)
+
+
+def train_program(cfg, model_name: str, model, recipe, ds):
+  """(TrainProgram, the model it trains): `--train_program` by hand, or (auto) the fastest
+  measured for this backend, model, input and batch (`unlearn_jax.train_programs`). The
+  program's convolution applies to conv models only (others keep `model`); an explicit
+  `--conv` wins over the table's."""
+  spec = cfg.get("train_program", "auto")
+  base = models_lib.parse_model_spec(model_name)[0]
+  if spec == "auto":
+    program = train_programs.choose(model_name, jax.default_backend(), recipe.batch_size,
+                                    ds.input_shape)
+    if cfg.get("conv", "auto") != "auto":
+      program = dataclasses.replace(program, conv=cfg.conv)
+  else:
+    program = train_programs.parse(spec)
+  if base not in models_lib.CONV_MODELS or program.conv in ("auto", cfg.get("conv", "auto")):
+    return program, model
+  return program, models_lib.get_model(model_name, ds.num_classes, conv=program.conv)
 
 
 def make_mesh(cfg, batch_size: int, mode: str, population: int | None = None):
@@ -553,8 +584,11 @@ def train_reference(st: Setup, name: str, x, y, keys: jax.Array, init_vars, log,
   """The `name` reference ("original" or "retrain") of every seed on (x, y): the setup's
   recipe and seed mode (`driver.train_population`; `kwargs`: label, store, programs)."""
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, REFERENCE_SALTS[name]))(keys)
-  return driver.train_population(st.model, st.recipe, init_vars, x, y, train_keys,
-                                 seed_mode=st.mode, log=log, **{"label": name, **kwargs})
+  program = st.train_program
+  return driver.train_population(st.train_model or st.model, st.recipe, init_vars, x, y,
+                                 train_keys, seed_mode=st.mode, log=log,
+                                 loop=program.loop, steps_per_call=program.steps_per_call,
+                                 **{"label": name, **kwargs})
 
 
 def method_context(st: Setup, forget_classes: tuple = ()) -> methods_lib.MethodContext:

@@ -53,6 +53,12 @@ def test_run_writes_every_artifact(two_runs):
   assert len(rows) == 10
   assert "| method | RA | FA | TA |" in proc.stdout and "epoch 6/6" in proc.stdout
   assert "examples/s" in proc.stdout and "left" in proc.stdout
+  # The training program the shipped table chooses is printed and recorded.
+  from unlearn_jax import train_programs
+  chosen = train_programs.choose("mlp", "cpu", 64, (8, 8, 1))
+  info = json.loads((run / "results.json").read_text())["info"]
+  assert info["train_program"] == json.loads(json.dumps(chosen.record())), info
+  assert f"train program: {chosen.describe()}" in proc.stdout
 
 
 def test_run_is_stamped_with_what_made_it(two_runs):
@@ -124,6 +130,8 @@ def _hparams(**overrides):
      "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
     (dict(mesh_data=512), {}, "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
     (dict(mesh_seeds=-1), {}, "--mesh_seeds=-1 and --mesh_data=0 must be >= 0"),
+    (dict(train_program="unrolled:cudnn"), {}, "--train_program='unrolled:cudnn': "
+     "conv='cudnn' is unknown; allowed: auto, xla, patches, canonical"),
     (dict(methods="finetune"), dict(finetune=dict(epochs=0)), "--finetune.epochs=0 must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):
@@ -216,16 +224,28 @@ def test_vit_config_names_its_recipes():
     cifar10_vit.get_config("tpu")
 
 
-def test_benchmark_prints_its_tables():
+def test_benchmark_prints_its_tables(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  table = tmp_path / "programs.json"
   r = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=mlp,cnn:8-16",
                       "--methods=finetune", "--steps=2", "--seeds=2", "--repeats=1", "--epochs=3",
-                      "--search_budget=3", "--search_models=mlp"],
+                      "--search_budget=3", "--search_models=mlp", f"--program_table={table}"],
                      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
+  # The train-program table it wrote: 3 programs per (model, convolution) cell, minus XLA's
+  # skipped slow scan on the CPU; the driver's choice is one of its rows.
+  from unlearn_jax import train_programs
+  rows = train_programs.load_table(table)["rows"]
+  cells = {(row["model"], row["conv"], row["loop"], row["steps_per_call"]) for row in rows}
+  assert ("cnn:8-16", "auto", "scan", 2) in cells and ("mlp", "auto", "unrolled", 1) in cells
+  assert len(rows) == 3 + 3 * 3 - (jax.default_backend() == "cpu"), cells
+  chosen = train_programs.choose("cnn:8-16", jax.default_backend(), 128, (8, 8, 1),
+                                 train_programs.load_table(table))
+  assert (chosen.loop, chosen.conv) in {(c[2], c[1]) for c in cells if c[0] == "cnn:8-16"}
   for needle in ("## 1. Train step", "unrolled img/s | GFLOP/s (best) | × PyTorch (best)",
-                 "| mlp | - | 128 |", "| cnn:8-16 | xla | 128 |",
+                 "| mlp | - | 128 |", "| cnn:8-16 | xla | 128 |", "| cnn:8-16 | auto | 128 |",
                  "| cnn:8-16 | patches | 128 |", "## 2. Methods", "| finetune |",
+                 f"train-program rows to {table}",
                  "## 3. Seeds", "vmapped vs loop, same run:", "## 5. Search: 3 configurations",
                  "vmapped ÷ sequential", "peak resident memory"):
     assert needle in r.stdout, r.stdout

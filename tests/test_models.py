@@ -53,15 +53,93 @@ def test_patches_convolution_matches_xla_in_value_and_gradient(shape, strides, p
                               jax.grad(loss(patches), argnums=(0, 1))(v, x), atol=1e-4)
 
 
-def test_library_cnn_is_the_same_model_with_either_convolution():
+@pytest.mark.parametrize("size,kernel,strides,padding", [
+    (9, 3, 1, "SAME"), (16, 3, 2, "SAME"), (15, 3, 2, "SAME"), (16, 1, 2, "VALID"),
+    (9, 3, 1, "VALID"), (10, 3, 2, ((1, 2), (0, 1))), (8, 5, 3, "SAME")])
+def test_canonical_convolution_has_autodiffs_value_and_gradients(size, kernel, strides,
+                                                                 padding):
+  """`canonical_conv_general_dilated`'s hand-written gradient against `jax.vjp` of
+  `lax.conv_general_dilated` (autodiff's): strides, odd sizes, explicit and negative-
+  remainder paddings, a 1×1 projection; a wrong padding or flip would shift them."""
+  from jax import lax
+  dn = ("NHWC", "HWIO", "NHWC")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 3, 4))
+  want, want_vjp = jax.vjp(lambda a, b: lax.conv_general_dilated(
+      a, b, (strides, strides), padding, dimension_numbers=dn), x, w)
+  got, got_vjp = jax.vjp(lambda a, b: models.canonical_conv_general_dilated(
+      a, b, (strides, strides), padding, dimension_numbers=dn), x, w)
+  g = jax.random.normal(jax.random.PRNGKey(2), want.shape)
+  chex.assert_trees_all_close(got, want, atol=1e-5)
+  chex.assert_trees_all_close(got_vjp(g), want_vjp(g), atol=1e-4)
+
+
+def test_canonical_convolution_is_what_the_library_conv_runs_on_the_cpu():
+  """`Conv(impl="canonical")` (and `auto` on the CPU) traces the custom gradient through
+  flax's dimension numbers, not the autodiff fallback; a dilated kernel falls back."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  for conv, custom in ((models.Conv(4, (3, 3), impl="canonical"), True),
+                       (models.Conv(4, (3, 3), impl="canonical", kernel_dilation=2), False),
+                       (models.Conv(4, (3, 3), impl="xla"), False)):
+    v = conv.init(jax.random.PRNGKey(1), x)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(conv.apply(p, x))))(v))
+    assert ("custom_vjp" in jaxpr) == custom, conv
+  if jax.default_backend() == "cpu":
+    assert models.conv_impl("auto") is models.cpu_conv_general_dilated
+
+
+def test_cpu_default_is_canonical_from_4x4_and_patches_below(monkeypatch):
+  """`cpu_conv_general_dilated` (`auto` on the CPU) picks per layer from the input's
+  spatial size: the canonical form at ≥ 4 pixels a side, patches under."""
+  calls = []
+  for name in ("canonical_conv_general_dilated", "patches_conv_general_dilated"):
+    real = getattr(models, name)
+    monkeypatch.setattr(models, name, lambda *a, real=real, name=name, **k: (
+        calls.append((a[0].shape[1], name)), real(*a, **k))[1])
+  m = models.get_model("cnn", 10, widths=(4, 8, 8), dense=16, conv="auto")
+  if jax.default_backend() != "cpu":
+    pytest.skip("auto is XLA's convolution off the CPU")
+  models.init_variables(m, jax.random.PRNGKey(0), (8, 8, 1))   # inputs 8, 4, 2 a side
+  assert calls == [(8, "canonical_conv_general_dilated"), (4, "canonical_conv_general_dilated"),
+                   (2, "patches_conv_general_dilated")], calls
+
+
+@pytest.mark.optimised
+def test_canonical_gradient_stays_canonical_inside_a_scan():
+  """The point of `canonical`: inside a `lax.scan` every convolution XLA:CPU compiles
+  (forward and both gradients) is NHWC/HWIO (`b01f_01io->b01f`), the form it runs fast;
+  autodiff's own gradient there compiles to transposed forms (jax-ml/jax#12868)."""
+  import re
+  import flax.linen as nn
+  # Two layers: the second one's input gradient is live (the first one's is dead code).
+  conv = nn.Sequential([models.Conv(8, (3, 3), impl="canonical"),
+                        models.Conv(8, (3, 3), impl="canonical")])
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
+  v = conv.init(jax.random.PRNGKey(1), x)
+  grad = jax.grad(lambda p: jnp.sum(jnp.sin(conv.apply(p, x))))
+
+  def steps(p):
+    return jax.lax.scan(lambda c, _: (jax.tree_util.tree_map(lambda a, g: a - 0.1 * g, c,
+                                                             grad(c)), None), p, None,
+                        length=3)[0]
+  hlo = jax.jit(steps).lower(v).compile().as_text()
+  labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo)
+  assert len(labels) == 5, labels   # 2 forward, 2 kernel gradients, 1 input gradient
+  assert set(labels) == {"b01f_01io->b01f"}, labels
+
+
+@pytest.mark.parametrize("other", ["patches", "canonical"])
+def test_library_cnn_is_the_same_model_with_either_convolution(other):
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
   a = models.get_model("cnn", 10, widths=(8, 16), dense=32, conv="xla")
-  b = models.get_model("cnn", 10, widths=(8, 16), dense=32, conv="patches")
+  b = models.get_model("cnn", 10, widths=(8, 16), dense=32, conv=other)
   v = models.init_variables(a, jax.random.PRNGKey(1), (8, 8, 1))
   chex.assert_trees_all_equal(v, models.init_variables(b, jax.random.PRNGKey(1), (8, 8, 1)))
   out_a, upd_a = uj.as_adapter(a).apply(v, x, train=True)
   out_b, upd_b = uj.as_adapter(b).apply(v, x, train=True)
   chex.assert_trees_all_close((out_a, upd_a), (out_b, upd_b), atol=1e-4)
+  loss = lambda m: lambda p: jnp.sum(uj.as_adapter(m).apply(p, x, train=True)[0] ** 2)
+  chex.assert_trees_all_close(jax.grad(loss(a))(v), jax.grad(loss(b))(v), atol=1e-4)
 
 
 def test_model_specs_set_layer_widths():
@@ -79,7 +157,7 @@ def test_model_specs_set_layer_widths():
 def test_unknown_model_and_conv_names_the_allowed_ones():
   with pytest.raises(ValueError, match="allowed: mlp, cnn, resnet18, vit"):
     models.get_model("swin", 10)
-  with pytest.raises(ValueError, match="allowed: auto, xla, patches"):
+  with pytest.raises(ValueError, match="allowed: auto, xla, patches, canonical"):
     models.conv_impl("cudnn")
 
 

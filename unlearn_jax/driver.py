@@ -191,10 +191,28 @@ def _compile(fn, *args, donate: tuple = (), programs: dict | None = None, name: 
   return compiled, time.perf_counter() - t0
 
 
+TRAIN_LOOPS = ("scan", "unrolled")
+
+
+def chunk_steps(steps_per_epoch: int, most: int) -> int:
+  """The largest divisor of `steps_per_epoch` that is at most `most` (>= 1): the chunk an
+  `unrolled` train loop runs per call, so that no chunk spans two epochs."""
+  most = max(1, min(int(most), int(steps_per_epoch)))
+  return max(k for k in range(1, most + 1) if steps_per_epoch % k == 0)
+
+
+def check_train_loop(loop: str, most_steps: int) -> None:
+  if loop not in TRAIN_LOOPS:
+    raise ValueError(f"loop={loop!r} is unknown; allowed: {', '.join(TRAIN_LOOPS)}")
+  if isinstance(most_steps, bool) or not isinstance(most_steps, int) or most_steps < 1:
+    raise ValueError(f"steps_per_call={most_steps!r} must be a whole number >= 1")
+
+
 def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *,
                      seed_mode: str = "vmap", log: Callable[[str], None] = print,
                      label: str = "train", store=None,
-                     programs: dict | None = None) -> ModelSet:
+                     programs: dict | None = None, loop: str = "scan",
+                     steps_per_call: int = 8) -> ModelSet:
   """Trains one model per seed (leading axis of `init_vars`/`keys`), epoch by epoch.
 
   One epoch function is compiled once and called for every epoch (and, in `sequential`
@@ -203,14 +221,32 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
   comes from the state's step counter, so the result is bitwise that of an uninterrupted
   run. `programs` (a dict the caller keeps): the epoch program is compiled once for every
   call with the same model, recipe and shapes (the chunks of a population). The state is
-  donated to each epoch (its buffers are dead once the next state exists)."""
+  donated to each epoch (its buffers are dead once the next state exists).
+
+  `loop`: `scan` compiles an epoch as one `lax.scan`; `unrolled` compiles a chunk of
+  `chunk_steps(spe, steps_per_call)` steps written out without a loop
+  (`train.train_steps`) and calls it until the epoch is done: the same batches, keys and
+  steps, so the same model up to rounding. Which is faster depends on the model and the
+  backend (XLA:CPU's convolution is slow inside loops): `unlearn_jax.train_programs`
+  chooses by measurement."""
   check_seed_mode(seed_mode)
+  check_train_loop(loop, steps_per_call)
   num_seeds = keys.shape[0]
   x, y = jnp.asarray(x), jnp.asarray(y)
-  tx = train_lib.make_optimizer(cfg, train_lib.steps_per_epoch(x.shape[0], cfg.batch_size))
-  def train_epoch(st, xx, yy, k):
-    return train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
-  one_epoch = train_epoch
+  spe = train_lib.steps_per_epoch(x.shape[0], cfg.batch_size)
+  tx = train_lib.make_optimizer(cfg, spe)
+  chunk = chunk_steps(spe, steps_per_call) if loop == "unrolled" else spe
+  calls = spe // chunk   # program calls per epoch
+
+  def train_chunk(st, xx, yy, k):
+    """(state, metrics of the chunk's steps [steps]): an epoch (scan) or a chunk of it."""
+    if loop == "scan":
+      st, hist = train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
+      return st, jax.tree_util.tree_map(lambda a: a[0], hist)   # [1] epoch -> the epoch
+    return train_lib.train_steps(model, cfg, st, xx, yy, k, chunk)
+  # One name per loop form: a scan and an unrolled program are different executables.
+  one_epoch = train_chunk
+  program_name = f"epoch {seed_mode} {loop} {chunk} {model!r} {cfg}"
   # A copy: the state is donated epoch by epoch, and jit would otherwise hand back
   # `init_vars`' own buffers (the caller's, e.g. the retrained population's start).
   init_state = parallel.vmap_seeds(lambda v: train_lib.init_train_state(
@@ -232,15 +268,27 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
   if seed_mode == "vmap":
     epoch, compile_s = _compile(parallel.vmap_seeds(one_epoch, in_axes=(0, None, None, 0)),
                                 state, x, y, keys, donate=(0,), programs=programs,
-                                name=f"epoch {seed_mode} {model!r} {cfg}")
-    run_epoch = lambda st: epoch(st, x, y, keys)
+                                name=program_name)
+    run_call = lambda st: epoch(st, x, y, keys)
   else:
     epoch, compile_s = _compile(one_epoch, seed_slice(state, 0), x, y, keys[0], donate=(0,),
-                                programs=programs, name=f"epoch {seed_mode} {model!r} {cfg}")
+                                programs=programs, name=program_name)
 
-    def run_epoch(st):
+    def run_call(st):
       outs = [epoch(seed_slice(st, i), x, y, keys[i]) for i in range(num_seeds)]
       return stack_seeds([o[0] for o in outs]), stack_seeds([o[1] for o in outs])
+
+  def run_epoch(st):
+    """An epoch: `calls` calls of the program; metrics averaged over the epoch's steps
+    (a scan's per-epoch mean)."""
+    if loop == "scan":
+      return run_call(st)
+    hists = []
+    for _ in range(calls):
+      st, h = run_call(st)
+      hists.append(h)
+    return st, jax.tree_util.tree_map(
+        lambda *a: jnp.mean(jnp.concatenate(a, axis=-1), axis=-1), *hists)
 
   progress.start = time.perf_counter()
   for e in range(start, cfg.epochs):

@@ -214,6 +214,36 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
   return jax.lax.scan(one_epoch, carry, epochs)
 
 
+def unrolled_steps(step_fn: Callable, carry: Any, data: Any, key: jax.Array, batch_size: int,
+                   count: int, first_step):
+  """`count` steps of `scan_epochs`' schedule, from global step `first_step` (may be
+  traced), written out one after another: no loop in the program.
+
+  The batches and step keys are exactly those `scan_epochs` gives steps `first_step` ..
+  `first_step + count - 1` (`batching.epoch_plan` of their epoch), so calling this
+  ⌈n / batch_size⌉ / count times per epoch from the host trains the same model as the
+  scan. Why: XLA's CPU backend emits a far slower convolution inside a while loop
+  (jax-ml/jax#12868); a straight-line chunk of steps keeps its fast one. `count` must
+  divide the steps per epoch (a chunk never spans two epochs). Returns (carry, metrics
+  stacked over the `count` steps)."""
+  data = jax.tree_util.tree_map(jnp.asarray, data)
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+  spe = batching.steps_per_epoch(n, batch_size)
+  if count < 1 or spe % count:
+    raise ValueError(f"count={count} must divide the {spe} steps per epoch "
+                     f"({n} examples in batches of {batch_size})")
+  idx, bkeys = batching.epoch_plan(key, first_step // spe, n, batch_size)
+  offset = first_step % spe
+  idx = jax.lax.dynamic_slice_in_dim(idx, offset, count)
+  bkeys = jax.lax.dynamic_slice_in_dim(bkeys, offset, count)
+  out = []
+  for i in range(count):
+    batch = shard_batch(jax.tree_util.tree_map(lambda a: a[idx[i]], data))
+    carry, m = step_fn(carry, batch, bkeys[i])
+    out.append(m)
+  return carry, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *out)
+
+
 def _every(fn: Callable, count, every: int, like: dict):
   """fn() when `count` (1-based) is a multiple of `every`, else NaNs of fn's shapes."""
   nan = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), like)

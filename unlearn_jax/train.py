@@ -14,9 +14,11 @@ A model is anything `adapter.as_adapter` accepts: a `ModelAdapter`, a library mo
 plain Linen module. Variables are the model's own collections (`params`, and whatever
 else it has); train mode updates the adapter's mutable collections and carries the rest.
 
-There is one loop mode. XLA:CPU's slow path for convolutions inside compiled loops
-(jax-ml/jax#12868) is avoided by the models themselves (`models.Conv`: patches + matmul
-on the CPU backend), not by leaving the loop.
+Two loop forms, same steps: `train_epochs` runs epochs as one `lax.scan`; `train_steps`
+runs a chunk of steps written out without a loop, for a host loop to call (the driver's
+`unrolled` train loop). XLA:CPU emits a slow convolution inside compiled loops
+(jax-ml/jax#12868): in a scan the models avoid it themselves (`models.Conv`: patches +
+matmul on the CPU backend); the unrolled chunk keeps XLA's own convolution fast.
 
 Every batch drawn here passes through `parallel.shard_batch`: inside
 `parallel.data_parallel(mesh)` (that is, `jax.set_mesh`) it is split over the mesh's
@@ -37,7 +39,8 @@ from unlearn_jax.adapter import as_adapter
 # uses them like every method does.
 from unlearn_jax.batching import in_batches, steps_per_epoch  # noqa: F401 (re-exported)
 from unlearn_jax.losses import cross_entropy
-from unlearn_jax.steps import TrainState, init_train_state, make_step, scan_epochs  # noqa: F401
+from unlearn_jax.steps import (TrainState, init_train_state, make_step,  # noqa: F401
+                               scan_epochs, unrolled_steps)
 
 Variables = dict  # {"params": ..., and the model's other collections}
 
@@ -137,6 +140,18 @@ def train_epochs(model, cfg: TrainConfig, state: TrainState, x: jax.Array,
   step = make_supervised_step(model, tx, cfg.augment)
   return scan_epochs(step, state, (x, y), key, num_epochs, cfg.batch_size,
                      first_epoch=state.step // spe)
+
+
+def train_steps(model, cfg: TrainConfig, state: TrainState, x: jax.Array, y: jax.Array,
+                key: jax.Array, count: int):
+  """Continues `state` by `count` steps written out without a loop (`steps.unrolled_steps`):
+  the steps `train_epochs` would take next, same batches and keys. `count` divides the
+  steps per epoch; ⌈n / batch⌉ / count calls make one epoch. Returns (state, per-step
+  metrics)."""
+  spe = steps_per_epoch(x.shape[0], cfg.batch_size)
+  tx = make_optimizer(cfg, spe)
+  step = make_supervised_step(model, tx, cfg.augment)
+  return unrolled_steps(step, state, (x, y), key, cfg.batch_size, count, state.step)
 
 
 def fit(model, cfg: TrainConfig, variables: Variables, x: jax.Array,

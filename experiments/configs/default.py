@@ -26,7 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0                    # first seed; seeds are seed, seed+1, ...
   c.unlearn_seeds = 1           # unlearning keys per trained model: T x U unlearned models
   c.seed_loop = "auto"          # auto | vmap | sequential (see unlearn_jax.driver)
-  c.conv = "auto"               # auto | xla | patches: library models' convolution
+  c.conv = "auto"               # auto | xla | patches | canonical: library models' convolution
+  # How original/retrain epochs are compiled (unlearn_jax.train_programs): auto = the
+  # fastest measured for this backend and model, or LOOP[:CONV[:STEPS]] by hand.
+  c.train_program = "auto"
   # Devices (unlearn_jax.parallel): a ("seeds", "data") mesh; batches split over `data`,
   # vmapped seeds over `seeds` (--seed_loop=vmap only). One visible device: no mesh at all.
   c.mesh_seeds = 0               # 0 = automatic: 1 on one process, across processes otherwise
