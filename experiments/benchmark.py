@@ -53,6 +53,7 @@ import jax.numpy as jnp
 
 from .configs import default as default_config
 from . import runner, setup
+from .timing import median_seconds
 from unlearn_jax import data, driver, models, parallel, train, train_programs
 
 flags.DEFINE_string("dataset", "digits", "digits | image_folder:PATH | cifar10 | ...")
@@ -82,13 +83,7 @@ flags.DEFINE_float("accuracy_target", 0.0, "instead of the tables: train each of
                    "print the wall time to reach this test accuracy (e.g. 0.82)")
 
 
-def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+_median_time = median_seconds
 
 
 def _model(name, num_classes, conv=None):

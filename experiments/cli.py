@@ -85,8 +85,8 @@ flags.DEFINE_string("seed_loop", None, "auto | vmap | sequential: seeds in one v
                     "or one compiled program called seed after seed (auto: sequential for "
                     "conv models on CPU, where vmapping does not pay)")
 flags.DEFINE_string("conv", None, "auto | xla | patches | canonical: the library models' "
-                    "convolution (auto: canonical on CPU, XLA's convolution with its gradient "
-                    "as canonical convolutions; xla elsewhere)")
+                    "convolution (auto: on CPU canonical, XLA's convolution with its gradient "
+                    "as canonical convolutions, patches under 4x4; xla elsewhere)")
 flags.DEFINE_string("train_program", None, "auto | LOOP[:CONV[:STEPS]] (LOOP scan | unrolled, "
                     "CONV auto | xla | patches | canonical): how original/retrain epochs are "
                     "compiled (auto: the fastest measured here, unlearn_jax.train_programs)")

@@ -24,9 +24,6 @@ excluded (autodiff's `xla` gradient inside the scan on a CPU: 2 iterations, time
 it takes seconds each). Prints the figures, writes nothing.
 """
 
-import statistics
-import time
-
 from absl import app, flags
 
 import jax
@@ -34,6 +31,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from unlearn_jax import models
+
+from .timing import median_seconds
 
 flags.DEFINE_string("widths", "64,128,256", "the CNN's conv widths")
 flags.DEFINE_integer("batch", 128, "batch size")
@@ -47,13 +46,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _median(fn, repeats):
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  jax.block_until_ready(fn())   # the first run apart
+  return median_seconds(fn, repeats)
 
 
 def _xla(x, k):

@@ -262,3 +262,17 @@ def test_help_prints_the_module_docstring_as_written():
   assert "# digits, 10% random, all methods" in r.stdout, r.stdout[:500]
 
 
+
+
+def test_conv_profile_prints_every_path_per_layer():
+  """`experiments.conv_profile` on a tiny CNN: a row per (layer, path) with its GFLOP/s and
+  the per-path sums."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  r = subprocess.run([sys.executable, "-m", "experiments.conv_profile", "--widths=4,8",
+                      "--batch=4", "--size=8", "--steps=2", "--repeats=1"],
+                     cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [line for line in r.stdout.splitlines() if line.startswith("| conv")]
+  paths = ("xla", "canonical", "patches", "im2col", "matmul")
+  assert [row.split(" | ")[2] for row in rows] == list(paths) * 2, r.stdout
+  assert "| canonical |" in r.stdout.split("all convs")[-1], r.stdout

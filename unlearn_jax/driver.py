@@ -238,14 +238,14 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
   chunk = chunk_steps(spe, steps_per_call) if loop == "unrolled" else spe
   calls = spe // chunk   # program calls per epoch
 
-  def train_chunk(st, xx, yy, k):
+  def train_epoch(st, xx, yy, k):
     """(state, metrics of the chunk's steps [steps]): an epoch (scan) or a chunk of it."""
     if loop == "scan":
       st, hist = train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
       return st, jax.tree_util.tree_map(lambda a: a[0], hist)   # [1] epoch -> the epoch
     return train_lib.train_steps(model, cfg, st, xx, yy, k, chunk)
   # One name per loop form: a scan and an unrolled program are different executables.
-  one_epoch = train_chunk
+  one_epoch = train_epoch
   program_name = f"epoch {seed_mode} {loop} {chunk} {model!r} {cfg}"
   # A copy: the state is donated epoch by epoch, and jit would otherwise hand back
   # `init_vars`' own buffers (the caller's, e.g. the retrained population's start).

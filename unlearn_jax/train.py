@@ -17,8 +17,9 @@ else it has); train mode updates the adapter's mutable collections and carries t
 Two loop forms, same steps: `train_epochs` runs epochs as one `lax.scan`; `train_steps`
 runs a chunk of steps written out without a loop, for a host loop to call (the driver's
 `unrolled` train loop). XLA:CPU emits a slow convolution inside compiled loops
-(jax-ml/jax#12868): in a scan the models avoid it themselves (`models.Conv`: patches +
-matmul on the CPU backend); the unrolled chunk keeps XLA's own convolution fast.
+(jax-ml/jax#12868) for autodiff's gradient: in a scan the models avoid it themselves
+(`models.Conv` on the CPU: the gradient written as canonical convolutions); the unrolled
+chunk keeps even autodiff's fast.
 
 Every batch drawn here passes through `parallel.shard_batch`: inside
 `parallel.data_parallel(mesh)` (that is, `jax.set_mesh`) it is split over the mesh's

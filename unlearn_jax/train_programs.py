@@ -20,10 +20,10 @@ steps, hence the same model up to rounding.
 table; the one shipped with the package (`TABLE_PATH`) says where it was measured.
 `choose(model_name, backend, batch_size, input_shape)` reads it: among the rows of that
 backend, input shape and model (the exact spec such as `cnn:16-32-64`, else the base
-model's rows), those measured at the batch size nearest to `batch_size`, the fastest, unless the default form (`scan` with the
-model's own convolution, `auto`) was measured within
-`MARGIN` of it: a gain smaller than that is within the timing noise of a 2-core machine,
-and the default compiles fastest. Where nothing was measured it returns `DEFAULT`.
+model's rows), those measured at the batch size nearest to `batch_size`, the fastest,
+unless the default form (`scan` with the model's own convolution, `auto`) was measured
+within `MARGIN` of it: a gain smaller than that is within the timing noise of a 2-core
+machine, and the default compiles fastest. Where nothing was measured it returns `DEFAULT`.
 """
 
 from __future__ import annotations
