@@ -32,6 +32,7 @@ from unlearn_jax import metrics as metrics_lib
 from unlearn_jax import parallel
 from unlearn_jax import steps as steps_lib
 from unlearn_jax import train as train_lib
+from unlearn_jax import train_programs
 from unlearn_jax.adapter import model_variables
 
 
@@ -191,21 +192,11 @@ def _compile(fn, *args, donate: tuple = (), programs: dict | None = None, name: 
   return compiled, time.perf_counter() - t0
 
 
-TRAIN_LOOPS = ("scan", "unrolled")
-
-
 def chunk_steps(steps_per_epoch: int, most: int) -> int:
   """The largest divisor of `steps_per_epoch` that is at most `most` (>= 1): the chunk an
   `unrolled` train loop runs per call, so that no chunk spans two epochs."""
   most = max(1, min(int(most), int(steps_per_epoch)))
   return max(k for k in range(1, most + 1) if steps_per_epoch % k == 0)
-
-
-def check_train_loop(loop: str, most_steps: int) -> None:
-  if loop not in TRAIN_LOOPS:
-    raise ValueError(f"loop={loop!r} is unknown; allowed: {', '.join(TRAIN_LOOPS)}")
-  if isinstance(most_steps, bool) or not isinstance(most_steps, int) or most_steps < 1:
-    raise ValueError(f"steps_per_call={most_steps!r} must be a whole number >= 1")
 
 
 def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *,
@@ -226,11 +217,11 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
   `loop`: `scan` compiles an epoch as one `lax.scan`; `unrolled` compiles a chunk of
   `chunk_steps(spe, steps_per_call)` steps written out without a loop
   (`train.train_steps`) and calls it until the epoch is done: the same batches, keys and
-  steps, so the same model up to rounding. Which is faster depends on the model and the
-  backend (XLA:CPU's convolution is slow inside loops): `unlearn_jax.train_programs`
-  chooses by measurement."""
+  steps, so the same model up to rounding. Which is faster depends on the model, its
+  convolution and the backend: `unlearn_jax.train_programs` chooses by measurement."""
   check_seed_mode(seed_mode)
-  check_train_loop(loop, steps_per_call)
+  # The one check of a loop and its chunk (the ValueError names the argument).
+  train_programs.TrainProgram(loop=loop, steps_per_call=steps_per_call)
   num_seeds = keys.shape[0]
   x, y = jnp.asarray(x), jnp.asarray(y)
   spe = train_lib.steps_per_epoch(x.shape[0], cfg.batch_size)

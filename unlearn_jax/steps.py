@@ -222,8 +222,8 @@ def unrolled_steps(step_fn: Callable, carry: Any, data: Any, key: jax.Array, bat
   The batches and step keys are exactly those `scan_epochs` gives steps `first_step` ..
   `first_step + count - 1` (`batching.epoch_plan` of their epoch), so calling this
   ⌈n / batch_size⌉ / count times per epoch from the host trains the same model as the
-  scan. Why: XLA's CPU backend emits a far slower convolution inside a while loop
-  (jax-ml/jax#12868); a straight-line chunk of steps keeps its fast one. `count` must
+  scan. Why: XLA's CPU backend compiles autodiff's convolution gradients far slower
+  inside a while loop (jax-ml/jax#12868); a straight-line chunk keeps them fast. `count` must
   divide the steps per epoch (a chunk never spans two epochs). Returns (carry, metrics
   stacked over the `count` steps)."""
   data = jax.tree_util.tree_map(jnp.asarray, data)
