@@ -83,7 +83,6 @@ flags.DEFINE_float("accuracy_target", 0.0, "instead of the tables: train each of
                    "print the wall time to reach this test accuracy (e.g. 0.82)")
 
 
-_median_time = median_seconds
 
 
 def _model(name, num_classes, conv=None):
@@ -123,7 +122,7 @@ def _torch_images_per_s(name, ds, batch, steps, repeats):
       torch.nn.functional.cross_entropy(net(x), y).backward()
       opt.step()
   run()
-  return batch * steps / _median_time(run, repeats)
+  return batch * steps / median_seconds(run, repeats)
 
 
 def step_table(ds, names, F, mesh) -> list:
@@ -178,7 +177,7 @@ def step_table(ds, names, F, mesh) -> list:
           for i in range(steps):
             s, _ = compiled(s, jax.random.fold_in(key, i))
           return s.variables
-        host = _median_time(host_loop, F.repeats)
+        host = median_seconds(host_loop, F.repeats)
         if on_cpu and conv == "xla" and not F.time_slow_scan:
           scan = float("inf")   # skipped (--time_slow_scan): minutes of the slow path
         else:
@@ -186,14 +185,14 @@ def step_table(ds, names, F, mesh) -> list:
               lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
               jax.random.split(k, steps))[0].variables).lower(state, key).compile()
           jax.block_until_ready(scanned(state, key))
-          scan = _median_time(lambda: scanned(state, key), F.repeats)
+          scan = median_seconds(lambda: scanned(state, key), F.repeats)
         # The same steps fully unrolled (`unroll=steps`): one straight-line program, no
         # while loop around the convolution (XLA:CPU emits a slower one inside loops).
         unrolled_fn = jax.jit(lambda s, k: jax.lax.scan(
             lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
             jax.random.split(k, steps), unroll=steps)[0].variables).lower(state, key).compile()
         jax.block_until_ready(unrolled_fn(state, key))
-        unrolled = _median_time(lambda: unrolled_fn(state, key), F.repeats)
+        unrolled = median_seconds(lambda: unrolled_fn(state, key), F.repeats)
       for loop, k, secs in (("unrolled", 1, host), ("scan", steps, scan),
                             ("unrolled", steps, unrolled)):
         if secs == float("inf"):
@@ -281,11 +280,11 @@ def seeds_table(ds, F, model_name):
   t0 = time.perf_counter()
   one = jax.jit(fit).lower(keys[0]).compile()
   one_compile = time.perf_counter() - t0
-  loop_s = _median_time(lambda: [one(k) for k in keys], F.repeats)
+  loop_s = median_seconds(lambda: [one(k) for k in keys], F.repeats)
   t0 = time.perf_counter()
   many = jax.jit(jax.vmap(fit)).lower(keys).compile()
   vmap_compile = time.perf_counter() - t0
-  vmap_s = _median_time(lambda: many(keys), F.repeats)
+  vmap_s = median_seconds(lambda: many(keys), F.repeats)
   print(f"\n## 3. Seeds: {F.seeds} x {model_name} ({cfg.epochs} epochs x {len(y)} examples)\n")
   print("| how | s | models/s | compile s |")
   print("|---|---|---|---|")
