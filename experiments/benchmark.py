@@ -83,8 +83,6 @@ flags.DEFINE_float("accuracy_target", 0.0, "instead of the tables: train each of
                    "print the wall time to reach this test accuracy (e.g. 0.82)")
 
 
-
-
 def _model(name, num_classes, conv=None):
   """`cnn:32-64-128` is the CNN with those widths (the PyTorch reference's shape)."""
   kwargs = {"conv": conv or "auto"} if name.partition(":")[0] in models.CONV_MODELS else {}
