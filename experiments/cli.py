@@ -66,7 +66,7 @@ except (AttributeError, KeyError, TypeError, ValueError) as e:
   _bad_dotted_flag(e)
 
 # Top-level flags override the config file's fields when given.
-flags.DEFINE_string("dataset", None, "digits | image_folder:PATH | cifar10 | cifar100 | "
+flags.DEFINE_string("dataset", None, "digits | mnist1d | image_folder:PATH | cifar10 | cifar100 | "
                     "mnist | fashion_mnist | svhn_cropped")
 flags.DEFINE_string("model", None, "mlp | cnn | resnet18 (default: mlp for 8x8, else cnn)")
 flags.DEFINE_string("scenario", None, "random | class | subclass")

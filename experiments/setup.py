@@ -295,7 +295,8 @@ def resolve_methods(text, scenario: str, batch_norm: bool | None = None,
 def validate(cfg) -> None:
   """Checks everything that needs no data; raises UsageError naming the flag."""
   name = cfg.dataset
-  if not (name in data_lib.TFDS_NAMES or name == "digits" or name.startswith("image_folder:")):
+  if not (name in data_lib.TFDS_NAMES or name in ("digits", "mnist1d")
+          or name.startswith("image_folder:")):
     raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
   if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
     raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")

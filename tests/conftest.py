@@ -1,6 +1,6 @@
-"""Shared fixtures (the real digits dataset and a small split over it) and the two lanes.
+"""Shared fixtures (the real digits dataset and a small split over it) and the lanes.
 
-Three lanes, each test in exactly one:
+Four lanes, each test in exactly one:
 * default (`python -m pytest`): XLA's backend optimisations off
   (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`). The suite compiles hundreds of small programs and
   runs each for milliseconds, so the optimisations cost more than they save (measured on
@@ -9,6 +9,11 @@ Three lanes, each test in exactly one:
   optimisations on, i.e. the programs a user runs: the tests whose meaning depends on the
   compiled program (the method contract matrix on user models, parity with the reference
   codes, metrics under jit, trace counts, the 8-device suite).
+* integration (`python -m pytest --integration`): only the tests marked `integration`, the
+  end-to-end runs as a user starts them (entry points as subprocesses, the wheel installed
+  into a new venv, the docs site and its commands, a SIGKILL and the resume, the all-method
+  compile counts); XLA's optimisations off, like the default lane, which keeps one real
+  step of each entry point in process (`tests/test_entry_points.py`).
 * multiprocess (`python -m pytest --multiprocess`): only the tests marked `multiprocess`,
   jobs launched as 2 processes x 4 simulated CPU devices (`tests/test_multiprocess.py`,
   launched by `tests/process_launcher.py`);
@@ -30,28 +35,43 @@ if not SHARDED:
   collect_ignore = ["sharded"]
 
 
+LANES = ("optimised", "multiprocess", "integration")
+
+
 def pytest_addoption(parser):
   parser.addoption("--optimised", action="store_true", default=False,
                    help="run only the tests marked `optimised`, with XLA's optimisations on")
   parser.addoption("--multiprocess", action="store_true", default=False,
                    help="run only the tests marked `multiprocess` (jobs over 2 processes)")
+  parser.addoption("--integration", action="store_true", default=False,
+                   help="run only the tests marked `integration` (subprocess end-to-end runs: "
+                        "the wheel, the docs site, the CLI jobs, a SIGKILL and its resume)")
+  parser.addoption("--do-nothing", default="", metavar="METHOD[,METHOD]",
+                   help="the suite checking itself: every listed registered method returns "
+                        "its input unchanged in this session (each must then fail a test "
+                        "that names it)")
 
 
 def pytest_configure(config):
   if SHARDED:      # the sharded suite inherits its launcher's lane
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    return
-  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if config.getoption("optimised") else "1"
+  else:
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if config.getoption("optimised") else "1"
+  # `--do-nothing=METHOD`: the suite checking itself (tests/do_nothing.py). After the lane's
+  # setting: replacing a method imports JAX.
+  names = [n for n in config.getoption("do_nothing").split(",") if n]
+  if names:
+    import do_nothing
+    do_nothing.replace_methods(names)
 
 
 def pytest_collection_modifyitems(config, items):
   if SHARDED:
     return
-  lane = ("optimised" if config.getoption("optimised") else
-          "multiprocess" if config.getoption("multiprocess") else None)
+  lane = next((m for m in LANES if config.getoption(m)), None)
   keep, drop = [], []
   for item in items:
-    marked = [m for m in ("optimised", "multiprocess") if item.get_closest_marker(m)]
+    marked = [m for m in LANES if item.get_closest_marker(m)]
     (keep if marked == ([lane] if lane else []) else drop).append(item)
   if drop:
     config.hook.pytest_deselected(items=drop)

@@ -92,3 +92,24 @@ def test_subsets_are_stratified(digits):
   assert np.bincount(digits.train_y[idx]).min() >= 19
   ds = load_dataset("digits", train_subset=100, test_subset=50)
   assert len(ds.train_y) == 100 and len(ds.test_y) == 50
+
+
+def test_mnist1d_is_the_packages_data_and_leaves_global_random_state_alone():
+  """The authors' `make_dataset` at its published settings, reshaped to [n, 1, 40, 1];
+  loading it does not move NumPy's or Python's global generators (the package seeds them)."""
+  import random
+
+  from mnist1d.data import get_dataset_args, make_dataset
+  np.random.seed(7)
+  random.seed(7)
+  ds = load_dataset("mnist1d")
+  after = (np.random.random(), random.random())
+  np.random.seed(7)
+  random.seed(7)
+  assert after == (np.random.random(), random.random()), "the global generators moved"
+  ref = make_dataset(get_dataset_args())
+  assert ds.input_shape == (1, 40, 1) and ds.num_classes == 10
+  assert (len(ds.train_y), len(ds.test_y)) == (4000, 1000)
+  np.testing.assert_array_equal(ds.train_x[:, 0, :, 0], ref["x"].astype(np.float32))
+  np.testing.assert_array_equal(ds.test_y, ref["y_test"])
+  assert np.bincount(ds.train_y).min() > 300          # every class present

@@ -67,18 +67,35 @@ def test_declared_needs_match_a_model_without_a_head(name, small):
     _abstract_run(name, small, head=False)
 
 
+def stated_forms(value) -> set:
+  """How a default may be written in prose: 0.0005 as 0.0005 or 5e-4, 0.3 as 30%, ..."""
+  if isinstance(value, (bool, str)):
+    return {str(value)}
+  forms = {f"{value:g}", repr(value), str(value)}
+  if isinstance(value, float) and value:
+    mantissa, exponent = f"{value:e}".split("e")
+    forms.add(f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}")
+    if 0 < value <= 1:
+      forms.add(f"{100 * value:g}%")
+  return forms
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_help_shows_paper_defaults_and_returns(name):
+def test_the_docstring_its_author_wrote_states_the_paper_and_every_default(name):
+  """help() appends the registry's facts to the method's own docstring, so those always
+  agree; the prose the author wrote (the rule and its "Defaults:") can go stale when a
+  default changes in `register(...)`. Every default value must appear in it, and the
+  paper must name a year or the project it comes from."""
   spec = methods.get_method(name)
-  assert YEAR.search(spec.paper) or any(p in spec.paper for p in PROJECTS), spec.paper
-  doc = inspect.getdoc(spec)
-  assert f"Paper: {spec.paper}" in doc
-  for section in ("Reads:", "Defaults:", "Args:", "Returns:", "aux keys:"):
-    assert section in doc, f"{name}: help() lacks {section!r}"
-  assert "seed 00" not in doc and "--" not in doc.split("Paper:")[0], name
-  signature = inspect.signature(spec)
-  assert list(signature.parameters)[0] == "ctx"
-  assert {k: p.default for k, p in list(signature.parameters.items())[1:]} == spec.defaults
+  assert YEAR.search(spec.paper) or any(p in spec.paper for p in PROJECTS), (
+      f"{name}: paper={spec.paper!r} names no year and no known project")
+  prose = inspect.cleandoc(spec.factory.__doc__ or "")
+  assert "Defaults:" in prose and "Reads:" in prose, f"{name}: its docstring has no Reads:/Defaults:"
+  unstated = [f"{k}={v!r}" for k, v in spec.defaults.items()
+              if not any(re.search(r"(?<![\d.])" + re.escape(f) + r"(?![\d])", prose)
+                         for f in stated_forms(v))]
+  assert not unstated, f"{name}: its docstring does not state the defaults {unstated}"
+  assert "seed 00" not in prose, name
 
 
 def test_register_refuses_an_unknown_need():

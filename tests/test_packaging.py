@@ -43,7 +43,7 @@ def test_the_core_is_what_the_library_imports():
                  "ml_collections": "ml-collections", "etils": "etils", "flax": "flax",
                  "jax": "jax", "jaxlib": "jax", "optax": "optax", "numpy": "numpy",
                  "filelock": "filelock", "array_record": "array_record",
-                 "importlib_resources": "importlib_resources"}
+                 "importlib_resources": "importlib_resources", "mnist1d": "mnist1d"}
   stdlib = set(sys.stdlib_module_names)
   imported = set()
   for path in (ROOT / "unlearn_jax").rglob("*.py"):
@@ -90,6 +90,7 @@ def wheel(tmp_path_factory):
   return path
 
 
+@pytest.mark.integration
 def test_the_wheel_claims_no_generic_top_level_name(wheel):
   names = zipfile.ZipFile(wheel).namelist()
   tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info",
@@ -105,6 +106,7 @@ def test_the_wheel_claims_no_generic_top_level_name(wheel):
       zipfile.ZipFile(wheel).read(entry).decode())
 
 
+@pytest.mark.integration
 def test_the_installed_wheel_runs_the_main_job(wheel, tmp_path):
   """`pip install` of the wheel into a new venv, then `unlearn-jax run` from a directory
   with no checkout in it. The dependencies come from this environment's site-packages,
@@ -138,6 +140,7 @@ def test_the_installed_wheel_runs_the_main_job(wheel, tmp_path):
   assert bad.returncode == 2 and "unknown command 'train'" in bad.stderr
 
 
+@pytest.mark.integration
 def test_without_matplotlib_the_job_runs_and_says_plots_are_off(tmp_path):
   """A core install has no matplotlib: the main job writes everything but the figures."""
   code = ("import runpy, sys; sys.modules['matplotlib'] = None; "

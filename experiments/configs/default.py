@@ -11,7 +11,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.dataset = "digits"          # digits | image_folder:PATH | cifar10 | cifar100 | mnist | ...
+  c.dataset = "digits"          # digits | mnist1d | image_folder:PATH | cifar10 | cifar100 | ...
   c.data_dir = ""               # tfds data_dir ("" = tfds default / the unlearn_jax cache)
   c.train_subset = 0            # >0: stratified subset of train (fixed seed), for CPUs
   c.test_subset = 0

@@ -2,6 +2,15 @@
 
 Names:
   * `digits` — scikit-learn's 8x8 digits through the offline tfds builder (default).
+  * `mnist1d` — MNIST-1D (Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D",
+    ICML 2024), generated offline and deterministically by the `mnist1d` package's
+    `make_dataset` at its published settings: 4,000 train and 1,000 test sequences of 40
+    values, 10 classes, stored as [n, 1, 40, 1]. A small model fits its training set
+    exactly yet tests far lower, so it *memorises* its training examples: a model
+    retrained without a random 10% forget set classifies that set about as badly as
+    unseen data, where on digits it gets nearly all of it right. This is the data on
+    which forgetting random examples can be measured at all (the test suite's
+    memorisation benchmark, `docs/guide/benchmarks.md`).
   * `image_folder:PATH` — PATH is a `split/class/image` folder (or a `.tar.gz` of one,
     read without extracting), e.g. the shared CIFAR-10 JPEG archive. Decoded once and
     cached as `.npz` under `$UNLEARN_JAX_CACHE` (default `~/.cache/unlearn_jax`).
@@ -28,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped")
-DATASET_CHOICES = ("digits", "image_folder:PATH") + TFDS_NAMES
+DATASET_CHOICES = ("digits", "mnist1d", "image_folder:PATH") + TFDS_NAMES
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -150,6 +159,35 @@ def load_digits(data_dir: str | None = None) -> Dataset:
                  10, tuple(str(i) for i in range(10)))
 
 
+# ----------------------------------------------------------------------------- MNIST-1D
+MNIST1D_LENGTH = 40
+
+
+def load_mnist1d() -> Dataset:
+  """MNIST-1D at the package's published settings (seed 42, 5,000 sequences, 80/20 split).
+
+  `mnist1d.data.make_dataset` seeds NumPy's and Python's global generators; their states
+  are restored afterwards, so loading the data changes no other random stream. The package
+  centres and scales the whole set (mean 0, std 1) itself; no further normalisation."""
+  import random
+
+  try:
+    from mnist1d.data import get_dataset_args, make_dataset
+  except ImportError as e:   # a declared dependency; an incomplete install says so in one line
+    raise DatasetError("dataset=mnist1d needs the `mnist1d` package: pip install mnist1d") from e
+  np_state, py_state = np.random.get_state(), random.getstate()
+  try:
+    data = make_dataset(get_dataset_args())
+  finally:
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+  shape = (1, MNIST1D_LENGTH, 1)
+  as_x = lambda a: np.asarray(a, np.float32).reshape((-1,) + shape)
+  return Dataset("mnist1d", as_x(data["x"]), np.asarray(data["y"], np.int32),
+                 as_x(data["x_test"]), np.asarray(data["y_test"], np.int32), 10,
+                 tuple(str(i) for i in range(10)))
+
+
 # ----------------------------------------------------------------------------- tfds
 def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
   """Loads a tfds image classification dataset through `tfds.data_source`."""
@@ -265,6 +303,8 @@ def load_dataset(name: str, data_dir: str | None = None,
   """Loads a dataset by name; `*_subset` > 0 keeps a stratified subset (fixed seed)."""
   if name == "digits":
     ds = load_digits(data_dir)
+  elif name == "mnist1d":
+    ds = load_mnist1d()
   elif name.startswith("image_folder:"):
     ds = load_image_folder(name.split(":", 1)[1])
   elif name in TFDS_NAMES:

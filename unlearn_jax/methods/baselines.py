@@ -31,7 +31,8 @@ def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_dec
   """Fine-tune on the retain set (FT): catastrophic forgetting of D_f.
 
   Update: θ ← θ − η_t ∇ CE(θ; D_r batch), SGD momentum, cosine η_t, E epochs.
-  Reads: retain. Defaults: 5 epochs, lr 0.02, batch 64 (SSD repository's FT;
+  Reads: retain. Defaults: 5 epochs, lr 0.02, momentum 0.9, weight decay 5e-4, batch 64
+  (SSD repository's FT;
   "Forget with Precision" uses lr 0.001).
   """
 
@@ -191,7 +192,8 @@ def l1_sparse(ctx: MethodContext, *, alpha, epochs, lr, batch_size, momentum):
 
   Update: minimise CE(θ; D_r batch) + α_t·‖θ‖₁ with α_t = α·(1 − t/T) decaying linearly
   to 0 over the T steps; SGD momentum, cosine lr.
-  Reads: retain. Defaults: α 1e-3, 10 epochs, lr 0.1, batch 64 (paper: α 5e-4, lr 0.01,
+  Reads: retain. Defaults: α 1e-3, 10 epochs, lr 0.1, momentum 0.9, batch 64 (paper: α
+  5e-4, lr 0.01,
   10 epochs for ResNet-18; at lr 0.01 the digits MLP keeps a forgotten class).
   """
   model = as_adapter(ctx.model)

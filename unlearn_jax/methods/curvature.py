@@ -115,7 +115,8 @@ def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib
   per-example gradients are held as an N×P matrix: N is capped so that it takes at most
   `max_gradient_mib` MiB (the cap binds for the CIFAR CNN, N ≈ 380; the effective N is
   in aux). BatchNorm statistics are unchanged.
-  Reads: forget and retain. Defaults: α 0.2 (published), N 1000, λ 1e-3, batch 64.
+  Reads: forget and retain. Defaults: α 0.2 (published), N 1000, λ 1e-3, batch 64,
+  per-example gradients held to 2048 MiB.
   """
   def edit(variables, data, key):
     flat, unravel = jax.flatten_util.ravel_pytree(variables["params"])

@@ -122,8 +122,8 @@ def assd(ctx: MethodContext, *, importance, importance_set, union, forget_batch_
   p = 100 − ln(1 + 100·|D_f|/(|D_r| + |D_f|)); then SSD's rule with λ = 1: where
   I_f > α·I_D, θ ← min(I_D/I_f, 1)·θ. Importances: mean over unshuffled batches of the
   squared batch-mean CE gradient (`importance="batch"`, SSD's `calc_importance`).
-  Reads: forget and retain. Defaults: I_D on D_r, batches 128 (D_f) and 64 (D_r or D).
-  Aux: `alpha` (the threshold chosen) and `dampened_weights`.
+  Reads: forget and retain. Defaults: I_D on D_r, batches 128 (D_f) and 64 (D_r or D),
+  union ordered. Aux: `alpha` (the threshold chosen) and `dampened_weights`.
   """
   ratio_set = importance_set
 

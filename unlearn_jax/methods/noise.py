@@ -84,8 +84,8 @@ def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, re
   `retain_fraction` of D_r, SGD lr `impair_lr`; repair: one epoch of CE on that
   retain subsample at `repair_lr`.
   Reads: forget and retain. Defaults: 40 steps, Adam 0.1, λ 0.1, impair lr 0.01,
-  repair lr 0.01, all of D_r, batch 64 (paper: impair lr 0.02 on a retain subsample;
-  on digits that costs 44 points of RA in the random scenario).
+  repair lr 0.01, all of D_r (retain_fraction 1), batch 64 (paper: impair lr 0.02 on a
+  retain subsample; on digits that costs 44 points of RA in the random scenario).
   """
   model = ctx.model
 

@@ -161,7 +161,7 @@ _PRUNE_RULE = """
   Overfit a copy of θ0 on D_f (SGD, constant lr, no weight decay); weights whose
   |θ_overfit − θ0| lies below the `quantile` of all such changes{scope} are replaced by
   fresh initial weights (the model's initialisers, drawn from the key){complex}; then FT on
-  D_r. Reads: forget and retain. Defaults: quantile 0.30, overfit 5 epochs at lr 0.01,
+  D_r. Reads: forget and retain. Defaults: quantile 0.3, overfit 5 epochs at lr 0.01,
   FT 5 epochs at lr 0.001 ("Forget with Precision"), batch 64.
 """
 
