@@ -71,6 +71,7 @@ def test_newton_removal_equals_refitting_for_one_point_and_a_sequence(digits_fea
   assert max(diffs) < 1e-4, f"after each of five removals: {diffs}"
 
 
+@pytest.mark.integration
 def test_the_bound_grows_and_a_spent_budget_refits(digits_features):
   """Through the method: over a stream of one-point requests the accumulated bound never
   decreases until it passes the budget; then the head is refitted and the bound restarts."""

@@ -40,6 +40,7 @@ def two_runs(tmp_path_factory):
   return out
 
 
+@pytest.mark.integration
 def test_run_writes_every_artifact(two_runs):
   run, proc = two_runs[0]
   for name in ("results.csv", "results.json", "summary.md", "splits.npz", "splits.json",
@@ -61,6 +62,7 @@ def test_run_writes_every_artifact(two_runs):
   assert f"train program: {chosen.describe()}" in proc.stdout
 
 
+@pytest.mark.integration
 def test_run_is_stamped_with_what_made_it(two_runs):
   """provenance.json: the command, the commit of this checkout, the versions, the machine
   (the stamp under every documentation table built from a run)."""
@@ -76,6 +78,7 @@ def test_run_is_stamped_with_what_made_it(two_runs):
   assert stamp["date"][:4].isdigit() and stamp["hardware"]["backend"] == "cpu"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not CHECK_RUN.exists(), reason=f"the results-contract checker is not at "
                     f"{CHECK_RUN} (it ships beside this repository in the team's layout)")
 def test_run_directory_passes_the_results_contract_checker(two_runs):
@@ -85,6 +88,7 @@ def test_run_directory_passes_the_results_contract_checker(two_runs):
   assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.integration
 def test_same_flags_same_results(two_runs):
   (a, _), (b, _) = two_runs
   strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
@@ -152,6 +156,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparam
     (["--config=experiments/configs/cifar10_vit.py:tpu"],
      "cifar10_vit.py:tpu: unknown recipe; allowed: cpu, gpu"),
 ])
+@pytest.mark.integration
 def test_bad_flags_end_to_end_are_one_line_exit_2_and_write_nothing(tmp_path, args, needle):
   workdir = tmp_path / "run"
   r = run_cli(*args, f"--workdir={workdir}")
@@ -224,6 +229,7 @@ def test_vit_config_names_its_recipes():
     cifar10_vit.get_config("tpu")
 
 
+@pytest.mark.integration
 def test_benchmark_prints_its_tables(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   table = tmp_path / "programs.json"
@@ -255,6 +261,7 @@ def test_benchmark_prints_its_tables(tmp_path):
   assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.integration
 def test_help_prints_the_module_docstring_as_written():
   """absl formats the docstring with %: '10% r' once printed as a path (fixed by '%%')."""
   r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--help"], cwd=ROOT,
@@ -264,6 +271,7 @@ def test_help_prints_the_module_docstring_as_written():
 
 
 
+@pytest.mark.integration
 def test_conv_profile_prints_every_path_per_layer():
   """`experiments.conv_profile` on a tiny CNN: a row per (layer, path) with its GFLOP/s and
   the per-path sums."""

@@ -1,14 +1,16 @@
 """The compile-count contract: in every driver mode, a run compiles each program once.
 
-The vmapped runs of every method are checked on the behaviour-band runs themselves
-(`test_behaviour.test_the_run_compiles_each_program_once`); here the sequential seed loop
-over every method and a population evaluation in chunks. Counts come from JAX's own
-compile log (`tests/compile_log.py`): the same program with the same shapes compiled twice
-fails, naming it.
+Default lane: one method per kind of schedule (`POPULATION_METHODS`: epochs of a gradient
+phase, a one-shot edit, cycles, noise then phases) in both seed loops, and a population
+evaluation in chunks. Integration lane: every method with data in both seed loops. Counts
+come from JAX's own compile log (`tests/compile_log.py`): the same program with the same
+shapes compiled twice fails, naming it.
 """
 
+import pytest
 import sys
 from pathlib import Path
+
 
 from experiments import population, runner
 from experiments.configs import default
@@ -42,13 +44,25 @@ def assert_each_method_once(counts, names):
   assert not several, f"a method compiled as several programs: {several}"
 
 
-def test_sequential_seeds_compile_every_method_once():
-  cfg = small_config(seed_loop="sequential", methods=",".join(WITH_DATA))
+def run_and_count(seed_loop: str, names) -> dict:
+  cfg = small_config(seed_loop=seed_loop, methods=",".join(names))
   with compile_log.compiles() as counts:
     runner.run(cfg, {}, log=lambda s: None)
-  assert_each_method_once(counts, WITH_DATA)
+  assert_each_method_once(counts, names)
   assert compile_log.per_program(counts)["jit(train_epoch)"] == 2, \
       "one epoch program per population (original, retrain)"
+  return counts
+
+
+@pytest.mark.parametrize("seed_loop", ["vmap", "sequential"])
+def test_each_kind_of_schedule_compiles_once_per_run(seed_loop):
+  run_and_count(seed_loop, POPULATION_METHODS)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seed_loop", ["vmap", "sequential"])
+def test_every_method_compiles_once_per_run(seed_loop):
+  run_and_count(seed_loop, WITH_DATA)
 
 
 def test_a_population_in_chunks_compiles_each_program_once():

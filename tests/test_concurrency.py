@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Processes started on an empty cache, as a user's jobs would: the integration lane.
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 4
 LIMIT_S = 240

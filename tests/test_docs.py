@@ -60,6 +60,7 @@ def test_every_code_block_is_python_or_bash_and_a_skipped_one_says_why():
     assert why is None or len(why.split()) >= 4, f"{page}: a block is skipped without a reason"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("index", range(len(RUN)),
                          ids=[f"{p}-{i}" for i, (p, *_) in enumerate(RUN)])
 def test_code_block_runs(index, tmp_path):
@@ -76,6 +77,7 @@ def test_code_block_runs(index, tmp_path):
   assert r.returncode == 0, f"a {lang} block of {page} failed:\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
 
 
+@pytest.mark.integration
 def test_the_site_builds_without_warnings(tmp_path):
   r = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
                       str(ROOT / "docs"), str(tmp_path / "html")], cwd=ROOT,

@@ -11,6 +11,9 @@ import pytest
 
 from experiments import population_report as evaluation
 
+# Subprocess runs of the entry point as a user starts it: the integration lane.
+pytestmark = pytest.mark.integration
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

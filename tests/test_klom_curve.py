@@ -37,6 +37,7 @@ def test_bad_sizes_are_named(text):
     klom_curve.parse_sizes(text)
 
 
+@pytest.mark.integration
 def test_the_cli_end_to_end_on_digits(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   run = tmp_path / "curve"
@@ -68,6 +69,7 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
   assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.integration
 def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
   """experiments.render_population_docs: every method's row, sorted by average_95, the
   curve table and plot, the stamp; a missing run is one line, exit 2."""

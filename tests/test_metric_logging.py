@@ -48,6 +48,7 @@ def _events(logdir: Path) -> dict:
   return out
 
 
+@pytest.mark.integration
 def test_tensorboard_and_wandb_get_the_run_metrics(tmp_path):
   fake = tmp_path / "fake"
   (fake / "wandb").mkdir(parents=True)
@@ -75,6 +76,7 @@ def test_tensorboard_and_wandb_get_the_run_metrics(tmp_path):
   assert calls[-1] == ["finish"]
 
 
+@pytest.mark.integration
 def test_a_missing_sink_package_is_a_one_line_error(tmp_path):
   code = ("import runpy, sys; sys.modules['tensorboardX'] = None; sys.argv = ['unlearn', "
           f"'--methods=finetune', '--workdir={tmp_path / 'run'}', "

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Subprocess runs of the entry point as a user starts it: the integration lane.
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -62,6 +62,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
   assert [r["forget_acc"] for r in got.rows] == [r["forget_acc"] for r in want.rows]
 
 
+@pytest.mark.integration
 def test_finished_methods_are_not_rerun(tmp_path, monkeypatch):
   cfg = _cfg(methods="finetune,neggrad")
   resume_dir = tmp_path / "resume"
@@ -73,6 +74,7 @@ def test_finished_methods_are_not_rerun(tmp_path, monkeypatch):
   assert not any("method neggrad: finished before" in l for l in lines)
 
 
+@pytest.mark.integration
 def test_a_method_killed_mid_way_resumes_inside_it(tmp_path, monkeypatch):
   """`--config.method_checkpoint_every=1`: SCRUB's state after each cycle is checkpointed;
   killed after its second cycle, the rerun restores the trained references and the
@@ -124,6 +126,7 @@ def _weights(run_dir: Path, name: str):
     return mngr.restore(mngr.latest_step())
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # three CLI processes (~1 min on 2 cores); the in-process kill above is fast
 def test_sigkill_then_same_command_resumes(tmp_path):
   """A real kill -9 of the CLI mid-training; the same command again finishes the run with

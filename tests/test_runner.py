@@ -1,5 +1,6 @@
 """The runner on scenarios the CLI tests do not cover."""
 
+import pytest
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -24,6 +25,7 @@ def test_subclass_scenario_trains_on_coarse_labels_and_forgets_a_fine_class():
   assert all(np.isfinite(r["forget_acc"]) for r in result.rows)
 
 
+@pytest.mark.integration
 def test_seeds_per_stage_run_every_trained_model_with_every_unlearning_seed():
   """--train_seeds 2 × --unlearn_seeds 2: four unlearned models per method in one program;
   unlearning seed 0 is the single-stage run (same keys; float tolerance, the vmapped

@@ -60,6 +60,7 @@ def test_tfds_data_source_streams_without_loading_the_dataset():
   assert all(jax.tree_util.tree_leaves(changed))
 
 
+@pytest.mark.integration
 def test_runner_stream_flag_trains_the_same_models():
   """--stream (host-memory batches) and the in-memory loop give the same original
   and retrained weights."""

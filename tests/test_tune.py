@@ -33,7 +33,7 @@ def tuned_run(tmp_path_factory):
   return workdir, proc
 
 
-@pytest.mark.slow   # two CLI runs (~20 s): the suite's 10-minute budget is tight
+@pytest.mark.integration   # two CLI runs
 def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path):
   workdir, proc = tuned_run
   for name in ("tuning.csv", "tuned.json", "report.md", "tuning.json",
@@ -64,12 +64,14 @@ def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path
     (["--search_loop=pmap"], "--search_loop='pmap' is unknown; allowed: auto, vmap, sequential"),
     (["--min_retain=1.5"], "--min_retain=1.5 must lie in [0, 1]"),
 ])
+@pytest.mark.integration
 def test_bad_tune_flags_are_one_line_and_write_nothing(args, needle, tmp_path):
   proc = run_module("experiments.tune", *args, f"--workdir={tmp_path / 'run'}")
   assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_bad_hparams_file_is_a_flag_error(tmp_path):
   bad = tmp_path / "tuned.json"
   bad.write_text('{"methods": {"magic": {"hparams": {}}}}')
@@ -77,6 +79,7 @@ def test_bad_hparams_file_is_a_flag_error(tmp_path):
   assert proc.returncode == 2 and "method 'magic' is unknown" in proc.stderr, proc.stderr
 
 
+@pytest.mark.integration
 def test_selection_never_reads_the_test_split(monkeypatch):
   """Poison every test-split example (noise images, shuffled labels): the choice is the
   same, and only the reported test accuracy moves."""

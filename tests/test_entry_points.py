@@ -1,0 +1,95 @@
+"""One real step of each entry point, in process (flax's examples' way: the program's own
+`main` on small data, no subprocess): `unlearn`, `evaluate`, `tune` and `requests` parse
+their flags, run a one-epoch job on digits and write their run directory. The end-to-end
+runs as a user starts them (subprocesses, exit codes, a SIGKILL and its resume, the
+wheel) are the integration lane's (`python -m pytest --integration`)."""
+
+import csv
+import json
+
+import pytest
+from absl import flags
+
+from experiments import cli, evaluate, requests, tune, unlearn
+from experiments import setup
+
+# Dotted overrides (`--config.train.epochs=1`, `--finetune.epochs=1`) are parsed by
+# ml_collections from sys.argv when the flags are *defined*, i.e. at import: in process they
+# are given as values instead, exactly where the CLI puts them.
+ONE_EPOCH = {"train.epochs": 1, "plots": False, "save_checkpoints": False}
+
+
+@pytest.fixture
+def run_job(monkeypatch):
+  """`run_job(module, *args, config=..., hparams=...)`: `module.job` as its main runs it,
+  with `args` as the command line (absl parses them, every flag back to its default
+  first), the config built as the CLI builds it with `config`'s dotted fields set, and
+  `hparams` ({method: {name: value}}) over the methods' defaults."""
+  def run(module, *args, config=None, hparams=None) -> str:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["entry_point", "--seeds=1", *args])
+    setup.begin_cli(["entry_point"])
+    cfg = cli.build_config()
+    for key, value in {**ONE_EPOCH, **(config or {})}.items():
+      *path, last = key.split(".")
+      node = cfg
+      for part in path:
+        node = node[part]
+      node[last] = value
+    chosen = cli.method_hparams()
+    for method, values in (hparams or {}).items():
+      chosen[method].update(values)
+    monkeypatch.setattr(cli, "method_hparams", lambda: chosen)
+    return module.job(cfg)
+
+  yield run
+  flags.FLAGS.unparse_flags()
+
+
+def rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+ONE_FINETUNE_EPOCH = {"finetune": {"epochs": 1}}
+
+
+def test_unlearn_one_epoch(run_job, tmp_path):
+  out = run_job(unlearn, "--methods=finetune", f"--workdir={tmp_path / 'run'}",
+                hparams=ONE_FINETUNE_EPOCH)
+  got = rows(tmp_path / "run" / "results.csv")
+  assert [r["method"] for r in got] == ["original", "retrain", "finetune"]
+  assert all(0.0 <= float(r["forget_acc"]) <= 1.0 for r in got)
+  assert "| method |" in out and str(tmp_path / "run") in out
+  assert not (tmp_path / ".run.resume").exists()     # a finished run leaves nothing to resume
+
+
+def test_evaluate_one_epoch(run_job, tmp_path):
+  run_job(evaluate, "--methods=finetune", "--num_models=4", "--mia_models=2",
+          f"--populations_dir={tmp_path / 'pops'}", f"--workdir={tmp_path / 'run'}",
+          hparams=ONE_FINETUNE_EPOCH)
+  got = rows(tmp_path / "run" / "evaluation.csv")
+  assert [r["method"] for r in got] == ["original", "retrain", "finetune"]
+  assert 0.0 <= float(got[2]["forgetting_quality"]) <= 1.0
+  assert any((tmp_path / "pops").iterdir()), "the populations were not kept for reuse"
+
+
+def test_tune_one_epoch(run_job, tmp_path):
+  run_job(tune, "--methods=finetune", "--budget=2", f"--workdir={tmp_path / 'run'}",
+          hparams=ONE_FINETUNE_EPOCH)
+  tuned = json.loads((tmp_path / "run" / "tuned.json").read_text())
+  assert "finetune" in json.dumps(tuned)
+  assert len(rows(tmp_path / "run" / "tuning.csv")) == 2      # 2 configurations x 1 seed
+
+
+def test_requests_one_epoch(run_job, tmp_path):
+  run_job(requests, "--methods=finetune", "--requests=1", "--request_size=0.02",
+          f"--workdir={tmp_path / 'run'}", hparams=ONE_FINETUNE_EPOCH)
+  got = rows(tmp_path / "run" / "requests.csv")
+  assert [(r["method"], r["request"]) for r in got] == [("finetune", "1"), ("retrain", "1")]
+
+
+def test_a_bad_flag_is_a_usage_error_before_anything_is_written(run_job, tmp_path):
+  with pytest.raises(setup.UsageError, match="--dataset='imagenet' is unknown"):
+    run_job(unlearn, "--dataset=imagenet", f"--workdir={tmp_path / 'run'}")
+  assert not any(tmp_path.iterdir())
