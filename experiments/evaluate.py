@@ -19,13 +19,10 @@ from pathlib import Path
 
 from absl import flags
 
-from . import cli, population, population_report, setup
+from . import cli, population, population_flags, population_report, setup  # noqa: F401
 
 flags.DEFINE_integer("num_models", 16, "models per population (originals, retrained, unlearned)")
-flags.DEFINE_integer("chunk", 0, "models per vmapped chunk (0 = all at once)")
 flags.DEFINE_integer("mia_models", 16, "models per population that fit SalUn's SVC attack")
-flags.DEFINE_string("populations_dir", "runs/populations",
-                    "where trained populations are checkpointed and reused ('' = never)")
 
 
 def job(cfg) -> str:

@@ -28,15 +28,12 @@ from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
-from . import cli, population, setup
+from . import cli, population, population_flags, setup  # noqa: F401 (--chunk, --populations_dir)
 from unlearn_jax import metrics as M
 from unlearn_jax.evaluation import PopulationLogits
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
 
 flags.DEFINE_string("sizes", "8,16,32,64", "population sizes N (comma list, increasing)")
-flags.DEFINE_integer("chunk", 0, "models per vmapped chunk (0 = all at once)")
-flags.DEFINE_string("populations_dir", "runs/populations",
-                    "where trained populations are checkpointed and reused ('' = never)")
 F = flags.FLAGS
 
 SPLITS = ("forget", "retain", "test")

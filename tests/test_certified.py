@@ -160,6 +160,7 @@ def _empirical_epsilon(t_a, t_b, delta, min_count=50):
   return best, slack
 
 
+@pytest.mark.integration   # long: an attack over many refits
 def test_the_stated_epsilon_holds_against_a_likelihood_ratio_attack(digits_features):
   """Heads on the digits MLP's features (300 examples, 31 principal components), one
   one-vs-rest classifier: the released head (fit with the perturbation, then the Newton

@@ -1,10 +1,11 @@
 """The compile-count contract: in every driver mode, a run compiles each program once.
 
 Default lane: one method per kind of schedule (`POPULATION_METHODS`: epochs of a gradient
-phase, a one-shot edit, cycles, noise then phases) in both seed loops, and a population
-evaluation in chunks. Integration lane: every method with data in both seed loops. Counts
-come from JAX's own compile log (`tests/compile_log.py`): the same program with the same
-shapes compiled twice fails, naming it.
+phase, a one-shot edit, cycles, noise then phases) with sequential seeds, and (in
+`test_entry_points.py`) a vmapped population evaluation in chunks. Integration lane: every
+method with data in both seed loops, and the four kinds of schedule in a population
+evaluation in chunks. Counts come from JAX's own compile log (`tests/compile_log.py`): the
+same program with the same shapes compiled twice fails, naming it.
 """
 
 import pytest
@@ -54,9 +55,9 @@ def run_and_count(seed_loop: str, names) -> dict:
   return counts
 
 
-@pytest.mark.parametrize("seed_loop", ["vmap", "sequential"])
-def test_each_kind_of_schedule_compiles_once_per_run(seed_loop):
-  run_and_count(seed_loop, POPULATION_METHODS)
+def test_each_kind_of_schedule_compiles_once_per_run_seed_after_seed():
+  """Sequential seeds; the vmapped seed loop is the population test's below."""
+  run_and_count("sequential", POPULATION_METHODS)
 
 
 @pytest.mark.integration
@@ -65,6 +66,7 @@ def test_every_method_compiles_once_per_run(seed_loop):
   run_and_count(seed_loop, WITH_DATA)
 
 
+@pytest.mark.integration   # the evaluate entry point's test checks one method in the default lane
 def test_a_population_in_chunks_compiles_each_program_once():
   """Four methods over 4 models in chunks of 2: each method's program, the epoch programs
   and the logits of each split compile once, however many chunks and populations."""

@@ -6,12 +6,17 @@ wheel) are the integration lane's (`python -m pytest --integration`)."""
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from absl import flags
 
 from experiments import cli, evaluate, requests, tune, unlearn
 from experiments import setup
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compile_log  # noqa: E402
 
 # Dotted overrides (`--config.train.epochs=1`, `--finetune.epochs=1`) are parsed by
 # ml_collections from sys.argv when the flags are *defined*, i.e. at import: in process they
@@ -64,10 +69,16 @@ def test_unlearn_one_epoch(run_job, tmp_path):
   assert not (tmp_path / ".run.resume").exists()     # a finished run leaves nothing to resume
 
 
-def test_evaluate_one_epoch(run_job, tmp_path):
-  run_job(evaluate, "--methods=finetune", "--num_models=4", "--mia_models=2",
-          f"--populations_dir={tmp_path / 'pops'}", f"--workdir={tmp_path / 'run'}",
-          hparams=ONE_FINETUNE_EPOCH)
+def test_evaluate_one_epoch_compiles_each_program_once(run_job, tmp_path):
+  """Populations of 4 in chunks of 2: every program (the epoch programs, the method's, the
+  logits and metrics) is compiled once, however many chunks and populations."""
+  with compile_log.compiles() as counts:
+    run_job(evaluate, "--methods=finetune", "--num_models=4", "--chunk=2", "--mia_models=2",
+            f"--populations_dir={tmp_path / 'pops'}", f"--workdir={tmp_path / 'run'}",
+            hparams=ONE_FINETUNE_EPOCH)
+  assert not compile_log.compiled_twice(counts), compile_log.compiled_twice(counts)
+  per = compile_log.per_program(counts)
+  assert per["jit(unlearn_finetune)"] == 1 and per["jit(train_epoch)"] == 2, per
   got = rows(tmp_path / "run" / "evaluation.csv")
   assert [r["method"] for r in got] == ["original", "retrain", "finetune"]
   assert 0.0 <= float(got[2]["forgetting_quality"]) <= 1.0

@@ -123,6 +123,7 @@ def test_forgetting_a_class_removes_it_and_keeps_the_rest(digits):
   assert float(aux["noise_sigma"]) > 0 and float(aux["refitted"]) == 0.0
 
 
+@pytest.mark.integration   # long: a stream of requests
 def test_a_stream_of_requests_accumulates_the_bound_and_retrains_past_the_cap(digits):
   """Requests of 20 examples: Z_s = Z_{s−1} c^{K_{s−1} n/b} + 20 Z_B (the authors'
   sequential rule, from the reported epochs), K_s never decreases before a retrain, every

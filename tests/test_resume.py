@@ -48,6 +48,7 @@ def _run_killed_after(cfg, resume_dir, label, step, monkeypatch):
       runner.run(cfg, {}, log=lambda s: None, resume_dir=resume_dir)
 
 
+@pytest.mark.integration   # long: three runs of the job
 def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
   """Seeds vmapped; the SIGKILL test below covers sequential seeds."""
   cfg = _cfg()
