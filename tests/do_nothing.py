@@ -1,6 +1,6 @@
 """A registered method made to do nothing: it returns the variables it is given.
 
-The suite checks itself with it: `tests/test_behaviour_*.py` replaces each method in turn
+The suite checks itself with it: `tests/test_behaviour.py` replaces each method in turn
 and asserts that its criterion then fails, naming the method; `python -m pytest
 --do-nothing=ssd` runs any lane with `ssd` replaced for the whole session."""
 
@@ -68,14 +68,10 @@ def main() -> None:
   from pathlib import Path
 
   here = Path(__file__).resolve().parent
-  sys.path.insert(0, str(here))
-  import memorising
-  table = memorising.read_table()
   names = sys.argv[1:] or list(methods.list_methods())
   missed = []
   for name in names:
-    test = (f"tests/test_behaviour_{table[name]['scenario']}.py::"
-            f"test_the_method_meets_its_criterion[{name}]")
+    test = f"tests/test_behaviour.py::test_the_method_meets_its_criterion[{name}]"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", test,
                         f"--do-nothing={name}"], cwd=here.parent, capture_output=True,
                        text=True)
