@@ -51,6 +51,7 @@ def test_the_fit_is_the_papers_objective_minimiser(digits_features):
   assert float(jnp.max(jnp.linalg.norm(x, axis=1))) <= 1 + 1e-6, "features must lie in the unit ball"
 
 
+@pytest.mark.integration   # long: refits for every removal
 def test_newton_removal_equals_refitting_for_one_point_and_a_sequence(digits_features):
   """No perturbation, λ = 1e-3: one Newton step per removed point lands on the refit head
   to 1e-4, for one point and for five removed one after another."""

@@ -74,6 +74,7 @@ def digits(digits_mlp):
   return ds, model, variables, cr.scaled_features(feats, cr.feature_scale(feats)), y
 
 
+@pytest.mark.integration   # long: the process run to its stationary law
 def test_the_process_contracts_at_the_rate_the_bound_assumes(digits):
   """Two runs on the same data from different starts, with the same key (the same batches
   and noise: the synchronous coupling of the proof), end within c^{Kn/b} of their start

@@ -14,6 +14,17 @@ guessing from parameter names or key order:
    (`boundary_expand`, `reinit`, `prune_last_layer`, `activation_reset`).
 4. **Penultimate features** (for `contrastive` and `bad_teacher_similar`): by default the
    input of the head module, captured as the model runs; or a `features_fn` of your own.
+5. **Collective axis names** its layers reduce over (`axis_names`): Flax's ImageNet
+   example builds `nn.BatchNorm(axis_name="batch")`, whose train mode averages its
+   statistics over the devices of a `pmap`. The adapter binds each name around every call
+   as an axis of size one (a `jax.vmap` over a leading axis of one), so each model's
+   statistics are those of its own batch, as on one device, inside the library's vmapped
+   and sharded programs alike: `ModelAdapter(ResNet50(...), ..., axis_names=("batch",))`.
+
+`MethodContext` checks the adapter against the model in both modes before anything
+compiles (`jax.eval_shape` of an init and of a train-mode call): a field that does not fit
+the model is a `ValueError` naming it (`mutable`, `rng_streams`, `train_kwargs`,
+`axis_names`) and what to set.
 
 A method that needs something the adapter does not provide raises a `ValueError` saying
 what to provide.
@@ -77,6 +88,9 @@ class ModelAdapter:
     features_fn: optional `features_fn(adapter, variables, x, train, rngs) ->
       (logits, features, updates)`; by default the features are the head's input.
     name: a label for messages.
+    axis_names: collective axis names the module's layers use (e.g. `("batch",)` for
+      `nn.BatchNorm(axis_name="batch")`); each is bound as a size-one axis around every
+      call, so statistics are per model and per batch (module docstring).
   """
   module: nn.Module
   train_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -86,6 +100,7 @@ class ModelAdapter:
   head: tuple | None = None
   features_fn: Callable | None = None
   name: str = ""
+  axis_names: tuple = ()
 
   def __post_init__(self):
     if not isinstance(self.module, nn.Module):
@@ -97,6 +112,7 @@ class ModelAdapter:
                          f"{getattr(self, field)!r}")
     object.__setattr__(self, "rng_streams", _as_name_tuple(self.rng_streams, "rng_streams"))
     object.__setattr__(self, "mutable", _as_name_tuple(self.mutable, "mutable"))
+    object.__setattr__(self, "axis_names", _as_name_tuple(self.axis_names, "axis_names"))
     if "params" in self.mutable:
       raise ValueError("mutable must not contain 'params': methods update params themselves")
     if self.head is not None:
@@ -117,11 +133,23 @@ class ModelAdapter:
     return {s: jax.random.fold_in(key, zlib.crc32(s.encode()) & 0x7FFFFFFF)
             for s in self.rng_streams}
 
+  def bound(self, fn: Callable) -> Callable:
+    """`fn(variables, x) -> outputs` with each of `axis_names` bound as an axis of size
+    one around it (a `jax.vmap` over a leading axis of one, removed from the outputs)."""
+    for name in reversed(self.axis_names):
+      def fn(variables, x, inner=fn, name=name):
+        out = jax.vmap(inner, in_axes=(None, 0), axis_name=name)(variables, x[None])
+        return jax.tree_util.tree_map(lambda a: a[0], out)
+    return fn
+
   def apply(self, variables: Variables, x: jax.Array, *, train: bool = False,
             rng: jax.Array | None = None):
     """(logits, updates): `updates` holds the mutated collections of a train-mode call
     (an empty dict in eval mode or when nothing is mutable); merge with `{**variables,
     **updates}`."""
+    return self.bound(lambda v, xx: self._apply(v, xx, train, rng))(variables, x)
+
+  def _apply(self, variables, x, train, rng):
     if not train:
       return self.module.apply(variables, x, **self.eval_kwargs), {}
     rngs = self.rngs(rng)
@@ -149,19 +177,23 @@ class ModelAdapter:
       raise ValueError(f"{self.name}: this method needs penultimate features; give the "
                        "adapter head=(path of the classifier head in params) or a "
                        "features_fn")
-    captured = []
+    def run(v, xx):
+      # Captured inside the bound call (a value traced under its axes cannot leave it).
+      captured = []
 
-    def interceptor(next_fun, args, kwargs, context):
-      if context.method_name == "__call__" and tuple(context.module.path) == self.head:
-        captured.append(args[0])
-      return next_fun(*args, **kwargs)
+      def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and tuple(context.module.path) == self.head:
+          captured.append(args[0])
+        return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):
-      logits, updates = self.apply(variables, x, train=train, rng=rng)
-    if not captured:
-      raise ValueError(f"{self.name}: head={self.head} is never called in a forward pass; "
-                       "give the path of the module that produces the logits")
-    feats = captured[-1]
+      with nn.intercept_methods(interceptor):
+        logits, updates = self._apply(v, xx, train, rng)
+      if not captured:
+        raise ValueError(f"{self.name}: head={self.head} is never called in a forward "
+                         "pass; give the path of the module that produces the logits")
+      return logits, captured[-1], updates
+
+    logits, feats, updates = self.bound(run)(variables, x)
     return logits, feats.reshape(feats.shape[0], -1), updates
 
   def capture(self, variables: Variables, x: jax.Array, which: Callable, *,
@@ -176,8 +208,9 @@ class ModelAdapter:
       rngs = self.rngs(rng)
       if rngs is not None:
         kwargs["rngs"] = rngs
-    logits, state = self.module.apply(variables, x, mutable=mutable,
-                                      capture_intermediates=lambda m, _: which(m), **kwargs)
+    logits, state = self.bound(lambda v, xx: self.module.apply(
+        v, xx, mutable=mutable, capture_intermediates=lambda m, _: which(m), **kwargs))(
+            variables, x)
     state = dict(state)
     captured = {}
     for path, value in traverse_util.flatten_dict(state.pop("intermediates", {})).items():
@@ -216,8 +249,8 @@ class ModelAdapter:
     """Fresh variables for one example of `input_shape` (eval-mode call)."""
     rngs = {"params": key, **{s: jax.random.fold_in(key, i + 1)
                               for i, s in enumerate(self.rng_streams)}}
-    variables = self.module.init(rngs, jnp.zeros((1,) + tuple(input_shape), jnp.float32),
-                                 **self.eval_kwargs)
+    variables = self.bound(lambda r, xx: self.module.init(r, xx, **self.eval_kwargs))(
+        rngs, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
     return {k: v for k, v in dict(variables).items() if k != "intermediates"}
 
   # --------------------------------------------------------------------------- the head

@@ -40,6 +40,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 from typing import Any, NamedTuple
 from collections.abc import Callable, Mapping
 
@@ -99,23 +100,72 @@ class MethodContext:
     check_adapter(self.model, self.num_classes, self.input_shape)
 
 
+def _first_line(error: Exception) -> str:
+  text = str(error).splitlines()[0] if str(error) else ""
+  return f"{type(error).__name__}: {text.split(' (https://')[0]}"
+
+
+def adapter_field_error(adapter: ModelAdapter, error: Exception, mode: str) -> str | None:
+  """The adapter field a failed `mode` call of the model points to, as one line saying
+  what to set; None when the error names none of them."""
+  text = f"{type(error).__name__}: {error}"
+  axis = re.search(r"unbound axis name: ([\w.-]+)", text)
+  if axis:
+    name = axis.group(1).rstrip(".")
+    return (f"axis_names={adapter.axis_names}: {adapter.name} reduces over the collective "
+            f"axis {name!r} in {mode} mode (e.g. nn.BatchNorm(axis_name={name!r})); add it: "
+            f"axis_names={adapter.axis_names + (name,)} binds it as an axis of size one, so "
+            "each model's statistics are its own batch's")
+  immutable = re.search(r'collection "(\w+)" is immutable', text)
+  if immutable:
+    name = immutable.group(1)
+    return (f"mutable={adapter.mutable}: {adapter.name} updates the collection {name!r} in "
+            f"{mode} mode; add it: mutable={adapter.mutable + (name,)}")
+  rng = re.search(r'needs PRNG for "(\w+)"', text)
+  if rng:
+    name = rng.group(1)
+    return (f"rng_streams={adapter.rng_streams}: {adapter.name} draws from the rng stream "
+            f"{name!r} in {mode} mode; add it: rng_streams={adapter.rng_streams + (name,)}")
+  keyword = re.search(r"unexpected keyword argument '(\w+)'", text)
+  if keyword:
+    field = "train_kwargs" if mode == "train" else "eval_kwargs"
+    return (f"{field}={dict(getattr(adapter, field))}: {adapter.name} takes no argument "
+            f"{keyword.group(1)!r}; give the keyword arguments that switch its {mode} mode "
+            "(e.g. {'train': True} or {'deterministic': False})")
+  return None
+
+
 def check_adapter(adapter: ModelAdapter, num_classes: int, input_shape: tuple) -> None:
   """The adapter checked against the model, once, on abstract values (`jax.eval_shape` of
-  its init: nothing is computed or compiled): `head` must be a path in `params` to a
-  Dense-like module whose output width is `num_classes`; every `mutable` name must be a
-  collection the model has. A ValueError names the argument and what is allowed."""
+  its init and of a train-mode call on two examples: nothing is computed or compiled):
+  the train-mode fields (`train_kwargs`, `rng_streams`, `mutable`, `axis_names`) must let
+  the model run; `head` must be a path in `params` to a Dense-like module whose output
+  width is `num_classes`; every `mutable` name must be a collection the model has. A
+  ValueError names the field and what to set."""
   try:
     shapes = jax.eval_shape(lambda: adapter.init(jax.random.PRNGKey(0), input_shape))
   except Exception as e:  # the user's model: one line saying what failed, then its error
+    hint = adapter_field_error(adapter, e, "eval")
+    if hint:
+      raise ValueError(hint) from e
     raise ValueError(f"input_shape={input_shape}: {adapter.name} could not be initialised "
-                     f"on one example of this shape ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''})") from e
+                     f"on one example of this shape ({_first_line(e)})") from e
   collections = sorted(k for k in shapes if k != "params")
   unknown = [c for c in adapter.mutable if c not in shapes]
   if unknown:
     raise ValueError(f"mutable={adapter.mutable}: {unknown[0]!r} is not a collection of "
                      f"{adapter.name}; allowed: its collections besides params "
                      f"{collections or '(none)'}")
+  x2 = jax.ShapeDtypeStruct((2,) + tuple(input_shape), jnp.float32)
+  try:
+    jax.eval_shape(lambda v, x: adapter.apply(v, x, train=True, rng=jax.random.PRNGKey(0)),
+                   shapes, x2)
+  except Exception as e:  # the user's model in train mode: the field to fix, or its error
+    hint = adapter_field_error(adapter, e, "train")
+    raise ValueError(hint or (
+        f"train_kwargs={dict(adapter.train_kwargs)}, rng_streams={adapter.rng_streams}, "
+        f"mutable={adapter.mutable}: {adapter.name} fails in train mode "
+        f"({_first_line(e)})")) from e
   if adapter.head is None:
     return
   width = adapter.head_params(shapes.get("params", {}), "every method")["kernel"].shape[-1]

@@ -1,0 +1,134 @@
+"""The adapter checked in train mode when a MethodContext is built, and collective axis
+names bound: a model shaped as Flax's ImageNet example's ResNet (its BatchNorm built with
+`axis_name="batch"`) runs the methods with one adapter line, `axis_names=("batch",)`."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unlearn_jax as uj
+
+
+class ResNetBlock(nn.Module):
+  """The Flax ImageNet example's block (google/flax examples/imagenet/models.py), small."""
+  filters: int
+  conv: type
+  norm: type
+  strides: tuple = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides, name="conv_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """The example's ResNet at two stages of one block, 8 filters: its BatchNorm averages
+  over the axis "batch", as the example's `pmap` training binds it."""
+  num_classes: int = 10
+  axis_name: str | None = "batch"
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = functools.partial(nn.Conv, use_bias=False)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, axis_name=self.axis_name)
+    x = nn.relu(norm(name="bn_init")(conv(8, (3, 3), name="conv_init")(x)))
+    for i, filters in enumerate((8, 16)):
+      x = ResNetBlock(filters, conv, norm, strides=(2, 2) if i else (1, 1))(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+def adapter(model=None, **fields):
+  fields = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False},
+            "mutable": ("batch_stats",), "head": ("head",), "axis_names": ("batch",),
+            **fields}
+  return uj.ModelAdapter(model or ResNet(), **fields)
+
+
+def test_an_unbound_axis_name_is_named_with_the_field_to_set():
+  with pytest.raises(ValueError) as err:
+    uj.MethodContext(adapter(axis_names=()), 10, (8, 8, 1))
+  message = str(err.value)
+  assert message.startswith("axis_names=(): ResNet reduces over the collective axis 'batch' "
+                            "in train mode"), message
+  assert "add it: axis_names=('batch',)" in message and "\n" not in message
+
+
+def test_bound_axis_gives_each_models_own_batch_statistics(digits):
+  """Bound as a size-one axis, the BatchNorm's pmean is the identity: the train-mode call
+  equals the same model built without an axis name, outputs and updated statistics."""
+  x = jnp.asarray(digits.train_x[:16])
+  bound, plain = adapter(), adapter(ResNet(axis_name=None), axis_names=())
+  variables = plain.init(jax.random.PRNGKey(0), (8, 8, 1))
+  np.testing.assert_allclose(*(a.apply(variables, x, train=True)[0] for a in (bound, plain)),
+                             rtol=1e-6)
+  stats = [a.apply(variables, x, train=True)[1]["batch_stats"] for a in (bound, plain)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), *stats)
+  assert bound.init(jax.random.PRNGKey(0), (8, 8, 1))["params"]["head"]["kernel"].shape == (16, 10)
+
+
+WITH_DATA = [m for m in uj.list_methods() if uj.get_method(m).reads]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(m, marks=() if m == "finetune" else pytest.mark.integration)
+    for m in WITH_DATA])
+def test_every_data_method_runs_on_the_examples_resnet_under_jit_vmap(name, digits,
+                                                                       digits_split):
+  """One epoch of each method that reads data, 2 keys, on digits (finetune in the default
+  lane, every one in the integration lane)."""
+  ctx = uj.MethodContext(adapter(), 10, (8, 8, 1))
+  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
+  forget = (x[digits_split.forget][:32], y[digits_split.forget][:32])
+  retain = (x[digits_split.retain][:128], y[digits_split.retain][:128])
+  method = uj.get_method(name)
+  data = uj.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  variables = ctx.model.init(jax.random.PRNGKey(0), (8, 8, 1))
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  hp = {"epochs": 1} if "epochs" in method.defaults else {}
+  out, _ = jax.jit(jax.vmap(lambda k: method(ctx, **hp)(variables, data, k)))(keys)
+  leaves = jax.tree_util.tree_leaves(out)
+  assert all(bool(jnp.all(jnp.isfinite(a))) for a in leaves), name
+  assert out["params"]["head"]["kernel"].shape == (2, 16, 10)
+
+
+class Dropout(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(16)(x.reshape(x.shape[0], -1))
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return nn.Dense(10, name="head")(x)
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (dict(mutable=()), "mutable=(): Dropout updates the collection 'batch_stats' in train "
+     "mode; add it: mutable=('batch_stats',)"),
+    (dict(rng_streams=()), "rng_streams=(): Dropout draws from the rng stream 'dropout' in "
+     "train mode; add it: rng_streams=('dropout',)"),
+    (dict(train_kwargs={"training": True}), "train_kwargs={'training': True}: Dropout takes "
+     "no argument 'training'; give the keyword arguments that switch its train mode"),
+])
+def test_train_mode_is_checked_when_the_context_is_built(fields, needle):
+  fields = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False},
+            "rng_streams": ("dropout",), "mutable": ("batch_stats",), "head": ("head",),
+            **fields}
+  with pytest.raises(ValueError) as err:
+    uj.MethodContext(uj.ModelAdapter(Dropout(), **fields), 10, (8, 8, 1))
+  assert str(err.value).startswith(needle) and "\n" not in str(err.value), str(err.value)
+  fixed = {**fields, "mutable": ("batch_stats",), "rng_streams": ("dropout",),
+           "train_kwargs": {"train": True}}
+  uj.MethodContext(uj.ModelAdapter(Dropout(), **fixed), 10, (8, 8, 1))   # and then it runs
