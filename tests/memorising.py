@@ -54,6 +54,7 @@ from pathlib import Path
 if __name__ == "__main__":     # as the default lane compiles; before JAX is imported
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,9 +105,6 @@ def model(name: str = "mlp"):
                            eval_kwargs={"train": False}, mutable=("batch_stats",),
                            head=("head",))
   raise ValueError(f"model={name!r}; allowed: mlp, mlp_bn")
-
-
-import flax.linen as nn  # noqa: E402
 
 
 class BatchNormMLP(nn.Module):

@@ -35,12 +35,7 @@ def run_job(monkeypatch):
     flags.FLAGS(["entry_point", "--seeds=1", *args])
     setup.begin_cli(["entry_point"])
     cfg = cli.build_config()
-    for key, value in {**ONE_EPOCH, **(config or {})}.items():
-      *path, last = key.split(".")
-      node = cfg
-      for part in path:
-        node = node[part]
-      node[last] = value
+    cfg.update_from_flattened_dict({**ONE_EPOCH, **(config or {})})
     chosen = cli.method_hparams()
     for method, values in (hparams or {}).items():
       chosen[method].update(values)
