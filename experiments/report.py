@@ -151,6 +151,38 @@ def signal_markdown(signal: dict | None) -> str:
   return line + "\n"
 
 
+def method_warnings(model_sets: dict) -> list:
+  """One line per method whose aux reports a problem on any seed (`steps.COMMON_AUX`, the
+  certified methods' `certificate_useful`): non-finite inputs or weights, labels out of
+  range, dropped steps, a certificate on a useless head."""
+  lines = []
+  for name, ms in model_sets.items():
+    aux = getattr(ms, "aux", None) or {}
+    per_seed = lambda k: np.ravel(np.asarray(aux[k], dtype=float)) if k in aux else np.zeros(0)
+    said = []
+    for key, what in (("nonfinite_inputs", "non-finite input values"),
+                      ("invalid_labels", "labels out of range"),
+                      ("nonfinite_weights", "non-finite weights in its result (unusable)"),
+                      ("nonfinite_steps", "steps dropped as non-finite")):
+      v = per_seed(key)
+      if v.size and np.any(v > 0):
+        said.append(f"{what}: {int(np.max(v))} (most on one seed)")
+    useful = per_seed("certificate_useful")
+    if useful.size and np.any(useful == 0):
+      said.append(f"its certificate holds but the head lost more than half its retain "
+                  f"accuracy above chance on {int(np.sum(useful == 0))} of {useful.size} "
+                  "seed(s) (certificate_useful = 0)")
+    if said:
+      lines.append(f"{name}: " + "; ".join(said))
+  return lines
+
+
+def warnings_markdown(lines: list) -> str:
+  if not lines:
+    return ""
+  return "\n**Warnings** (from the methods' aux):\n\n" + "".join(f"- {w}\n" for w in lines)
+
+
 STAGE_COLUMNS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
                  ("mia_loss_lr", "MIA"))
 
@@ -388,6 +420,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
            ", ".join(f"{m} {g:.1f}" for g, m in ranked) + "\n")
   signal = memorisation_signal(result.rows)
   md += signal_markdown(signal)
+  md += warnings_markdown(method_warnings(result.model_sets))
   (directory / "summary.md").write_text(md)
   result.split.save(directory)
   # Per-example CE losses of every model and seed, for attacks computed later.

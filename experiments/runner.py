@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import report
 from . import setup as setup_lib
 from .setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
                                resolve_hparams, resumed_method, setup, take_test, validate)
@@ -214,6 +215,8 @@ def _apply_methods(st, cfg, hparams, data, seed_keys, slots, references, store, 
     log(f"method {m}: {ms.seconds:.2f}s per seed ({ms.seconds / max(retrain_s, 1e-9):.2f}x "
         f"retrain)" + (f", compile {ms.compile_seconds:.1f}s" if ms.compile_seconds else "")
         + (f" [{m} stopped early on seeds {flags}]" if flags else ""))
+    for line in report.method_warnings({m: ms}):
+      log(f"WARNING {line}")
   return out
 
 

@@ -1,10 +1,13 @@
 """The adapter checked in train mode when a MethodContext is built, and collective axis
 names bound: a model shaped as Flax's ImageNet example's ResNet (its BatchNorm built with
-`axis_name="batch"`) runs the methods with one adapter line, `axis_names=("batch",)`."""
+`axis_name="batch"`) runs the methods with one adapter line, `axis_names=("batch",)`; an NNX
+model shaped as the NNX MNIST tutorial's CNN (its mode switched by `.train()`/`.eval()`)
+runs them through `uj.nnx_adapter`."""
 
 import functools
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,6 +106,77 @@ def test_every_data_method_runs_on_the_examples_resnet_under_jit_vmap(name, digi
   leaves = jax.tree_util.tree_leaves(out)
   assert all(bool(jnp.all(jnp.isfinite(a))) for a in leaves), name
   assert out["params"]["head"]["kernel"].shape == (2, 16, 10)
+
+
+class NNXCNN(nnx.Module):
+  """The NNX MNIST tutorial's CNN (flax docs, "MNIST tutorial"), for 8×8 inputs: conv,
+  BatchNorm, Dropout, average pooling twice, then two Linear layers; its mode is set by
+  `.train()` / `.eval()`, not by an argument."""
+
+  def __init__(self, *, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(1, 8, kernel_size=(3, 3), rngs=rngs)
+    self.batch_norm1 = nnx.BatchNorm(8, rngs=rngs)
+    self.dropout1 = nnx.Dropout(rate=0.025, rngs=rngs)
+    self.conv2 = nnx.Conv(8, 16, kernel_size=(3, 3), rngs=rngs)
+    self.batch_norm2 = nnx.BatchNorm(16, rngs=rngs)
+    self.avg_pool = functools.partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+    self.linear1 = nnx.Linear(2 * 2 * 16, 32, rngs=rngs)
+    self.dropout2 = nnx.Dropout(rate=0.025, rngs=rngs)
+    self.linear2 = nnx.Linear(32, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.avg_pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x)))))
+    x = self.avg_pool(nnx.relu(self.batch_norm2(self.dropout2(self.conv2(x)))))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.dropout2(self.linear1(x)))
+    return self.linear2(x)
+
+
+def nnx_cnn():
+  return uj.nnx_adapter(NNXCNN, head="linear2", rng_streams=("dropout",),
+                        mutable=("batch_stats",))
+
+
+def test_the_nnx_adapter_switches_the_mode_and_captures_the_features(digits):
+  """Eval mode is deterministic and reads the running statistics; train mode uses the
+  batch's statistics, updates them, and draws dropout from the key; the features are the
+  head's input: head(features) gives the logits."""
+  ad = nnx_cnn()
+  x = jnp.asarray(digits.train_x[:16])
+  variables = ad.init(jax.random.PRNGKey(0), (8, 8, 1))
+  assert set(variables) == {"params", "batch_stats"}
+  e1, e2 = ad.logits(variables, x), ad.logits(variables, x)
+  np.testing.assert_array_equal(e1, e2)
+  t1, updates = ad.apply(variables, x, train=True, rng=jax.random.PRNGKey(1))
+  t2, _ = ad.apply(variables, x, train=True, rng=jax.random.PRNGKey(2))
+  assert not np.allclose(t1, t2), "train mode does not draw dropout from the key"
+  assert not np.allclose(t1, e1), "train mode gives eval mode's logits"
+  assert not np.allclose(updates["batch_stats"]["batch_norm1"]["mean"],
+                         variables["batch_stats"]["batch_norm1"]["mean"])
+  logits, feats, _ = ad.features(variables, x)
+  head = ad.head_params(variables["params"])
+  np.testing.assert_allclose(feats @ head["kernel"] + head["bias"], logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(logits, e1)
+
+
+@pytest.mark.integration   # the default lane runs the mode test above
+@pytest.mark.parametrize("name", WITH_DATA)
+def test_every_data_method_runs_on_the_nnx_tutorials_cnn_under_jit_vmap(name, digits,
+                                                                       digits_split):
+  """As the ResNet test above, on the NNX CNN through `uj.nnx_adapter` and nothing else."""
+  ctx = uj.MethodContext(nnx_cnn(), 10, (8, 8, 1))
+  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
+  forget = (x[digits_split.forget][:32], y[digits_split.forget][:32])
+  retain = (x[digits_split.retain][:128], y[digits_split.retain][:128])
+  method = uj.get_method(name)
+  data = uj.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  variables = ctx.model.init(jax.random.PRNGKey(0), (8, 8, 1))
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  hp = {"epochs": 1} if "epochs" in method.defaults else {}
+  out, aux = jax.jit(jax.vmap(lambda k: method(ctx, **hp)(variables, data, k)))(keys)
+  assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(out)), name
+  assert out["params"]["linear2"]["kernel"].shape == (2, 32, 10)
+  assert int(jnp.max(aux["nonfinite_weights"])) == 0
 
 
 class Dropout(nn.Module):

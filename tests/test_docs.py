@@ -96,3 +96,28 @@ def test_the_site_builds_without_warnings(tmp_path):
   assert (html / "_generated" / "metrics.html").is_file()
   results = (html / "_generated" / "results")
   assert results.is_dir() and len(list(results.glob("*.html"))) >= 2
+
+
+def test_no_page_includes_a_generated_file_and_the_needs_table_is_the_registrys():
+  """A reader of the sources sees every guide page whole: nothing is `{include}`d from
+  docs/_generated (not in a checkout); the adapter-needs table written in the library
+  guide is the one the registry gives now."""
+  for page in PAGES:
+    assert not re.search(r"```\{include\}[^\n]*_generated", page.read_text()), (
+        f"{page.relative_to(ROOT)} includes a generated file a checkout lacks")
+  assert generate.needs_table() in (ROOT / "docs" / "guide" / "library.md").read_text(), (
+      "docs/guide/library.md's needs table is outdated: paste generate.needs_table()")
+
+
+def test_klom_report_is_host_side_as_its_page_says():
+  """The metrics page says where each metric runs: klom_report returns Python floats, so
+  the page must say host (it once said jit), and jit indeed refuses it."""
+  import jax
+  import jax.numpy as jnp
+  import unlearn_jax as uj
+  assert generate._where("klom_report", uj.klom_report).startswith("host"), (
+      "the metrics page claims klom_report runs on the device")
+  margins = {"forget": jnp.zeros((3, 4))}
+  assert set(uj.klom_report(margins, margins)) >= {"klom_p95_forget", "average_95"}
+  with pytest.raises(jax.errors.TracerArrayConversionError):
+    jax.jit(uj.klom_report)(margins, margins)

@@ -49,10 +49,17 @@ def _abstract_run(name, small, head=True):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_aux_keys_are_the_returned_ones(name, small):
-  """`aux=` in the registry (and so help()) lists exactly the keys of the returned aux."""
+  """`aux=` in the registry (and so help() and the method's page) defines exactly the keys
+  of the returned aux besides the ones every method returns (`steps.COMMON_AUX`): a key a
+  method returns that no page defines fails here."""
   _, aux = _abstract_run(name, small)
-  assert tuple(sorted(aux)) == tuple(sorted(methods.get_method(name).aux)), (
-      f"{name} returns aux keys {sorted(aux)} but declares {methods.get_method(name).aux}")
+  declared = {**methods.get_method(name).aux, **uj.steps.COMMON_AUX}
+  assert sorted(aux) == sorted(declared), (
+      f"{name} returns aux keys {sorted(aux)} but defines {sorted(declared)}")
+  for key, definition in declared.items():
+    assert len(definition.split()) >= 4, f"{name}: aux key {key!r} has no real definition"
+    assert f"{key}: {definition}" in methods.get_method(name).__doc__, (
+        f"{name}: help() does not define aux key {key!r}")
 
 
 @pytest.mark.parametrize("name", NAMES)

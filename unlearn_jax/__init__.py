@@ -29,7 +29,7 @@ __version__ = "0.2.0"
 
 from unlearn_jax import (batching, certified, data, langevin, losses, metrics, methods, models,
                          parallel, sisa, steps, train, tuning)
-from unlearn_jax.adapter import ModelAdapter, as_adapter
+from unlearn_jax.adapter import ModelAdapter, as_adapter, nnx_adapter
 from unlearn_jax.data import (Dataset, Split, SplitSpec, load_dataset, make_split,
                               stratified_subset)
 from unlearn_jax.methods import (HyperparameterError, MethodContext, UnlearnData, get_method,
@@ -44,7 +44,7 @@ from unlearn_jax.train import (TrainConfig, TrainState, cross_entropy, fit,
 # Every registered method as a top-level function: uj.finetune(ctx, lr=...), ...
 globals().update({_name: get_method(_name) for _name in list_methods()})
 
-__all__ = (["ModelAdapter", "as_adapter", "Dataset", "Split", "SplitSpec", "load_dataset",
+__all__ = (["ModelAdapter", "as_adapter", "nnx_adapter", "Dataset", "Split", "SplitSpec", "load_dataset",
             "make_split", "stratified_subset", "HyperparameterError", "MethodContext",
             "UnlearnData", "get_method", "list_methods", "make_method", "register",
             "select_data", "CNN", "MLP", "Conv", "ResNet18", "get_model", "init_variables",

@@ -21,6 +21,12 @@ guessing from parameter names or key order:
    statistics are those of its own batch, as on one device, inside the library's vmapped
    and sharded programs alike: `ModelAdapter(ResNet50(...), ..., axis_names=("batch",))`.
 
+6. **NNX models** enter through `flax.nnx.bridge.to_linen`. One whose mode is switched by
+   `.train()` / `.eval()` (the NNX MNIST tutorial's CNN, with `nnx.BatchNorm` and
+   `nnx.Dropout`) is one line, `nnx_adapter(CNN, rngs_streams..., head="linear2")`:
+   each call sets the mode on the module the bridge builds, and the features are the head's
+   input, captured as the model runs (`nnx_adapter`).
+
 `MethodContext` checks the adapter against the model in both modes before anything
 compiles (`jax.eval_shape` of an init and of a train-mode call): a field that does not fit
 the model is a `ValueError` naming it (`mutable`, `rng_streams`, `train_kwargs`,
@@ -50,6 +56,7 @@ as `module.apply(variables, x)` in both modes, nothing mutable, no head.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from typing import Any
 from collections.abc import Callable, Mapping
@@ -315,6 +322,70 @@ def as_adapter(model) -> ModelAdapter:
     return ModelAdapter(model)
   raise ValueError(f"model must be a flax.linen.Module or a ModelAdapter; got "
                    f"{type(model).__name__}")
+
+
+def _nnx_call(module, x, *, train: bool, head: tuple | None = None):
+  """The bridged NNX module's call in a mode: `.train()` / `.eval()` first (the bridge
+  builds the module afresh for every call), then the model; with `head`, also the head's
+  input (its class swapped for a capturing subclass for this call only, so the graph the
+  bridge stores afterwards is the model's own)."""
+  module.train() if train else module.eval()
+  if head is None:
+    return module(x)
+  node = module
+  for name in head:
+    if not hasattr(node, name):
+      raise ValueError(f"head={head} is not an attribute path of {type(module).__name__}: "
+                       f"{type(node).__name__} has no {name!r}")
+    node = getattr(node, name)
+  seen, cls = [], type(node)
+  capturing = type(f"Capturing{cls.__name__}", (cls,), {
+      "__call__": lambda self, inputs, *a, **k: (seen.append(inputs),
+                                                 cls.__call__(self, inputs, *a, **k))[1]})
+  node.__class__ = capturing
+  try:
+    logits = module(x)
+  finally:
+    node.__class__ = cls
+  if not seen:
+    raise ValueError(f"head={head} is never called in a forward pass of "
+                     f"{type(module).__name__}; give the path of the layer that makes the logits")
+  return logits, seen[-1]
+
+
+def _nnx_features(adapter: ModelAdapter, variables, x, train, rngs):
+  """`features_fn` of `nnx_adapter`: (logits, the head's input [B, d], updates)."""
+  call = functools.partial(_nnx_call, train=train, head=adapter.head)
+  mutable = list(adapter.mutable) if train else False
+  out = adapter.module.apply(variables, x, nnx_method=call, rngs=rngs, mutable=mutable)
+  (logits, feats), updates = out if train else (out, {})
+  return logits, feats.reshape(feats.shape[0], -1), dict(updates)
+
+
+def nnx_adapter(nnx_class, *args, head=None, rng_streams=(), mutable=(), axis_names=(),
+                name: str = "", **kwargs) -> ModelAdapter:
+  """The adapter of an NNX model whose mode is switched by `.train()` / `.eval()`.
+
+  `nnx_class(*args, **kwargs, rngs=...)` is built by `flax.nnx.bridge.to_linen`; every
+  train-mode call runs `module.train()` and every eval-mode call `module.eval()` before
+  the model (the bridge builds the module anew for each call, so the mode is set each
+  time). `head`: the attribute path of the classifier layer (an `nnx.Linear`), which is
+  also its path in `params`; the penultimate features are that layer's input. `mutable`:
+  `("batch_stats",)` for `nnx.BatchNorm` (the bridge stores `nnx.BatchStat` there);
+  `rng_streams`: `("dropout",)` for `nnx.Dropout(..., rngs=rngs)`.
+
+      from flax import nnx
+      adapter = uj.nnx_adapter(CNN, head="linear2", rng_streams=("dropout",),
+                               mutable=("batch_stats",))
+  """
+  from flax.nnx import bridge
+  head = None if head is None else _as_name_tuple(head, "head")
+  return ModelAdapter(bridge.to_linen(nnx_class, *args, **kwargs),
+                      train_kwargs={"nnx_method": functools.partial(_nnx_call, train=True)},
+                      eval_kwargs={"nnx_method": functools.partial(_nnx_call, train=False)},
+                      rng_streams=rng_streams, mutable=mutable, head=head,
+                      features_fn=_nnx_features if head is not None else None,
+                      name=name or nnx_class.__name__, axis_names=axis_names)
 
 
 def has_mutable_state(variables: Variables, collection: str = "batch_stats") -> bool:

@@ -5,6 +5,9 @@
   epoch covers every example and the last batch wraps around to the start of the
   permutation, so a small forget set still takes full steps. Streaming input, the in-memory
   scan and every method read the same plan.
+* A batch is never larger than the set it batches (`batch_for`): a batch size above the
+  set's n gives batches of n, the whole set, as a PyTorch loader gives one batch of n; so
+  the memory a step asks for is bounded by its inputs, whatever the batch size.
 * Paired batches (`sample_batch`): a batch drawn uniformly with replacement, e.g. the retain
   batch that goes with each forget batch.
 * Fixed-order reductions (`fixed_batches`, `batched_mean`, `weighted_batch_mean`,
@@ -26,13 +29,19 @@ import jax.numpy as jnp
 from unlearn_jax.parallel import shard_batch
 
 
+def batch_for(n: int, batch_size: int) -> int:
+  """The batch size used on a set of n examples: min(batch_size, n) (module docstring)."""
+  return max(1, min(int(batch_size), int(n)))
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
   """⌈n / batch_size⌉ (at least 1)."""
   return max(1, math.ceil(n / batch_size))
 
 
 def epoch_indices(key: jax.Array, n: int, batch_size: int) -> jax.Array:
-  """[steps, batch_size] indices of a permutation; the last batch wraps around."""
+  """[steps, batch_for(n, batch_size)] indices of a permutation; the last batch wraps around."""
+  batch_size = batch_for(n, batch_size)
   nb = steps_per_epoch(n, batch_size)
   perm = jax.random.permutation(key, n)
   return jnp.resize(perm, (nb * batch_size,)).reshape(nb, batch_size)
@@ -51,7 +60,7 @@ def sample_batch(data: tuple, key: jax.Array, batch_size: int) -> tuple:
   with forget batches in the interleaved methods."""
   data = jax.tree_util.tree_map(jnp.asarray, data)
   n = data[0].shape[0]
-  idx = jax.random.randint(key, (batch_size,), 0, n)
+  idx = jax.random.randint(key, (batch_for(n, batch_size),), 0, n)
   return shard_batch(jax.tree_util.tree_map(lambda a: a[idx], data))
 
 
@@ -70,6 +79,7 @@ def fixed_batches(data: tuple, batch_size: int) -> tuple:
   reduction below leaves them out."""
   data = jax.tree_util.tree_map(jnp.asarray, data)
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
+  batch_size = batch_for(n, batch_size)
   total = steps_per_epoch(n, batch_size) * batch_size
   idx = (jnp.arange(total) % n).reshape(-1, batch_size)
   valid = (jnp.arange(total) < n).reshape(-1, batch_size)

@@ -82,11 +82,13 @@ def init_train_state(variables: dict, tx: optax.GradientTransformation) -> Train
 
 
 class StepState(NamedTuple):
-  """What a method's updates read and write (module docstring)."""
+  """What a method's updates read and write (module docstring); `checks` holds what
+  `with_checks` counted in the inputs (the same for every method)."""
   carry: Any
   feeds: dict = {}
   keys: dict = {}
   const: Any = ()
+  checks: dict = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,68 @@ class Steps:
         return p
     raise ValueError(f"phase {name!r} is unknown; allowed: "
                      f"{', '.join(p.name for p in self.phases)}")
+
+
+# ----------------------------------------------------------------------------- input checks
+# The aux keys every registered method returns besides its own (`with_checks`): one policy
+# for non-finite values and labels out of range, the same under jit as outside it.
+COMMON_AUX = {
+    "nonfinite_inputs": "number of NaN/Inf values in the inputs the method read (the "
+                        "variables and the examples of its data); 0 for a sound call. "
+                        "Outside jit such inputs are refused (ValueError) before running",
+    "invalid_labels": "number of labels in the method's data outside [0, num_classes); 0 for "
+                      "a sound call. Outside jit they are refused (ValueError)",
+    "nonfinite_steps": "number of gradient steps dropped because their loss or new weights "
+                       "were not finite (guarded ascent phases keep the last finite weights; "
+                       "always 0 in a method without a guarded phase)",
+    "nonfinite_weights": "number of NaN/Inf values in the returned variables: anything but 0 "
+                         "means the result is unusable (the run's summary warns)",
+}
+
+
+def count_nonfinite(tree) -> jax.Array:
+  """Number (int32) of NaN/Inf values over the floating-point leaves of `tree`."""
+  counts = [jnp.sum(~jnp.isfinite(x)).astype(jnp.int32)
+            for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return sum(counts, jnp.zeros((), jnp.int32))
+
+
+def count_invalid_labels(labels, num_classes: int) -> jax.Array:
+  """Number (int32) of integer labels (over every integer leaf) outside [0, num_classes)."""
+  counts = [jnp.sum((y < 0) | (y >= num_classes)).astype(jnp.int32)
+            for y in jax.tree_util.tree_leaves(labels)
+            if jnp.issubdtype(jnp.result_type(y), jnp.integer)]
+  return sum(counts, jnp.zeros((), jnp.int32))
+
+
+def with_checks(steps: Steps, num_classes: int) -> Steps:
+  """`steps` whose `report` adds `COMMON_AUX` for every method alike.
+
+  `init` counts the non-finite values in the variables and the data's examples and the
+  labels outside [0, num_classes) (under jit these are reports, not errors: a traced value
+  cannot raise); `report` adds them, the dropped steps (every `nonfinite` metric a guarded
+  step records, summed over the histories) and the non-finite values of the variables
+  `finalize` returns. The registry applies it to every method (`method.steps`)."""
+  def init(variables, data, key):
+    state = steps.init(variables, data, key)
+    fields = [f for f in (getattr(data, "forget", None), getattr(data, "retain", None))
+              if f is not None]
+    checks = {"nonfinite_inputs": count_nonfinite((variables, [f[0] for f in fields])),
+              "invalid_labels": count_invalid_labels([f[1] for f in fields], num_classes)}
+    return state._replace(checks=checks)
+
+  def report(state, histories):
+    aux = dict(steps.report(state, histories))
+    dropped = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(histories)[0]
+               if getattr(path[-1], "key", None) == "nonfinite"]
+    aux.update(state.checks)
+    aux["nonfinite_steps"] = sum((jnp.sum(d).astype(jnp.int32) for d in dropped),
+                                 jnp.zeros((), jnp.int32))
+    aux["nonfinite_weights"] = count_nonfinite(steps.finalize(state))
+    return aux
+
+  return dataclasses.replace(steps, init=init, report=report)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -190,9 +254,9 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
 
   `data` is a pytree of arrays sharing their leading (example) axis; epoch e draws its
   order and step keys from `batching.epoch_plan(key, e, ...)`. Returns (carry, per-epoch
-  mean metrics, plus `after_epoch(carry, epoch)`'s dict where given). Every batch passes
-  through `parallel.shard_batch` (split over a mesh's `data` axis inside
-  `parallel.data_parallel`)."""
+  mean metrics (a guarded step's `nonfinite` flag summed: dropped steps per epoch), plus
+  `after_epoch(carry, epoch)`'s dict where given). Every batch passes through
+  `parallel.shard_batch` (split over a mesh's `data` axis inside `parallel.data_parallel`)."""
   data = jax.tree_util.tree_map(jnp.asarray, data)
   n = jax.tree_util.tree_leaves(data)[0].shape[0]
 
@@ -205,7 +269,10 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
       return step_fn(carry, batch, bkey)
 
     carry, metrics = jax.lax.scan(body, carry, (idx, bkeys))
-    metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+    # Means per epoch, but a guarded step's `nonfinite` flag is counted (COMMON_AUX).
+    metrics = ({k: jnp.sum(v).astype(jnp.int32) if k == "nonfinite" else
+                jax.tree_util.tree_map(jnp.mean, v) for k, v in metrics.items()}
+               if isinstance(metrics, dict) else jax.tree_util.tree_map(jnp.mean, metrics))
     if after_epoch is not None:
       metrics = {**metrics, **after_epoch(carry, epoch)}
     return carry, metrics
@@ -414,17 +481,24 @@ def _run_cycles(steps: Steps, state: StepState, start, length: int, evaluate, ev
 
   def cycle(st, e):
     ke = jax.random.fold_in(st.keys["cycle"], e)
+    dropped, guarded = jnp.zeros((), jnp.int32), []
     for phase in steps.phases:
       def run_it(s, phase=phase):
         s = phase.enter(s, ke) if phase.enter else s
         length = phase.epochs if phase.source is not None else phase.steps
-        return _run_piece(steps, phase, _kind(phase), s, jax.random.fold_in(ke, phase.slot),
-                          0, length, None, every, None, 0, 0)[0]
-      st = run_it(st) if phase.active is None else jax.lax.cond(
-          phase.active(e), run_it, lambda s: s, st)
+        s, hist = _run_piece(steps, phase, _kind(phase), s, jax.random.fold_in(ke, phase.slot),
+                             0, length, None, every, None, 0, 0)
+        # The cycle keeps a guarded phase's count of dropped steps, not its metrics (known
+        # when this is traced: the flag is static).
+        guarded.append("nonfinite" in hist)
+        return s, jnp.sum(hist.get("nonfinite", jnp.zeros(()))).astype(jnp.int32)
+      st, d = run_it(st) if phase.active is None else jax.lax.cond(
+          phase.active(e), run_it, lambda s: (s, jnp.zeros((), jnp.int32)), st)
+      dropped = dropped + d
     if progress is not None:
       jax.debug.callback(progress, (e + 1) * per_cycle, total)
-    return st, _observe(steps, evaluate, st, e + 1, every)
+    observed = _observe(steps, evaluate, st, e + 1, every)
+    return st, ({**observed, "nonfinite": dropped} if any(guarded) else observed)
 
   return jax.lax.scan(cycle, state, jnp.arange(length) + start)
 

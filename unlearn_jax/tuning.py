@@ -102,8 +102,10 @@ def config_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mappin
   base = _checked(method, configs, fixed)
 
   def one(hp, variables, data, key):
-    # The factory directly: traced hyperparameters cannot pass the registry's checks.
-    return steps_lib.run(method.factory(ctx, **{**base, **hp}), variables, data, key)
+    # The factory directly: traced hyperparameters cannot pass the registry's checks (the
+    # input checks every method reports are added as the registry adds them).
+    steps = steps_lib.with_checks(method.factory(ctx, **{**base, **hp}), ctx.num_classes)
+    return steps_lib.run(steps, variables, data, key)
 
   return one
 

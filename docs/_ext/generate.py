@@ -104,7 +104,6 @@ def _method_section(spec) -> list[str]:
       ("needs from the adapter", ", ".join(spec.needs + spec.requires) or "nothing beyond "
        "running the model"),
       ("search space", space or "none (not tuned)"),
-      ("aux keys", ", ".join(f"`{a}`" for a in spec.aux) or "none"),
   ]
   lines = [f"## `{spec.name}`", "", spec.summary, "", "| | |", "|---|---|"]
   lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
@@ -112,6 +111,10 @@ def _method_section(spec) -> list[str]:
   for k, v in spec.defaults.items():
     allowed = ", ".join(f"`{c!r}`" for c in spec.choices.get(k, ())) or type(v).__name__
     lines.append(f"| `{k}` | `{v!r}` | {allowed} |")
+  from unlearn_jax.steps import COMMON_AUX
+  lines += ["", "| aux key | what it is |", "|---|---|"]
+  lines += [f"| `{k}` | {_cell(v)} |" for k, v in spec.aux.items()]
+  lines += [f"| `{k}` | every method's: {_cell(v)} |" for k, v in COMMON_AUX.items()]
   lines += ["", f"`uj.{spec.name}(ctx, **hparams)` returns `unlearn(variables, data, key) -> "
             f"(variables, aux)`; `uj.{spec.name}.steps(ctx, **hparams)` its steps "
             "([steps](../../guide/steps.md)).", ""]
@@ -149,16 +152,26 @@ def write_methods(out: Path) -> None:
     toc.append(module)
   index += ["", "```{toctree}", ":hidden:", "", *toc, "```", ""]
   (out / "methods" / "index.md").write_text("\n".join(index) + "\n")
-  needs = ["| method | needs | why |", "|---|---|---|"]
-  why = {"head": "it changes the classifier head: `head=` (its path in params)",
-         "features": "it reads penultimate features: `head=` (features are the head's input) "
-                     "or a `features_fn`",
-         "batch_norm": "it matches BatchNorm statistics: a model with BatchNorm, "
-                       "`mutable=(\"batch_stats\",)`"}
-  for spec in specs:
-    for need in spec.needs + spec.requires:
-      needs.append(f"| `{spec.name}` | {need} | {why[need]} |")
-  (out / "needs.md").write_text("\n".join(needs) + "\n")
+
+
+NEEDS_WHY = {"head": "it changes the classifier head: `head=` (its path in params)",
+             "features": "it reads penultimate features: `head=` (features are the head's "
+                         "input) or a `features_fn`",
+             "batch_norm": "it matches BatchNorm statistics: a model with BatchNorm, "
+                           "`mutable=(\"batch_stats\",)`"}
+
+
+def needs_table() -> str:
+  """The table of what methods need from the adapter, as docs/guide/library.md holds it
+  (written there, not included, so a reader of the sources sees it; tests/test_docs.py
+  checks it is the registry's)."""
+  sys.path.insert(0, str(ROOT))
+  import unlearn_jax as uj
+  rows = ["| method | needs | why |", "|---|---|---|"]
+  for name in uj.list_methods():
+    spec = uj.get_method(name)
+    rows += [f"| `{name}` | {need} | {NEEDS_WHY[need]} |" for need in spec.needs + spec.requires]
+  return "\n".join(rows) + "\n"
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -174,6 +187,8 @@ def _where(name, fn) -> str:
     return "host NumPy/scikit-learn; under `jit` through `jax.pure_callback`"
   if name == "mia_loss_lr":
     return "host scikit-learn (call it on concrete arrays)"
+  if name == "klom_report":
+    return "host NumPy: returns Python floats (call it on concrete arrays, not under `jit`)"
   if name == "relearn_steps":
     return "device: a compiled SGD loop"
   return "device (`jax.numpy`): jit and vmap it"

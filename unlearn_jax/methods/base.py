@@ -287,13 +287,29 @@ def _check_pair(method: str, name: str, pair, input_shape) -> tuple:
 
 
 def check_labels(y, num_classes: int, what: str = "labels") -> None:
-  """Concrete labels must lie in [0, num_classes); traced ones cannot be checked."""
+  """Concrete labels must lie in [0, num_classes); traced ones cannot raise (under jit the
+  method reports them instead: `aux["invalid_labels"]`, `steps.with_checks`)."""
   if isinstance(y, jax.core.Tracer):
     return
   y = np.asarray(y)
   if y.size and (y.min() < 0 or y.max() >= num_classes):
     raise ValueError(f"{what} lie in [{y.min()}, {y.max()}]; allowed: [0, {num_classes}) "
                      f"(num_classes={num_classes})")
+
+
+def check_finite(tree, what: str) -> None:
+  """Concrete floating-point values must be finite: a ValueError naming `what`, the first
+  offending leaf and the count. Traced ones cannot raise (under jit the method reports
+  them: `aux["nonfinite_inputs"]`, `steps.with_checks`)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.core.Tracer) or not jnp.issubdtype(jnp.result_type(leaf),
+                                                                jnp.inexact):
+      continue
+    bad = int(np.sum(~np.isfinite(np.asarray(leaf))))
+    if bad:
+      where = jax.tree_util.keystr(path) or "the array"
+      raise ValueError(f"{what} hold {bad} non-finite value(s) (NaN/Inf) in {where}; "
+                       "allowed: finite values only")
 
 
 _REGISTRY: dict[str, Callable] = {}
@@ -304,7 +320,7 @@ NEEDS_CHOICES = ("head", "features")
 
 def register(name: str, *, reads: tuple, defaults: dict, paper: str,
              scenarios: tuple = ("random", "class", "subclass"), requires: tuple = (),
-             choices: dict | None = None, space: dict | None = None, aux: tuple = (),
+             choices: dict | None = None, space: dict | None = None, aux: dict | None = None,
              needs: tuple = ()):
   """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`.
 
@@ -313,7 +329,8 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
   `requires=("batch_norm",)`: the method only runs on models with BatchNorm. `choices`:
   the allowed values of string hyperparameters. `space`: the search space of float
   hyperparameters (`check_space`; `unlearn_jax.tuning` searches them as one program).
-  `aux`: the keys of the `aux` dict the method returns at its defaults. `needs`: what the
+  `aux`: `{key: definition}` of the `aux` dict the method returns at its defaults, besides
+  the keys every method returns (`steps.COMMON_AUX`). `needs`: what the
   `ModelAdapter` must give at the defaults (`"head"`, `"features"`: the head's input, or
   a `features_fn`). The method's docstring and signature are made from all of these.
   Returns the method (module docstring)."""
@@ -325,6 +342,11 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
     raise ValueError(f"{name}: needs {bad}; allowed {NEEDS_CHOICES} (or none)")
   choices = {k: tuple(v) for k, v in (choices or {}).items()}
   space = check_space(name, space or {}, defaults)
+  aux = dict(aux or {})
+  undefined = [k for k, v in aux.items() if not (isinstance(v, str) and v.strip())]
+  if undefined or set(aux) & set(steps_lib.COMMON_AUX):
+    raise ValueError(f"{name}: aux must map each key to its definition (missing for "
+                     f"{undefined}) and leave out the common keys {list(steps_lib.COMMON_AUX)}")
 
   def wrap(factory):
     @functools.wraps(factory)
@@ -351,6 +373,8 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
               raise ValueError(f"{name} reads {field}: data.{field} must be an (x, y) pair")
             _check_pair(name, field, pair, ctx.input_shape)
             check_labels(pair[1], ctx.num_classes, f"{name}: data.{field} labels")
+            check_finite(pair[0], f"{name}: data.{field} examples")
+        check_finite(variables, f"{name}: variables")
         x0 = jax.ShapeDtypeStruct((1,) + ctx.input_shape, jnp.float32)
         out = jax.eval_shape(lambda v, x: ctx.model.logits(v, x), variables, x0)
         if jnp.shape(out)[-1:] != (ctx.num_classes,):
@@ -372,7 +396,7 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
       if not isinstance(built, Steps):
         raise TypeError(f"{name}: its factory must return a steps.Steps; got "
                         f"{type(built).__name__}")
-      return built
+      return steps_lib.with_checks(built, ctx.num_classes)
 
     def validate(overrides: dict) -> dict:
       """Defaults with `overrides`, each checked; HyperparameterError for the first bad one."""
@@ -397,7 +421,7 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
     method.space = space
     # The summary: the docstring's first paragraph, on one line.
     method.summary = " ".join(inspect.cleandoc(factory.__doc__ or "").split("\n\n")[0].split())
-    method.aux = tuple(aux)
+    method.aux = aux
     method.needs = tuple(needs)
     method.__signature__ = _signature(defaults)
     method.__doc__ = _docstring(method)
@@ -427,7 +451,7 @@ def _docstring(method) -> str:
   choices = "".join(f"\n  {k}: one of {', '.join(map(repr, v))}"
                     for k, v in method.choices.items())
   adapter = ", ".join(method.needs + method.requires) or "nothing beyond running the model"
-  aux = ", ".join(method.aux) or "none (an empty dict)"
+  aux = "".join(f"\n    {k}: {v}" for k, v in {**method.aux, **steps_lib.COMMON_AUX}.items())
   reads = ", ".join(method.reads) or "nothing (zero-shot: the forget classes only)"
   return (f"{body}\n\n"
           f"Paper: {method.paper}\n"
@@ -443,7 +467,7 @@ def _docstring(method) -> str:
           "Returns:\n"
           "  unlearn(variables, data, key, *, evaluate=None, every=1, progress=None) ->\n"
           "  (variables, aux): a pure function (jit and vmap it); `data` from\n"
-          f"  select_data. aux keys: {aux}.\n"
+          f"  select_data. aux keys (the method's, then every method's):{aux}\n"
           "  `method.steps(ctx, **hparams)` gives the steps themselves (unlearn_jax.steps).")
 
 
@@ -471,10 +495,15 @@ def select_data(spec, forget: tuple | None = None, retain: tuple | None = None,
                 ctx: MethodContext | None = None) -> UnlearnData:
   """Only what the method declared: undeclared fields stay None.
 
-  The labels are checked here, before any tracing: concrete labels outside
-  [0, num_classes) are a ValueError. Under `jit` they are tracers and cannot be checked,
-  so the class count is required: `num_classes`, or `ctx` (the `MethodContext`, whose
-  `num_classes` is used)."""
+  What is checked where: called on concrete arrays, labels outside [0, num_classes) and
+  non-finite examples are a ValueError here (and again when the method is called on
+  concrete arrays). Called inside the caller's `jit`, the arrays are tracers and nothing
+  here can raise: the method then *reports* what it read, in every method's aux
+  (`nonfinite_inputs`, `invalid_labels`; `steps.COMMON_AUX`), and runs on the data as
+  given. An out-of-range label is not clamped: its cross-entropy term is wrong, so check
+  `aux["invalid_labels"] == 0` after a jitted call, or call `select_data` on concrete
+  arrays first. The class count is required: `num_classes`, or `ctx` (the
+  `MethodContext`, whose `num_classes` is used)."""
   spec = get_method(spec) if isinstance(spec, str) else spec
   if num_classes is None and ctx is not None:
     num_classes = ctx.num_classes
@@ -490,6 +519,7 @@ def select_data(spec, forget: tuple | None = None, retain: tuple | None = None,
       raise ValueError(f"{spec.name} reads {field}: pass {field}=(x, y)")
     if isinstance(pair, (tuple, list)) and len(pair) == 2:   # other shapes: the method says
       check_labels(pair[1], num_classes, f"{field} labels")
+      check_finite(pair[0], f"{field} examples")
   return out
 
 

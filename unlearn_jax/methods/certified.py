@@ -13,19 +13,47 @@ from unlearn_jax import certified as cr
 from unlearn_jax import langevin as lg
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import METHOD_COLLECTIONS
-from unlearn_jax.methods.base import MethodContext, one_shot, register
+from unlearn_jax.methods.base import HyperparameterError, MethodContext, one_shot, register
 
 # The collection of the variables dict that carries a certified head's state from one
 # request to the next (the model ignores it; the next call reads it).
 STATE = "certified_head"
+
+# A certificate holds for whatever head the rule produces, a useless one included: both
+# certified methods say whether the head kept its skill on D_r.
+USEFULNESS_AUX = dict(
+    retain_accuracy_before="the head's accuracy on D_r's features before this call (the model "
+                           "it was handed)",
+    retain_accuracy_after="the certified head's accuracy on D_r's features after this call",
+    certificate_useful="1 when retain_accuracy_after ≥ chance + ½·(retain_accuracy_before − "
+                       "chance), chance = 1/C; 0: the certificate holds for a head that lost "
+                       "more than half its skill above chance on D_r (the run's summary warns)")
+
+
+def usefulness(head_before: dict, head_after: dict, feats_r, yr, num_classes: int) -> dict:
+  """`USEFULNESS_AUX`: the heads' retain accuracies on the features and the rule above."""
+  acc = lambda h: jnp.mean(jnp.argmax(feats_r @ h["kernel"] + h["bias"], -1) == yr)
+  before, after = acc(head_before), acc(head_after)
+  chance = 1.0 / num_classes
+  return {"retain_accuracy_before": before, "retain_accuracy_after": after,
+          "certificate_useful": (after >= chance + 0.5 * (before - chance)).astype(jnp.float32)}
 assert STATE in METHOD_COLLECTIONS   # evaluation strips it (adapter.model_variables)
 
 
 @register("certified_head", reads=("forget", "retain"), needs=("head",),
           paper=('Guo, Goldstein, Hannun & van der Maaten, "Certified Data Removal from Machine '
                  'Learning Models", ICML 2020'),
-          aux=("certified_epsilon", "certified_delta", "residual_bound", "residual_budget",
-               "refitted", "refits"),
+          aux=dict(
+              certified_epsilon='the ε the head is certified for (the `epsilon` hyperparameter)',
+              certified_delta='the δ the head is certified for (the `delta` hyperparameter)',
+              residual_bound="the largest per-class gradient-residual bound accumulated since the "
+                             "head was last fitted",
+              residual_budget="σ ε' / √(2 log(1.5/δ')), the budget that bound may not pass (past "
+                              "it the head is refitted on D_r)",
+              refitted="1 when this call refitted the head on what is left instead of unlearning "
+                       "from it",
+              refits='the refits over the whole stream of requests so far',
+              **USEFULNESS_AUX),
           defaults=dict(epsilon=1.0, delta=1e-4, lam=1e-3, sigma=1.0, newton_steps=25,
                         batch_size=256))
 def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_steps,
@@ -78,13 +106,15 @@ def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_ste
     new_w = jax.lax.cond(over, refit, lambda: new_w)
     bound = jnp.where(over, jnp.zeros_like(bound), bound)
     refits = refits + over.astype(jnp.int32)
-    params = model.replace_head(variables["params"], cr.as_dense(new_w, scale))
+    head = cr.as_dense(new_w, scale)
+    params = model.replace_head(variables["params"], head)
     state = {"weights": new_w, "noise": noise, "bound": bound, "scale": scale,
              "refits": refits}
     aux = {"certified_epsilon": jnp.asarray(epsilon, jnp.float32),
            "certified_delta": jnp.asarray(delta, jnp.float32),
            "residual_bound": jnp.max(bound), "residual_budget": jnp.asarray(budget, jnp.float32),
-           "refitted": over.astype(jnp.float32), "refits": refits.astype(jnp.float32)}
+           "refitted": over.astype(jnp.float32), "refits": refits.astype(jnp.float32),
+           **usefulness(model.head_params(variables["params"]), head, feats_r, yr, c)}
     return {**variables, "params": params, STATE: state}, aux
 
   return one_shot("certified_head", edit)
@@ -97,8 +127,24 @@ assert NOISY_STATE in METHOD_COLLECTIONS
 @register("noisy_finetune", reads=("forget", "retain"), needs=("head",),
           paper=('Chien, Wang, Chen & Li, "Certified Machine Unlearning via Noisy Stochastic '
                  'Gradient Descent", NeurIPS 2024'),
-          aux=("certified_epsilon", "certified_delta", "epsilon_bound", "noise_sigma",
-               "unlearn_epochs", "distance_bound", "burn_in_gap", "refitted", "refits"),
+          aux=dict(
+              certified_epsilon='the ε the head is certified for (the `epsilon` hyperparameter)',
+              certified_delta='the δ the head is certified for (the `delta` hyperparameter)',
+              epsilon_bound="the ε the Rényi bound gives for the epochs this call ran (at most "
+                            "certified_epsilon; 0 after a retrain, which needs no bound)",
+              noise_sigma="σ of the Langevin noise, solved on the first call so that `epochs` "
+                          "epochs certify (ε, δ)",
+              unlearn_epochs="the epochs this call ran: the fewest that meet (ε, δ), or "
+                             "train_epochs when it retrained",
+              distance_bound="the W∞ bound between this process and one that never saw the removed"
+                             " examples, before this call's epochs (carried over the stream, plus "
+                             "|D_f|·Z_B)",
+              burn_in_gap="the W∞ distance to the process's stationary law left after train_epochs"
+                          " of training (the certificate assumes the trained head is there)",
+              refitted="1 when this call refitted the head on what is left instead of unlearning "
+                       "from it",
+              refits='the refits over the whole stream of requests so far',
+              **USEFULNESS_AUX),
           defaults=dict(epsilon=1.0, delta=1e-4, lam=1e-3, batch_size=64, epochs=200,
                         train_epochs=300, max_epochs=300, radius=0.0))
 def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epochs,
@@ -142,13 +188,17 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
   def edit(variables, data, key):
     xf, yf = data.forget
     xr, yr = data.retain
-    feats = jnp.concatenate([train_lib.predict_features(model, variables, xf, 256)[1],
-                             train_lib.predict_features(model, variables, xr, 256)[1]])
+    feats_r = train_lib.predict_features(model, variables, xr, 256)[1]
+    feats = jnp.concatenate([train_lib.predict_features(model, variables, xf, 256)[1], feats_r])
     labels = jnp.concatenate([yf, yr])
     keep = jnp.arange(labels.shape[0]) >= yf.shape[0]
     k_init, k_train, k_unlearn = jax.random.split(key, 3)
     previous = variables.get(NOISY_STATE)
     if previous is None:       # static: the structure of the variables dict
+      if batch_size > labels.shape[0]:   # the certificate's constants depend on the batch
+        raise HyperparameterError("noisy_finetune", "batch_size", batch_size,
+                                  f"exceeds the {labels.shape[0]} examples of D_r ∪ D_f it "
+                                  f"batches; allowed: 1..{labels.shape[0]}")
       proc = lg.process(labels.shape[0], batch_size, lam)
       z_b = lg.distance_per_example(proc)
       sigma = lg.sigma_for(epsilon, delta, yf.shape[0] * z_b, epochs, proc)
@@ -183,7 +233,8 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
     refits = refits + over.astype(jnp.int32)
     eps_bound = jnp.where(over, 0.0, lg.epsilon(lg.renyi_slope(
         distance, sigma, needed.astype(jnp.float32), proc), delta))
-    params = model.replace_head(variables["params"], cr.as_dense(new_w, scale))
+    head = cr.as_dense(new_w, scale)
+    params = model.replace_head(variables["params"], head)
     state = {"weights": new_w, "sigma": sigma, "distance": after.astype(jnp.float32),
              "scale": scale, "refits": refits, "slots": jnp.zeros((proc.slots,), jnp.bool_)}
     aux = {"certified_epsilon": jnp.asarray(epsilon, jnp.float32),
@@ -192,7 +243,8 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
            "unlearn_epochs": ran.astype(jnp.float32),
            "distance_bound": distance.astype(jnp.float32),
            "burn_in_gap": jnp.asarray(lg.burn_in_gap(ball, train_epochs, proc), jnp.float32),
-           "refitted": over.astype(jnp.float32), "refits": refits.astype(jnp.float32)}
+           "refitted": over.astype(jnp.float32), "refits": refits.astype(jnp.float32),
+           **usefulness(model.head_params(variables["params"]), head, feats_r, yr, c)}
     return {**variables, "params": params, NOISY_STATE: state}, aux
 
   return one_shot("noisy_finetune", edit)

@@ -98,7 +98,10 @@ def woodfisher_inverse_product(grads: jax.Array, v: jax.Array, damp: float) -> j
                  'Izzo, Smart, Chaudhuri & Zou, "Approximate Data Deletion from Machine Learning Models", '
                  'AISTATS 2021; Jia et al., "Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023 '
                  '(IU with WoodFisher)'),
-          aux=("fisher_examples", "step_norm"),
+          aux=dict(
+              fisher_examples="the retain examples whose per-example gradients make the empirical "
+                              "Fisher (min(num_examples, |D_r|, what max_gradient_mib holds))",
+              step_norm='‖α·F⁻¹v‖, the length of the Newton step taken'),
           defaults=dict(alpha=0.2, num_examples=1000, damp=1e-3, max_gradient_mib=2048.0,
                         batch_size=64))
 def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib, batch_size):

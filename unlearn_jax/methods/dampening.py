@@ -58,7 +58,8 @@ SSD_IMPORTANCE = ("batch", "fisher")
 @register("ssd", space=dict(alpha=("log", 0.5, 50.0), lam=("log", 0.1, 10.0)),
           reads=("forget", "retain"), paper=('Foster, Schoepf & Brintrup, "Fast Machine Unlearning Without '
                                              'Retraining Through Selective Synaptic Dampening", AAAI 2024'),
-          aux=("dampened_weights",),
+          aux=dict(
+              dampened_weights='the number of weights the dampening changed'),
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, importance="batch", union="ordered",
                         forget_batch_size=128, batch_size=64))
@@ -105,7 +106,9 @@ ASSD_IMPORTANCE_SETS = ("retain", "full")
 @register("assd", reads=("forget", "retain"),
           paper=('Schoepf, Foster & Brintrup, "Parameter-tuning-free Data Entry Error Unlearning with '
                  'Adaptive Selective Synaptic Dampening", arXiv 2024 (ASSD)'),
-          aux=("alpha", "dampened_weights"),
+          aux=dict(
+              alpha='the selection threshold α chosen from the importances',
+              dampened_weights='the number of weights the dampening changed'),
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS,
                        importance_set=ASSD_IMPORTANCE_SETS),
           defaults=dict(importance="batch", importance_set="retain", union="ordered",

@@ -75,7 +75,12 @@ def per_class_lowest(scores, labels, static_labels, keep):
           paper=('Yin, Molchanov, Alvarez, Li, Mallya, Hoiem, Jha & Kautz, "Dreaming to Distill: Data-free '
                  'Knowledge Transfer via DeepInversion", CVPR 2020; the CS772 "Zero-Shot Machine '
                  'Unlearning" project (entropy filter, deep retrain)'),
-          aux=("synthetic_images", "synthetic_labels", "synthetic_teacher_accuracy"),
+          aux=dict(
+              synthetic_images="up to 4 synthetic inputs per class (zeros where fewer), for the "
+                               "run directory's image grid",
+              synthetic_labels='their classes (−1 where there is no image)',
+              synthetic_teacher_accuracy="the teacher's accuracy on the synthetic inputs against "
+                                         "the classes they were made for"),
           defaults=dict(per_class=64, synth_batch=128, synth_steps=300, synth_lr=0.1,
                         r_bn=1.0, r_tv=1e-2, r_l2=1e-4, keep=0.5, epochs=60, lr=0.05,
                         batch_size=64))

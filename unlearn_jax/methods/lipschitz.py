@@ -42,7 +42,9 @@ def jit_lipschitz_defaults(model_name: str, scenario: str) -> dict:
           reads=("forget",),
           paper=('Foster, Fogarty, Schoepf, Öztireli & Brintrup, "Zero-shot Machine Unlearning at Scale '
                  'via Lipschitz Regularization", arXiv 2024 (JiT)'),
-          aux=("final_lipschitz",),
+          aux=dict(
+              final_lipschitz="the Lipschitz estimate (output change over input change under "
+                              "Gaussian input noise, per forget example) at the last step"),
           defaults=dict(lr=3e-4, sigma=0.1, num_samples=25, epochs=1, batch_size=128))
 def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_size):
   """JiT: smooth the model around each forget example (no retain data, no labels).

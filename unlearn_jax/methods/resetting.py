@@ -172,7 +172,8 @@ register("prune", space=PRUNE_SPACE,
          reads=("forget", "retain"),
          paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
                 'selective pruning'),
-         aux=("reinitialised_weights",),
+         aux=dict(
+             reinitialised_weights='the number of weights replaced by fresh initial weights'),
          defaults=PRUNE_DOC_DEFAULTS)(prune)
 
 prune_last_layer = _prune_factory("last_layer")
@@ -182,7 +183,9 @@ register("prune_last_layer", space=PRUNE_SPACE,
          reads=("forget", "retain"),
          paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
                 'selective pruning of the last layer'),
-         aux=("reinitialised_weights",), needs=("head",),
+         aux=dict(
+             reinitialised_weights='the number of weights replaced by fresh initial weights'),
+         needs=("head",),
          defaults=PRUNE_DOC_DEFAULTS)(prune_last_layer)
 
 prune_complex = _prune_factory("complex")
@@ -195,7 +198,8 @@ register("prune_complex", space=PRUNE_SPACE,
          reads=("forget", "retain"),
          paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
                 'selective pruning (pruning complex)'),
-         aux=("reinitialised_weights",),
+         aux=dict(
+             reinitialised_weights='the number of weights replaced by fresh initial weights'),
          defaults=PRUNE_DOC_DEFAULTS)(prune_complex)
 
 
@@ -215,8 +219,12 @@ he_normal = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 @register("activation_reset", space=dict(threshold=("linear", 0.5, 0.95), lr=("log", 1e-3, 0.1)),
           reads=("forget", "retain"),
-          paper='the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): activation reset',
-          aux=("reset_kernels",), needs=("head",),
+          paper='the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): activation'
+                " reset",
+          aux=dict(
+              reset_kernels="the number of Conv/Dense output channels below the head that were "
+                            "reinitialised"),
+          needs=("head",),
           defaults=dict(threshold=0.8, epochs=5, lr=0.01, batch_size=64))
 def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
   """Activation reset ("Forget with Precision"): reinitialise the kernels D_f excites more than D_r.

@@ -25,7 +25,8 @@ SALUN_SCHEDULES = ("paired", "reference")
           reads=("forget", "retain"), paper=('Fan, Liu, Zhang, Wong, Wei & Liu, "SalUn: Empowering Machine '
                                              'Unlearning via Gradient-based Weight Saliency in Both Image '
                                              'Classification and Generation", ICLR 2024'),
-          aux=("salient_weights",),
+          aux=dict(
+              salient_weights='the number of weights in the saliency mask (the only ones updated)'),
           choices=dict(schedule=SALUN_SCHEDULES),
           defaults=dict(keep=0.5, schedule="paired", epochs=10, lr=0.013, batch_size=64,
                         weight_decay=5e-4))

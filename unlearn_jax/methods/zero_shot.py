@@ -66,7 +66,10 @@ def forget_mask(num_classes: int, forget) -> jax.Array:
           reads=(), scenarios=("class",),
           paper=('Chundawat, Tarun, Mandal & Kankanhalli, "Zero-Shot Machine Unlearning", IEEE TIFS 2023 '
                  '(error-minimising/maximising noise); the CS772 "Zero-Shot Machine Unlearning" project'),
-          aux=("synthetic_images", "synthetic_labels"),
+          aux=dict(
+              synthetic_images="up to 4 synthetic inputs per class (zeros where fewer), for the "
+                               "run directory's image grid",
+              synthetic_labels='their classes (−1 where there is no image)'),
           defaults=dict(noise_per_class=64, noise_steps=40, noise_lr=0.1, noise_reg=0.1,
                         impair_epochs=1, impair_lr=0.005, repair_epochs=2, repair_lr=0.01,
                         batch_size=64))
@@ -166,7 +169,12 @@ def attention_map(a: jax.Array) -> jax.Array:
           paper=('Chundawat, Tarun, Mandal & Kankanhalli, "Zero-Shot Machine Unlearning", IEEE TIFS 2023 '
                  '(gated knowledge transfer); Micaelli & Storkey, "Zero-shot Knowledge Transfer via '
                  'Adversarial Belief Matching", NeurIPS 2019'),
-          aux=("gate_pass_rate", "synthetic_images", "synthetic_labels"),
+          aux=dict(
+              gate_pass_rate="the mean fraction of generated samples the gate let into the "
+                             "student's loss",
+              synthetic_images="up to 4 synthetic inputs per class (zeros where fewer), for the "
+                               "run directory's image grid",
+              synthetic_labels='their classes (−1 where there is no image)'),
           defaults=dict(cycles=300, student_steps=10, batch_size=256, z_dim=128, lr=1e-3,
                         gate=0.01, beta=250.0, grad_clip=5.0, avoid=10.0))
 def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gate, beta,

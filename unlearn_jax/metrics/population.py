@@ -390,6 +390,9 @@ def klom_report(unlearned: dict, oracle: dict, direction: str = "unlearned_oracl
   `klom_p99_<split>`, `klom_mean_<split>` and `klom_std_<split>` over the split's
   examples, and `average_95`, the mean of the splits' 95th percentiles (NumPy's linear
   percentile). Floats. Ideal: 0 everywhere.
+
+  Host-side: it returns Python floats, so call it on concrete arrays, not under `jit`
+  (`klom` and `klom_percentiles` are the jittable parts).
   """
   if set(unlearned) != set(oracle) or not unlearned:
     raise ValueError(f"unlearned and oracle must name the same splits; got "
