@@ -78,7 +78,8 @@ flags.DEFINE_integer("train_seeds", None, "models trained per population (the sa
 flags.DEFINE_integer("unlearn_seeds", None, "unlearning keys per trained model: each method runs "
                      "on every (trained model x unlearning seed) pair as one program")
 flags.DEFINE_integer("seed", None, "first seed")
-flags.DEFINE_integer("train_subset", None, "stratified subset of train (0 = all)")
+flags.DEFINE_integer("train_subset", None, "stratified subset of train (-1 = the dataset's default: "
+                     "1,000 for mnist1d, else all; 0 = all)")
 flags.DEFINE_integer("test_subset", None, "stratified subset of test (0 = all)")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("seed_loop", None, "auto | vmap | sequential: seeds in one vmapped program "

@@ -65,12 +65,15 @@ def main() -> None:
   from pathlib import Path
 
   here = Path(__file__).resolve().parent
+  sys.path.insert(0, str(here))
+  from test_behaviour import SLOW
   names = sys.argv[1:] or list(methods.list_methods())
   missed = []
   for name in names:
     test = f"tests/test_behaviour.py::test_the_method_meets_its_criterion[{name}]"
+    lane = ["--integration"] if name in SLOW else []   # those criteria run in that lane
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", test,
-                        f"--do-nothing={name}"], cwd=here.parent, capture_output=True,
+                        f"--do-nothing={name}", *lane], cwd=here.parent, capture_output=True,
                        text=True)
     caught = [m.group(1) for m in re.finditer(r"^E\s+AssertionError: (.*)$", r.stdout, re.M)]
     if r.returncode == 0 or not caught or name not in caught[0]:

@@ -54,7 +54,13 @@ def test_the_benchmark_memorises_its_forget_set():
   assert np.all(seeds["original"]["retain_acc"] >= 0.99), seeds["original"]["retain_acc"]
 
 
-@pytest.mark.parametrize("name", CASES)
+# The two slowest criteria (a generator trained against the model; synthesised images) run
+# in the integration lane, for the default lane's time; CI runs both lanes.
+SLOW = ("gkt", "deepinversion")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.integration) if n in SLOW else n for n in CASES])
 def test_the_method_meets_its_criterion(name):
   row = TABLE[name]
   _, failed = memorising.check(name, row)

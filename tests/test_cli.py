@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 
@@ -284,3 +285,27 @@ def test_conv_profile_prints_every_path_per_layer():
   paths = ("xla", "canonical", "patches", "im2col", "matmul")
   assert [row.split(" | ")[2] for row in rows] == list(paths) * 2, r.stdout
   assert "| canonical |" in r.stdout.split("all convs")[-1], r.stdout
+
+
+def test_the_first_run_is_the_memorising_benchmarks_setup():
+  """The default config (the README's first command) sets up exactly the memorising
+  benchmark whose signal the behaviour tests check (tests/memorising.py: 1,000 MNIST-1D
+  examples, a 64-64 MLP, its training recipe), so the first run can rank methods; digits
+  keeps its own defaults; a bad --train_subset is one line."""
+  from experiments import setup
+  sys.path.insert(0, str(ROOT / "tests"))
+  import memorising
+  cfg = _config(methods="finetune")
+  st = setup.setup(cfg, log=lambda s: None)
+  assert (st.ds.name, len(st.ds.train_y)) == ("mnist1d", memorising.TRAIN_SIZE)
+  assert st.model_name == "mlp:" + "-".join(map(str, memorising.HIDDEN))
+  bench = memorising.RECIPE
+  assert (st.recipe.epochs, st.recipe.batch_size, st.recipe.lr) == (
+      bench.epochs, bench.batch_size, bench.lr)
+  np.testing.assert_array_equal(st.ds.train_y, memorising.dataset().train_y)
+  digits = setup.setup(_config(dataset="digits", methods="finetune"), log=lambda s: None)
+  from unlearn_jax import data as data_lib
+  assert (digits.model_name, len(digits.ds.train_y), digits.recipe.epochs) == (
+      "mlp", len(data_lib.load_dataset("digits").train_y), 30)
+  with pytest.raises(setup.UsageError, match=r"--train_subset=-2: allowed -1"):
+    setup.setup(_config(train_subset=-2), log=lambda s: None)

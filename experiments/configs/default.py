@@ -1,4 +1,10 @@
-"""Default experiment: the embedded digits dataset, 10% random forgetting, 3 seeds.
+"""Default experiment: MNIST-1D (generated offline), 10% random forgetting, 3 seeds.
+
+The first run: 1,000 MNIST-1D training examples and a 64-64 MLP trained for 60 epochs
+memorise the forget set (original forget accuracy 100%; retraining without it about 44%),
+so the summary's table can rank methods by how close they come to retraining. Digits (the
+small embedded scikit-learn set, `--dataset=digits`) is kept; there the original barely
+memorises, and the summary says so.
 
     python -m experiments.unlearn --config=experiments/configs/default.py
 
@@ -11,11 +17,12 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.dataset = "digits"          # digits | mnist1d | image_folder:PATH | cifar10 | cifar100 | ...
+  c.dataset = "mnist1d"         # mnist1d | digits | image_folder:PATH | cifar10 | cifar100 | ...
   c.data_dir = ""               # tfds data_dir ("" = tfds default / the unlearn_jax cache)
-  c.train_subset = 0            # >0: stratified subset of train (fixed seed), for CPUs
+  c.train_subset = -1           # -1: the dataset's default (1,000 for mnist1d, else all);
+                                # 0: all; >0: stratified subset (fixed seed), for CPUs
   c.test_subset = 0
-  c.model = ""                  # "" = mlp for 8x8 inputs, cnn otherwise
+  c.model = ""                  # "" = mlp:64-64 on mnist1d, mlp for 8x8 inputs, cnn otherwise
   c.scenario = "random"         # random | class | subclass
   c.forget_fraction = 0.1
   c.forget_classes = ""         # comma list, class/subclass scenarios
