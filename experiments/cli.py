@@ -7,7 +7,10 @@ imports this module and adds only its own. `run(job)` is the one main: it refuse
 arguments, builds the config from the flags (`build_config`), starts
 `jax.distributed` when asked, calls `job(cfg) -> text` and prints the text; a
 `setup.UsageError` (a user mistake: its message names the flag and what is allowed)
-becomes one line on stderr and exit status 2, before anything is written.
+becomes one line on stderr and exit status 2, before anything is written. An OS error (a
+read-only or full disk, a permission) is one line and exit status 1; Ctrl-C is one line
+saying that the same command resumes, and exit status 130. Either way no half-written run
+directory is left (`setup.staged_workdir`).
 """
 
 import importlib.util
@@ -25,7 +28,42 @@ from unlearn_jax import methods as methods_lib
 from . import setup
 from unlearn_jax import parallel
 
-_DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
+_CONFIGS = Path(__file__).resolve().parent / "configs"
+_DEFAULT_CONFIG = str(_CONFIGS / "default.py")
+
+
+def config_by_name(argv: list) -> list:
+  """`argv` with `--config=NAME[:ARG]` (a shipped config's name, no `.py`, no folder)
+  replaced by that file's path, so `unlearn-jax run --config=cifar10_memorise` works from
+  an installed wheel as `--config=experiments/configs/cifar10_memorise.py` does from a
+  checkout. An unknown name is one line listing the shipped ones."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(out):
+      value = out[i + 1]
+    else:
+      continue
+    name, sep, extra = value.partition(":")
+    if name.endswith(".py") or "/" in name or os.sep in name or not name:
+      continue
+    shipped = sorted(p.stem for p in _CONFIGS.glob("*.py") if p.stem != "__init__")
+    if name not in shipped:
+      print(f"error: --config={value}: no such shipped config; allowed: {', '.join(shipped)} "
+            "(or a path to a .py config file)", file=sys.stderr)
+      sys.exit(2)
+    path = str(_CONFIGS / f"{name}.py") + sep + extra
+    if arg == "--config":
+      out[i + 1] = path
+    else:
+      out[i] = f"--config={path}"
+  return out
+
+
+# ml_collections reads `--config` and its `--config.x` overrides from sys.argv while the
+# flags are defined (below): a config's name becomes its path first.
+sys.argv = config_by_name(sys.argv)
 
 
 def _bad_dotted_flag(error: Exception) -> None:
@@ -229,6 +267,12 @@ def run(job: Callable) -> None:
     except setup.UsageError as e:
       print(setup.error_line(e), file=sys.stderr)
       sys.exit(2)
+    except KeyboardInterrupt:
+      print(setup.INTERRUPTED_LINE, file=sys.stderr)
+      sys.exit(130)
+    except OSError as e:     # the work directory or the cache: read-only, full, no permission
+      print(setup.os_error_line(e), file=sys.stderr)
+      sys.exit(1)
     except Exception as e:  # noqa: BLE001  a lost peer surfaces as a runtime error
       if jax.process_count() == 1 or not lost_peer(e):
         raise

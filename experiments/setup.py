@@ -72,6 +72,19 @@ def error_line(error: Exception) -> str:
   return f"error: {error}"
 
 
+INTERRUPTED_LINE = ("interrupted: the run directory was not written; rerun the same command "
+                    "to resume from the last checkpoint")
+
+
+def os_error_line(error: OSError) -> str:
+  """The one line a CLI prints for an OS error (then it exits with status 1): what failed,
+  on which path, and what to do."""
+  what = error.strerror or type(error).__name__
+  where = f": {error.filename}" if error.filename else ""
+  return (f"error: {what}{where}; nothing was written to the run directory (choose a "
+          "writable --workdir, or set UNLEARN_JAX_CACHE to a writable folder for the cache)")
+
+
 
 # ----------------------------------------------------------------------------- recipes
 # The first run (the default config) is MNIST-1D, 1,000 training examples and a 64-64 MLP
@@ -154,6 +167,9 @@ def prepare_workdir(workdir: str, overwrite: bool) -> tuple[Path, Path]:
                      "them or choose another directory")
   if not final.parent.exists():
     raise UsageError(f"--workdir={workdir}: parent directory {final.parent} does not exist")
+  if not os.access(final.parent, os.W_OK):
+    raise UsageError(f"--workdir={workdir}: cannot write in {final.parent} (read-only or no "
+                     "permission); choose a writable directory")
   staging = final.parent / f".{final.name}.partial-{os.getpid()}-{int(time.time() * 1e3)}"
   return final, staging
 
@@ -262,6 +278,11 @@ def staged_workdir(workdir: str, overwrite: bool):
         shutil.rmtree(staging, ignore_errors=True)
   finally:
     lock.release()
+    # Nothing is left in the cache: the lock file goes with the lock. Nobody waits on it
+    # (timeout=0); only a second command on the same workdir that opened the file in the
+    # microseconds between this release and this unlink could still lock the old file.
+    with contextlib.suppress(OSError):
+      os.unlink(lock.lock_file)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -316,7 +337,8 @@ def validate(cfg) -> None:
   """Checks everything that needs no data; raises UsageError naming the flag."""
   name = cfg.dataset
   if not (name in data_lib.TFDS_NAMES or name in ("digits", "mnist1d")
-          or name.startswith("image_folder:")):
+          or name.startswith("image_folder:")
+          or (":" in name and name.split(":", 1)[0] in data_lib.CIFAR_PYTHON)):
     raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
   if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
     raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")

@@ -309,3 +309,102 @@ def test_the_first_run_is_the_memorising_benchmarks_setup():
       "mlp", len(data_lib.load_dataset("digits").train_y), 30)
   with pytest.raises(setup.UsageError, match=r"--train_subset=-2: allowed -1"):
     setup.setup(_config(train_subset=-2), log=lambda s: None)
+
+
+def test_a_shipped_config_is_found_by_name_and_runs_on_the_cifar_archive(tmp_path, monkeypatch):
+  """`--config=cifar10_memorise` (the form that works from a wheel) is the shipped file;
+  with `--dataset=cifar10:PATH` (a small archive of the official format) it sets up; an
+  unknown name is one line listing the shipped ones."""
+  from experiments import cli, setup
+  import importlib
+  sys.path.insert(0, str(ROOT / "tests"))
+  from test_data import write_cifar_python
+  configs = ROOT / "experiments" / "configs"
+  assert cli.config_by_name(["x", "--config=cifar10_memorise", "--seeds=2"]) == [
+      "x", f"--config={configs / 'cifar10_memorise.py'}", "--seeds=2"]
+  assert cli.config_by_name(["x", "--config", "cifar10_vit:gpu"]) == [
+      "x", "--config", f"{configs / 'cifar10_vit.py'}:gpu"]
+  keep = ["x", "--config=experiments/configs/default.py"]
+  assert cli.config_by_name(keep) == keep
+  monkeypatch.setenv("UNLEARN_JAX_CACHE", str(tmp_path / "cache"))
+  write_cifar_python(tmp_path / "cifar-10-python.tar.gz", per_file=40)
+  cfg = importlib.import_module("experiments.configs.cifar10_memorise").get_config()
+  assert cfg.dataset == "cifar10"       # a dataset's name, never a path of this repository
+  cfg.dataset, cfg.methods = f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}", "finetune"
+  cfg.train_subset, cfg.test_subset = 100, 20
+  st = setup.setup(cfg, log=lambda s: None)
+  assert st.ds.input_shape == (32, 32, 3) and len(st.ds.train_y) == 100
+  r = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['u', '--config=nope']; "
+                      "import experiments.cli"], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 2 and r.stderr.strip().startswith(
+      "error: --config=nope: no such shipped config; allowed: cifar10_cnn"), r.stderr
+
+
+def test_an_unwritable_workdir_and_os_errors_are_one_line(tmp_path, monkeypatch):
+  """A workdir whose parent cannot be written (read-only, no permission) is refused before
+  anything is written; any other OS error is one line that names the path and what to do."""
+  import errno
+  from experiments import setup
+  target = tmp_path / "ro" / "run"
+  target.parent.mkdir()
+  real = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target.parent
+                      else real(p, mode))
+  with pytest.raises(setup.UsageError) as e:
+    setup.prepare_workdir(str(target), False)
+  assert str(e.value) == (f"--workdir={target}: cannot write in {target.parent} (read-only "
+                          "or no permission); choose a writable directory")
+  line = setup.os_error_line(OSError(errno.EROFS, "Read-only file system", "/x/.run.resume"))
+  assert line.startswith("error: Read-only file system: /x/.run.resume; nothing was written")
+  assert "\n" not in line
+
+
+def test_the_workdir_lock_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+  from experiments import setup
+  monkeypatch.setenv("UNLEARN_JAX_CACHE", str(tmp_path / "cache"))
+  with pytest.raises(RuntimeError):
+    with setup.staged_workdir(str(tmp_path / "run"), False):
+      raise RuntimeError("a job that fails half-way")
+  assert not (tmp_path / "run").exists()
+  assert not [p for p in tmp_path.rglob("*") if p.is_file()], list(tmp_path.rglob("*"))
+  with setup.staged_workdir(str(tmp_path / "run"), False) as (_, staging):
+    staging.mkdir()
+    (staging / "x.txt").write_text("done")
+  assert (tmp_path / "run" / "x.txt").exists()
+  assert not list((tmp_path / "cache").rglob("*.lock"))
+
+
+@pytest.mark.integration
+def test_ctrl_c_and_an_os_error_end_in_one_line(tmp_path):
+  """SIGINT during training: one line saying the same command resumes, exit 130, no
+  staging directory left. A cache path that is a file (an OS error on the cache): one
+  line, exit 1."""
+  import signal
+  import time
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "UNLEARN_JAX_CACHE": str(tmp_path / "cache")}
+  p = subprocess.Popen([sys.executable, "-m", "experiments.unlearn", "--dataset=digits",
+                        "--methods=finetune", "--seeds=1", "--config.train.epochs=200",
+                        f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    for line in p.stdout:        # wait until training has started
+      if "epoch" in line or time.time() > deadline:
+        break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+  finally:
+    p.kill()
+  assert p.returncode == 130, err[-2000:]
+  assert err.strip().splitlines()[-1] == (
+      "interrupted: the run directory was not written; rerun the same command to resume "
+      "from the last checkpoint"), err[-2000:]
+  assert "Traceback" not in err
+  assert not list(tmp_path.glob(".run.partial-*")) and not (tmp_path / "run").exists()
+  (tmp_path / "file").write_text("not a folder")
+  r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--dataset=digits",
+                      "--methods=finetune", f"--workdir={tmp_path / 'run2'}"], cwd=ROOT,
+                     env={**env, "UNLEARN_JAX_CACHE": str(tmp_path / "file" / "cache")},
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+  assert r.stderr.startswith("error: Not a directory: ") and "UNLEARN_JAX_CACHE" in r.stderr

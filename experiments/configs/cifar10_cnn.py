@@ -1,7 +1,7 @@
-"""CIFAR-10 (the shared JPEG archive) with the small CNN: the CPU configuration.
+"""CIFAR-10 with the small CNN: the CPU configuration.
 
     python -m experiments.unlearn --config=experiments/configs/cifar10_cnn.py \
-        --dataset=image_folder:/path/to/cifar10-jpeg.tar.gz --train_subset=10000
+        --dataset=cifar10:/path/to/cifar-10-python.tar.gz --train_subset=10000
 
 The CNN recipe: SGD Nesterov momentum 0.9, one-cycle lr 0.1, wd 5e-4, crop+flip,
 batch 128, 10 epochs. On the whole train set it reaches >= 82% test accuracy.
@@ -18,7 +18,7 @@ except ImportError:  # the checkout (`python -m experiments.unlearn`)
 
 def get_config():
   c = default.get_config()
-  c.dataset = "image_folder:../shared/data/cifar10-jpeg.tar.gz"
+  c.dataset = "cifar10"          # tfds; --dataset=cifar10:PATH for the python archive
   c.model = "cnn"
   c.seeds = 2
   return c

@@ -1,7 +1,7 @@
 """CIFAR-10 at full size with ResNet-18: the seeds' own setting, for GPUs and TPUs.
 
     python -m experiments.unlearn --config=experiments/configs/cifar10_resnet18.py \
-        --dataset=image_folder:/path/to/cifar10-jpeg.tar.gz --workdir=runs/cifar10_resnet18
+        --dataset=cifar10:/path/to/cifar-10-python.tar.gz --workdir=runs/cifar10_resnet18
 
 (or `--dataset=cifar10` with tfds, online). The recipe: SGD momentum 0.9, lr 0.1 with
 cosine decay, weight decay 5e-4, random crop (pad 4) + horizontal flip, batch 256,
@@ -23,7 +23,7 @@ except ImportError:  # the checkout (`python -m experiments.unlearn`)
 
 def get_config():
   c = default.get_config()
-  c.dataset = "image_folder:../shared/data/cifar10-jpeg.tar.gz"
+  c.dataset = "cifar10"          # tfds; --dataset=cifar10:PATH for the python archive
   c.model = "resnet18"
   c.seeds = 3
   c.seed_loop = "vmap"            # seeds in one program: the accelerator path

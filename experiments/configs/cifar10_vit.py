@@ -2,7 +2,7 @@
 
     python -m experiments.unlearn --config=experiments/configs/cifar10_vit.py          # CPU
     python -m experiments.unlearn --config=experiments/configs/cifar10_vit.py:gpu \
-        --dataset=image_folder:/path/to/cifar10-jpeg.tar.gz                             # GPU
+        --dataset=cifar10:/path/to/cifar-10-python.tar.gz                             # GPU
 
 `cpu` (the default) is the memorising benchmark of `cifar10_memorise.py` with the CNN
 swapped for `vit:64-2-4` (width 64, 2 pre-LayerNorm blocks, 4 heads, patch 4: 64 tokens +

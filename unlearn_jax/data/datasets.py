@@ -11,6 +11,13 @@ Names:
     unseen data, where on digits it gets nearly all of it right. This is the data on
     which forgetting random examples can be measured at all (the test suite's
     memorisation benchmark, `docs/guide/benchmarks.md`).
+  * `cifar10:PATH`, `cifar100:PATH` — the official python archives of CIFAR-10 / -100
+    (Krizhevsky, 2009; `cifar-10-python.tar.gz`: `data_batch_1..5`, `test_batch`,
+    `batches.meta`; `cifar-100-python.tar.gz`: `train`, `test`, `meta`, with the 20
+    superclasses as coarse labels), or the folder they extract to. Read without
+    extracting, decoded once and cached as `.npz` (below). The archives are Python
+    pickles: give only the files from the dataset's page
+    (https://www.cs.toronto.edu/~kriz/cifar.html).
   * `image_folder:PATH` — PATH is a `split/class/image` folder (or a `.tar.gz` of one,
     read without extracting), e.g. the shared CIFAR-10 JPEG archive. Decoded once and
     cached as `.npz` under `$UNLEARN_JAX_CACHE` (default `~/.cache/unlearn_jax`).
@@ -37,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped")
-DATASET_CHOICES = ("digits", "mnist1d", "image_folder:PATH") + TFDS_NAMES
+DATASET_CHOICES = ("digits", "mnist1d", "cifar10:PATH", "cifar100:PATH",
+                   "image_folder:PATH") + TFDS_NAMES
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -127,8 +135,21 @@ def _digits_source(data_dir: str | None, split: str):
   # processes preparing at once race on that rename. Under the lock the builder is made
   # (it looks for a finished version when constructed) and prepared by one process.
   with cache_lock(root / "sklearn_digits"):
-    builder = SklearnDigits(data_dir=str(root), file_format="array_record")
-    builder.download_and_prepare()
+    # Prepared from scikit-learn's copy, nothing downloaded: tfds's "Downloading and
+    # preparing dataset Unknown size" line, its progress bars and its warnings about the
+    # not-yet-written version folder would say otherwise.
+    import contextlib
+    from absl import logging as absl_logging
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+      builder = SklearnDigits(data_dir=str(root), file_format="array_record")
+      if not builder.is_prepared():
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
+            contextlib.redirect_stderr(quiet):
+          builder.download_and_prepare()
+    finally:
+      absl_logging.set_verbosity(verbosity)
   return builder.as_data_source(split=split)
 
 
@@ -189,20 +210,56 @@ def load_mnist1d() -> Dataset:
 
 
 # ----------------------------------------------------------------------------- tfds
+def reachable(host: str = "storage.googleapis.com", port: int = 443,
+              timeout: float = 3.0) -> bool:
+  """Whether a TCP connection to `host` opens within `timeout` seconds (tfds's download
+  mirror by default): a download is only tried when it does."""
+  import socket
+  try:
+    socket.create_connection((host, port), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
 def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
-  """Loads a tfds image classification dataset through `tfds.data_source`."""
+  """Loads a tfds image classification dataset through `tfds.data_source`.
+
+  A dataset not yet prepared in `data_dir` is downloaded only when the network answers
+  (`reachable`); offline it is a `DatasetError` within seconds, before tfds writes
+  anything (tfds itself retries for minutes and leaves partial downloads behind)."""
   import tensorflow_datasets as tfds
+  source = lambda split, get: tfds.data_source(name, split=split, data_dir=data_dir,
+                                                download=get)
+  from absl import logging as absl_logging
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)   # its warnings about unprepared folders
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     label_feature = builder.info.features["label"]
-    sources = {s: tfds.data_source(name, split=s, data_dir=data_dir, download=download)
-               for s in ("train", "test")}
+    try:      # prepared already (or tfds's mock data): nothing to download
+      sources = {s: source(s, False) for s in ("train", "test")}
+    except Exception:  # noqa: BLE001  not prepared: tfds raises several types
+      if not download:
+        raise
+      if not reachable():
+        raise DatasetError(
+            f"dataset={name}: not prepared in {builder.data_dir} and the network cannot "
+            "be reached to download it. Offline, use dataset=mnist1d or dataset=digits"
+            + (f", or dataset={name}:PATH with the official python archive (https://www.cs."
+               "toronto.edu/~kriz/cifar.html)" if name in CIFAR_PYTHON else
+               ", or dataset=image_folder:PATH")) from None
+      sources = {s: source(s, True) for s in ("train", "test")}
+  except DatasetError:
+    raise
   except Exception as e:  # tfds raises many types; the user needs one line.
     raise DatasetError(
         f"dataset={name}: tfds could not provide it ({type(e).__name__}: "
         f"{str(e).splitlines()[0] if str(e) else ''}). Offline? Use dataset=digits or "
         "dataset=image_folder:PATH; preparing a download needs "
         "`pip install -e .[tfds-prepare]`.") from e
+  finally:
+    absl_logging.set_verbosity(verbosity)
   has_coarse = "coarse_label" in builder.info.features
   keys = ("image", "label") + (("coarse_label",) if has_coarse else ())
   arrays = {s: _read_source(src, keys) for s, src in sources.items()}
@@ -218,6 +275,110 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
   return Dataset(name, train_x, arrays["train"]["label"].astype(np.int32), test_x,
                  arrays["test"]["label"].astype(np.int32), label_feature.num_classes,
                  names, **coarse)
+
+
+# ----------------------------------------------------------------------------- CIFAR archives
+# The members each official python archive holds: {split: files}, the label key, the meta
+# file and its class-name key (Krizhevsky's page; the archives extract to one folder).
+CIFAR_PYTHON = {
+    "cifar10": dict(train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    label=b"labels", meta="batches.meta", names=b"label_names"),
+    "cifar100": dict(train=["train"], test=["test"], label=b"fine_labels", meta="meta",
+                     names=b"fine_label_names", coarse=b"coarse_labels"),
+}
+
+
+def _cifar_members(path: Path, wanted: set) -> dict:
+  """{member name: bytes} of the wanted files, from the archive or its extracted folder."""
+  found = {}
+  if path.is_file():
+    try:
+      with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+          if member.isfile() and Path(member.name).name in wanted:
+            found[Path(member.name).name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as e:
+      raise DatasetError(f"{path}: not a readable .tar.gz ({e})") from e
+  else:
+    for name in wanted:
+      hits = sorted(path.rglob(name))
+      if hits:
+        found[name] = hits[0].read_bytes()
+  return found
+
+
+def _decode_cifar_python(kind: str, path: Path):
+  """(arrays {split: (x uint8 [n, 32, 32, 3], y, coarse y or None)}, class names)."""
+  import pickle
+  spec = CIFAR_PYTHON[kind]
+  wanted = set(spec["train"] + spec["test"] + [spec["meta"]])
+  found = _cifar_members(path, wanted)
+  missing = sorted(wanted - set(found))
+  if missing:
+    raise DatasetError(f"dataset={kind}:{path}: not the official python archive of {kind}: "
+                       f"{', '.join(missing)} missing (expected {', '.join(sorted(wanted))})")
+  load = lambda name: pickle.loads(found[name], encoding="bytes")
+  out = {}
+  for split in ("train", "test"):
+    batches = [load(f) for f in spec[split]]
+    # Each row is 3072 bytes: the red, green and blue 32×32 planes in turn.
+    x = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+    x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    y = np.concatenate([np.asarray(b[spec["label"]], np.int32) for b in batches])
+    coarse = (np.concatenate([np.asarray(b[spec["coarse"]], np.int32) for b in batches])
+              if "coarse" in spec else None)
+    out[split] = (x, y, coarse)
+  names = tuple(n.decode() for n in load(spec["meta"])[spec["names"]])
+  return out, names
+
+
+def load_cifar_python(kind: str, path: str) -> Dataset:
+  """`cifar10:PATH` / `cifar100:PATH`: the official python archive (module docstring),
+  decoded once into the cache."""
+  p = Path(path).expanduser().resolve()
+  if not p.exists():
+    raise DatasetError(f"dataset={kind}:{path}: no such file or folder (the official "
+                       f"archive is {kind.replace('cifar', 'cifar-')}-python.tar.gz from "
+                       "https://www.cs.toronto.edu/~kriz/cifar.html)")
+  stat = p.stat()
+  key = hashlib.sha1(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+  cached = cache_dir() / kind / f"{p.name}-{key}.npz"
+
+  def prepare():
+    arrays, names = _decode_cifar_python(kind, p)
+    fields = {f"{s}_{k}": v for s, (x, y, c) in arrays.items()
+              for k, v in (("x", x), ("y", y), ("coarse", c)) if v is not None}
+    return {**fields, "classes": np.asarray(names)}
+
+  z = _cached_npz(cached, prepare)
+  train_x, test_x = _normalise(z["train_x"], z["test_x"], 255.0)
+  coarse = {}
+  if "train_coarse" in z:
+    coarse = dict(train_coarse_y=z["train_coarse"], test_coarse_y=z["test_coarse"],
+                  num_coarse_classes=int(z["train_coarse"].max()) + 1)
+  classes = tuple(str(c) for c in z["classes"])
+  return Dataset(f"{kind}:{path}", train_x, z["train_y"], test_x, z["test_y"], len(classes),
+                 classes, **coarse)
+
+
+def _cached_npz(cached: Path, prepare) -> dict:
+  """The arrays of the cache entry `cached`, made by `prepare() -> {name: array}` on first
+  use: under `cache_lock`, written to a temporary name of this writer's own in the same
+  directory, then renamed into place atomically (a reader never sees a half-written file,
+  two writers never share a temporary)."""
+  with cache_lock(cached):
+    if not cached.exists():
+      arrays = prepare()
+      fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent)
+      try:
+        with os.fdopen(fd, "wb") as f:
+          np.savez(f, **arrays)
+        os.replace(tmp, cached)
+      finally:
+        if os.path.exists(tmp):
+          os.unlink(tmp)
+  with np.load(cached, allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -274,22 +435,13 @@ def load_image_folder(path: str) -> Dataset:
   stat = p.stat()
   key = hashlib.sha1(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
   cached = cache_dir() / "image_folder" / f"{p.name}-{key}.npz"
-  with cache_lock(cached):
-    if not cached.exists():
-      arrays, classes = _decode_image_folder(p)
-      # A temporary name of this writer's own in the same directory, then an atomic rename:
-      # a reader never sees a half-written file, two writers never share a temporary.
-      fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent)
-      try:
-        with os.fdopen(fd, "wb") as f:
-          np.savez(f, train_x=arrays["train"][0], train_y=arrays["train"][1],
-                   test_x=arrays["test"][0], test_y=arrays["test"][1],
-                   classes=np.asarray(classes))
-        os.replace(tmp, cached)
-      finally:
-        if os.path.exists(tmp):
-          os.unlink(tmp)
-  z = np.load(cached, allow_pickle=False)
+
+  def prepare():
+    arrays, classes = _decode_image_folder(p)
+    return dict(train_x=arrays["train"][0], train_y=arrays["train"][1],
+                test_x=arrays["test"][0], test_y=arrays["test"][1], classes=np.asarray(classes))
+
+  z = _cached_npz(cached, prepare)
   arrays = {"train": (z["train_x"], z["train_y"]), "test": (z["test_x"], z["test_y"])}
   classes = tuple(str(c) for c in z["classes"])
   train_x, test_x = _normalise(arrays["train"][0], arrays["test"][0], 255.0)
@@ -307,6 +459,8 @@ def load_dataset(name: str, data_dir: str | None = None,
     ds = load_mnist1d()
   elif name.startswith("image_folder:"):
     ds = load_image_folder(name.split(":", 1)[1])
+  elif name.split(":", 1)[0] in CIFAR_PYTHON and ":" in name:
+    ds = load_cifar_python(*name.split(":", 1))
   elif name in TFDS_NAMES:
     ds = load_tfds(name, data_dir)
   else:
