@@ -66,20 +66,33 @@ def summarize(rows: list) -> dict:
   return out
 
 
-def _fmt(mean: float, std: float, pct: bool) -> str:
+# The columns of the table a run prints on the terminal (summary.md has every column).
+TERMINAL_COLUMNS = ("retain_acc", "forget_acc", "test_acc", "forget_test_acc", "mia_loss_lr")
+# Measured once for all seeds when the seeds run together as one program: no ± then.
+SHARED_COLUMNS = ("seconds", "peak_memory_mib")
+
+
+def _fmt(mean: float, std: float, pct: bool, shared: bool = False) -> str:
   if math.isnan(mean):
     return "—"
   if pct:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
+  if shared and std == 0:
+    return f"{mean:.2f}"
   return f"{mean:.2f} ± {std:.2f}"
 
 
-def summary_markdown(summary: dict, num_seeds: int, title: str) -> str:
+def summary_markdown(summary: dict, num_seeds: int, title: str, terminal: bool = False) -> str:
+  """The mean ± std table. `terminal`: only the accuracy and attack columns and the cost
+  ratio, a table that fits an 100-column terminal (summary.md keeps every column)."""
   present = {c for c in OPTIONAL_COLUMNS
              if any(not math.isnan(v[c][0]) for v in summary.values())}
   has_fta = "forget_test_acc" in present
   cols = [(c, h) for c, h in SUMMARY_COLUMNS if c not in OPTIONAL_COLUMNS or c in present]
+  if terminal:
+    cols = [(c, h) for c, h in cols if c in TERMINAL_COLUMNS]
   header = ["method"] + [h for _, h in cols] + ["× retrain"]
+  together = any(summary[m]["seconds"][1] == 0 for m in summary) and num_seeds > 1
   lines = [f"## {title}", "",
            f"Mean ± std over {num_seeds} seed(s). Accuracies in %. RA/FA/TA: retain, forget, "
            "test accuracy" + (" (test: retain classes; FTA: forgotten classes' test examples)"
@@ -90,10 +103,15 @@ def summary_markdown(summary: dict, num_seeds: int, title: str) -> str:
            (" layer dist.: mean over layers of ‖θ − θ_retrain‖/‖θ_retrain‖ (same initial "
             "weights; 0 ideal)." if "layer_distance" in present else "") +
            (" peak MiB: XLA's memory analysis of the compiled method (all seeds)."
-            if "peak_memory_mib" in present else ""), "",
+            if "peak_memory_mib" in present and not terminal else "") +
+           (" seconds: per seed; a figure without ± was measured once for seeds run "
+            "together as one program." if together and not terminal else "") +
+           (" × retrain: seconds ÷ retrain's. Every column: summary.md." if terminal
+            else ""), "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for m, v in summary.items():
-    cells = [m] + [_fmt(*v[c], pct=c.endswith("_acc")) for c, _ in cols]
+    cells = [m] + [_fmt(*v[c], pct=c.endswith("_acc"), shared=c in SHARED_COLUMNS)
+                   for c, _ in cols]
     cells.append(f"{v['cost_ratio'][0]:.2f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -230,55 +248,74 @@ def stage_markdown(spread: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
+LOSS_FLOOR = 1e-8   # losses below it (0 in float32 for a memorised example) share one bin
+
+
 def plot_loss_histograms(path: Path, name: str, losses: dict) -> None:
   """Histogram of forget, test and retain losses of one model (the figure of the "Machine
-  Unlearning" CIFAR-10 project)."""
+  Unlearning" CIFAR-10 project): outlines in three colours that do not blend; the leftmost
+  bin holds every loss at or below `LOSS_FLOOR` and is labelled so."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.6))
+  fig, ax = plt.subplots(figsize=(6.4, 3.8))
   splits = ("retain", "forget", "test")
   everything = np.concatenate([np.asarray(losses[s], np.float64) for s in splits])
-  lo = max(float(np.min(everything)), 1e-8)
+  lo = max(float(np.min(everything)), LOSS_FLOOR)
   hi = max(float(np.max(everything)), lo * 10)
   bins = np.logspace(np.log10(lo), np.log10(hi), 40)
+  floored = 0
   for split, color in (("retain", "tab:green"), ("forget", "tab:red"), ("test", "tab:blue")):
-    v = np.clip(np.asarray(losses[split], np.float64), lo, hi)
+    v = np.asarray(losses[split], np.float64)
+    floored += int(np.sum(v <= LOSS_FLOOR))
+    v = np.clip(v, lo, hi)
     # Fractions (not densities): on a log axis densities inflate the tiny-loss bins.
-    ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / max(v.size, 1)), alpha=0.5,
-            label=f"{split} (n={v.size})", color=color)
+    ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / max(v.size, 1)), histtype="step",
+            linewidth=1.6, label=f"{split} (n={v.size})", color=color)
+  if floored:
+    ax.annotate(f"≤ {LOSS_FLOOR:g}\n(loss 0 in float32)", (bins[0], 0), xytext=(4, 24),
+                textcoords="offset points", fontsize=7, color="0.3",
+                arrowprops=dict(arrowstyle="->", color="0.5", lw=0.8))
   ax.set_xscale("log")
+  ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, numticks=6))
   ax.set_xlabel("per-example cross-entropy loss (log scale)")
   ax.set_ylabel("fraction of examples")
   ax.set_title(f"{name}: losses, seed 0")
-  ax.legend()
+  ax.legend(fontsize=8, loc="upper left")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
 def plot_metric_bars(path: Path, summary: dict) -> None:
-  """Bar chart of RA, FA, TA, MIA per method with ± std error bars."""
+  """RA, FA, TA and MIA per method, one panel each (methods down the side, ± std error
+  bars), retrain's value a dotted line in every panel: readable at its saved size for any
+  number of methods."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   methods = list(summary)
-  cols = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"), ("mia_loss_lr", "MIA"))
-  width = 0.8 / len(cols)
-  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) + 2), 4))
-  xs = np.arange(len(methods))
-  for j, (c, label) in enumerate(cols):
-    means = [summary[m][c][0] for m in methods]
-    stds = [summary[m][c][1] for m in methods]
-    ax.bar(xs + (j - 1.5) * width, means, width, yerr=stds, capsize=2, label=label)
-  if "retrain" in summary:
-    ax.axhline(summary["retrain"]["forget_acc"][0], color="k", ls=":", lw=1,
-               label="retrain FA")
-  ax.set_xticks(xs)
-  ax.set_xticklabels(methods, rotation=30, ha="right")
-  ax.set_ylim(0, 1.05)
-  ax.set_ylabel("accuracy / attack accuracy")
-  ax.legend(ncol=5, fontsize=8, loc="lower left")
+  cols = (("retain_acc", "retain accuracy"), ("forget_acc", "forget accuracy"),
+          ("test_acc", "test accuracy"), ("mia_loss_lr", "MIA (loss LR)"))
+  ys = np.arange(len(methods))
+  fig, axes = plt.subplots(1, len(cols), figsize=(11, 1.2 + 0.27 * len(methods)),
+                           sharey=True, squeeze=False)
+  colors = ["0.3" if m in ("original", "retrain") else "tab:blue" for m in methods]
+  for ax, (c, label) in zip(axes[0], cols):
+    means = np.asarray([summary[m][c][0] for m in methods])
+    stds = np.asarray([summary[m][c][1] for m in methods])
+    ax.barh(ys, 100 * means, xerr=100 * stds, color=colors, height=0.7,
+            error_kw=dict(lw=0.8, capsize=2))
+    if "retrain" in summary:
+      ax.axvline(100 * summary["retrain"][c][0], color="k", ls=":", lw=1)
+    ax.set_xlim(0, 105)
+    ax.set_title(label, fontsize=9)
+    ax.set_xlabel("%" if c.endswith("_acc") else "attack accuracy (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="x", lw=0.3, alpha=0.5)
+  axes[0, 0].set_yticks(ys, methods)
+  axes[0, 0].invert_yaxis()
+  fig.suptitle("Mean ± std over seeds; dotted: retrain (the target)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -337,11 +374,27 @@ def plot_along(path: Path, model_sets: dict) -> None:
   fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows), squeeze=False,
                            sharey=True)
   for ax, (m, c) in zip(axes.ravel(), curves.items()):
+    one_step = max(len(v[0]) for v in c.values()) == 1
     for metric, (vals, _bounds, _names) in sorted(c.items()):
-      ax.plot(range(1, len(vals) + 1), 100 * np.asarray(vals), marker=".", ms=3,
-              label=metric.replace("_acc", ""))
-    for b in next(iter(c.values()))[1][:-1]:
-      ax.axvline(b + 0.5, color="grey", ls=":", lw=0.8)
+      label = metric.replace("_acc", "")
+      if one_step:   # a one-shot edit: its result, drawn as a level, not a lone dot
+        ax.axhline(100 * vals[0], lw=2, color="tab:blue" if label == "forget" else "tab:orange",
+                   label=label)
+      else:
+        ax.plot(range(1, len(vals) + 1), 100 * np.asarray(vals), marker=".", ms=3,
+                label=label)
+    if one_step:
+      ax.set_xticks([])
+      ax.set_xlabel("one step: its result", fontsize=6)
+      ax.text(0.5, 0.06, ", ".join(f"{k.replace('_acc', '')} {100 * v[0][0]:.0f}%"
+                                   for k, v in sorted(c.items())),
+              fontsize=6, ha="center", transform=ax.transAxes)
+    else:
+      for b in next(iter(c.values()))[1][:-1]:
+        ax.axvline(b + 0.5, color="grey", ls=":", lw=0.8)
+      ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=5))
+      ax.set_xlabel("evaluation (epoch)", fontsize=6)
+    ax.set_ylim(0, 105)
     ax.set_title(m, fontsize=8)
     ax.tick_params(labelsize=6)
   for ax in axes.ravel()[len(curves):]:
@@ -397,7 +450,8 @@ def on_host(result):
 
 def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool = True,
               plots: bool = True) -> str:
-  """Writes every artifact of a run into `directory`; returns the summary Markdown."""
+  """Writes every artifact of a run into `directory`; returns the summary Markdown for
+  the terminal (summary.md's, with the table's main columns only)."""
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   write_csv(directory / "results.csv", result.rows)
@@ -408,10 +462,12 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
            + (f" (classes {','.join(map(str, result.split.spec.forget_classes))})"
               if result.split.spec.forget_classes else
               f" ({100 * result.split.spec.forget_fraction:g}% forget)"))
-  md = summary_markdown(summary, seeds, title)
+  tables = [summary_markdown(summary, seeds, title, terminal=t) for t in (False, True)]
   if unlearn_seeds > 1:
-    md = md.replace(f"over {seeds} seed(s).", f"over {seeds} training seed(s) × {unlearn_seeds} "
-                    "unlearning seeds (original and retrain: the training seeds).", 1)
+    tables = [t.replace(f"over {seeds} seed(s).", f"over {seeds} training seed(s) × "
+                        f"{unlearn_seeds} unlearning seeds (original and retrain: the training "
+                        "seeds).", 1) for t in tables]
+  md = ""
   spread = stage_spread(result.rows)
   md += stage_markdown(spread)
   gaps = gap_to_retrain(summary)
@@ -422,7 +478,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
   signal = memorisation_signal(result.rows)
   md += signal_markdown(signal)
   md += warnings_markdown(method_warnings(result.model_sets))
-  (directory / "summary.md").write_text(md)
+  (directory / "summary.md").write_text(tables[0] + md)
   result.split.save(directory)
   # Per-example CE losses of every model and seed, for attacks computed later.
   np.savez_compressed(directory / "losses.npz", **{
@@ -463,7 +519,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
     from unlearn_jax import checkpoint
     for name, ms in result.model_sets.items():
       checkpoint.save_variables(directory / "checkpoints" / name, ms.variables)
-  return md
+  return tables[1] + md
 
 
 def _json_default(o):

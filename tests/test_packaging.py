@@ -138,6 +138,18 @@ def test_the_installed_wheel_runs_the_main_job(wheel, tmp_path):
   bad = subprocess.run([str(venv / "bin" / "unlearn-jax"), "train"], cwd=work, env=env,
                        capture_output=True, text=True)
   assert bad.returncode == 2 and "unknown command 'train'" in bad.stderr
+  # The next step the docs give a user with only CIFAR-10's python archive: a shipped
+  # config by name and the archive (a small one of the official format here).
+  sys.path.insert(0, str(Path(__file__).resolve().parent))
+  from test_data import write_cifar_python
+  write_cifar_python(work / "cifar-10-python.tar.gz", per_file=40)
+  r = subprocess.run([str(venv / "bin" / "unlearn-jax"), "run", "--config=cifar10_memorise",
+                      "--dataset=cifar10:cifar-10-python.tar.gz", "--train_subset=100",
+                      "--test_subset=20", "--methods=finetune", "--seeds=1",
+                      "--config.train.epochs=1", "--config.plots=False", "--workdir=c10"],
+                     cwd=work, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  assert (work / "c10" / "results.csv").is_file()
 
 
 @pytest.mark.integration

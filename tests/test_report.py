@@ -33,3 +33,36 @@ def test_population_signal_compares_the_original_with_the_retrain_floor():
   rows[0].update(forgetting_quality=0.01, forget_acc=1.0)
   rows[1].update(forget_acc=0.55)
   assert evaluation.population_signal(rows)["discriminates"]
+
+
+def _many_methods(n=30):
+  """Rows of `n` methods (long names) over 3 seeds: seconds equal across seeds, as when
+  the seeds run together as one program."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  names = ["original", "retrain"] + [f"a_long_method_name_{i}" for i in range(n - 2)]
+  return [{"method": m, "seed": s, "retain_acc": rng.uniform(), "forget_acc": rng.uniform(),
+           "test_acc": rng.uniform(), "mia_loss_lr": rng.uniform(), "seconds": 2.0 + i,
+           "peak_memory_mib": 3.0, "layer_distance": rng.uniform()}
+          for i, m in enumerate(names) for s in range(3)]
+
+
+def test_the_terminal_table_fits_a_terminal_and_shared_timings_have_no_error_bar():
+  summary = report.summarize(_many_methods())
+  full = report.summary_markdown(summary, 3, "t")
+  short = report.summary_markdown(summary, 3, "t", terminal=True)
+  rows = [line for line in short.splitlines() if line.startswith("|")]
+  assert max(len(line) for line in rows) <= 100, max(rows, key=len)
+  assert "seconds" not in rows[0] and "Every column: summary.md" in short
+  assert "| 2.00 |" in full and "2.00 ± 0.00" not in full, "a shared timing shows ± 0.00"
+  assert "measured once for seeds run together" in full
+
+
+def test_the_metrics_figure_is_legible_at_its_saved_size(tmp_path):
+  """30 methods: one panel per metric, methods down the side, a readable size (not a
+  strip 3,000 pixels wide)."""
+  from PIL import Image
+  summary = report.summarize(_many_methods())
+  report.plot_metric_bars(tmp_path / "m.png", summary)
+  width, height = Image.open(tmp_path / "m.png").size
+  assert width <= 1300 and height >= 30 * 25, (width, height)
