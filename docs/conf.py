@@ -19,6 +19,11 @@ myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build", "results/*/*.md", "results/**/README.md"]
-html_theme = "alabaster"
+# The JAX ecosystem's theme (optax's and flax's documentation use it): a sidebar, wide
+# code blocks that scroll, tables that scroll inside their column.
+html_theme = "sphinx_book_theme"
 html_title = f"unlearn_jax {release}"
+html_theme_options = {"show_toc_level": 2, "home_page_in_toc": True}
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 nitpicky = False

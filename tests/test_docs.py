@@ -121,3 +121,87 @@ def test_klom_report_is_host_side_as_its_page_says():
   assert set(uj.klom_report(margins, margins)) >= {"klom_p95_forget", "average_95"}
   with pytest.raises(jax.errors.TracerArrayConversionError):
     jax.jit(uj.klom_report)(margins, margins)
+
+
+# ----------------------------------------------------------------------------- results pages
+RESULTS = ROOT / "docs" / "results"
+# The input shape of each dataset's examples (enough to build the model a run names).
+SHAPES = {"digits": (8, 8, 1), "mnist1d": (1, 40, 1)}
+
+
+def _same_data(name: str) -> str:
+  """A dataset's identity, not its location: CIFAR-10 through tfds, its python archive or a
+  JPEG folder of it is the same data."""
+  name = str(name)
+  return "cifar10" if name.split(":", 1)[0] == "cifar10" or "cifar10" in name else name
+
+
+def _config_of_command(command: str):
+  """The config a run's recorded command gives with today's code: its config file (a path
+  or a shipped name), then its top-level flags and `--config.x=v` overrides."""
+  import importlib.util
+  import shlex
+  from experiments import cli
+  args = shlex.split(command)[3:]
+  flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+  path = cli.config_by_name(["x", f"--config={flags.get('config', 'default')}"])[1]
+  path, _, arg = path[len("--config="):].partition(":")
+  spec = importlib.util.spec_from_file_location("results_config", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(arg) if arg else module.get_config()
+  for key, value in flags.items():
+    name = key[len("config."):] if key.startswith("config.") else key
+    if not key.startswith("config.") and key not in cli._OVERRIDES:
+      continue                                   # an entry point's own flag (--requests)
+    node, *path_ = name.split(".")
+    parent = cfg
+    for part in [node, *path_][:-1]:
+      parent = parent[part]
+    old = parent[name.split(".")[-1]]
+    parent[name.split(".")[-1]] = (value.lower() == "true" if isinstance(old, bool)
+                                   else type(old)(value))
+  return cfg
+
+
+def _runs():
+  return sorted(p for p in RESULTS.iterdir() if (p / "provenance.json").exists())
+
+
+@pytest.mark.parametrize("run", _runs(), ids=lambda p: p.name)
+def test_a_results_page_is_what_its_command_gives_today(run):
+  """A results page is outdated when the code it documents would now run something else:
+  its recorded configuration differs from the one its command gives today (a changed
+  default, a new field, a config file's new method list), or, for a run of every method,
+  its methods differ from today's registry. The message says how to regenerate it."""
+  import json
+  group = "cifar" if "cifar" in run.name else "digits"
+  regen = (f"docs/results/{run.name} is outdated; regenerate it: "
+           f"CIFAR10=cifar10:PATH docs/results/regenerate.sh {group}" if group == "cifar" else
+           f"docs/results/{run.name} is outdated; regenerate it: docs/results/regenerate.sh digits")
+  stamp = json.loads((run / "provenance.json").read_text())
+  recorded = next(json.loads(f.read_text()) for f in sorted(run.glob("*.json"))
+                  if f.name != "provenance.json" and "config" in json.loads(f.read_text()))
+  today = _config_of_command(stamp["command"]).to_dict()
+  was = recorded["config"]
+  for key, value in today.items():
+    old = was.get(key, "<missing>")
+    if key == "dataset":
+      value, old = _same_data(value), _same_data(old)
+    if key == "methods":      # the requests CLI records its methods without SISA's baseline
+      value, old = ([m for m in str(v).split(",") if m != "sisa"] for v in (value, old))
+    assert old == value, f"{regen} (config {key}: {old!r} then, {value!r} today)"
+  if (run / "results.csv").exists():
+    import jax
+    from experiments import setup
+    from unlearn_jax import models
+    with open(run / "results.csv") as f:
+      rows = list(__import__("csv").DictReader(f))
+    ran = list(dict.fromkeys(r["method"] for r in rows if r["method"] not in
+                             ("original", "retrain")))
+    model = models.get_model(recorded["info"]["model"], 10)
+    shape = SHAPES.get(_same_data(today["dataset"]), (32, 32, 3))
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
+    want = list(setup.resolve_methods(today["methods"], today["scenario"],
+                                      models.has_batch_norm(shapes)))
+    assert ran == want, f"{regen} (methods {ran} then, {want} today)"

@@ -105,7 +105,7 @@ def _method_section(spec) -> list[str]:
        "running the model"),
       ("search space", space or "none (not tuned)"),
   ]
-  lines = [f"## `{spec.name}`", "", spec.summary, "", "| | |", "|---|---|"]
+  lines = [f"## `{spec.name}`", "", spec.summary, "", "| property | value |", "|---|---|"]
   lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
   lines += ["", "| hyperparameter | default | allowed |", "|---|---|---|"]
   for k, v in spec.defaults.items():
@@ -182,6 +182,16 @@ METRICS = ("accuracy", "per_example_loss", "mia_loss_lr", "mia_efficacy", "lira"
            "layer_distance", "mean_layer_distance", "relearn_steps", "anamnesis_index")
 
 
+def first_sentence(doc: str) -> str:
+  """The docstring's first sentence, whole: its first paragraph joined into one line, up
+  to the first full stop followed by a space and a capital (or the paragraph's end), so a
+  table cell never stops mid-sentence at a line break."""
+  paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+  # From the 16th character on: a leading abbreviation ("Avg. Gap") is not an end.
+  m = re.compile(r"(?<![.\s][a-z])\.(?=\s+[A-Z(`])").search(paragraph, 15)
+  return paragraph[:m.end()] if m else paragraph
+
+
 def _where(name, fn) -> str:
   if hasattr(fn, "host"):
     return "host NumPy/scikit-learn; under `jit` through `jax.pure_callback`"
@@ -211,7 +221,7 @@ def write_metrics(out: Path) -> None:
     doc = inspect.getdoc(fn) or ""
     sig = str(inspect.signature(fn)).replace("'", "")
     lines.append(f"| [`{name}`](#{name.replace('_', '-')}) | `{_cell(sig)}` | "
-                 f"{_where(name, fn)} | {_cell(doc.splitlines()[0] if doc else '')} |")
+                 f"{_where(name, fn)} | {_cell(first_sentence(doc))} |")
     sections += [f"## {name}", "", f"`uj.{name}{sig}`", "", "```text", doc, "```", ""]
   (out / "metrics.md").write_text("\n".join(lines + [""] + sections) + "\n")
 
@@ -271,7 +281,7 @@ def _unlearn_page(run: Path, title: str) -> list[str]:
                                       else "**too small to rank methods**: doing nothing sits "
                                            "near retrain here.")]
   if (run / "plots" / "metrics.png").exists():
-    lines += ["", f"![metrics per method](../../results/{run.name}/plots/metrics.png)"]
+    lines += ["", *figure(f"../../results/{run.name}/plots/metrics.png", "metrics per method")]
   return lines
 
 
@@ -322,7 +332,7 @@ def _requests_page(run: Path, title: str) -> list[str]:
       for label, col, fmt in table:
         lines.append(f"| {label} | " + " | ".join(f"{mean(k, col):{fmt}}" for k in ks) + " |")
   for png in sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []:
-    lines += ["", f"![{png.stem}](../../results/{run.name}/plots/{png.name})"]
+    lines += ["", *figure(f"../../results/{run.name}/plots/{png.name}", png.stem)]
   return lines
 
 
@@ -444,6 +454,12 @@ def _comparison_page() -> list[str] | None:
   return lines
 
 
+def figure(path: str, alt: str) -> list[str]:
+  """A figure drawn at the column's width that opens at full size when clicked (Sphinx
+  links a scaled image to its file)."""
+  return [f"```{{image}} {path}", f":alt: {alt}", ":width: 100%", "```", ""]
+
+
 def write_results(out: Path) -> list[str]:
   """A page per run under docs/results/ (a `title.txt` names it); returns the page names."""
   (out / "results").mkdir(parents=True, exist_ok=True)
@@ -453,7 +469,9 @@ def write_results(out: Path) -> list[str]:
     title = (run / "title.txt").read_text().strip()
     if (run / "README.md").exists():       # rendered by its own script (populations)
       text = (run / "README.md").read_text()
-      text = re.sub(r"\]\((?!http)([^)]+\.png)\)", rf"](../../results/{run.name}/\1)", text)
+      text = re.sub(r"!\[([^\]]*)\]\((?!http)([^)]+\.png)\)",
+                    lambda m: "\n".join(figure(f"../../results/{run.name}/{m.group(2)}",
+                                               m.group(1))), text)
       lines = [text]
     elif (run / "results.csv").exists():
       lines = _unlearn_page(run, title)
