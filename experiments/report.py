@@ -127,6 +127,73 @@ def gap_to_retrain(summary: dict) -> dict:
           for m, v in summary.items() if m not in ("retrain",)}
 
 
+GAP_COLUMNS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+  """(mean, low, high): Student's t interval for the mean of `values` (seeds), the usual
+  interval over a handful of independent runs; (mean, nan, nan) for fewer than two."""
+  from scipy import stats
+  v = np.asarray(values, np.float64)
+  mean = float(np.mean(v)) if v.size else float("nan")
+  if v.size < 2:
+    return mean, float("nan"), float("nan")
+  half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * np.std(v, ddof=1) / np.sqrt(v.size))
+  return mean, mean - half, mean + half
+
+
+def ranking(rows: list, signal: dict | None) -> dict:
+  """Methods ranked by their gap to retrain, with the 95% interval of each gap and ties.
+
+  A method's gap on a seed is the mean over RA, FA, TA and MIA of |m − retrain| (points),
+  paired with the retrained model of the same training seed; its interval is `t_interval`
+  over those gaps. `original` (doing nothing) is ranked with the methods and `retrain` is
+  the target (gap 0). Ranks tie where intervals overlap: a method's rank is 1 + the number
+  of methods whose interval lies wholly below its own. No ranking (`reason` says why) when
+  the memorisation signal's interval includes 0: doing nothing is then indistinguishable
+  from retraining on this data, so no gap can be read as forgetting."""
+  if signal is None:
+    return {"rows": [], "reason": "no original and retrain rows to rank against"}
+  low, high = signal["interval"]
+  if math.isnan(low):
+    return {"rows": [], "reason": "No ranking: one seed gives no interval (run --seeds=3 or "
+            "more)."}
+  if not low > 0:
+    return {"rows": [], "reason": f"No ranking: the memorisation signal's 95% interval "
+            f"[{low:.1f}, {high:.1f}] points includes 0, so doing nothing cannot be told "
+            "from retraining on this data."}
+  table = csv_rows(rows)
+  def seed_of(r):    # the training seed pairs a method with its retrained reference
+    t = r.get("train_seed")
+    return r["seed"] if t is None or (isinstance(t, float) and math.isnan(t)) else t
+  retrain = {seed_of(r): r for r in table if r["method"] == "retrain"}
+  gaps = {}
+  for r in table:
+    if r["method"] != "retrain" and seed_of(r) in retrain:
+      ref = retrain[seed_of(r)]
+      gaps.setdefault(r["method"], []).append(
+          float(np.mean([100 * abs(r[c] - ref[c]) for c in GAP_COLUMNS])))
+  stats_ = {m: t_interval(g) for m, g in gaps.items()}
+  out = []
+  for m, (mean, low, high) in stats_.items():
+    below = sum(1 for k, (_, _, h) in stats_.items() if k != m and h < low)
+    out.append({"method": m, "gap": mean, "low": low, "high": high, "rank": 1 + below})
+  out.sort(key=lambda d: (d["rank"], d["gap"]))
+  return {"rows": out, "reason": None}
+
+
+def ranking_markdown(ranked: dict) -> str:
+  if ranked["reason"]:
+    return f"\n{ranked['reason']}\n"
+  if not ranked["rows"]:
+    return ""
+  cells = [f"{d['rank']}. {d['method']} {d['gap']:.1f} [{d['low']:.1f}, {d['high']:.1f}]"
+           for d in ranked["rows"]]
+  return ("\nClosest to retrain (mean |gap| over RA, FA, TA, MIA, points, with its 95% "
+          "interval over seeds; overlapping intervals share a rank; retrain is 0): " +
+          ", ".join(cells) + "\n")
+
+
 # The smallest memorisation signal (points of forget accuracy) a table can rank methods by:
 # gaps between methods are a few points, and seed noise on FA is ~1 point.
 MIN_SIGNAL_POINTS = 5.0
@@ -135,8 +202,8 @@ MIN_SIGNAL_POINTS = 5.0
 def memorisation_signal(rows: list) -> dict | None:
   """How much there is to forget: original FA − retrain FA (points), per seed.
 
-  Returns {"points": (mean, std) over seeds, "original_fa", "retrain_fa", "discriminates"}
-  or None without both rows. A table discriminates when the signal is at least
+  Returns {"points": (mean, std) over seeds, "interval": its 95% t interval (low, high),
+  "original_fa", "retrain_fa", "discriminates"} or None without both rows. A table discriminates when the signal is at least
   `MIN_SIGNAL_POINTS` and three times its own seed std: below that, "doing nothing" (the
   original) sits near retrain and any ranking by gap to retrain is noise."""
   by = {}
@@ -148,7 +215,8 @@ def memorisation_signal(rows: list) -> dict | None:
   seeds = sorted(set(by["original"]) & set(by["retrain"]))
   diffs = [100 * (by["original"][s] - by["retrain"][s]) for s in seeds]
   mean, std = mean_std(diffs)
-  return {"points": (mean, std),
+  _, low, high = t_interval(diffs)
+  return {"points": (mean, std), "interval": (low, high),
           "original_fa": 100 * mean_std([by["original"][s] for s in seeds])[0],
           "retrain_fa": 100 * mean_std([by["retrain"][s] for s in seeds])[0],
           "discriminates": bool(mean >= MIN_SIGNAL_POINTS and mean >= 3 * std)}
@@ -159,8 +227,10 @@ def signal_markdown(signal: dict | None) -> str:
   if signal is None:
     return ""
   mean, std = signal["points"]
+  low, high = signal.get("interval", (float("nan"),) * 2)
   line = (f"\nMemorisation signal: original FA {signal['original_fa']:.1f} − retrain FA "
-          f"{signal['retrain_fa']:.1f} = {mean:.1f} ± {std:.1f} points.")
+          f"{signal['retrain_fa']:.1f} = {mean:.1f} ± {std:.1f} points"
+          + (f" (95% interval [{low:.1f}, {high:.1f}])." if not math.isnan(low) else "."))
   if not signal["discriminates"]:
     line += (f" **Warning: too small to rank methods** (needs ≥ {MIN_SIGNAL_POINTS:g} points "
              "and ≥ 3× its seed std): the original barely memorises D_f, so doing nothing "
@@ -471,12 +541,10 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
   spread = stage_spread(result.rows)
   md += stage_markdown(spread)
   gaps = gap_to_retrain(summary)
-  if gaps:
-    ranked = sorted((g, m) for m, g in gaps.items() if m != "original")
-    md += ("\nClosest to retrain (mean |gap| over RA, FA, TA, MIA, points): " +
-           ", ".join(f"{m} {g:.1f}" for g, m in ranked) + "\n")
   signal = memorisation_signal(result.rows)
+  ranked = ranking(result.rows, signal)
   md += signal_markdown(signal)
+  md += ranking_markdown(ranked)
   md += warnings_markdown(method_warnings(result.model_sets))
   (directory / "summary.md").write_text(tables[0] + md)
   result.split.save(directory)
@@ -493,6 +561,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
       "summary": {m: {c: {"mean": v[0], "std": v[1]} for c, v in cols.items()}
                   for m, cols in summary.items()},
       "gap_to_retrain": gaps,
+      "ranking": ranked,
       "memorisation_signal": signal,
       "stage_spread": spread,
       "along": {m: {metric: {"values": v, "phase_ends": b, "phases": n}

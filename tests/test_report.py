@@ -66,3 +66,48 @@ def test_the_metrics_figure_is_legible_at_its_saved_size(tmp_path):
   report.plot_metric_bars(tmp_path / "m.png", summary)
   width, height = Image.open(tmp_path / "m.png").size
   assert width <= 1300 and height >= 30 * 25, (width, height)
+
+
+def _ranked_rows(gaps: dict, retrain_fa=(0.5, 0.5, 0.5)):
+  """Rows whose per-seed gap to retrain is exactly `gaps[method][seed]` points (the gap is
+  put on FA alone, so the mean over RA, FA, TA and MIA is a quarter of the FA difference)."""
+  rows = []
+  for s in range(3):
+    rows.append({"method": "retrain", "seed": s, "retain_acc": 1.0, "forget_acc": retrain_fa[s],
+                 "test_acc": 0.9, "mia_loss_lr": 0.5, "seconds": 1.0})
+    for m, g in gaps.items():
+      rows.append({"method": m, "seed": s, "retain_acc": 1.0,
+                   "forget_acc": retrain_fa[s] + 4 * g[s] / 100, "test_acc": 0.9,
+                   "mia_loss_lr": 0.5, "seconds": 1.0})
+  return rows
+
+
+def test_the_ranking_has_intervals_ties_and_doing_nothing():
+  """Gaps with known per-seed values: each interval is mean ± t(0.975, 2)·s/√3 (t from a
+  table: 4.302653), overlapping intervals share a rank, `original` is ranked."""
+  import math
+  gaps = {"original": [40.0, 42.0, 44.0], "a": [1.0, 2.0, 3.0], "b": [1.5, 2.5, 3.5],
+          "c": [10.0, 10.5, 11.0]}
+  rows = _ranked_rows(gaps)
+  signal = report.memorisation_signal(rows)
+  ranked = report.ranking(rows, signal)
+  by = {d["method"]: d for d in ranked["rows"]}
+  for m, g in gaps.items():
+    mean = sum(g) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in g) / 2)
+    half = 4.302653 * sd / math.sqrt(3)
+    assert abs(by[m]["gap"] - mean) < 1e-9 and abs(by[m]["high"] - (mean + half)) < 1e-4
+  assert (by["a"]["rank"], by["b"]["rank"], by["c"]["rank"], by["original"]["rank"]) == (
+      1, 1, 3, 4)
+  text = report.ranking_markdown(ranked)
+  assert "1. a 2.0 [" in text and "4. original 42.0" in text
+
+
+def test_no_ranking_when_the_signal_interval_includes_zero():
+  rows = _ranked_rows({"original": [0.5, -0.5, 1.0], "a": [1.0, 2.0, 3.0]})
+  signal = report.memorisation_signal(rows)
+  assert signal["interval"][0] < 0 < signal["interval"][1]
+  ranked = report.ranking(rows, signal)
+  assert ranked["rows"] == [] and ranked["reason"].startswith(
+      "No ranking: the memorisation signal's 95% interval")
+  assert report.ranking_markdown(ranked).strip() == ranked["reason"]
