@@ -18,7 +18,8 @@ CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_med
                "js_to_retrain", "activation_distance", "zrf", "num_models",
                "klom_forget_p95", "klom_forget_p50", "klom_retain_p95", "klom_retain_p50",
                "klom_test_p95", "klom_test_p50", "klom_average_95", "klom_direction",
-               "klom_oracle_unlearned_forget_p95", "klom_oracle_unlearned_average_95")
+               "klom_oracle_unlearned_forget_p95", "klom_oracle_unlearned_average_95",
+               "audit_epsilon_lb")
 
 
 @dataclasses.dataclass
@@ -67,8 +68,8 @@ def signal_markdown(signal: dict) -> str:
 
 
 def report_markdown(ev: Evaluation, title: str) -> str:
-  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "KLOM p95 F / R / T", "KLOM avg95",
-          "MIA-eff.",
+  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "audit ε ≥", "KLOM p95 F / R / T",
+          "KLOM avg95", "MIA-eff.",
           "Avg. Gap", "RA", "FA", "TA", "s/model", "× retrain"]
   lines = [f"## {title}", "",
            f"{ev.info['num_models']} unlearned vs {ev.info['num_models']} retrained models per "
@@ -79,7 +80,10 @@ def report_markdown(ev: Evaluation, title: str) -> str:
            "percentile over the forget / retain / test examples of the binned KL(unlearned ‖ "
            "retrained) of margins, the Easy Data Unlearning Bench's rule (Georgiev et al. "
            "2025; 0 ideal), and avg95 the mean of the three; MIA-efficacy and "
-           "Avg. Gap as in SalUn (compare with retrain / 0 ideal). The `retrain` row compares "
+           "Avg. Gap as in SalUn (compare with retrain / 0 ideal). audit ε ≥: an ε lower "
+           "bound that holds with 95% confidence (Clopper-Pearson; δ = 1e-5) from the attack "
+           "on the forget examples' confidence, threshold chosen on half the scores "
+           "(`metrics.audit_epsilon`; 0 ideal). The `retrain` row compares "
            "two disjoint halves of the retrained population: the noise floor of the attacks "
            f"at N/2 = {ev.info['num_models'] // 2}.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -88,6 +92,7 @@ def report_markdown(ev: Evaluation, title: str) -> str:
     lines.append("| " + " | ".join([
         r["method"], f"{r['forgetting_quality']:.3f}", f"{r['competition_score']:.3f}",
         f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
+        f"{r.get('audit_epsilon_lb', float('nan')):.2f}",
         " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS),
         f"{r['klom_average_95']:.2f}", f"{r['mia_efficacy']:.3f}",
         f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),

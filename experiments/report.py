@@ -203,8 +203,9 @@ def memorisation_signal(rows: list) -> dict | None:
   """How much there is to forget: original FA − retrain FA (points), per seed.
 
   Returns {"points": (mean, std) over seeds, "interval": its 95% t interval (low, high),
-  "original_fa", "retrain_fa", "discriminates"} or None without both rows. A table discriminates when the signal is at least
-  `MIN_SIGNAL_POINTS` and three times its own seed std: below that, "doing nothing" (the
+  "original_fa", "retrain_fa", "discriminates"} or None without both rows. A table
+  discriminates when the signal is at least `MIN_SIGNAL_POINTS` and three times its own
+  seed std: below that, "doing nothing" (the
   original) sits near retrain and any ranking by gap to retrain is noise."""
   by = {}
   for r in csv_rows(rows):

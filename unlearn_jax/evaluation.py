@@ -18,6 +18,7 @@ from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 
 KLOM_SPLITS = ("forget", "retain", "test")
+AUDIT_DELTA = 1e-5    # the δ of the audit's ε lower bound (`metrics.audit_epsilon`)
 
 
 def model_chunks(n: int, chunk: int) -> list:
@@ -103,6 +104,10 @@ def _evaluate_population64(name, logits, labels, retrained, random_forget, secon
              logits["forget"][i], retrained["forget"][i]) for i in range(n)])),
          "zrf": float(np.mean([M.zrf(logits["forget"][i], random_forget[i]) for i in range(n)]))}
   row.update(_klom_columns(name, logits, retrained, labels))
+  # The audit: an ε that holds with 95% confidence, from the attack "unlearned when the
+  # forget examples' confidence is high" (retrain: its two halves, the floor).
+  pos, neg = (phi_r[:h], phi_r[h:2 * h]) if name == "retrain" else (phi_u, phi_r)
+  row["audit_epsilon_lb"] = M.audit_epsilon(pos, neg, delta=AUDIT_DELTA)["epsilon_lower_bound"]
   return row, eps, phi_u
 
 

@@ -179,7 +179,8 @@ METRICS = ("accuracy", "per_example_loss", "mia_loss_lr", "mia_efficacy", "lira"
            "roc_summary", "js_to_retrain", "activation_distance", "zrf", "avg_gap",
            "per_example_epsilons", "forgetting_quality", "competition_score", "eps_hat",
            "hinge", "logit_scaled_confidence", "klom", "klom_percentiles", "klom_report",
-           "layer_distance", "mean_layer_distance", "relearn_steps", "anamnesis_index")
+           "layer_distance", "mean_layer_distance", "relearn_steps", "anamnesis_index",
+           "audit_epsilon", "epsilon_lower_bound", "clopper_pearson_upper")
 
 
 def first_sentence(doc: str) -> str:
@@ -197,6 +198,8 @@ def _where(name, fn) -> str:
     return "host NumPy/scikit-learn; under `jit` through `jax.pure_callback`"
   if name == "mia_loss_lr":
     return "host scikit-learn (call it on concrete arrays)"
+  if name in ("audit_epsilon", "epsilon_lower_bound", "clopper_pearson_upper"):
+    return "host NumPy/SciPy (call it on concrete arrays)"
   if name == "klom_report":
     return "host NumPy: returns Python floats (call it on concrete arrays, not under `jit`)"
   if name == "relearn_steps":
@@ -364,7 +367,8 @@ def _tuning_page(run: Path, title: str) -> list[str]:
 
 
 EVALUATION_COLUMNS = (("klom_average_95", "KLOM avg95", "{:.2f}"), ("ulira_accuracy", "U-LiRA",
-                      "{:.2f}"), ("forgetting_quality", "F", "{:.3f}"),
+                      "{:.2f}"), ("audit_epsilon_lb", "audit ε ≥", "{:.2f}"),
+                      ("forgetting_quality", "F", "{:.3f}"),
                       ("retain_acc", "RA", "pct"), ("forget_acc", "FA", "pct"),
                       ("test_acc", "TA", "pct"), ("seconds", "seconds", "{:.2f}"))
 
@@ -382,7 +386,9 @@ def _evaluation_page(run: Path, title: str) -> list[str]:
            f"Populations of {n} models per method. KLOM avg95: the mean of the p95 KLOM "
            "(nats, KL(unlearned ‖ oracle), the Easy Data Unlearning Bench's rule) over the "
            "forget, retain and test examples, 0 ideal; U-LiRA: the attack's accuracy (0.5 "
-           "ideal); F: forgetting quality (NeurIPS 2023 scoring, 1 ideal); RA, FA, TA: "
+           "ideal); audit ε ≥: an ε lower bound holding with 95% confidence "
+           "(`uj.audit_epsilon`, 0 ideal; – where the run predates it); F: forgetting "
+           "quality (NeurIPS 2023 scoring, 1 ideal); RA, FA, TA: "
            "accuracies (%); seconds per model.", "",
            "| method | " + " | ".join(c[1] for c in EVALUATION_COLUMNS) + " |",
            "|---|" + "---|" * len(EVALUATION_COLUMNS)]

@@ -3,6 +3,7 @@
 `jit` and `vmap`; the attack classifiers (scikit-learn: `mia_loss_lr`, `mia_efficacy`) and
 the per-example ε families run on the host, as they say."""
 from unlearn_jax.metrics.attacks import lira, mia_efficacy, roc_summary, ulira
+from unlearn_jax.metrics.audit import audit_epsilon, clopper_pearson_upper, epsilon_lower_bound
 from unlearn_jax.metrics.distribution import activation_distance, avg_gap, js_to_retrain, zrf
 from unlearn_jax.metrics.mia import mia_loss_lr
 from unlearn_jax.metrics.population import (competition_score, eps_hat, forgetting_quality,
@@ -18,4 +19,5 @@ __all__ = ["lira", "mia_efficacy", "roc_summary", "ulira", "activation_distance"
            "logit_scaled_confidence",
            "per_example_epsilons",
            "anamnesis_index", "relearn_steps", "accuracy", "per_example_loss", "layer_distance",
-           "mean_layer_distance"]
+           "mean_layer_distance", "audit_epsilon", "epsilon_lower_bound",
+           "clopper_pearson_upper"]
