@@ -219,6 +219,8 @@ def _metric_cases():
                        (logits, logits2)),
       "relearn_steps": None,    # needs a model: covered in test_methods under jit and vmap
       "klom_report": None,      # floats for a report: tests/test_klom.py
+      # Audits: SciPy's Beta quantiles on counts, floats for a report: tests/test_audit.py.
+      "audit_epsilon": None, "epsilon_lower_bound": None, "clopper_pearson_upper": None,
       "klom": (metrics.klom, (u, r)),
       "klom_percentiles": (lambda a, b: metrics.klom_percentiles(metrics.klom(a, b)), (u, r)),
       "layer_distance": (lambda a, b: metrics.layer_distance({"l0": a, "l1": b}, {"l0": b, "l1": a}),
@@ -229,8 +231,10 @@ def _metric_cases():
 
 
 # Not in the jit matrix: relearn_steps takes a model (jit and vmap are tested with one in
-# test_methods); klom_report returns Python floats for a report (klom itself is here).
-WITH_A_MODEL = ("relearn_steps", "klom_report")
+# test_methods); klom_report and the audits return Python floats for a report (klom itself
+# is here; the audits' tests are tests/test_audit.py).
+WITH_A_MODEL = ("relearn_steps", "klom_report", "audit_epsilon", "epsilon_lower_bound",
+                "clopper_pearson_upper")
 
 
 def test_every_exported_metric_has_a_jit_case():

@@ -43,7 +43,8 @@ def test_the_core_is_what_the_library_imports():
                  "ml_collections": "ml-collections", "etils": "etils", "flax": "flax",
                  "jax": "jax", "jaxlib": "jax", "optax": "optax", "numpy": "numpy",
                  "filelock": "filelock", "array_record": "array_record",
-                 "importlib_resources": "importlib_resources", "mnist1d": "mnist1d"}
+                 "importlib_resources": "importlib_resources", "mnist1d": "mnist1d",
+                 "scipy": "scipy"}
   stdlib = set(sys.stdlib_module_names)
   imported = set()
   for path in (ROOT / "unlearn_jax").rglob("*.py"):
