@@ -93,7 +93,14 @@ def test_every_data_method_runs_on_the_examples_resnet_under_jit_vmap(name, digi
                                                                        digits_split):
   """One epoch of each method that reads data, 2 keys, on digits (finetune in the default
   lane, every one in the integration lane)."""
-  ctx = uj.MethodContext(adapter(), 10, (8, 8, 1))
+  out = _every_method_run(uj.MethodContext(adapter(), 10, (8, 8, 1)), name, digits,
+                          digits_split)
+  assert out["params"]["head"]["kernel"].shape == (2, 16, 10)
+
+
+def _every_method_run(ctx, name, digits, digits_split):
+  """Method `name` at one epoch on 32 forget and 128 retain digits, under jit(vmap) over 2
+  keys: its variables, checked finite and reported finite (`nonfinite_weights`)."""
   x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
   forget = (x[digits_split.forget][:32], y[digits_split.forget][:32])
   retain = (x[digits_split.retain][:128], y[digits_split.retain][:128])
@@ -102,10 +109,10 @@ def test_every_data_method_runs_on_the_examples_resnet_under_jit_vmap(name, digi
   variables = ctx.model.init(jax.random.PRNGKey(0), (8, 8, 1))
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   hp = {"epochs": 1} if "epochs" in method.defaults else {}
-  out, _ = jax.jit(jax.vmap(lambda k: method(ctx, **hp)(variables, data, k)))(keys)
-  leaves = jax.tree_util.tree_leaves(out)
-  assert all(bool(jnp.all(jnp.isfinite(a))) for a in leaves), name
-  assert out["params"]["head"]["kernel"].shape == (2, 16, 10)
+  out, aux = jax.jit(jax.vmap(lambda k: method(ctx, **hp)(variables, data, k)))(keys)
+  assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(out)), name
+  assert int(jnp.max(aux["nonfinite_weights"])) == 0, name
+  return out
 
 
 class NNXCNN(nnx.Module):
@@ -164,19 +171,9 @@ def test_the_nnx_adapter_switches_the_mode_and_captures_the_features(digits):
 def test_every_data_method_runs_on_the_nnx_tutorials_cnn_under_jit_vmap(name, digits,
                                                                        digits_split):
   """As the ResNet test above, on the NNX CNN through `uj.nnx_adapter` and nothing else."""
-  ctx = uj.MethodContext(nnx_cnn(), 10, (8, 8, 1))
-  x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)
-  forget = (x[digits_split.forget][:32], y[digits_split.forget][:32])
-  retain = (x[digits_split.retain][:128], y[digits_split.retain][:128])
-  method = uj.get_method(name)
-  data = uj.select_data(method, forget=forget, retain=retain, ctx=ctx)
-  variables = ctx.model.init(jax.random.PRNGKey(0), (8, 8, 1))
-  keys = jax.random.split(jax.random.PRNGKey(1), 2)
-  hp = {"epochs": 1} if "epochs" in method.defaults else {}
-  out, aux = jax.jit(jax.vmap(lambda k: method(ctx, **hp)(variables, data, k)))(keys)
-  assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(out)), name
+  out = _every_method_run(uj.MethodContext(nnx_cnn(), 10, (8, 8, 1)), name, digits,
+                          digits_split)
   assert out["params"]["linear2"]["kernel"].shape == (2, 32, 10)
-  assert int(jnp.max(aux["nonfinite_weights"])) == 0
 
 
 class Dropout(nn.Module):
