@@ -15,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_RUN = ROOT.parent / "shared" / "tools" / "check_run.py"
-SMALL = ["--seeds=2", "--config.train.epochs=6", "--methods=finetune,neggrad,random_label",
-         "--finetune.epochs=2", "--random_label.epochs=2", "--neggrad.epochs=2"]
+SMALL = ["--dataset=digits", "--seeds=2", "--config.train.epochs=6",
+         "--methods=finetune,neggrad,random_label", "--finetune.epochs=2",
+         "--random_label.epochs=2", "--neggrad.epochs=2"]
 
 
 def run_cli(*args, cwd=ROOT):
@@ -383,7 +384,7 @@ def test_ctrl_c_and_an_os_error_end_in_one_line(tmp_path):
   import time
   env = {**os.environ, "PYTHONUNBUFFERED": "1", "UNLEARN_JAX_CACHE": str(tmp_path / "cache")}
   p = subprocess.Popen([sys.executable, "-m", "experiments.unlearn", "--dataset=digits",
-                        "--methods=finetune", "--seeds=1", "--config.train.epochs=200",
+                        "--methods=finetune", "--seeds=1", "--config.train.epochs=100000",
                         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:

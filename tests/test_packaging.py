@@ -157,7 +157,8 @@ def test_the_installed_wheel_runs_the_main_job(wheel, tmp_path):
 def test_without_matplotlib_the_job_runs_and_says_plots_are_off(tmp_path):
   """A core install has no matplotlib: the main job writes everything but the figures."""
   code = ("import runpy, sys; sys.modules['matplotlib'] = None; "
-          f"sys.argv = ['unlearn', '--methods=finetune', '--seeds=1', '--workdir={tmp_path / 'run'}',"
+          f"sys.argv = ['unlearn', '--dataset=digits', '--methods=finetune', '--seeds=1', "
+          f"'--workdir={tmp_path / 'run'}',"
           " '--config.train.epochs=2']; runpy.run_module('experiments.unlearn', run_name='__main__')")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                      timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -21,7 +21,7 @@ def run_requests(*args):
 
 
 def test_two_requests_with_sisa_finetune_and_retrain(tmp_path):
-  r = run_requests("--requests=2", "--request_size=0.02", "--seeds=1",
+  r = run_requests("--dataset=digits", "--requests=2", "--request_size=0.02", "--seeds=1",
                    "--methods=sisa,finetune", "--config.train.epochs=4", "--sisa_shards=2",
                    "--sisa_slices=2", f"--workdir={tmp_path / 'run'}")
   assert r.returncode == 0, r.stderr[-3000:]

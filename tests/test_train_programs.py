@@ -33,6 +33,7 @@ def _reference(model, cfg, init, x, y, key):
   return state.variables
 
 
+@pytest.mark.integration   # two trainings each; the default lane's time
 @pytest.mark.parametrize("seed_mode", ["vmap", "sequential"])
 def test_unrolled_loop_takes_the_scans_steps(digits, seed_mode):
   """200 examples in batches of 32: 7 steps per epoch, so `steps_per_call=4` runs chunks
@@ -68,6 +69,7 @@ def test_chunk_is_the_largest_divisor_of_the_epoch(spe, most, want):
   assert driver.chunk_steps(spe, most) == want
 
 
+@pytest.mark.integration   # two conv trainings; the default lane's time
 def test_xla_convolution_unrolled_trains_the_patches_scans_model(digits):
   """The conv paths differ only in rounding: a small CNN, one epoch of 4 steps, XLA's
   convolution in the unrolled loop vs patches + matmul in the scan (the same parameters)."""

@@ -84,7 +84,7 @@ def test_selection_never_reads_the_test_split(monkeypatch):
   """Poison every test-split example (noise images, shuffled labels): the choice is the
   same, and only the reported test accuracy moves."""
   cfg = default.get_config()
-  cfg.seeds, cfg.methods, cfg.train.epochs = 1, "neggrad_plus,ssd", 4
+  cfg.dataset, cfg.seeds, cfg.methods, cfg.train.epochs = "digits", 1, "neggrad_plus,ssd", 4
   hp = {"neggrad_plus": {"epochs": 1}}
   clean = tuning_run.run(cfg, hp, budget=3, log=lambda s: None)
 

@@ -195,7 +195,8 @@ def load_mnist1d() -> Dataset:
   try:
     from mnist1d.data import get_dataset_args, make_dataset
   except ImportError as e:   # a declared dependency; an incomplete install says so in one line
-    raise DatasetError("dataset=mnist1d needs the `mnist1d` package: pip install mnist1d") from e
+    raise DatasetError(f"dataset=mnist1d needs the `mnist1d` package and its dependencies "
+                       f"(missing: {e.name}): pip install mnist1d") from e
   np_state, py_state = np.random.get_state(), random.getstate()
   try:
     data = make_dataset(get_dataset_args())
