@@ -1,10 +1,10 @@
 r"""How fast is it here? One run, four tables, every figure measured in this process.
 
     python -m experiments.benchmark                              # digits, CPU-sized
-    python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
+    python -m experiments.benchmark --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=2000 --models=cnn,resnet18 --methods=finetune,ssd,scrub
     python -m experiments.benchmark --models=resnet18 --batch_size=256 --steps=50   # a GPU
-    python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
+    python -m experiments.benchmark --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=1000 --models=cnn,cnn:32-64-128 --methods= --seeds=2    # conv paths
 
 How to read it:
@@ -23,7 +23,7 @@ How to read it:
    `cnn:32-64-128` names the CNN at the PyTorch reference's widths.
    `--accuracy_target=0.82` replaces the tables by the time to that test accuracy, each
    model trained once on all of --dataset with its recipe:
-       python -m experiments.benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \\
+       python -m experiments.benchmark --dataset=cifar10:cifar-10-python.tar.gz \\
            --models=cnn:32-64-128,cnn --accuracy_target=0.82
    The batch is split over all visible devices (`devices`), as in the experiments.
    `step MiB` is XLA's own account of the compiled step (arguments + temporaries): what one

@@ -2,7 +2,7 @@ r"""Proof of forgetting: N unlearned vs N retrained models per method, every att
 
     python -m experiments.evaluate                                  # digits, N=16, all methods
     python -m experiments.evaluate --num_models=64 --methods=finetune,neggrad,random_label
-    python -m experiments.evaluate --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
+    python -m experiments.evaluate --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=5000 --num_models=8 --chunk=4
 
 Trains --num_models originals and --num_models retrained models (vmapped, in chunks of

@@ -2,7 +2,7 @@ r"""SISA's price and payoff by shard count: accuracy of the aggregated shard mod
 one model, the cost of a deletion, and vmapped against sequential shard training.
 
     python -m experiments.sisa_benchmark                                  # digits
-    python -m experiments.sisa_benchmark --dataset=image_folder:../shared/data/cifar10-jpeg.tar.gz \
+    python -m experiments.sisa_benchmark --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=2500 --test_subset=2000 --model=cnn:16-32-64 --shards=1,4,8
 
 For every S in --shards: train S shards × --slices slices (`unlearn_jax.sisa`) once as one

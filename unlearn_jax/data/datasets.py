@@ -358,7 +358,9 @@ def load_cifar_python(kind: str, path: str) -> Dataset:
     coarse = dict(train_coarse_y=z["train_coarse"], test_coarse_y=z["test_coarse"],
                   num_coarse_classes=int(z["train_coarse"].max()) + 1)
   classes = tuple(str(c) for c in z["classes"])
-  return Dataset(f"{kind}:{path}", train_x, z["train_y"], test_x, z["test_y"], len(classes),
+  # Named by the file, not its folder: titles and logs show what the data is, not where a
+  # machine keeps it (the config records the path given).
+  return Dataset(f"{kind}:{p.name}", train_x, z["train_y"], test_x, z["test_y"], len(classes),
                  classes, **coarse)
 
 
@@ -446,7 +448,7 @@ def load_image_folder(path: str) -> Dataset:
   arrays = {"train": (z["train_x"], z["train_y"]), "test": (z["test_x"], z["test_y"])}
   classes = tuple(str(c) for c in z["classes"])
   train_x, test_x = _normalise(arrays["train"][0], arrays["test"][0], 255.0)
-  return Dataset(f"image_folder:{path}", train_x, arrays["train"][1], test_x,
+  return Dataset(f"image_folder:{p.name}", train_x, arrays["train"][1], test_x,
                  arrays["test"][1], len(classes), classes)
 
 
