@@ -23,6 +23,10 @@ from . import cli, population, population_flags, population_report, setup  # noq
 
 flags.DEFINE_integer("num_models", 16, "models per population (originals, retrained, unlearned)")
 flags.DEFINE_integer("mia_models", 16, "models per population that fit SalUn's SVC attack")
+flags.DEFINE_integer("bootstrap", 200, "bootstrap redraws of the models behind every KLOM "
+                     "interval (0 = no intervals)")
+flags.DEFINE_integer("bootstrap_epsilon", 30, "of those, the redraws that also recompute "
+                     "per-example ε, F and the competition score (each runs the attack grid)")
 
 
 def job(cfg) -> str:
@@ -32,11 +36,14 @@ def job(cfg) -> str:
   with setup.staged_workdir(cli.workdir(cfg, "eval_"), F.overwrite) as (final, staging):
     ev = population.run(cfg, hparams, F.num_models, F.chunk,
                         Path(F.populations_dir) if F.populations_dir else None,
-                        log=lambda s: print(s, flush=True), mia_models=F.mia_models)
+                        log=lambda s: print(s, flush=True), mia_models=F.mia_models,
+                        num_resamples=F.bootstrap, epsilon_resamples=F.bootstrap_epsilon)
     scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
             else f"{cfg.scenario} {100 * cfg.forget_fraction:g}%")
     md = "" if staging is None else population_report.write_evaluation(
-        staging, ev, cfg.to_dict() | {"num_models": F.num_models, "chunk": F.chunk},
+        staging, ev, cfg.to_dict() | {"num_models": F.num_models, "chunk": F.chunk,
+                                   "bootstrap": F.bootstrap,
+                                   "bootstrap_epsilon": F.bootstrap_epsilon},
         f"{cfg.dataset} · {ev.info['model']} · {scen}")
   return f"\n{md}\nrun directory: {final}"
 

@@ -14,8 +14,10 @@ For the largest N of --sizes this trains (or restores from --populations_dir, th
 `experiments.evaluate` fills) the originals and the oracles, and a second oracle
 population with the seeds after them. For each N: KLOM p95 per split (forget, retain,
 test) of the first N originals against the first N oracles, and of the first N second
-oracles against the same N oracles, in both directions. Writes into --workdir: curve.csv,
-curve.json, report.md, plots/curve.png.
+oracles against the same N oracles, in both directions; and average_95 of both with its
+95% bootstrap interval, and whether the two are told apart (how the interval narrows with
+N). Writes into --workdir: curve.csv, curve.json, report.md, plots/curve.png and
+plots/intervals.png.
 """
 
 import csv
@@ -25,12 +27,14 @@ from pathlib import Path
 
 from absl import flags
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import cli, population, population_flags, setup  # noqa: F401 (--chunk, --populations_dir)
+from .population_report import intervals_markdown
 from unlearn_jax import metrics as M
-from unlearn_jax.evaluation import PopulationLogits
+from unlearn_jax.evaluation import MIN_MODELS_PER_SIDE, PopulationLogits, klom_replicates
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
 
 flags.DEFINE_string("sizes", "8,16,32,64", "population sizes N (comma list, increasing)")
@@ -75,6 +79,36 @@ def curve(originals: dict, oracles: dict, second: dict, sizes: list) -> list:
                                                                direction=d)), 95))
         rows.append(dict(num_models=n, split=s, direction=d, do_nothing_p95=p95(originals),
                          floor_p95=p95(second)))
+  return rows
+
+
+def interval_curve(originals: dict, oracles: dict, second: dict, sizes: list,
+                   resamples: int = 200, seed: int = 0) -> list:
+  """How the 95% interval narrows with N: per N, the average_95 (the mean of the splits'
+  p95) of doing nothing and of the floor against the first N oracles, each with its
+  normal bootstrap interval (`metrics.bootstrap`; the redraws of the oracles shared by
+  both, those of the originals and the second oracles paired by index), and whether the
+  interval of their difference excludes 0 (`separable`: KLOM tells doing nothing from a
+  perfect method at this N). No interval below `evaluation.MIN_MODELS_PER_SIDE`."""
+  rows = []
+  for n in sizes:
+    take = lambda pop: {s: np.asarray(pop[s][:n]) for s in SPLITS}
+    nothing, floor = (float(M.klom_average_95(take(p), take(oracles))["average_95"])
+                      for p in (originals, second))
+    row = dict(num_models=n, do_nothing_average_95=nothing, floor_average_95=floor,
+               do_nothing_low=float("nan"), do_nothing_high=float("nan"),
+               floor_low=float("nan"), floor_high=float("nan"), separable=None)
+    if n >= MIN_MODELS_PER_SIDE:
+      k_side, k_oracle = jax.random.split(jax.random.PRNGKey(seed + n))
+      idx = (M.resample_indices(k_side, n, resamples), M.resample_indices(k_oracle, n, resamples))
+      reps = {name: np.asarray(klom_replicates(take(p), take(oracles), *idx))
+              for name, p in (("nothing", originals), ("floor", second))}
+      row["do_nothing_low"], row["do_nothing_high"] = map(
+          float, M.normal_interval(nothing, reps["nothing"]))
+      row["floor_low"], row["floor_high"] = map(float, M.normal_interval(floor, reps["floor"]))
+      low, high = M.normal_interval(nothing - floor, reps["nothing"] - reps["floor"])
+      row["separable"] = bool(float(low) > 0)
+    rows.append(row)
   return rows
 
 
@@ -130,7 +164,7 @@ def report(rows: list, info: dict) -> str:
                  "(KL(unlearned ‖ oracle)): from there KLOM can rank methods."
                  if first else "At no N measured is the floor's forget p95 below doing "
                  "nothing's: KLOM cannot rank methods here; raise N."),
-            "", f"Wall time {info['wall_seconds']:.0f} s."]
+            *intervals_markdown(info), "", f"Wall time {info['wall_seconds']:.0f} s."]
   return "\n".join(lines) + "\n"
 
 
@@ -157,7 +191,11 @@ def job(cfg) -> str:
     phi = {k: margins_by_split(st, ms.variables, predict)
            for k, ms in (("original", originals), ("oracle", oracles), ("second", second))}
     rows = curve(phi["original"], phi["oracle"], phi["second"], sizes)
-    info = {"dataset": st.ds.name, "model": st.model_name, "scenario": cfg.scenario,
+    intervals = interval_curve(phi["original"], phi["oracle"], phi["second"], sizes,
+                               seed=int(cfg.seed))
+    separable = [r["num_models"] for r in intervals if r["separable"]]
+    info = {"intervals": intervals, "first_separable_n": separable[0] if separable else None,
+            "dataset": st.ds.name, "model": st.model_name, "scenario": cfg.scenario,
             "max_models": n, "sizes": sizes, "first_ranking_n": first_ranking_n(rows),
             "first_ranking_n_oracle_unlearned": first_ranking_n(rows, "oracle_unlearned"),
             "wall_seconds": time.perf_counter() - t0}
@@ -175,6 +213,36 @@ def write_curve(directory: Path, rows: list, info: dict) -> None:
   (directory / "curve.json").write_text(json.dumps({"rows": rows, "info": info}, indent=1))
   (directory / "report.md").write_text(report(rows, info))
   plot(rows, directory / "plots" / "curve.png")
+  plot_intervals(info["intervals"], directory / "plots" / "intervals.png")
+
+
+def plot_intervals(intervals: list, path: Path) -> None:
+  """average_95 of doing nothing and of the floor by N, with their 95% intervals."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 3.4))
+  n = np.asarray([r["num_models"] for r in intervals], np.float64)
+  for key, label, color, dx in (("do_nothing", "do nothing (originals vs oracles)", "#6B7280",
+                                 0.97), ("floor", "floor (second oracles vs oracles)",
+                                         "#DC2626", 1.03)):
+    mid = np.asarray([r[f"{key}_average_95"] for r in intervals])
+    low = np.asarray([r[f"{key}_low"] for r in intervals])
+    high = np.asarray([r[f"{key}_high"] for r in intervals])
+    err = np.where(np.isnan(low), 0.0, np.stack([mid - low, high - mid]))
+    ax.errorbar(n * dx, mid, yerr=err, color=color, marker="o", capsize=3, label=label)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("models per side (N)")
+  ax.set_ylabel("KLOM average_95 (nats)")
+  ax.set_title("KLOM with its 95% interval by N", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
 
 
 if __name__ == "__main__":

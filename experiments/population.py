@@ -31,7 +31,8 @@ from unlearn_jax import metrics as M
 from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
 from .population_report import Evaluation
-from unlearn_jax.evaluation import PopulationLogits, evaluate_population, model_chunks
+from unlearn_jax.evaluation import (PopulationLogits, SplitHalfReference, compare_to_floor,
+                                    evaluate_population, model_chunks)
 
 
 def _stack(parts):
@@ -184,11 +185,17 @@ def _apply_in_chunks(spec, ctx, hparams, variables, data, keys, st, chunk, log):
 
 
 def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | None,
-        log: Callable[[str], None] = print, mia_models: int = 16) -> Evaluation:
+        log: Callable[[str], None] = print, mia_models: int = 16, num_resamples: int = 200,
+        epsilon_resamples: int = 30) -> Evaluation:
   t_start = time.perf_counter()
   if num_models < 4:
     raise UsageError(f"--num_models={num_models} must be at least 4 (the attacks "
                             "split each population in halves)")
+  if num_resamples < 0 or num_resamples == 1:
+    raise UsageError(f"--bootstrap={num_resamples} must be 0 (no intervals) or at least 2")
+  if not 0 <= epsilon_resamples <= num_resamples:
+    raise UsageError(f"--bootstrap_epsilon={epsilon_resamples} must lie in [0, --bootstrap="
+                     f"{num_resamples}]")
   if chunk < 0:
     raise UsageError(f"--chunk={chunk} must be 0 (all at once) or positive")
   st = setup_lib.setup(cfg, log, population=chunk or num_models)
@@ -223,13 +230,18 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
     random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
         st.model, jax.random.fold_in(k, 99), ds.input_shape)))(seed_keys)
     random_forget = predict(random_vars, forget[0])
+    reference = SplitHalfReference(retrained_logits, labels, seed=cfg.seed,
+                                   num_resamples=num_resamples,
+                                   epsilon_resamples=epsilon_resamples)
+    if reference.no_intervals:
+      log(f"WARNING: {reference.no_intervals}")
     populations = [("original", originals.variables, 0.0), ("retrain", retrained.variables,
                                                              retrained.seconds)]
-    rows, epsilons, stats = [], {}, {}
+    rows, epsilons, stats, replicates = [], {}, {}, {}
     for name, variables, secs in populations:
       lg = retrained_logits if name == "retrain" else logits_of(variables)
-      row, eps, phi = evaluate_population(name, lg, labels, retrained_logits, random_forget, secs,
-                                          mia_models)
+      row, eps, phi, replicates[name] = evaluate_population(
+          name, lg, labels, reference, random_forget, secs, mia_models)
       rows.append(row)
       epsilons[name], stats[name] = eps, phi
     for m in st.method_names:
@@ -239,14 +251,18 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
                                             jax.vmap(lambda k: driver.method_key(k, m))(seed_keys),
                                             st, chunk, log)
-      row, eps, phi = evaluate_population(m, logits_of(unlearned), labels, retrained_logits,
-                                          random_forget, seconds / num_models, mia_models)
+      row, eps, phi, replicates[m] = evaluate_population(
+          m, logits_of(unlearned), labels, reference, random_forget, seconds / num_models,
+          mia_models)
       rows.append(row)
       epsilons[m], stats[m] = eps, phi
       log(f"method {m}: {seconds / num_models:.3f}s per model "
           f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
           f"F {row['forgetting_quality']:.3f}, score {row['competition_score']:.3f}, "
-          f"median ε̂ {row['eps_hat_median']:.2f}, U-LiRA {row['ulira_accuracy']:.2f}")
+          f"median ε̂ {row['eps_hat_median']:.2f}, U-LiRA {row['ulira_accuracy']:.2f}, "
+          f"KLOM avg95 {row['klom_average_95']:.2f} [{row['klom_average_95_low']:.2f}, "
+          f"{row['klom_average_95_high']:.2f}]")
+  compare_to_floor(rows, replicates, reference)
   retrain_s = retrained.seconds
   for r in rows:
     r["cost_ratio"] = r["seconds"] / retrain_s if retrain_s else float("nan")
@@ -258,7 +274,9 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
           "train_program": st.train_program.record(),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "fingerprint": fingerprint(cfg, st, num_models), "hparams": hparams,
-          "retrain_seconds_per_model": retrain_s,
+          "retrain_seconds_per_model": retrain_s, "models_per_side": reference.h,
+          "no_intervals": reference.no_intervals,
+          "bootstrap_resamples": num_resamples, "bootstrap_epsilon_resamples": epsilon_resamples,
           "wall_seconds": time.perf_counter() - t_start}
   return Evaluation(rows, epsilons, stats, info)
 

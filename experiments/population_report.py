@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearn_jax.evaluation import KLOM_SPLITS
+from unlearn_jax.evaluation import KLOM_SPLITS, MIN_MODELS_PER_SIDE
 
 CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_median",
                "ulira_accuracy", "mia_efficacy", "avg_gap", "retain_acc", "forget_acc",
@@ -19,7 +19,11 @@ CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_med
                "klom_forget_p95", "klom_forget_p50", "klom_retain_p95", "klom_retain_p50",
                "klom_test_p95", "klom_test_p50", "klom_average_95", "klom_direction",
                "klom_oracle_unlearned_forget_p95", "klom_oracle_unlearned_average_95",
-               "audit_epsilon_lb")
+               "audit_epsilon_lb", "models_per_side", "epsilon_median",
+               "klom_average_95_low", "klom_average_95_high", "klom_floor_average_95",
+               "klom_distinguishable_from_floor", "klom_distinguishable_from_original",
+               "forgetting_quality_low", "forgetting_quality_high", "competition_score_low",
+               "competition_score_high", "epsilon_median_low", "epsilon_median_high")
 
 
 @dataclasses.dataclass
@@ -41,19 +45,24 @@ def write_csv(path: Path, rows: list) -> None:
 
 def population_signal(rows: list) -> dict | None:
   """The population table's memorisation signal: the untouched original's F against the
-  retrain floor (F of retrained vs retrained), and original FA − retrain FA (points).
+  retrain floor (F of retrain's half A against B), original FA − retrain FA (points), and
+  whether KLOM tells doing nothing from the floor (`klom_distinguishable_from_floor` of the
+  original row, when the run computed intervals).
 
   It discriminates when the original is clearly told apart from retraining,
-  F_original ≤ F_floor / 2, and FA differs by ≥ `report.MIN_SIGNAL_POINTS`; otherwise a
-  method can score near the floor by doing nothing."""
+  F_original ≤ F_floor / 2, FA differs by ≥ `report.MIN_SIGNAL_POINTS` and (with
+  intervals) KLOM's interval of original − floor excludes 0; otherwise a method can score
+  near the floor by doing nothing."""
   from .report import MIN_SIGNAL_POINTS
   by = {r["method"]: r for r in rows}
   if "original" not in by or "retrain" not in by:
     return None
   f_o, f_r = by["original"]["forgetting_quality"], by["retrain"]["forgetting_quality"]
   points = 100 * (by["original"]["forget_acc"] - by["retrain"]["forget_acc"])
-  return {"original_f": f_o, "floor_f": f_r, "fa_points": points,
-          "discriminates": bool(f_o <= f_r / 2 and points >= MIN_SIGNAL_POINTS)}
+  klom_apart = by["original"].get("klom_distinguishable_from_floor")
+  return {"original_f": f_o, "floor_f": f_r, "fa_points": points, "klom_apart": klom_apart,
+          "discriminates": bool(f_o <= f_r / 2 and points >= MIN_SIGNAL_POINTS
+                                and klom_apart is not False)}
 
 
 def signal_markdown(signal: dict) -> str:
@@ -61,56 +70,143 @@ def signal_markdown(signal: dict) -> str:
           f"against the retrain floor F = {signal['floor_f']:.3f}; original FA − retrain FA = "
           f"{signal['fa_points']:.1f} points.")
   if not signal["discriminates"]:
-    line += (" **Warning: too small to rank methods** (needs F_original ≤ floor/2 and ≥ 5 "
-             "points of FA): doing nothing scores near retraining here. Use a memorising "
-             "setup (experiments/configs/cifar10_memorise.py).")
+    line += (" **Warning: too small to rank methods** (needs F_original ≤ floor/2, ≥ 5 "
+             "points of FA and KLOM telling the original from the floor): doing nothing "
+             "scores near retraining here. Use more models or a memorising setup "
+             "(experiments/configs/cifar10_population.py).")
   return line
 
 
+def with_interval(r, metric, fmt="{:.2f}") -> str:
+  low, high = r.get(f"{metric}_low", float("nan")), r.get(f"{metric}_high", float("nan"))
+  value = fmt.format(r[metric])
+  return value if low != low else f"{value} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def ranked_with_ties(rows: list, metric: str, lower_is_better: bool) -> list:
+  """[(rank, row)] by `metric`, every row included (original and retrain too): a row's
+  rank is 1 + the number of rows whose 95% interval lies wholly on the better side of its
+  own, so rows with overlapping intervals share a rank. Without intervals, by value."""
+  def bounds(r):
+    low, high = r.get(f"{metric}_low", float("nan")), r.get(f"{metric}_high", float("nan"))
+    return (r[metric], r[metric]) if low != low else (low, high)
+  out = []
+  for r in rows:
+    lo, hi = bounds(r)
+    better = sum(1 for o in rows if o is not r and
+                 (bounds(o)[1] < lo if lower_is_better else bounds(o)[0] > hi))
+    out.append((1 + better, r))
+  out.sort(key=lambda t: (t[0], t[1][metric] if lower_is_better else -t[1][metric]))
+  return out
+
+
+def ranking_markdown(rows: list, info: dict) -> list:
+  """The two rankings (KLOM average_95, lower is better; competition score, higher), each
+  with intervals and shared ranks; none (one line says why) when KLOM cannot tell doing
+  nothing from the floor at this N, or the memorisation signal is too small to rank."""
+  by = {r["method"]: r for r in rows}
+  original = by.get("original", {})
+  h = info.get("models_per_side", info["num_models"] // 2)
+  signal = population_signal(rows)
+  if signal is not None and not signal["discriminates"] and signal["klom_apart"] is not False:
+    return ["", "**No ranking:** the memorisation signal above is too small: doing nothing "
+            "sits near retraining on this data, so no method's distance to the floor can "
+            "be read as forgetting."]
+  if original.get("klom_distinguishable_from_floor") is False:
+    return ["", f"**No ranking:** at {h} models per side KLOM does not tell doing nothing "
+            f"(original, {with_interval(original, 'klom_average_95')}) from the floor (two "
+            f"halves of the retrained models, {by['retrain']['klom_average_95']:.2f}): the "
+            "interval of their difference includes 0. More models narrow the intervals "
+            "(the population guide's \"How many models\")."]
+  lines = []
+  for metric, label, lower in (("klom_average_95", "KLOM average_95, lower is better", True),
+                               ("competition_score", "competition score, higher is better",
+                                False)):
+    fmt = "{:.2f}" if lower else "{:.3f}"
+    cells = [f"{rank}. {r['method']} {with_interval(r, metric, fmt)}"
+             for rank, r in ranked_with_ties(rows, metric, lower)]
+    lines += ["", f"Ranked by {label} (95% intervals; overlapping intervals share a rank; "
+              "retrain is the floor, original is doing nothing): " + ", ".join(cells)]
+  return lines
+
+
+def _verdict(value) -> str:
+  return "–" if value is None else ("yes" if value else "no")
+
+
 def report_markdown(ev: Evaluation, title: str) -> str:
-  head = ["method", "F", "score", "median ε̂", "U-LiRA acc", "audit ε ≥", "KLOM p95 F / R / T",
-          "KLOM avg95", "MIA-eff.",
-          "Avg. Gap", "RA", "FA", "TA", "s/model", "× retrain"]
+  head = ["method", "KLOM avg95 [95%]", "≠ floor", "≠ nothing", "KLOM p95 F / R / T",
+          "F [95%]", "score [95%]", "median ε [95%]", "median ε̂", "U-LiRA acc", "audit ε ≥",
+          "MIA-eff.", "Avg. Gap", "RA", "FA", "TA", "s/model", "× retrain"]
+  n = ev.info["num_models"]
+  h = ev.info.get("models_per_side", n // 2)
+  resamples = ev.info.get("bootstrap_resamples", 0)
   lines = [f"## {title}", "",
-           f"{ev.info['num_models']} unlearned vs {ev.info['num_models']} retrained models per "
-           "method. F: forgetting quality (NeurIPS 2023 scoring code; 1 = indistinguishable "
-           "from retraining); score = F·RA_U/RA_R·TA_U/TA_R; ε̂: the per-example "
-           "Gaussian LR attack of the project \"Forget with Precision\" (0 ideal); "
-           "U-LiRA accuracy (0.5 ideal); KLOM: 95th "
-           "percentile over the forget / retain / test examples of the binned KL(unlearned ‖ "
-           "retrained) of margins, the Easy Data Unlearning Bench's rule (Georgiev et al. "
-           "2025; 0 ideal), and avg95 the mean of the three; MIA-efficacy and "
-           "Avg. Gap as in SalUn (compare with retrain / 0 ideal). audit ε ≥: an ε lower "
-           "bound that holds with 95% confidence (Clopper-Pearson; δ = 1e-5) from the attack "
-           "on the forget examples' confidence, threshold chosen on half the scores "
-           "(`metrics.audit_epsilon`; 0 ideal). The `retrain` row compares "
-           "two disjoint halves of the retrained population: the noise floor of the attacks "
-           f"at N/2 = {ev.info['num_models'] // 2}.", "",
+           f"{n} unlearned and {n} retrained models per method. Every row scores the first "
+           f"h = {h} of its models against the same {h} oracles (the second half of the "
+           "retrained models); the `retrain` row scores the first half of the retrained "
+           "models against them: **the floor**, what a perfect method (an independent "
+           "retrain) shows with the same number of models. Read every value against it.", "",
+           "KLOM: 95th percentile over the forget / retain / test examples of the binned "
+           "KL(unlearned ‖ retrained) of margins, the Easy Data Unlearning Bench's rule "
+           "(Georgiev et al. 2025), avg95 the mean of the three (0 ideal, the floor in "
+           "practice); ≠ floor / ≠ nothing: whether the 95% interval of the row's avg95 "
+           "minus the floor's / the original's excludes 0. F: forgetting quality (NeurIPS "
+           "2023 scoring code; 1 = indistinguishable from retraining); score = "
+           "F·RA_U/RA_R·TA_U/TA_R; ε: the competition's per-example ε; ε̂: the per-example "
+           "Gaussian LR attack of the project \"Forget with Precision\" (0 ideal); U-LiRA "
+           "accuracy (0.5 ideal); audit ε ≥: an ε lower bound that holds with 95% "
+           "confidence (Clopper-Pearson; δ = 1e-5; `metrics.audit_epsilon`); MIA-efficacy "
+           "and Avg. Gap as in SalUn.",
+           f"\n**{ev.info['no_intervals'].capitalize()}.**" if ev.info.get("no_intervals")
+           else "" if not resamples else
+           f"\n[low, high]: the 95% normal bootstrap interval over models ({resamples} "
+           f"redraws for KLOM, {ev.info.get('bootstrap_epsilon_resamples', 0)} for ε, F and "
+           "the score; `metrics.bootstrap`).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in ev.rows:
     pct = lambda v: f"{100 * v:.1f}"
     lines.append("| " + " | ".join([
-        r["method"], f"{r['forgetting_quality']:.3f}", f"{r['competition_score']:.3f}",
-        f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
-        f"{r.get('audit_epsilon_lb', float('nan')):.2f}",
+        r["method"], with_interval(r, "klom_average_95"),
+        _verdict(r.get("klom_distinguishable_from_floor")),
+        _verdict(r.get("klom_distinguishable_from_original")),
         " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS),
-        f"{r['klom_average_95']:.2f}", f"{r['mia_efficacy']:.3f}",
+        with_interval(r, "forgetting_quality", "{:.3f}"),
+        with_interval(r, "competition_score", "{:.3f}"),
+        with_interval(r, "epsilon_median") if "epsilon_median" in r else "–",
+        f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
+        f"{r.get('audit_epsilon_lb', float('nan')):.2f}", f"{r['mia_efficacy']:.3f}",
         f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
         f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]) + " |")
   signal = population_signal(ev.rows)
   if signal is not None:
     lines += ["", signal_markdown(signal)]
-  ranked = sorted((r for r in ev.rows if r["method"] not in ("retrain",)),
-                  key=lambda r: -r["competition_score"])
-  by_klom = sorted(ranked, key=lambda r: r["klom_forget_p95"])
-  lines += ["", "Ranked by competition score: " +
-            ", ".join(f"{r['method']} {r['competition_score']:.3f}" for r in ranked),
-            "", "Ranked by KLOM (forget p95, lower is better): " +
-            ", ".join(f"{r['method']} {r['klom_forget_p95']:.2f}" for r in by_klom),
-            "", f"Wall time {ev.info['wall_seconds']:.0f} s"
+  lines += ranking_markdown(ev.rows, ev.info)
+  lines += ["", f"Wall time {ev.info['wall_seconds']:.0f} s"
             + (" (populations reused from checkpoints)" if ev.info["populations_reused"] else "")
             + "."]
   return "\n".join(lines) + "\n"
+
+
+def intervals_markdown(info: dict) -> list:
+  """The KLOM curve's table of average_95 with intervals by N (`klom_curve.interval_curve`)."""
+  cell = lambda r, k: (f"{r[f'{k}_average_95']:.2f}" if r[f"{k}_low"] != r[f"{k}_low"] else
+                       f"{r[f'{k}_average_95']:.2f} [{r[f'{k}_low']:.2f}, {r[f'{k}_high']:.2f}]")
+  lines = ["", "KLOM average_95 with its 95% bootstrap interval (none below "
+           f"{MIN_MODELS_PER_SIDE} models per side) and whether KLOM tells doing nothing from "
+           "the floor (the interval of their difference excludes 0):", "",
+           "| N | do nothing | floor | separable |", "|---|---|---|---|"]
+  for r in info["intervals"]:
+    verdict = "–" if r["separable"] is None else ("yes" if r["separable"] else "no")
+    lines.append(f"| {r['num_models']} | {cell(r, 'do_nothing')} | {cell(r, 'floor')} | "
+                 f"{verdict} |")
+  first = info.get("first_separable_n")
+  lines += ["", (f"With intervals, doing nothing is first told from the floor at N = {first}: "
+                 f"a population evaluation needs at least that many models per side "
+                 f"(`experiments.evaluate --num_models={2 * first}`)."
+                 if first else "At no N measured do the intervals tell doing nothing from "
+                 "the floor: raise N.")]
+  return lines
 
 
 def plot_epsilons(path: Path, epsilons: dict) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from .population_report import intervals_markdown, ranked_with_ties, with_interval
+
 flags.DEFINE_string("evaluation", None, "run directory of experiments.evaluate")
 flags.DEFINE_string("curve", None, "run directory of experiments.klom_curve")
 flags.DEFINE_string("out", "docs/results/population", "output directory")
@@ -26,6 +28,13 @@ flags.DEFINE_string("evaluation_command", "", "the command that produced --evalu
 flags.DEFINE_string("curve_command", "", "the command that produced --curve")
 flags.DEFINE_float("evaluation_seconds", 0.0, "its wall time in seconds (0: from the run)")
 F = flags.FLAGS
+
+
+def _number(text):
+  try:
+    return float(text)
+  except (TypeError, ValueError):
+    return text
 
 
 def stamp() -> str:
@@ -60,11 +69,12 @@ def main(argv):
               cu / "curve.json"):
     shutil.copy(src, out / src.name)
   shutil.copy(cu / "plots" / "curve.png", out / "klom_curve.png")
+  if (cu / "plots" / "intervals.png").exists():
+    shutil.copy(cu / "plots" / "intervals.png", out / "klom_intervals.png")
   rows = list(csv.DictReader(open(ev / "evaluation.csv")))
   info = json.loads((ev / "evaluation.json").read_text()).get("info", {})
   curve = json.loads((cu / "curve.json").read_text())
   f2 = lambda r, k: f"{float(r[k]):.2f}"
-  f3 = lambda r, k: f"{float(r[k]):.3f}"
   pct = lambda r, k: f"{100 * float(r[k]):.1f}"
   lines = [
       "# A population benchmark where KLOM can rank methods", "",
@@ -73,21 +83,33 @@ def main(argv):
       f"Command: `{F.evaluation_command}`" if F.evaluation_command else "",
       (f"Wall time {F.evaluation_seconds or info.get('wall_seconds', float('nan')):.0f} s."),
       "",
-      "KLOM p95 (nats, the Easy Data Unlearning Bench's rule) over the forget / retain / "
-      "test (held-out) examples, `average_95` the mean of the three, in the benchmark's "
-      "direction KL(unlearned ‖ oracle) and, last column, KL(oracle ‖ unlearned); F: "
-      "forgetting quality (NeurIPS 2023 scoring, 1 ideal); U-LiRA attack accuracy (0.5 "
-      "ideal). The `retrain` row compares two halves of the oracles (the floor at N/2); "
-      "`original` is doing nothing. Sorted by average_95.", "",
-      "| method | KLOM forget | KLOM retain | KLOM test | average_95 "
-      "| average_95 (oracle ‖ unlearned) | F | U-LiRA | RA | FA | TA |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in sorted(rows, key=lambda r: float(r["klom_average_95"])):
+      f"Every row scores h = {rows[0]['models_per_side']} of its models against the same h "
+      "oracles (the second half of the retrained models); the `retrain` row scores the "
+      "first half of the retrained models against them: the floor, what a perfect method "
+      "shows with the same number of models; `original` is doing nothing. KLOM p95 (nats, "
+      "the Easy Data Unlearning Bench's rule) over the forget / retain / test (held-out) "
+      "examples, `average_95` the mean of the three with its 95% bootstrap interval over "
+      "models, in the benchmark's direction KL(unlearned ‖ oracle) and, in its own column, "
+      "KL(oracle ‖ unlearned); ≠ floor / ≠ nothing: whether the interval of the row's "
+      "average_95 minus the floor's / doing nothing's excludes 0; rank: 1 + the rows whose "
+      "interval lies wholly below (overlapping intervals share a rank). F: forgetting "
+      "quality (NeurIPS 2023 scoring, 1 ideal) with its interval; U-LiRA attack accuracy "
+      "(0.5 ideal).", "",
+      "| rank | method | average_95 [95%] | ≠ floor | ≠ nothing | KLOM forget | KLOM retain "
+      "| KLOM test | average_95 (oracle ‖ unlearned) | F [95%] | U-LiRA | RA | FA | TA |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  numeric = [{k: _number(v) for k, v in r.items()} for r in rows]
+  verdict = lambda v: {"True": "yes", "False": "no"}.get(v, "–")
+  for rank, r in ranked_with_ties(numeric, "klom_average_95", lower_is_better=True):
+    raw = next(x for x in rows if x["method"] == r["method"])
     lines.append("| " + " | ".join([
-        r["method"], f2(r, "klom_forget_p95"), f2(r, "klom_retain_p95"), f2(r, "klom_test_p95"),
-        f2(r, "klom_average_95"), f2(r, "klom_oracle_unlearned_average_95"),
-        f3(r, "forgetting_quality"), f2(r, "ulira_accuracy"), pct(r, "retain_acc"),
-        pct(r, "forget_acc"), pct(r, "test_acc")]) + " |")
+        str(rank), r["method"], with_interval(r, "klom_average_95"),
+        verdict(raw["klom_distinguishable_from_floor"]),
+        verdict(raw["klom_distinguishable_from_original"]),
+        f2(raw, "klom_forget_p95"), f2(raw, "klom_retain_p95"), f2(raw, "klom_test_p95"),
+        f2(raw, "klom_oracle_unlearned_average_95"),
+        with_interval(r, "forgetting_quality", "{:.3f}"), f2(raw, "ulira_accuracy"),
+        pct(raw, "retain_acc"), pct(raw, "forget_acc"), pct(raw, "test_acc")]) + " |")
   ci = curve["info"]
   lines += ["", "## How many models KLOM needs", "",
             f"Command: `{F.curve_command}`" if F.curve_command else "",
@@ -100,6 +122,10 @@ def main(argv):
                             for r in curve["rows"] if r["num_models"] == n and r["split"] == s
                             and r["direction"] == d)
       lines.append(f"| {n} | {d} | {cell('forget')} | {cell('retain')} | {cell('test')} |")
+  if "intervals" in ci:
+    lines += intervals_markdown(ci)
+    if (out / "klom_intervals.png").exists():
+      lines += ["", "![KLOM average_95 with its interval by N](klom_intervals.png)"]
   first = ci.get("first_ranking_n")
   lines += ["", ("The floor (a second set of oracles against the oracles: what a perfect "
                  f"method scores) first falls below doing nothing on the forget split at N = "

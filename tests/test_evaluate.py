@@ -55,18 +55,25 @@ def test_evaluation_artifacts(evaluated):
   rl = next(r for r in rows if r["method"] == "random_label")
   orig = next(r for r in rows if r["method"] == "original")
   assert float(rl["forget_acc"]) < float(orig["forget_acc"])
-  assert "Ranked by competition score" in first.stdout
+  # 4 models per population: 2 per side, too few for intervals (said once, in the report),
+  # and digits memorises too little to rank (said in one line instead of a ranking).
+  assert "No intervals: 4 models per population give 2 per side" in first.stdout
+  assert "**No ranking:**" in first.stdout and "Ranked by" not in first.stdout
   # KLOM: finite, >= 0 on every split; random labels move the forget margins more than the
   # retain ones.
   for r in rows:
     assert r["klom_direction"] == "unlearned_oracle"
+    assert r["models_per_side"] == "2"
+    assert r["klom_floor_average_95"] == next(
+        x for x in rows if x["method"] == "retrain")["klom_average_95"]
     for c in evaluation.CSV_COLUMNS:
-      if c.startswith("klom_") and c != "klom_direction":
+      if c.startswith("klom_") and c not in ("klom_direction", "klom_average_95_low",
+                                             "klom_average_95_high") \
+          and not c.startswith("klom_distinguishable"):
         assert 0.0 <= float(r[c]) < 12.0, (c, r)
     np.testing.assert_allclose(float(r["klom_average_95"]), np.mean(
         [float(r[f"klom_{s}_p95"]) for s in evaluation.KLOM_SPLITS]), atol=1e-3)  # CSV rounding
   assert float(rl["klom_forget_p95"]) > float(rl["klom_retain_p50"])
-  assert "Ranked by KLOM" in first.stdout
 
 
 def test_second_evaluation_reuses_the_populations(evaluated):

@@ -30,6 +30,28 @@ def test_curve_and_the_first_n_at_which_klom_ranks():
   assert klom_curve.first_ranking_n(same) is None
 
 
+def test_the_interval_curve_narrows_with_n_and_separates_only_real_gaps():
+  """average_95 with its interval by N: none below the bootstrap's minimum, narrower at
+  32 than at 16, and a forget split shifted by 3σ told from the floor while a third draw
+  of the oracles' distribution is not."""
+  from experiments import klom_curve
+  from unlearn_jax.evaluation import MIN_MODELS_PER_SIDE
+  rng = np.random.default_rng(1)
+  draw = lambda shift=0.0: {s: rng.normal(shift if s == "forget" else 0.0, 1, (32, 40))
+                            for s in klom_curve.SPLITS}
+  oracle, second = draw(), draw()
+  rows = klom_curve.interval_curve(draw(3.0), oracle, second, [8, 16, 32])
+  assert 8 < MIN_MODELS_PER_SIDE and rows[0]["separable"] is None
+  assert np.isnan(rows[0]["floor_low"])
+  width = lambda r: r["floor_high"] - r["floor_low"]
+  assert width(rows[2]) < width(rows[1])
+  assert rows[1]["separable"] and rows[2]["separable"]
+  for r in rows[1:]:
+    assert r["floor_low"] <= r["floor_average_95"] <= r["floor_high"]
+  same = klom_curve.interval_curve(draw(), oracle, second, [32])
+  assert same[0]["separable"] is False
+
+
 @pytest.mark.parametrize("text", ["8,x", "8,4", "1,2", ""])
 def test_bad_sizes_are_named(text):
   from experiments import klom_curve, setup
@@ -71,7 +93,7 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
 
 @pytest.mark.integration
 def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
-  """experiments.render_population_docs: every method's row, sorted by average_95, the
+  """experiments.render_population_docs: every method's row, ranked by average_95, the
   curve table and plot, the stamp; a missing run is one line, exit 2."""
   from experiments import population_report as evaluation
   ev, cu, out = tmp_path / "ev", tmp_path / "cu", tmp_path / "docs"
@@ -100,9 +122,10 @@ def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   page = (out / "README.md").read_text()
-  order = [line.split("|")[1].strip() for line in page.splitlines()
-           if line.startswith("| ") and line.split("|")[1].strip() in ("original", "retrain", "scrub")]
-  assert order == ["scrub", "retrain", "original"], order      # ascending average_95
+  order = [(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in page.splitlines()
+           if line.startswith("| ") and line.split("|")[2].strip() in ("original", "retrain", "scrub")]
+  # Ascending average_95, ranked (these intervals do not overlap).
+  assert order == [("1", "scrub"), ("2", "retrain"), ("3", "original")], order
   assert "Wall time 12 s" in page and "first falls below doing nothing" in page
   assert "| 8 | unlearned_oracle | 1.00 / 0.25 |" in page and "JAX " in page
   assert (out / "klom_curve.png").exists() and (out / "evaluation.csv").exists()

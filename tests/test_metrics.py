@@ -222,6 +222,14 @@ def _metric_cases():
       # Audits: SciPy's Beta quantiles on counts, floats for a report: tests/test_audit.py.
       "audit_epsilon": None, "epsilon_lower_bound": None, "clopper_pearson_upper": None,
       "klom": (metrics.klom, (u, r)),
+      "klom_average_95": (lambda a, b: metrics.klom_average_95({"f": a, "g": b}, {"f": b, "g": a}),
+                          (u, r)),
+      "resample_indices": None,   # takes a key and static sizes: tests/test_intervals.py
+      "bootstrap_replicates": (lambda a, b: metrics.bootstrap_replicates(
+          lambda x, y: jnp.mean(x) - jnp.mean(y), (a, b),
+          (np.arange(32).reshape(2, 16) % 16, np.zeros((2, 16), np.int32))), (u, r)),
+      "normal_interval": (lambda e, reps: metrics.normal_interval(e, reps),
+                          (np.float32(1.0), np.float32([0.5, 1.0, 2.0]))),
       "klom_percentiles": (lambda a, b: metrics.klom_percentiles(metrics.klom(a, b)), (u, r)),
       "layer_distance": (lambda a, b: metrics.layer_distance({"l0": a, "l1": b}, {"l0": b, "l1": a}),
                          (u, r)),
@@ -234,7 +242,7 @@ def _metric_cases():
 # test_methods); klom_report and the audits return Python floats for a report (klom itself
 # is here; the audits' tests are tests/test_audit.py).
 WITH_A_MODEL = ("relearn_steps", "klom_report", "audit_epsilon", "epsilon_lower_bound",
-                "clopper_pearson_upper")
+                "clopper_pearson_upper", "resample_indices")
 
 
 def test_every_exported_metric_has_a_jit_case():

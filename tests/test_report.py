@@ -111,3 +111,35 @@ def test_no_ranking_when_the_signal_interval_includes_zero():
   assert ranked["rows"] == [] and ranked["reason"].startswith(
       "No ranking: the memorisation signal's 95% interval")
   assert report.ranking_markdown(ranked).strip() == ranked["reason"]
+
+
+def _population_row(method, klom, low, high, apart=None, score=0.5):
+  return {"method": method, "klom_average_95": klom, "klom_average_95_low": low,
+          "klom_average_95_high": high, "competition_score": score,
+          "competition_score_low": score - 0.01, "competition_score_high": score + 0.01,
+          "klom_distinguishable_from_floor": apart, "forgetting_quality": 0.01,
+          "forget_acc": 1.0}
+
+
+def test_population_rankings_share_ranks_where_intervals_overlap_and_keep_every_row():
+  rows = [_population_row("original", 9.0, 8.5, 9.5, apart=True, score=0.01),
+          _population_row("retrain", 3.0, 2.5, 3.5, score=0.2),
+          _population_row("a", 5.0, 4.0, 6.0, apart=True, score=0.1),
+          _population_row("b", 5.5, 4.5, 6.5, apart=True, score=0.1),
+          _population_row("c", 8.8, 8.0, 9.6, apart=True, score=0.02)]
+  rows[1].update(forget_acc=0.4, forgetting_quality=0.2)
+  ranked = evaluation.ranked_with_ties(rows, "klom_average_95", lower_is_better=True)
+  assert [(rank, r["method"]) for rank, r in ranked] == [
+      (1, "retrain"), (2, "a"), (2, "b"), (4, "c"), (4, "original")]
+  text = "\n".join(evaluation.ranking_markdown(rows, {"num_models": 64, "models_per_side": 32}))
+  assert "1. retrain 3.00 [2.50, 3.50], 2. a 5.00 [4.00, 6.00], 2. b" in text
+  assert "Ranked by competition score" in text and "original" in text
+
+
+def test_no_population_ranking_when_klom_cannot_tell_doing_nothing_from_the_floor():
+  rows = [_population_row("original", 3.4, 2.9, 3.9, apart=False),
+          _population_row("retrain", 3.0, 2.5, 3.5), _population_row("a", 5.0, 4.0, 6.0)]
+  rows[1].update(forget_acc=0.4, forgetting_quality=0.2)
+  text = "\n".join(evaluation.ranking_markdown(rows, {"num_models": 32, "models_per_side": 16}))
+  assert "**No ranking:** at 16 models per side KLOM does not tell doing nothing" in text
+  assert "Ranked by" not in text

@@ -180,7 +180,27 @@ METRICS = ("accuracy", "per_example_loss", "mia_loss_lr", "mia_efficacy", "lira"
            "per_example_epsilons", "forgetting_quality", "competition_score", "eps_hat",
            "hinge", "logit_scaled_confidence", "klom", "klom_percentiles", "klom_report",
            "layer_distance", "mean_layer_distance", "relearn_steps", "anamnesis_index",
-           "audit_epsilon", "epsilon_lower_bound", "clopper_pearson_upper")
+           "audit_epsilon", "epsilon_lower_bound", "clopper_pearson_upper", "klom_average_95",
+           "resample_indices", "bootstrap_replicates", "normal_interval")
+
+# How each metric's uncertainty is reported (the metrics page's "interval" column).
+_BOOTSTRAP = ("normal bootstrap over models, read against the split-half floor at the same N "
+              "(`experiments.evaluate`)")
+_SEEDS = "mean ± std over seeds; rankings: Student's t interval over seeds"
+INTERVALS = {
+    "klom": _BOOTSTRAP, "klom_average_95": _BOOTSTRAP, "klom_report": _BOOTSTRAP,
+    "klom_percentiles": _BOOTSTRAP, "per_example_epsilons": _BOOTSTRAP + " (its median)",
+    "forgetting_quality": _BOOTSTRAP, "competition_score": _BOOTSTRAP,
+    "audit_epsilon": "one-sided Clopper-Pearson: the value is a 95% lower bound",
+    "epsilon_lower_bound": "one-sided Clopper-Pearson: the value is a 95% lower bound",
+    "clopper_pearson_upper": "is the interval (exact binomial)",
+    "resample_indices": "the bootstrap's redraws", "bootstrap_replicates": "the bootstrap",
+    "normal_interval": "is the interval",
+    "accuracy": _SEEDS, "per_example_loss": _SEEDS, "mia_loss_lr": _SEEDS,
+    "mia_efficacy": _SEEDS, "avg_gap": _SEEDS, "js_to_retrain": _SEEDS,
+    "activation_distance": _SEEDS, "zrf": _SEEDS, "layer_distance": _SEEDS,
+    "mean_layer_distance": _SEEDS, "relearn_steps": _SEEDS, "anamnesis_index": _SEEDS,
+}
 
 
 def first_sentence(doc: str) -> str:
@@ -217,14 +237,17 @@ def write_metrics(out: Path) -> None:
            "Every metric of `unlearn_jax.metrics` (also `uj.<name>`): its inputs, where it "
            "runs, and its docstring, which gives the formula or rule, the shapes, the paper "
            "or reference code, and the ideal value. Generated from the code.", "",
-           "| metric | inputs | where it runs | what |", "|---|---|---|---|"]
+           "The interval column says how a report gives the metric's uncertainty; "
+           "\"point estimate\" where none is computed yet.", "",
+           "| metric | inputs | where it runs | interval | what |", "|---|---|---|---|---|"]
   sections = []
   for name in METRICS:
     fn = getattr(uj, name)
     doc = inspect.getdoc(fn) or ""
     sig = str(inspect.signature(fn)).replace("'", "")
     lines.append(f"| [`{name}`](#{name.replace('_', '-')}) | `{_cell(sig)}` | "
-                 f"{_where(name, fn)} | {_cell(first_sentence(doc))} |")
+                 f"{_where(name, fn)} | {INTERVALS.get(name, 'point estimate')} | "
+                 f"{_cell(first_sentence(doc))} |")
     sections += [f"## {name}", "", f"`uj.{name}{sig}`", "", "```text", doc, "```", ""]
   (out / "metrics.md").write_text("\n".join(lines + [""] + sections) + "\n")
 

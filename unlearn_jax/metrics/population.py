@@ -410,6 +410,23 @@ def klom_report(unlearned: dict, oracle: dict, direction: str = "unlearned_oracl
   return out
 
 
+def klom_average_95(unlearned: dict, oracle: dict, direction: str = "unlearned_oracle",
+                    **klom_kwargs) -> dict:
+  """The Easy Data Unlearning Bench's headline, jittable: {"p95_<split>": the 95th
+  percentile over the split's examples of `klom`, "average_95": their mean} (NumPy's
+  linear percentile, as `klom_report`). `unlearned`, `oracle`: {split: margins [N, S]}
+  with the same splits. `jax.numpy`: it runs under `jit` and inside
+  `bootstrap.bootstrap_replicates`. Ideal: 0; read it against the floor at the same N
+  (`evaluation.SplitHalfReference`)."""
+  if set(unlearned) != set(oracle) or not unlearned:
+    raise ValueError(f"unlearned and oracle must name the same splits; got "
+                     f"{sorted(unlearned)} and {sorted(oracle)}")
+  out = {f"p95_{s}": jnp.percentile(klom(unlearned[s], oracle[s], direction=direction,
+                                         **klom_kwargs), 95.0) for s in sorted(unlearned)}
+  out["average_95"] = jnp.mean(jnp.stack([out[f"p95_{s}"] for s in sorted(unlearned)]))
+  return out
+
+
 def klom_percentiles(values, percentiles=(50.0, 95.0)) -> dict:
   """{"p50": …, "p95": …}: percentiles of per-example KLOM values [S] (Easy Data
   Unlearning Bench ranks by the 95th over the forget, retain and validation examples)."""
