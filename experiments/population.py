@@ -31,8 +31,9 @@ from unlearn_jax import metrics as M
 from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
 from .population_report import Evaluation
-from unlearn_jax.evaluation import (PopulationLogits, SplitHalfReference, compare_to_floor,
-                                    evaluate_population, model_chunks)
+from unlearn_jax.evaluation import (PopulationFeatures, PopulationLogits, SplitHalfReference,
+                                    compare_to_floor, evaluate_population, model_chunks,
+                                    probe_forget_accuracy)
 
 
 def _stack(parts):
@@ -225,6 +226,15 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
     def logits_of(variables):
       return {s: predict(variables, xx) for s, xx in inputs.items()}
 
+    features = PopulationFeatures(st.model, chunk)
+
+    def probe_of(variables) -> float:
+      """Mean over the models of the linear probe's forget accuracy (nan without features)."""
+      if not features.available:
+        return float("nan")
+      feats = {s: features(variables, inputs[s]) for s in ("forget", "test")}
+      return float(np.mean(probe_forget_accuracy(feats, labels, ds.num_classes)))
+
     log("logits of the retrained and original populations")
     retrained_logits = logits_of(retrained.variables)
     random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
@@ -242,6 +252,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       lg = retrained_logits if name == "retrain" else logits_of(variables)
       row, eps, phi, replicates[name] = evaluate_population(
           name, lg, labels, reference, random_forget, secs, mia_models)
+      row["probe_forget_acc"] = probe_of(variables)
       rows.append(row)
       epsilons[name], stats[name] = eps, phi
     for m in st.method_names:
@@ -254,6 +265,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       row, eps, phi, replicates[m] = evaluate_population(
           m, logits_of(unlearned), labels, reference, random_forget, seconds / num_models,
           mia_models)
+      row["probe_forget_acc"] = probe_of(unlearned)
       rows.append(row)
       epsilons[m], stats[m] = eps, phi
       log(f"method {m}: {seconds / num_models:.3f}s per model "

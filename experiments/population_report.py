@@ -23,7 +23,8 @@ CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_med
                "klom_average_95_low", "klom_average_95_high", "klom_floor_average_95",
                "klom_distinguishable_from_floor", "klom_distinguishable_from_original",
                "forgetting_quality_low", "forgetting_quality_high", "competition_score_low",
-               "competition_score_high", "epsilon_median_low", "epsilon_median_high")
+               "competition_score_high", "epsilon_median_low", "epsilon_median_high",
+               "rmia_auc", "iam_auc", "probe_forget_acc")
 
 
 @dataclasses.dataclass
@@ -136,8 +137,9 @@ def _verdict(value) -> str:
 
 def report_markdown(ev: Evaluation, title: str) -> str:
   head = ["method", "KLOM avg95 [95%]", "≠ floor", "≠ nothing", "KLOM p95 F / R / T",
-          "F [95%]", "score [95%]", "median ε [95%]", "median ε̂", "U-LiRA acc", "audit ε ≥",
-          "MIA-eff.", "Avg. Gap", "RA", "FA", "TA", "s/model", "× retrain"]
+          "F [95%]", "score [95%]", "median ε [95%]", "median ε̂", "U-LiRA acc", "RMIA AUC",
+          "IAM AUC", "audit ε ≥", "probe FA", "MIA-eff.", "Avg. Gap", "RA", "FA", "TA",
+          "s/model", "× retrain"]
   n = ev.info["num_models"]
   h = ev.info.get("models_per_side", n // 2)
   resamples = ev.info.get("bootstrap_resamples", 0)
@@ -155,7 +157,11 @@ def report_markdown(ev: Evaluation, title: str) -> str:
            "2023 scoring code; 1 = indistinguishable from retraining); score = "
            "F·RA_U/RA_R·TA_U/TA_R; ε: the competition's per-example ε; ε̂: the per-example "
            "Gaussian LR attack of the project \"Forget with Precision\" (0 ideal); U-LiRA "
-           "accuracy (0.5 ideal); audit ε ≥: an ε lower bound that holds with 95% "
+           "accuracy (0.5 ideal); RMIA and IAM AUC: the AUC of those attacks (Zarifzadeh et "
+           "al. 2024; Wang et al. 2025) telling the row's models from independent retrains, "
+           "the oracles as references (0.5 ideal); probe FA: a ridge probe on the frozen "
+           "features, fitted on held-out examples, read on the forget set (%, compare with "
+           "retrain); audit ε ≥: an ε lower bound that holds with 95% "
            "confidence (Clopper-Pearson; δ = 1e-5; `metrics.audit_epsilon`); MIA-efficacy "
            "and Avg. Gap as in SalUn.",
            f"\n**{ev.info['no_intervals'].capitalize()}.**" if ev.info.get("no_intervals")
@@ -175,7 +181,9 @@ def report_markdown(ev: Evaluation, title: str) -> str:
         with_interval(r, "competition_score", "{:.3f}"),
         with_interval(r, "epsilon_median") if "epsilon_median" in r else "–",
         f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
-        f"{r.get('audit_epsilon_lb', float('nan')):.2f}", f"{r['mia_efficacy']:.3f}",
+        f"{r.get('rmia_auc', float('nan')):.2f}", f"{r.get('iam_auc', float('nan')):.2f}",
+        f"{r.get('audit_epsilon_lb', float('nan')):.2f}",
+        f"{100 * r.get('probe_forget_acc', float('nan')):.1f}", f"{r['mia_efficacy']:.3f}",
         f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
         f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]) + " |")
   signal = population_signal(ev.rows)

@@ -50,7 +50,8 @@ def test_evaluation_artifacts(evaluated):
   assert [r["method"] for r in rows] == ["original", "retrain", "finetune", "random_label"]
   assert set(evaluation.CSV_COLUMNS) == set(rows[0])
   for r in rows:
-    for c in ("forgetting_quality", "competition_score", "mia_efficacy", "retain_acc"):
+    for c in ("forgetting_quality", "competition_score", "mia_efficacy", "retain_acc",
+              "probe_forget_acc") + (("rmia_auc", "iam_auc") if r["method"] != "retrain" else ()):
       assert 0.0 <= float(r[c]) <= 1.0, (c, r)
   rl = next(r for r in rows if r["method"] == "random_label")
   orig = next(r for r in rows if r["method"] == "original")

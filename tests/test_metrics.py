@@ -228,6 +228,13 @@ def _metric_cases():
       "bootstrap_replicates": (lambda a, b: metrics.bootstrap_replicates(
           lambda x, y: jnp.mean(x) - jnp.mean(y), (a, b),
           (np.arange(32).reshape(2, 16) % 16, np.zeros((2, 16), np.int32))), (u, r)),
+      "rmia": (lambda a, b: metrics.rmia(a, b, a, b), (np.abs(u) + 0.1, np.abs(r) + 0.1)),
+      "iam": (lambda a, b: metrics.iam(a, b, b), (1 / (1 + np.exp(-u)), 1 / (1 + np.exp(-r)))),
+      "bounded_gumbel_signal": (metrics.bounded_gumbel_signal, (1 / (1 + np.exp(-u)),)),
+      "true_class_probability": (metrics.true_class_probability, (logits, labels)),
+      "ridge_probe": (lambda a, b: metrics.ridge_probe(a, labels[:16], 5), (u, r)),
+      "linear_probe_accuracy": (lambda a, b: metrics.linear_probe_accuracy(
+          a, labels[:16], b, labels[16:32], 5), (u, r)),
       "normal_interval": (lambda e, reps: metrics.normal_interval(e, reps),
                           (np.float32(1.0), np.float32([0.5, 1.0, 2.0]))),
       "klom_percentiles": (lambda a, b: metrics.klom_percentiles(metrics.klom(a, b)), (u, r)),

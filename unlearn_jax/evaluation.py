@@ -45,6 +45,40 @@ class PopulationLogits:
         lambda a: a[i:j], variables), x)) for i, j in model_chunks(n, self.chunk)])
 
 
+class PopulationFeatures:
+  """[N, n, d] penultimate features (the adapter's `features`) of every model of a
+  population on `x`, vmapped over chunks like `PopulationLogits`; `available` is False
+  for a model whose adapter gives no features (no head, no features_fn)."""
+
+  def __init__(self, model, chunk: int = 0, eval_batch: int = 1000):
+    from unlearn_jax.adapter import as_adapter
+    adapter = as_adapter(model)
+    self.available = adapter.head is not None or adapter.features_fn is not None
+    self.chunk = chunk
+
+    def population_features(v, xx):
+      return train_lib.predict_features(model, v, xx, eval_batch)[1]
+    self._fn = jax.jit(jax.vmap(population_features, in_axes=(0, None)))
+
+  def __call__(self, variables, x) -> np.ndarray:
+    n = jax.tree_util.tree_leaves(variables)[0].shape[0]
+    return np.concatenate([parallel.to_host(self._fn(jax.tree_util.tree_map(
+        lambda a: a[i:j], variables), x)) for i, j in model_chunks(n, self.chunk)])
+
+
+PROBE_L2 = 1.0     # the ridge probe's λ (`metrics.ridge_probe`)
+
+
+def probe_forget_accuracy(features: dict, labels: dict, num_classes: int) -> np.ndarray:
+  """Per model [N]: the ridge probe fitted on the held-out (test) examples' features, read
+  on the forget examples (`metrics.linear_probe_accuracy`, vmapped over the models).
+  `features[split]` [N, n, d]."""
+  fn = jax.jit(jax.vmap(lambda tr, ev: M.linear_probe_accuracy(
+      tr, labels["test"], ev, labels["forget"], num_classes, PROBE_L2)))
+  return np.asarray(fn(np.asarray(features["test"], np.float32),
+                       np.asarray(features["forget"], np.float32)))
+
+
 def _acc(logits, labels):
   return (np.argmax(logits, -1) == np.asarray(labels)).mean(axis=-1)     # per model
 
@@ -107,6 +141,18 @@ class SplitHalfReference:
     self.confidence = confidence
     self.b = {s: v[self.h:2 * self.h] for s, v in retrained.items()}
     self.a_forget = retrained["forget"][:self.h]
+    # True-class probabilities for RMIA and IAM: the audited forget examples, the test
+    # examples (RMIA's population: no model trained on them) and B's retain examples
+    # (IAM's fitted level: what trained-on examples look like).
+    p = lambda lg, split: np.asarray(M.true_class_probability(
+        np.asarray(lg, np.float64), labels[split][None]))
+    with jax.enable_x64(True):
+      self.b_probs = {s: p(self.b[s], s) for s in ("forget", "test", "retain")}
+      self.a_probs = {s: p(retrained[s][:self.h], s) for s in ("forget", "test")}
+      self.a_rmia = np.asarray(M.rmia(self.a_probs["forget"], self.b_probs["forget"],
+                                      self.a_probs["test"], self.b_probs["test"]))
+      self.a_iam = np.asarray(M.iam(self.a_probs["forget"], self.b_probs["forget"],
+                                    self.b_probs["retain"]))
     self.b_margins = {s: np.asarray(M.logit_scaled_confidence(self.b[s], labels[s][None]))
                       for s in KLOM_SPLITS}
     key_side, key_b = jax.random.split(jax.random.PRNGKey(seed))
@@ -161,6 +207,19 @@ def _evaluate_population64(name, logits, labels, ref, random_forget, seconds, mi
     phi_a = np.asarray(M.logit_scaled_confidence(ref.a_forget, labels["forget"][None]))
     ul = M.ulira(phi_all[:h], phi_a, np.concatenate([phi_all[h:2 * h], phi_b]),
                  np.arange(2 * h) < h)
+  # RMIA and IAM: B the references, the scored half the targets, against A as targets
+  # (an attacker's AUC telling the population from independent retrains; 0.5 ideal).
+  if name == "retrain":
+    row_rmia = row_iam = float("nan")
+  else:
+    probs = {s: np.asarray(M.true_class_probability(side[s], labels[s][None]))
+             for s in ("forget", "test")}
+    row_rmia = M.roc_summary(np.asarray(M.rmia(probs["forget"], ref.b_probs["forget"],
+                                               probs["test"], ref.b_probs["test"])),
+                             ref.a_rmia)["auc"]
+    row_iam = M.roc_summary(1 - np.asarray(M.iam(probs["forget"], ref.b_probs["forget"],
+                                                 ref.b_probs["retain"])),
+                            1 - ref.a_iam)["auc"]
   mia = np.mean([M.mia_efficacy(logits["retain"][i], labels["retain"], logits["test"][i],
                                 labels["test"], logits["forget"][i], labels["forget"])
                  for i in range(min(n, mia_models))])
@@ -171,7 +230,8 @@ def _evaluate_population64(name, logits, labels, ref, random_forget, seconds, mi
          "competition_score": M.competition_score(eps, h, ra_s, ra_b, ta_s, ta_b),
          "epsilon_median": float(np.median(np.asarray(eps))),
          "eps_hat_median": eh_med, "eps_hat_inf_fraction": float(np.mean(np.isinf(eh))),
-         "ulira_accuracy": ul["accuracy"], "mia_efficacy": float(mia),
+         "ulira_accuracy": ul["accuracy"], "rmia_auc": float(row_rmia),
+         "iam_auc": float(row_iam), "mia_efficacy": float(mia),
          "retain_acc": float(ra.mean()), "forget_acc": float(fa.mean()),
          "test_acc": float(ta.mean()), "seconds": seconds,
          "js_to_retrain": float(np.mean([M.js_to_retrain(side["forget"][i], b["forget"][i])

@@ -181,7 +181,9 @@ METRICS = ("accuracy", "per_example_loss", "mia_loss_lr", "mia_efficacy", "lira"
            "hinge", "logit_scaled_confidence", "klom", "klom_percentiles", "klom_report",
            "layer_distance", "mean_layer_distance", "relearn_steps", "anamnesis_index",
            "audit_epsilon", "epsilon_lower_bound", "clopper_pearson_upper", "klom_average_95",
-           "resample_indices", "bootstrap_replicates", "normal_interval")
+           "resample_indices", "bootstrap_replicates", "normal_interval", "rmia", "iam",
+           "bounded_gumbel_signal", "true_class_probability", "ridge_probe",
+           "linear_probe_accuracy")
 
 # How each metric's uncertainty is reported (the metrics page's "interval" column).
 _BOOTSTRAP = ("normal bootstrap over models, read against the split-half floor at the same N "
