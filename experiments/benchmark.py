@@ -16,8 +16,9 @@ How to read it:
    the CPU XLA's with its gradient as canonical convolutions, patches under 4×4), `xla`
    (XLA's, autodiff's gradient; its scan on the CPU is skipped unless --time_slow_scan:
    minutes) and `patches` (patches + matmul); PyTorch's same CNN beside them when torch is installed.
-   --program_table=PATH writes the rates as the table `unlearn_jax.train_programs` chooses
-   the driver's training program from (`unlearn_jax/train_programs.json` ships one). GFLOP/s:
+   --program_table=machine writes the rates as this machine's table, from which
+   `unlearn_jax.train_programs` chooses the driver's training program (`=PATH`: to that
+   file; nothing measured ships with the library). GFLOP/s:
    XLA's flop count of the step (`cost_analysis`) over the best path's time; × PyTorch:
    the best path's images/s over PyTorch's, in the same run.
    `cnn:32-64-128` names the CNN at the PyTorch reference's widths.
@@ -73,7 +74,8 @@ flags.DEFINE_bool("time_slow_scan", False, "also time XLA's convolution inside l
                   "the CPU backend (minutes per model: its slow path, jax-ml/jax#12868); "
                   "otherwise that cell is skipped")
 flags.DEFINE_string("program_table", "", "also write the train-step table's rates as a "
-                    "train-program table (JSON, `unlearn_jax.train_programs`) to this path; "
+                    "train-program table (JSON, `unlearn_jax.train_programs`): 'machine' = "
+                    "this machine's table, which --train_program=auto then reads, or a path; "
                     "rows already there for other (backend, model, input, batch) are kept")
 flags.DEFINE_string("train_programs", "auto", "--accuracy_target only: comma list of train "
                     "programs to time (auto = the one unlearn_jax.train_programs chooses; "
@@ -220,7 +222,8 @@ def write_program_table(path: str, rows: list, F) -> None:
   import pathlib
   import platform
   import subprocess
-  out = pathlib.Path(path)
+  out = train_programs.machine_table_path() if path == "machine" else pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
   old = train_programs.load_table(out) if out.exists() else {"rows": []}
   key = lambda r: (r["backend"], r["model"], r["input"], r["batch"])
   mine = {key(r) for r in rows}
@@ -265,6 +268,11 @@ def method_table(F, model_name):
           f"{ms.seconds / max(retrain, 1e-9):.2f} |", flush=True)
 
 
+def _shapes(model, ds):
+  return jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
+                                                      ds.input_shape))
+
+
 def seeds_table(ds, F, model_name):
   """--seeds models: one vmapped program vs a loop over one compiled single-model program."""
   model = _model(model_name, ds.num_classes)
@@ -289,7 +297,7 @@ def seeds_table(ds, F, model_name):
   print(f"| loop over jit(fit) | {loop_s:.2f} | {F.seeds / loop_s:.2f} | {one_compile:.1f} |")
   print(f"| jit(vmap(fit)) | {vmap_s:.2f} | {F.seeds / vmap_s:.2f} | {vmap_compile:.1f} |")
   print(f"\nvmapped vs loop, same run: {loop_s / vmap_s:.2f}x "
-        f"(driver default here: {driver.default_seed_mode(model_name.partition(':')[0])})")
+        f"(driver default here: {driver.default_seed_mode(_shapes(model, ds))})")
 
 
 def time_to_accuracy(ds, names, F):
@@ -393,7 +401,7 @@ def search_table(ds, F, names):
     print(f"| {name} | {timed['vmap']:.2f} | {timed['sequential']:.2f} | "
           f"{k / timed['vmap']:.1f} | {k / timed['sequential']:.1f} | "
           f"{timed['sequential'] / timed['vmap']:.2f}x | "
-          f"{driver.default_seed_mode(name.partition(':')[0])} |", flush=True)
+          f"{driver.default_seed_mode(_shapes(model, ds))} |", flush=True)
   print(f"\n`experiments.tune --search_loop=auto` uses the seeds' mode: sequential for conv "
         f"models on CPU, vmap elsewhere (backend here: {jax.default_backend()}).")
 

@@ -129,7 +129,8 @@ flags.DEFINE_string("conv", None, "auto | xla | patches | canonical: the library
                     "as canonical convolutions, patches under 4x4; xla elsewhere)")
 flags.DEFINE_string("train_program", None, "auto | LOOP[:CONV[:STEPS]] (LOOP scan | unrolled, "
                     "CONV auto | xla | patches | canonical): how original/retrain epochs are "
-                    "compiled (auto: the fastest measured here, unlearn_jax.train_programs)")
+                    "compiled (auto: the fastest measured on this machine by experiments.benchmark "
+                    "--program_table=machine, else scan; unlearn_jax.train_programs)")
 flags.DEFINE_integer("mesh_seeds", None, "devices along the mesh's seeds axis (vmapped seeds)")
 flags.DEFINE_integer("mesh_data", None, "devices along the mesh's data axis (0 = the rest)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() first: one process "

@@ -435,7 +435,7 @@ def setup(cfg, log: Callable[[str], None] = print, population: int | None = None
   method_names = resolve_methods(cfg.methods, cfg.scenario, models_lib.has_batch_norm(shapes),
                                  log)
   recipe = resolve_recipe(default_recipe(ds, base), dict(cfg.train))
-  mode = driver.default_seed_mode(base) if cfg.seed_loop == "auto" else cfg.seed_loop
+  mode = driver.default_seed_mode(shapes) if cfg.seed_loop == "auto" else cfg.seed_loop
   mesh = make_mesh(cfg, recipe.batch_size, mode, population)
   program, train_model = train_program(cfg, model_name, model, recipe, ds)
   return Setup(ds, spec, split, model_name, model, recipe, mode, method_names, mesh,

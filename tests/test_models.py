@@ -91,10 +91,11 @@ def test_canonical_convolution_is_what_the_library_conv_runs_on_the_cpu():
 def test_cpu_default_is_canonical_from_4x4_and_patches_below(monkeypatch):
   """`cpu_conv_general_dilated` (`auto` on the CPU) picks per layer from the input's
   spatial size: the canonical form at ≥ 4 pixels a side, patches under."""
+  from unlearn_jax.models import conv as conv_module
   calls = []
   for name in ("canonical_conv_general_dilated", "patches_conv_general_dilated"):
-    real = getattr(models, name)
-    monkeypatch.setattr(models, name, lambda *a, real=real, name=name, **k: (
+    real = getattr(conv_module, name)
+    monkeypatch.setattr(conv_module, name, lambda *a, real=real, name=name, **k: (
         calls.append((a[0].shape[1], name)), real(*a, **k))[1])
   m = models.get_model("cnn", 10, widths=(4, 8, 8), dense=16, conv="auto")
   if jax.default_backend() != "cpu":
@@ -206,3 +207,27 @@ def test_a_registered_model_is_one_the_cli_accepts():
       setup.validate(cfg)
   finally:
     models._REGISTRY.pop("tiny_mlp", None)
+
+
+def test_the_seed_mode_default_names_no_model():
+  """`driver.default_seed_mode` reads the variables, not a name: any model with a
+  convolution kernel (a user's plain Flax conv net as much as the library's) loops over
+  seeds on the CPU backend and vmaps elsewhere; models without convolutions (MLP, ViT,
+  whose attention kernels are three-dimensional) vmap everywhere."""
+  import flax.linen as nn
+  from unlearn_jax import driver
+
+  class UserConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      h = nn.relu(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(10)(h.reshape(h.shape[0], -1))
+
+  shapes = lambda m: jax.eval_shape(lambda: models.init_variables(m, jax.random.PRNGKey(0),
+                                                                  (8, 8, 1)))
+  assert driver.default_seed_mode(shapes(UserConvNet()), "cpu") == "sequential"
+  assert driver.default_seed_mode(shapes(UserConvNet()), "gpu") == "vmap"
+  for name in ("cnn:4-8", "resnet18:4-4-4-4"):
+    assert driver.default_seed_mode(shapes(models.get_model(name, 10)), "cpu") == "sequential"
+  for name in ("mlp", "vit:16-1-2"):
+    assert driver.default_seed_mode(shapes(models.get_model(name, 10)), "cpu") == "vmap"

@@ -7,9 +7,12 @@ time left, resumable checkpoints of whole populations, and timing. Everything it
 an argument: the seed mode, the progress `log`, the resume `store`; the device mesh is JAX's
 own context (`parallel.data_parallel`, i.e. `jax.set_mesh`).
 
-Seed modes. `vmap` runs every seed in one program (accelerators; the MLP on CPUs). On the
-2-core CPU, vmapping 4 seeds of the CNN ran at 0.88x a loop over seeds, so
-`default_seed_mode` picks `sequential` for the conv models on the CPU backend.
+Seed modes. `vmap` runs every seed in one program; `sequential` calls one compiled
+single-seed program seed after seed. `default_seed_mode` picks `sequential` only for a
+model with convolutions on the CPU backend: vmapping a convolution over seeds makes it a
+grouped convolution, for which XLA:CPU has no fast path, so it need not beat a loop there
+(`python -m experiments.benchmark`'s seeds table measures both on your machine); on
+accelerators, and for models without convolutions, vmapping pays.
 
 Compiled once: each population's epoch function (and each method's `unlearn`) is lowered and
 compiled a single time with `.lower(...).compile()` and that executable is called for every
@@ -37,11 +40,20 @@ from unlearn_jax.adapter import model_variables
 
 
 
-def default_seed_mode(model_name: str, backend: str | None = None) -> str:
-  """`sequential` for the conv models on the CPU backend (measured: vmapping their seeds
-  does not pay there), `vmap` otherwise."""
+def has_convolution(variables) -> bool:
+  """Whether a model's variables (arrays or `jax.eval_shape` structs) hold a convolution
+  kernel: a parameter of four or more dimensions (H, W, C_in, C_out)."""
+  return any(len(getattr(a, "shape", ())) >= 4
+             for a in jax.tree_util.tree_leaves(variables.get("params", variables)
+                                                if isinstance(variables, dict) else variables))
+
+
+def default_seed_mode(variables, backend: str | None = None) -> str:
+  """`sequential` for a model with convolutions (`has_convolution` of its variables, or
+  of their `jax.eval_shape`) on the CPU backend, `vmap` otherwise (module docstring: why).
+  It names no model: a user's conv net gets the same choice as the library's."""
   backend = backend or jax.default_backend()
-  return "sequential" if backend == "cpu" and model_name in ("cnn", "resnet18") else "vmap"
+  return "sequential" if backend == "cpu" and has_convolution(variables) else "vmap"
 
 
 def check_seed_mode(mode: str) -> str:

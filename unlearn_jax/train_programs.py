@@ -16,9 +16,13 @@ while loop (jax-ml/jax#12868): there `scan` must not be paired with `xla`, and w
 wins depends on the model, the batch and the machine. All give the same batches, keys and
 steps, hence the same model up to rounding.
 
-`experiments.benchmark --program_table=PATH` times every pair on this machine and writes a
-table; the one shipped with the package (`TABLE_PATH`) says where it was measured.
-`choose(model_name, backend, batch_size, input_shape)` reads it: among the rows of that
+Nothing measured ships with the library: which pair wins is a property of the machine.
+`python -m experiments.benchmark --program_table=machine` times every pair on *this*
+machine and writes its table to the per-machine cache (`machine_table_path()`:
+`$UNLEARN_JAX_PROGRAM_TABLE` when set, else `~/.cache/unlearn_jax/` (or
+`$XDG_CACHE_HOME/unlearn_jax/`) `train_programs-<machine>.json`, named by the processor and
+its core count). `choose(model_name, backend, batch_size, input_shape)` reads that table,
+or `DEFAULT` (`scan` with the model's own convolution) when this machine has none: among the rows of that
 backend, input shape and model (the exact spec such as `cnn:16-32-64`, else the base
 model's rows), those measured at the batch size nearest to `batch_size`, the fastest,
 unless the default form (`scan` with the model's own convolution, `auto`) was measured
@@ -33,7 +37,33 @@ import json
 import math
 import pathlib
 
-TABLE_PATH = pathlib.Path(__file__).with_name("train_programs.json")
+TABLE_ENV = "UNLEARN_JAX_PROGRAM_TABLE"    # a path that overrides the per-machine table
+
+
+def machine_name() -> str:
+  """This machine as a file-name-safe string: processor model and core count."""
+  import os
+  import platform
+  import re
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1]
+        break
+  except OSError:
+    pass
+  slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{os.cpu_count()}cores").strip("-").lower()
+  return slug or "unknown-machine"
+
+
+def machine_table_path() -> pathlib.Path:
+  """Where this machine's measured table lives (module docstring); it may not exist."""
+  import os
+  if os.environ.get(TABLE_ENV):
+    return pathlib.Path(os.environ[TABLE_ENV]).expanduser()
+  cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+  return cache / "unlearn_jax" / f"train_programs-{machine_name()}.json"
 LOOPS = ("scan", "unrolled")
 CONVS = ("auto", "xla", "patches", "canonical")
 
@@ -47,7 +77,7 @@ class TrainProgram:
   loop: str = "scan"
   conv: str = "auto"
   steps_per_call: int = 8
-  source: str = "default (nothing measured for this backend and model)"
+  source: str = "default (nothing measured on this machine for this backend and model)"
   images_per_s: float = float("nan")
 
   def __post_init__(self):
@@ -94,11 +124,11 @@ def parse(spec: str) -> TrainProgram:
 
 
 def load_table(path=None) -> dict:
-  """The measured table (`{"runs": [...], "rows": [...]}`); `path` default: the shipped
-  one. Each row: backend, model, input (`HxWxC`), batch, loop, conv, steps_per_call,
-  images_per_s and `run`, the index of the benchmark run (command, commit, date, machine)
-  in `runs` that measured it."""
-  path = pathlib.Path(path) if path is not None else TABLE_PATH
+  """The measured table (`{"runs": [...], "rows": [...]}`); `path` default: this
+  machine's (`machine_table_path`), empty when it was never measured. Each row: backend,
+  model, input (`HxWxC`), batch, loop, conv, steps_per_call, images_per_s and `run`, the
+  index of the benchmark run (command, commit, date, machine) in `runs` that measured it."""
+  path = pathlib.Path(path) if path is not None else machine_table_path()
   if not path.exists():
     return {"runs": [], "rows": []}
   table = json.loads(path.read_text())

@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed_loop = "auto"          # auto | vmap | sequential (see unlearn_jax.driver)
   c.conv = "auto"               # auto | xla | patches | canonical: library models' convolution
   # How original/retrain epochs are compiled (unlearn_jax.train_programs): auto = the
-  # fastest measured for this backend and model, or LOOP[:CONV[:STEPS]] by hand.
+  # fastest measured on this machine (experiments.benchmark --program_table=machine; the
+  # default scan where nothing was), or LOOP[:CONV[:STEPS]] by hand.
   c.train_program = "auto"
   # Devices (unlearn_jax.parallel): a ("seeds", "data") mesh; batches split over `data`,
   # vmapped seeds over `seeds` (--seed_loop=vmap only). One visible device: no mesh at all.
