@@ -199,7 +199,8 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
 
 @pytest.mark.parametrize("name,arg", [("default", None), ("cifar10_cnn", None),
                                       ("cifar10_resnet18", None), ("cifar10_memorise", None),
-                                      ("cifar10_vit", None), ("cifar10_vit", "gpu")])
+                                      ("cifar10_vit", None), ("cifar10_vit", "gpu"),
+                                      ("cifar10_resnet9", None)])
 def test_every_config_file_sets_up(name, arg):
   """Each config under experiments/configs loads and passes setup (on digits, offline)."""
   import importlib.util
@@ -218,6 +219,12 @@ def test_every_config_file_sets_up(name, arg):
   if name == "cifar10_resnet18":
     assert st.model_name == "resnet18" and st.recipe.schedule == "cosine"
     assert st.recipe.augment and st.recipe.momentum == 0.9 and st.mode == "vmap"
+  if name == "cifar10_resnet9":      # the Easy Data Unlearning Bench's recipe
+    r = st.recipe
+    assert st.model_name == "resnet9" and (r.schedule, r.nesterov, r.augment) == (
+        "linear_onecycle", False, False)
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (24, 256, 0.4, 5e-4)
+    assert r.peak_fraction == pytest.approx(5 / 24)
   if name == "cifar10_vit":
     assert st.model_name.startswith("vit:") and st.recipe.optimizer == "adam"
     assert not any("BatchNorm" in k for k in str(st.model).split())

@@ -65,15 +65,19 @@ def residual_budget(epsilon: float, delta: float, sigma: float, num_classes: int
   return sigma * eps / math.sqrt(2.0 * math.log(1.5 / dlt))
 
 
-def _with_bias(features: jax.Array, scale) -> jax.Array:
-  """[n, d] -> [n, d+1]: [features/scale, 1] / √2 (norm ≤ 1 when ‖features‖ ≤ scale)."""
+def _with_bias(features: jax.Array, scale, bias: bool = True) -> jax.Array:
+  """[n, d] -> [n, d+1]: [features/scale, 1] / √2 (norm ≤ 1 when ‖features‖ ≤ scale);
+  without `bias` (a head with no bias to carry the intercept) [n, d]: features/scale."""
+  if not bias:
+    return features / scale
   return jnp.concatenate([features / scale, jnp.ones((features.shape[0], 1), features.dtype)],
                          axis=1) / jnp.sqrt(2.0)
 
 
-def scaled_features(features: jax.Array, scale) -> jax.Array:
-  """[n, d] -> [n, d+1]: `_with_bias`, each row clipped to norm 1 (the bound's assumption)."""
-  x = _with_bias(features, scale)
+def scaled_features(features: jax.Array, scale, bias: bool = True) -> jax.Array:
+  """[n, d] -> [n, d+1] (or [n, d] without `bias`): `_with_bias`, each row clipped to norm
+  1 (the bound's assumption)."""
+  x = _with_bias(features, scale, bias)
   norms = jnp.linalg.norm(x, axis=1, keepdims=True)
   return x / jnp.maximum(norms, 1.0)
 
@@ -145,8 +149,11 @@ def scores(weights, features, scale) -> jax.Array:
   return _with_bias(features, scale) @ weights.T
 
 
-def as_dense(weights, scale) -> dict:
+def as_dense(weights, scale, bias: bool = True) -> dict:
   """The head as a Dense layer over the raw features: {"kernel": [d, C], "bias": [C]} with
-  features @ kernel + bias == scores(weights, features, scale)."""
+  features @ kernel + bias == scores(weights, features, scale); without `bias` (weights
+  fitted on `scaled_features(..., bias=False)`) {"kernel"} alone."""
+  if not bias:
+    return {"kernel": (weights / scale).T}
   w = weights / jnp.sqrt(2.0)
   return {"kernel": (w[:, :-1] / scale).T, "bias": w[:, -1]}

@@ -63,5 +63,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.ain = ml_collections.ConfigDict(dict(lr=0.001, batch_size=32, max_steps=200, eval_size=256))
   c.train = ml_collections.ConfigDict(dict(
       epochs=-1, batch_size=-1, lr=-1.0, momentum=-1.0, weight_decay=-1.0, schedule="",
-      optimizer="", augment=-1, grad_clip=-1.0))
+      optimizer="", augment=-1, grad_clip=-1.0, nesterov=-1, peak_fraction=-1.0))
   return c

@@ -32,7 +32,7 @@ USEFULNESS_AUX = dict(
 
 def usefulness(head_before: dict, head_after: dict, feats_r, yr, num_classes: int) -> dict:
   """`USEFULNESS_AUX`: the heads' retain accuracies on the features and the rule above."""
-  acc = lambda h: jnp.mean(jnp.argmax(feats_r @ h["kernel"] + h["bias"], -1) == yr)
+  acc = lambda h: jnp.mean(jnp.argmax(feats_r @ h["kernel"] + h.get("bias", 0.0), -1) == yr)
   before, after = acc(head_before), acc(head_after)
   chance = 1.0 / num_classes
   return {"retain_accuracy_before": before, "retain_accuracy_after": after,
@@ -81,6 +81,8 @@ def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_ste
   budget = cr.residual_budget(epsilon, delta, sigma, c)
 
   def edit(variables, data, key):
+    # Static (the params' structure): a head without a bias gets a head without one.
+    bias = "bias" in model.head_params(variables["params"])
     xf, yf = data.forget
     xr, yr = data.retain
     feats_f = train_lib.predict_features(model, variables, xf, batch_size)[1]
@@ -91,14 +93,14 @@ def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_ste
     previous = variables.get(STATE)
     if previous is None:       # static: the structure of the variables dict
       scale = cr.feature_scale(feats)
-      x = cr.scaled_features(feats, scale)
+      x = cr.scaled_features(feats, scale, bias)
       noise = sigma * jax.random.normal(key, (c, x.shape[1]), x.dtype)
       weights = cr.fit(x, labels, c, lam, noise, steps=newton_steps)
       bound0, refits = jnp.zeros((c,), x.dtype), jnp.zeros((), jnp.int32)
     else:
       scale, noise, weights = previous["scale"], previous["noise"], previous["weights"]
       bound0, refits = previous["bound"], previous["refits"]
-      x = cr.scaled_features(feats, scale)
+      x = cr.scaled_features(feats, scale, bias)
     new_w, step_bound = cr.remove(weights, x, labels, removed, c, lam)
     bound = bound0 + step_bound
     over = jnp.any(bound > budget)
@@ -106,7 +108,7 @@ def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_ste
     new_w = jax.lax.cond(over, refit, lambda: new_w)
     bound = jnp.where(over, jnp.zeros_like(bound), bound)
     refits = refits + over.astype(jnp.int32)
-    head = cr.as_dense(new_w, scale)
+    head = cr.as_dense(new_w, scale, bias)
     params = model.replace_head(variables["params"], head)
     state = {"weights": new_w, "noise": noise, "bound": bound, "scale": scale,
              "refits": refits}
@@ -186,6 +188,8 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
   ball = float(radius) or lg.default_radius(c, lam)
 
   def edit(variables, data, key):
+    # Static (the params' structure): a head without a bias gets a head without one.
+    bias = "bias" in model.head_params(variables["params"])
     xf, yf = data.forget
     xr, yr = data.retain
     feats_r = train_lib.predict_features(model, variables, xr, 256)[1]
@@ -203,7 +207,7 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
       z_b = lg.distance_per_example(proc)
       sigma = lg.sigma_for(epsilon, delta, yf.shape[0] * z_b, epochs, proc)
       scale = cr.feature_scale(feats)
-      x = cr.scaled_features(feats, scale)
+      x = cr.scaled_features(feats, scale, bias)
       start = lg.initial(k_init, c, x.shape[1], sigma, ball, lam)
       weights = lg.run(start, x, labels, jnp.ones_like(keep), train_epochs, k_train, sigma,
                        ball, proc)
@@ -218,7 +222,7 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
                          f"{proc.slots} slots the head was trained on")
       scale, sigma, weights = previous["scale"], previous["sigma"], previous["weights"]
       carried, refits = previous["distance"], previous["refits"]
-      x = cr.scaled_features(feats, scale)
+      x = cr.scaled_features(feats, scale, bias)
     distance = carried + yf.shape[0] * z_b
     needed = lg.epochs_for(epsilon, delta, distance, sigma, proc)
     over = needed > max_epochs
@@ -233,7 +237,7 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
     refits = refits + over.astype(jnp.int32)
     eps_bound = jnp.where(over, 0.0, lg.epsilon(lg.renyi_slope(
         distance, sigma, needed.astype(jnp.float32), proc), delta))
-    head = cr.as_dense(new_w, scale)
+    head = cr.as_dense(new_w, scale, bias)
     params = model.replace_head(variables["params"], head)
     state = {"weights": new_w, "sigma": sigma, "distance": after.astype(jnp.float32),
              "scale": scale, "refits": refits, "slots": jnp.zeros((proc.slots,), jnp.bool_)}

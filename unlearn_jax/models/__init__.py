@@ -26,7 +26,7 @@ from unlearn_jax.models.conv import (CONV_IMPLS, Conv, canonical_conv_general_di
                                      conv_impl, cpu_conv_general_dilated,
                                      patches_conv_general_dilated)
 
-CONV_MODELS = ("cnn", "resnet18")          # the models that take `conv=` (`conv_impl`)
+CONV_MODELS = ("cnn", "resnet18", "resnet9")          # the models that take `conv=` (`conv_impl`)
 
 
 # ----------------------------------------------------------------------------- models
@@ -121,6 +121,57 @@ class ResNet18(nn.Module, _LibraryModel):
     return nn.Dense(self.num_classes, name="head")(h)
 
 
+class ConvBN(nn.Module):
+  """Convolution (no bias) → BatchNorm → ReLU: the Easy Data Unlearning Bench's `conv_bn`."""
+  width: int
+  kernel: int = 3
+  strides: int = 1
+  padding: int = 1
+  conv: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    h = Conv(self.width, (self.kernel, self.kernel), self.strides,
+             padding=((self.padding, self.padding),) * 2, use_bias=False, impl=self.conv,
+             name="conv")(x)
+    return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(h))
+
+
+class ResNet9(nn.Module, _LibraryModel):
+  """The Easy Data Unlearning Bench's ResNet-9 (easydub/EasyDUB-code, `easydub/models.py`),
+  the model of its 200 pretrained models and 2,000 oracles.
+
+  conv3×3 3→w0; conv5×5 w0→w1 stride 2 pad 2; residual of two conv3×3 w1→w1; conv3×3
+  w1→w2; max-pool 2; residual of two conv3×3 w2→w2; conv3×3 w2→w3 pad 0; global max-pool;
+  linear w3→classes without bias; output ×0.2. Every conv is conv (no bias) → BatchNorm
+  → ReLU. `widths` (w0, w1, w2, w3) default (64, 128, 256, 128), the benchmark's;
+  `resnet9:16-32-64-32` is a CPU-sized one. The ×0.2 is applied to the features before
+  the head, which gives the same logits and gradients (the head is linear) and keeps
+  `logits = head(features)` for the methods that read the head.
+  """
+  num_classes: int
+  widths: Sequence[int] = (64, 128, 256, 128)
+  conv: str = "auto"
+  scale: float = 0.2
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if len(self.widths) != 4:
+      raise ValueError(f"ResNet9: widths={tuple(self.widths)} must be 4 numbers (w0-w1-w2-w3)")
+    w0, w1, w2, w3 = self.widths
+    block = functools.partial(ConvBN, conv=self.conv)
+    h = block(w0, name="prep")(x, train)
+    h = block(w1, kernel=5, strides=2, padding=2, name="layer1")(h, train)
+    h = h + block(w1, name="res1b")(block(w1, name="res1a")(h, train), train)
+    h = block(w2, name="layer2")(h, train)
+    if h.shape[1] > 1:
+      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+    h = h + block(w2, name="res2b")(block(w2, name="res2a")(h, train), train)
+    h = block(w3, padding=0 if h.shape[1] > 2 else 1, name="layer3")(h, train)
+    h = jnp.max(h, axis=(1, 2))                      # global max-pool
+    return nn.Dense(self.num_classes, use_bias=False, name="head")(self.scale * h)
+
+
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)) (GELU)."""
   dim: int
@@ -190,12 +241,13 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn": CNN,
     "resnet18": ResNet18,
+    "resnet9": ResNet9,
     "vit": ViT,
 }
 
 
 # The width field a `name:W1-W2-...` spec sets, per library model.
-_WIDTH_FIELD = {"mlp": "hidden", "cnn": "widths", "resnet18": "stage_widths",
+_WIDTH_FIELD = {"mlp": "hidden", "cnn": "widths", "resnet18": "stage_widths", "resnet9": "widths",
                 "vit": ("dim", "depth", "heads")}
 
 
@@ -258,6 +310,7 @@ def has_batch_norm(variables: dict) -> bool:
 
 
 __all__ = ["list_models", "CONV_MODELS", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "ViT",
+           "ResNet9", "ConvBN",
            "EncoderBlock", "Conv",
            "conv_impl", "patches_conv_general_dilated", "canonical_conv_general_dilated",
            "cpu_conv_general_dilated", "get_model", "parse_model_spec", "register_model",
