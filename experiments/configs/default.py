@@ -63,5 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.ain = ml_collections.ConfigDict(dict(lr=0.001, batch_size=32, max_steps=200, eval_size=256))
   c.train = ml_collections.ConfigDict(dict(
       epochs=-1, batch_size=-1, lr=-1.0, momentum=-1.0, weight_decay=-1.0, schedule="",
-      optimizer="", augment=-1, grad_clip=-1.0, nesterov=-1, peak_fraction=-1.0))
+      optimizer="", augment=-1, grad_clip=-1.0))
+  # A config file may also set the recipe's other fields (unlearn_jax.train.TrainConfig:
+  # nesterov, peak_fraction), as experiments/configs/cifar10_resnet9.py does.
   return c
