@@ -24,7 +24,7 @@ CSV_COLUMNS = ("method", "forgetting_quality", "competition_score", "eps_hat_med
                "klom_distinguishable_from_floor", "klom_distinguishable_from_original",
                "forgetting_quality_low", "forgetting_quality_high", "competition_score_low",
                "competition_score_high", "epsilon_median_low", "epsilon_median_high",
-               "rmia_auc", "iam_auc", "probe_forget_acc")
+               "rmia_auc", "iam_auc", "probe_forget_acc", "epsilon_resamples")
 
 
 @dataclasses.dataclass
@@ -168,7 +168,9 @@ def report_markdown(ev: Evaluation, title: str) -> str:
            else "" if not resamples else
            f"\n[low, high]: the 95% normal bootstrap interval over models ({resamples} "
            f"redraws for KLOM, {ev.info.get('bootstrap_epsilon_resamples', 0)} for ε, F and "
-           "the score; `metrics.bootstrap`).", "",
+           "the score; `metrics.bootstrap`; none for ε, F and the score on a row whose margins "
+           "span too many units for the competition's grid to be redrawn, "
+           "`evaluation.EPSILON_BOOTSTRAP_MAX_THRESHOLDS`).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in ev.rows:
     pct = lambda v: f"{100 * v:.1f}"

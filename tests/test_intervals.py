@@ -158,3 +158,18 @@ def test_below_the_minimum_there_are_no_intervals_and_no_verdicts():
   assert reps == {} and np.isnan(row["klom_average_95_low"])
   evaluation.compare_to_floor([row], {"original": reps}, ref)
   assert row["klom_distinguishable_from_floor"] is None
+
+
+def test_margins_too_wide_for_the_epsilon_grid_get_no_epsilon_interval():
+  """A population whose margins span more than `EPSILON_BOOTSTRAP_MAX_THRESHOLDS`/100 units
+  keeps its KLOM interval but redraws no ε (each redraw would run a grid of millions)."""
+  rng = np.random.default_rng(5)
+  h = evaluation.MIN_MODELS_PER_SIDE
+  oracles = rng.normal(0, 1, (2 * h, 6))
+  wide = rng.normal(0, 1, (2 * h, 6))
+  wide[0, 0] = 1000.0      # one model, one example: a range of 1,000 units (100,000 thresholds)
+  row, reps, _ = _evaluate("method", wide, oracles)
+  assert row["epsilon_resamples"] == 0 and "forgetting_quality" not in reps
+  assert np.isnan(row["forgetting_quality_low"]) and not np.isnan(row["klom_average_95_low"])
+  narrow, _, _ = _evaluate("method", rng.normal(0, 1, (2 * h, 6)), oracles)
+  assert narrow["epsilon_resamples"] == 2 and not np.isnan(narrow["forgetting_quality_low"])

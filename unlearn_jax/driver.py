@@ -37,6 +37,7 @@ from unlearn_jax import steps as steps_lib
 from unlearn_jax import train as train_lib
 from unlearn_jax import train_programs
 from unlearn_jax.adapter import model_variables
+from unlearn_jax.population import PopulationProgram, stack_members
 
 
 
@@ -132,7 +133,7 @@ def compiled_peak_bytes(compiled) -> float:
 
 def stack_seeds(trees):
   """Per-seed pytrees stacked along a new leading (seed) axis."""
-  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+  return stack_members(trees)
 
 
 def seed_slice(tree, i: int):
@@ -189,19 +190,6 @@ class StepProgress:
     rate = (done - self.first) / max(elapsed, 1e-9)
     self.log(f"  {self.label}: step {done}/{total} | {rate:,.1f} steps/s | {elapsed:.1f}s "
              f"elapsed, {(total - done) / max(rate, 1e-9):.1f}s left")
-
-
-def _compile(fn, *args, donate: tuple = (), programs: dict | None = None, name: str = ""):
-  """(executable, compile seconds); with a `programs` dict, the executable compiled before
-  under `name` for arguments of the same shapes is reused (0 seconds)."""
-  sig = (name, str(jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), args)))
-  if programs is not None and sig in programs:
-    return programs[sig], 0.0
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
-  if programs is not None:
-    programs[sig] = compiled
-  return compiled, time.perf_counter() - t0
 
 
 def chunk_steps(steps_per_epoch: int, most: int) -> int:
@@ -268,18 +256,11 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
       seconds_before, progress.first = float(meta.get("seconds", 0.0)), start
       log(f"  {label}: resumed after epoch {start}/{cfg.epochs} from {store.directory / label}")
 
-  if seed_mode == "vmap":
-    epoch, compile_s = _compile(parallel.vmap_seeds(one_epoch, in_axes=(0, None, None, 0)),
-                                state, x, y, keys, donate=(0,), programs=programs,
-                                name=program_name)
-    run_call = lambda st: epoch(st, x, y, keys)
-  else:
-    epoch, compile_s = _compile(one_epoch, seed_slice(state, 0), x, y, keys[0], donate=(0,),
-                                programs=programs, name=program_name)
-
-    def run_call(st):
-      outs = [epoch(seed_slice(st, i), x, y, keys[i]) for i in range(num_seeds)]
-      return stack_seeds([o[0] for o in outs]), stack_seeds([o[1] for o in outs])
+  epochs = PopulationProgram(one_epoch, (0, None, None, 0), mode=seed_mode, donate=(0,),
+                             cache=programs, name=program_name)
+  epochs.calls((state, x, y, keys))          # compiled now, not inside the first epoch's time
+  compile_s = epochs.compile_seconds
+  run_call = lambda st: epochs(st, x, y, keys)
 
   def run_epoch(st):
     """An epoch: `calls` calls of the program; metrics averaged over the epoch's steps
@@ -351,39 +332,33 @@ class MethodProgram:
 
     # Named after the method, so compile logs (`jax_log_compiles`) say which program it is.
     fn.__name__ = fn.__qualname__ = f"unlearn_{method.name}"
-    self._fn = self._over_seeds(fn, (0, None, 0, None))
-    self._programs = {}        # `_compile`'s cache: one executable per input signature
-    self.compile_seconds = 0.0
+    self._programs = {}        # one executable per (program, input signature)
+    self._whole = self._population(fn, (0, None, 0, None), "whole")
+    self._spent = 0.0          # compile seconds of the programs built and dropped
     self.peak_bytes = float("nan")
     self._steps, self._evaluate, self._every, self._progress = (
         unlearn.steps, evaluate, every, progress)
 
-  def _over_seeds(self, fn, in_axes):
-    return parallel.vmap_seeds(fn, in_axes=in_axes) if self.seed_mode == "vmap" else fn
+  def _population(self, fn, in_axes, name: str) -> PopulationProgram:
+    """`fn` over the seeds (`population.PopulationProgram`), sharing this method's cache."""
+    return PopulationProgram(fn, in_axes, mode=self.seed_mode, cache=self._programs,
+                             name=f"{self.method.name} {name}")
+
+  @property
+  def compile_seconds(self) -> float:
+    return self._spent + self._whole.compile_seconds
 
   def compiled(self, *args):
-    """The executable for arguments shaped like `args` (compiled on first use)."""
-    compiled, seconds = _compile(self._fn, *args, programs=self._programs)
-    self.compile_seconds += seconds
-    return compiled
+    """The executable for every seed of arguments shaped like `args` (compiled on first
+    use; in `sequential` mode the single-seed one)."""
+    return self._whole.calls(args)[0][0]
 
   def __call__(self, variables, data, keys, eval_data=()):
     """(variables, aux) for every seed, and the seconds after compilation per seed
     (`peak_bytes`: the compiled program's, `compiled_peak_bytes`)."""
-    num_seeds = keys.shape[0]
-    if self.seed_mode == "vmap":
-      run = self.compiled(variables, data, keys, eval_data)
-      t0 = time.perf_counter()
-      out, aux = jax.block_until_ready(run(variables, data, keys, eval_data))
-    else:
-      run = self.compiled(seed_slice(variables, 0), data, keys[0], eval_data)
-      t0 = time.perf_counter()
-      results = [jax.block_until_ready(run(seed_slice(variables, i), data, keys[i], eval_data))
-                 for i in range(num_seeds)]
-      out = stack_seeds([r[0] for r in results])
-      aux = stack_seeds([r[1] for r in results]) if results[0][1] else {}
-    self.peak_bytes = compiled_peak_bytes(run)
-    return out, aux, (time.perf_counter() - t0) / num_seeds
+    out, aux = self._whole(variables, data, keys, eval_data)
+    self.peak_bytes = compiled_peak_bytes(self._whole.last)
+    return out, aux, self._whole.seconds / keys.shape[0]
 
   # ---------------------------------------------------------------- checkpointed chunks
   def resumable(self, variables, data, keys, eval_data, store, label: str,
@@ -397,7 +372,7 @@ class MethodProgram:
     is that piece of the one-program run (same keys, same batches, same order), so the
     weights equal an uninterrupted run's; equal-length chunks of a phase share one
     compiled program, `start` being an argument. `seconds` excludes compilation."""
-    steps, vm, n = self._steps, self.seed_mode == "vmap", keys.shape[0]
+    steps, n = self._steps, keys.shape[0]
     evaluate, every, progress = self._evaluate, self._every, self._progress
 
     def init(v, d, k):
@@ -436,15 +411,12 @@ class MethodProgram:
 
     def call(fn, tree, *shared, name):
       """`fn` compiled once (per signature) and applied to every seed of `tree`."""
-      compiled, secs = _compile(self._over_seeds(fn, (0,) + (None,) * len(shared)),
-                                tree if vm else seed_slice(tree, 0), *shared,
-                                programs=self._programs, name=name)
-      self.compile_seconds += secs
-      self.peak_bytes = float(np.nanmax([self.peak_bytes, compiled_peak_bytes(compiled)]))
-      t = time.perf_counter()
-      out = compiled(tree, *shared) if vm else stack_seeds(
-          [compiled(seed_slice(tree, i), *shared) for i in range(n)])
-      return jax.block_until_ready(out), time.perf_counter() - t
+      program = self._population(fn, (0,) + (None,) * len(shared), name)
+      program.calls((tree,) + shared)
+      self._spent += program.compile_seconds
+      self.peak_bytes = float(np.nanmax([self.peak_bytes, compiled_peak_bytes(program.last)]))
+      out = program(tree, *shared)
+      return out, program.seconds
 
     found = store.restore_latest(label, saved_like)
     if found is None:
@@ -529,19 +501,13 @@ class SeedMetrics:
         out[split] = (metrics_lib.per_example_loss(logits, y), metrics_lib.accuracy(logits, y))
       return out
 
-    self._vmapped = jax.jit(parallel.vmap_seeds(per_seed, in_axes=(0, None)))
-    self._single = jax.jit(per_seed)
+    self._program = PopulationProgram(per_seed, (0, None), mode=seed_mode)
 
   def __call__(self, model_set: ModelSet, arrays: dict):
     variables = model_variables(model_set.variables)
     num_seeds = jax.tree_util.tree_leaves(variables)[0].shape[0]
-    if self.seed_mode == "vmap":
-      res = parallel.to_host(self._vmapped(variables, arrays))
-      per = [jax.tree_util.tree_map(lambda a: a[i], res) for i in range(num_seeds)]
-    else:
-      per = [jax.tree_util.tree_map(np.asarray,
-                                    self._single(seed_slice(variables, i), arrays))
-             for i in range(num_seeds)]
+    res = parallel.to_host(self._program(variables, arrays))
+    per = [jax.tree_util.tree_map(lambda a: a[i], res) for i in range(num_seeds)]
     rows, losses = [], []
     for i, r in enumerate(per):
       row = {f"{split}_acc": float(acc) for split, (_, acc) in r.items()}
@@ -566,15 +532,10 @@ class Relearner:
     self.seed_mode = seed_mode
     def relearn(v, f, t, k):
       return metrics_lib.relearn_steps(model, v, f, t, k, **relearn_kwargs)[0]
-    fn = relearn
     self.forget = forget
-    self._vmapped = jax.jit(parallel.vmap_seeds(fn, in_axes=(0, None, 0, 0)))
-    self._single = jax.jit(fn)
+    self._program = PopulationProgram(relearn, (0, None, 0, 0), mode=seed_mode)
 
   def __call__(self, model_set: ModelSet, targets, keys) -> np.ndarray:
     variables = model_variables(model_set.variables)
-    targets = jnp.asarray(targets)
-    if self.seed_mode == "vmap":
-      return parallel.to_host(self._vmapped(variables, self.forget, targets, keys))
-    return np.asarray([self._single(seed_slice(variables, i), self.forget,
-                                    targets[i], keys[i]) for i in range(keys.shape[0])])
+    return np.asarray(parallel.to_host(self._program(variables, self.forget,
+                                                     jnp.asarray(targets), keys)))

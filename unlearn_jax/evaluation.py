@@ -16,6 +16,7 @@ import numpy as np
 from unlearn_jax import metrics as M
 from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
+from unlearn_jax.population import PopulationProgram
 
 KLOM_SPLITS = ("forget", "retain", "test")
 AUDIT_DELTA = 1e-5    # the δ of the audit's ε lower bound (`metrics.audit_epsilon`)
@@ -37,12 +38,10 @@ class PopulationLogits:
 
     def population_logits(v, xx):
       return train_lib.predict(model, v, xx, eval_batch)
-    self._fn = jax.jit(jax.vmap(population_logits, in_axes=(0, None)))
+    self._program = PopulationProgram(population_logits, (0, None), chunk=chunk)
 
   def __call__(self, variables, x) -> np.ndarray:
-    n = jax.tree_util.tree_leaves(variables)[0].shape[0]
-    return np.concatenate([parallel.to_host(self._fn(jax.tree_util.tree_map(
-        lambda a: a[i:j], variables), x)) for i, j in model_chunks(n, self.chunk)])
+    return np.asarray(parallel.to_host(self._program(variables, x)))
 
 
 class PopulationFeatures:
@@ -58,12 +57,10 @@ class PopulationFeatures:
 
     def population_features(v, xx):
       return train_lib.predict_features(model, v, xx, eval_batch)[1]
-    self._fn = jax.jit(jax.vmap(population_features, in_axes=(0, None)))
+    self._program = PopulationProgram(population_features, (0, None), chunk=chunk)
 
   def __call__(self, variables, x) -> np.ndarray:
-    n = jax.tree_util.tree_leaves(variables)[0].shape[0]
-    return np.concatenate([parallel.to_host(self._fn(jax.tree_util.tree_map(
-        lambda a: a[i:j], variables), x)) for i, j in model_chunks(n, self.chunk)])
+    return np.asarray(parallel.to_host(self._program(variables, x)))
 
 
 PROBE_L2 = 1.0     # the ridge probe's λ (`metrics.ridge_probe`)
@@ -89,6 +86,11 @@ KLOM_RESAMPLE_BATCH = 8    # bootstrap redraws of KLOM vmapped at a time (memory
 # spread, so identical populations are "told apart" (tests/test_intervals.py holds the
 # verdicts at 16 per side to what they promise).
 MIN_MODELS_PER_SIDE = 16
+# The competition's ε grid has ⌈100·range⌉ thresholds per example: a population whose
+# margins span thousands of units (a method that blew the logits up) makes every redraw
+# cost minutes. Past this many thresholds its ε, F and score get no interval (the row's
+# `epsilon_resamples` says 0); a deterministic rule of the data, not of the machine.
+EPSILON_BOOTSTRAP_MAX_THRESHOLDS = 1 << 16
 # The range each interval is clipped to (the metric's own range).
 METRIC_RANGES = {"klom_average_95": (0.0, float("inf")), "forgetting_quality": (0.0, 1.0),
                  "competition_score": (0.0, float("inf")),
@@ -182,7 +184,7 @@ def evaluate_population(name, logits: dict, labels: dict, reference: SplitHalfRe
     row, eps, phi_u, reps = _evaluate_population64(
         name, {k: np.asarray(v, np.float64) for k, v in logits.items()}, labels, reference,
         np.asarray(random_forget, np.float64), seconds, mia_models)
-  text = ("method", "num_models", "klom_direction", "models_per_side")
+  text = ("method", "num_models", "klom_direction", "models_per_side", "epsilon_resamples")
   return ({k: (float(v) if k not in text else v) for k, v in row.items()}, np.asarray(eps),
           np.asarray(phi_u), reps)
 
@@ -246,6 +248,7 @@ def _evaluate_population64(name, logits, labels, ref, random_forget, seconds, mi
   # forget examples' confidence is high", on the same h models against B.
   row["audit_epsilon_lb"] = M.audit_epsilon(phi_u, phi_b, delta=AUDIT_DELTA)["epsilon_lower_bound"]
   reps = _replicates(ref, margins, phi_u, phi_b, (ra_s, ra_b, ta_s, ta_b))
+  row["epsilon_resamples"] = len(reps.get("forgetting_quality", ()))
   for metric in ("klom_average_95", "forgetting_quality", "competition_score", "epsilon_median"):
     row[f"{metric}_low"], row[f"{metric}_high"] = ref.interval(row[metric], reps.get(metric),
                                                                metric)
@@ -261,7 +264,9 @@ def _replicates(ref, margins, phi_u, phi_b, accuracies) -> dict:
       margins, ref.b_margins, ref.idx_side, ref.idx_b), np.float64)}
   ra_s, ra_b, ta_s, ta_b = accuracies
   f, score, med = [], [], []
-  for r in range(ref.epsilon_resamples):
+  both = np.concatenate([phi_u, phi_b])
+  grid = float(np.max(np.ceil(100 * (both.max(0) - both.min(0))))) if both.size else 0.0
+  for r in range(ref.epsilon_resamples if grid <= EPSILON_BOOTSTRAP_MAX_THRESHOLDS else 0):
     iu, ib = ref.idx_side[r], ref.idx_b[r]
     e = M.per_example_epsilons(phi_u[iu], phi_b[ib])
     f.append(float(M.forgetting_quality(e, ref.h)))

@@ -48,6 +48,7 @@ import orbax.checkpoint as ocp
 from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
+from unlearn_jax.population import PopulationProgram
 from unlearn_jax.steps import make_step
 
 AGGREGATIONS = ("vote", "mean_logits")
@@ -193,11 +194,12 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
   if not state.programs:
     fn = _stage_fn(state.model, state.config)
     axes = (0, 0, 0, 0, 0, 0, None)
-    state.programs["vmap"] = jax.jit(jax.vmap(fn, in_axes=axes))
     # Inside `parallel.data_parallel(mesh)`: shards on the mesh's `seeds` axis (over every
-    # process of a multi-process job) when that axis divides the group.
-    state.programs["spread"] = jax.jit(parallel.vmap_seeds(fn, in_axes=axes))
-    state.programs["single"] = jax.jit(fn)
+    # process of a multi-process job) when that axis divides the group ("spread").
+    for name, mode, spread in (("vmap", "vmap", False), ("spread", "vmap", True),
+                               ("single", "sequential", False)):
+      state.programs[name] = PopulationProgram(fn, axes, mode=mode, spread=spread,
+                                               name=f"sisa stage {name}")
   shards = list(shards)
   real = len(shards)
   if state.shard_loop == "vmap":
@@ -221,15 +223,8 @@ def _train_stages(state: SisaState, shards: Sequence[int], first_stage: int) -> 
   many = jax.process_count() > 1
   mesh = parallel.active_mesh()
   spread = mesh is not None and len(shards) % mesh.shape["seeds"] == 0
-  if state.shard_loop == "vmap":
-    run = state.programs["spread" if spread else "vmap"]
-  else:
-    single = state.programs["single"]
-
-    def run(st, x, y, ids, valid, k, stage):
-      outs = [single(jax.tree_util.tree_map(lambda a: a[i], st), x[i], y[i], ids[i], valid[i],
-                     k[i], stage) for i in range(len(shards))]
-      return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+  run = state.programs["single" if state.shard_loop != "vmap" else
+                       "spread" if spread else "vmap"]
 
   t0 = time.perf_counter()
   for stage in range(first_stage, state.config.slices + 1):

@@ -24,6 +24,7 @@ import numpy as np
 
 from unlearn_jax import parallel
 from unlearn_jax import steps as steps_lib
+from unlearn_jax.population import PopulationProgram
 from unlearn_jax.methods.base import SCALES, HyperparameterError
 
 
@@ -153,19 +154,19 @@ def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "
     if parallel.active_mesh() is not None:
       out = jax.tree_util.tree_map(jnp.asarray, parallel.to_host(out))
     return out, seconds, t1 - t0
-  one = jax.jit(config_unlearn(method, ctx, configs, fixed))
-  hps = [{k: jnp.float32(v) for k, v in cfg.items()} for cfg in configs_list(configs)]
-  v0 = jax.tree_util.tree_map(lambda a: a[0], variables)
-  t0 = time.perf_counter()
-  compiled = one.lower(hps[0], v0, data, keys[0]).compile()
-  t1 = time.perf_counter()
-  rows = []
-  for hp in hps:
-    per_seed = [jax.block_until_ready(compiled(hp, jax.tree_util.tree_map(lambda a: a[s], variables),
-                                               data, keys[s])[0]) for s in range(keys.shape[0])]
-    rows.append(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_seed))
-  out = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *rows)
-  return out, time.perf_counter() - t1, t1 - t0
+  # One configuration and one seed per member: the K·S pairs, configuration-major.
+  k, s = len(configs_list(configs)), keys.shape[0]
+  grid = {name: jnp.repeat(jnp.asarray(v, jnp.float32), s) for name, v in configs.items()}
+  tile = lambda tree: jax.tree_util.tree_map(
+      lambda a: jnp.tile(a, (k,) + (1,) * (a.ndim - 1)), tree)
+  one = config_unlearn(method, ctx, configs, fixed)
+  program = PopulationProgram(lambda hp, v, d, kk: one(hp, v, d, kk)[0], (0, 0, None, 0),
+                              mode="sequential")
+  args = (grid, tile(variables), data, tile(keys))
+  program.calls(args)
+  out = program(*args)
+  out = jax.tree_util.tree_map(lambda a: a.reshape((k, s) + a.shape[1:]), out)
+  return out, program.seconds, program.compile_seconds
 
 
 # ----------------------------------------------------------------------------- selection
