@@ -149,6 +149,7 @@ def test_identical_populations_are_rarely_told_from_the_floor_and_shifted_ones_a
   assert all(_verdict(rng, h, 2.0) for _ in range(5))
 
 
+@pytest.mark.integration    # an evaluation's compilation: seconds
 def test_below_the_minimum_there_are_no_intervals_and_no_verdicts():
   rng = np.random.default_rng(4)
   h = evaluation.MIN_MODELS_PER_SIDE // 2
@@ -160,6 +161,7 @@ def test_below_the_minimum_there_are_no_intervals_and_no_verdicts():
   assert row["klom_distinguishable_from_floor"] is None
 
 
+@pytest.mark.integration    # two evaluations' compilation: seconds
 def test_margins_too_wide_for_the_epsilon_grid_get_no_epsilon_interval():
   """A population whose margins span more than `EPSILON_BOOTSTRAP_MAX_THRESHOLDS`/100 units
   keeps its KLOM interval but redraws no ε (each redraw would run a grid of millions)."""

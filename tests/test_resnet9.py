@@ -25,9 +25,11 @@ def test_resnet9_is_the_benchmarks_network():
   global max-pool's features through the head."""
   for widths in ((64, 128, 256, 128), (16, 32, 64, 32)):
     model = models.get_model("resnet9:" + "-".join(map(str, widths)), 10)
-    variables = models.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
-    count = sum(a.size for a in jax.tree_util.tree_leaves(variables["params"]))
+    shapes = jax.eval_shape(lambda m=model: models.init_variables(m, jax.random.PRNGKey(0),
+                                                                  (32, 32, 3)))
+    count = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
     assert count == _easydub_parameter_count(*widths), (widths, count)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
   assert set(variables["params"]["head"]) == {"kernel"}
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
   _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
