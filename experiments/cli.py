@@ -106,8 +106,8 @@ except (AttributeError, KeyError, TypeError, ValueError) as e:
 # Top-level flags override the config file's fields when given.
 flags.DEFINE_string("dataset", None, "digits | mnist1d | image_folder:PATH | cifar10 | cifar100 | "
                     "mnist | fashion_mnist | svhn_cropped")
-flags.DEFINE_string("model", None, "mlp | cnn | resnet18 | resnet9 | vit (default: mlp:64-64 on mnist1d, mlp for 8x8, "
-                    "else cnn)")
+flags.DEFINE_string("model", None, "mlp | cnn | resnet18 | resnet9 | vit (default: mlp:64-64 "
+                    "on mnist1d, mlp for 8x8, else cnn)")
 flags.DEFINE_string("scenario", None, "random | class | subclass")
 flags.DEFINE_float("forget_fraction", None, "random scenario: fraction of train to forget")
 flags.DEFINE_string("forget_classes", None, "class/subclass scenarios: comma list of ids")
