@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import batching, models, train
+from unlearn_jax import batching, metrics, models, train
 
 
 
@@ -34,7 +34,7 @@ def test_fit_learns_digits_and_is_deterministic(digits):
   v1, hist = fit(m, cfg, v, x, y, jax.random.PRNGKey(3))
   v2, _ = fit(m, cfg, v, x, y, jax.random.PRNGKey(3))
   chex.assert_trees_all_equal(v1, v2)
-  acc = train.accuracy(train.predict(m, v1, jnp.asarray(digits.test_x)), digits.test_y)
+  acc = metrics.accuracy(train.predict(m, v1, jnp.asarray(digits.test_x)), digits.test_y)
   assert acc > 0.85 and hist["loss"][-1] < hist["loss"][0]
 
 

@@ -232,9 +232,9 @@ def train_population(model, cfg: train_lib.TrainConfig, init_vars, x, y, keys, *
   def train_epoch(st, xx, yy, k):
     """(state, metrics of the chunk's steps [steps]): an epoch (scan) or a chunk of it."""
     if loop == "scan":
-      st, hist = train_lib.train_epochs(model, cfg, st, xx, yy, k, 1)
+      st, hist = train_lib.train_epochs(model, cfg, st, xx, yy, k, 1, tx)
       return st, jax.tree_util.tree_map(lambda a: a[0], hist)   # [1] epoch -> the epoch
-    return train_lib.train_steps(model, cfg, st, xx, yy, k, chunk)
+    return train_lib.train_steps(model, cfg, st, xx, yy, k, chunk, tx)
   # One name per loop form: a scan and an unrolled program are different executables.
   one_epoch = train_epoch
   program_name = f"epoch {seed_mode} {loop} {chunk} {model!r} {cfg}"

@@ -64,12 +64,6 @@ class TrainConfig:
   peak_fraction: float = 0.25
 
 
-def forward(model, variables: Variables, x: jax.Array, train: bool, rng=None):
-  """(logits, updates): the model through its adapter; `updates` holds the collections a
-  train-mode call mutated (merge with `{**variables, **updates}`)."""
-  return as_adapter(model).apply(variables, x, train=train, rng=rng)
-
-
 # ----------------------------------------------------------------------------- optimizers
 SCHEDULES = ("onecycle", "linear_onecycle", "cosine", "constant")
 
@@ -156,23 +150,26 @@ def make_supervised_step(model, tx: optax.GradientTransformation,
 
 
 def train_epochs(model, cfg: TrainConfig, state: TrainState, x: jax.Array,
-                 y: jax.Array, key: jax.Array, num_epochs: int):
-  """Continues `state` for `num_epochs` epochs (the epoch index comes from `state.step`)."""
+                 y: jax.Array, key: jax.Array, num_epochs: int,
+                 tx: optax.GradientTransformation | None = None):
+  """Continues `state` for `num_epochs` epochs (the epoch index comes from `state.step`).
+  `tx`: the optimizer `state` was initialised with (built once by the caller; default
+  `make_optimizer(cfg, steps per epoch)`, the same one)."""
   spe = steps_per_epoch(x.shape[0], cfg.batch_size)
-  tx = make_optimizer(cfg, spe)
+  tx = make_optimizer(cfg, spe) if tx is None else tx
   step = make_supervised_step(model, tx, cfg.augment)
   return scan_epochs(step, state, (x, y), key, num_epochs, cfg.batch_size,
                      first_epoch=state.step // spe)
 
 
 def train_steps(model, cfg: TrainConfig, state: TrainState, x: jax.Array, y: jax.Array,
-                key: jax.Array, count: int):
+                key: jax.Array, count: int, tx: optax.GradientTransformation | None = None):
   """Continues `state` by `count` steps written out without a loop (`steps.unrolled_steps`):
   the steps `train_epochs` would take next, same batches and keys. `count` divides the
   steps per epoch; ⌈n / batch⌉ / count calls make one epoch. Returns (state, per-step
-  metrics)."""
+  metrics). `tx` as for `train_epochs`."""
   spe = steps_per_epoch(x.shape[0], cfg.batch_size)
-  tx = make_optimizer(cfg, spe)
+  tx = make_optimizer(cfg, spe) if tx is None else tx
   step = make_supervised_step(model, tx, cfg.augment)
   return unrolled_steps(step, state, (x, y), key, cfg.batch_size, count, state.step)
 
@@ -185,7 +182,7 @@ def fit(model, cfg: TrainConfig, variables: Variables, x: jax.Array,
   """
   tx = make_optimizer(cfg, steps_per_epoch(x.shape[0], cfg.batch_size))
   state, history = train_epochs(model, cfg, init_train_state(variables, tx), x, y, key,
-                                cfg.epochs)
+                                cfg.epochs, tx)
   return state.variables, history
 
 
@@ -202,6 +199,3 @@ def predict_features(model, variables: Variables, x: jax.Array, batch_size: int 
   adapter = as_adapter(model)
   return in_batches(lambda b: adapter.features(variables, b)[:2], x, batch_size)
 
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.argmax(logits, -1) == labels)
