@@ -391,16 +391,32 @@ def _tuning_page(run: Path, title: str) -> list[str]:
   return lines
 
 
-EVALUATION_COLUMNS = (("klom_average_95", "KLOM avg95", "{:.2f}"), ("ulira_accuracy", "U-LiRA",
-                      "{:.2f}"), ("audit_epsilon_lb", "audit ε ≥", "{:.2f}"),
-                      ("forgetting_quality", "F", "{:.3f}"),
+EVALUATION_COLUMNS = (("klom_average_95", "KLOM avg95 [95%]", "interval:{:.2f}"),
+                      ("klom_distinguishable_from_floor", "≠ floor", "verdict"),
+                      ("klom_distinguishable_from_original", "≠ nothing", "verdict"),
+                      ("ulira_accuracy", "U-LiRA", "{:.2f}"),
+                      ("rmia_auc", "RMIA AUC", "{:.2f}"), ("iam_auc", "IAM AUC", "{:.2f}"),
+                      ("audit_epsilon_lb", "audit ε ≥", "{:.2f}"),
+                      ("probe_forget_acc", "probe FA", "pct"),
+                      ("forgetting_quality", "F [95%]", "interval:{:.3f}"),
                       ("retain_acc", "RA", "pct"), ("forget_acc", "FA", "pct"),
                       ("test_acc", "TA", "pct"), ("seconds", "seconds", "{:.2f}"))
 
 
-def _fmt(value: str, how: str) -> str:
+def _fmt(value: str, how: str, row: dict | None = None, column: str = "") -> str:
+  """A cell: `pct` (%), `verdict` (yes/no), `interval:FMT` (the value and its
+  `<column>_low`/`_high` from `row`), else a format."""
+  if how == "verdict":
+    return {"True": "yes", "False": "no"}.get(str(value), "–")
   if value in ("", None) or math.isnan(float(value)):
     return "–"
+  if how.startswith("interval:"):
+    fmt = how.partition(":")[2]
+    low, high = ((row or {}).get(f"{column}_{end}", "") for end in ("low", "high"))
+    cell = fmt.format(float(value))
+    if low not in ("", None) and not math.isnan(float(low)):
+      cell += f" [{fmt.format(float(low))}, {fmt.format(float(high))}]"
+    return cell
   return f"{100 * float(value):.1f}" if how == "pct" else how.format(float(value))
 
 
@@ -408,17 +424,24 @@ def _evaluation_page(run: Path, title: str) -> list[str]:
   rows = _rows(run / "evaluation.csv")
   n = rows[0].get("num_models", "?") if rows else "?"
   lines = [f"# {title}", "", stamp(run), "",
-           f"Populations of {n} models per method. KLOM avg95: the mean of the p95 KLOM "
-           "(nats, KL(unlearned ‖ oracle), the Easy Data Unlearning Bench's rule) over the "
-           "forget, retain and test examples, 0 ideal; U-LiRA: the attack's accuracy (0.5 "
-           "ideal); audit ε ≥: an ε lower bound holding with 95% confidence "
-           "(`uj.audit_epsilon`, 0 ideal; – where the run predates it); F: forgetting "
-           "quality (NeurIPS 2023 scoring, 1 ideal); RA, FA, TA: "
-           "accuracies (%); seconds per model.", "",
+           f"Populations of {n} models per method; every row scores half of its models "
+           "against the same half of the retrained ones, and the `retrain` row (the other "
+           "half of the retrained models) is the floor at that number of models. KLOM "
+           "avg95: the mean of the p95 KLOM (nats, KL(unlearned ‖ oracle), the Easy Data "
+           "Unlearning Bench's rule) over the forget, retain and test examples, with its 95% "
+           "bootstrap interval over models (the floor in practice, 0 in principle); "
+           "≠ floor / ≠ nothing: whether the interval of the row minus the floor / minus "
+           "doing nothing (`original`) excludes 0; U-LiRA: the attack's accuracy (0.5 "
+           "ideal); RMIA / IAM AUC: those attacks telling the row's models from retrained "
+           "ones (0.5 ideal); audit ε ≥: an ε lower bound holding with 95% confidence "
+           "(`uj.audit_epsilon`, 0 ideal); probe FA: a linear probe on the frozen features "
+           "read on the forget set (%, compare with retrain); F: forgetting quality "
+           "(NeurIPS 2023 scoring, 1 ideal) with its interval; RA, FA, TA: accuracies (%); "
+           "seconds per model. – where the run predates a column.", "",
            "| method | " + " | ".join(c[1] for c in EVALUATION_COLUMNS) + " |",
            "|---|" + "---|" * len(EVALUATION_COLUMNS)]
   for r in rows:
-    lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(c), how)
+    lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(c), how, r, c)
                                                     for c, _, how in EVALUATION_COLUMNS) + " |")
   return lines
 
