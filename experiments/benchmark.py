@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from .configs import default as default_config
 from . import runner, setup
 from .timing import median_seconds
-from unlearn_jax import data, driver, models, parallel, train, train_programs
+from unlearn_jax import data, driver, metrics, models, parallel, train, train_programs
 
 flags.DEFINE_string("dataset", "digits", "digits | image_folder:PATH | cifar10 | ...")
 flags.DEFINE_integer("train_subset", 0, "stratified subset of train for sections 2 and 3")
@@ -333,7 +333,7 @@ def time_to_accuracy(ds, names, F):
                        donate_argnums=0).lower(state).compile()
       test_x, test_y = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
       eval_model = _model(name, ds.num_classes)   # scoring: the model's own convolution
-      score = jax.jit(lambda v: train.accuracy(train.predict(eval_model, v, test_x, 500),
+      score = jax.jit(lambda v: metrics.accuracy(train.predict(eval_model, v, test_x, 500),
                                                test_y))
       compile_s = time.perf_counter() - t0
       params = sum(a.size for a in jax.tree_util.tree_leaves(state.variables["params"]))

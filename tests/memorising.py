@@ -135,7 +135,7 @@ def arrays(scenario: str) -> dict:
 
 
 def _accuracies(adapter, variables, sets: dict) -> dict:
-  return {name: uj.train.accuracy(uj.predict(adapter, variables, x), y)
+  return {name: uj.accuracy(uj.predict(adapter, variables, x), y)
           for name, (x, y) in sets.items()}
 
 

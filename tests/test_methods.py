@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import methods, models, train
+from unlearn_jax import methods, metrics, models, train
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_random_label_variants_move_forget_accuracy_down(setup, variant, epochs,
   m, v, forget, retain, ctx = setup
   fn = methods.make_method("random_label", ctx, variant=variant, epochs=epochs, lr=lr)
   out, _ = jax.jit(fn)(v, methods.UnlearnData(forget, retain), jax.random.PRNGKey(0))
-  before = train.accuracy(train.predict(m, v, forget[0]), forget[1])
-  after = train.accuracy(train.predict(m, out, forget[0]), forget[1])
+  before = metrics.accuracy(train.predict(m, v, forget[0]), forget[1])
+  after = metrics.accuracy(train.predict(m, out, forget[0]), forget[1])
   assert after < before
 
 
