@@ -72,6 +72,7 @@ def _probs(rng, models, examples, mean):
   return 1 / (1 + np.exp(-rng.normal(mean, 1.0, (models, examples))))
 
 
+@pytest.mark.integration    # populations of 16 × 100: seconds each
 @pytest.mark.parametrize("attack", ["rmia", "iam"])
 def test_the_attacks_are_at_chance_on_identical_populations_and_find_a_shift(attack):
   """Targets drawn like the retrained references score like retrained targets (AUC within
@@ -108,6 +109,7 @@ def test_ridge_probe_is_scikit_learns_ridge_classifier():
   assert acc == pytest.approx(np.mean(ref.predict(x_eval) == y_eval), abs=1e-6)
 
 
+@pytest.mark.integration    # three probes of 400 examples, vmapped: seconds
 def test_the_probe_recovers_what_the_features_keep():
   """Features that carry the class (its mean shifted per class) give a probe far above
   chance on fresh examples; features that dropped it (pure noise) give chance; vmapped

@@ -111,6 +111,7 @@ def _evaluate(name, scored, oracles, resamples=100):
   return row, reps, ref
 
 
+@pytest.mark.integration    # two evaluations' compilation: tens of seconds on 2 cores
 def test_the_floor_is_two_halves_of_the_oracles_scored_like_any_row():
   """The retrain row's KLOM is the NumPy KLOM of the oracles' first half against their
   second half, and every other row's is its first h models against that same second half:

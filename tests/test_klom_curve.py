@@ -30,6 +30,7 @@ def test_curve_and_the_first_n_at_which_klom_ranks():
   assert klom_curve.first_ranking_n(same) is None
 
 
+@pytest.mark.integration    # three sizes of bootstrap redraws
 def test_the_interval_curve_narrows_with_n_and_separates_only_real_gaps():
   """average_95 with its interval by N: none below the bootstrap's minimum, narrower at
   32 than at 16, and a forget split shifted by 3σ told from the floor while a third draw

@@ -29,13 +29,18 @@ def test_resnet9_is_the_benchmarks_network():
                                                                   (32, 32, 3)))
     count = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
     assert count == _easydub_parameter_count(*widths), (widths, count)
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
-  assert set(variables["params"]["head"]) == {"kernel"}
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  assert set(shapes["params"]["head"]) == {"kernel"}
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  _, state = jax.eval_shape(lambda v, xx: model.apply(
+      v, xx, capture_intermediates=True, mutable=["intermediates"]), shapes, x)
   shape = lambda name: state["intermediates"][name]["__call__"][0].shape
   assert shape("prep") == (2, 32, 32, 16) and shape("layer1") == (2, 16, 16, 32)
   assert shape("layer2") == (2, 16, 16, 64) and shape("layer3") == (2, 6, 6, 32)
+  # The numbers on a narrow one: logits = head(0.2 × global max-pool).
+  model = models.get_model("resnet9:4-4-4-4", 10)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (16, 16, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
   adapter = uj.as_adapter(model)
   logits, feats, _ = adapter.features(variables, x)
   pooled = jnp.max(state["intermediates"]["layer3"]["__call__"][0], axis=(1, 2))
@@ -84,12 +89,11 @@ WITH_DATA = [m for m in uj.list_methods() if uj.get_method(m).reads]
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(m, marks=() if m == "certified_head" else pytest.mark.integration)
-    for m in WITH_DATA])
+    pytest.param(m, marks=pytest.mark.integration) for m in WITH_DATA])
 def test_every_data_method_runs_on_resnet9(name, digits, digits_split):
   """One epoch of each method that reads data, under jit(vmap) over 2 keys, on a narrow
   ResNet-9 on digits: its head has no bias, so the certified methods fit a head without
-  one (certified_head in the default lane, every method in the integration lane)."""
+  one (the integration lane: a compilation per method)."""
   from tests.test_adapter_modes import _every_method_run
   ctx = uj.MethodContext(uj.get_model("resnet9:8-8-8-8", 10), 10, (8, 8, 1))
   out = _every_method_run(ctx, name, digits, digits_split)
