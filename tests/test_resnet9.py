@@ -18,6 +18,7 @@ def _easydub_parameter_count(w0=64, w1=128, w2=256, w3=128, classes=10, channels
   return sum(k * k * i * o + 2 * o for k, i, o in convs) + w3 * classes
 
 
+@pytest.mark.integration    # shapes of the full-width model and a narrow one's numbers
 def test_resnet9_is_the_benchmarks_network():
   """The same parameter count as the benchmark's PyTorch model, at full and reduced width;
   the feature maps the layer list gives on 32×32 inputs (stride-2 5×5 conv to 16×16,

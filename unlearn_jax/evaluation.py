@@ -10,6 +10,8 @@ experiment's job (`experiments/population.py`, `experiments/population_report.py
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -70,10 +72,18 @@ def probe_forget_accuracy(features: dict, labels: dict, num_classes: int) -> np.
   """Per model [N]: the ridge probe fitted on the held-out (test) examples' features, read
   on the forget examples (`metrics.linear_probe_accuracy`, vmapped over the models).
   `features[split]` [N, n, d]."""
-  fn = jax.jit(jax.vmap(lambda tr, ev: M.linear_probe_accuracy(
-      tr, labels["test"], ev, labels["forget"], num_classes, PROBE_L2)))
-  return np.asarray(fn(np.asarray(features["test"], np.float32),
-                       np.asarray(features["forget"], np.float32)))
+  return np.asarray(_probe_accuracies(
+      np.asarray(features["test"], np.float32), np.asarray(labels["test"]),
+      np.asarray(features["forget"], np.float32), np.asarray(labels["forget"]),
+      int(num_classes)))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _probe_accuracies(train_features, train_labels, eval_features, eval_labels, num_classes):
+  """`metrics.linear_probe_accuracy` vmapped over the models: one program per run (the
+  labels are arguments, not constants)."""
+  return jax.vmap(lambda tr, ev: M.linear_probe_accuracy(
+      tr, train_labels, ev, eval_labels, num_classes, PROBE_L2))(train_features, eval_features)
 
 
 def _acc(logits, labels):
