@@ -46,7 +46,7 @@ def test_one_compilation_per_signature_and_a_shared_cache():
   cache = {}
   program = PopulationProgram(_member, (0, None, 0), chunk=2, cache=cache, name="member")
   program(w, x, scale)
-  assert len(cache) == 2
+  assert len(cache) == 2 and program.executables() == 2
   spent = program.compile_seconds
   program(w, x, scale)
   assert program.compile_seconds == spent and len(cache) == 2

@@ -67,7 +67,7 @@ def test_vmapped_deletions_pad_the_group_and_reuse_programs(small):
     batch = [first(s, skip) for s in group]
     gone += batch
     assert sisa.unlearn_sisa(state, batch)["affected_shards"] == group
-  assert state.programs["vmap"]._cache_size() == 3 * config.slices
+  assert state.programs["vmap"].executables() == 3 * config.slices
   scratch = sisa.train_sisa(model, data, jax.random.PRNGKey(0), config, shard_loop="vmap",
                             deleted=np.asarray(gone))
   chex.assert_trees_all_close(state.variables, scratch.variables, atol=1e-5)

@@ -112,6 +112,12 @@ class PopulationProgram:
     self.last = self._cache[key]
     return self.last
 
+  def executables(self) -> int:
+    """How many executables this program (its name and mode) has compiled into its cache:
+    one per argument signature (chunk sizes, shapes)."""
+    return sum(1 for key in self._cache
+               if key[:3] == (self._name, self.mode, self.spread))
+
   def calls(self, args):
     """[(executable, its arguments)]: every call a run of `args` makes, in member order
     (chunks in `vmap` mode, members in `sequential`); compiles what is new."""
