@@ -10,8 +10,6 @@ experiment's job (`experiments/population.py`, `experiments/population_report.py
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 
@@ -72,18 +70,12 @@ def probe_forget_accuracy(features: dict, labels: dict, num_classes: int) -> np.
   """Per model [N]: the ridge probe fitted on the held-out (test) examples' features, read
   on the forget examples (`metrics.linear_probe_accuracy`, vmapped over the models).
   `features[split]` [N, n, d]."""
-  return np.asarray(_probe_accuracies(
-      np.asarray(features["test"], np.float32), np.asarray(labels["test"]),
-      np.asarray(features["forget"], np.float32), np.asarray(labels["forget"]),
-      int(num_classes)))
-
-
-@functools.partial(jax.jit, static_argnums=4)
-def _probe_accuracies(train_features, train_labels, eval_features, eval_labels, num_classes):
-  """`metrics.linear_probe_accuracy` vmapped over the models: one program per run (the
-  labels are arguments, not constants)."""
-  return jax.vmap(lambda tr, ev: M.linear_probe_accuracy(
-      tr, train_labels, ev, eval_labels, num_classes, PROBE_L2))(train_features, eval_features)
+  # Model by model, op by op, on this process's device: a host-side metric of a run that
+  # may span processes (a jitted program under the run's mesh would be a global one).
+  train, evals = (np.asarray(features[s], np.float32) for s in ("test", "forget"))
+  return np.asarray([float(M.linear_probe_accuracy(
+      train[i], np.asarray(labels["test"]), evals[i], np.asarray(labels["forget"]),
+      int(num_classes), PROBE_L2)) for i in range(train.shape[0])])
 
 
 def _acc(logits, labels):

@@ -31,7 +31,12 @@ MODES = ("vmap", "sequential")
 
 
 def _signature(args) -> str:
-  return str(jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), args))
+  """Shapes, dtypes and, for arrays placed on devices, their shardings: an executable is
+  compiled for its inputs' shardings (on a mesh, populations of another placement get a
+  program of their own, as `jax.jit` would give them)."""
+  return str(jax.tree_util.tree_map(
+      lambda a: (jnp.shape(a), jnp.result_type(a),
+                 str(a.sharding) if isinstance(a, jax.Array) else None), args))
 
 
 def members_of(args, in_axes) -> int:
