@@ -44,7 +44,7 @@ def job(cfg) -> str:
         staging, ev, cfg.to_dict() | {"num_models": F.num_models, "chunk": F.chunk,
                                    "bootstrap": F.bootstrap,
                                    "bootstrap_epsilon": F.bootstrap_epsilon},
-        f"{cfg.dataset} · {ev.info['model']} · {scen}")
+        f"{ev.info['dataset']} · {ev.info['model']} · {scen}")
   return f"\n{md}\nrun directory: {final}"
 
 

@@ -281,7 +281,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   ref = next(r for r in rows if r["method"] == "retrain")
   for r in rows:
     r["avg_gap"] = float(M.avg_gap(r, ref))
-  info = {"model": st.model_name, "num_models": num_models, "chunk": chunk,
+  info = {"dataset": ds.name, "model": st.model_name, "num_models": num_models, "chunk": chunk,
           "populations_reused": reused, "seed_mode": st.mode, "backend": jax.default_backend(),
           "train_program": st.train_program.record(),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,

@@ -51,7 +51,7 @@ def machine_name() -> str:
       if line.startswith("model name"):
         cpu = line.split(":", 1)[1]
         break
-  except OSError:
+  except OSError:      # no /proc (macOS, Windows): the platform's processor name
     pass
   slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{os.cpu_count()}cores").strip("-").lower()
   return slug or "unknown-machine"

@@ -274,7 +274,11 @@ def stamp(run: Path) -> str:
   hw = p["hardware"]
   commit = (p["commit"] or "no commit")[:10] + (" (uncommitted changes)" if p.get("dirty")
                                                  else "")
-  return (f"Generated from `docs/results/{run.name}/` (run `{p['command']}`; commit "
+  # A data set given by path names a file on the machine that ran it: shown as the
+  # variable regenerate.sh reads (`CIFAR10`), not as that machine's path.
+  command = re.sub(r"--dataset=(image_folder|cifar10|cifar100):\S+", '--dataset="$CIFAR10"',
+                   p["command"])
+  return (f"Generated from `docs/results/{run.name}/` (run `{command}`; commit "
           f"{commit}; {p['date'][:10]}; unlearn_jax {p['unlearn_jax']}, JAX {p['jax']}; "
           f"{hw['backend']}: {hw['devices']} {hw['device_kind']} device(s), "
           f"{hw['cpu']} ({hw['cpu_count']} cores), {hw['processes']} process(es)).")
