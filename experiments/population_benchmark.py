@@ -1,12 +1,27 @@
-r"""Benchmark: N models trained as one vmapped program vs a Python loop over the same code.
+r"""Benchmark: models per hour, a population as one program against PyTorch, side by side.
 
-    python -m experiments.population_benchmark                    # digits MLP, N = 8, 32, 64
-    python -m experiments.population_benchmark --sizes=16 --repeats=5 --epochs=30
+    python -m experiments.population_benchmark                          # CIFAR-10 (tfds)
+    python -m experiments.population_benchmark --dataset=image_folder:PATH --sizes=1,8,32
 
-For each N: the whole training (the default digits recipe) of N models, once as
-`jit(vmap(fit))` over N keys and once as N calls of `jit(fit)`, each timed after
-compilation; the median of --repeats runs is printed with models/s and the speed-up,
-both measured in the same process. Compile times are printed separately.
+Trains populations of N models (`--sizes`) of each `--models` spec on a stratified CIFAR-10
+subset (`--train_size`, `--test_size`) with one recipe (`--epochs`, `--batch_size`, `--lr`,
+SGD with Nesterov momentum 0.9 and weight decay 5e-4 on the library's one-cycle schedule,
+crop-and-flip augmentation on colour images), four ways (`--ways`), in one process:
+
+* `jax_vmap` — the library's population primitive (`unlearn_jax.PopulationProgram`) over
+  `train.fit`, the members vmapped as one compiled program;
+* `jax_sequential` — the same primitive, one compiled single-model program member after
+  member (the single-model recipe, `jit(train.fit)`, N times);
+* `torch_loop` — PyTorch, the same architecture and recipe, one model at a time;
+* `torch_stacked` — PyTorch, the N models as one network with `groups=N` convolutions and
+  batched dense layers, the Easy Data Unlearning Bench's way (`easydub/train_models.py`).
+
+Each row: training seconds for the N models (median of `--repeats`; JAX's compilation is
+timed apart), models per hour, the ratio to the fastest PyTorch way at that N in the same
+run, and the members' test accuracy (mean ± std over members). Every member draws its
+own initialisation, batch order and augmentation. PyTorch's learning rate at each step is
+the library schedule's value at that step. Without torch installed (`pip install torch`)
+only the JAX rows are printed. `--out` also writes the table as CSV.
 
     python -m experiments.population_benchmark --memory_model=cnn   # largest N in 24 GiB
 
@@ -23,6 +38,10 @@ against the brute-force float64 rendering of the rule the tests check it with
 --epsilon_loop_max examples), median of --repeats, on normal statistics.
 """
 
+import csv
+import importlib.util
+import os
+import platform
 import statistics
 import time
 
@@ -30,14 +49,26 @@ from absl import app, flags, logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import setup
 from unlearn_jax import data, models, train
+from unlearn_jax.population import PopulationProgram
 
-flags.DEFINE_string("sizes", "8,32,64", "comma list of population sizes N")
+WAYS = ("jax_vmap", "jax_sequential", "torch_loop", "torch_stacked")
+
+flags.DEFINE_string("dataset", "cifar10", "dataset spec (data.load_dataset): cifar10 (tfds), "
+                    "image_folder:PATH, digits, ...")
+flags.DEFINE_integer("train_size", 1000, "stratified training subset (0 = all)")
+flags.DEFINE_integer("test_size", 1000, "stratified test subset for member accuracy (0 = all)")
+flags.DEFINE_string("models", "mlp,cnn:16-32-64,resnet9:16-32-64-32",
+                    "comma list of model specs (mlp[:W-W], cnn[:W-W-W], resnet9[:W-W-W-W])")
+flags.DEFINE_string("sizes", "1,8,32", "comma list of population sizes N")
+flags.DEFINE_list("ways", list(WAYS), f"which ways to time; allowed: {', '.join(WAYS)}")
 flags.DEFINE_integer("repeats", 3, "timed repetitions per measurement (median reported)")
-flags.DEFINE_integer("epochs", 0, "epochs per model (0 = the default digits recipe)")
-flags.DEFINE_string("model", "mlp", "model (mlp recommended on CPU)")
+flags.DEFINE_integer("epochs", 2, "epochs per model")
+flags.DEFINE_integer("batch_size", 128, "batch size")
+flags.DEFINE_float("lr", 0.05, "peak learning rate (one-cycle)")
+flags.DEFINE_string("out", "", "also write the table to this CSV file")
 flags.DEFINE_string("memory_model", "", "instead of timing: the largest population of this "
                     "model (e.g. cnn) whose vmapped training fits in --memory_gib, by XLA's "
                     "memory analysis of the compiled epoch")
@@ -128,51 +159,136 @@ def _median(fn, repeats):
   return statistics.median(times)
 
 
+def recipe(F, ds) -> train.TrainConfig:
+  """The one recipe every way trains with."""
+  return train.TrainConfig(epochs=F.epochs, batch_size=F.batch_size, lr=F.lr, momentum=0.9,
+                           weight_decay=5e-4, schedule="onecycle",
+                           augment=ds.input_shape[-1] == 3)
+
+
+def jax_population(spec: str, ds, cfg, n: int, mode: str, repeats: int):
+  """N members of `spec` trained by `PopulationProgram` in `mode`: (median training
+  seconds, compile seconds, member test accuracies)."""
+  model = models.get_model(spec, ds.num_classes)
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+
+  def fit_member(key, xx, yy):
+    k_init, k_train = jax.random.split(key)
+    variables = models.init_variables(model, k_init, ds.input_shape)
+    return train.fit(model, cfg, variables, xx, yy, k_train)[0]
+
+  program = PopulationProgram(fit_member, (0, None, None), mode=mode)
+  keys = jax.random.split(jax.random.PRNGKey(n), n)
+  program.calls((keys, x, y))                      # compiles every executable the run needs
+  seconds = []
+  for _ in range(repeats):
+    trained = program(keys, x, y)
+    seconds.append(program.seconds)
+  logits = PopulationProgram(lambda v, xx: train.predict(model, v, xx), (0, None),
+                             mode=mode)(trained, jnp.asarray(ds.test_x))
+  acc = np.asarray(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ds.test_y), axis=-1))
+  return statistics.median(seconds), program.compile_seconds, acc
+
+
+def torch_population(spec: str, ds, cfg, n: int, stacked: bool, repeats: int):
+  """N members of `spec` in PyTorch, one network of N members (`stacked`) or N networks
+  one at a time: (median training seconds, 0, member test accuracies)."""
+  import torch
+
+  from . import torch_population as tp
+  base, kwargs = models.parse_model_spec(spec)
+  x = torch.from_numpy(np.ascontiguousarray(ds.train_x.transpose(0, 3, 1, 2)))
+  y = torch.from_numpy(ds.train_y.astype(np.int64))
+  tx = torch.from_numpy(np.ascontiguousarray(ds.test_x.transpose(0, 3, 1, 2)))
+  ty = torch.from_numpy(ds.test_y.astype(np.int64))
+  steps = train.steps_per_epoch(len(y), cfg.batch_size)
+  schedule = train.make_schedule(cfg.schedule, cfg.lr, cfg.epochs * steps, cfg.peak_fraction)
+  lr_by_step = np.asarray(jax.vmap(schedule)(jnp.arange(cfg.epochs * steps)))
+  groups = [n] if stacked else [1] * n
+  seconds, acc = [], []
+  for r in range(repeats):
+    acc = []
+    t0 = time.perf_counter()
+    for g, members in enumerate(groups):
+      torch.manual_seed(1000 * r + g)
+      net = tp.build(base, kwargs, members, ds.input_shape, ds.num_classes)
+      tp.train_members(net, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                       lr_by_step=lr_by_step, momentum=cfg.momentum,
+                       weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                       augment=cfg.augment, seed=1000 * r + g)
+      acc.append(tp.member_accuracies(net, tx, ty))
+    seconds.append(time.perf_counter() - t0)
+  return statistics.median(seconds), 0.0, np.concatenate(acc)
+
+
+def training_report(F):
+  unknown = sorted(set(F.ways) - set(WAYS))
+  if unknown:
+    raise app.UsageError(f"--ways: {unknown[0]!r} is unknown; allowed: {', '.join(WAYS)}")
+  have_torch = importlib.util.find_spec("torch") is not None
+  ways = [w for w in F.ways if have_torch or not w.startswith("torch")]
+  ds = data.load_dataset(F.dataset, train_subset=F.train_size, test_subset=F.test_size)
+  cfg = recipe(F, ds)
+  specs = [s for s in F.models.split(",") if s]
+  for spec in specs:
+    models.parse_model_spec(spec)                   # a bad spec fails before any training
+  sizes = [int(s) for s in F.sizes.split(",")]
+  versions = f"JAX {jax.__version__}"
+  if have_torch:
+    import torch
+    versions += f", PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
+  print(f"{jax.default_backend()} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores), {versions}; {F.dataset}: {len(ds.train_y)} training, "
+        f"{len(ds.test_y)} test examples; {cfg.epochs} epochs, batch {cfg.batch_size}, "
+        f"lr {cfg.lr:g}, augment {cfg.augment}; median of {F.repeats}")
+  if not have_torch:
+    print("PyTorch is not installed (pip install torch): the torch rows are skipped")
+  print("| model | N | way | train s | models/hour | vs best PyTorch | compile s | "
+        "test accuracy (mean ± std over members) |")
+  print("|---|---|---|---|---|---|---|---|")
+  rows = []
+  for spec in specs:
+    for n in sizes:
+      got = {}
+      for way in ways:
+        if way.startswith("jax"):
+          got[way] = jax_population(spec, ds, cfg, n, way[4:], F.repeats)
+        else:
+          got[way] = torch_population(spec, ds, cfg, n, way == "torch_stacked", F.repeats)
+      torch_best = min((got[w][0] for w in got if w.startswith("torch")), default=None)
+      for way, (sec, compile_s, acc) in got.items():
+        per_hour = 3600 * n / sec
+        ratio = torch_best / sec if torch_best else float("nan")
+        rows.append({"model": spec, "n": n, "way": way, "train_s": round(sec, 3),
+                     "models_per_hour": round(per_hour, 1), "vs_best_torch": round(ratio, 3),
+                     "compile_s": round(compile_s, 2), "acc_mean": float(np.mean(acc)),
+                     "acc_std": float(np.std(acc)), "acc_min": float(np.min(acc))})
+        shown = f"{ratio:.2f}x" if torch_best else "–"
+        print(f"| {spec} | {n} | {way} | {sec:.2f} | {per_hour:,.0f} | {shown} | "
+              f"{compile_s:.1f} | {100 * np.mean(acc):.1f} ± {100 * np.std(acc):.1f}% |",
+              flush=True)
+  if F.out:
+    with open(F.out, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(rows)
+    print(f"wrote {F.out}")
+
+
 def main(argv):
   del argv
   F = flags.FLAGS
   if not F["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  if F.memory_model:
-    memory_report(F)
-    return
-  if F.epsilon_sizes:
-    epsilon_report(F)
-    return
-  ds = data.load_dataset("digits")
-  model = models.get_model(F.model, ds.num_classes)
-  cfg = setup.default_recipe(ds, F.model)
-  if F.epochs:
-    cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
-  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-  init = lambda k: models.init_variables(model, k, ds.input_shape)
-  fit_one = jax.jit(lambda k: train.fit(model, cfg, init(k), x, y, jax.random.fold_in(k, 1))[0])
-  fit_many = jax.jit(jax.vmap(lambda k: train.fit(model, cfg, init(k), x, y,
-                                                  jax.random.fold_in(k, 1))[0]))
-  print(f"{jax.default_backend()} ({len(jax.devices())} device(s)), model {F.model}, "
-        f"{cfg.epochs} epochs x {len(y)} examples per model, median of {F.repeats}")
-  t0 = time.perf_counter()
-  jax.block_until_ready(fit_one(jax.random.PRNGKey(0)))
-  print(f"compile+first run, one model: {time.perf_counter() - t0:.1f}s")
-  print(f"{'N':>4} | {'vmapped s':>9} | {'models/s':>8} | {'loop s':>8} | {'models/s':>8} | "
-        f"{'speed-up':>8} | {'vmap compile s':>14}")
-  for n in [int(s) for s in F.sizes.split(",")]:
-    keys = jax.random.split(jax.random.PRNGKey(1), n)
-    t0 = time.perf_counter()
-    compiled = fit_many.lower(keys).compile()
-    compile_s = time.perf_counter() - t0
-    vm, loop = [], []
-    for _ in range(F.repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(keys))
-      vm.append(time.perf_counter() - t0)
-      t0 = time.perf_counter()
-      for k in keys:
-        jax.block_until_ready(fit_one(k))
-      loop.append(time.perf_counter() - t0)
-    v, l = statistics.median(vm), statistics.median(loop)
-    print(f"{n:>4} | {v:>9.2f} | {n / v:>8.1f} | {l:>8.2f} | {n / l:>8.1f} | {l / v:>7.2f}x | "
-          f"{compile_s:>14.1f}", flush=True)
+  try:
+    if F.memory_model:
+      memory_report(F)
+    elif F.epsilon_sizes:
+      epsilon_report(F)
+    else:
+      training_report(F)
+  except ValueError as e:                    # a bad spec, size or dataset: one line
+    raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":
