@@ -120,7 +120,7 @@ def _hparams(**overrides):
 # check made before anything is written) and its error line (`setup.error_line`).
 @pytest.mark.parametrize("flags_,hparams_,needle", [
     (dict(dataset="imagenet"), {}, "--dataset='imagenet' is unknown; allowed: digits"),
-    (dict(model="swin"), {}, "--model='swin' is unknown; allowed: mlp, cnn, resnet18, resnet9, vit"),
+    (dict(model="swin"), {}, "--model='swin' is unknown; allowed: mlp, cnn, resnet18, resnet9, airbench94, vit"),
     (dict(model="cnn:16-x"), {}, "--model='cnn:16-x': after ':' give positive layer widths"),
     (dict(methods="finetune,magic"), {}, "--methods: 'magic' is unknown; allowed: finetune"),
     (dict(scenario="sideways"), {},
@@ -200,7 +200,7 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
 @pytest.mark.parametrize("name,arg", [("default", None), ("cifar10_cnn", None),
                                       ("cifar10_resnet18", None), ("cifar10_memorise", None),
                                       ("cifar10_vit", None), ("cifar10_vit", "gpu"),
-                                      ("cifar10_resnet9", None)])
+                                      ("cifar10_resnet9", None), ("cifar10_airbench94", None)])
 def test_every_config_file_sets_up(name, arg):
   """Each config under experiments/configs loads and passes setup (on digits, offline)."""
   import importlib.util
@@ -225,6 +225,12 @@ def test_every_config_file_sets_up(name, arg):
         "linear_onecycle", False, False)
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (24, 256, 0.4, 5e-4)
     assert r.peak_fraction == pytest.approx(5 / 24)
+  if name == "cifar10_airbench94":   # airbench's recipe, every field as the library's
+    assert st.model_name == "airbench94"
+    assert st.recipe == setup.default_recipe(st.ds, "airbench94").__class__(
+        **{**setup.default_recipe(st.ds, "airbench94").__dict__, "augment": True})
+    assert (st.recipe.augmentation, st.recipe.label_smoothing, st.recipe.lookahead_every) == (
+        "translate_alternating_flip", 0.2, 5)
   if name == "cifar10_vit":
     assert st.model_name.startswith("vit:") and st.recipe.optimizer == "adam"
     assert not any("BatchNorm" in k for k in str(st.model).split())
@@ -345,7 +351,7 @@ def test_a_shipped_config_is_found_by_name_and_runs_on_the_cifar_archive(tmp_pat
   r = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['u', '--config=nope']; "
                       "import experiments.cli"], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 2 and r.stderr.strip().startswith(
-      "error: --config=nope: no such shipped config; allowed: cifar10_cnn"), r.stderr
+      "error: --config=nope: no such shipped config; allowed: cifar10_airbench94, cifar10_cnn"), r.stderr
 
 
 def test_an_unwritable_workdir_and_os_errors_are_one_line(tmp_path, monkeypatch):

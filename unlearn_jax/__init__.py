@@ -36,10 +36,13 @@ from unlearn_jax.methods import (HyperparameterError, MethodContext, UnlearnData
                                  list_methods, make_method, register, select_data)
 from unlearn_jax.metrics import *  # noqa: F401,F403  (the metrics' own __all__)
 from unlearn_jax.metrics import __all__ as _metric_names
-from unlearn_jax.models import CNN, MLP, Conv, ResNet18, get_model, init_variables
+from unlearn_jax.models import (CNN, MLP, Airbench94, Conv, ResNet9, ResNet18, data_init,
+                                get_model, init_variables)
+from unlearn_jax.population import PopulationProgram
 from unlearn_jax.train import (TrainConfig, TrainState, cross_entropy, fit,
-                               init_train_state, make_optimizer, make_supervised_step, predict,
-                               predict_features, scan_epochs)
+                               init_train_state, lookahead_ema, make_optimizer,
+                               make_supervised_step, predict, predict_features, predict_tta,
+                               scan_epochs)
 
 # Every registered method as a top-level function: uj.finetune(ctx, lr=...), ...
 globals().update({_name: get_method(_name) for _name in list_methods()})
@@ -47,9 +50,11 @@ globals().update({_name: get_method(_name) for _name in list_methods()})
 __all__ = (["ModelAdapter", "as_adapter", "nnx_adapter", "Dataset", "Split", "SplitSpec", "load_dataset",
             "make_split", "stratified_subset", "HyperparameterError", "MethodContext",
             "UnlearnData", "get_method", "list_methods", "make_method", "register",
-            "select_data", "CNN", "MLP", "Conv", "ResNet18", "get_model", "init_variables",
+            "select_data", "CNN", "MLP", "Conv", "ResNet18", "ResNet9", "Airbench94",
+            "get_model", "init_variables", "data_init", "PopulationProgram",
             "TrainConfig", "TrainState", "cross_entropy", "fit", "init_train_state",
-            "make_optimizer", "make_supervised_step", "predict", "predict_features",
+            "lookahead_ema", "make_optimizer", "make_supervised_step", "predict",
+            "predict_features", "predict_tta",
             "scan_epochs", "batching", "certified", "data", "langevin", "losses", "metrics",
             "methods", "models", "parallel", "sisa", "steps", "train", "tuning"]
            + list(_metric_names) + list(list_methods()))

@@ -141,8 +141,13 @@ def host_batches(source, idx: np.ndarray, transform: Transform, mesh=None, prefe
 def train_step(model, cfg: train_lib.TrainConfig, steps_per_epoch: int) -> Callable:
   """The jitted supervised step `fit_streaming` runs (the recipe's optimizer over
   `steps_per_epoch` steps per epoch); build it once and pass it to every call."""
+  if cfg.augment and cfg.augmentation == "translate_alternating_flip":
+    raise ValueError("augmentation='translate_alternating_flip' needs the whole training set "
+                     "in memory (its per-run flips); streamed training allows: crop_flip")
   tx = train_lib.make_optimizer(cfg, steps_per_epoch)
-  return jax.jit(train_lib.make_supervised_step(model, tx, cfg.augment))
+  return jax.jit(train_lib.make_supervised_step(
+      model, tx, cfg.augment and cfg.augmentation, label_smoothing=cfg.label_smoothing,
+      steps_per_epoch=steps_per_epoch))
 
 
 def fit_streaming(model, cfg: train_lib.TrainConfig, variables, source, key: jax.Array,

@@ -26,7 +26,7 @@ from unlearn_jax.models.conv import (CONV_IMPLS, Conv, canonical_conv_general_di
                                      conv_impl, cpu_conv_general_dilated,
                                      patches_conv_general_dilated)
 
-CONV_MODELS = ("cnn", "resnet18", "resnet9")          # the models that take `conv=` (`conv_impl`)
+CONV_MODELS = ("cnn", "resnet18", "resnet9", "airbench94")          # the models that take `conv=` (`conv_impl`)
 
 
 # ----------------------------------------------------------------------------- models
@@ -172,6 +172,111 @@ class ResNet9(nn.Module, _LibraryModel):
     return nn.Dense(self.num_classes, use_bias=False, name="head")(self.scale * h)
 
 
+
+def dirac_init(base: Callable = nn.initializers.lecun_normal()) -> Callable:
+  """A conv kernel (H, W, in, out) whose first min(in, out) output channels are the
+  identity (1 at the centre tap of their own input channel, 0 elsewhere) and the rest
+  `base`'s: airbench's implicit residual (`torch.nn.init.dirac_` on `weight[:in]`)."""
+  def init(key, shape, dtype=jnp.float32):
+    kh, kw, c_in, c_out = shape
+    w = base(key, shape, dtype)
+    k = min(c_in, c_out)
+    eye = jnp.zeros((kh, kw, c_in, k), dtype).at[kh // 2, kw // 2].set(jnp.eye(c_in, k, dtype=dtype))
+    return w.at[..., :k].set(eye)
+  return init
+
+
+def whitening_kernel(images: jax.Array, size: int = 2, eps: float = 5e-4) -> jax.Array:
+  """Airbench's whitening filters: the eigenvectors of the covariance of every `size`×`size`
+  patch of `images` (NHWC), each divided by √(eigenvalue + eps), largest eigenvalue
+  first, and then their negatives: a (size, size, C, 2·C·size²) kernel whose outputs are
+  the patches' decorrelated, unit-variance coordinates (and their negatives, so that the
+  GELU after it keeps both signs)."""
+  c = images.shape[-1]
+  patches = lax.conv_general_dilated_patches(
+      images.astype(jnp.float32), (size, size), (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))           # (N, H', W', C·size²), C-major
+  flat = patches.reshape(-1, patches.shape[-1])
+  cov = flat.T @ flat / flat.shape[0]
+  eigenvalues, eigenvectors = jnp.linalg.eigh(cov)
+  order = jnp.argsort(-eigenvalues)
+  filters = eigenvectors[:, order] / jnp.sqrt(eigenvalues[order] + eps)   # (C·size², K)
+  # The patches' features are ordered (channel, row, column): back to (row, column, channel).
+  filters = filters.reshape(c, size, size, -1).transpose(1, 2, 0, 3)
+  return jnp.concatenate([filters, -filters], axis=-1)
+
+
+class Airbench94(nn.Module, _LibraryModel):
+  """Airbench's 94% CIFAR-10 network (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a
+  single GPU", KellerJordan/cifar10-airbench `airbench94.py`).
+
+  A frozen 2×2 whitening convolution (3 → 24 channels, with a trained bias; its kernel
+  lives in the `constants` collection, set from training images by `init_from_data`
+  (`models.data_init`); before that, the whitening of white noise: one pixel per filter),
+  GELU, then three groups of conv3×3 → max-pool 2 → BatchNorm → GELU → conv3×3 →
+  BatchNorm → GELU at widths (64, 256, 256); a 3×3 max-pool, a linear head without bias
+  and the output × 1/9. Convolutions have no bias and start as the identity on their
+  first channels (`dirac_init`); BatchNorm has no trained scale (the weight is frozen at 1),
+  ε 1e-12 and running-average momentum 0.6. GELU is the exact (erf) one, as PyTorch's.
+  The × 1/9 is applied to the features before the head (same logits and gradients, and
+  `logits = head(features)` for the methods that read the head).
+  """
+  num_classes: int
+  widths: Sequence[int] = (64, 256, 256)
+  whiten_size: int = 2
+  scale: float = 1 / 9
+  conv: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if len(self.widths) != 3:
+      raise ValueError(f"Airbench94: widths={tuple(self.widths)} must be 3 numbers")
+    c, k = x.shape[-1], self.whiten_size
+    whiten_width = 2 * c * k * k
+    kernel = self.variable("constants", "whiten_kernel", _white_noise_whitening, k, c)
+    bias = self.param("whiten_bias", nn.initializers.zeros, (whiten_width,))
+    h = lax.conv_general_dilated(x, kernel.value.astype(x.dtype), (1, 1), "VALID",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    h = nn.gelu(h, approximate=False)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.6,
+                             epsilon=1e-12, use_scale=False)
+    conv = functools.partial(Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
+                             impl=self.conv, kernel_init=dirac_init(_TORCH_CONV_INIT))
+    for g, width in enumerate(self.widths):
+      h = conv(width, name=f"group{g}_conv1")(h)
+      if h.shape[1] > 1:
+        h = nn.max_pool(h, (2, 2), strides=(2, 2))
+      h = nn.gelu(norm(name=f"group{g}_norm1")(h), approximate=False)
+      h = conv(width, name=f"group{g}_conv2")(h)
+      h = nn.gelu(norm(name=f"group{g}_norm2")(h), approximate=False)
+    window = min(3, h.shape[1])
+    h = nn.max_pool(h, (window, window), strides=(window, window))
+    h = h.reshape((h.shape[0], -1))
+    return nn.Dense(self.num_classes, use_bias=False, name="head")(self.scale * h)
+
+  def init_from_data(self, variables: dict, images) -> dict:
+    """`variables` (any leading population axes) with the whitening kernel computed from
+    `images` (airbench uses the first 5,000 training images), the same for every member."""
+    target = variables["constants"]["whiten_kernel"]
+    kernel = whitening_kernel(jnp.asarray(images), self.whiten_size)
+    constants = {**variables["constants"],
+                 "whiten_kernel": jnp.broadcast_to(kernel, target.shape).astype(target.dtype)}
+    return {**variables, "constants": constants}
+
+
+def _white_noise_whitening(size: int, channels: int) -> jax.Array:
+  """The whitening kernel of white noise (identity covariance): each filter reads one
+  pixel of the patch, then the negatives. The start before `init_from_data`."""
+  d = channels * size * size
+  filters = jnp.eye(d, dtype=jnp.float32).reshape(size, size, channels, d)
+  return jnp.concatenate([filters, -filters], axis=-1)
+
+
+# PyTorch's default conv initialisation (kaiming uniform, a = √5: U(±1/√fan_in)), which
+# airbench's convolutions keep for their non-identity channels.
+_TORCH_CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)) (GELU)."""
   dim: int
@@ -242,13 +347,14 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "cnn": CNN,
     "resnet18": ResNet18,
     "resnet9": ResNet9,
+    "airbench94": Airbench94,
     "vit": ViT,
 }
 
 
 # The width field a `name:W1-W2-...` spec sets, per library model.
 _WIDTH_FIELD = {"mlp": "hidden", "cnn": "widths", "resnet18": "stage_widths", "resnet9": "widths",
-                "vit": ("dim", "depth", "heads")}
+                "airbench94": "widths", "vit": ("dim", "depth", "heads")}
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -305,12 +411,23 @@ def init_variables(model, key: jax.Array, input_shape) -> dict:
   return as_adapter(model).init(key, input_shape)
 
 
+def data_init(model, variables: dict, images) -> dict:
+  """`variables` completed from training images where the model's initialisation needs data
+  (a module with `init_from_data(variables, images)`, e.g. `Airbench94`'s whitening);
+  unchanged otherwise. Works on one model's variables or a population's."""
+  from unlearn_jax.adapter import as_adapter
+  module = as_adapter(model).module
+  if hasattr(module, "init_from_data"):
+    return module.init_from_data(variables, images)
+  return variables
+
+
 def has_batch_norm(variables: dict) -> bool:
   return has_mutable_state(variables, "batch_stats")
 
 
 __all__ = ["list_models", "CONV_MODELS", "CONV_IMPLS", "MLP", "CNN", "ResNet18", "BasicBlock", "ViT",
-           "ResNet9", "ConvBN",
+           "ResNet9", "ConvBN", "Airbench94", "whitening_kernel", "dirac_init", "data_init",
            "EncoderBlock", "Conv",
            "conv_impl", "patches_conv_general_dilated", "canonical_conv_general_dilated",
            "cpu_conv_general_dilated", "get_model", "parse_model_spec", "register_model",
