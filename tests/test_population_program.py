@@ -76,3 +76,21 @@ def test_bad_arguments_are_named():
   w, x, scale = _population()
   with pytest.raises(ValueError, match="no argument carries the members"):
     PopulationProgram(_member, (None, None, None))(w, x, scale)
+
+
+@pytest.mark.parametrize("mode,chunk,reports", [("vmap", 2, [(2, 5), (4, 5), (5, 5)]),
+                                                ("vmap", 0, [(5, 5)]),
+                                                ("sequential", 0, [(i, 5) for i in range(1, 6)])])
+def test_progress_after_every_part_and_the_peak_memory(mode, chunk, reports):
+  """`progress(done, total)` hears after each chunk or member, in order, ending at the
+  whole population; `peak_bytes` is XLA's figure for the largest executable the call ran
+  (at least the members' outputs it holds: 5 × 4 × 2 floats for a vmapped whole)."""
+  w, x, scale = _population()
+  heard = []
+  program = PopulationProgram(_member, (0, None, 0), mode=mode, chunk=chunk,
+                              progress=lambda done, total: heard.append((done, total)))
+  program(w, x, scale)
+  assert heard == reports
+  assert program.peak_bytes > 0
+  if mode == "vmap" and chunk == 0:
+    assert program.peak_bytes >= 5 * 4 * 2 * 4

@@ -37,7 +37,7 @@ from unlearn_jax import steps as steps_lib
 from unlearn_jax import train as train_lib
 from unlearn_jax import train_programs
 from unlearn_jax.adapter import model_variables
-from unlearn_jax.population import PopulationProgram, stack_members
+from unlearn_jax.population import PopulationProgram, compiled_peak_bytes, stack_members  # noqa: F401
 
 
 
@@ -110,25 +110,6 @@ class ModelSet:
   artifacts: dict = dataclasses.field(default_factory=dict)   # e.g. synthetic images
   peak_bytes: float = float("nan")   # XLA's memory analysis of the compiled method
   along: dict = dataclasses.field(default_factory=dict)   # phase/metric -> [seeds, evals]
-
-
-def compiled_peak_bytes(compiled) -> float:
-  """Peak memory of a compiled program by XLA's buffer assignment (`memory_analysis()`:
-  its peak where the backend reports one, else arguments + outputs + temporaries −
-  aliased); NaN where the backend gives no analysis. Per program, so comparable across
-  methods and backends without running them; the device's own peak counter
-  (`memory_stats()["peak_bytes_in_use"]`, GPUs) also counts other live buffers."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:   # backends without an analysis  # noqa: BLE001
-    return float("nan")
-  if m is None:
-    return float("nan")
-  peak = getattr(m, "peak_memory_in_bytes", 0) or 0
-  if peak > 0:
-    return float(peak)
-  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
 
 
 def stack_seeds(trees):

@@ -14,7 +14,12 @@ is the one place that decides how such a program runs:
 Each distinct argument signature is lowered and compiled once (`.lower().compile()`); a
 `cache` dict shared between instances (with a `name`) lets programs built anew for each
 chunk of a population reuse the executable. Donated arguments (`donate`) hand their buffers
-to the output. Outputs come back stacked over the members, in order.
+to the output. Outputs come back stacked over the members, in order. After a call the
+program says what it cost: `seconds`, `compile_seconds`, `peak_bytes` (XLA's memory
+analysis of the executables it ran); `progress(done, total)` hears after every chunk or
+member. Resuming is the caller's: a population cut into calls of `take_members` slices
+(`driver.MethodProgram.resumable` saves each finished chunk) reuses one executable per
+chunk size.
 """
 
 from __future__ import annotations
@@ -28,6 +33,25 @@ import jax.numpy as jnp
 from unlearn_jax import parallel
 
 MODES = ("vmap", "sequential")
+
+
+def compiled_peak_bytes(compiled) -> float:
+  """Peak memory of a compiled program by XLA's buffer assignment (`memory_analysis()`:
+  its peak where the backend reports one, else arguments + outputs + temporaries −
+  aliased); NaN where the backend gives no analysis. Per program, so comparable across
+  methods and backends without running them; the device's own peak counter
+  (`memory_stats()["peak_bytes_in_use"]`, GPUs) also counts other live buffers."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:   # backends without an analysis  # noqa: BLE001
+    return float("nan")
+  if m is None:
+    return float("nan")
+  peak = getattr(m, "peak_memory_in_bytes", 0) or 0
+  if peak > 0:
+    return float(peak)
+  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
 
 
 def _signature(args) -> str:
@@ -82,14 +106,17 @@ class PopulationProgram:
   arguments whose buffers the program may reuse. `cache` and `name`: a dict shared with
   other programs, so that one built anew for the same computation (`name`) reuses the
   executable. After a call: `seconds` (wall time of the call after compilation),
-  `compile_seconds` (summed over every compilation), `last` (the last executable run).
+  `compile_seconds` (summed over every compilation), `last` (the last executable run),
+  `peak_bytes` (the largest `compiled_peak_bytes` of the executables the call ran).
+  `progress(done, total)`, where given, is called with the members done after every
+  chunk (vmap) or member (sequential).
   `spread=False` keeps a vmapped program off the mesh's `seeds` axis (a population that
   the axis does not divide).
   """
 
   def __init__(self, fn: Callable, in_axes: Sequence, *, mode: str = "vmap", chunk: int = 0,
                donate: tuple = (), cache: dict | None = None, name: str | None = None,
-               spread: bool = True):
+               spread: bool = True, progress: Callable[[int, int], None] | None = None):
     if mode not in MODES:
       raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
     if int(chunk) < 0:
@@ -101,6 +128,8 @@ class PopulationProgram:
     vmap = parallel.vmap_seeds if spread else jax.vmap
     self._member_fn = vmap(fn, in_axes=self.in_axes) if mode == "vmap" else fn
     self.spread = spread
+    self.progress = progress
+    self.peak_bytes = float("nan")
     self.compile_seconds = 0.0
     self.seconds = 0.0
     self.last = None
@@ -139,7 +168,16 @@ class PopulationProgram:
   def __call__(self, *args):
     """The outputs of every member, stacked on axis 0 (in member order)."""
     calls = self.calls(args)
+    total = members_of(args, self.in_axes)
+    peaks = [b for b in {id(run): compiled_peak_bytes(run) for run, _ in calls}.values()
+             if b == b]                                               # NaN: no analysis
+    self.peak_bytes = max(peaks) if peaks else float("nan")
     t0 = time.perf_counter()
-    outs = [jax.block_until_ready(run(*p)) for run, p in calls]
+    outs, done = [], 0
+    for run, p in calls:
+      outs.append(jax.block_until_ready(run(*p)))
+      done += 1 if self.mode == "sequential" else members_of(p, self.in_axes)
+      if self.progress is not None:
+        self.progress(done, total)
     self.seconds = time.perf_counter() - t0
     return stack_members(outs) if self.mode == "sequential" else concat_members(outs)

@@ -15,7 +15,6 @@ compiled programs (`outer_configs`), each running the K float configurations.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Mapping
 
 import jax
@@ -134,37 +133,30 @@ def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping 
 
 
 def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "vmap"):
-  """All K configurations × S seeds: `loop="vmap"` as one program (`grid_unlearn`),
-  `"sequential"` as one compiled single-configuration, single-seed program
-  (`config_unlearn`) called K·S times — on CPU conv models the vmapped program does not
-  pay. Returns (variables [K, S, ...], seconds of the search after compilation,
-  compile seconds)."""
+  """All K configurations × S seeds as one population of K·S members (configuration-major;
+  member (k, s) runs configuration k from original s) through `PopulationProgram`:
+  `loop="vmap"` one program over every member, `"sequential"` one compiled
+  single-member program called K·S times (on CPU conv models the vmapped program does not
+  pay). Returns (variables [K, S, ...], seconds of the search after compilation, compile
+  seconds). The same computation as `grid_unlearn`'s nested vmaps."""
   parallel.check_loop(loop, "loop")
-  if loop == "vmap":
-    fn = jax.jit(grid_unlearn(method, ctx, configs, fixed))
-    # Inside `parallel.data_parallel(mesh)` the K configurations are split over the mesh's
-    # `seeds` axis (every process of a multi-process job runs its share); the result comes
-    # back whole to every host.
-    variables, data, keys = parallel.replicate((variables, data, keys))
-    t0 = time.perf_counter()
-    compiled = fn.lower(variables, data, keys).compile()
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(variables, data, keys)[0])
-    seconds = time.perf_counter() - t1
-    if parallel.active_mesh() is not None:
-      out = jax.tree_util.tree_map(jnp.asarray, parallel.to_host(out))
-    return out, seconds, t1 - t0
-  # One configuration and one seed per member: the K·S pairs, configuration-major.
   k, s = len(configs_list(configs)), keys.shape[0]
   grid = {name: jnp.repeat(jnp.asarray(v, jnp.float32), s) for name, v in configs.items()}
   tile = lambda tree: jax.tree_util.tree_map(
       lambda a: jnp.tile(a, (k,) + (1,) * (a.ndim - 1)), tree)
   one = config_unlearn(method, ctx, configs, fixed)
   program = PopulationProgram(lambda hp, v, d, kk: one(hp, v, d, kk)[0], (0, 0, None, 0),
-                              mode="sequential")
+                              mode=loop)
   args = (grid, tile(variables), data, tile(keys))
+  if loop == "vmap":
+    # Inside `parallel.data_parallel(mesh)` the members are split over the mesh's `seeds`
+    # axis (every process of a multi-process job runs its share); the result comes back
+    # whole to every host.
+    args = parallel.replicate(args)
   program.calls(args)
   out = program(*args)
+  if loop == "vmap" and parallel.active_mesh() is not None:
+    out = jax.tree_util.tree_map(jnp.asarray, parallel.to_host(out))
   out = jax.tree_util.tree_map(lambda a: a.reshape((k, s) + a.shape[1:]), out)
   return out, program.seconds, program.compile_seconds
 
