@@ -49,7 +49,7 @@ from unlearn_jax import parallel
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import as_adapter
 from unlearn_jax.population import PopulationProgram
-from unlearn_jax.steps import make_step
+from unlearn_jax.steps import epoch_loop, make_step
 
 AGGREGATIONS = ("vote", "mean_logits")
 
@@ -158,13 +158,14 @@ def _stage_fn(model, config: SisaConfig):
   def step(state, batch, key):
     new, _ = gradient_step(state, batch, key)
     # A batch with no example of this shard changes nothing at all.
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(jnp.any(batch[2]), a, b), new, state)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(jnp.any(batch[2]), a, b),
+                                  new, state), {}
 
   def run(state, x, y, ids, valid, key, stage):
     length = valid.shape[0]
     steps = math.ceil(length / bsz)
 
-    def epoch(state, e):
+    def plan(e):
       ekey = jax.random.fold_in(jax.random.fold_in(key, stage), e)
       k_order, k_steps = jax.random.fold_in(ekey, 0), jax.random.fold_in(ekey, 1)
       # Order by a draw per example id: the same whatever the padding.
@@ -172,18 +173,16 @@ def _stage_fn(model, config: SisaConfig):
       order = jnp.argsort(jnp.where(valid, draw, jnp.inf), stable=True)
       order = jnp.resize(order, (steps * bsz,)).reshape(steps, bsz)
       pos = jnp.arange(steps * bsz).reshape(steps, bsz)
+      keys = jax.vmap(lambda s: jax.random.fold_in(k_steps, s))(jnp.arange(steps))
+      return (order, pos), keys
 
-      def body(state, sb):
-        o, p, s = sb
-        ok = valid[o] & (p < jnp.sum(valid))
-        return step(state, (x[o], y[o], ok.astype(jnp.float32)),
-                    jax.random.fold_in(k_steps, s)), None
+    def batch(selector):
+      # The padded shard's batch: slots past its valid examples are masked out.
+      o, p = selector
+      ok = valid[o] & (p < jnp.sum(valid))
+      return x[o], y[o], ok.astype(jnp.float32)
 
-      state, _ = jax.lax.scan(body, state, (order, pos, jnp.arange(steps)))
-      return state, None
-
-    state, _ = jax.lax.scan(epoch, state, jnp.arange(config.epochs_per_slice))
-    return state
+    return epoch_loop(step, state, jnp.arange(config.epochs_per_slice), plan, batch)[0]
 
   return run
 

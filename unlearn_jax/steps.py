@@ -248,27 +248,25 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, guard: bool =
 
 
 # ----------------------------------------------------------------------------- the loop
-def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_epochs: int,
-                batch_size: int, first_epoch: jax.Array | int = 0, after_epoch=None):
-  """Runs `num_epochs` epochs of `step_fn(carry, batch, key) -> (carry, metrics)`.
+def epoch_loop(step_fn: Callable, carry: Any, epochs: jax.Array, plan: Callable,
+               batch: Callable, after_epoch=None):
+  """The one epoch loop: a `lax.scan` over `epochs` (an int array), each epoch a `lax.scan`
+  of `step_fn(carry, batch, key) -> (carry, metrics)` over its steps.
 
-  `data` is a pytree of arrays sharing their leading (example) axis; epoch e draws its
-  order and step keys from `batching.epoch_plan(key, e, ...)`. Returns (carry, per-epoch
-  mean metrics (a guarded step's `nonfinite` flag summed: dropped steps per epoch), plus
-  `after_epoch(carry, epoch)`'s dict where given). Every batch passes through
-  `parallel.shard_batch` (split over a mesh's `data` axis inside `parallel.data_parallel`)."""
-  data = jax.tree_util.tree_map(jnp.asarray, data)
-  n = jax.tree_util.tree_leaves(data)[0].shape[0]
-
+  The batch source is two functions: `plan(epoch) -> (selectors, step keys)`, one row per
+  step (a pytree with a leading steps axis, keys [steps]), and `batch(selector) -> batch`,
+  run inside the step loop (so an epoch's batches are gathered one step at a time, never
+  all at once). In memory: `scan_epochs`; SISA's padded shards: `sisa._stage_fn`.
+  Returns (carry, per-epoch mean metrics (a guarded step's `nonfinite` flag summed:
+  dropped steps per epoch), plus `after_epoch(carry, epoch)`'s dict where given)."""
   def one_epoch(carry, epoch):
-    idx, bkeys = batching.epoch_plan(key, epoch, n, batch_size)
+    selectors, keys = plan(epoch)
 
     def body(carry, xs):
-      bidx, bkey = xs
-      batch = shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], data))
-      return step_fn(carry, batch, bkey)
+      selector, key = xs
+      return step_fn(carry, batch(selector), key)
 
-    carry, metrics = jax.lax.scan(body, carry, (idx, bkeys))
+    carry, metrics = jax.lax.scan(body, carry, (selectors, keys))
     # Means per epoch, but a guarded step's `nonfinite` flag is counted (COMMON_AUX).
     metrics = ({k: jnp.sum(v).astype(jnp.int32) if k == "nonfinite" else
                 jax.tree_util.tree_map(jnp.mean, v) for k, v in metrics.items()}
@@ -277,8 +275,26 @@ def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_ep
       metrics = {**metrics, **after_epoch(carry, epoch)}
     return carry, metrics
 
-  epochs = jnp.arange(num_epochs) + first_epoch
   return jax.lax.scan(one_epoch, carry, epochs)
+
+
+def scan_epochs(step_fn: Callable, carry: Any, data: Any, key: jax.Array, num_epochs: int,
+                batch_size: int, first_epoch: jax.Array | int = 0, after_epoch=None):
+  """Runs `num_epochs` epochs of `step_fn(carry, batch, key) -> (carry, metrics)` over
+  in-memory `data` (`epoch_loop`).
+
+  `data` is a pytree of arrays sharing their leading (example) axis; epoch e draws its
+  order and step keys from `batching.epoch_plan(key, e, ...)`. Returns (carry, per-epoch
+  mean metrics, plus `after_epoch(carry, epoch)`'s dict where given). Every batch passes
+  through `parallel.shard_batch` (split over a mesh's `data` axis inside
+  `parallel.data_parallel`)."""
+  data = jax.tree_util.tree_map(jnp.asarray, data)
+  n = jax.tree_util.tree_leaves(data)[0].shape[0]
+  return epoch_loop(
+      step_fn, carry, jnp.arange(num_epochs) + first_epoch,
+      plan=lambda epoch: batching.epoch_plan(key, epoch, n, batch_size),
+      batch=lambda bidx: shard_batch(jax.tree_util.tree_map(lambda a: a[bidx], data)),
+      after_epoch=after_epoch)
 
 
 def unrolled_steps(step_fn: Callable, carry: Any, data: Any, key: jax.Array, batch_size: int,
