@@ -15,7 +15,8 @@ How to read it:
    the convolution), for each convolution of `models.conv_impl`: `auto` (the default: on
    the CPU XLA's with its gradient as canonical convolutions, patches under 4×4), `xla`
    (XLA's, autodiff's gradient; its scan on the CPU is skipped unless --time_slow_scan:
-   minutes) and `patches` (patches + matmul); PyTorch's same CNN beside them when torch is installed.
+   minutes) and `patches` (patches + matmul); PyTorch's same network
+   (`experiments.torch_population`) beside them when torch is installed.
    --program_table=machine writes the rates as this machine's table, from which
    `unlearn_jax.train_programs` chooses the driver's training program (`=PATH`: to that
    file; nothing measured ships with the library). GFLOP/s:
@@ -92,34 +93,28 @@ def _model(name, num_classes, conv=None):
 
 
 def _torch_images_per_s(name, ds, batch, steps, repeats):
-  """The same CNN in PyTorch (optional: None when torch is not installed)."""
+  """The same network in PyTorch (`experiments.torch_population`, one member); None when
+  torch is not installed or the model has no PyTorch counterpart there."""
   try:
     import torch
+
+    from . import torch_population
   except ImportError:
     return None
-  base, _, widths = name.partition(":")
-  if base != "cnn":
+  base, kwargs = models.parse_model_spec(name)
+  if base not in torch_population.MODELS:
     return None
-  widths = tuple(int(w) for w in widths.split("-")) if widths else (64, 128, 256)
   torch.manual_seed(0)
-  layers, c, size = [], ds.input_shape[-1], ds.input_shape[0]
-  for w in widths:
-    layers += [torch.nn.Conv2d(c, w, 3, padding=1, bias=False), torch.nn.BatchNorm2d(w),
-               torch.nn.ReLU()]
-    if size > 1:
-      layers.append(torch.nn.MaxPool2d(2))
-      size //= 2
-    c = w
-  net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(c * size * size, 256),
-                            torch.nn.ReLU(), torch.nn.Linear(256, ds.num_classes))
+  net = torch_population.build(base, kwargs, 1, ds.input_shape, ds.num_classes)
   opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
   x = torch.randn(batch, ds.input_shape[-1], *ds.input_shape[:2])
   y = torch.randint(0, ds.num_classes, (batch,))
+  net.train()
 
   def run():
     for _ in range(steps):
       opt.zero_grad()
-      torch.nn.functional.cross_entropy(net(x), y).backward()
+      torch.nn.functional.cross_entropy(net(x)[:, 0], y).backward()
       opt.step()
   run()
   return batch * steps / median_seconds(run, repeats)
@@ -128,7 +123,7 @@ def _torch_images_per_s(name, ds, batch, steps, repeats):
 def step_table(ds, names, F, mesh) -> list:
   """Train-step images/s per model and convolution path: a Python loop over one compiled
   step ("host loop"), `steps` steps inside one `lax.scan` and the same steps unrolled, for
-  each convolution (`auto`, `xla`, `patches`); PyTorch's same CNN when torch is
+  each convolution (`auto`, `xla`, `patches`); PyTorch's same network when torch is
   installed. Returns the rates as train-program rows (`unlearn_jax.train_programs`): the
   host loop is the `unrolled` program with 1 step per call."""
   rows = []

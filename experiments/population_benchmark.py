@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import data, models, train
-from unlearn_jax.population import PopulationProgram
+
+from .population_timing import jax_population, torch_population
 
 WAYS = ("jax_vmap", "jax_sequential", "torch_loop", "torch_stacked")
 
@@ -164,61 +165,6 @@ def recipe(F, ds) -> train.TrainConfig:
   return train.TrainConfig(epochs=F.epochs, batch_size=F.batch_size, lr=F.lr, momentum=0.9,
                            weight_decay=5e-4, schedule="onecycle",
                            augment=ds.input_shape[-1] == 3)
-
-
-def jax_population(spec: str, ds, cfg, n: int, mode: str, repeats: int):
-  """N members of `spec` trained by `PopulationProgram` in `mode`: (median training
-  seconds, compile seconds, member test accuracies)."""
-  model = models.get_model(spec, ds.num_classes)
-  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-
-  def fit_member(key, xx, yy):
-    k_init, k_train = jax.random.split(key)
-    variables = models.init_variables(model, k_init, ds.input_shape)
-    return train.fit(model, cfg, variables, xx, yy, k_train)[0]
-
-  program = PopulationProgram(fit_member, (0, None, None), mode=mode)
-  keys = jax.random.split(jax.random.PRNGKey(n), n)
-  program.calls((keys, x, y))                      # compiles every executable the run needs
-  seconds = []
-  for _ in range(repeats):
-    trained = program(keys, x, y)
-    seconds.append(program.seconds)
-  logits = PopulationProgram(lambda v, xx: train.predict(model, v, xx), (0, None),
-                             mode=mode)(trained, jnp.asarray(ds.test_x))
-  acc = np.asarray(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ds.test_y), axis=-1))
-  return statistics.median(seconds), program.compile_seconds, acc
-
-
-def torch_population(spec: str, ds, cfg, n: int, stacked: bool, repeats: int):
-  """N members of `spec` in PyTorch, one network of N members (`stacked`) or N networks
-  one at a time: (median training seconds, 0, member test accuracies)."""
-  import torch
-
-  from . import torch_population as tp
-  base, kwargs = models.parse_model_spec(spec)
-  x = torch.from_numpy(np.ascontiguousarray(ds.train_x.transpose(0, 3, 1, 2)))
-  y = torch.from_numpy(ds.train_y.astype(np.int64))
-  tx = torch.from_numpy(np.ascontiguousarray(ds.test_x.transpose(0, 3, 1, 2)))
-  ty = torch.from_numpy(ds.test_y.astype(np.int64))
-  steps = train.steps_per_epoch(len(y), cfg.batch_size)
-  schedule = train.make_schedule(cfg.schedule, cfg.lr, cfg.epochs * steps, cfg.peak_fraction)
-  lr_by_step = np.asarray(jax.vmap(schedule)(jnp.arange(cfg.epochs * steps)))
-  groups = [n] if stacked else [1] * n
-  seconds, acc = [], []
-  for r in range(repeats):
-    acc = []
-    t0 = time.perf_counter()
-    for g, members in enumerate(groups):
-      torch.manual_seed(1000 * r + g)
-      net = tp.build(base, kwargs, members, ds.input_shape, ds.num_classes)
-      tp.train_members(net, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       lr_by_step=lr_by_step, momentum=cfg.momentum,
-                       weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
-                       augment=cfg.augment, seed=1000 * r + g)
-      acc.append(tp.member_accuracies(net, tx, ty))
-    seconds.append(time.perf_counter() - t0)
-  return statistics.median(seconds), 0.0, np.concatenate(acc)
 
 
 def training_report(F):

@@ -113,26 +113,77 @@ class ResNet9(nn.Module):
     self.res1 = nn.Sequential(conv_bn(m, w1, w1), conv_bn(m, w1, w1))
     self.layer2 = conv_bn(m, w1, w2)
     self.res2 = nn.Sequential(conv_bn(m, w2, w2), conv_bn(m, w2, w2))
-    self.layer3 = conv_bn(m, w2, w3, padding=0)
+    size = input_shape[0]
+    size = -(-size // 2)                          # layer1's stride 2
+    size = size // 2 if size > 1 else size        # the max-pool (skipped on a 1×1 map)
+    # Unpadded on 32×32 (8×8 → 6×6); padded on maps of 2×2 or less, as the library's.
+    self.layer3 = conv_bn(m, w2, w3, padding=0 if size > 2 else 1)
+    self.pool = size > 1
     self.head = StackedLinear(m, w3, num_classes, bias=False)
 
   def forward(self, x):
     h = self.layer1(self.prep(x))
     h = h + self.res1(h)
-    h = F.max_pool2d(self.layer2(h), 2)
+    h = self.layer2(h)
+    h = F.max_pool2d(h, 2) if self.pool else h
     h = h + self.res2(h)
     h = torch.amax(self.layer3(h), dim=(2, 3))
     return self.head(_to_members(self.scale * h, self.members)).transpose(0, 1)
 
 
-MODELS = {"mlp": MLP, "cnn": CNN, "resnet9": ResNet9}
+class BasicBlock(nn.Module):
+  """ResNet's basic block over M members (the library's `BasicBlock`)."""
+
+  def __init__(self, members: int, c_in: int, width: int, stride: int):
+    super().__init__()
+    m = members
+    self.conv1 = nn.Conv2d(m * c_in, m * width, 3, stride, 1, bias=False, groups=m)
+    self.bn1 = nn.BatchNorm2d(m * width, momentum=0.1)
+    self.conv2 = nn.Conv2d(m * width, m * width, 3, 1, 1, bias=False, groups=m)
+    self.bn2 = nn.BatchNorm2d(m * width, momentum=0.1)
+    self.proj = None
+    if c_in != width or stride != 1:
+      self.proj = nn.Sequential(
+          nn.Conv2d(m * c_in, m * width, 1, stride, bias=False, groups=m),
+          nn.BatchNorm2d(m * width, momentum=0.1))
+
+  def forward(self, x):
+    h = F.relu(self.bn1(self.conv1(x)))
+    h = self.bn2(self.conv2(h))
+    return F.relu(h + (x if self.proj is None else self.proj(x)))
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 with the CIFAR stem (the library's `resnet18`), M members."""
+
+  def __init__(self, members: int, input_shape, num_classes: int,
+               widths=(64, 128, 256, 512)):
+    super().__init__()
+    self.members = members
+    self.stem = conv_bn(members, input_shape[-1], widths[0])
+    blocks, c, size = [], widths[0], input_shape[0]
+    for s, w in enumerate(widths):
+      for b in range(2):
+        stride = 2 if (s > 0 and b == 0 and size > 1) else 1
+        size = -(-size // stride)
+        blocks.append(BasicBlock(members, c, w, stride))
+        c = w
+    self.blocks = nn.Sequential(*blocks)
+    self.head = StackedLinear(members, c, num_classes)
+
+  def forward(self, x):
+    h = self.blocks(self.stem(x)).mean(dim=(2, 3))
+    return self.head(_to_members(h, self.members)).transpose(0, 1)
+
+
+MODELS = {"mlp": MLP, "cnn": CNN, "resnet9": ResNet9, "resnet18": ResNet18}
 
 
 def build(base: str, kwargs: dict, members: int, input_shape, num_classes: int) -> nn.Module:
   """The PyTorch model for a library spec (`models.parse_model_spec`'s (base, kwargs))."""
   if base not in MODELS:
     raise ValueError(f"model {base!r} has no PyTorch counterpart; allowed: {', '.join(MODELS)}")
-  widths = {"mlp": "hidden"}.get(base, "widths")
+  widths = {"mlp": "hidden"}.get(base, "widths")   # resnet18's stage widths too
   extra = {widths: tuple(kwargs[next(iter(kwargs))])} if kwargs else {}
   return MODELS[base](members, input_shape, num_classes, **extra)
 
@@ -141,14 +192,21 @@ def _augment(x, generator, pad: int = 4):
   """Random crop (zero padding `pad`) and horizontal flip per image: x (K, C, H, W)."""
   k, c, h, w = x.shape
   padded = F.pad(x, (pad, pad, pad, pad))
-  off = torch.randint(0, 2 * pad + 1, (k, 2), generator=generator)
-  rows = (off[:, 0:1] + torch.arange(h))[:, :, None]            # (K, H, 1)
-  cols = (off[:, 1:2] + torch.arange(w))[:, None, :]            # (K, 1, W)
-  idx = torch.arange(k)[:, None, None]
+  dev = x.device
+  off = torch.randint(0, 2 * pad + 1, (k, 2), generator=generator).to(dev)
+  rows = (off[:, 0:1] + torch.arange(h, device=dev))[:, :, None]            # (K, H, 1)
+  cols = (off[:, 1:2] + torch.arange(w, device=dev))[:, None, :]            # (K, 1, W)
+  idx = torch.arange(k, device=dev)[:, None, None]
   out = padded.permute(0, 2, 3, 1)[idx, rows, cols]             # (K, H, W, C)
-  flip = torch.rand(k, generator=generator) < 0.5
+  flip = (torch.rand(k, generator=generator) < 0.5).to(dev)
   out = torch.where(flip[:, None, None, None], out.flip(2), out)
   return out.permute(0, 3, 1, 2)
+
+
+def synchronize(device: str) -> None:
+  """Waits for the device's queued work (CUDA runs asynchronously; timings need this)."""
+  if str(device).startswith("cuda"):
+    torch.cuda.synchronize()
 
 
 def train_members(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
@@ -159,7 +217,7 @@ def train_members(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
   its own augmentation; mean cross-entropy per member; SGD with coupled weight decay
   and the learning rate of step t = lr_by_step[t] (the library's schedule, same values)."""
   m, n = net.members, x.shape[0]
-  g = torch.Generator().manual_seed(seed)
+  g = torch.Generator().manual_seed(seed)     # on the host: indices move to x's device
   opt = torch.optim.SGD(net.parameters(), lr=float(lr_by_step[0]), momentum=momentum,
                         weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
   steps = -(-n // batch_size)
@@ -167,7 +225,7 @@ def train_members(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
   t = 0
   for _ in range(epochs):
     order = torch.stack([torch.randperm(n, generator=g) for _ in range(m)])     # (M, n)
-    order = torch.cat([order, order[:, :steps * batch_size - n]], 1)
+    order = torch.cat([order, order[:, :steps * batch_size - n]], 1).to(x.device)
     for s in range(steps):
       idx = order[:, s * batch_size:(s + 1) * batch_size]                      # (M, B)
       xb = x[idx.reshape(-1)]                                                  # (M·B, C, H, W)
@@ -192,9 +250,9 @@ def member_accuracies(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
   """Eval-mode test accuracy of each member: (M,)."""
   net.eval()
   m = net.members
-  correct = torch.zeros(m)
+  correct = torch.zeros(m, device=x.device)
   for i in range(0, x.shape[0], batch_size):
     xb = x[i:i + batch_size]
     xb = xb.repeat(1, m, 1, 1) if xb.dim() == 4 else xb.repeat(1, m)
     correct += (net(xb).argmax(-1) == y[i:i + batch_size, None]).float().sum(0)
-  return (correct / x.shape[0]).numpy()
+  return (correct / x.shape[0]).cpu().numpy()
