@@ -55,12 +55,12 @@ def test_the_whitening_kernel_whitens_the_patches():
   to have unit variance and no correlation (NumPy covariance), and the other half are
   their negatives; a population's variables get the same kernel for every member."""
   rng = np.random.default_rng(0)
-  base = rng.normal(size=(100, 33, 33, 3)).astype(np.float32)
+  base = rng.normal(size=(40, 17, 17, 3)).astype(np.float32)
   mix = np.array([[1, 0.5, 0.2], [0, 1, 0.3], [0, 0, 1]], np.float32)
-  images = (base[:, :32, :32] + base[:, 1:, 1:] + 0.5 * base[:, 1:, :32]) @ mix   # correlated
+  images = (base[:, :16, :16] + base[:, 1:, 1:] + 0.5 * base[:, 1:, :16]) @ mix   # correlated
   model = models.get_model("airbench94:8-8-8", 10)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  population = jax.vmap(lambda k: models.init_variables(model, k, (32, 32, 3)))(keys)
+  population = jax.vmap(lambda k: models.init_variables(model, k, (16, 16, 3)))(keys)
   population = models.data_init(model, population, images)
   kernel = population["constants"]["whiten_kernel"]
   assert kernel.shape == (3, 2, 2, 3, 24)
@@ -73,7 +73,7 @@ def test_the_whitening_kernel_whitens_the_patches():
   np.testing.assert_allclose(cov, np.eye(12), atol=2e-3)
   np.testing.assert_allclose(out[:, 12:], -out[:, :12], rtol=1e-6, atol=1e-6)
   plain = models.get_model("mlp", 10)
-  v = models.init_variables(plain, jax.random.PRNGKey(0), (32, 32, 3))
+  v = models.init_variables(plain, jax.random.PRNGKey(0), (16, 16, 3))
   assert models.data_init(plain, v, images) is v          # nothing to fit: unchanged
 
 

@@ -120,7 +120,8 @@ def _hparams(**overrides):
 # check made before anything is written) and its error line (`setup.error_line`).
 @pytest.mark.parametrize("flags_,hparams_,needle", [
     (dict(dataset="imagenet"), {}, "--dataset='imagenet' is unknown; allowed: digits"),
-    (dict(model="swin"), {}, "--model='swin' is unknown; allowed: mlp, cnn, resnet18, resnet9, airbench94, vit"),
+    (dict(model="swin"), {},
+     "--model='swin' is unknown; allowed: mlp, cnn, resnet18, resnet9, airbench94, vit"),
     (dict(model="cnn:16-x"), {}, "--model='cnn:16-x': after ':' give positive layer widths"),
     (dict(methods="finetune,magic"), {}, "--methods: 'magic' is unknown; allowed: finetune"),
     (dict(scenario="sideways"), {},

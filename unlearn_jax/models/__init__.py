@@ -26,7 +26,8 @@ from unlearn_jax.models.conv import (CONV_IMPLS, Conv, canonical_conv_general_di
                                      conv_impl, cpu_conv_general_dilated,
                                      patches_conv_general_dilated)
 
-CONV_MODELS = ("cnn", "resnet18", "resnet9", "airbench94")          # the models that take `conv=` (`conv_impl`)
+# The models that take `conv=` (`conv_impl`).
+CONV_MODELS = ("cnn", "resnet18", "resnet9", "airbench94")
 
 
 # ----------------------------------------------------------------------------- models
