@@ -133,31 +133,36 @@ def grid_unlearn(method, ctx, configs: Mapping[str, np.ndarray], fixed: Mapping 
 
 
 def run_search(method, ctx, configs, fixed, variables, data, keys, loop: str = "vmap"):
-  """All K configurations × S seeds as one population of K·S members (configuration-major;
-  member (k, s) runs configuration k from original s) through `PopulationProgram`:
-  `loop="vmap"` one program over every member, `"sequential"` one compiled
-  single-member program called K·S times (on CPU conv models the vmapped program does not
-  pay). Returns (variables [K, S, ...], seconds of the search after compilation, compile
-  seconds). The same computation as `grid_unlearn`'s nested vmaps."""
+  """All K configurations × S seeds through `PopulationProgram`: `loop="vmap"` one
+  program whose members are the K configurations, each running its S seeds vmapped
+  (`grid_unlearn`'s computation, to the bit); `"sequential"` one compiled
+  single-configuration, single-seed program called for the K·S pairs (configuration-major)
+  — on CPU conv models the vmapped program does not pay. Returns (variables [K, S, ...],
+  seconds of the search after compilation, compile seconds)."""
   parallel.check_loop(loop, "loop")
   k, s = len(configs_list(configs)), keys.shape[0]
-  grid = {name: jnp.repeat(jnp.asarray(v, jnp.float32), s) for name, v in configs.items()}
-  tile = lambda tree: jax.tree_util.tree_map(
-      lambda a: jnp.tile(a, (k,) + (1,) * (a.ndim - 1)), tree)
   one = config_unlearn(method, ctx, configs, fixed)
-  program = PopulationProgram(lambda hp, v, d, kk: one(hp, v, d, kk)[0], (0, 0, None, 0),
-                              mode=loop)
-  args = (grid, tile(variables), data, tile(keys))
   if loop == "vmap":
-    # Inside `parallel.data_parallel(mesh)` the members are split over the mesh's `seeds`
-    # axis (every process of a multi-process job runs its share); the result comes back
-    # whole to every host.
-    args = parallel.replicate(args)
+    grid = {name: jnp.asarray(v, jnp.float32) for name, v in configs.items()}
+    seeds = jax.vmap(lambda hp, v, d, kk: one(hp, v, d, kk)[0], in_axes=(None, 0, None, 0))
+    program = PopulationProgram(seeds, (0, None, None, None))
+    # Inside `parallel.data_parallel(mesh)` the configurations are split over the mesh's
+    # `seeds` axis (every process of a multi-process job runs its share); the result comes
+    # back whole to every host.
+    args = parallel.replicate((grid, variables, data, keys))
+  else:
+    tile = lambda tree: jax.tree_util.tree_map(
+        lambda a: jnp.tile(a, (k,) + (1,) * (a.ndim - 1)), tree)
+    grid = {name: jnp.repeat(jnp.asarray(v, jnp.float32), s) for name, v in configs.items()}
+    program = PopulationProgram(lambda hp, v, d, kk: one(hp, v, d, kk)[0], (0, 0, None, 0),
+                                mode="sequential")
+    args = (grid, tile(variables), data, tile(keys))
   program.calls(args)
   out = program(*args)
   if loop == "vmap" and parallel.active_mesh() is not None:
     out = jax.tree_util.tree_map(jnp.asarray, parallel.to_host(out))
-  out = jax.tree_util.tree_map(lambda a: a.reshape((k, s) + a.shape[1:]), out)
+  out = jax.tree_util.tree_map(lambda a: a.reshape((k, s) + a.shape[2 if loop == "vmap" else 1:]),
+                               out)
   return out, program.seconds, program.compile_seconds
 
 
