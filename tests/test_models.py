@@ -203,7 +203,8 @@ def test_a_registered_model_is_one_the_cli_accepts():
     assert jax.tree_util.tree_leaves(uj.init_variables(st.model, jax.random.PRNGKey(0),
                                                        (8, 8, 1)))[0].shape[-1] in (8, 10)
     cfg.model = "not_registered"
-    with pytest.raises(setup.UsageError, match="allowed: mlp, cnn, resnet18, resnet9, airbench94, vit, tiny_mlp"):
+    with pytest.raises(setup.UsageError,
+                       match="allowed: mlp, cnn, resnet18, resnet9, airbench94, vit, tiny_mlp"):
       setup.validate(cfg)
   finally:
     models._REGISTRY.pop("tiny_mlp", None)
