@@ -75,13 +75,16 @@ class Report:
     print(markdown, flush=True)
 
 
-def torch_cuda():
-  """'cuda' when PyTorch with a GPU is here, else None."""
+def torch_device(smoke: bool = False):
+  """Where PyTorch's rows run: 'cuda' when PyTorch with a GPU is here; with `smoke`, 'cpu'
+  when PyTorch is installed without one; else None (no PyTorch rows)."""
   try:
     import torch
   except ImportError:
     return None
-  return "cuda" if torch.cuda.is_available() else None
+  if torch.cuda.is_available():
+    return "cuda"
+  return "cpu" if smoke else None
 
 
 def _acc(acc) -> str:
@@ -113,11 +116,11 @@ def resnet9_part(F, ds, report):
   base = setup.default_recipe(ds, "resnet9")
   cfg = train.TrainConfig(**{**base.__dict__, "epochs": F.resnet9_epochs})
   spec = "resnet9:8-16-32-16" if F.smoke else "resnet9"
-  n, device = F.resnet9_models, torch_cuda()
+  n, device = F.resnet9_models, torch_device(F.smoke)
   got = {"jax_vmap": pb.jax_population(spec, ds, cfg, n, "vmap", F.repeats)}
-  if device or F.smoke:
+  if device:
     got["torch_stacked"] = pb.torch_population(spec, ds, cfg, n, True, F.repeats,
-                                               device=device or "cpu")
+                                               device=device)
   per_recipe = base.epochs / cfg.epochs
   lines = ["## ResNet-9 populations against PyTorch stacked", "",
            f"{spec}, N = {n}, {cfg.epochs} epoch(s) of the Easy Data Unlearning Bench's "
@@ -133,7 +136,8 @@ def resnet9_part(F, ds, report):
     lines.append(f"| {way} | {sec:.2f} | {3600 * n / (sec * per_recipe):,.0f} | {ratio} | "
                  f"{compile_s:.1f} | {_acc(acc)} |")
   if "torch_stacked" not in got:
-    lines.append("\nPyTorch with CUDA is not installed here: no PyTorch row.")
+    lines.append("\nNo PyTorch with CUDA here (on a CPU, --smoke with torch installed): no "
+                 "PyTorch row.")
   report.add("resnet9", "\n".join(lines), rows)
 
 
@@ -188,10 +192,10 @@ def _torch_step_rate(spec, shape, batch, steps, repeats, device):
 def resnet18_part(F, ds, report):
   spec = "resnet18:8-16-32-64" if F.smoke else "resnet18"
   model = models.get_model(spec, 10)
-  shape, device = ds.input_shape, torch_cuda()
+  shape, device = ds.input_shape, torch_device(F.smoke)
   ours = _jax_step_rate(model, shape, F.resnet18_batch, F.resnet18_steps, F.repeats)
   theirs = (_torch_step_rate(spec, shape, F.resnet18_batch, F.resnet18_steps, F.repeats,
-                             device or "cpu") if device or F.smoke else None)
+                             device) if device else None)
   lines = ["## ResNet-18 train step", "",
            f"{spec}, batch {F.resnet18_batch}, {F.resnet18_steps} steps per timing, "
            f"SGD Nesterov, float32 at each framework's default precision.", "",
@@ -201,7 +205,8 @@ def resnet18_part(F, ds, report):
   if theirs:
     lines.append(f"| PyTorch (eager) | {theirs:,.0f} | 1.00 |")
   else:
-    lines.append("\nPyTorch with CUDA is not installed here: no PyTorch row.")
+    lines.append("\nNo PyTorch with CUDA here (on a CPU, --smoke with torch installed): no "
+                 "PyTorch row.")
   report.add("resnet18", "\n".join(lines), {"jax_images_per_s": ours,
                                              "torch_images_per_s": theirs})
 
@@ -229,12 +234,9 @@ def main(argv):
     raise app.UsageError(f"--dataset={F.dataset}: {e}") from None
   device = jax.devices()[0]
   versions = f"JAX {jax.__version__}"
-  if torch_cuda() or F.smoke:
-    try:
-      import torch
-      versions += f", PyTorch {torch.__version__}"
-    except ImportError:
-      pass
+  if torch_device(F.smoke):
+    import torch
+    versions += f", PyTorch {torch.__version__}"
   header = (f"# GPU figures\n\n{getattr(device, 'device_kind', device.platform)} "
             f"({jax.default_backend()}), {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores; {versions}; {F.dataset}: {len(ds.train_y):,} training, "
