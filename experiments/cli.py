@@ -271,13 +271,7 @@ def run(job: Callable) -> None:
       sys.exit(2)
     except KeyboardInterrupt:
       print(setup.INTERRUPTED_LINE, file=sys.stderr)
-      sys.stdout.flush()
-      sys.stderr.flush()
-      # Not sys.exit: interpreter shutdown joins every non-daemon thread, and a checkpoint
-      # writer interrupted mid-save can keep its thread waiting for ever (a Ctrl-C that
-      # hangs). The staging directory is already removed (`setup.staged_workdir` unwound)
-      # and an unfinished checkpoint is never read back (the store commits by renaming).
-      os._exit(130)
+      sys.exit(130)
     except OSError as e:     # the work directory or the cache: read-only, full, no permission
       print(setup.os_error_line(e), file=sys.stderr)
       sys.exit(1)

@@ -400,7 +400,10 @@ def test_ctrl_c_and_an_os_error_end_in_one_line(tmp_path):
   p = subprocess.Popen([sys.executable, "-m", "experiments.unlearn", "--dataset=digits",
                         "--methods=finetune", "--seeds=1", "--config.train.epochs=100000",
                         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       # A terminal's Ctrl-C: a test runner started in the background of a
+                       # non-interactive shell ignores SIGINT, and its children inherit that.
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.time() + 300
     for line in p.stdout:        # wait for a progress line of the training itself
