@@ -54,7 +54,7 @@ def torch_population(spec: str, ds, cfg, n: int, stacked: bool, repeats: int,
 
   from . import torch_population as tp
   base, kwargs = models.parse_model_spec(spec)
-  as_torch = lambda a, dtype=None: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+  as_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
   x, tx = as_torch(ds.train_x.transpose(0, 3, 1, 2)), as_torch(ds.test_x.transpose(0, 3, 1, 2))
   y, ty = as_torch(ds.train_y.astype(np.int64)), as_torch(ds.test_y.astype(np.int64))
   steps = train.steps_per_epoch(len(ds.train_y), cfg.batch_size)
