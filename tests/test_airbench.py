@@ -251,3 +251,26 @@ def test_every_data_method_runs_on_airbench94(name, digits, digits_split):
   assert set(out["params"]["head"]) == {"kernel"}
   np.testing.assert_array_equal(out["constants"]["whiten_kernel"][1],
                                 start["constants"]["whiten_kernel"])
+
+
+def test_test_time_augmentation_is_airbenchs():
+  """`predict_tta`: level 1 is the mean of the image's and its mirror's logits, level 2 half
+  that and half the mirror-averaged logits of the reflect-padded image shifted up-left and
+  down-right (airbench's `infer_mirror_translate`), each computed here by hand; plain
+  logits (no augmentation) differ from both."""
+  model = models.get_model("airbench94:8-8-8", 10)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))
+  variables = models.init_variables(model, jax.random.PRNGKey(1), (16, 16, 3))
+  logits = lambda b: np.asarray(model.apply(variables, b, train=False))
+  mirror = lambda b: 0.5 * logits(b) + 0.5 * logits(b[:, :, ::-1])
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  level2 = 0.5 * mirror(x) + 0.25 * (mirror(padded[:, :16, :16]) + mirror(padded[:, 2:, 2:]))
+  np.testing.assert_allclose(train.predict_tta(model, variables, x, 0), logits(x), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(train.predict_tta(model, variables, x, 1), mirror(x), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(train.predict_tta(model, variables, x, 2), level2, rtol=1e-5,
+                             atol=1e-6)
+  assert np.abs(level2 - logits(x)).max() > 1e-4 and np.abs(mirror(x) - logits(x)).max() > 1e-4
+  with pytest.raises(ValueError, match="level=3"):
+    train.predict_tta(model, variables, x, 3)
