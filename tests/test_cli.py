@@ -139,7 +139,8 @@ def _hparams(**overrides):
     (dict(mesh_seeds=-1), {}, "--mesh_seeds=-1 and --mesh_data=0 must be >= 0"),
     (dict(train_program="unrolled:cudnn"), {}, "--train_program='unrolled:cudnn': "
      "conv='cudnn' is unknown; allowed: auto, xla, patches, canonical"),
-    (dict(methods="finetune"), dict(finetune=dict(epochs=0)), "--finetune.epochs=0 must be >= 1"),
+    (dict(methods="finetune"), dict(finetune=dict(epochs=0)),
+     "--finetune.epochs=0 lies outside finetune.s bounds for epochs: \\[1, inf\\)"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):
   from experiments import runner, setup

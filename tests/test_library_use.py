@@ -307,7 +307,8 @@ def test_help_on_a_method_shows_its_rule_paper_defaults_and_data():
 
 @pytest.mark.parametrize("make_call,match", [
     (lambda ctx, f, r: uj.finetune(ctx, epochs=2.5), "epochs=2.5 must be a whole number"),
-    (lambda ctx, f, r: uj.finetune(ctx, lr=-1.0), "lr=-1.0 must be > 0"),
+    (lambda ctx, f, r: uj.finetune(ctx, lr=-1.0),
+     r"finetune: lr=-1.0 lies outside finetune.s bounds for lr: \(0, inf\)"),
     (lambda ctx, f, r: uj.random_label(ctx, variant="mixed"), "allowed: interleaved"),
     (lambda ctx, f, r: uj.finetune(ctx, alpha=1.0), "not a hyperparameter of finetune"),
     (lambda ctx, f, r: uj.ssd(ctx)(f[2], uj.UnlearnData((f[0], f[1][:-1]), r), f[3]),

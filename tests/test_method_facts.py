@@ -107,4 +107,65 @@ def test_the_docstring_its_author_wrote_states_the_paper_and_every_default(name)
 
 def test_register_refuses_an_unknown_need():
   with pytest.raises(ValueError, match="needs .*allowed"):
-    methods.register("nothing_real", reads=(), defaults={}, paper="x 2020", needs=("tail",))
+    methods.register("nothing_real", reads=(), defaults={}, bounds={}, paper="x 2020",
+                     needs=("tail",))
+
+
+@pytest.mark.parametrize("bounds, match", [
+    ({}, "missing for lr"),                                   # a numeric one undeclared
+    ({"lr": "(0, inf)", "mode": "[0, 1]"}, "mode, which are not numeric"),
+    ({"lr": "[1, inf)"}, "default lr=0.1 lies outside its bounds"),
+    ({"lr": "0 to 1"}, "written like"),
+])
+def test_register_refuses_bounds_that_do_not_cover_every_numeric_hyperparameter(bounds, match):
+  with pytest.raises(ValueError, match=match):
+    methods.register("nothing_real", reads=(), defaults=dict(lr=0.1, mode="a"), bounds=bounds,
+                     choices=dict(mode=("a",)), paper="x 2020")
+
+
+def test_register_refuses_a_search_space_outside_the_bounds():
+  with pytest.raises(ValueError, match="search space of keep .* leaves its bounds"):
+    methods.register("nothing_real", reads=(), defaults=dict(keep=0.5),
+                     bounds=dict(keep="(0, 1]"), space=dict(keep=("linear", 0.1, 2.0)),
+                     paper="x 2020")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_bound_is_enforced_at_its_ends(name):
+  """Each declared interval, read from the method itself: a value just outside either
+  finite end is refused with one line naming the method, the hyperparameter and the
+  bounds; the ends themselves are accepted exactly when the interval is closed there."""
+  spec = methods.get_method(name)
+  for k, iv in spec.bounds.items():
+    integer = isinstance(spec.defaults[k], int)
+    step = 1 if integer else 1e-9
+    for end, closed, outside in ((iv.low, iv.low_closed, iv.low - step),
+                                 (iv.high, iv.high_closed, iv.high + step)):
+      if end in (float("inf"), float("-inf")):
+        continue
+      if integer and not float(end).is_integer():
+        continue
+      value = int(end) if integer else float(end)
+      with pytest.raises(methods.HyperparameterError) as err:
+        spec.validate({k: int(outside) if integer else outside})
+      line = str(err.value)
+      assert "\n" not in line and line.startswith(f"{name}: {k}=") and str(iv) in line, line
+      if closed:
+        assert spec.validate({k: value})[k] == value
+      else:
+        with pytest.raises(methods.HyperparameterError):
+          spec.validate({k: value})
+
+
+def test_a_method_is_a_frozen_value_whose_help_shows_its_rule_paper_and_bounds():
+  import dataclasses
+  import pydoc
+  assert isinstance(uj.scrub, methods.Method)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    uj.scrub.defaults = {}
+  with pytest.raises(TypeError):
+    uj.scrub.defaults["lr"] = 1.0               # the facts are read-only too
+  page = pydoc.render_doc(uj.scrub)
+  for fact in ("Kurmanji", "Defaults: ", "lr=0.002", "Bounds: ", "lr in (0, inf)"):
+    assert fact in page, f"help(uj.scrub) does not show {fact!r}"
+  assert list(inspect.signature(uj.scrub).parameters)[1:] == list(uj.scrub.defaults)

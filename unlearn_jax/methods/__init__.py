@@ -1,5 +1,6 @@
 """Unlearning methods: one registry, one interface (see `base`)."""
-from unlearn_jax.methods.base import (HyperparameterError, MethodContext, MethodSpec,
+from unlearn_jax.methods.base import (HyperparameterError, Interval, Method, MethodContext,
+                                      MethodSpec,
                                       UnlearnData, check_labels, get_method, list_methods,
                                       make_method, register, select_data)
 # Importing the family modules registers their methods, in this order.

@@ -4,7 +4,8 @@ A method is registered with the data it reads (`forget`, `retain`, both, or none
 its defaults, its paper and the scenarios it is meant for; its factory returns its
 `steps.Steps` (init, phases, finalize: `unlearn_jax.steps`):
 
-    @register("finetune", reads=("retain",), defaults=dict(epochs=5, lr=0.02), ...)
+    @register("finetune", reads=("retain",), defaults=dict(epochs=5, lr=0.02),
+              bounds=dict(epochs="[1, inf)", lr="(0, inf)"), ...)
     def finetune(ctx: MethodContext, *, epochs, lr):
       # docstring: update rule, paper, defaults, data read
       def init(variables, data, key):
@@ -12,12 +13,13 @@ its defaults, its paper and the scenarios it is meant for; its factory returns i
       return Steps(init, (ce_phase("finetune", ctx.model, "retain", epochs=epochs, lr=lr,
                                    batch_size=64),))
 
-`register` returns the *method*: a function `method(ctx, **overrides) -> unlearn` with the
-factory's docstring and signature (so `help(uj.finetune)` shows the rule, the paper, the
-defaults and the data it reads) and the registry's facts as attributes (`name`, `reads`,
-`defaults`, `paper`, `scenarios`, `requires`, `choices`); `method.steps(ctx, **overrides)`
-returns the steps themselves, for a caller who owns the loop. Calling the method checks
-every hyperparameter (name, type, range, choices: a `HyperparameterError`, a ValueError
+`register` returns the *method*: a `Method`, a frozen dataclass value (`method(ctx,
+**overrides) -> unlearn`) whose docstring and signature are the factory's (so
+`help(uj.finetune)` shows the rule, the paper, the defaults, the bounds and the data it
+reads) and whose fields are the registry's facts (`name`, `reads`, `defaults`, `bounds`,
+`paper`, `scenarios`, `requires`, `choices`, `space`, `aux`, `needs`); `method.steps(ctx,
+**overrides)` returns the steps themselves, for a caller who owns the loop. Calling the method checks
+every hyperparameter (name, type, declared bounds, choices: a `HyperparameterError`, a ValueError
 naming the method, the argument, the value and what is allowed) and returns the pure
 `unlearn(variables, data, key) -> (variables, aux)`: the steps run by the one driver loop
 (`steps.run`; its `evaluate`, `every` and `progress` pass through). `aux` is a dict of
@@ -41,6 +43,7 @@ import functools
 import inspect
 import math
 import re
+import types
 from typing import Any, NamedTuple
 from collections.abc import Callable, Mapping
 
@@ -184,43 +187,92 @@ class HyperparameterError(ValueError):
     super().__init__(f"{method}: {name}={value!r} {reason}")
 
 
-def _check_hparam(method: str, name: str, value, default, choices: dict):
-  """The value, coerced to the default's type; HyperparameterError when it does not fit."""
-  err = lambda reason: HyperparameterError(method, name, value, reason)
-  if name in choices:
-    if value not in choices[name]:
-      raise err(f"is unknown; allowed: {', '.join(map(str, choices[name]))}")
+class Interval(NamedTuple):
+  """The values a numeric hyperparameter admits: `low` to `high` (either may be infinite),
+  each end closed or open; written and parsed as "[1, inf)", "(0, 1]", "[0, 1)"."""
+  low: float
+  high: float
+  low_closed: bool
+  high_closed: bool
+
+  @classmethod
+  def parse(cls, text: str) -> Interval:
+    m = re.fullmatch(r"\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*", str(text))
+    try:
+      low, high = float(m.group(2)), float(m.group(3))
+    except (AttributeError, ValueError):
+      raise ValueError(f"an interval is written like \"[0, 1)\" or \"(0, inf)\"; got "
+                       f"{text!r}") from None
+    if not low < high or math.isnan(low) or math.isnan(high):
+      raise ValueError(f"interval {text!r} needs low < high")
+    return cls(low, high, m.group(1) == "[" and math.isfinite(low),
+               m.group(4) == "]" and math.isfinite(high))
+
+  def __contains__(self, value) -> bool:
+    above = value >= self.low if self.low_closed else value > self.low
+    below = value <= self.high if self.high_closed else value < self.high
+    return bool(above and below)
+
+  def __str__(self) -> str:
+    end = lambda v: "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"
+    return (f"{'[' if self.low_closed else '('}{end(self.low)}, {end(self.high)}"
+            f"{']' if self.high_closed else ')'}")
+
+
+def check_bounds(name: str, bounds: Mapping[str, str], defaults: Mapping[str, Any]) -> dict:
+  """`{hparam: Interval}` from a method's declared bounds: one for every numeric (int or
+  float, not bool) hyperparameter and none for the others, each holding its default.
+  ValueError naming the method and the hyperparameter otherwise."""
+  numeric = [k for k, v in defaults.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+  missing = [k for k in numeric if k not in bounds]
+  if missing:
+    raise ValueError(f"{name}: bounds must declare an interval for every numeric "
+                     f"hyperparameter; missing for {', '.join(missing)}")
+  extra = sorted(set(bounds) - set(numeric))
+  if extra:
+    raise ValueError(f"{name}: bounds name {', '.join(extra)}, which are not numeric "
+                     f"hyperparameters; allowed: {', '.join(numeric)}")
+  out = {}
+  for k in numeric:
+    try:
+      out[k] = Interval.parse(bounds[k])
+    except ValueError as e:
+      raise ValueError(f"{name}: bounds of {k}: {e}") from None
+    if defaults[k] not in out[k]:
+      raise ValueError(f"{name}: the default {k}={defaults[k]!r} lies outside its bounds "
+                       f"{out[k]}")
+  return out
+
+
+def _check_hparam(method: Method, name: str, value):
+  """The value, coerced to the default's type; HyperparameterError when it does not fit
+  the type, the method's `choices` or its declared `bounds`."""
+  err = lambda reason: HyperparameterError(method.name, name, value, reason)
+  default = method.defaults[name]
+  if name in method.choices:
+    if value not in method.choices[name]:
+      raise err(f"is unknown; allowed: {', '.join(map(str, method.choices[name]))}")
     return value
   if isinstance(default, bool):
     if not isinstance(value, (bool, np.bool_)):
       raise err("must be True or False")
     return bool(value)
-  if isinstance(default, int):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-        or not float(value).is_integer():
+  if isinstance(default, (int, float)):
+    number = (isinstance(value, (int, float, np.integer, np.floating))
+              and not isinstance(value, (bool, np.bool_)))
+    if isinstance(default, int) and not (number and float(value).is_integer()):
       raise err("must be a whole number")
-    value = int(value)
-    low = 1 if name in ("epochs", "batch_size", "synth_batch", "cycles") else 0
-    if value < low:
-      raise err(f"must be >= {low}")
-    return value
-  if isinstance(default, float):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-        or not math.isfinite(float(value)):
+    if not (number and math.isfinite(float(value))):
       raise err("must be a finite number")
-    value = float(value)
-    if (name in _POSITIVE or name.endswith("_lr")) and value <= 0:
-      raise err("must be > 0")
-    if name in _FRACTIONS and not 0 < value <= 1:
-      raise err("must lie in (0, 1]")
+    value = int(value) if isinstance(default, int) else float(value)
+    if value not in method.bounds[name]:
+      raise err(f"lies outside {method.name}'s bounds for {name}: {method.bounds[name]}")
     return value
   if isinstance(default, str) and not isinstance(value, str):
     raise err("must be a string")
   return value
 
-
-_FRACTIONS = ("keep", "retain_fraction", "quantile", "gate")
-_POSITIVE = ("lr", "tau", "sigma")          # (and every "*_lr")
 
 SCALES = ("log", "linear")
 
@@ -312,20 +364,128 @@ def check_finite(tree, what: str) -> None:
                        "allowed: finite values only")
 
 
-_REGISTRY: dict[str, Callable] = {}
+_REGISTRY: dict[str, Method] = {}
 
 
 NEEDS_CHOICES = ("head", "features")
 
 
-def register(name: str, *, reads: tuple, defaults: dict, paper: str,
+def _checked_call(method: Method, ctx: MethodContext, built: Steps):
+  """The pure `unlearn(variables, data, key)` of `built`, checking its inputs on shapes."""
+  name, reads = method.name, method.reads
+
+  def checked(variables, data: UnlearnData, key, *, evaluate=None, every: int = 1,
+              progress=None):
+    if isinstance(variables, Mapping) and not isinstance(variables, dict):
+      variables = flax.core.unfreeze(variables)    # a FrozenDict: a plain dict of it
+    if not isinstance(variables, dict) or "params" not in variables:
+      raise ValueError(f"{name}: variables must be the model's variables dict with "
+                       f"'params'; got {type(variables).__name__}")
+    if not isinstance(data, UnlearnData):
+      raise ValueError(f"{name}: data must be an UnlearnData (see select_data); got "
+                       f"{type(data).__name__}")
+    for field in ACCESS_CHOICES:
+      pair = getattr(data, field)
+      if field in reads:
+        if pair is None:
+          raise ValueError(f"{name} reads {field}: data.{field} must be an (x, y) pair")
+        _check_pair(name, field, pair, ctx.input_shape)
+        check_labels(pair[1], ctx.num_classes, f"{name}: data.{field} labels")
+        check_finite(pair[0], f"{name}: data.{field} examples")
+    check_finite(variables, f"{name}: variables")
+    x0 = jax.ShapeDtypeStruct((1,) + ctx.input_shape, jnp.float32)
+    out = jax.eval_shape(lambda v, x: ctx.model.logits(v, x), variables, x0)
+    if jnp.shape(out)[-1:] != (ctx.num_classes,):
+      raise ValueError(f"{name}: the model returns logits of shape {jnp.shape(out)}; the "
+                       f"context says num_classes={ctx.num_classes}")
+    return steps_lib.run(built, variables, data, key, evaluate=evaluate, every=every,
+                         progress=progress)
+
+  functools.update_wrapper(checked, method.factory)
+  checked.steps = built
+  return checked
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Method:
+  """A registered unlearning method, as a value (`register` builds it; module docstring).
+
+  Calling it, `method(ctx, **hparams)`, checks every hyperparameter against its declared
+  type, `choices` and `bounds` and returns the pure `unlearn(variables, data, key) ->
+  (variables, aux)`; `method.steps(ctx, **hparams)` returns its `steps.Steps`. The fields
+  are the registry's facts: the data it `reads`, its `defaults`, `bounds` (an `Interval`
+  per numeric hyperparameter), `choices` (per string one), search `space`, the `paper`,
+  the `scenarios` it is meant for, what it `requires` of the model and `needs` of the
+  adapter, and its `aux` keys. `help(method)` shows its rule, paper and defaults.
+  """
+  name: str
+  factory: Callable = dataclasses.field(repr=False)
+  reads: tuple = dataclasses.field(repr=False)
+  defaults: Mapping[str, Any] = dataclasses.field(repr=False)
+  bounds: Mapping[str, Interval] = dataclasses.field(repr=False)
+  paper: str = dataclasses.field(repr=False)
+  scenarios: tuple = dataclasses.field(repr=False, default=("random", "class", "subclass"))
+  requires: tuple = dataclasses.field(repr=False, default=())
+  choices: Mapping[str, tuple] = dataclasses.field(repr=False, default_factory=dict)
+  space: Mapping[str, Any] = dataclasses.field(repr=False, default_factory=dict)
+  aux: Mapping[str, str] = dataclasses.field(repr=False, default_factory=dict)
+  needs: tuple = dataclasses.field(repr=False, default=())
+
+  def __post_init__(self):
+    freeze = types.MappingProxyType
+    set_ = functools.partial(object.__setattr__, self)
+    set_("defaults", freeze(dict(self.defaults)))
+    set_("bounds", freeze(dict(self.bounds)))
+    set_("choices", freeze({k: tuple(v) for k, v in self.choices.items()}))
+    set_("space", freeze(dict(self.space)))
+    set_("aux", freeze(dict(self.aux)))
+    for field in ("reads", "scenarios", "requires", "needs"):
+      set_(field, tuple(getattr(self, field)))
+    set_("__signature__", _signature(self.defaults))
+    set_("__doc__", _docstring(self))
+    set_("__name__", self.name)
+    set_("__module__", self.factory.__module__)
+    set_("__wrapped__", self.factory)
+
+  @property
+  def summary(self) -> str:
+    """The docstring's first paragraph, on one line."""
+    return " ".join(inspect.cleandoc(self.factory.__doc__ or "").split("\n\n")[0].split())
+
+  def validate(self, overrides: Mapping[str, Any]) -> dict:
+    """Defaults with `overrides`, each checked; HyperparameterError for the first bad one."""
+    unknown = sorted(set(overrides) - set(self.defaults))
+    if unknown:
+      raise HyperparameterError(self.name, unknown[0], overrides[unknown[0]],
+                                f"is not a hyperparameter of {self.name}; allowed: "
+                                f"{', '.join(sorted(self.defaults))}")
+    return {k: _check_hparam(self, k, v) for k, v in {**self.defaults, **overrides}.items()}
+
+  def steps(self, ctx: MethodContext, **overrides) -> Steps:
+    """The method's `Steps` (`unlearn_jax.steps`) at `overrides` over the defaults."""
+    if not isinstance(ctx, MethodContext):
+      raise ValueError(f"{self.name}: the first argument must be a MethodContext; got "
+                       f"{type(ctx).__name__}")
+    built = self.factory(ctx, **self.validate(overrides))
+    if not isinstance(built, Steps):
+      raise TypeError(f"{self.name}: its factory must return a steps.Steps; got "
+                      f"{type(built).__name__}")
+    return steps_lib.with_checks(built, ctx.num_classes)
+
+  def __call__(self, ctx: MethodContext, **overrides):
+    return _checked_call(self, ctx, self.steps(ctx, **overrides))
+
+
+def register(name: str, *, reads: tuple, defaults: dict, bounds: dict, paper: str,
              scenarios: tuple = ("random", "class", "subclass"), requires: tuple = (),
              choices: dict | None = None, space: dict | None = None, aux: dict | None = None,
              needs: tuple = ()):
-  """Decorator registering `factory(ctx, **hparams) -> unlearn` under `name`.
+  """Decorator making `factory(ctx, **hparams) -> Steps` the `Method` `name` (registered).
 
   `paper`: authors, year and venue (or the project the method comes from).
   `reads=()` declares a zero-shot method: it is handed `UnlearnData(None, None)`.
+  `bounds`: `{hparam: "[low, high)"}`, an interval for every numeric hyperparameter (inf
+  for no limit; `Interval.parse`): the values its rule admits, checked on every call.
   `requires=("batch_norm",)`: the method only runs on models with BatchNorm. `choices`:
   the allowed values of string hyperparameters. `space`: the search space of float
   hyperparameters (`check_space`; `unlearn_jax.tuning` searches them as one program).
@@ -333,15 +493,20 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
   the keys every method returns (`steps.COMMON_AUX`). `needs`: what the
   `ModelAdapter` must give at the defaults (`"head"`, `"features"`: the head's input, or
   a `features_fn`). The method's docstring and signature are made from all of these.
-  Returns the method (module docstring)."""
+  ValueError naming the method and the field when a declaration is inconsistent."""
   bad = [r for r in reads if r not in ACCESS_CHOICES]
   if bad:
     raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
   bad = [n for n in needs if n not in NEEDS_CHOICES]
   if bad:
     raise ValueError(f"{name}: needs {bad}; allowed {NEEDS_CHOICES} (or none)")
-  choices = {k: tuple(v) for k, v in (choices or {}).items()}
+  intervals = check_bounds(name, bounds, defaults)
   space = check_space(name, space or {}, defaults)
+  for k, spec in space.items():     # a search never proposes a value the method refuses
+    ends = spec[1:] if isinstance(spec[0], str) else spec
+    if any(v not in intervals[k] for v in ends):
+      raise ValueError(f"{name}: the search space of {k} ({spec}) leaves its bounds "
+                       f"{intervals[k]}")
   aux = dict(aux or {})
   undefined = [k for k, v in aux.items() if not (isinstance(v, str) and v.strip())]
   if undefined or set(aux) & set(steps_lib.COMMON_AUX):
@@ -349,82 +514,9 @@ def register(name: str, *, reads: tuple, defaults: dict, paper: str,
                      f"{undefined}) and leave out the common keys {list(steps_lib.COMMON_AUX)}")
 
   def wrap(factory):
-    @functools.wraps(factory)
-    def method(ctx: MethodContext, **overrides):
-      if not isinstance(ctx, MethodContext):
-        raise ValueError(f"{name}: the first argument must be a MethodContext; got "
-                         f"{type(ctx).__name__}")
-      built = method.steps(ctx, **overrides)
-
-      def checked(variables, data: UnlearnData, key, *, evaluate=None, every: int = 1,
-                  progress=None):
-        if isinstance(variables, Mapping) and not isinstance(variables, dict):
-          variables = flax.core.unfreeze(variables)    # a FrozenDict: a plain dict of it
-        if not isinstance(variables, dict) or "params" not in variables:
-          raise ValueError(f"{name}: variables must be the model's variables dict with "
-                           f"'params'; got {type(variables).__name__}")
-        if not isinstance(data, UnlearnData):
-          raise ValueError(f"{name}: data must be an UnlearnData (see select_data); got "
-                           f"{type(data).__name__}")
-        for field in ACCESS_CHOICES:
-          pair = getattr(data, field)
-          if field in reads:
-            if pair is None:
-              raise ValueError(f"{name} reads {field}: data.{field} must be an (x, y) pair")
-            _check_pair(name, field, pair, ctx.input_shape)
-            check_labels(pair[1], ctx.num_classes, f"{name}: data.{field} labels")
-            check_finite(pair[0], f"{name}: data.{field} examples")
-        check_finite(variables, f"{name}: variables")
-        x0 = jax.ShapeDtypeStruct((1,) + ctx.input_shape, jnp.float32)
-        out = jax.eval_shape(lambda v, x: ctx.model.logits(v, x), variables, x0)
-        if jnp.shape(out)[-1:] != (ctx.num_classes,):
-          raise ValueError(f"{name}: the model returns logits of shape {jnp.shape(out)}; the "
-                           f"context says num_classes={ctx.num_classes}")
-        return steps_lib.run(built, variables, data, key, evaluate=evaluate, every=every,
-                             progress=progress)
-
-      functools.update_wrapper(checked, factory)
-      checked.steps = built
-      return checked
-
-    def steps(ctx: MethodContext, **overrides) -> Steps:
-      """The method's `Steps` (`unlearn_jax.steps`) at `overrides` over the defaults."""
-      if not isinstance(ctx, MethodContext):
-        raise ValueError(f"{name}: the first argument must be a MethodContext; got "
-                         f"{type(ctx).__name__}")
-      built = factory(ctx, **method.validate(overrides))
-      if not isinstance(built, Steps):
-        raise TypeError(f"{name}: its factory must return a steps.Steps; got "
-                        f"{type(built).__name__}")
-      return steps_lib.with_checks(built, ctx.num_classes)
-
-    def validate(overrides: dict) -> dict:
-      """Defaults with `overrides`, each checked; HyperparameterError for the first bad one."""
-      unknown = sorted(set(overrides) - set(defaults))
-      if unknown:
-        raise HyperparameterError(name, unknown[0], overrides[unknown[0]],
-                                  f"is not a hyperparameter of {name}; allowed: "
-                                  f"{', '.join(sorted(defaults))}")
-      return {k: _check_hparam(name, k, v, defaults[k], choices)
-              for k, v in {**defaults, **overrides}.items()}
-
-    method.validate = validate
-    method.steps = steps
-    method.name = name
-    method.factory = factory
-    method.reads = tuple(reads)
-    method.defaults = dict(defaults)
-    method.paper = paper
-    method.scenarios = tuple(scenarios)
-    method.requires = tuple(requires)
-    method.choices = choices
-    method.space = space
-    # The summary: the docstring's first paragraph, on one line.
-    method.summary = " ".join(inspect.cleandoc(factory.__doc__ or "").split("\n\n")[0].split())
-    method.aux = aux
-    method.needs = tuple(needs)
-    method.__signature__ = _signature(defaults)
-    method.__doc__ = _docstring(method)
+    method = Method(name, factory, tuple(reads), dict(defaults), intervals, paper,
+                    tuple(scenarios), tuple(requires), dict(choices or {}), space, aux,
+                    tuple(needs))
     _REGISTRY[name] = method
     return method
 
@@ -458,7 +550,8 @@ def _docstring(method) -> str:
           f"Reads: {reads}\n"
           f"Scenarios: {', '.join(method.scenarios)}\n"
           f"Needs from the adapter: {adapter}\n"
-          f"Defaults: {', '.join(f'{k}={v!r}' for k, v in method.defaults.items())}"
+          f"Defaults: {', '.join(f'{k}={v!r}' for k, v in method.defaults.items())}\n"
+          f"Bounds: {', '.join(f'{k} in {v}' for k, v in method.bounds.items()) or 'none'}"
           f"{choices}\n"
           f"Search space (unlearn_jax.tuning): {space}\n\n"
           "Args:\n"
@@ -471,7 +564,7 @@ def _docstring(method) -> str:
           "  `method.steps(ctx, **hparams)` gives the steps themselves (unlearn_jax.steps).")
 
 
-MethodSpec = Callable   # a registered method (see `register`): callable, with attributes
+MethodSpec = Method   # the earlier name of a registered method
 
 
 def get_method(name: str):

@@ -27,7 +27,9 @@ from unlearn_jax.steps import Phase, StepState, Steps, init_train_state, make_st
                                     'NDSS 2023'),
           aux=dict(
               final_loss='the retain-batch cross-entropy of the last step'),
-          defaults=dict(epochs=5, lr=0.02, batch_size=64, momentum=0.9, weight_decay=5e-4))
+          defaults=dict(epochs=5, lr=0.02, batch_size=64, momentum=0.9, weight_decay=5e-4),
+          bounds=dict(epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)", momentum="[0, 1)",
+                      weight_decay="[0, inf)"))
 def finetune(ctx: MethodContext, *, epochs, lr, batch_size, momentum, weight_decay):
   """Fine-tune on the retain set (FT): catastrophic forgetting of D_f.
 
@@ -74,7 +76,9 @@ def _ascent_update(model, tx, loss_cap):
               stopped_early="1 when the ascent stopped for good before its last step (a batch's CE"
                             " passed loss_cap_factor·ln C, or a value turned non-finite); the "
                             "weights are the last accepted ones"),
-          defaults=dict(epochs=5, lr=0.01, batch_size=32, grad_clip=5.0, loss_cap_factor=1.0))
+          defaults=dict(epochs=5, lr=0.01, batch_size=32, grad_clip=5.0, loss_cap_factor=1.0),
+          bounds=dict(epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)", grad_clip="[0, inf)",
+                      loss_cap_factor="(0, inf)"))
 def neggrad(ctx: MethodContext, *, epochs, lr, batch_size, grad_clip, loss_cap_factor):
   """Gradient ascent on the forget set (NegGrad / GA): minimise −CE(θ; D_f).
 
@@ -108,7 +112,9 @@ RANDOM_LABEL_VARIANTS = ("interleaved", "forget_only", "whole", "hybrid")
                  'Precision" project (Krahenmann, Neubecker & Strozzi)'),
           choices=dict(variant=RANDOM_LABEL_VARIANTS),
           defaults=dict(variant="interleaved", epochs=5, lr=0.01, batch_size=64,
-                        retain_weight=1.0, repair_epochs=5, repair_lr=0.001))
+                        retain_weight=1.0, repair_epochs=5, repair_lr=0.001),
+          bounds=dict(epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)", retain_weight="[0, inf)",
+                      repair_epochs="[0, inf)", repair_lr="(0, inf)"))
 def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_weight,
                  repair_epochs, repair_lr):
   """Random-label (label poisoning) unlearning: train D_f towards wrong labels.
@@ -157,7 +163,9 @@ def random_label(ctx: MethodContext, *, variant, epochs, lr, batch_size, retain_
           reads=("forget", "retain"),
           paper=('Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards Unbounded Machine Unlearning", '
                  'NeurIPS 2023 (NegGrad+); the MUFAC scoring notebook (its advanced NegGrad)'),
-          defaults=dict(beta=0.95, epochs=5, lr=0.02, batch_size=64, grad_clip=5.0))
+          defaults=dict(beta=0.95, epochs=5, lr=0.02, batch_size=64, grad_clip=5.0),
+          bounds=dict(beta="[0, 1]", epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)",
+                      grad_clip="[0, inf)"))
 def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip):
   """NegGrad+: descent on the retain set and ascent on the forget set at once.
 
@@ -191,7 +199,9 @@ def neggrad_plus(ctx: MethodContext, *, beta, epochs, lr, batch_size, grad_clip)
 @register("l1_sparse", space=dict(alpha=("log", 1e-5, 1e-2), lr=("log", 1e-3, 0.3)),
           reads=("retain",), paper=('Jia, Liu, Ram, Yao, Liu, Liu, Sharma & Liu, "Model Sparsity Can '
                                     'Simplify Machine Unlearning", NeurIPS 2023'),
-          defaults=dict(alpha=1e-3, epochs=10, lr=0.1, batch_size=64, momentum=0.9))
+          defaults=dict(alpha=1e-3, epochs=10, lr=0.1, batch_size=64, momentum=0.9),
+          bounds=dict(alpha="[0, inf)", epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)",
+                      momentum="[0, 1)"))
 def l1_sparse(ctx: MethodContext, *, alpha, epochs, lr, batch_size, momentum):
   """ℓ1-sparse fine-tuning: FT on D_r with a decaying ℓ1 penalty that prunes softly.
 
@@ -234,7 +244,8 @@ def _fgsm_labels(model, variables, x, y, eps):
 @register("boundary_shrink", space=dict(eps=("log", 0.01, 1.0), lr=("log", 1e-4, 0.1)),
           reads=("forget",), paper=('Chen, Gao, Liu, Peng & Wang, "Boundary Unlearning: Rapid Forgetting '
                                     'of Deep Networks via Shifting the Decision Boundary", CVPR 2023'),
-          defaults=dict(eps=0.1, epochs=5, lr=0.01, batch_size=64))
+          defaults=dict(eps=0.1, epochs=5, lr=0.01, batch_size=64),
+          bounds=dict(eps="(0, inf)", epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)"))
 def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
   """Boundary shrinking: relabel each forget example with its nearest wrong class.
 
@@ -258,7 +269,8 @@ def boundary_shrink(ctx: MethodContext, *, eps, epochs, lr, batch_size):
           reads=("forget",), paper=('Chen, Gao, Liu, Peng & Wang, "Boundary Unlearning: Rapid Forgetting '
                                     'of Deep Networks via Shifting the Decision Boundary", CVPR 2023'),
           needs=("head",),
-          defaults=dict(epochs=5, lr=0.002, batch_size=64))
+          defaults=dict(epochs=5, lr=0.002, batch_size=64),
+          bounds=dict(epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)"))
 def boundary_expand(ctx: MethodContext, *, epochs, lr, batch_size):
   """Boundary expanding: send D_f to an extra "shadow" class, then delete it.
 

@@ -55,7 +55,9 @@ assert STATE in METHOD_COLLECTIONS   # evaluation strips it (adapter.model_varia
               refits='the refits over the whole stream of requests so far',
               **USEFULNESS_AUX),
           defaults=dict(epsilon=1.0, delta=1e-4, lam=1e-3, sigma=1.0, newton_steps=25,
-                        batch_size=256))
+                        batch_size=256),
+          bounds=dict(epsilon="(0, inf)", delta="(0, 1)", lam="(0, inf)", sigma="(0, inf)",
+                      newton_steps="[1, inf)", batch_size="[1, inf)"))
 def certified_head(ctx: MethodContext, *, epsilon, delta, lam, sigma, newton_steps,
                    batch_size):
   """Certified removal of D_f from a one-vs-rest logistic head on the frozen body's features.
@@ -148,7 +150,9 @@ assert NOISY_STATE in METHOD_COLLECTIONS
               refits='the refits over the whole stream of requests so far',
               **USEFULNESS_AUX),
           defaults=dict(epsilon=1.0, delta=1e-4, lam=1e-3, batch_size=64, epochs=200,
-                        train_epochs=300, max_epochs=300, radius=0.0))
+                        train_epochs=300, max_epochs=300, radius=0.0),
+          bounds=dict(epsilon="(0, inf)", delta="(0, 1)", lam="(0, inf)", batch_size="[1, inf)",
+                      epochs="[1, inf)", train_epochs="[1, inf)", max_epochs="[1, inf)", radius="[0, inf)"))
 def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epochs,
                    train_epochs, max_epochs, radius):
   """(ε, δ)-certified unlearning of a multinomial logistic head on the frozen body's

@@ -26,7 +26,8 @@ FISHER_CLASS_HEADS = ("zero", "noise")
           reads=("retain",), paper=('Golatkar, Achille & Soatto, "Eternal Sunshine of the Spotless Net: '
                                     'Selective Forgetting in Deep Networks", CVPR 2020'),
           choices=dict(class_head=FISHER_CLASS_HEADS), needs=("head",),
-          defaults=dict(alpha=1e-6, max_examples=2000, batch_size=128, class_head="zero"))
+          defaults=dict(alpha=1e-6, max_examples=2000, batch_size=128, class_head="zero"),
+          bounds=dict(alpha="[0, inf)", max_examples="[1, inf)", batch_size="[1, inf)"))
 def fisher_forgetting(ctx: MethodContext, *, alpha, max_examples, batch_size, class_head):
   """Fisher forgetting: Gaussian noise, largest where the retain set does not care.
 
@@ -103,7 +104,9 @@ def woodfisher_inverse_product(grads: jax.Array, v: jax.Array, damp: float) -> j
                               "Fisher (min(num_examples, |D_r|, what max_gradient_mib holds))",
               step_norm='‖α·F⁻¹v‖, the length of the Newton step taken'),
           defaults=dict(alpha=0.2, num_examples=1000, damp=1e-3, max_gradient_mib=2048.0,
-                        batch_size=64))
+                        batch_size=64),
+          bounds=dict(alpha="[0, inf)", num_examples="[1, inf)", damp="[0, inf)",
+                      max_gradient_mib="(0, inf)", batch_size="[1, inf)"))
 def influence(ctx: MethodContext, *, alpha, num_examples, damp, max_gradient_mib, batch_size):
   """Influence unlearning (IU): one Newton-style step that removes D_f's influence.
 

@@ -62,7 +62,9 @@ SSD_IMPORTANCE = ("batch", "fisher")
               dampened_weights='the number of weights the dampening changed'),
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, importance="batch", union="ordered",
-                        forget_batch_size=128, batch_size=64))
+                        forget_batch_size=128, batch_size=64),
+          bounds=dict(alpha="(0, inf)", lam="(0, inf)", forget_batch_size="[1, inf)",
+                      batch_size="[1, inf)"))
 def ssd(ctx: MethodContext, *, alpha, lam, importance, union, forget_batch_size, batch_size):
   """Selective Synaptic Dampening: shrink weights far more important to D_f than to D.
 
@@ -112,7 +114,8 @@ ASSD_IMPORTANCE_SETS = ("retain", "full")
           choices=dict(importance=SSD_IMPORTANCE, union=SSD_UNIONS,
                        importance_set=ASSD_IMPORTANCE_SETS),
           defaults=dict(importance="batch", importance_set="retain", union="ordered",
-                        forget_batch_size=128, batch_size=64))
+                        forget_batch_size=128, batch_size=64),
+          bounds=dict(forget_batch_size="[1, inf)", batch_size="[1, inf)"))
 def assd(ctx: MethodContext, *, importance, importance_set, union, forget_batch_size,
          batch_size):
   """Adaptive SSD: SSD with its threshold α read off the importances, λ = 1: nothing to tune.
@@ -150,7 +153,9 @@ def assd(ctx: MethodContext, *, importance, importance_set, union, forget_batch_
                                              'ICLR 2024 Tiny Papers'),
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, lam=1.0, union="ordered", forget_batch_size=128,
-                        batch_size=64))
+                        batch_size=64),
+          bounds=dict(alpha="(0, inf)", lam="(0, inf)", forget_batch_size="[1, inf)",
+                      batch_size="[1, inf)"))
 def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_size):
   """Label-free SSD: SSD's dampening with importances that need no labels.
 
@@ -180,7 +185,9 @@ def lfssd(ctx: MethodContext, *, alpha, lam, union, forget_batch_size, batch_siz
                  'its name'),
           choices=dict(union=SSD_UNIONS),
           defaults=dict(alpha=5.0, step=1.0, repair_epochs=1, repair_lr=0.01, union="ordered",
-                        forget_batch_size=128, batch_size=64))
+                        forget_batch_size=128, batch_size=64),
+          bounds=dict(alpha="(0, inf)", step="(0, inf)", repair_epochs="[0, inf)", repair_lr="(0, inf)",
+                      forget_batch_size="[1, inf)", batch_size="[1, inf)"))
 def gisa(ctx: MethodContext, *, alpha, step, repair_epochs, repair_lr, union, forget_batch_size,
          batch_size):
   """GISA (Gradient-Informed Synaptic Adjustment) — our interpretation of the MUFAC scoring notebook's.

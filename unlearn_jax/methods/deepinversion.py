@@ -83,7 +83,10 @@ def per_class_lowest(scores, labels, static_labels, keep):
                                          "the classes they were made for"),
           defaults=dict(per_class=64, synth_batch=128, synth_steps=300, synth_lr=0.1,
                         r_bn=1.0, r_tv=1e-2, r_l2=1e-4, keep=0.5, epochs=60, lr=0.05,
-                        batch_size=64))
+                        batch_size=64),
+          bounds=dict(per_class="[1, inf)", synth_batch="[1, inf)", synth_steps="[0, inf)",
+                      synth_lr="(0, inf)", r_bn="[0, inf)", r_tv="[0, inf)", r_l2="[0, inf)", keep="(0, 1]",
+                      epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)"))
 def deepinversion(ctx: MethodContext, *, per_class, synth_batch, synth_steps, synth_lr, r_bn,
                   r_tv, r_l2, keep, epochs, lr, batch_size):
   """DeepInversion: images of the retain classes synthesised from θ0's BatchNorm statistics,

@@ -22,7 +22,9 @@ from unlearn_jax.steps import StepState, Steps, init_train_state, with_enter
           paper=('Chundawat, Tarun, Mandal & Kankanhalli, "Can Bad Teaching Induce Forgetting? Unlearning '
                  'in Deep Networks Using an Incompetent Teacher", AAAI 2023; as used by Unlearnify and the '
                  'MUFAC scoring notebook'),
-          defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
+          defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64),
+          bounds=dict(tau="(0, inf)", lr="(0, inf)", epochs="[1, inf)", retain_fraction="(0, 1]",
+                      batch_size="[1, inf)"))
 def bad_teacher(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
   """Competent/incompetent teacher: distil θ0 on D_r and a random net on D_f.
 
@@ -81,7 +83,9 @@ def _bad_teacher(ctx, tau, lr, epochs, batch_size, select_retain):
           reads=("forget", "retain"), paper=('Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards '
                                              'Unbounded Machine Unlearning", NeurIPS 2023 (SCRUB)'),
           defaults=dict(epochs=5, max_epochs=3, alpha=0.5, gamma=1.0, tau=2.0, lr=2e-3,
-                        batch_size=64, retain_fraction=1.0))
+                        batch_size=64, retain_fraction=1.0),
+          bounds=dict(epochs="[1, inf)", max_epochs="[0, inf)", alpha="[0, inf)", gamma="[0, inf)",
+                      tau="(0, inf)", lr="(0, inf)", batch_size="[1, inf)", retain_fraction="(0, 1]"))
 def scrub(ctx: MethodContext, *, epochs, max_epochs, alpha, gamma, tau, lr, batch_size,
           retain_fraction):
   """SCRUB: a student that moves away from θ0 on D_f and stays with it on D_r.
@@ -148,7 +152,9 @@ def penultimate(model, variables, x, batch_size: int = 512):
           paper=('the MUFAC scoring notebook (similarity-based retain sampling, from the NeurIPS 2023 '
                  'Machine Unlearning Challenge discussion on Kaggle)'),
           needs=("features",),
-          defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64))
+          defaults=dict(tau=1.0, lr=1e-4, epochs=1, retain_fraction=0.3, batch_size=64),
+          bounds=dict(tau="(0, inf)", lr="(0, inf)", epochs="[1, inf)", retain_fraction="(0, 1]",
+                      batch_size="[1, inf)"))
 def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction, batch_size):
   """Bad teacher with the retain subsample chosen by similarity to the forget set.
 
@@ -180,7 +186,9 @@ def bad_teacher_similar(ctx: MethodContext, *, tau, lr, epochs, retain_fraction,
           paper=('the NeurIPS 2023 Machine Unlearning Challenge (Kaggle), 2nd place, as reproduced in the '
                  'MUFAC scoring notebook'),
           needs=("features",),
-          defaults=dict(epochs=3, tau=1.0, lr=0.01, ce_weight=1.0, batch_size=64))
+          defaults=dict(epochs=3, tau=1.0, lr=0.01, ce_weight=1.0, batch_size=64),
+          bounds=dict(epochs="[1, inf)", tau="(0, inf)", lr="(0, inf)", ce_weight="[0, inf)",
+                      batch_size="[1, inf)"))
 def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
   """Contrastive unlearning: push forget embeddings away from retain embeddings.
 
@@ -221,7 +229,10 @@ def contrastive(ctx: MethodContext, *, epochs, tau, lr, ce_weight, batch_size):
           paper=('the Unlearnify project: our construction from its description (noise impairment, then a '
                  'bad teacher)'),
           defaults=dict(epochs=3, tau=1.0, lr=5e-4, retain_fraction=1.0, noise_steps=40,
-                        noise_lr=0.1, noise_reg=0.1, batch_size=64))
+                        noise_lr=0.1, noise_reg=0.1, batch_size=64),
+          bounds=dict(epochs="[1, inf)", tau="(0, inf)", lr="(0, inf)", retain_fraction="(0, 1]",
+                      noise_steps="[0, inf)", noise_lr="(0, inf)", noise_reg="[0, inf)",
+                      batch_size="[1, inf)"))
 def unlearnify(ctx: MethodContext, *, epochs, tau, lr, retain_fraction, noise_steps, noise_lr,
                noise_reg, batch_size):
   """Unlearnify (ours, from Unlearnify's description): noise impairment + bad teacher + curriculum.

@@ -45,7 +45,9 @@ def jit_lipschitz_defaults(model_name: str, scenario: str) -> dict:
           aux=dict(
               final_lipschitz="the Lipschitz estimate (output change over input change under "
                               "Gaussian input noise, per forget example) at the last step"),
-          defaults=dict(lr=3e-4, sigma=0.1, num_samples=25, epochs=1, batch_size=128))
+          defaults=dict(lr=3e-4, sigma=0.1, num_samples=25, epochs=1, batch_size=128),
+          bounds=dict(lr="(0, inf)", sigma="(0, inf)", num_samples="[1, inf)", epochs="[1, inf)",
+                      batch_size="[1, inf)"))
 def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_size):
   """JiT: smooth the model around each forget example (no retain data, no labels).
 
@@ -76,7 +78,7 @@ def jit_lipschitz(ctx: MethodContext, *, lr, sigma, num_samples, epochs, batch_s
 
   Search space: lr, σ and epochs 1 | 3 (more, gentler passes: `experiments.tune`).
   """
-  model = as_adapter(ctx.model)      # sigma > 0 is checked by the registry (_POSITIVE)
+  model = as_adapter(ctx.model)      # sigma > 0: its declared bounds
 
   def loss(state, v, batch, key):
     x, _ = batch

@@ -72,7 +72,10 @@ def flat_noise(state: StepState, name: str) -> tuple:
           reads=("forget", "retain"), paper=('Tarun, Chundawat, Mandal & Kankanhalli, "Fast Yet Effective '
                                              'Machine Unlearning", IEEE TNNLS 2023 (UNSIR)'),
           defaults=dict(noise_steps=40, noise_lr=0.1, noise_reg=0.1, impair_lr=0.01,
-                        repair_lr=0.01, retain_fraction=1.0, batch_size=64))
+                        repair_lr=0.01, retain_fraction=1.0, batch_size=64),
+          bounds=dict(noise_steps="[0, inf)", noise_lr="(0, inf)", noise_reg="[0, inf)",
+                      impair_lr="(0, inf)", repair_lr="(0, inf)", retain_fraction="(0, 1]",
+                      batch_size="[1, inf)"))
 def unsir(ctx: MethodContext, *, noise_steps, noise_lr, noise_reg, impair_lr, repair_lr,
           retain_fraction, batch_size):
   """UNSIR: error-maximising noise, then impair and repair.

@@ -44,7 +44,8 @@ def reset_modules(variables: dict, fresh: dict, modules) -> dict:
           reads=("retain",), paper=('Goel, Prabhu, Sanyal, Lim, Torr & Kumaraguru, "Towards Adversarial '
                                     'Evaluations for Inexact Machine Unlearning", arXiv 2022 (CF-k / EU-k)'),
           needs=("head",),
-          defaults=dict(num_layers=1, epochs=5, lr=0.02, batch_size=64))
+          defaults=dict(num_layers=1, epochs=5, lr=0.02, batch_size=64),
+          bounds=dict(num_layers="[0, inf)", epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)"))
 def reinit(ctx: MethodContext, *, num_layers, epochs, lr, batch_size):
   """Reinitialise the last k layers, then fine-tune on D_r (EU-k style).
 
@@ -103,6 +104,8 @@ PRUNE_SPACE = dict(quantile=("linear", 0.1, 0.95), overfit_lr=("log", 1e-3, 0.1)
                    lr=("log", 1e-4, 0.1))
 PRUNE_DOC_DEFAULTS = dict(quantile=0.3, overfit_epochs=5, overfit_lr=0.01, epochs=5, lr=0.001,
                           batch_size=64)
+PRUNE_BOUNDS = dict(quantile="(0, 1]", overfit_epochs="[0, inf)", overfit_lr="(0, inf)",
+                    epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)")
 
 
 def _prune_factory(scope: str):
@@ -168,25 +171,25 @@ _PRUNE_RULE = """
 prune = _prune_factory("all")
 prune.__doc__ = ("Selective pruning (Forget with Precision): reinitialise the weights the forget set "
                  "barely moves, then fine-tune." + _PRUNE_RULE.format(scope="", complex=""))
-register("prune", space=PRUNE_SPACE,
+prune = register("prune", space=PRUNE_SPACE,
          reads=("forget", "retain"),
          paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
                 'selective pruning'),
          aux=dict(
              reinitialised_weights='the number of weights replaced by fresh initial weights'),
-         defaults=PRUNE_DOC_DEFAULTS)(prune)
+         defaults=PRUNE_DOC_DEFAULTS, bounds=PRUNE_BOUNDS)(prune)
 
 prune_last_layer = _prune_factory("last_layer")
 prune_last_layer.__doc__ = ("Selective pruning of the final dense layer only (Forget with Precision)." +
                             _PRUNE_RULE.format(scope=" in the last layer", complex=""))
-register("prune_last_layer", space=PRUNE_SPACE,
+prune_last_layer = register("prune_last_layer", space=PRUNE_SPACE,
          reads=("forget", "retain"),
          paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
                 'selective pruning of the last layer'),
          aux=dict(
              reinitialised_weights='the number of weights replaced by fresh initial weights'),
          needs=("head",),
-         defaults=PRUNE_DOC_DEFAULTS)(prune_last_layer)
+         defaults=PRUNE_DOC_DEFAULTS, bounds=PRUNE_BOUNDS)(prune_last_layer)
 
 prune_complex = _prune_factory("complex")
 prune_complex.__doc__ = ("Pruning complex (Forget with Precision): reinitialise weights 'similar' for "
@@ -194,13 +197,13 @@ prune_complex.__doc__ = ("Pruning complex (Forget with Precision): reinitialise 
                              scope="", complex=(", but only where a second copy overfitted "
                                                 "on a random D_r subset of |D_f| examples "
                                                 "also changed them less than its quantile")))
-register("prune_complex", space=PRUNE_SPACE,
+prune_complex = register("prune_complex", space=PRUNE_SPACE,
          reads=("forget", "retain"),
          paper=('the "Forget with Precision" project (Krahenmann, Neubecker & Strozzi): '
                 'selective pruning (pruning complex)'),
          aux=dict(
              reinitialised_weights='the number of weights replaced by fresh initial weights'),
-         defaults=PRUNE_DOC_DEFAULTS)(prune_complex)
+         defaults=PRUNE_DOC_DEFAULTS, bounds=PRUNE_BOUNDS)(prune_complex)
 
 
 # ----------------------------------------------------------------------------- activation reset
@@ -225,14 +228,15 @@ he_normal = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
               reset_kernels="the number of Conv/Dense output channels below the head that were "
                             "reinitialised"),
           needs=("head",),
-          defaults=dict(threshold=0.8, epochs=5, lr=0.01, batch_size=64))
+          defaults=dict(threshold=0.8, epochs=5, lr=0.01, batch_size=64),
+          bounds=dict(threshold="[0, inf)", epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)"))
 def activation_reset(ctx: MethodContext, *, threshold, epochs, lr, batch_size):
   """Activation reset ("Forget with Precision"): reinitialise the kernels D_f excites more than D_r.
 
   Pairs each forget example with one of an equally sized random retain subset. For every
   output channel c of every Conv/Dense layer below the head, a_c(x) is the layer's output
   (before its BatchNorm/ReLU) averaged over space; if a_c(x_f) > a_c(x_r) for at least
-  `threshold` of the pairs, channel c's kernel slice is reinitialised (Kaiming normal,
+  `threshold` of the pairs (above 1: none), channel c's kernel slice is reinitialised (Kaiming normal,
   bias 0). The head (the adapter's `head`) is always reinitialised; then FT on D_r (SGD
   momentum, cosine). Only Linen `nn.Conv`/`nn.Dense` layers are seen.
   Reads: forget and retain. Defaults: threshold 0.8, FT 5 epochs at lr 0.01, batch 64.

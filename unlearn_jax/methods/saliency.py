@@ -29,7 +29,9 @@ SALUN_SCHEDULES = ("paired", "reference")
               salient_weights='the number of weights in the saliency mask (the only ones updated)'),
           choices=dict(schedule=SALUN_SCHEDULES),
           defaults=dict(keep=0.5, schedule="paired", epochs=10, lr=0.013, batch_size=64,
-                        weight_decay=5e-4))
+                        weight_decay=5e-4),
+          bounds=dict(keep="(0, 1]", epochs="[1, inf)", lr="(0, inf)", batch_size="[1, inf)",
+                      weight_decay="[0, inf)"))
 def salun(ctx: MethodContext, *, keep, schedule, epochs, lr, batch_size, weight_decay):
   """SalUn: random-label unlearning restricted to the forget-salient weights.
 

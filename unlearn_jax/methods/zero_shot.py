@@ -72,7 +72,10 @@ def forget_mask(num_classes: int, forget) -> jax.Array:
               synthetic_labels='their classes (−1 where there is no image)'),
           defaults=dict(noise_per_class=64, noise_steps=40, noise_lr=0.1, noise_reg=0.1,
                         impair_epochs=1, impair_lr=0.005, repair_epochs=2, repair_lr=0.01,
-                        batch_size=64))
+                        batch_size=64),
+          bounds=dict(noise_per_class="[1, inf)", noise_steps="[0, inf)", noise_lr="(0, inf)",
+                      noise_reg="[0, inf)", impair_epochs="[0, inf)", impair_lr="(0, inf)",
+                      repair_epochs="[0, inf)", repair_lr="(0, inf)", batch_size="[1, inf)"))
 def zs_minmax_noise(ctx: MethodContext, *, noise_per_class, noise_steps, noise_lr, noise_reg,
                     impair_epochs, impair_lr, repair_epochs, repair_lr, batch_size):
   """Error-maximising noise for the forget classes, error-minimising noise as retain proxy.
@@ -176,7 +179,10 @@ def attention_map(a: jax.Array) -> jax.Array:
                                "run directory's image grid",
               synthetic_labels='their classes (−1 where there is no image)'),
           defaults=dict(cycles=300, student_steps=10, batch_size=256, z_dim=128, lr=1e-3,
-                        gate=0.01, beta=250.0, grad_clip=5.0, avoid=10.0))
+                        gate=0.01, beta=250.0, grad_clip=5.0, avoid=10.0),
+          bounds=dict(cycles="[1, inf)", student_steps="[1, inf)", batch_size="[1, inf)", z_dim="[1, inf)",
+                      lr="(0, inf)", gate="(0, 1]", beta="[0, inf)", grad_clip="[0, inf)",
+                      avoid="[0, inf)"))
 def gkt(ctx: MethodContext, *, cycles, student_steps, batch_size, z_dim, lr, gate, beta,
         grad_clip, avoid):
   """Gated knowledge transfer: a generator-driven distillation that never shows a forget class.
