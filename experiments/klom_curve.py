@@ -1,7 +1,7 @@
 r"""How many models KLOM needs: the do-nothing and oracle-vs-oracle KLOM per split, by N.
 
     python -m experiments.klom_curve --config=experiments/configs/cifar10_population.py
-    python -m experiments.klom_curve --sizes=4,8,16           # digits (the default config)
+    python -m experiments.klom_curve --config.evaluate.sizes=4,8,16           # digits (the default config)
 
 KLOM (the Easy Data Unlearning Bench's rule, `unlearn_jax.metrics.klom`) compares an
 example's margins over N unlearned models with its margins over N oracles (retrained
@@ -10,7 +10,7 @@ independent set of oracles, scores a KLOM above 0 (the floor). KLOM can rank met
 at an N where the floor's forget p95 lies below that of doing nothing (the untouched
 originals against the oracles).
 
-For the largest N of --sizes this trains (or restores from --populations_dir, the cache
+For the largest N of --config.evaluate.sizes this trains (or restores from --config.evaluate.populations_dir, the cache
 `experiments.evaluate` fills) the originals and the oracles, and a second oracle
 population with the seeds after them. For each N: KLOM p95 per split (forget, retain,
 test) of the first N originals against the first N oracles, and of the first N second
@@ -31,14 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import cli, population, population_flags, setup  # noqa: F401 (--chunk, --populations_dir)
+from . import cli, population, setup
+from .evaluate import cache_dir, chunk_of
 from .population_report import intervals_markdown
 from unlearn_jax import metrics as M
 from unlearn_jax.evaluation import MIN_MODELS_PER_SIDE, PopulationLogits, klom_replicates
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
 
-flags.DEFINE_string("sizes", "8,16,32,64", "population sizes N (comma list, increasing)")
-F = flags.FLAGS
 
 SPLITS = ("forget", "retain", "test")
 DIRECTIONS = KLOM_DIRECTIONS
@@ -48,10 +47,10 @@ def parse_sizes(text: str) -> list:
   try:
     sizes = [int(s) for s in str(text).split(",") if s.strip()]
   except ValueError:
-    raise setup.UsageError(f"--sizes={text!r} must be a comma list of integers, e.g. 8,16,32"
+    raise setup.UsageError(f"--config.evaluate.sizes={text!r} must be a comma list of integers, e.g. 8,16,32"
                            ) from None
   if not sizes or any(n < 2 for n in sizes) or sizes != sorted(set(sizes)):
-    raise setup.UsageError(f"--sizes={text!r} must be increasing integers >= 2")
+    raise setup.UsageError(f"--config.evaluate.sizes={text!r} must be increasing integers >= 2")
   return sizes
 
 
@@ -172,22 +171,20 @@ def job(cfg) -> str:
   setup.one_process_only("experiments.klom_curve", "its nested populations are not split "
                          "over processes")
   t0 = time.perf_counter()
-  sizes = parse_sizes(F.sizes)
-  if F.chunk < 0:
-    raise setup.UsageError(f"--chunk={F.chunk} must be 0 (all at once) or positive")
+  sizes = parse_sizes(cfg.evaluate.sizes)
+  chunk, cache = chunk_of(cfg), cache_dir(cfg)
   setup.validate(cfg)
   workdir = cli.workdir(cfg, "klom_curve_")
-  setup.prepare_workdir(workdir, F.overwrite)
+  setup.prepare_workdir(workdir, flags.FLAGS.overwrite)
   st = setup.setup(cfg, print)
   n = sizes[-1]
-  cache = Path(F.populations_dir) if F.populations_dir else None
-  with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
-    originals, oracles, _ = population.train_populations(cfg, st, n, F.chunk, print, cache)
-    _, second, _ = population.train_populations(cfg, st, n, F.chunk, print, cache,
+  with setup.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
+    originals, oracles, _ = population.train_populations(cfg, st, n, chunk, print, cache)
+    _, second, _ = population.train_populations(cfg, st, n, chunk, print, cache,
                                                 names=("retrain",),
                                                 first_seed=int(cfg.seed) + n)
     print("margins of the three populations")
-    predict = PopulationLogits(st.model, F.chunk)
+    predict = PopulationLogits(st.model, chunk)
     phi = {k: margins_by_split(st, ms.variables, predict)
            for k, ms in (("original", originals), ("oracle", oracles), ("second", second))}
     rows = curve(phi["original"], phi["oracle"], phi["second"], sizes)
@@ -246,4 +243,4 @@ def plot_intervals(intervals: list, path: Path) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(job)
+  cli.run(job, fields=("evaluate.sizes", "evaluate.chunk", "evaluate.populations_dir"))

@@ -9,8 +9,8 @@ through metric writers; several PyTorch unlearning frameworks log to wandb):
 - `results/<method>/<column>`: every numeric column of `results.csv`, step = the seed's row;
 - `memorisation_signal`: original FA − retrain FA (mean over seeds).
 
-`--tensorboard_dir=DIR` needs `tensorboardX` (`pip install 'unlearn_jax[logging]'`);
-`--wandb_project=NAME` needs `wandb` (its own login or `WANDB_MODE=offline`). Only the
+`--config.tensorboard_dir=DIR` needs `tensorboardX` (`pip install 'unlearn_jax[logging]'`);
+`--config.wandb_project=NAME` needs `wandb` (its own login or `WANDB_MODE=offline`). Only the
 writing process (process 0) logs.
 """
 
@@ -29,10 +29,10 @@ RESULT_COLUMNS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr", "second
 def check_available(tensorboard_dir: str | None, wandb_project: str | None) -> None:
   """UsageError, before anything runs, for a sink whose package is not installed."""
   if tensorboard_dir and importlib.util.find_spec("tensorboardX") is None:
-    raise UsageError(f"--tensorboard_dir={tensorboard_dir} needs tensorboardX: pip install "
+    raise UsageError(f"--config.tensorboard_dir={tensorboard_dir} needs tensorboardX: pip install "
                      "'unlearn_jax[logging]'")
   if wandb_project and importlib.util.find_spec("wandb") is None:
-    raise UsageError(f"--wandb_project={wandb_project} needs wandb: pip install wandb")
+    raise UsageError(f"--config.wandb_project={wandb_project} needs wandb: pip install wandb")
 
 
 def scalars(result) -> list[tuple[str, float, int]]:

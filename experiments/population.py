@@ -155,7 +155,7 @@ def _physical_memory() -> float:
 
 def _apply_in_chunks(spec, ctx, hparams, variables, data, keys, st, chunk, log):
   """The method on every model, vmapped in chunks, one compiled program for every chunk of
-  the same size. Without `--chunk` (vmapped), XLA's memory analysis of the all-at-once
+  the same size. Without `--config.evaluate.chunk` (vmapped), XLA's memory analysis of the all-at-once
   program decides: when it needs more than MEMORY_FRACTION of the machine the models go in
   chunks that fit; a chunk that still runs out of memory is halved and retried (e.g.
   `influence` holds an N×P gradient matrix per model)."""
@@ -190,15 +190,15 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
         epsilon_resamples: int = 30) -> Evaluation:
   t_start = time.perf_counter()
   if num_models < 4:
-    raise UsageError(f"--num_models={num_models} must be at least 4 (the attacks "
+    raise UsageError(f"--config.evaluate.num_models={num_models} must be at least 4 (the attacks "
                             "split each population in halves)")
   if num_resamples < 0 or num_resamples == 1:
-    raise UsageError(f"--bootstrap={num_resamples} must be 0 (no intervals) or at least 2")
+    raise UsageError(f"--config.evaluate.bootstrap={num_resamples} must be 0 (no intervals) or at least 2")
   if not 0 <= epsilon_resamples <= num_resamples:
-    raise UsageError(f"--bootstrap_epsilon={epsilon_resamples} must lie in [0, --bootstrap="
+    raise UsageError(f"--config.evaluate.bootstrap_epsilon={epsilon_resamples} must lie in [0, --config.evaluate.bootstrap="
                      f"{num_resamples}]")
   if chunk < 0:
-    raise UsageError(f"--chunk={chunk} must be 0 (all at once) or positive")
+    raise UsageError(f"--config.evaluate.chunk={chunk} must be 0 (all at once) or positive")
   st = setup_lib.setup(cfg, log, population=chunk or num_models)
   hparams = setup_lib.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
                                        st.model_name)

@@ -213,7 +213,7 @@ def intervals_markdown(info: dict) -> list:
   first = info.get("first_separable_n")
   lines += ["", (f"With intervals, doing nothing is first told from the floor at N = {first}: "
                  f"a population evaluation needs at least that many models per side "
-                 f"(`experiments.evaluate --num_models={2 * first}`)."
+                 f"(`experiments.evaluate --config.evaluate.num_models={2 * first}`)."
                  if first else "At no N measured do the intervals tell doing nothing from "
                  "the floor: raise N.")]
   return lines

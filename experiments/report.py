@@ -236,8 +236,8 @@ def signal_markdown(signal: dict | None) -> str:
     line += (f" **Warning: too small to rank methods** (needs ≥ {MIN_SIGNAL_POINTS:g} points "
              "and ≥ 3× its seed std): the original barely memorises D_f, so doing nothing "
              "scores near retrain. Use a memorising setup: the default job "
-             "(--dataset=mnist1d, where a small MLP memorises its 1,000 examples) or the "
-             "class scenario (--scenario=class).")
+             "(--config.dataset=mnist1d, where a small MLP memorises its 1,000 examples) or the "
+             "class scenario (--config.scenario=class).")
   return line + "\n"
 
 

@@ -2,11 +2,11 @@ r"""Deletion requests over time: K requests applied in order by each method, SIS
 retraining, every metric re-measured after every request.
 
     python -m experiments.requests                                   # digits, 10 x 1%
-    python -m experiments.requests --requests=5 --request_kind=class --forget_classes=3
-    python -m experiments.requests --methods=sisa,finetune --sisa_shards=8 --seeds=3
+    python -m experiments.requests --config.requests.count=5 --config.requests.kind=class --config.forget_classes=3
+    python -m experiments.requests --methods=sisa,finetune --config.requests.sisa_shards=8 --seeds=3
 
-Requests: `--request_kind=random` draws K disjoint sets of `--request_size` examples
-(a fraction of train when < 1, a count otherwise); `class` splits the `--forget_classes`
+Requests: `--config.requests.kind=random` draws K disjoint sets of `--config.requests.size` examples
+(a fraction of train when < 1, a count otherwise); `class` splits the `--config.forget_classes`
 examples into K near-equal requests. After request k the forget set is the union of
 requests 1..k (cumulative) and the retain set everything else.
 
@@ -14,7 +14,7 @@ requests 1..k (cumulative) and the retain set everything else.
   reference curve);
 * an approximate method: applied to the previous request's model with D_f = request k and
   D_r = the current retain set (so errors compound, as in deployment);
-* `sisa`: `unlearn_jax.sisa` (`--sisa_shards` × `--sisa_slices`), trained once, each
+* `sisa`: `unlearn_jax.sisa` (`--config.requests.sisa_shards` × `--config.requests.sisa_slices`), trained once, each
   request deleted exactly; predictions by the shard models' mean logits.
 
 After every request: RA (current retain set), FA (cumulative forget set), TA, the loss MIA
@@ -44,18 +44,7 @@ from unlearn_jax import driver, methods as methods_lib, metrics as metrics_lib, 
 from unlearn_jax import train as train_lib
 from unlearn_jax.adapter import model_variables
 
-flags.DEFINE_integer("requests", 10, "number of deletion requests K")
-flags.DEFINE_float("request_size", 0.01, "examples per request: a fraction of train (< 1) "
-                   "or a count")
-flags.DEFINE_string("request_kind", "random", "random | class (--forget_classes split into "
-                    "K requests)")
-flags.DEFINE_integer("sisa_shards", 4, "SISA shards S")
-flags.DEFINE_integer("sisa_slices", 4, "SISA slices R per shard")
-flags.DEFINE_integer("sisa_epochs_per_slice", 0, "SISA epochs per stage (0: the recipe's "
-                     "epochs / R, at least 1)")
-
 REQUEST_KINDS = ("random", "class")
-DEFAULT_METHODS = "sisa,finetune,scrub,salun,ssd"
 METRICS = (("retain_acc", "RA"), ("forget_acc", "FA"), ("test_acc", "TA"),
            ("mia_loss_lr", "MIA"))
 
@@ -64,22 +53,22 @@ def make_requests(train_y, kind: str, k: int, size: float, classes, seed: int) -
   """K disjoint index arrays (see the module docstring); UsageError for what cannot be."""
   n = len(train_y)
   if k < 1:
-    raise setup.UsageError(f"--requests={k} must be >= 1")
+    raise setup.UsageError(f"--config.requests.count={k} must be >= 1")
   if kind not in REQUEST_KINDS:
-    raise setup.UsageError(f"--request_kind={kind!r} is unknown; allowed: "
+    raise setup.UsageError(f"--config.requests.kind={kind!r} is unknown; allowed: "
                            f"{', '.join(REQUEST_KINDS)}")
   rng = np.random.default_rng(seed)
   if kind == "class":
     if not classes:
-      raise setup.UsageError("--request_kind=class needs --forget_classes (e.g. 3)")
+      raise setup.UsageError("--config.requests.kind=class needs --config.forget_classes (e.g. 3)")
     pool = rng.permutation(np.flatnonzero(np.isin(train_y, classes)))
     if pool.size < k:
-      raise setup.UsageError(f"--forget_classes={','.join(map(str, classes))} has {pool.size} "
-                             f"examples, fewer than --requests={k}")
+      raise setup.UsageError(f"--config.forget_classes={','.join(map(str, classes))} has {pool.size} "
+                             f"examples, fewer than --config.requests.count={k}")
     return [np.sort(p) for p in np.array_split(pool, k)]
   m = int(round(size * n)) if size < 1 else int(size)
   if m < 1 or k * m >= n:
-    raise setup.UsageError(f"--request_size={size:g} × --requests={k} must select at least "
+    raise setup.UsageError(f"--config.requests.size={size:g} × --config.requests.count={k} must select at least "
                            f"one example per request and leave a retain set ({n} examples)")
   pool = rng.permutation(n)[:k * m]
   return [np.sort(p) for p in pool.reshape(k, m)]
@@ -352,11 +341,10 @@ def write_requests(directory: Path, result: dict, config: dict, title: str,
 
 
 def job(cfg) -> str:
-  F = flags.FLAGS
-  names = [m for m in (F.methods if F.methods is not None else DEFAULT_METHODS).split(",") if m]
-  hparams = cli.method_hparams()
+  R = cfg.requests
+  names = [m.strip() for m in R.methods.split(",") if m.strip()]
   if not names:
-    raise setup.UsageError("--methods is empty")
+    raise setup.UsageError("--methods (the field requests.methods) is empty")
   known = set(methods_lib.list_methods()) | {"sisa", "retrain"}
   bad = [m for m in names if m not in known]
   if bad:
@@ -364,29 +352,37 @@ def job(cfg) -> str:
                            f"{', '.join(methods_lib.list_methods())}")
   if "retrain" not in names:
     names.append("retrain")
-  cfg.methods = ",".join(m for m in names if m not in ("sisa", "retrain")) or "finetune"
-  cfg.scenario = "class" if F.request_kind == "class" else "random"
+  if R.kind not in REQUEST_KINDS:
+    raise setup.UsageError(f"--config.requests.kind={R.kind!r} is unknown; allowed: "
+                           f"{', '.join(REQUEST_KINDS)}")
+  hparams = cli.method_hparams(cfg)
+  runs = [m for m in names if m not in ("sisa", "retrain")] or ["finetune"]
+  cfg.methods = {m: hparams.get(m, dict(methods_lib.get_method(m).defaults)) for m in runs}
+  cfg.scenario = "class" if R.kind == "class" else "random"
   if cfg.scenario == "random":
     cfg.forget_classes = ""
   for name in ("sisa_shards", "sisa_slices"):
-    if F[name].value < 1:
-      raise setup.UsageError(f"--{name}={F[name].value} must be >= 1")
-  if F.sisa_epochs_per_slice < 0:
-    raise setup.UsageError(f"--sisa_epochs_per_slice={F.sisa_epochs_per_slice} must be >= 0 "
-                           "(0: the recipe's epochs / slices)")
-  sisa_config = sisa.SisaConfig(shards=F.sisa_shards, slices=F.sisa_slices,
-                                epochs_per_slice=F.sisa_epochs_per_slice)
+    if R[name] < 1:
+      raise setup.UsageError(f"--config.requests.{name}={R[name]} must be >= 1")
+  if R.sisa_epochs_per_slice is not None and R.sisa_epochs_per_slice < 1:
+    raise setup.UsageError(f"--config.requests.sisa_epochs_per_slice={R.sisa_epochs_per_slice}"
+                           " must be >= 1 (or None: the recipe's epochs / slices)")
+  sisa_config = sisa.SisaConfig(shards=R.sisa_shards, slices=R.sisa_slices,
+                                epochs_per_slice=R.sisa_epochs_per_slice or 0)
   setup.validate(cfg)
-  with setup.staged_workdir(cli.workdir(cfg, "requests_"), F.overwrite) as (final, staging):
-    result = run(cfg, hparams, names, num_requests=F.requests, request_size=F.request_size,
-                 kind=F.request_kind, sisa_config=sisa_config,
+  with setup.staged_workdir(cli.workdir(cfg, "requests_"), flags.FLAGS.overwrite) as (final,
+                                                                                     staging):
+    result = run(cfg, cli.method_hparams(cfg), names, num_requests=R.count,
+                 request_size=R.size, kind=R.kind, sisa_config=sisa_config,
                  log=lambda s: print(s, flush=True))
     title = (f"Deletion requests: {cfg.dataset} · {result['info']['model']} · "
-             f"{F.requests} {F.request_kind} requests")
+             f"{R.count} {R.kind} requests")
     md = "" if staging is None else write_requests(staging, result, cfg.to_dict(), title,
                                                      cfg.plots)
   return f"\n{md}\nrun directory: {final}"
 
 
 if __name__ == "__main__":
-  cli.run(job)
+  cli.run(job, fields=("requests.count", "requests.size", "requests.kind",
+                       "requests.sisa_shards", "requests.sisa_slices"),
+          methods_field="requests.methods")

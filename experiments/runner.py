@@ -139,7 +139,7 @@ def _log_setting(st, cfg, log) -> None:
 
 def _device_data(st, cfg) -> dict:
   """{"train", "forget", "retain", "retain_train", "stream"}: in memory and replicated on
-  every device of the mesh (batches are split over `data` inside the steps). With --stream
+  every device of the mesh (batches are split over `data` inside the steps). With --config.stream
   the original and retrained models read their batches from host memory instead, so the
   whole train set is never copied to the device (the methods still get forget and retain
   there)."""

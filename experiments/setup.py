@@ -32,7 +32,7 @@ from unlearn_jax import train as train_lib
 from unlearn_jax import train_programs
 
 REFERENCE_MODELS = ("original", "retrain")
-LOOP_CHOICES = ("auto",) + parallel.LOOPS   # --seed_loop, --search_loop
+LOOP_CHOICES = ("auto",) + parallel.LOOPS   # --config.seed_loop, --config.tune.search_loop
 
 
 _FLAG_WORDS = ("dataset", "scenario", "forget_fraction", "forget_classes", "model")
@@ -42,8 +42,8 @@ def as_flags(message: str) -> str:
   """A library message names arguments (`dataset=x`); the CLI's names them as flags."""
   import re
   words = "|".join(_FLAG_WORDS)
-  message = re.sub(r"(?<![\w-])(" + words + r")(?==| needs| names)", r"--\1", message)
-  return re.sub(r"(?<=needs )(" + words + r")\b", r"--\1", message)
+  message = re.sub(r"(?<![\w-])(" + words + r")(?==| needs| names)", r"--config.\1", message)
+  return re.sub(r"(?<=needs )(" + words + r")\b", r"--config.\1", message)
 
 
 def flag_error_line(error: Exception) -> str:
@@ -64,7 +64,7 @@ def one_process_only(entry_point: str, why: str) -> None:
   """UsageError when `entry_point` is started as one process of several."""
   if jax.process_count() > 1:
     raise UsageError(f"{entry_point} runs in one process ({why}); start it without "
-                     "--distributed / --coordinator_address")
+                     "--config.distributed / --config.coordinator_address")
 
 
 def error_line(error: Exception) -> str:
@@ -86,87 +86,19 @@ def os_error_line(error: OSError) -> str:
 
 
 
-# ----------------------------------------------------------------------------- recipes
-# The first run (the default config) is MNIST-1D, 1,000 training examples and a 64-64 MLP
-# trained 60 epochs: the setup of the memorising benchmark the methods' tests use
-# (tests/memorising.py), where the original memorises its forget set and retraining does
-# not (the summary's memorisation signal), so a table can rank methods.
-FIRST_RUN_TRAIN_SUBSET = {"mnist1d": 1000}
-
-
-def train_subset_of(cfg) -> int:
-  """`--train_subset`, with -1 (the default) meaning the dataset's own: 1,000 of
-  MNIST-1D's 4,000 (a small MLP memorises them), all of any other dataset."""
-  n = int(cfg.train_subset)
-  if n < -1:
-    raise UsageError(f"--train_subset={n}: allowed -1 (the dataset's default), 0 (all) or a "
-                     "positive count")
-  return FIRST_RUN_TRAIN_SUBSET.get(str(cfg.dataset), 0) if n == -1 else n
-
-
-def default_model(dataset: data_lib.Dataset) -> str:
-  if dataset.name == "mnist1d":   # 40 values per example: a signal, not an image
-    return "mlp:64-64"
-  return "mlp" if dataset.image_size <= 8 else "cnn"
-
-
-def default_recipe(dataset: data_lib.Dataset, model_name: str) -> train_lib.TrainConfig:
-  """Training recipe by model and image size; every field can be overridden."""
-  small = dataset.image_size <= 8
-  if model_name == "mlp":
-    return train_lib.TrainConfig(epochs=60 if dataset.name == "mnist1d" else 30,
-                                 batch_size=64, lr=0.05)
-  if model_name == "cnn":
-    if small:
-      return train_lib.TrainConfig(epochs=15, batch_size=64, lr=0.05)
-    color = dataset.input_shape[-1] == 3
-    return train_lib.TrainConfig(epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4,
-                                 augment=color)
-  if model_name == "vit":
-    # AdamW (decoupled weight decay 0.05), one-cycle: the usual small-ViT recipe; SGD at
-    # the CNN's lr does not train a transformer from scratch.
-    return train_lib.TrainConfig(epochs=30 if small else 40, batch_size=64 if small else 128,
-                                 lr=1e-3, weight_decay=0.05, optimizer="adam",
-                                 augment=(not small) and dataset.input_shape[-1] == 3)
-  if model_name == "resnet9":
-    # The Easy Data Unlearning Bench's (`train_models.py`): SGD with plain momentum 0.9,
-    # weight decay 5e-4, batch 256, 24 epochs, a linear one-cycle peaking at lr 0.4 after 5
-    # epochs, no augmentation.
-    return train_lib.TrainConfig(epochs=15 if small else 24, batch_size=64 if small else 256,
-                                 lr=0.4, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                                 schedule="linear_onecycle", peak_fraction=5 / 24)
-  if model_name == "airbench94":
-    # Airbench's (KellerJordan/cifar10-airbench `airbench94.py`), in mean-loss units: its lr
-    # 11.5 per 1,024 examples on a summed loss with Nesterov momentum 0.85 is lr 1.5 on the
-    # mean at batch 1,024, its decoupled weight decay 0.0153 is 0.0153 / (1 + 1 / 0.15) / 1.5
-    # coupled; BatchNorm biases at lr × 64; label smoothing 0.2; a triangle from 0.2·lr to
-    # lr at 23% of the steps to 0.07·lr; the lookahead EMA every 5 steps from epoch 3;
-    # translation by 2 with alternating flips. 10 epochs (airbench: 9.9, last batches
-    # dropped).
-    return train_lib.TrainConfig(
-        epochs=10, batch_size=1024, lr=1.5, momentum=0.85, nesterov=True,
-        weight_decay=0.0153 / (1 + 1 / 0.15) / 1.5, schedule="linear_onecycle",
-        peak_fraction=0.23, start_factor=0.2, end_factor=0.07,
-        augment=dataset.input_shape[-1] == 3, augmentation="translate_alternating_flip",
-        label_smoothing=0.2, bias_lr_scale=64.0, lookahead_every=5,
-        lookahead_start_epoch=3, lookahead_decay=0.95, lookahead_decay_pow=3.0)
-  # resnet18: the GPU recipe (SGD momentum, cosine, crop+flip).
-  return train_lib.TrainConfig(epochs=15 if small else 40, batch_size=128, lr=0.1,
-                               weight_decay=5e-4, schedule="cosine",
-                               augment=(not small) and dataset.input_shape[-1] == 3)
-
-
-def resolve_recipe(base: train_lib.TrainConfig, overrides: dict) -> train_lib.TrainConfig:
-  """Applies config overrides; -1, '' and None mean 'keep the recipe's value'."""
-  fields = {f.name for f in dataclasses.fields(base)}
-  unknown = sorted(set(overrides) - fields)
+# ----------------------------------------------------------------------------- recipe
+def recipe_of(cfg) -> train_lib.TrainConfig:
+  """The training recipe: the config's `train` fields (every field of `TrainConfig`,
+  `experiments/configs/recipes.py`); UsageError naming a field it does not know."""
+  given = cfg.train.to_dict()
+  fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+  unknown = sorted(set(given) - fields)
   if unknown:
     raise UsageError(f"--config.train.{unknown[0]} is unknown; allowed: {', '.join(sorted(fields))}")
-  chosen = {k: v for k, v in overrides.items() if v is not None and v != "" and v != -1}
-  for flag in ("augment", "nesterov"):
-    if flag in chosen:
-      chosen[flag] = bool(chosen[flag])
-  return dataclasses.replace(base, **chosen)
+  try:
+    return train_lib.TrainConfig(**given)
+  except (TypeError, ValueError) as e:
+    raise UsageError(f"--config.train: {e}") from e
 
 
 @contextlib.contextmanager
@@ -318,42 +250,48 @@ def parse_classes(text) -> tuple:
   try:
     return tuple(int(c) for c in text.split(","))
   except ValueError:
-    raise UsageError(f"--forget_classes={text!r} must be a comma list of class ids, e.g. 3 or "
+    raise UsageError(f"--config.forget_classes={text!r} must be a comma list of class ids, e.g. 3 or "
                      "3,5") from None
 
 
-def resolve_methods(text, scenario: str, batch_norm: bool | None = None,
+def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
                     log: Callable[[str], None] = lambda s: None) -> tuple:
-  """The methods to run. By default every registered method meant for `scenario` (and,
-  when `batch_norm` is known, runnable on the model); a method named explicitly that
-  cannot run here is a UsageError naming why."""
-  names = [m.strip() for m in str(text).split(",") if m.strip()] if text else []
+  """The methods to run, in the registry's order, from the config's `methods` (their
+  names). When it lists every registered method (the default), those not meant for
+  `scenario` or (when `batch_norm` is known) not runnable on the model are skipped, with a
+  note; a method chosen by name that cannot run here is a UsageError naming why."""
   known = methods_lib.list_methods()
-  if not names:
-    chosen = []
-    for m in known:
-      spec = methods_lib.get_method(m)
-      if scenario not in spec.scenarios:
-        continue
-      if batch_norm is False and "batch_norm" in spec.requires:
-        log(f"note: skipping {m}: it needs a model with BatchNorm (--model=cnn or resnet18)")
-        continue
-      chosen.append(m)
-    return tuple(chosen)
+  names = [m for m in names]
   for m in names:
     if m in REFERENCE_MODELS:
       raise UsageError(f"--methods: {m!r} is always run as a reference; list unlearning "
                        f"methods only ({', '.join(known)})")
     if m not in known:
       raise UsageError(f"--methods: {m!r} is unknown; allowed: {', '.join(known)}")
+  if not names:
+    raise UsageError("--methods: no method chosen; allowed: " + ", ".join(known))
+  if set(names) == set(known):
+    chosen = []
+    for m in known:
+      spec = methods_lib.get_method(m)
+      if scenario not in spec.scenarios:
+        continue
+      if batch_norm is False and "batch_norm" in spec.requires:
+        log(f"note: skipping {m}: it needs a model with BatchNorm (--config.model=cnn or "
+            "resnet18)")
+        continue
+      chosen.append(m)
+    return tuple(chosen)
+  for m in names:
     spec = methods_lib.get_method(m)
     if not spec.reads and scenario not in spec.scenarios:
       raise UsageError(f"--methods: {m} is zero-shot and forgets whole classes: it needs "
-                       f"--scenario=class with --forget_classes (got --scenario={scenario})")
+                       f"--config.scenario=class with --config.forget_classes (got "
+                       f"--config.scenario={scenario})")
     if batch_norm is False and "batch_norm" in spec.requires:
       raise UsageError(f"--methods: {m} needs a model with BatchNorm layers; the chosen "
-                       f"model has none (use --model=cnn or --model=resnet18)")
-  return tuple(dict.fromkeys(names))
+                       f"model has none (use --config.model=cnn or --config.model=resnet18)")
+  return tuple(m for m in known if m in names)
 
 
 def validate(cfg) -> None:
@@ -362,41 +300,40 @@ def validate(cfg) -> None:
   if not (name in data_lib.TFDS_NAMES or name in ("digits", "mnist1d")
           or name.startswith("image_folder:")
           or (":" in name and name.split(":", 1)[0] in data_lib.CIFAR_PYTHON)):
-    raise UsageError(f"--dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
+    raise UsageError(f"--config.dataset={name!r} is unknown; allowed: {', '.join(data_lib.DATASET_CHOICES)}")
   if cfg.get("conv", "auto") not in models_lib.CONV_IMPLS:
-    raise UsageError(f"--conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")
+    raise UsageError(f"--config.conv={cfg.conv!r} is unknown; allowed: {', '.join(models_lib.CONV_IMPLS)}")
   if cfg.get("train_program", "auto") != "auto":
     try:
       train_programs.parse(cfg.train_program)
     except ValueError as e:
-      raise UsageError(f"--train_program={cfg.train_program!r}: {e}") from e
-  if cfg.model:
-    if cfg.model.partition(":")[0] not in models_lib.list_models():
-      raise UsageError(f"--model={cfg.model!r} is unknown; allowed: "
-                       f"{', '.join(models_lib.list_models())} (optionally name:W1-W2-...)")
-    try:
-      models_lib.parse_model_spec(cfg.model)
-    except ValueError as e:
-      raise UsageError(f"--model={cfg.model!r}: {str(e).partition(': ')[2]}") from e
+      raise UsageError(f"--config.train_program={cfg.train_program!r}: {e}") from e
+  if cfg.model.partition(":")[0] not in models_lib.list_models():
+    raise UsageError(f"--config.model={cfg.model!r} is unknown; allowed: "
+                     f"{', '.join(models_lib.list_models())} (optionally name:W1-W2-...)")
+  try:
+    models_lib.parse_model_spec(cfg.model)
+  except ValueError as e:
+    raise UsageError(f"--config.model={cfg.model!r}: {str(e).partition(': ')[2]}") from e
   if cfg.scenario not in data_lib.SCENARIOS:
-    raise UsageError(f"--scenario={cfg.scenario!r} is unknown; allowed: {', '.join(data_lib.SCENARIOS)}")
+    raise UsageError(f"--config.scenario={cfg.scenario!r} is unknown; allowed: {', '.join(data_lib.SCENARIOS)}")
   if cfg.scenario == "random" and not 0.0 < float(cfg.forget_fraction) < 1.0:
-    raise UsageError(f"--forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
+    raise UsageError(f"--config.forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
   if cfg.seeds < 1:
     raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
   if cfg.get("unlearn_seeds", 1) < 1:
-    raise UsageError(f"--unlearn_seeds={cfg.unlearn_seeds} must be at least 1")
+    raise UsageError(f"--config.unlearn_seeds={cfg.unlearn_seeds} must be at least 1")
   if cfg.seed_loop not in LOOP_CHOICES:
-    raise UsageError(f"--seed_loop={cfg.seed_loop!r} is unknown; allowed: "
+    raise UsageError(f"--config.seed_loop={cfg.seed_loop!r} is unknown; allowed: "
                      f"{', '.join(LOOP_CHOICES)}")
-  if cfg.get("mesh_seeds", 0) < 0 or cfg.get("mesh_data", 0) < 0:
-    raise UsageError(f"--mesh_seeds={cfg.get('mesh_seeds', 0)} and "
-                     f"--mesh_data={cfg.get('mesh_data', 0)} must be >= 0 (mesh_seeds 0 = "
-                     "automatic, mesh_data 0 = all remaining devices)")
+  for name in ("mesh_seeds", "mesh_data", "train_subset", "test_subset"):
+    if cfg.get(name) is not None and cfg.get(name) < 1:
+      raise UsageError(f"--config.{name}={cfg.get(name)} must be at least 1 (or None: "
+                       f"{'automatic' if name.startswith('mesh') else 'all'})")
   for name in ("checkpoint_every", "method_checkpoint_every", "along_every"):
     if int(cfg.get(name, 0)) < 0:
       raise UsageError(f"--config.{name}={cfg.get(name)} must be >= 0 (0 = off)")
-  resolve_methods(cfg.methods, cfg.scenario)
+  resolve_methods(list(cfg.methods.keys()), cfg.scenario)
   parse_classes(cfg.forget_classes)
 
 
@@ -429,15 +366,15 @@ def setup(cfg, log: Callable[[str], None] = print, population: int | None = None
   default `--seeds`); raises UsageError (naming the flag) for every user mistake."""
   validate(cfg)
   try:
-    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir or None, train_subset_of(cfg),
-                               cfg.test_subset)
+    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.train_subset or 0,
+                               cfg.test_subset or 0)
   except data_lib.DatasetError as e:
     raise UsageError(as_flags(str(e))) from e
   train_fine = test_fine = None
   if cfg.scenario == "subclass":
     if ds.train_coarse_y is None:
-      raise UsageError(f"--scenario=subclass needs a dataset with coarse labels (cifar100); "
-                       f"--dataset={cfg.dataset} has one label set")
+      raise UsageError(f"--config.scenario=subclass needs a dataset with coarse labels (cifar100); "
+                       f"--config.dataset={cfg.dataset} has one label set")
     train_fine, test_fine = ds.train_y, ds.test_y
     ds = dataclasses.replace(ds, train_y=ds.train_coarse_y, test_y=ds.test_coarse_y,
                              num_classes=ds.num_coarse_classes)
@@ -449,15 +386,15 @@ def setup(cfg, log: Callable[[str], None] = print, population: int | None = None
                                 test_fine)
   except data_lib.SplitError as e:
     raise UsageError(as_flags(str(e))) from e
-  model_name = cfg.model or default_model(ds)   # a name or a `cnn:16-32-64` spec
+  model_name = cfg.model   # a name or a `cnn:16-32-64` spec
   base = models_lib.parse_model_spec(model_name)[0]
   conv = {"conv": cfg.get("conv", "auto")} if base in models_lib.CONV_MODELS else {}
   model = models_lib.get_model(model_name, ds.num_classes, **conv)
   shapes = jax.eval_shape(lambda: models_lib.init_variables(model, jax.random.PRNGKey(0),
                                                             ds.input_shape))
-  method_names = resolve_methods(cfg.methods, cfg.scenario, models_lib.has_batch_norm(shapes),
-                                 log)
-  recipe = resolve_recipe(default_recipe(ds, base), dict(cfg.train))
+  method_names = resolve_methods(list(cfg.methods.keys()), cfg.scenario,
+                                 models_lib.has_batch_norm(shapes), log)
+  recipe = recipe_of(cfg)
   mode = driver.default_seed_mode(shapes) if cfg.seed_loop == "auto" else cfg.seed_loop
   mesh = make_mesh(cfg, recipe.batch_size, mode, population)
   program, train_model = train_program(cfg, model_name, model, recipe, ds)
@@ -466,10 +403,10 @@ def setup(cfg, log: Callable[[str], None] = print, population: int | None = None
 
 
 def train_program(cfg, model_name: str, model, recipe, ds):
-  """(TrainProgram, the model it trains): `--train_program` by hand, or (auto) the fastest
+  """(TrainProgram, the model it trains): `--config.train_program` by hand, or (auto) the fastest
   measured for this backend, model, input and batch (`unlearn_jax.train_programs`). The
   program's convolution applies to conv models only (others keep `model`); an explicit
-  `--conv` wins over the table's."""
+  `--config.conv` wins over the table's."""
   spec = cfg.get("train_program", "auto")
   base = models_lib.parse_model_spec(model_name)[0]
   if spec == "auto":
@@ -485,23 +422,23 @@ def train_program(cfg, model_name: str, model, recipe, ds):
 
 
 def make_mesh(cfg, batch_size: int, mode: str, population: int | None = None):
-  """The device mesh of `--mesh_seeds` x `--mesh_data` (None when one device is all there
+  """The device mesh of `--config.mesh_seeds` x `--config.mesh_data` (None when one device is all there
   is); UsageError when the devices or the batch size do not fit it.
 
-  `--mesh_seeds=0` (the default) is automatic: 1 in a one-process job (every device on
+  `--config.mesh_seeds=0` (the default) is automatic: 1 in a one-process job (every device on
   `data`); in a multi-process job the population axis spans the processes and `data` stays
   within one (`parallel.population_mesh_shape`), so no gradient crosses a process.
   `population` (default `--seeds`): the models vmapped along `seeds`, which that axis
   must divide; 0: the job builds its own meshes (no mesh here)."""
-  seeds, data = int(cfg.get("mesh_seeds", 0)), int(cfg.get("mesh_data", 0))
+  seeds, data = int(cfg.get("mesh_seeds") or 0), int(cfg.get("mesh_data") or 0)
   population = int(cfg.seeds) if population is None else int(population)
   if population == 0:
     return None
   if jax.process_count() > 1:
     if mode != "vmap":
-      raise UsageError(f"--seed_loop={mode} runs the population one model after another in "
+      raise UsageError(f"--config.seed_loop={mode} runs the population one model after another in "
                        f"one process; a {jax.process_count()}-process job spreads it over "
-                       "the processes: pass --seed_loop=vmap")
+                       "the processes: pass --config.seed_loop=vmap")
     if seeds == 0:
       try:
         seeds, data = parallel.population_mesh_shape(population, data)
@@ -514,20 +451,20 @@ def make_mesh(cfg, batch_size: int, mode: str, population: int | None = None):
     mesh = parallel.make_mesh(data=data, seeds=seeds)
     parallel.check_batch_size(batch_size, mesh, "--config.train.batch_size")
   except parallel.MeshError as e:
-    raise UsageError(f"--mesh_seeds={seeds} --mesh_data={data}: {e}") from e
+    raise UsageError(f"--config.mesh_seeds={seeds} --config.mesh_data={data}: {e}") from e
   if seeds > 1 and mode != "vmap":
-    raise UsageError(f"--mesh_seeds={seeds} shards vmapped seeds, but --seed_loop={mode} runs "
-                     "seeds in sequence; pass --seed_loop=vmap or --mesh_seeds=1")
+    raise UsageError(f"--config.mesh_seeds={seeds} shards vmapped seeds, but --config.seed_loop={mode} runs "
+                     "seeds in sequence; pass --config.seed_loop=vmap or --config.mesh_seeds=1")
   if seeds > 1 and population % seeds:
     raise UsageError(f"a population of {population} models cannot be split over the "
-                     f"{seeds} devices of the mesh's seeds axis (--mesh_seeds={seeds}); use a "
+                     f"{seeds} devices of the mesh's seeds axis (--config.mesh_seeds={seeds}); use a "
                      f"multiple of {seeds} models")
   if jax.process_count() > 1 and cfg.get("stream", False) and seeds > 1:
-    raise UsageError("--stream in a multi-process job has each process read its share of "
+    raise UsageError("--config.stream in a multi-process job has each process read its share of "
                      "every batch over a data axis that spans the processes: pass "
-                     "--mesh_seeds=1")
+                     "--config.mesh_seeds=1")
   if jax.process_count() > 1 and seeds > 1 and seeds % jax.process_count():
-    raise UsageError(f"--mesh_seeds={seeds}: the seeds axis must span all "
+    raise UsageError(f"--config.mesh_seeds={seeds}: the seeds axis must span all "
                      f"{jax.process_count()} processes (a multiple of {jax.process_count()})")
   return mesh
 
@@ -566,7 +503,7 @@ def resolve_hparams(method_names, method_hparams: dict, scenario: str, log,
                                      model_name, log)
       hparams[m] = method.validate(given)
     except methods_lib.HyperparameterError as e:
-      raise UsageError(f"--{e.method}.{e.name}={e.value!r} {e.reason}") from e
+      raise UsageError(f"--config.methods.{e.method}.{e.name}={e.value!r} {e.reason}") from e
     if scenario not in method.scenarios:
       log(f"note: {m} is not meant for the {scenario} scenario "
           f"(meant for: {', '.join(method.scenarios)}); running it anyway")

@@ -1,22 +1,22 @@
 r"""Tuned, not guessed: search every method's hyperparameters as one program per method.
 
-    python -m experiments.tune --scenario=class --forget_classes=3 --budget=16   # digits
+    python -m experiments.tune --config.scenario=class --config.forget_classes=3 --config.tune.budget=16   # digits
     python -m experiments.tune --config=experiments/configs/cifar10_memorise.py \
-        --methods=finetune,ssd,salun --select=retrain_gap
-    python -m experiments.unlearn --hparams=runs/<tune dir>/tuned.json            # reuse it
+        --methods=finetune,ssd,salun --config.tune.select=retrain_gap
+    python -m experiments.unlearn --config.tuned_hparams=runs/<tune dir>/tuned.json            # reuse it
 
-For each method with a search space (`register(..., space=...)`), `--budget` K
+For each method with a search space (`register(..., space=...)`), `--config.tune.budget` K
 configurations (the defaults first, then random draws, log-uniform on log scales) × the
-seeds run as one vmapped program (`--search_loop=vmap`) or one compiled program called per
+seeds run as one vmapped program (`--config.tune.search_loop=vmap`) or one compiled program called per
 configuration and seed (`sequential`; `auto` picks what the seeds use: sequential for conv
-models on CPU). Selection (`--select`) scores each configuration on a
-`--selection_fraction` of D_f and of D_r and on the val split; the report uses only the
+models on CPU). Selection (`--config.tune.select`) scores each configuration on a
+`--config.tune.selection_fraction` of D_f and of D_r and on the val split; the report uses only the
 rest of D_f and D_r and the test split:
   * `no_retrain` (deployment mode): forget accuracy toward held-out accuracy (random) or 0
     (class), retain and val accuracy kept, loss MIA toward 0.5 (`tuning.no_retrain_score`);
   * `retrain_gap` (benchmark mode): mean |gap| to the retrained models over RA, FA, TA and
     the loss MIA (`tuning.retrain_gap_score`).
-Either rule chooses only among configurations that keep `--min_retain` (default 0.9) of
+Either rule chooses only among configurations that keep `--config.tune.min_retain` (default 0.9) of
 the original's retain accuracy on the selection part (`tuning.select_configuration`):
 retrain_gap alone would trade the retain set away for a smaller gap in FA and MIA.
 Writes into --workdir: tuning.csv (every configuration × seed: its values, the selection
@@ -31,32 +31,28 @@ from absl import flags
 from . import setup, tuning_run
 from . import cli   # the shared flags, their parsing, the one main
 
-flags.DEFINE_integer("budget", 16, "configurations per method (the defaults are the first)")
-flags.DEFINE_string("select", "no_retrain", "selection rule: no_retrain | retrain_gap")
-flags.DEFINE_float("selection_fraction", 0.2, "fraction of D_f and of D_r selection may read")
-flags.DEFINE_string("search_loop", "auto", "auto | vmap | sequential")
-flags.DEFINE_float("min_retain", 0.9, "only configurations keeping this fraction of the "
-                   "original's retain accuracy (on retain_select) may be chosen; 0: no floor")
 
 
 def job(cfg) -> str:
-  F = flags.FLAGS
-  fixed = cli.method_hparams()
-  tuning_run.check_options(F.budget, F.select, F.selection_fraction, F.search_loop,
-                           F.min_retain)
+  T = cfg.tune
+  fixed = cli.method_hparams(cfg)
+  tuning_run.check_options(T.budget, T.select, T.selection_fraction, T.search_loop,
+                           T.min_retain)
   setup.validate(cfg)
-  with setup.staged_workdir(cli.workdir(cfg, "tune_"), F.overwrite) as (final, staging):
-    result = tuning_run.run(cfg, fixed, budget=F.budget, rule=F.select,
-                            fraction=F.selection_fraction, loop=F.search_loop,
-                            min_retain=F.min_retain, log=lambda s: print(s, flush=True))
+  with setup.staged_workdir(cli.workdir(cfg, "tune_"), flags.FLAGS.overwrite) as (final,
+                                                                                 staging):
+    result = tuning_run.run(cfg, fixed, budget=T.budget, rule=T.select,
+                            fraction=T.selection_fraction, loop=T.search_loop,
+                            min_retain=T.min_retain, log=lambda s: print(s, flush=True))
     title = (f"Tuning: {cfg.dataset} · {result.info['model']} · {cfg.scenario}"
              + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else
                 f" ({100 * cfg.forget_fraction:g}% forget)"))
     md = ("" if staging is None else
           tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots))
   return (f"\n{md}\nwall time {result.info['wall_seconds']:.1f}s; run directory: {final}; "
-          f"reuse the choice with --hparams={final}/tuned.json")
+          f"reuse the choice with --config.tuned_hparams={final}/tuned.json")
 
 
 if __name__ == "__main__":
-  cli.run(job)
+  cli.run(job, fields=("tune.budget", "tune.select", "tune.selection_fraction",
+                       "tune.min_retain"))

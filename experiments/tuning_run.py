@@ -38,16 +38,16 @@ def check_options(budget: int, rule: str, fraction: float, loop: str,
                   min_retain: float = 0.9) -> None:
   """One-line flag errors before anything is loaded."""
   if not 0 <= min_retain <= 1:
-    raise UsageError(f"--min_retain={min_retain} must lie in [0, 1] (a fraction of the "
+    raise UsageError(f"--config.tune.min_retain={min_retain} must lie in [0, 1] (a fraction of the "
                      "original's retain accuracy; 0 turns the floor off)")
   if budget < 1:
-    raise UsageError(f"--budget={budget} must be >= 1")
+    raise UsageError(f"--config.tune.budget={budget} must be >= 1")
   if rule not in tuning.SELECTION_RULES:
-    raise UsageError(f"--select={rule!r} is unknown; allowed: {', '.join(tuning.SELECTION_RULES)}")
+    raise UsageError(f"--config.tune.select={rule!r} is unknown; allowed: {', '.join(tuning.SELECTION_RULES)}")
   if not 0 < fraction < 1:
-    raise UsageError(f"--selection_fraction={fraction} must lie strictly between 0 and 1")
+    raise UsageError(f"--config.tune.selection_fraction={fraction} must lie strictly between 0 and 1")
   if loop not in setup_lib.LOOP_CHOICES:
-    raise UsageError(f"--search_loop={loop!r} is unknown; allowed: "
+    raise UsageError(f"--config.tune.search_loop={loop!r} is unknown; allowed: "
                      f"{', '.join(setup_lib.LOOP_CHOICES)}")
 
 
@@ -72,19 +72,19 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   ds, split, model, mode = st.ds, st.split, st.model, st.mode
   # The references train in each process (S models, the same in every one); the search's
   # K configurations are the population a mesh splits: across the processes of a
-  # multi-process job, or over `--mesh_seeds` devices.
+  # multi-process job, or over `--config.mesh_seeds` devices.
   search_mesh = st.mesh if jax.process_count() > 1 or int(cfg.get("mesh_seeds", 0)) > 1 \
       else None
   hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log, st.model_name)
   search_loop = mode if loop == "auto" else loop
   if jax.process_count() > 1 and search_loop != "vmap":
-    raise UsageError(f"--search_loop={search_loop} runs the configurations one after another "
+    raise UsageError(f"--config.tune.search_loop={search_loop} runs the configurations one after another "
                      f"in one process; a {jax.process_count()}-process job splits them over "
-                     "the processes: pass --search_loop=vmap")
+                     "the processes: pass --config.tune.search_loop=vmap")
   try:
     parts = tuning.selection_parts(split, fraction, seed=int(cfg.split_seed))
   except ValueError as e:
-    raise UsageError(f"--selection_fraction: {e}") from e
+    raise UsageError(f"--config.tune.selection_fraction: {e}") from e
   take = lambda idx: (jnp.asarray(ds.train_x[idx]), jnp.asarray(ds.train_y[idx]))
   forget, retain = take(split.forget), take(split.retain)
   select_arrays = {"retain": take(parts["retain_select"]), "forget": take(parts["forget_select"]),
@@ -367,12 +367,12 @@ def load_tuned(path: str) -> dict:
     data = json.loads(Path(path).read_text())
     chosen = {m: dict(v["hparams"]) for m, v in data["methods"].items()}
   except FileNotFoundError:
-    raise UsageError(f"--hparams={path}: no such file") from None
+    raise UsageError(f"--config.tuned_hparams={path}: no such file") from None
   except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise UsageError(f"--hparams={path}: not a tuned.json written by experiments.tune "
+    raise UsageError(f"--config.tuned_hparams={path}: not a tuned.json written by experiments.tune "
                      f"({type(e).__name__}: {e})") from None
   unknown = sorted(set(chosen) - set(methods_lib.list_methods()))
   if unknown:
-    raise UsageError(f"--hparams={path}: method {unknown[0]!r} is unknown; allowed: "
+    raise UsageError(f"--config.tuned_hparams={path}: method {unknown[0]!r} is unknown; allowed: "
                      f"{', '.join(methods_lib.list_methods())}")
   return chosen

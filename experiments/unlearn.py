@@ -1,9 +1,9 @@
 r"""One command from data to a verdict: train, retrain, unlearn, evaluate, report.
 
     python -m experiments.unlearn                       # digits, 10%% random, all methods
-    python -m experiments.unlearn --scenario=class --forget_classes=3 --methods=finetune
-    python -m experiments.unlearn --finetune.lr=0.05 --seeds=5 --workdir=runs/ft
-    python -m experiments.unlearn --hparams=runs/tune_x/tuned.json   # experiments.tune's choice
+    python -m experiments.unlearn --config.scenario=class --config.forget_classes=3 --methods=finetune
+    python -m experiments.unlearn --config.methods.finetune.lr=0.05 --seeds=5 --workdir=runs/ft
+    python -m experiments.unlearn --config.tuned_hparams=runs/tune_x/tuned.json   # experiments.tune's choice
 
 Writes into --workdir (default runs/<dataset>_<scenario>_<time>): results.csv,
 results.json, summary.md, splits.npz/json, plots/, checkpoints/. A run is staged in a
@@ -27,9 +27,9 @@ def job(cfg) -> str:
   multi-process job every process computes and process 0 writes)."""
   F = flags.FLAGS
   log = lambda s: print(s, flush=True)
-  hparams = cli.method_hparams()
+  hparams = cli.method_hparams(cfg)
   st = runner.validate_run(cfg, hparams, F.workdir, F.overwrite, log)
-  metric_logging.check_available(F.tensorboard_dir, F.wandb_project)
+  metric_logging.check_available(cfg.tensorboard_dir, cfg.wandb_project)
   workdir = cli.workdir(cfg)
   resume_dir = setup.resume_dir_for(workdir)
   with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
@@ -42,7 +42,7 @@ def job(cfg) -> str:
     md = (report.write_run(staging, result, cfg.to_dict(), cfg.save_checkpoints, cfg.plots)
           if staging is not None else "")
     if staging is not None:
-      metric_logging.log_run(result, cfg.to_dict(), F.tensorboard_dir, F.wandb_project,
+      metric_logging.log_run(result, cfg.to_dict(), cfg.tensorboard_dir, cfg.wandb_project,
                              run_name=final.name)
   parallel.barrier("run written")
   if parallel.is_writer():

@@ -15,9 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_RUN = ROOT.parent / "shared" / "tools" / "check_run.py"
-SMALL = ["--dataset=digits", "--seeds=2", "--config.train.epochs=6",
-         "--methods=finetune,neggrad,random_label", "--finetune.epochs=2",
-         "--random_label.epochs=2", "--neggrad.epochs=2"]
+SMALL = ["--config=digits", "--seeds=2", "--config.train.epochs=6",
+         "--methods=finetune,neggrad,random_label", "--config.methods.finetune.epochs=2",
+         "--config.methods.random_label.epochs=2", "--config.methods.neggrad.epochs=2"]
 
 
 def run_cli(*args, cwd=ROOT):
@@ -99,11 +99,15 @@ def test_same_flags_same_results(two_runs):
 
 
 def _config(**overrides):
-  """The CLI's config: the default config file with the top-level flags' values."""
-  from experiments.configs import default
-  cfg = default.get_config()
-  for k, v in overrides.items():
-    cfg[k] = v
+  """The CLI's config: the default config file (the digits one for `dataset="digits"`)
+  with `overrides` (`methods`: a comma list of the methods to run)."""
+  from experiments.configs import default, digits
+  cfg = (digits if overrides.get("dataset") == "digits" else default).get_config()
+  from ml_collections import ConfigDict
+  from unlearn_jax import methods
+  for k, v in overrides.items():      # a method's name the registry lacks gets no hparams
+    cfg[k] = ConfigDict({m: dict(methods.get_method(m).defaults) if m in methods.list_methods()
+                         else {} for m in v.split(",")}) if k == "methods" else v
   return cfg
 
 
@@ -119,28 +123,29 @@ def _hparams(**overrides):
 # The flag-error matrix, in-process: the CLI's validation (`runner.validate_run`, every
 # check made before anything is written) and its error line (`setup.error_line`).
 @pytest.mark.parametrize("flags_,hparams_,needle", [
-    (dict(dataset="imagenet"), {}, "--dataset='imagenet' is unknown; allowed: digits"),
+    (dict(dataset="imagenet"), {}, "--config.dataset='imagenet' is unknown; allowed: digits"),
     (dict(model="swin"), {},
-     "--model='swin' is unknown; allowed: mlp, cnn, resnet18, resnet9, airbench94, vit"),
-    (dict(model="cnn:16-x"), {}, "--model='cnn:16-x': after ':' give positive layer widths"),
+     "--config.model='swin' is unknown; allowed: mlp, cnn, resnet18, resnet9, airbench94, vit"),
+    (dict(model="cnn:16-x"), {}, "--config.model='cnn:16-x': after ':' give positive layer widths"),
     (dict(methods="finetune,magic"), {}, "--methods: 'magic' is unknown; allowed: finetune"),
     (dict(scenario="sideways"), {},
-     "--scenario='sideways' is unknown; allowed: random, class, subclass"),
-    (dict(forget_fraction=1.5), {}, "--forget_fraction=1.5 must lie strictly between 0 and 1"),
-    (dict(forget_fraction=0.0), {}, "--forget_fraction=0.0 must lie strictly between 0 and 1"),
+     "--config.scenario='sideways' is unknown; allowed: random, class, subclass"),
+    (dict(forget_fraction=1.5), {}, "--config.forget_fraction=1.5 must lie strictly between 0 and 1"),
+    (dict(forget_fraction=0.0), {}, "--config.forget_fraction=0.0 must lie strictly between 0 and 1"),
     (dict(scenario="class", forget_classes="11"), {}, "[11] outside the dataset's classes 0..9"),
-    (dict(scenario="class"), {}, "needs --forget_classes"),
+    (dict(scenario="class"), {}, "needs --config.forget_classes"),
     (dict(forget_fraction=0.0001), {}, "the forget set is empty"),
     (dict(methods="gkt"), {},
-     "gkt is zero-shot and forgets whole classes: it needs --scenario=class"),
+     "gkt is zero-shot and forgets whole classes: it needs --config.scenario=class"),
     (dict(scenario="class", forget_classes="3", methods="deepinversion"), {},
      "deepinversion needs a model with BatchNorm layers; the chosen model has none"),
-    (dict(mesh_data=512), {}, "--mesh_seeds=1 --mesh_data=512: a mesh of 1 seeds x 512 data needs"),
-    (dict(mesh_seeds=-1), {}, "--mesh_seeds=-1 and --mesh_data=0 must be >= 0"),
-    (dict(train_program="unrolled:cudnn"), {}, "--train_program='unrolled:cudnn': "
+    (dict(mesh_data=512), {},
+     "--config.mesh_seeds=1 --config.mesh_data=512: a mesh of 1 seeds x 512 data needs"),
+    (dict(mesh_seeds=0), {}, "--config.mesh_seeds=0 must be at least 1 (or None: automatic)"),
+    (dict(train_program="unrolled:cudnn"), {}, "--config.train_program='unrolled:cudnn': "
      "conv='cudnn' is unknown; allowed: auto, xla, patches, canonical"),
     (dict(methods="finetune"), dict(finetune=dict(epochs=0)),
-     "--finetune.epochs=0 lies outside finetune.s bounds for epochs: \\[1, inf\\)"),
+     "--config.methods.finetune.epochs=0 lies outside finetune's bounds for epochs: [1, inf)"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):
   from experiments import runner, setup
@@ -155,8 +160,10 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparam
 # End to end: the parse-time errors absl raises (a dotted method flag, a config file's own
 # argument) and one validation error, each one line on stderr, exit 2, no traceback.
 @pytest.mark.parametrize("args,needle", [
-    (["--dataset=imagenet"], "error: --dataset='imagenet' is unknown; allowed: digits"),
-    (["--finetune.alpha=3"], "--finetune.alpha is not a hyperparameter of finetune"),
+    (["--config.dataset=imagenet"], "error: --config.dataset='imagenet' is unknown; allowed: digits"),
+    (["--config.methods.finetune.alpha=3"], "--config.methods.finetune.alpha is not a config "
+     "field; did you mean --config.methods.finetune.lr"),
+    (["--epochs=3"], "error: unknown flag --epochs; did you mean --config.train.epochs?"),
     (["--config=experiments/configs/cifar10_vit.py:tpu"],
      "cifar10_vit.py:tpu: unknown recipe; allowed: cpu, gpu"),
 ])
@@ -191,15 +198,20 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
   from unlearn_jax import methods
   from experiments import setup
   zero_shot = ("zs_minmax_noise", "gkt", "deepinversion")
-  assert setup.resolve_methods("", "random") == tuple(
+  every = list(methods.list_methods())
+  assert setup.resolve_methods(every, "random") == tuple(
       m for m in methods.list_methods() if m not in zero_shot)
-  assert setup.resolve_methods("", "class", batch_norm=True) == methods.list_methods()
-  assert setup.resolve_methods("", "class", batch_norm=False) == tuple(
+  assert setup.resolve_methods(every, "class", batch_norm=True) == methods.list_methods()
+  assert setup.resolve_methods(every, "class", batch_norm=False) == tuple(
       m for m in methods.list_methods() if m != "deepinversion")
-  assert setup.resolve_methods("ssd,finetune,ssd", "random") == ("ssd", "finetune")
+  # a chosen list runs in the registry's order (the results' order whatever the spelling)
+  assert setup.resolve_methods(["ssd", "finetune"], "random") == ("finetune", "ssd")
+  with pytest.raises(setup.UsageError, match="gkt is zero-shot"):
+    setup.resolve_methods(["gkt", "finetune"], "random")
 
 
-@pytest.mark.parametrize("name,arg", [("default", None), ("cifar10_cnn", None),
+@pytest.mark.parametrize("name,arg", [("default", None), ("digits", None), ("cifar10_cnn", None),
+                                      ("cifar10_population", None),
                                       ("cifar10_resnet18", None), ("cifar10_memorise", None),
                                       ("cifar10_vit", None), ("cifar10_vit", "gpu"),
                                       ("cifar10_resnet9", None), ("cifar10_airbench94", None)])
@@ -211,12 +223,14 @@ def test_every_config_file_sets_up(name, arg):
   cfg = module.get_config() if arg is None else module.get_config(arg)
   # The commands the config's docstring gives run this file with an existing entry point
   # (a renamed config or CLI leaves them stale).
-  commands = re.findall(r"python -m (experiments\.\w+) --config=(\S+?\.py)", module.__doc__)
+  commands = re.findall(r"python -m (experiments\.\w+) --config=(\S+?)[\s:]", module.__doc__)
   assert commands, f"{name}: its docstring gives no command that runs it"
   for entry, path in commands:
     assert importlib.util.find_spec(entry) is not None, f"{name}: {entry} does not exist"
-    assert (ROOT / path).resolve() == Path(module.__file__).resolve(), (name, path)
-  cfg.dataset, cfg.methods = "digits", "finetune"
+    file = ROOT / path if path.endswith(".py") else ROOT / "experiments/configs" / f"{path}.py"
+    assert file.resolve() == Path(module.__file__).resolve(), (name, path)
+  from experiments.configs import default
+  cfg.dataset, cfg.methods = "digits", default.methods_config("finetune")
   st = setup.setup(cfg, log=lambda s: None)
   if name == "cifar10_resnet18":
     assert st.model_name == "resnet18" and st.recipe.schedule == "cosine"
@@ -227,12 +241,18 @@ def test_every_config_file_sets_up(name, arg):
         "linear_onecycle", False, False)
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (24, 256, 0.4, 5e-4)
     assert r.peak_fraction == pytest.approx(5 / 24)
-  if name == "cifar10_airbench94":   # airbench's recipe, every field as the library's
-    assert st.model_name == "airbench94"
-    assert st.recipe == setup.default_recipe(st.ds, "airbench94").__class__(
-        **{**setup.default_recipe(st.ds, "airbench94").__dict__, "augment": True})
-    assert (st.recipe.augmentation, st.recipe.label_smoothing, st.recipe.lookahead_every) == (
-        "translate_alternating_flip", 0.2, 5)
+  if name == "cifar10_airbench94":   # airbench's recipe (airbench94.py's hyp, in mean units)
+    r = st.recipe
+    assert st.model_name == "airbench94" and r.augment
+    assert (r.epochs, r.batch_size, r.momentum, r.nesterov, r.label_smoothing) == (
+        10, 1024, 0.85, True, 0.2)
+    # lr 11.5 per 1,024 examples on a summed loss = 11.5 / (1 + 1/0.15) ... airbench's
+    # `lr / kilostep_scale` with kilostep_scale 1024·(1 + 1/(1 − momentum)) on the sum,
+    # times the batch 1,024 on the mean; decoupled decay 0.0153 → coupled ÷ that and lr.
+    assert r.lr == pytest.approx(11.5 / (1 + 1 / (1 - 0.85)), rel=0.01)
+    assert r.weight_decay == pytest.approx(0.0153 / (1 + 1 / 0.15) / r.lr, rel=0.01)
+    assert (r.augmentation, r.bias_lr_scale, r.lookahead_every) == (
+        "translate_alternating_flip", 64.0, 5)
   if name == "cifar10_vit":
     assert st.model_name.startswith("vit:") and st.recipe.optimizer == "adam"
     assert not any("BatchNorm" in k for k in str(st.model).split())
@@ -278,14 +298,38 @@ def test_benchmark_prints_its_tables(tmp_path):
   assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.integration
-def test_help_prints_the_module_docstring_as_written():
-  """absl formats the docstring with %: '10% r' once printed as a path (fixed by '%%')."""
-  r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--help"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=300)
-  assert "# digits, 10% random, all methods" in r.stdout, r.stdout[:500]
+@pytest.mark.parametrize("command, shows", [
+    (["-m", "experiments.unlearn", "--help"], ("train.epochs", "60", "--methods")),
+    (["-m", "experiments.unlearn", "--config=digits", "-h"], ("train.epochs", "30", "'digits'")),
+    (["-m", "experiments.evaluate", "--help"], ("evaluate.num_models", "16")),
+    (["-m", "experiments.tune", "--help"], ("tune.budget", "16")),
+    (["-m", "experiments.requests", "--help"], ("requests.count", "requests.methods")),
+    (["-m", "experiments.klom_curve", "--help"], ("evaluate.sizes", "'8,16,32,64'")),
+    (["-c", "from experiments import console; console.main(['unlearn-jax', 'run', '--help'])"],
+     ("usage: unlearn-jax run", "train.epochs")),
+])
+def test_help_is_one_screen_that_exits_0(command, shows):
+  """`--help` says what the command does, its flags and the fields people change most with
+  the chosen config's values, in at most 60 lines, and exits 0."""
+  r = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert 5 < len(lines) <= 60, f"{len(lines)} lines:\n{r.stdout}"
+  for text in ("--config", "--workdir", "experiments/configs/default.py", *shows):
+    assert text in r.stdout, f"--help does not show {text!r}:\n{r.stdout}"
 
 
+@pytest.mark.parametrize("name, hint", [
+    ("epochs", "--config.train.epochs"), ("dataset", "--config.dataset"),
+    ("finetune.lr", "--config.methods.finetune.lr"), ("num_models", "--config.evaluate.num_models"),
+    ("hparams", "--config.tuned_hparams"), ("train_seeds", "--seeds"),
+    ("config.train.epoch", "--config.train.epochs"), ("sisa_shards", "--config.requests.sisa_shards"),
+    ("overwrit", "--overwrite"), ("seeds_loop", "--config.seed_loop"),
+])
+def test_an_unknown_flag_names_the_nearest_flag_or_field(name, hint):
+  from experiments import cli
+  assert cli.nearest(name, ["x"]) == hint
 
 
 @pytest.mark.integration
@@ -323,13 +367,13 @@ def test_the_first_run_is_the_memorising_benchmarks_setup():
   from unlearn_jax import data as data_lib
   assert (digits.model_name, len(digits.ds.train_y), digits.recipe.epochs) == (
       "mlp", len(data_lib.load_dataset("digits").train_y), 30)
-  with pytest.raises(setup.UsageError, match=r"--train_subset=-2: allowed -1"):
+  with pytest.raises(setup.UsageError, match=r"--config.train_subset=-2 must be at least 1"):
     setup.setup(_config(train_subset=-2), log=lambda s: None)
 
 
 def test_a_shipped_config_is_found_by_name_and_runs_on_the_cifar_archive(tmp_path, monkeypatch):
   """`--config=cifar10_memorise` (the form that works from a wheel) is the shipped file;
-  with `--dataset=cifar10:PATH` (a small archive of the official format) it sets up; an
+  with `--config.dataset=cifar10:PATH` (a small archive of the official format) it sets up; an
   unknown name is one line listing the shipped ones."""
   from experiments import cli, setup
   import importlib
@@ -346,7 +390,8 @@ def test_a_shipped_config_is_found_by_name_and_runs_on_the_cifar_archive(tmp_pat
   write_cifar_python(tmp_path / "cifar-10-python.tar.gz", per_file=40)
   cfg = importlib.import_module("experiments.configs.cifar10_memorise").get_config()
   assert cfg.dataset == "cifar10"       # a dataset's name, never a path of this repository
-  cfg.dataset, cfg.methods = f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}", "finetune"
+  cfg.dataset = f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}"
+  cfg.methods = importlib.import_module("experiments.configs.default").methods_config("finetune")
   cfg.train_subset, cfg.test_subset = 100, 20
   st = setup.setup(cfg, log=lambda s: None)
   assert st.ds.input_shape == (32, 32, 3) and len(st.ds.train_y) == 100
@@ -398,7 +443,7 @@ def test_ctrl_c_and_an_os_error_end_in_one_line(tmp_path):
   import signal
   import time
   env = {**os.environ, "PYTHONUNBUFFERED": "1", "UNLEARN_JAX_CACHE": str(tmp_path / "cache")}
-  p = subprocess.Popen([sys.executable, "-m", "experiments.unlearn", "--dataset=digits",
+  p = subprocess.Popen([sys.executable, "-m", "experiments.unlearn", "--config=digits",
                         "--methods=finetune", "--seeds=1", "--config.train.epochs=100000",
                         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -421,7 +466,7 @@ def test_ctrl_c_and_an_os_error_end_in_one_line(tmp_path):
   assert "Traceback" not in err
   assert not list(tmp_path.glob(".run.partial-*")) and not (tmp_path / "run").exists()
   (tmp_path / "file").write_text("not a folder")
-  r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--dataset=digits",
+  r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--config=digits",
                       "--methods=finetune", f"--workdir={tmp_path / 'run2'}"], cwd=ROOT,
                      env={**env, "UNLEARN_JAX_CACHE": str(tmp_path / "file" / "cache")},
                      capture_output=True, text=True, timeout=300)

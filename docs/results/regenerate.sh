@@ -25,30 +25,30 @@ if [ "$what" = digits ] || [ "$what" = all ]; then
   run mnist1d_random "MNIST-1D, 10% random forgetting, every method (the default job)" \
     experiments.unlearn --config.save_checkpoints=False
   run digits_random "Digits, 10% random forgetting, every method" \
-    experiments.unlearn --dataset=digits --config.save_checkpoints=False
+    experiments.unlearn --config=digits --config.save_checkpoints=False
   run digits_class "Digits, class 3 forgotten, every method" \
-    experiments.unlearn --dataset=digits --scenario=class --forget_classes=3 \
+    experiments.unlearn --config=digits --config.scenario=class --config.forget_classes=3 \
     --config.save_checkpoints=False
   run digits_requests "Digits, 10 deletion requests of 1%: SISA, fine-tuning, SCRUB, retraining" \
-    experiments.requests --dataset=digits --methods=sisa,finetune,scrub --seeds=3
+    experiments.requests --config=digits --methods=sisa,finetune,scrub --seeds=3
   run digits_certified "Digits, 10 deletion requests of 1%: exact (SISA), certified (certified_head, noisy_finetune), approximate (finetune, SCRUB)" \
-    experiments.requests --dataset=digits --methods=sisa,certified_head,noisy_finetune,finetune,scrub \
+    experiments.requests --config=digits --methods=sisa,certified_head,noisy_finetune,finetune,scrub \
     --seeds=3
   run digits_tuning "Digits, class 3: a 16-configuration search of every data method" \
-    experiments.tune --dataset=digits --scenario=class --forget_classes=3 --budget=16 --seeds=2
+    experiments.tune --config=digits --config.scenario=class --config.forget_classes=3 --config.tune.budget=16 --seeds=2
 fi
 if [ "$what" = cifar ] || [ "$what" = all ]; then
   # CIFAR-10 as you have it: CIFAR10=cifar10:cifar-10-python.tar.gz (the official python
   # archive) or image_folder:PATH (a JPEG folder or its .tar.gz).
   : "${CIFAR10:?set CIFAR10=cifar10:PATH or image_folder:PATH (the CIFAR-10 data to use)}"
   run cifar10_memorise_random "Memorising CIFAR-10 subset, 10% random forgetting, every data method" \
-    experiments.unlearn --config=experiments/configs/cifar10_memorise.py --dataset="$CIFAR10" \
+    experiments.unlearn --config=experiments/configs/cifar10_memorise.py --config.dataset="$CIFAR10" \
     --config.save_checkpoints=False
   run cifar10_memorise_certified "Memorising CIFAR-10 subset, 3 deletion requests of 1%: exact (SISA), certified (certified_head, noisy_finetune), approximate (finetune, SCRUB)" \
-    experiments.requests --config=experiments/configs/cifar10_memorise.py --dataset="$CIFAR10" \
-    --methods=sisa,certified_head,noisy_finetune,finetune,scrub --requests=3 --seeds=2
+    experiments.requests --config=experiments/configs/cifar10_memorise.py --config.dataset="$CIFAR10" \
+    --methods=sisa,certified_head,noisy_finetune,finetune,scrub --config.requests.count=3 --seeds=2
   run cifar10_population_certified "Populations on the memorising CIFAR-10 subset: KLOM and U-LiRA of the certified methods beside fine-tuning and SCRUB" \
-    experiments.evaluate --config=experiments/configs/cifar10_population.py --dataset="$CIFAR10" \
-    --num_models=64 \
+    experiments.evaluate --config=experiments/configs/cifar10_population.py --config.dataset="$CIFAR10" \
+    --config.evaluate.num_models=64 \
     --methods=certified_head,noisy_finetune,finetune,scrub
 fi

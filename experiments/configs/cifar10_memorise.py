@@ -1,17 +1,17 @@
 """The memorising CPU benchmark: a CIFAR-10 setup where forgetting is visible.
 
     python -m experiments.unlearn --config=experiments/configs/cifar10_memorise.py \
-        --dataset=cifar10:cifar-10-python.tar.gz
+        --config.dataset=cifar10:cifar-10-python.tar.gz
     python -m experiments.unlearn --config=experiments/configs/cifar10_memorise.py \
-        --dataset=cifar10:cifar-10-python.tar.gz --scenario=class --forget_classes=3
+        --config.dataset=cifar10:cifar-10-python.tar.gz --config.scenario=class --config.forget_classes=3
     python -m experiments.evaluate --config=experiments/configs/cifar10_memorise.py \
-        --dataset=cifar10:cifar-10-python.tar.gz --num_models=8 \
+        --config.dataset=cifar10:cifar-10-python.tar.gz --config.evaluate.num_models=8 \
         --methods=finetune,ssd,salun,scrub,l1_sparse
 
 From an installed wheel: `unlearn-jax run --config=cifar10_memorise
---dataset=cifar10:cifar-10-python.tar.gz`. The archive is CIFAR-10's official python
+--config.dataset=cifar10:cifar-10-python.tar.gz`. The archive is CIFAR-10's official python
 version (`curl -O https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz`, 163 MB),
-decoded once into the cache; `--dataset=cifar10` reads it through tfds instead.
+decoded once into the cache; `--config.dataset=cifar10` reads it through tfds instead.
 
 Why this shape. A table can only rank unlearning methods when the original memorises its
 forget set: then retraining without D_f loses accuracy on D_f, and "doing nothing" is far
@@ -31,33 +31,30 @@ Retrain's forget accuracy then equals its test accuracy, against the original's 
 a memorisation signal large enough to rank methods (measured runs: the results pages).
 """
 
-try:  # an installed wheel (`unlearn-jax run --config=...`)
-
-  from unlearn_jax_experiments.configs import default
-
-except ImportError:  # the checkout (`python -m experiments.unlearn`)
-
-  from experiments.configs import default
 from unlearn_jax import methods
+from unlearn_jax_experiments.configs import default, recipes
 
 
-def data_methods() -> str:
-  """Every registered method that reads data (the zero-shot ones left out)."""
-  return ",".join(m for m in methods.list_methods() if methods.get_method(m).reads)
+def data_methods():
+  """Every registered method that reads data (the zero-shot ones left out), at its
+  defaults."""
+  return default.methods_config([m for m in methods.list_methods()
+                                 if methods.get_method(m).reads])
 
 
 def get_config():
   c = default.get_config()
-  c.dataset = "cifar10"          # tfds; --dataset=cifar10:PATH for the python archive
-  c.train_subset = 2500
+  c.dataset = "cifar10"          # tfds; --config.dataset=cifar10:PATH for the python archive
+  c.train_subset = 2500          # of 50,000
   c.test_subset = 2000
   c.model = "cnn:16-32-64"
   c.methods = data_methods()
   c.seeds = 3
+  c.train = recipes.cnn(color=True)
   c.train.epochs = 30
   c.train.batch_size = 64
   c.train.lr = 0.05
-  c.train.augment = 0
+  c.train.augment = False
   # Class scenario: the anamnesis index relearns every model on D_f for a fixed number of
   # steps (one lax.scan, no early exit), each step scored on `eval_size` forget examples;
   # the digits defaults (200 steps, 256 examples) cost ~45 s per CNN model here.

@@ -1,9 +1,9 @@
 """A population benchmark where KLOM can rank methods, on a CPU.
 
     python -m experiments.evaluate --config=experiments/configs/cifar10_population.py \
-        --num_models=64
+        --config.evaluate.num_models=64
     python -m experiments.klom_curve --config=experiments/configs/cifar10_population.py \
-        --sizes=8,16,32,64
+        --config.evaluate.sizes=8,16,32,64
 
 Per-example metrics (KLOM, F, U-LiRA) compare populations of N models, so the model must
 both memorise (else doing nothing is already indistinguishable from retraining) and be
@@ -18,13 +18,7 @@ one program each, and cached by `experiments.evaluate` for `experiments.klom_cur
 Measured figures: docs/results/population/.
 """
 
-try:  # an installed wheel (`unlearn-jax run --config=...`)
-
-  from unlearn_jax_experiments.configs import cifar10_memorise
-
-except ImportError:  # the checkout (`python -m experiments.unlearn`)
-
-  from experiments.configs import cifar10_memorise
+from unlearn_jax_experiments.configs import cifar10_memorise
 
 
 def get_config():

@@ -2,7 +2,7 @@
 
     python -m experiments.unlearn --config=experiments/configs/cifar10_vit.py          # CPU
     python -m experiments.unlearn --config=experiments/configs/cifar10_vit.py:gpu \
-        --dataset=cifar10:/path/to/cifar-10-python.tar.gz                             # GPU
+        --config.dataset=cifar10:/path/to/cifar-10-python.tar.gz                             # GPU
 
 `cpu` (the default) is the memorising benchmark of `cifar10_memorise.py` with the CNN
 swapped for `vit:64-2-4` (width 64, 2 pre-LayerNorm blocks, 4 heads, patch 4: 64 tokens +
@@ -21,13 +21,7 @@ No BatchNorm anywhere: every method runs on it through the model's own adapter
 (`ViT.unlearn_adapter`: `train` keyword, optional `dropout` stream, head `head`).
 """
 
-try:  # an installed wheel (`unlearn-jax run --config=...`)
-
-  from unlearn_jax_experiments.configs import cifar10_memorise, cifar10_resnet18
-
-except ImportError:  # the checkout (`python -m experiments.unlearn`)
-
-  from experiments.configs import cifar10_memorise, cifar10_resnet18
+from unlearn_jax_experiments.configs import cifar10_memorise, cifar10_resnet18
 
 RECIPES = ("cpu", "gpu")
 
