@@ -1,12 +1,13 @@
 r"""Proof of forgetting: N unlearned vs N retrained models per method, every attack.
 
-    python -m experiments.evaluate                                  # digits, N=16, all methods
-    python -m experiments.evaluate --config.evaluate.num_models=64 --methods=finetune,neggrad,random_label
-    python -m experiments.evaluate --config.dataset=cifar10:cifar-10-python.tar.gz \
+    python -m experiments.evaluate                                  # MNIST-1D, N=16, all methods
+    python -m experiments.evaluate --config.evaluate.num_models=64 \
+        --methods=finetune,neggrad,random_label
+    python -m experiments.evaluate --config=cifar10_cnn --config.dataset=cifar10:cifar-10-python.tar.gz \
         --config.train_subset=5000 --config.evaluate.num_models=8 --config.evaluate.chunk=4
 
-Trains --config.evaluate.num_models originals and --config.evaluate.num_models retrained models (vmapped, in chunks of
---config.evaluate.chunk when memory asks), applies each method to every original, and writes into
+Trains `evaluate.num_models` originals and as many retrained models (vmapped, in chunks
+of `evaluate.chunk` when memory asks), applies each method to every original, and writes into
 --workdir: evaluation.csv (one row per method), report.md, evaluation.json,
 epsilons.npz and plots/ (per-example ε histograms, U/R distributions, method × metric
 chart). The populations are checkpointed under --config.evaluate.populations_dir/<fingerprint> and

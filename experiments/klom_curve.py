@@ -10,14 +10,14 @@ independent set of oracles, scores a KLOM above 0 (the floor). KLOM can rank met
 at an N where the floor's forget p95 lies below that of doing nothing (the untouched
 originals against the oracles).
 
-For the largest N of --config.evaluate.sizes this trains (or restores from --config.evaluate.populations_dir, the cache
-`experiments.evaluate` fills) the originals and the oracles, and a second oracle
-population with the seeds after them. For each N: KLOM p95 per split (forget, retain,
-test) of the first N originals against the first N oracles, and of the first N second
-oracles against the same N oracles, in both directions; and average_95 of both with its
-95% bootstrap interval, and whether the two are told apart (how the interval narrows with
-N). Writes into --workdir: curve.csv, curve.json, report.md, plots/curve.png and
-plots/intervals.png.
+For the largest N of `evaluate.sizes` this trains (or restores from
+`evaluate.populations_dir`, the cache `experiments.evaluate` fills) the originals and the
+oracles, and a second oracle population with the seeds after them. For each N: KLOM p95
+per split (forget, retain, test) of the first N originals against the first N oracles, and
+of the first N second oracles against the same N oracles, in both directions; and
+average_95 of both with its 95% bootstrap interval, and whether the two are told apart
+(how the interval narrows with N). Writes into --workdir: curve.csv, curve.json,
+report.md, plots/curve.png and plots/intervals.png.
 """
 
 import csv

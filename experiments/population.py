@@ -46,8 +46,8 @@ POPULATIONS = ("original", "retrain")
 def fingerprint(cfg, st: setup_lib.Setup, num_models: int, names=POPULATIONS,
                 first_seed=None) -> dict:
   """What determines the populations; a checkpoint is reused only when this matches."""
-  fp = {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset),
-        "test_subset": int(cfg.test_subset), "model": st.model_name,
+  fp = {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset or 0),
+        "test_subset": int(cfg.test_subset or 0), "model": st.model_name,
         "split_sha256": st.split.digests(), "recipe": dataclasses.asdict(st.recipe),
         "num_models": int(num_models),
         "seed": int(cfg.seed) if first_seed is None else int(first_seed)}
@@ -195,8 +195,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   if num_resamples < 0 or num_resamples == 1:
     raise UsageError(f"--config.evaluate.bootstrap={num_resamples} must be 0 (no intervals) or at least 2")
   if not 0 <= epsilon_resamples <= num_resamples:
-    raise UsageError(f"--config.evaluate.bootstrap_epsilon={epsilon_resamples} must lie in [0, --config.evaluate.bootstrap="
-                     f"{num_resamples}]")
+    raise UsageError(f"--config.evaluate.bootstrap_epsilon={epsilon_resamples} must lie in "
+                     f"[0, --config.evaluate.bootstrap={num_resamples}]")
   if chunk < 0:
     raise UsageError(f"--config.evaluate.chunk={chunk} must be 0 (all at once) or positive")
   st = setup_lib.setup(cfg, log, population=chunk or num_models)

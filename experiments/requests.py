@@ -1,8 +1,9 @@
 r"""Deletion requests over time: K requests applied in order by each method, SISA and
 retraining, every metric re-measured after every request.
 
-    python -m experiments.requests                                   # digits, 10 x 1%
-    python -m experiments.requests --config.requests.count=5 --config.requests.kind=class --config.forget_classes=3
+    python -m experiments.requests --config=digits                   # 10 requests of 1%
+    python -m experiments.requests --config.requests.count=5 --config.requests.kind=class \
+        --config.forget_classes=3
     python -m experiments.requests --methods=sisa,finetune --config.requests.sisa_shards=8 --seeds=3
 
 Requests: `--config.requests.kind=random` draws K disjoint sets of `--config.requests.size` examples
@@ -14,7 +15,7 @@ requests 1..k (cumulative) and the retain set everything else.
   reference curve);
 * an approximate method: applied to the previous request's model with D_f = request k and
   D_r = the current retain set (so errors compound, as in deployment);
-* `sisa`: `unlearn_jax.sisa` (`--config.requests.sisa_shards` × `--config.requests.sisa_slices`), trained once, each
+* `sisa`: `unlearn_jax.sisa` (`requests.sisa_shards` × `requests.sisa_slices`), trained once, each
   request deleted exactly; predictions by the shard models' mean logits.
 
 After every request: RA (current retain set), FA (cumulative forget set), TA, the loss MIA
@@ -68,7 +69,8 @@ def make_requests(train_y, kind: str, k: int, size: float, classes, seed: int) -
     return [np.sort(p) for p in np.array_split(pool, k)]
   m = int(round(size * n)) if size < 1 else int(size)
   if m < 1 or k * m >= n:
-    raise setup.UsageError(f"--config.requests.size={size:g} × --config.requests.count={k} must select at least "
+    raise setup.UsageError(f"--config.requests.size={size:g} × --config.requests.count={k} "
+                           "must select at least "
                            f"one example per request and leave a retain set ({n} examples)")
   pool = rng.permutation(n)[:k * m]
   return [np.sort(p) for p in pool.reshape(k, m)]

@@ -316,7 +316,8 @@ def validate(cfg) -> None:
   except ValueError as e:
     raise UsageError(f"--config.model={cfg.model!r}: {str(e).partition(': ')[2]}") from e
   if cfg.scenario not in data_lib.SCENARIOS:
-    raise UsageError(f"--config.scenario={cfg.scenario!r} is unknown; allowed: {', '.join(data_lib.SCENARIOS)}")
+    raise UsageError(f"--config.scenario={cfg.scenario!r} is unknown; allowed: "
+                     f"{', '.join(data_lib.SCENARIOS)}")
   if cfg.scenario == "random" and not 0.0 < float(cfg.forget_fraction) < 1.0:
     raise UsageError(f"--config.forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
   if cfg.seeds < 1:

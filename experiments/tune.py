@@ -1,6 +1,7 @@
 r"""Tuned, not guessed: search every method's hyperparameters as one program per method.
 
-    python -m experiments.tune --config.scenario=class --config.forget_classes=3 --config.tune.budget=16   # digits
+    python -m experiments.tune --config=digits --config.scenario=class \
+        --config.forget_classes=3 --config.tune.budget=16
     python -m experiments.tune --config=experiments/configs/cifar10_memorise.py \
         --methods=finetune,ssd,salun --config.tune.select=retrain_gap
     python -m experiments.unlearn --config.tuned_hparams=runs/<tune dir>/tuned.json            # reuse it

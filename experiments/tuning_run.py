@@ -43,7 +43,8 @@ def check_options(budget: int, rule: str, fraction: float, loop: str,
   if budget < 1:
     raise UsageError(f"--config.tune.budget={budget} must be >= 1")
   if rule not in tuning.SELECTION_RULES:
-    raise UsageError(f"--config.tune.select={rule!r} is unknown; allowed: {', '.join(tuning.SELECTION_RULES)}")
+    raise UsageError(f"--config.tune.select={rule!r} is unknown; allowed: "
+                     f"{', '.join(tuning.SELECTION_RULES)}")
   if not 0 < fraction < 1:
     raise UsageError(f"--config.tune.selection_fraction={fraction} must lie strictly between 0 and 1")
   if loop not in setup_lib.LOOP_CHOICES:
@@ -73,7 +74,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   # The references train in each process (S models, the same in every one); the search's
   # K configurations are the population a mesh splits: across the processes of a
   # multi-process job, or over `--config.mesh_seeds` devices.
-  search_mesh = st.mesh if jax.process_count() > 1 or int(cfg.get("mesh_seeds", 0)) > 1 \
+  search_mesh = st.mesh if jax.process_count() > 1 or int(cfg.get("mesh_seeds") or 0) > 1 \
       else None
   hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log, st.model_name)
   search_loop = mode if loop == "auto" else loop

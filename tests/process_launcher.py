@@ -1,7 +1,7 @@
 """Launching one JAX program as several processes on this machine (tests only).
 
-Each process gets `--coordinator_address=127.0.0.1:<free port> --num_processes=N
---process_id=i`, simulated CPU devices (`--xla_force_host_platform_device_count`) and gloo
+Each process gets `--config.coordinator_address=127.0.0.1:<free port> --config.num_processes=N
+--config.process_id=i`, simulated CPU devices (`--xla_force_host_platform_device_count`) and gloo
 collectives (`parallel.initialize_distributed`); loopback only. `launch` waits for all
 of them within `timeout` seconds and kills every one that is still running when it
 returns or fails, so no test leaves processes behind."""
@@ -33,15 +33,15 @@ def env_for(devices: int) -> dict:
 
 
 def start(args, processes: int = 2, devices: int = 4, logs: Path | None = None):
-  """Popen handles of `python -m <args> --coordinator_address=... --process_id=i`;
+  """Popen handles of `python -m <args> --config.coordinator_address=... --config.process_id=i`;
   stdout+stderr of process i go to `logs/process_i.log` (or a pipe)."""
   port = free_port()
   procs = []
   for i in range(processes):
     out = open(logs / f"process_{i}.log", "w") if logs else subprocess.PIPE
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", *args, f"--coordinator_address=127.0.0.1:{port}",
-         f"--num_processes={processes}", f"--process_id={i}"],
+        [sys.executable, "-m", *args, f"--config.coordinator_address=127.0.0.1:{port}",
+         f"--config.num_processes={processes}", f"--config.process_id={i}"],
         cwd=ROOT, env=env_for(devices), stdout=out, stderr=subprocess.STDOUT, text=True))
   return procs
 

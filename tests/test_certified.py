@@ -110,10 +110,10 @@ def test_the_budget_is_sigma_epsilon_over_c_per_classifier():
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    (dict(epsilon=0.0), "epsilon=0.0 must be a finite number > 0"),
-    (dict(delta=1.0), "delta=1.0 must lie in \\(0, 1\\)"),
-    (dict(lam=0.0), "lam=0.0 must be a finite number > 0"),
-    (dict(sigma=-1.0), "sigma=-1.0 must be"),
+    (dict(epsilon=0.0), "epsilon=0.0 lies outside certified_head's bounds for epsilon: \\(0, inf\\)"),
+    (dict(delta=1.0), "delta=1.0 lies outside certified_head's bounds for delta: \\(0, 1\\)"),
+    (dict(lam=0.0), "lam=0.0 lies outside certified_head's bounds for lam: \\(0, inf\\)"),
+    (dict(sigma=-1.0), "sigma=-1.0 lies outside certified_head's bounds for sigma: \\(0, inf\\)"),
 ])
 def test_a_bad_budget_is_a_clear_error(kwargs, needle, digits_features):
   ds, model, *_ = digits_features

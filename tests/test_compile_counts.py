@@ -31,7 +31,7 @@ def small_config(**fields):
   cfg.train_subset, cfg.test_subset, cfg.seeds = 400, 200, 2
   cfg.train.epochs = 3
   for k, v in fields.items():
-    setattr(cfg, k, v)
+    setattr(cfg, k, default.methods_config(v) if k == "methods" else v)
   return cfg
 
 

@@ -136,13 +136,35 @@ def _same_data(name: str) -> str:
   return "cifar10" if name.split(":", 1)[0] == "cifar10" or "cifar10" in name else name
 
 
+def today_form(args: list) -> list:
+  """A recorded command's arguments as today's CLI spells them: a flag that no longer
+  exists becomes the flag or config field the CLI names for it (`cli.nearest`, the hint
+  its error gives); a run recorded before configs held the recipes (no --config,
+  `--dataset=digits`) is today's digits config."""
+  from experiments import cli
+  out = []
+  given = any(a.startswith("--config=") for a in args)
+  for a in args:
+    name, eq, value = a[2:].partition("=")
+    if name == "dataset" and value == "digits" and not given:
+      out.append("--config=digits")
+      continue
+    known = name.split(".")[0] in ("config", "workdir", "overwrite", "resume", "noresume",
+                                   "methods", "seeds")
+    out.append(a if known or not a.startswith("--") else
+               f"{cli.nearest(name, ['x'])}{eq}{value}")
+  return out
+
+
 def _config_of_command(command: str):
-  """The config a run's recorded command gives with today's code: its config file (a path
-  or a shipped name), then its top-level flags and `--config.x=v` overrides."""
+  """The config a run's recorded command gives with today's code (`today_form`): its
+  config file (a path or a shipped name), its `--config.x=v` overrides, `--seeds` and
+  `--methods` (for experiments.requests, the field `requests.methods`)."""
   import importlib.util
   import shlex
   from experiments import cli
-  args = shlex.split(command)[3:]
+  from experiments.configs import default
+  args = today_form(shlex.split(command)[3:])
   flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
   path = cli.config_by_name(["x", f"--config={flags.get('config', 'default')}"])[1]
   path, _, arg = path[len("--config="):].partition(":")
@@ -151,17 +173,45 @@ def _config_of_command(command: str):
   spec.loader.exec_module(module)
   cfg = module.get_config(arg) if arg else module.get_config()
   for key, value in flags.items():
-    name = key[len("config."):] if key.startswith("config.") else key
-    if not key.startswith("config.") and key not in cli._OVERRIDES:
-      continue                                   # an entry point's own flag (--requests)
-    node, *path_ = name.split(".")
-    parent = cfg
-    for part in [node, *path_][:-1]:
-      parent = parent[part]
-    old = parent[name.split(".")[-1]]
-    parent[name.split(".")[-1]] = (value.lower() == "true" if isinstance(old, bool)
-                                   else type(old)(value))
+    if key == "seeds":
+      cfg.seeds = int(value)
+    elif key == "methods" and "experiments.requests" in command:
+      cfg.requests.methods = value
+    elif key == "methods":
+      cfg.methods = default.methods_config(value)
+    elif key.startswith("config."):
+      *parents, leaf = key[len("config."):].split(".")
+      node = cfg
+      for part in parents:
+        node = node[part]
+      old = node[leaf]
+      node[leaf] = (value.lower() == "true" if isinstance(old, bool) else
+                    value if old is None else type(old)(value))
   return cfg
+
+
+# A field an earlier run recorded as "the recipe's or the dataset's value" (-1, "") or "all"
+# (0): what it resolved to is the run's `recipe` and `info`, checked instead.
+UNSET = (-1, -1.0, "", 0)
+
+
+def _recorded_matches_today(was: dict, today: dict, regen: str) -> None:
+  """Every field the run recorded, against the one today's config gives it."""
+  for key, value in today.items():
+    if key in ("methods", "train", "evaluate", "tune", "requests") or key not in was:
+      continue
+    old = was[key]
+    if key == "dataset":
+      value, old = _same_data(value), _same_data(old)
+    if key in ("model",) and old == "":
+      continue
+    if old in UNSET[:3] or (value is None and old == 0):
+      continue
+    assert old == value, f"{regen} (config {key}: {old!r} then, {value!r} today)"
+  for key, old in was.get("train", {}).items():
+    if old not in UNSET[:3]:
+      assert today["train"][key] == old, f"{regen} (config train.{key}: {old!r} then, " \
+          f"{today['train'][key]!r} today)"
 
 
 def _runs():
@@ -172,9 +222,11 @@ def _runs():
 def test_a_results_page_is_what_its_command_gives_today(run):
   """A results page is outdated when the code it documents would now run something else:
   its recorded configuration differs from the one its command gives today (a changed
-  default, a new field, a config file's new method list), or, for a run of every method,
-  its methods differ from today's registry. The message says how to regenerate it."""
+  default, a new field, a config file's new method list), its recorded recipe or
+  hyperparameters differ from today's, or, for a run of every method, its methods differ
+  from today's registry. The message says how to regenerate it."""
   import json
+  from experiments import setup
   group = "cifar" if "cifar" in run.name else "digits"
   regen = (f"docs/results/{run.name} is outdated; regenerate it: "
            f"CIFAR10=cifar10:PATH docs/results/regenerate.sh {group}" if group == "cifar" else
@@ -182,18 +234,23 @@ def test_a_results_page_is_what_its_command_gives_today(run):
   stamp = json.loads((run / "provenance.json").read_text())
   recorded = next(json.loads(f.read_text()) for f in sorted(run.glob("*.json"))
                   if f.name != "provenance.json" and "config" in json.loads(f.read_text()))
-  today = _config_of_command(stamp["command"]).to_dict()
-  was = recorded["config"]
-  for key, value in today.items():
-    old = was.get(key, "<missing>")
-    if key == "dataset":
-      value, old = _same_data(value), _same_data(old)
-    if key == "methods":      # the requests CLI records its methods without SISA's baseline
-      value, old = ([m for m in str(v).split(",") if m != "sisa"] for v in (value, old))
-    assert old == value, f"{regen} (config {key}: {old!r} then, {value!r} today)"
+  cfg = _config_of_command(stamp["command"])
+  today, was = cfg.to_dict(), recorded["config"]
+  _recorded_matches_today(was, today, regen)
+  assert recorded["info"]["model"] == today["model"], f"{regen} (model)"
+  if "recipe" in recorded:      # a field added since is at its default: what ran then
+    import dataclasses
+    from unlearn_jax.train import TrainConfig
+    recipe = {**dataclasses.asdict(TrainConfig()), **recorded["recipe"]}
+    assert recipe == setup.recipe_of(cfg).__dict__, f"{regen} (the recipe)"
+  if isinstance(was.get("methods"), str) and was["methods"]:
+    chosen = today["requests"]["methods"] if "requests" in stamp["command"] else \
+        ",".join(today["methods"])
+    assert [m for m in was["methods"].split(",") if m != "sisa"] == [
+        m for m in chosen.split(",") if m not in ("sisa", "retrain")] or set(
+        was["methods"].split(",")) == set(today["methods"]), f"{regen} (methods)"
   if (run / "results.csv").exists():
     import jax
-    from experiments import setup
     from unlearn_jax import models
     with open(run / "results.csv") as f:
       rows = list(__import__("csv").DictReader(f))
@@ -202,6 +259,9 @@ def test_a_results_page_is_what_its_command_gives_today(run):
     model = models.get_model(recorded["info"]["model"], 10)
     shape = SHAPES.get(_same_data(today["dataset"]), (32, 32, 3))
     shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
-    want = list(setup.resolve_methods(today["methods"], today["scenario"],
+    want = list(setup.resolve_methods(list(today["methods"]), today["scenario"],
                                       models.has_batch_norm(shapes)))
     assert ran == want, f"{regen} (methods {ran} then, {want} today)"
+    hparams = setup.resolve_hparams(want, today["methods"], today["scenario"], lambda s: None,
+                                    today["model"])
+    assert recorded["hparams"] == hparams, f"{regen} (the methods' hyperparameters)"

@@ -18,7 +18,7 @@ from experiments import setup
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_log  # noqa: E402
 
-# Dotted overrides (`--config.train.epochs=1`, `--finetune.epochs=1`) are parsed by
+# Dotted overrides (`--config.train.epochs=1`, `--config.methods.finetune.epochs=1`) are parsed by
 # ml_collections from sys.argv when the flags are *defined*, i.e. at import: in process they
 # are given as values instead, exactly where the CLI puts them.
 ONE_EPOCH = {"train.epochs": 1, "plots": False, "save_checkpoints": False}
@@ -30,16 +30,15 @@ def run_job(monkeypatch):
   with `args` as the command line (absl parses them, every flag back to its default
   first), the config built as the CLI builds it with `config`'s dotted fields set, and
   `hparams` ({method: {name: value}}) over the methods' defaults."""
-  def run(module, *args, config=None, hparams=None) -> str:
+  def run(module, *args, config=None, hparams=None, methods_field="methods") -> str:
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["entry_point", "--seeds=1", *args])
     setup.begin_cli(["entry_point"])
-    cfg = cli.build_config()
+    cfg = cli.build_config(methods_field)
     cfg.update_from_flattened_dict({**ONE_EPOCH, **(config or {})})
-    chosen = cli.method_hparams()
     for method, values in (hparams or {}).items():
-      chosen[method].update(values)
-    monkeypatch.setattr(cli, "method_hparams", lambda: chosen)
+      for name, value in values.items():
+        cfg.methods[method][name] = value
     return module.job(cfg)
 
   yield run
@@ -68,8 +67,9 @@ def test_evaluate_one_epoch_compiles_each_program_once(run_job, tmp_path):
   """Populations of 4 in chunks of 2: every program (the epoch programs, the method's, the
   logits and metrics) is compiled once, however many chunks and populations."""
   with compile_log.compiles() as counts:
-    run_job(evaluate, "--methods=finetune", "--num_models=4", "--chunk=2", "--mia_models=2",
-            f"--populations_dir={tmp_path / 'pops'}", f"--workdir={tmp_path / 'run'}",
+    run_job(evaluate, "--methods=finetune", f"--workdir={tmp_path / 'run'}",
+            config={"evaluate.num_models": 4, "evaluate.chunk": 2, "evaluate.mia_models": 2,
+                    "evaluate.populations_dir": str(tmp_path / "pops")},
             hparams=ONE_FINETUNE_EPOCH)
   assert not compile_log.compiled_twice(counts), compile_log.compiled_twice(counts)
   per = compile_log.per_program(counts)
@@ -81,21 +81,22 @@ def test_evaluate_one_epoch_compiles_each_program_once(run_job, tmp_path):
 
 
 def test_tune_one_epoch(run_job, tmp_path):
-  run_job(tune, "--methods=finetune", "--budget=2", f"--workdir={tmp_path / 'run'}",
-          hparams=ONE_FINETUNE_EPOCH)
+  run_job(tune, "--methods=finetune", f"--workdir={tmp_path / 'run'}",
+          config={"tune.budget": 2}, hparams=ONE_FINETUNE_EPOCH)
   tuned = json.loads((tmp_path / "run" / "tuned.json").read_text())
   assert "finetune" in json.dumps(tuned)
   assert len(rows(tmp_path / "run" / "tuning.csv")) == 2      # 2 configurations x 1 seed
 
 
 def test_requests_one_epoch(run_job, tmp_path):
-  run_job(requests, "--methods=finetune", "--requests=1", "--request_size=0.02",
-          f"--workdir={tmp_path / 'run'}", hparams=ONE_FINETUNE_EPOCH)
+  run_job(requests, "--methods=finetune", f"--workdir={tmp_path / 'run'}",
+          config={"requests.count": 1, "requests.size": 0.02}, hparams=ONE_FINETUNE_EPOCH,
+          methods_field="requests.methods")
   got = rows(tmp_path / "run" / "requests.csv")
   assert [(r["method"], r["request"]) for r in got] == [("finetune", "1"), ("retrain", "1")]
 
 
 def test_a_bad_flag_is_a_usage_error_before_anything_is_written(run_job, tmp_path):
-  with pytest.raises(setup.UsageError, match="--dataset='imagenet' is unknown"):
-    run_job(unlearn, "--dataset=imagenet", f"--workdir={tmp_path / 'run'}")
+  with pytest.raises(setup.UsageError, match="--config.dataset='imagenet' is unknown"):
+    run_job(unlearn, f"--workdir={tmp_path / 'run'}", config={"dataset": "imagenet"})
   assert not any(tmp_path.iterdir())

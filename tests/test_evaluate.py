@@ -24,18 +24,18 @@ def run_eval(*args):
                         capture_output=True, text=True, env=env, timeout=900)
 
 
-SMALL = ["--num_models=4", "--methods=finetune,random_label", "--config.train.epochs=6",
-         "--mia_models=2"]
+SMALL = ["--config.evaluate.num_models=4", "--methods=finetune,random_label", "--config.train.epochs=6",
+         "--config.evaluate.mia_models=2"]
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
   base = tmp_path_factory.mktemp("eval")
   pops = base / "pops"
-  first = run_eval(*SMALL, f"--workdir={base / 'a'}", f"--populations_dir={pops}")
+  first = run_eval(*SMALL, f"--workdir={base / 'a'}", f"--config.evaluate.populations_dir={pops}")
   assert first.returncode == 0, first.stderr[-3000:]
   second = run_eval(*SMALL, "--methods=neggrad", f"--workdir={base / 'b'}",
-                    f"--populations_dir={pops}")
+                    f"--config.evaluate.populations_dir={pops}")
   assert second.returncode == 0, second.stderr[-3000:]
   return base, first, second
 
@@ -89,8 +89,8 @@ def test_second_evaluation_reuses_the_populations(evaluated):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--num_models=2"], "--num_models=2 must be at least 4"),
-    (["--chunk=-1"], "--chunk=-1 must be 0"),
+    (["--config.evaluate.num_models=2"], "--config.evaluate.num_models=2 must be at least 4"),
+    (["--config.evaluate.chunk=-1"], "--config.evaluate.chunk=-1 must be 0"),
     (["--methods=magic"], "--methods: 'magic' is unknown"),
 ])
 def test_bad_flags(tmp_path, args, needle):

@@ -56,7 +56,7 @@ def test_the_interval_curve_narrows_with_n_and_separates_only_real_gaps():
 @pytest.mark.parametrize("text", ["8,x", "8,4", "1,2", ""])
 def test_bad_sizes_are_named(text):
   from experiments import klom_curve, setup
-  with pytest.raises(setup.UsageError, match="--sizes="):
+  with pytest.raises(setup.UsageError, match="--config.evaluate.sizes="):
     klom_curve.parse_sizes(text)
 
 
@@ -64,9 +64,9 @@ def test_bad_sizes_are_named(text):
 def test_the_cli_end_to_end_on_digits(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   run = tmp_path / "curve"
-  r = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--sizes=2,4",
+  r = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=2,4",
                       "--config.train.epochs=3", f"--workdir={run}",
-                      f"--populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
+                      f"--config.evaluate.populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   rows = list(csv.DictReader(open(run / "curve.csv")))
@@ -78,17 +78,17 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
   assert info["max_models"] == 4 and (run / "plots" / "curve.png").exists()
   assert "How many models KLOM needs" in (run / "report.md").read_text()
   # The three populations are cached: a second run trains nothing.
-  again = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--sizes=2,4",
+  again = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=2,4",
                           "--config.train.epochs=3", f"--workdir={tmp_path / 'again'}",
-                          f"--populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
+                          f"--config.evaluate.populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and again.stdout.count("reusing the populations") == 2, \
       again.stdout[-2000:]
   assert (tmp_path / "again" / "curve.csv").read_text() == (run / "curve.csv").read_text()
-  bad = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--sizes=4,2",
+  bad = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=4,2",
                         f"--workdir={tmp_path / 'bad'}"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
-  assert bad.returncode == 2 and "--sizes='4,2' must be increasing" in bad.stderr
+  assert bad.returncode == 2 and "--config.evaluate.sizes='4,2' must be increasing" in bad.stderr
   assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 
@@ -119,7 +119,7 @@ def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
   (cu / "plots" / "curve.png").write_bytes(b"png")
   r = subprocess.run([sys.executable, "-m", "experiments.render_population_docs",
                       f"--evaluation={ev}", f"--curve={cu}", f"--out={out}",
-                      "--evaluation_command=python -m experiments.evaluate --num_models=8"],
+                      "--evaluation_command=python -m experiments.evaluate --config.evaluate.num_models=8"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   page = (out / "README.md").read_text()
@@ -154,7 +154,7 @@ def test_the_population_config_sets_up():
     assert (Path(__file__).resolve().parents[1] / path).resolve() == \
         Path(cifar10_population.__file__).resolve(), path
   assert cfg.model.startswith("mlp:") and cfg.seed_loop == "vmap"
-  assert set(cfg.methods.split(",")) == {m for m in methods.list_methods()
+  assert set(cfg.methods.keys()) == {m for m in methods.list_methods()
                                          if methods.get_method(m).reads}
   cfg.dataset = "digits"
   st = setup.setup(cfg, log=lambda s: None)

@@ -166,11 +166,11 @@ def test_a_stream_of_requests_accumulates_the_bound_and_retrains_past_the_cap(di
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    (dict(epsilon=-1.0), "epsilon=-1.0 must be a finite number > 0"),
-    (dict(delta=0.0), "delta=0.0 must lie in \\(0, 1\\)"),
-    (dict(lam=0.0), "lam=0.0 must be a finite number > 0"),
+    (dict(epsilon=-1.0), "epsilon=-1.0 lies outside noisy_finetune's bounds for epsilon: \\(0, inf\\)"),
+    (dict(delta=0.0), "delta=0.0 lies outside noisy_finetune's bounds for delta: \\(0, 1\\)"),
+    (dict(lam=0.0), "lam=0.0 lies outside noisy_finetune's bounds for lam: \\(0, inf\\)"),
     (dict(max_epochs=10), "max_epochs=10 must be an int ≥ 200"),
-    (dict(radius=-2.0), "radius=-2.0 must be ≥ 0"),
+    (dict(radius=-2.0), "radius=-2.0 lies outside noisy_finetune's bounds for radius: \\[0, inf\\)"),
 ])
 def test_a_bad_setting_is_a_clear_error(kwargs, needle, digits):
   ds, model, *_ = digits

@@ -57,8 +57,8 @@ def test_tensorboard_and_wandb_get_the_run_metrics(tmp_path):
          "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
   r = subprocess.run([sys.executable, "-m", "experiments.unlearn", "--methods=finetune,scrub",
                       "--seeds=2", "--config.train.epochs=3", "--config.plots=False",
-                      f"--workdir={tmp_path / 'run'}", f"--tensorboard_dir={tmp_path / 'tb'}",
-                      "--wandb_project=unlearn-test"], cwd=ROOT, env=env,
+                      f"--workdir={tmp_path / 'run'}", f"--config.tensorboard_dir={tmp_path / 'tb'}",
+                      "--config.wandb_project=unlearn-test"], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   with open(tmp_path / "run" / "results.csv") as f:
@@ -80,10 +80,10 @@ def test_tensorboard_and_wandb_get_the_run_metrics(tmp_path):
 def test_a_missing_sink_package_is_a_one_line_error(tmp_path):
   code = ("import runpy, sys; sys.modules['tensorboardX'] = None; sys.argv = ['unlearn', "
           f"'--methods=finetune', '--workdir={tmp_path / 'run'}', "
-          f"'--tensorboard_dir={tmp_path / 'tb'}']; "
+          f"'--config.tensorboard_dir={tmp_path / 'tb'}']; "
           "runpy.run_module('experiments.unlearn', run_name='__main__')")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                      timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 2, r.stderr[-2000:]
-  assert r.stderr.strip().splitlines()[-1].startswith("error: --tensorboard_dir=")
+  assert r.stderr.strip().splitlines()[-1].startswith("error: --config.tensorboard_dir=")
   assert "tensorboardX" in r.stderr and not (tmp_path / "run").exists()

@@ -196,7 +196,7 @@ def test_a_registered_model_is_one_the_cli_accepts():
   try:
     assert "tiny_mlp" in models.list_models()
     cfg = default.get_config()
-    cfg.model, cfg.methods = "tiny_mlp", "finetune"
+    cfg.model, cfg.methods = "tiny_mlp", default.methods_config("finetune")
     setup.validate(cfg)
     st = setup.setup(cfg, lambda s: None)
     assert st.model_name == "tiny_mlp"

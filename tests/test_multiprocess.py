@@ -49,7 +49,7 @@ def test_the_default_job_over_two_processes_equals_one_process(tmp_path):
   args = ["experiments.unlearn", "--methods=finetune,scrub,ssd", "--seeds=4", *COMMON]
   outs = _launch_ok(args + [f"--workdir={tmp_path / 'two'}"], tmp_path)
   assert "mesh seeds=4 x data=2 over 8 cpu device(s), 2 process(es)" in outs[0][1]
-  rc, out = mp.run_single(args + [f"--workdir={tmp_path / 'one'}", "--mesh_seeds=4"])
+  rc, out = mp.run_single(args + [f"--workdir={tmp_path / 'one'}", "--config.mesh_seeds=4"])
   assert rc == 0, out[-3000:]
   _only_process_0_wrote(outs, tmp_path, ["one", "two"])
   two, one = _rows(tmp_path / "two" / "results.csv"), _rows(tmp_path / "one" / "results.csv")
@@ -64,10 +64,11 @@ def test_the_default_job_over_two_processes_equals_one_process(tmp_path):
 def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
   """`experiments.evaluate` at N = 8 (per-example ε within 1e-6) and a K = 8
   `experiments.tune` search (the same choice) split over both processes."""
-  ev = ["experiments.evaluate", "--methods=finetune,ssd", "--num_models=8", "--populations_dir=",
+  ev = ["experiments.evaluate", "--methods=finetune,ssd", "--config.evaluate.num_models=8",
+        "--config.evaluate.reuse_populations=False",
         *COMMON]
   outs = _launch_ok(ev + [f"--workdir={tmp_path / 'ev2'}"], tmp_path)
-  rc, out = mp.run_single(ev + [f"--workdir={tmp_path / 'ev1'}", "--mesh_seeds=8"])
+  rc, out = mp.run_single(ev + [f"--workdir={tmp_path / 'ev1'}", "--config.mesh_seeds=8"])
   assert rc == 0, out[-3000:]
   e2, e1 = np.load(tmp_path / "ev2" / "epsilons.npz"), np.load(tmp_path / "ev1" / "epsilons.npz")
   assert sorted(e2.files) == sorted(e1.files) == ["finetune", "original", "retrain", "ssd"]
@@ -80,9 +81,9 @@ def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
     for col in ("retain_acc", "forget_acc", "test_acc"):
       assert abs(float(a[col]) - float(b[col])) <= 0.005, (a["method"], col)
 
-  tune = ["experiments.tune", "--methods=finetune", "--budget=8", "--seeds=2", *COMMON]
+  tune = ["experiments.tune", "--methods=finetune", "--config.tune.budget=8", "--seeds=2", *COMMON]
   outs_t = _launch_ok(tune + [f"--workdir={tmp_path / 'tune2'}"], tmp_path)
-  rc, out = mp.run_single(tune + [f"--workdir={tmp_path / 'tune1'}", "--mesh_seeds=8"])
+  rc, out = mp.run_single(tune + [f"--workdir={tmp_path / 'tune1'}", "--config.mesh_seeds=8"])
   assert rc == 0, out[-3000:]
   t2 = json.loads((tmp_path / "tune2" / "tuned.json").read_text())["methods"]
   t1 = json.loads((tmp_path / "tune1" / "tuned.json").read_text())["methods"]
@@ -95,8 +96,8 @@ def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
 def test_sisa_shards_over_two_processes_equal_one_process(tmp_path):
   """`experiments.requests` with SISA's 8 shards on the population axis over both
   processes (3 deletion requests): every row equals the 1-process, 1-device run."""
-  args = ["experiments.requests", "--methods=sisa,finetune", "--requests=3", "--seeds=1",
-          "--sisa_shards=8", "--sisa_slices=2", "--config.train.epochs=4",
+  args = ["experiments.requests", "--methods=sisa,finetune", "--config.requests.count=3", "--seeds=1",
+          "--config.requests.sisa_shards=8", "--config.requests.sisa_slices=2", "--config.train.epochs=4",
           "--config.plots=False"]
   outs = _launch_ok(args + [f"--workdir={tmp_path / 'two'}"], tmp_path)
   rc, out = mp.run_single(args + [f"--workdir={tmp_path / 'one'}"], devices=1)
@@ -118,7 +119,8 @@ def test_flags_that_differ_between_processes_are_one_line_errors(tmp_path):
     procs.append(mp.subprocess.Popen(
         [mp.sys.executable, "-m", "experiments.unlearn", "--methods=finetune",
          f"--seeds={seeds}", f"--workdir={tmp_path / 'run'}",
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+         f"--config.coordinator_address=127.0.0.1:{port}", "--config.num_processes=2",
+             f"--config.process_id={i}"],
         cwd=mp.ROOT, env=mp.env_for(4), stdout=mp.subprocess.PIPE, stderr=mp.subprocess.PIPE,
         text=True))
   try:

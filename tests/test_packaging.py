@@ -145,8 +145,8 @@ def test_the_installed_wheel_runs_the_main_job(wheel, tmp_path):
   from test_data import write_cifar_python
   write_cifar_python(work / "cifar-10-python.tar.gz", per_file=40)
   r = subprocess.run([str(venv / "bin" / "unlearn-jax"), "run", "--config=cifar10_memorise",
-                      "--dataset=cifar10:cifar-10-python.tar.gz", "--train_subset=100",
-                      "--test_subset=20", "--methods=finetune", "--seeds=1",
+                      "--config.dataset=cifar10:cifar-10-python.tar.gz", "--config.train_subset=100",
+                      "--config.test_subset=20", "--methods=finetune", "--seeds=1",
                       "--config.train.epochs=1", "--config.plots=False", "--workdir=c10"],
                      cwd=work, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -157,7 +157,7 @@ def test_the_installed_wheel_runs_the_main_job(wheel, tmp_path):
 def test_without_matplotlib_the_job_runs_and_says_plots_are_off(tmp_path):
   """A core install has no matplotlib: the main job writes everything but the figures."""
   code = ("import runpy, sys; sys.modules['matplotlib'] = None; "
-          f"sys.argv = ['unlearn', '--dataset=digits', '--methods=finetune', '--seeds=1', "
+          f"sys.argv = ['unlearn', '--config=digits', '--methods=finetune', '--seeds=1', "
           f"'--workdir={tmp_path / 'run'}',"
           " '--config.train.epochs=2']; runpy.run_module('experiments.unlearn', run_name='__main__')")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

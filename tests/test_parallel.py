@@ -44,7 +44,7 @@ def test_runner_refuses_impossible_mesh_flags():
   from experiments import setup
   cfg = default.get_config()
   cfg.mesh_data = 64 * jax.device_count()
-  with pytest.raises(setup.UsageError, match="--mesh_seeds=1 --mesh_data="):
+  with pytest.raises(setup.UsageError, match="--config.mesh_seeds=1 --config.mesh_data="):
     setup.setup(cfg, log=lambda s: None)
 
 

@@ -21,9 +21,9 @@ def run_requests(*args):
 
 
 def test_two_requests_with_sisa_finetune_and_retrain(tmp_path):
-  r = run_requests("--dataset=digits", "--requests=2", "--request_size=0.02", "--seeds=1",
-                   "--methods=sisa,finetune", "--config.train.epochs=4", "--sisa_shards=2",
-                   "--sisa_slices=2", f"--workdir={tmp_path / 'run'}")
+  r = run_requests("--config=digits", "--config.requests.count=2", "--config.requests.size=0.02", "--seeds=1",
+                   "--methods=sisa,finetune", "--config.train.epochs=4", "--config.requests.sisa_shards=2",
+                   "--config.requests.sisa_slices=2", f"--workdir={tmp_path / 'run'}")
   assert r.returncode == 0, r.stderr[-3000:]
   rows = list(csv.DictReader(open(tmp_path / "run" / "requests.csv")))
   assert [(x["method"], x["request"]) for x in rows] == [
@@ -41,7 +41,8 @@ def test_certified_head_carries_its_certificate_across_requests(tmp_path):
   """Three one-example requests: certified_head's rows carry the residual bound and the
   budget, the bound stays within the budget, and it grows while no refit happens (the
   head's state passes from one request to the next); requests.md shows the certificate."""
-  r = run_requests("--requests=3", "--request_size=1", "--seeds=1", "--methods=certified_head",
+  r = run_requests("--config.requests.count=3", "--config.requests.size=1", "--seeds=1",
+                   "--methods=certified_head",
                    "--config.train.epochs=4", f"--workdir={tmp_path / 'run'}")
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [x for x in csv.DictReader(open(tmp_path / "run" / "requests.csv"))
@@ -61,7 +62,8 @@ def test_noisy_finetune_carries_its_certificate_across_requests(tmp_path):
   """Three one-example requests: noisy_finetune's rows carry the ε its bound gives (within
   the target), the epochs each request took (never fewer than the first request's, as the
   W∞ bound carries over) and its noise σ; requests.md shows the certificate."""
-  r = run_requests("--requests=3", "--request_size=1", "--seeds=1", "--methods=noisy_finetune",
+  r = run_requests("--config.requests.count=3", "--config.requests.size=1", "--seeds=1",
+                   "--methods=noisy_finetune",
                    "--config.train.epochs=4", f"--workdir={tmp_path / 'run'}")
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [x for x in csv.DictReader(open(tmp_path / "run" / "requests.csv"))
@@ -77,11 +79,13 @@ def test_noisy_finetune_carries_its_certificate_across_requests(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--request_kind=sideways"], "--request_kind='sideways' is unknown; allowed: random, class"),
-    (["--request_kind=class"], "needs --forget_classes"),
+    (["--config.requests.kind=sideways"],
+     "--config.requests.kind='sideways' is unknown; allowed: random, class"),
+    (["--config.requests.kind=class"], "needs --config.forget_classes"),
     (["--methods=sisa,magic"], "--methods: 'magic' is unknown; allowed: sisa, retrain"),
-    (["--requests=200", "--request_size=0.01"], "must select at least one example per request"),
-    (["--sisa_shards=0"], "--sisa_shards=0 must be >= 1"),
+    (["--config.requests.count=200", "--config.requests.size=0.01"],
+     "must select at least one example per request"),
+    (["--config.requests.sisa_shards=0"], "--config.requests.sisa_shards=0 must be >= 1"),
 ])
 def test_bad_flags_are_one_line(args, needle, tmp_path):
   r = run_requests(*args, f"--workdir={tmp_path / 'bad'}")

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cfg(**kw):
   cfg = default.get_config()
-  cfg.methods, cfg.seeds = "finetune", 2
+  cfg.methods, cfg.seeds = default.methods_config("finetune"), 2
   cfg.train.epochs = 6
   cfg.checkpoint_every = 2
   for k, v in kw.items():
-    cfg[k] = v
+    cfg[k] = default.methods_config(v) if k == "methods" else v
   return cfg
 
 
@@ -133,7 +133,7 @@ def test_sigkill_then_same_command_resumes(tmp_path):
   """A real kill -9 of the CLI mid-training; the same command again finishes the run with
   the weights of an uninterrupted one."""
   args = [sys.executable, "-m", "experiments.unlearn", "--methods=finetune", "--seeds=1",
-          "--seed_loop=sequential", "--config.train.epochs=12", "--config.plots=False"]
+          "--config.seed_loop=sequential", "--config.train.epochs=12", "--config.plots=False"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   subprocess.run(args + [f"--workdir={tmp_path / 'clean'}"], cwd=ROOT, env=env, check=True,
                  capture_output=True)

@@ -16,7 +16,8 @@ def test_subclass_scenario_trains_on_coarse_labels_and_forgets_a_fine_class():
     fine = int(ds.train_y[0])
     cfg = default.get_config()
     cfg.update(dict(dataset="cifar100", model="mlp", scenario="subclass",
-                    forget_classes=str(fine), methods="finetune", seeds=1))
+                    forget_classes=str(fine), seeds=1, train_subset=None))
+    cfg.methods = default.methods_config("finetune")
     cfg.train.epochs = 1
     result = runner.run(cfg, {"finetune": {"epochs": 1}}, log=lambda s: None)
   np.testing.assert_array_equal(result.split.forget, np.flatnonzero(ds.train_y == fine))
@@ -34,7 +35,8 @@ def test_seeds_per_stage_run_every_trained_model_with_every_unlearning_seed():
 
   def run(unlearn_seeds):
     cfg = default.get_config()
-    cfg.update(dict(methods="finetune", seeds=2, unlearn_seeds=unlearn_seeds))
+    cfg.update(dict(seeds=2, unlearn_seeds=unlearn_seeds))
+    cfg.methods = default.methods_config("finetune")
     cfg.train.epochs = 1
     return runner.run(cfg, {"finetune": {"epochs": 1}}, log=lambda s: None)
 

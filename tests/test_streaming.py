@@ -69,7 +69,8 @@ def test_runner_stream_flag_trains_the_same_models():
   out = {}
   for stream in (False, True):
     cfg = default.get_config()
-    cfg.methods, cfg.seeds, cfg.seed_loop, cfg.stream = "finetune", 1, "sequential", stream
+    cfg.methods = default.methods_config("finetune")
+    cfg.seeds, cfg.seed_loop, cfg.stream = 1, "sequential", stream
     cfg.train.epochs = 3
     out[stream] = runner.run(cfg, {}, log=lambda s: None)
   for name in ("original", "retrain"):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from experiments import tuning_run
-from experiments.configs import default
+from experiments.configs import default, digits
 from unlearn_jax import data as data_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--seeds=2", "--config.train.epochs=3", "--methods=finetune,ssd", "--budget=3",
-         "--finetune.epochs=1", "--config.plots=True"]
+SMALL = ["--seeds=2", "--config.train.epochs=3", "--methods=finetune,ssd", "--config.tune.budget=3",
+         "--config.methods.finetune.epochs=1", "--config.plots=True"]
 
 
 def run_module(module, *args):
@@ -48,8 +48,9 @@ def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path
   # Reuse: the chosen values replace the defaults; an explicit flag still wins.
   run = tmp_path / "reuse"
   proc = run_module("experiments.unlearn", "--seeds=1", "--config.train.epochs=2",
-                    "--methods=finetune,ssd", "--finetune.epochs=1", "--config.plots=False",
-                    "--ssd.lam=0.5", f"--hparams={workdir / 'tuned.json'}", f"--workdir={run}")
+                    "--methods=finetune,ssd", "--config.methods.finetune.epochs=1", "--config.plots=False",
+                    "--config.methods.ssd.lam=0.5", f"--config.tuned_hparams={workdir / 'tuned.json'}",
+                        f"--workdir={run}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   used = json.loads((run / "results.json").read_text())["hparams"]
   assert used["finetune"]["lr"] == pytest.approx(tuned["methods"]["finetune"]["hparams"]["lr"])
@@ -58,11 +59,14 @@ def test_tune_writes_its_files_and_unlearn_reuses_the_choice(tuned_run, tmp_path
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--budget=0"], "--budget=0 must be >= 1"),
-    (["--select=oracle"], "--select='oracle' is unknown; allowed: retrain_gap, no_retrain"),
-    (["--selection_fraction=1.5"], "--selection_fraction=1.5 must lie strictly between 0 and 1"),
-    (["--search_loop=pmap"], "--search_loop='pmap' is unknown; allowed: auto, vmap, sequential"),
-    (["--min_retain=1.5"], "--min_retain=1.5 must lie in [0, 1]"),
+    (["--config.tune.budget=0"], "--config.tune.budget=0 must be >= 1"),
+    (["--config.tune.select=oracle"],
+     "--config.tune.select='oracle' is unknown; allowed: retrain_gap, no_retrain"),
+    (["--config.tune.selection_fraction=1.5"],
+     "--config.tune.selection_fraction=1.5 must lie strictly between 0 and 1"),
+    (["--config.tune.search_loop=pmap"],
+     "--config.tune.search_loop='pmap' is unknown; allowed: auto, vmap, sequential"),
+    (["--config.tune.min_retain=1.5"], "--config.tune.min_retain=1.5 must lie in [0, 1]"),
 ])
 @pytest.mark.integration
 def test_bad_tune_flags_are_one_line_and_write_nothing(args, needle, tmp_path):
@@ -75,7 +79,7 @@ def test_bad_tune_flags_are_one_line_and_write_nothing(args, needle, tmp_path):
 def test_bad_hparams_file_is_a_flag_error(tmp_path):
   bad = tmp_path / "tuned.json"
   bad.write_text('{"methods": {"magic": {"hparams": {}}}}')
-  proc = run_module("experiments.unlearn", f"--hparams={bad}", f"--workdir={tmp_path / 'r'}")
+  proc = run_module("experiments.unlearn", f"--config.tuned_hparams={bad}", f"--workdir={tmp_path / 'r'}")
   assert proc.returncode == 2 and "method 'magic' is unknown" in proc.stderr, proc.stderr
 
 
@@ -83,8 +87,8 @@ def test_bad_hparams_file_is_a_flag_error(tmp_path):
 def test_selection_never_reads_the_test_split(monkeypatch):
   """Poison every test-split example (noise images, shuffled labels): the choice is the
   same, and only the reported test accuracy moves."""
-  cfg = default.get_config()
-  cfg.dataset, cfg.seeds, cfg.methods, cfg.train.epochs = "digits", 1, "neggrad_plus,ssd", 4
+  cfg = digits.get_config()
+  cfg.seeds, cfg.methods, cfg.train.epochs = 1, default.methods_config("neggrad_plus,ssd"), 4
   hp = {"neggrad_plus": {"epochs": 1}}
   clean = tuning_run.run(cfg, hp, budget=3, log=lambda s: None)
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -185,8 +184,6 @@ def noisy_finetune(ctx: MethodContext, *, epsilon, delta, lam, batch_size, epoch
                            ("max_epochs", max_epochs, epochs)):
     if not (isinstance(value, int) and value >= low):
       raise ValueError(f"noisy_finetune: {name}={value!r} must be an int ≥ {low}")
-  if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
-    raise ValueError(f"noisy_finetune: radius={radius!r} must be ≥ 0 (0: √(2 log C / λ))")
   model, c = ctx.model, ctx.num_classes
   model.require_head("noisy_finetune")
   ball = float(radius) or lg.default_radius(c, lam)
