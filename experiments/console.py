@@ -26,7 +26,7 @@ USAGE = ("usage: unlearn-jax {run|evaluate|tune|requests} [--flag=value ...]\n"
          "  evaluate  populations of models: KLOM, U-LiRA, per-example epsilon\n"
          "  tune      search each method's hyperparameters, write tuned.json\n"
          "  requests  a stream of deletion requests (SISA and the other methods)\n"
-         "`unlearn-jax COMMAND --helpfull` lists every flag of COMMAND.")
+         "`unlearn-jax COMMAND --help` shows its flags and the config fields people change most.")
 
 
 def shipped_config(value: str) -> str:

@@ -13,7 +13,7 @@ epsilons.npz and plots/ (per-example ε histograms, U/R distributions, method ×
 chart). The populations are checkpointed under --config.evaluate.populations_dir/<fingerprint> and
 reused by any later evaluation with the same data, model, split, recipe and N. Every
 other flag is experiments.unlearn's (`experiments.cli`: dataset, model, scenario, seeds,
-configs, `--<method>.<hparam>`).
+configs, `--config.methods.<method>.<hparam>`).
 """
 
 from pathlib import Path

@@ -23,7 +23,7 @@ After every request: RA (current retain set), FA (cumulative forget set), TA, th
 request, metrics, seconds, cumulative seconds), requests.md (per-request means and the
 final and worst gaps to retrain per method) and plots/requests_<metric>.png (each metric
 against the request index, retrain's curve as reference). Every other flag is
-experiments.unlearn's (dataset, model, seeds, recipe, `--<method>.<hparam>`).
+experiments.unlearn's (dataset, model, seeds, recipe, `--config.methods.<method>.<hparam>`).
 """
 
 import csv

@@ -24,7 +24,7 @@ Writes into --workdir: tuning.csv (every configuration × seed: its values, the 
 metrics and score), tuned.json (the chosen hyperparameters per method, the rule and the
 data it saw), report.md (default vs tuned), tuning.json and plots/tuning_<method>.png.
 Every other flag is experiments.unlearn's (dataset, model, scenario, seeds, configs,
-`--<method>.<hparam>` for the hyperparameters that are not searched).
+`--config.methods.<method>.<hparam>` for the hyperparameters that are not searched).
 """
 
 from absl import flags

@@ -176,7 +176,7 @@ def _search_method(m: str, env) -> tuple:
   method = methods_lib.get_method(m)
   configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
       int(cfg.seed)), m))
-  # An integer hyperparameter the user set (--<method>.epochs=20) stays fixed.
+  # An integer hyperparameter the user set (--config.methods.<method>.epochs=20) stays fixed.
   user_set = {k for k in method.space if tuning.is_outer(method, k)
               and env.hparams[m].get(k, method.defaults[k]) != method.defaults[k]}
   keys = jax.vmap(lambda k: driver.method_key(k, m))(env.seed_keys)
