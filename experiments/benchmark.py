@@ -43,6 +43,8 @@ How to read it:
    pays on this backend for each of --search_models.
 """
 
+import dataclasses
+import json
 import resource
 import statistics
 import sys
@@ -53,7 +55,7 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from .configs import default as default_config
+from .configs import default as default_config, recipes
 from . import runner, setup
 from .timing import median_seconds
 from unlearn_jax import data, driver, metrics, models, parallel, train, train_programs
@@ -120,6 +122,47 @@ def _torch_images_per_s(name, ds, batch, steps, repeats):
   return batch * steps / median_seconds(run, repeats)
 
 
+def _time_step(model, step, state, x, y, steps: int, mesh, F, skip_scan: bool) -> tuple:
+  """(host loop s, lax.scan s, unrolled s, XLA's FLOPs per step, compile s, step MiB) of
+  `steps` train steps on one batch, each the median of F.repeats."""
+  with parallel.data_parallel(mesh):
+    state, xr, yr = parallel.replicate((state, x, y), mesh)
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    compiled = jax.jit(lambda s, k: step(s, parallel.shard_batch((xr, yr)), k)).lower(
+        state, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", float("nan")))   # XLA's count, one step
+    mem = compiled.memory_analysis()
+    mib = ((mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**20) if mem else float("nan")
+    jax.block_until_ready(compiled(state, key))     # warm-up
+
+    def host_loop():
+      s = state
+      for i in range(steps):
+        s, _ = compiled(s, jax.random.fold_in(key, i))
+      return s.variables
+    host = median_seconds(host_loop, F.repeats)
+    if skip_scan:
+      scan = float("inf")   # skipped (--time_slow_scan): minutes of the slow path
+    else:
+      scanned = jax.jit(lambda s, k: jax.lax.scan(
+          lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
+          jax.random.split(k, steps))[0].variables).lower(state, key).compile()
+      jax.block_until_ready(scanned(state, key))
+      scan = median_seconds(lambda: scanned(state, key), F.repeats)
+    # The same steps fully unrolled (`unroll=steps`): one straight-line program, no
+    # while loop around the convolution (XLA:CPU emits a slower one inside loops).
+    unrolled_fn = jax.jit(lambda s, k: jax.lax.scan(
+        lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
+        jax.random.split(k, steps), unroll=steps)[0].variables).lower(state, key).compile()
+    jax.block_until_ready(unrolled_fn(state, key))
+    unrolled = median_seconds(lambda: unrolled_fn(state, key), F.repeats)
+  return host, scan, unrolled, flops, compile_s, mib
+
+
 def step_table(ds, names, F, mesh) -> list:
   """Train-step images/s per model and convolution path: a Python loop over one compiled
   step ("host loop"), `steps` steps inside one `lax.scan` and the same steps unrolled, for
@@ -154,40 +197,9 @@ def step_table(ds, names, F, mesh) -> list:
       with parallel.data_parallel(mesh):
         state = train.init_train_state(
             models.init_variables(model, jax.random.PRNGKey(0), ds.input_shape), tx)
-        state, xr, yr = parallel.replicate((state, x, y), mesh)
-        key = jax.random.PRNGKey(1)
-        t0 = time.perf_counter()
-        compiled = jax.jit(lambda s, k: step(s, parallel.shard_batch((xr, yr)), k)).lower(
-            state, key).compile()
-        compile_s = time.perf_counter() - t0
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float((cost or {}).get("flops", float("nan")))   # XLA's count, one step
-        mem = compiled.memory_analysis()
-        mib = ((mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**20) if mem else float("nan")
-        jax.block_until_ready(compiled(state, key))     # warm-up
-
-        def host_loop():
-          s = state
-          for i in range(steps):
-            s, _ = compiled(s, jax.random.fold_in(key, i))
-          return s.variables
-        host = median_seconds(host_loop, F.repeats)
-        if on_cpu and conv == "xla" and not F.time_slow_scan:
-          scan = float("inf")   # skipped (--time_slow_scan): minutes of the slow path
-        else:
-          scanned = jax.jit(lambda s, k: jax.lax.scan(
-              lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
-              jax.random.split(k, steps))[0].variables).lower(state, key).compile()
-          jax.block_until_ready(scanned(state, key))
-          scan = median_seconds(lambda: scanned(state, key), F.repeats)
-        # The same steps fully unrolled (`unroll=steps`): one straight-line program, no
-        # while loop around the convolution (XLA:CPU emits a slower one inside loops).
-        unrolled_fn = jax.jit(lambda s, k: jax.lax.scan(
-            lambda c, kk: step(c, parallel.shard_batch((xr, yr)), kk), s,
-            jax.random.split(k, steps), unroll=steps)[0].variables).lower(state, key).compile()
-        jax.block_until_ready(unrolled_fn(state, key))
-        unrolled = median_seconds(lambda: unrolled_fn(state, key), F.repeats)
+      host, scan, unrolled, flops, compile_s, mib = _time_step(
+          model, step, state, x, y, steps, mesh, F,
+          skip_scan=on_cpu and conv == "xla" and not F.time_slow_scan)
       for loop, k, secs in (("unrolled", 1, host), ("scan", steps, scan),
                             ("unrolled", steps, unrolled)):
         if secs == float("inf"):
@@ -213,7 +225,6 @@ def step_table(ds, names, F, mesh) -> list:
 def write_program_table(path: str, rows: list, F) -> None:
   """The train-step rates as the table `unlearn_jax.train_programs.choose` reads; rows of
   other (backend, model, input, batch) already in `path` are kept."""
-  import json
   import pathlib
   import platform
   import subprocess
@@ -243,10 +254,12 @@ def write_program_table(path: str, rows: list, F) -> None:
   print(f"\nwrote {len(rows)} train-program rows to {out} ({len(table['rows'])} in all)")
 
 
-def method_table(F, model_name):
+def method_table(F, model_name, ds):
   cfg = default_config.get_config()
-  cfg.dataset, cfg.train_subset, cfg.methods = F.dataset, F.train_subset, F.methods
+  cfg.dataset, cfg.train_subset = F.dataset, F.train_subset or None
+  cfg.methods = default_config.methods_config(F.methods)
   cfg.model, cfg.seeds, cfg.plots, cfg.save_checkpoints = model_name, F.seeds, False, False
+  cfg.train = recipes.for_model(model_name, ds.image_size, ds.input_shape[-1])
   if F.epochs:
     cfg.train.epochs = F.epochs
   t0 = time.perf_counter()
@@ -271,9 +284,9 @@ def _shapes(model, ds):
 def seeds_table(ds, F, model_name):
   """--seeds models: one vmapped program vs a loop over one compiled single-model program."""
   model = _model(model_name, ds.num_classes)
-  cfg = setup.default_recipe(ds, model_name.partition(":")[0])
+  cfg = recipes.train_config_for(model_name, ds)
   if F.epochs:
-    cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
+    cfg = dataclasses.replace(cfg, epochs=F.epochs)
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   fit = lambda k: train.fit(model, cfg, models.init_variables(model, k, ds.input_shape), x, y,
                             jax.random.fold_in(k, 1))[0]
@@ -295,6 +308,37 @@ def seeds_table(ds, F, model_name):
         f"(driver default here: {driver.default_seed_mode(_shapes(model, ds))})")
 
 
+def _epochs_to_target(name, ds, cfg, model, program, call, state, spe, chunk, t0,
+                      F) -> tuple:
+  """(seconds of training until F.accuracy_target or None, total seconds, final test
+  accuracy) of cfg.epochs epochs of `call`, the test set scored after each, printed."""
+  test_x, test_y = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
+  eval_model = _model(name, ds.num_classes)   # scoring: the model's own convolution
+  score = jax.jit(lambda v: metrics.accuracy(train.predict(eval_model, v, test_x, 500),
+                                           test_y))
+  compile_s = time.perf_counter() - t0
+  params = sum(a.size for a in jax.tree_util.tree_leaves(state.variables["params"]))
+  print(f"### {name}, train program {program.describe()} ({params:,} parameters; "
+        f"recipe {cfg}; compile {compile_s:.1f} s)\n")
+  print("| epoch | train loss | test acc | wall s (training) |")
+  print("|---|---|---|---|")
+  wall, reached = 0.0, None
+  for e in range(cfg.epochs):
+    t0 = time.perf_counter()
+    losses = []
+    for _ in range(spe // chunk):
+      state, hist = call(state)
+      losses.append(hist["loss"])
+    jax.block_until_ready(state)
+    wall += time.perf_counter() - t0
+    acc = float(score(state.variables))
+    loss = float(jnp.mean(jnp.concatenate([jnp.ravel(v) for v in losses])))
+    print(f"| {e + 1} | {loss:.3f} | {100 * acc:.1f} | {wall:.0f} |", flush=True)
+    if reached is None and acc >= F.accuracy_target:
+      reached = wall
+  return reached, wall, acc
+
+
 def time_to_accuracy(ds, names, F):
   """Each model trained once per train program of --train_programs with its recipe
   (--epochs overrides), same seed, the test set scored after every epoch: wall time
@@ -303,9 +347,9 @@ def time_to_accuracy(ds, names, F):
         f"{len(ds.train_y)} train, {jax.default_backend()})\n")
   summary = []
   for name in names:
-    cfg = setup.default_recipe(ds, name.partition(":")[0])
+    cfg = recipes.train_config_for(name, ds)
     if F.epochs:
-      cfg = setup.resolve_recipe(cfg, {"epochs": F.epochs})
+      cfg = dataclasses.replace(cfg, epochs=F.epochs)
     for spec in [p for p in F.train_programs.split(",") if p]:
       program = (train_programs.choose(name, jax.default_backend(), cfg.batch_size,
                                        ds.input_shape) if spec == "auto"
@@ -326,30 +370,8 @@ def time_to_accuracy(ds, names, F):
       else:
         call = jax.jit(lambda st: train.train_steps(model, cfg, st, x, y, key, chunk),
                        donate_argnums=0).lower(state).compile()
-      test_x, test_y = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
-      eval_model = _model(name, ds.num_classes)   # scoring: the model's own convolution
-      score = jax.jit(lambda v: metrics.accuracy(train.predict(eval_model, v, test_x, 500),
-                                               test_y))
-      compile_s = time.perf_counter() - t0
-      params = sum(a.size for a in jax.tree_util.tree_leaves(state.variables["params"]))
-      print(f"### {name}, train program {program.describe()} ({params:,} parameters; "
-            f"recipe {cfg}; compile {compile_s:.1f} s)\n")
-      print("| epoch | train loss | test acc | wall s (training) |")
-      print("|---|---|---|---|")
-      wall, reached = 0.0, None
-      for e in range(cfg.epochs):
-        t0 = time.perf_counter()
-        losses = []
-        for _ in range(spe // chunk):
-          state, hist = call(state)
-          losses.append(hist["loss"])
-        jax.block_until_ready(state)
-        wall += time.perf_counter() - t0
-        acc = float(score(state.variables))
-        loss = float(jnp.mean(jnp.concatenate([jnp.ravel(v) for v in losses])))
-        print(f"| {e + 1} | {loss:.3f} | {100 * acc:.1f} | {wall:.0f} |", flush=True)
-        if reached is None and acc >= F.accuracy_target:
-          reached = wall
+      reached, wall, acc = _epochs_to_target(name, ds, cfg, model, program, call, state,
+                                             spe, chunk, t0, F)
       rate = len(y) * cfg.epochs / wall
       summary.append((name, program, reached, rate, acc))
       print(f"\n{name} ({program.loop}, conv {program.conv}): "
@@ -445,8 +467,8 @@ def main(argv):
     write_program_table(F.program_table, rows, F)
   if F.methods:
     try:
-      method_table(F, names[0])
-    except setup.UsageError as e:
+      method_table(F, names[0], ds)
+    except (setup.UsageError, ValueError) as e:    # a method's unknown name: ValueError
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   seeds_table(ds, F, names[0])

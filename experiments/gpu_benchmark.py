@@ -8,7 +8,7 @@ Three parts, each written to `--out` (Markdown) and `--out`.json as soon as it e
 a run stopped by a time limit keeps what it measured:
 
 1. **airbench94 populations** on all of CIFAR-10 with airbench's recipe
-   (`setup.default_recipe(ds, "airbench94")`, 10 epochs at batch 1,024): N = 1 and
+   (`recipes.train_config_for("airbench94", ds)`, 10 epochs at batch 1,024): N = 1 and
    N = `--airbench_models`, vmapped as one program by `PopulationProgram`, training seconds
    (median of `--repeats`, after compilation, compile time apart), models per hour and
    test accuracy with airbench's test-time augmentation (`train.predict_tta`, level 2),
@@ -44,6 +44,7 @@ from unlearn_jax import data, models, train
 
 from . import population_timing as pb
 from . import setup
+from .configs import recipes
 
 flags.DEFINE_string("dataset", "cifar10", "CIFAR-10: cifar10 (tfds), cifar10:PATH (the python "
                     "archive) or image_folder:PATH")
@@ -92,7 +93,7 @@ def _acc(acc) -> str:
 
 
 def airbench_part(F, ds, report):
-  cfg = setup.default_recipe(ds, "airbench94")
+  cfg = recipes.train_config_for("airbench94", ds)
   spec = "airbench94:16-32-32" if F.smoke else "airbench94"
   if F.smoke:
     cfg = train.TrainConfig(**{**cfg.__dict__, "epochs": 1, "batch_size": 128,
@@ -113,7 +114,7 @@ def airbench_part(F, ds, report):
 
 
 def resnet9_part(F, ds, report):
-  base = setup.default_recipe(ds, "resnet9")
+  base = recipes.train_config_for("resnet9", ds)
   cfg = train.TrainConfig(**{**base.__dict__, "epochs": F.resnet9_epochs})
   spec = "resnet9:8-16-32-16" if F.smoke else "resnet9"
   n, device = F.resnet9_models, torch_device(F.smoke)

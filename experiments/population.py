@@ -185,25 +185,98 @@ def _apply_in_chunks(spec, ctx, hparams, variables, data, keys, st, chunk, log):
       log(f"  {spec.name}: out of memory; retrying in chunks of {size} models")
 
 
-def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | None,
-        log: Callable[[str], None] = print, mia_models: int = 16, num_resamples: int = 200,
-        epsilon_resamples: int = 30) -> Evaluation:
-  t_start = time.perf_counter()
+def check_options(num_models: int, chunk: int, num_resamples: int,
+                  epsilon_resamples: int) -> None:
+  """UsageError naming the `evaluate` field when a population setting cannot work."""
   if num_models < 4:
-    raise UsageError(f"--config.evaluate.num_models={num_models} must be at least 4 (the attacks "
-                            "split each population in halves)")
+    raise UsageError(f"--config.evaluate.num_models={num_models} must be at least 4 (the "
+                     "attacks split each population in halves)")
   if num_resamples < 0 or num_resamples == 1:
-    raise UsageError(f"--config.evaluate.bootstrap={num_resamples} must be 0 (no intervals) or at least 2")
+    raise UsageError(f"--config.evaluate.bootstrap={num_resamples} must be 0 (no intervals) "
+                     "or at least 2")
   if not 0 <= epsilon_resamples <= num_resamples:
     raise UsageError(f"--config.evaluate.bootstrap_epsilon={epsilon_resamples} must lie in "
                      f"[0, --config.evaluate.bootstrap={num_resamples}]")
   if chunk < 0:
     raise UsageError(f"--config.evaluate.chunk={chunk} must be 0 (all at once) or positive")
+
+
+@dataclasses.dataclass
+class _Scorer:
+  """What every population is scored with: the split's inputs and labels, the chunked
+  logits and features programs (each compiled once per split's shape), the oracles'
+  split-half reference, the random models' forget logits and the MIA's model count."""
+  st: setup_lib.Setup
+  inputs: dict
+  labels: dict
+  predict: PopulationLogits
+  features: PopulationFeatures
+  reference: SplitHalfReference | None = None
+  random_forget: object = None
+  mia_models: int = 16
+
+  def logits(self, variables) -> dict:
+    return {s: self.predict(variables, xx) for s, xx in self.inputs.items()}
+
+  def probe(self, variables) -> float:
+    """Mean over the models of the linear probe's forget accuracy (nan without features)."""
+    if not self.features.available:
+      return float("nan")
+    feats = {s: self.features(variables, self.inputs[s]) for s in ("forget", "test")}
+    return float(np.mean(probe_forget_accuracy(feats, self.labels, self.st.ds.num_classes)))
+
+  def row(self, name, variables, seconds, logits=None):
+    """(row, ε, per-example statistics, bootstrap replicates) of one population."""
+    row, eps, phi, reps = evaluate_population(
+        name, self.logits(variables) if logits is None else logits, self.labels,
+        self.reference, self.random_forget, seconds, self.mia_models)
+    row["probe_forget_acc"] = self.probe(variables)
+    return row, eps, phi, reps
+
+
+def _scorer(st, chunk: int, mia_models: int) -> tuple:
+  """(the `_Scorer` without its reference, forget, retain) of the setup's split."""
+  ds, split = st.ds, st.split
+  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+  forget, retain = (x[split.forget], y[split.forget]), (x[split.retain], y[split.retain])
+  test = setup_lib.take_test(ds, split.test)
+  labels = {"forget": np.asarray(forget[1]), "retain": np.asarray(retain[1]),
+            "test": np.asarray(test[1])}
+  inputs = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+  return (_Scorer(st, inputs, labels, PopulationLogits(st.model, chunk),
+                  PopulationFeatures(st.model, chunk), mia_models=mia_models), forget, retain)
+
+
+def _summarise(rows: list, retrain_seconds: float) -> None:
+  """Each row's cost against retraining and its average gap to the retrained row."""
+  for r in rows:
+    r["cost_ratio"] = r["seconds"] / retrain_seconds if retrain_seconds else float("nan")
+  ref = next(r for r in rows if r["method"] == "retrain")
+  for r in rows:
+    r["avg_gap"] = float(M.avg_gap(r, ref))
+
+
+def _log_method(log, m: str, row: dict, seconds: float, num_models: int, t0: float) -> None:
+  log(f"method {m}: {seconds / num_models:.3f}s per model "
+      f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
+      f"F {row['forgetting_quality']:.3f}, score {row['competition_score']:.3f}, "
+      f"median ε̂ {row['eps_hat_median']:.2f}, U-LiRA {row['ulira_accuracy']:.2f}, "
+      f"KLOM avg95 {row['klom_average_95']:.2f} [{row['klom_average_95_low']:.2f}, "
+      f"{row['klom_average_95_high']:.2f}]")
+
+
+def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | None,
+        log: Callable[[str], None] = print, mia_models: int = 16, num_resamples: int = 200,
+        epsilon_resamples: int = 30) -> Evaluation:
+  """N originals, N retrained models and N unlearned ones per method, each population
+  scored against the retrained one's split halves (`evaluation.SplitHalfReference`)."""
+  t_start = time.perf_counter()
+  check_options(num_models, chunk, num_resamples, epsilon_resamples)
   st = setup_lib.setup(cfg, log, population=chunk or num_models)
   hparams = setup_lib.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
                                        st.model_name)
-  ds, split = st.ds, st.split
-  log(f"dataset {ds.name}: forget {split.forget.size}, retain {split.retain.size}, "
+  split = st.split
+  log(f"dataset {st.ds.name}: forget {split.forget.size}, retain {split.retain.size}, "
       f"test {split.test.size}; model {st.model_name}; {num_models} originals + {num_models} "
       f"retrained ({'vmapped' if st.vmapped else 'in sequence'}"
       f"{f', chunks of {chunk}' if chunk else ''})")
@@ -211,50 +284,22 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   # (see unlearn_jax.parallel); a no-op on one device.
   with parallel.data_parallel(st.mesh):
     originals, retrained, reused = train_populations(cfg, st, num_models, chunk, log, cache)
-    x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-    forget, retain = (x[split.forget], y[split.forget]), (x[split.retain], y[split.retain])
-    test = setup_lib.take_test(ds, split.test)
-    labels = {"forget": np.asarray(forget[1]), "retain": np.asarray(retain[1]),
-              "test": np.asarray(test[1])}
-    inputs = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+    score, forget, retain = _scorer(st, chunk, mia_models)
     ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class"
                                    else ())
     seed_keys = setup_lib.seed_keys(cfg.seed, num_models)
-
-    predict = PopulationLogits(st.model, chunk)   # compiled once per split's shape
-
-    def logits_of(variables):
-      return {s: predict(variables, xx) for s, xx in inputs.items()}
-
-    features = PopulationFeatures(st.model, chunk)
-
-    def probe_of(variables) -> float:
-      """Mean over the models of the linear probe's forget accuracy (nan without features)."""
-      if not features.available:
-        return float("nan")
-      feats = {s: features(variables, inputs[s]) for s in ("forget", "test")}
-      return float(np.mean(probe_forget_accuracy(feats, labels, ds.num_classes)))
-
     log("logits of the retrained and original populations")
-    retrained_logits = logits_of(retrained.variables)
+    retrained_logits = score.logits(retrained.variables)
     random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
-        st.model, jax.random.fold_in(k, 99), ds.input_shape)))(seed_keys)
-    random_forget = predict(random_vars, forget[0])
-    reference = SplitHalfReference(retrained_logits, labels, seed=cfg.seed,
-                                   num_resamples=num_resamples,
-                                   epsilon_resamples=epsilon_resamples)
-    if reference.no_intervals:
-      log(f"WARNING: {reference.no_intervals}")
-    populations = [("original", originals.variables, 0.0), ("retrain", retrained.variables,
-                                                             retrained.seconds)]
-    rows, epsilons, stats, replicates = [], {}, {}, {}
-    for name, variables, secs in populations:
-      lg = retrained_logits if name == "retrain" else logits_of(variables)
-      row, eps, phi, replicates[name] = evaluate_population(
-          name, lg, labels, reference, random_forget, secs, mia_models)
-      row["probe_forget_acc"] = probe_of(variables)
-      rows.append(row)
-      epsilons[name], stats[name] = eps, phi
+        st.model, jax.random.fold_in(k, 99), st.ds.input_shape)))(seed_keys)
+    score.random_forget = score.predict(random_vars, forget[0])
+    score.reference = SplitHalfReference(retrained_logits, score.labels, seed=cfg.seed,
+                                         num_resamples=num_resamples,
+                                         epsilon_resamples=epsilon_resamples)
+    if score.reference.no_intervals:
+      log(f"WARNING: {score.reference.no_intervals}")
+    out = [score.row("original", originals.variables, 0.0),
+           score.row("retrain", retrained.variables, retrained.seconds, retrained_logits)]
     for m in st.method_names:
       spec = methods_lib.get_method(m)
       data = methods_lib.select_data(spec, forget, retain, ctx=ctx)
@@ -262,34 +307,23 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
       unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
                                             jax.vmap(lambda k: driver.method_key(k, m))(seed_keys),
                                             st, chunk, log)
-      row, eps, phi, replicates[m] = evaluate_population(
-          m, logits_of(unlearned), labels, reference, random_forget, seconds / num_models,
-          mia_models)
-      row["probe_forget_acc"] = probe_of(unlearned)
-      rows.append(row)
-      epsilons[m], stats[m] = eps, phi
-      log(f"method {m}: {seconds / num_models:.3f}s per model "
-          f"({time.perf_counter() - t0:.1f}s for {num_models} with compilation and metrics) | "
-          f"F {row['forgetting_quality']:.3f}, score {row['competition_score']:.3f}, "
-          f"median ε̂ {row['eps_hat_median']:.2f}, U-LiRA {row['ulira_accuracy']:.2f}, "
-          f"KLOM avg95 {row['klom_average_95']:.2f} [{row['klom_average_95_low']:.2f}, "
-          f"{row['klom_average_95_high']:.2f}]")
-  compare_to_floor(rows, replicates, reference)
-  retrain_s = retrained.seconds
-  for r in rows:
-    r["cost_ratio"] = r["seconds"] / retrain_s if retrain_s else float("nan")
-  ref = next(r for r in rows if r["method"] == "retrain")
-  for r in rows:
-    r["avg_gap"] = float(M.avg_gap(r, ref))
-  info = {"dataset": ds.name, "model": st.model_name, "num_models": num_models, "chunk": chunk,
-          "populations_reused": reused, "seed_mode": st.mode, "backend": jax.default_backend(),
-          "train_program": st.train_program.record(),
+      out.append(score.row(m, unlearned, seconds / num_models))
+      _log_method(log, m, out[-1][0], seconds, num_models, t0)
+  rows = [o[0] for o in out]
+  names = [r["method"] for r in rows]
+  replicates = dict(zip(names, (o[3] for o in out)))
+  compare_to_floor(rows, replicates, score.reference)
+  _summarise(rows, retrained.seconds)
+  info = {"dataset": st.ds.name, "model": st.model_name, "num_models": num_models,
+          "chunk": chunk, "populations_reused": reused, "seed_mode": st.mode,
+          "backend": jax.default_backend(), "train_program": st.train_program.record(),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
           "fingerprint": fingerprint(cfg, st, num_models), "hparams": hparams,
-          "retrain_seconds_per_model": retrain_s, "models_per_side": reference.h,
-          "no_intervals": reference.no_intervals,
+          "retrain_seconds_per_model": retrained.seconds,
+          "models_per_side": score.reference.h, "no_intervals": score.reference.no_intervals,
           "bootstrap_resamples": num_resamples, "bootstrap_epsilon_resamples": epsilon_resamples,
           "wall_seconds": time.perf_counter() - t_start}
-  return Evaluation(rows, epsilons, stats, info)
+  return Evaluation(rows, dict(zip(names, (o[1] for o in out))),
+                    dict(zip(names, (o[2] for o in out))), info)
 
 

@@ -135,6 +135,25 @@ def _verdict(value) -> str:
   return "–" if value is None else ("yes" if value else "no")
 
 
+def _row_cells(r: dict) -> list:
+  """One row of the evaluation table."""
+  pct = lambda v: f"{100 * v:.1f}"
+  return [
+      r["method"], with_interval(r, "klom_average_95"),
+      _verdict(r.get("klom_distinguishable_from_floor")),
+      _verdict(r.get("klom_distinguishable_from_original")),
+      " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS),
+      with_interval(r, "forgetting_quality", "{:.3f}"),
+      with_interval(r, "competition_score", "{:.3f}"),
+      with_interval(r, "epsilon_median") if "epsilon_median" in r else "–",
+      f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
+      f"{r.get('rmia_auc', float('nan')):.2f}", f"{r.get('iam_auc', float('nan')):.2f}",
+      f"{r.get('audit_epsilon_lb', float('nan')):.2f}",
+      f"{100 * r.get('probe_forget_acc', float('nan')):.1f}", f"{r['mia_efficacy']:.3f}",
+      f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
+      f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]
+
+
 def report_markdown(ev: Evaluation, title: str) -> str:
   head = ["method", "KLOM avg95 [95%]", "≠ floor", "≠ nothing", "KLOM p95 F / R / T",
           "F [95%]", "score [95%]", "median ε [95%]", "median ε̂", "U-LiRA acc", "RMIA AUC",
@@ -173,21 +192,7 @@ def report_markdown(ev: Evaluation, title: str) -> str:
            "`evaluation.EPSILON_BOOTSTRAP_MAX_THRESHOLDS`).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in ev.rows:
-    pct = lambda v: f"{100 * v:.1f}"
-    lines.append("| " + " | ".join([
-        r["method"], with_interval(r, "klom_average_95"),
-        _verdict(r.get("klom_distinguishable_from_floor")),
-        _verdict(r.get("klom_distinguishable_from_original")),
-        " / ".join(f"{r[f'klom_{s}_p95']:.2f}" for s in KLOM_SPLITS),
-        with_interval(r, "forgetting_quality", "{:.3f}"),
-        with_interval(r, "competition_score", "{:.3f}"),
-        with_interval(r, "epsilon_median") if "epsilon_median" in r else "–",
-        f"{r['eps_hat_median']:.2f}", f"{r['ulira_accuracy']:.2f}",
-        f"{r.get('rmia_auc', float('nan')):.2f}", f"{r.get('iam_auc', float('nan')):.2f}",
-        f"{r.get('audit_epsilon_lb', float('nan')):.2f}",
-        f"{100 * r.get('probe_forget_acc', float('nan')):.1f}", f"{r['mia_efficacy']:.3f}",
-        f"{r['avg_gap']:.1f}", pct(r["retain_acc"]), pct(r["forget_acc"]), pct(r["test_acc"]),
-        f"{r['seconds']:.3f}", f"{r['cost_ratio']:.2f}"]) + " |")
+    lines.append("| " + " | ".join(_row_cells(r)) + " |")
   signal = population_signal(ev.rows)
   if signal is not None:
     lines += ["", signal_markdown(signal)]

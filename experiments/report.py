@@ -519,6 +519,24 @@ def on_host(result):
   return dataclasses.replace(result, model_sets=sets)
 
 
+def write_plots(plots: Path, result, summary: dict) -> None:
+  """The run's figures under `plots/`: loss histograms, the metric bars, accuracy along
+  the methods' steps, the layer distance and a zero-shot method's synthetic images."""
+  plots.mkdir(exist_ok=True)
+  for name, per_seed in result.losses.items():
+    plot_loss_histograms(plots / f"losses_{name}.png", name, per_seed[0])
+  plot_metric_bars(plots / "metrics.png", summary)
+  plot_along(plots / "along_steps.png", result.model_sets)
+  if result.info.get("layer_distance"):
+    plot_layer_distance(plots / "layer_distance.png",
+                        result.info["layer_distance"])
+  for name, ms in result.model_sets.items():
+    if "synthetic_images" in getattr(ms, "artifacts", {}):
+      plot_image_grid(plots / f"synthetic_{name}.png", name,
+                      ms.artifacts["synthetic_images"][0], ms.artifacts["synthetic_labels"][0],
+                      result.split.spec.forget_classes)
+
+
 def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool = True,
               plots: bool = True) -> str:
   """Writes every artifact of a run into `directory`; returns the summary Markdown for
@@ -572,19 +590,7 @@ def write_run(directory: Path, result, config_dict: dict, save_checkpoints: bool
   }
   (directory / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
   if plots:
-    (directory / "plots").mkdir(exist_ok=True)
-    for name, per_seed in result.losses.items():
-      plot_loss_histograms(directory / "plots" / f"losses_{name}.png", name, per_seed[0])
-    plot_metric_bars(directory / "plots" / "metrics.png", summary)
-    plot_along(directory / "plots" / "along_steps.png", result.model_sets)
-    if result.info.get("layer_distance"):
-      plot_layer_distance(directory / "plots" / "layer_distance.png",
-                          result.info["layer_distance"])
-    for name, ms in result.model_sets.items():
-      if "synthetic_images" in getattr(ms, "artifacts", {}):
-        plot_image_grid(directory / "plots" / f"synthetic_{name}.png", name,
-                        ms.artifacts["synthetic_images"][0], ms.artifacts["synthetic_labels"][0],
-                        result.split.spec.forget_classes)
+    write_plots(directory / "plots", result, summary)
   if save_checkpoints:
     from unlearn_jax import checkpoint
     for name, ms in result.model_sets.items():

@@ -31,7 +31,6 @@ import math
 import dataclasses
 import json
 import time
-import types
 from pathlib import Path
 
 import jax
@@ -90,86 +89,111 @@ def _scores(logits_fn, arrays, seed: int) -> dict:
   return out
 
 
+def _train_sisa(cfg, st, names, sisa_config, seed_keys, init_vars, log) -> tuple:
+  """(SISA's trained states per seed, the mesh its shards use): a multi-process job
+  spreads the shards over every process (the other methods' few seeds run in every
+  process, the same in each)."""
+  sisa_mesh = (setup.make_mesh(cfg, sisa_config.batch_size, st.mode,
+                               population=sisa_config.shards)
+               if jax.process_count() > 1 and "sisa" in names else None)
+  states = []
+  if "sisa" in names:
+    for i in range(int(cfg.seeds)):
+      with parallel.data_parallel(sisa_mesh):
+        states.append(sisa.train_sisa(
+            st.model, (st.ds.train_x, st.ds.train_y), seed_keys[i], sisa_config,
+            init_variables=jax.tree_util.tree_map(lambda a: a[i], init_vars),
+            shard_loop=st.mode))
+    log(f"sisa: {sisa_config.shards} shards × {sisa_config.slices} slices trained in "
+        f"{np.mean([s.log[0]['seconds'] for s in states]):.1f} s per seed")
+  return states, sisa_mesh
+
+
+def _request_rows(k: int, request, deleted, names, env, spent: dict, test) -> list:
+  """Every method's rows after request k (its deletion added to `deleted`)."""
+  deleted[request] = True
+  forget_idx, retain_idx = np.flatnonzero(deleted), np.flatnonzero(~deleted)
+  x, y = env.x, env.y
+  arrays = {"retain": (x[retain_idx], y[retain_idx]), "forget": (x[forget_idx], y[forget_idx]),
+            "test": test}
+  rows = []
+  for m in names:
+    logits_of, seconds, aux = _after_request(m, k, request, arrays, env)
+    spent[m] += seconds
+    for i in range(int(env.cfg.seeds)):
+      r = _scores(lambda xx: logits_of(xx, i), arrays, seed=i)
+      rows.append({"method": m, "seed": int(env.cfg.seed) + i, "request": k,
+                   "forget_size": int(forget_idx.size), **r,
+                   "cumulative_seconds": spent[m], **_certificate(aux, i)})
+  return rows
+
+
 def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: float,
         kind: str, sisa_config: sisa.SisaConfig, log=print) -> dict:
   """Every method over the K requests; returns {"rows", "info"}. `sisa_config` with
   `epochs_per_slice=0` takes the recipe's epochs / R (at least 1)."""
   st = setup.setup(cfg, log, population=0)    # SISA builds its own mesh below
-  ds, model, recipe = st.ds, st.model, st.recipe
+  ds, model = st.ds, st.model
   methods_run = [m for m in names if m not in ("sisa", "retrain")]
   hparams = {**hparams, **setup.resolve_hparams(methods_run, hparams, kind, log, st.model_name)}
   if sisa_config.epochs_per_slice == 0:
     sisa_config = dataclasses.replace(
-        sisa_config, epochs_per_slice=max(1, recipe.epochs // sisa_config.slices))
+        sisa_config, epochs_per_slice=max(1, st.recipe.epochs // sisa_config.slices))
   requests = make_requests(ds.train_y, kind, num_requests, request_size,
                            setup.parse_classes(cfg.forget_classes), int(cfg.split_seed))
   log(f"dataset {ds.name}: {len(ds.train_y)} train; {num_requests} {kind} requests of "
       f"{', '.join(str(r.size) for r in requests[:3])}{'…' if num_requests > 3 else ''} "
       f"examples; model {st.model_name}; {cfg.seeds} seed(s); methods {', '.join(names)}")
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-  test = setup.take_test(ds, st.split.test)
-  seeds = int(cfg.seeds)
-  seed_keys = setup.seed_keys(cfg.seed, seeds)
+  seed_keys = setup.seed_keys(cfg.seed, int(cfg.seeds))
   init_vars = setup.initial_variables(st, seed_keys)
   t0 = time.perf_counter()
   original = setup.train_reference(st, "original", x, y, seed_keys, init_vars,
                                    lambda s: None)
   log(f"original: {original.seconds:.1f} s per seed")
-  predict = jax.jit(lambda v, xx: train_lib.predict(model, v, xx, cfg.eval_batch_size))
-  rows, state = [], {m: original.variables for m in names if m not in ("sisa", "retrain")}
-  spent = {m: 0.0 for m in names}
-  sisa_states, sisa_work = [], []
-  # A multi-process job spreads SISA's shards over every process (the other methods' few
-  # seeds run in every process, the same in each).
-  sisa_mesh = (setup.make_mesh(cfg, sisa_config.batch_size, st.mode,
-                               population=sisa_config.shards)
-               if jax.process_count() > 1 and "sisa" in names else None)
-  if "sisa" in names:
-    for i in range(seeds):
-      with parallel.data_parallel(sisa_mesh):
-        sisa_states.append(sisa.train_sisa(
-            model, (ds.train_x, ds.train_y), seed_keys[i], sisa_config,
-            init_variables=jax.tree_util.tree_map(lambda a: a[i], init_vars),
-            shard_loop=st.mode))
-    log(f"sisa: {sisa_config.shards} shards × {sisa_config.slices} slices trained in "
-        f"{np.mean([s.log[0]['seconds'] for s in sisa_states]):.1f} s per seed")
+  sisa_states, sisa_mesh = _train_sisa(cfg, st, names, sisa_config, seed_keys, init_vars, log)
   ctx = setup.method_context(st, setup.parse_classes(cfg.forget_classes) if kind == "class"
                              else ())
-  env = types.SimpleNamespace(cfg=cfg, st=st, hparams=hparams, ctx=ctx, x=x, y=y,
-                              seed_keys=seed_keys, init_vars=init_vars, predict=predict,
-                              state=state, sisa_states=sisa_states, sisa_work=sisa_work,
-                              sisa_mesh=sisa_mesh)
+  env = Requests(cfg, st, hparams, ctx, x, y, seed_keys, init_vars,
+                 jax.jit(lambda v, xx: train_lib.predict(model, v, xx, cfg.eval_batch_size)),
+                 {m: original.variables for m in methods_run}, sisa_states, [], sisa_mesh)
+  rows, spent, test = [], {m: 0.0 for m in names}, setup.take_test(ds, st.split.test)
   deleted = np.zeros(len(ds.train_y), bool)
   for k, request in enumerate(requests, start=1):
-    deleted[request] = True
-    forget_idx, retain_idx = np.flatnonzero(deleted), np.flatnonzero(~deleted)
-    arrays = {"retain": (x[retain_idx], y[retain_idx]), "forget": (x[forget_idx], y[forget_idx]),
-              "test": test}
-    for m in names:
-      logits_of, seconds, aux = _after_request(m, k, request, arrays, env)
-      spent[m] += seconds
-      for i in range(seeds):
-        r = _scores(lambda xx: logits_of(xx, i), arrays, seed=i)
-        rows.append({"method": m, "seed": int(cfg.seed) + i, "request": k,
-                     "forget_size": int(forget_idx.size), **r,
-                     "cumulative_seconds": spent[m], **_certificate(aux, i)})
+    rows += _request_rows(k, request, deleted, names, env, spent, test)
     done = [rw for rw in rows if rw["request"] == k]
-    log(f"request {k}/{num_requests} ({forget_idx.size} forgotten): " + "; ".join(
+    log(f"request {k}/{num_requests} ({int(deleted.sum())} forgotten): " + "; ".join(
         f"{m} FA {100 * np.mean([rw['forget_acc'] for rw in done if rw['method'] == m]):.1f}"
         for m in names) + f" | {time.perf_counter() - t0:.0f} s elapsed, "
         f"~{(time.perf_counter() - t0) / k * (num_requests - k):.0f} s left")
+  sisa_info = {"shards": sisa_config.shards, "slices": sisa_config.slices,
+               "epochs_per_slice": sisa_config.epochs_per_slice,
+               "train_seconds": float(np.mean([s.log[0]["seconds"] for s in sisa_states]))
+               if sisa_states else None, "per_request": env.sisa_work}
   return {"rows": rows, "info": {"requests": [r.tolist() for r in requests], "kind": kind,
-                                 "model": st.model_name, "seeds": seeds,
+                                 "model": st.model_name, "seeds": int(cfg.seeds),
                                  "train_program": st.train_program.record(),
-                                 "original_seconds": original.seconds,
-                                 "sisa": {"shards": sisa_config.shards,
-                                          "slices": sisa_config.slices,
-                                          "epochs_per_slice": sisa_config.epochs_per_slice,
-                                          "train_seconds": float(np.mean(
-                                              [s.log[0]["seconds"] for s in sisa_states]))
-                                          if sisa_states else None,
-                                          "per_request": sisa_work},
+                                 "original_seconds": original.seconds, "sisa": sisa_info,
                                  "wall_seconds": time.perf_counter() - t0}}
+
+
+@dataclasses.dataclass
+class Requests:
+  """What applying a request reads and updates: the settings, the data, the keys, the
+  predictor, every method's current weights and SISA's states (and its work so far)."""
+  cfg: object
+  st: object
+  hparams: dict
+  ctx: object
+  x: object
+  y: object
+  seed_keys: object
+  init_vars: object
+  predict: object
+  state: dict
+  sisa_states: list
+  sisa_work: list
+  sisa_mesh: object
 
 
 CERTIFICATE_COLUMNS = ("residual_bound", "residual_budget", "refits", "epsilon_bound",
@@ -231,13 +255,9 @@ def _finite_mean(values) -> float:
   return float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
 
 
-def report_markdown(result: dict, title: str) -> str:
-  rows, info = result["rows"], result["info"]
-  names = list(dict.fromkeys(r["method"] for r in rows))
-  ks = sorted({r["request"] for r in rows})
-  lines = [f"## {title}", "", f"{len(ks)} requests, mean over {info['seeds']} seed(s); "
-           "accuracies in %; FA on the cumulative forget set; seconds: cumulative cost of "
-           "the requests (SISA: its deletions; retrain: every retraining).", ""]
+def _gap_lines(rows: list, names: list, ks: list) -> list:
+  """The gap-to-retrain table (when retrain ran): final and worst gap per method."""
+  lines = []
   if "retrain" in names:
     head = ["method", "final RA", "FA", "TA", "MIA", "final gap", "worst gap (request)",
             "seconds"]
@@ -258,11 +278,12 @@ def report_markdown(result: dict, title: str) -> str:
           f"{_mean(rows, m, last, 'mia_loss_lr'):.2f}", f"{gaps[-1]:.1f}",
           f"{gaps[worst]:.1f} ({ks[worst]})",
           f"{_mean(rows, m, last, 'cumulative_seconds'):.1f}"]) + " |")
-  lines += ["", "FA after each request (%):", "",
-            "| method | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks)]
-  for m in names:
-    lines.append(f"| {m} | " + " | ".join(f"{100 * _mean(rows, m, k, 'forget_acc'):.1f}"
-                                          for k in ks) + " |")
+  return lines
+
+
+def _certificate_lines(rows: list, names: list, ks: list) -> list:
+  """The certified methods' certificates after each request."""
+  lines = []
   for m in names:
     mine = [r for r in rows if r["method"] == m and "certified_residual_bound" in r]
     if mine:
@@ -289,6 +310,23 @@ def report_markdown(result: dict, title: str) -> str:
         lines.append(f"| {label} | " + " | ".join(
             f"{_mean(rows, m, k, col):{fmt}}"
             + (" †" if refits[k] > refits.get(k - 1, 0.0) else "") for k in ks) + " |")
+  return lines
+
+
+def report_markdown(result: dict, title: str) -> str:
+  rows, info = result["rows"], result["info"]
+  names = list(dict.fromkeys(r["method"] for r in rows))
+  ks = sorted({r["request"] for r in rows})
+  lines = [f"## {title}", "", f"{len(ks)} requests, mean over {info['seeds']} seed(s); "
+           "accuracies in %; FA on the cumulative forget set; seconds: cumulative cost of "
+           "the requests (SISA: its deletions; retrain: every retraining).", ""]
+  lines += _gap_lines(rows, names, ks)
+  lines += ["", "FA after each request (%):", "",
+            "| method | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks)]
+  for m in names:
+    lines.append(f"| {m} | " + " | ".join(f"{100 * _mean(rows, m, k, 'forget_acc'):.1f}"
+                                          for k in ks) + " |")
+  lines += _certificate_lines(rows, names, ks)
   work = (info.get("sisa") or {}).get("per_request") or []
   if work:
     lines += ["", f"SISA ({info['sisa']['shards']} shards × {info['sisa']['slices']} slices): "

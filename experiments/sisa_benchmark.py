@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from . import setup
+from .configs import recipes
 from unlearn_jax import data as data_lib, models as models_lib, sisa, train as train_lib
 
 flags.DEFINE_string("dataset", "digits", "dataset (as experiments.unlearn)")
@@ -36,6 +37,35 @@ flags.DEFINE_integer("epochs_per_slice", 0, "epochs per stage (0: the recipe's e
 flags.DEFINE_integer("deletions", 5, "single-example deletions timed per S")
 flags.DEFINE_float("lr", 0.05, "SISA shards' SGD learning rate (constant)")
 flags.DEFINE_bool("sequential", True, "also train the shards one program per shard (ratio)")
+
+
+def _sisa_row(s: int, model, x, y, tx, ty, key, init, recipe, epochs: int, one_s: float,
+              F) -> None:
+  """One SISA configuration's row: S shards trained (vmapped, and sequential with
+  --sequential), its test accuracy both ways, and --deletions timed deletions."""
+  cfg = sisa.SisaConfig(shards=s, slices=F.slices, epochs_per_slice=epochs,
+                        batch_size=recipe.batch_size, lr=F.lr)
+  timed = {}
+  loops = ("vmap", "sequential") if F.sequential else ("vmap",)
+  for loop in loops:
+    first = sisa.train_sisa(model, (x, y), key, cfg, init_variables=init, shard_loop=loop)
+    state = sisa.train_sisa(model, (x, y), key, cfg, init_variables=init, shard_loop=loop,
+                            programs=first.programs)     # compiled: timed without compiling
+    timed[loop] = state.log[0]["seconds"]
+  acc = {how: float(jnp.mean(sisa.sisa_predict(model, state.variables, tx, how) == ty))
+         for how in sisa.AGGREGATIONS}
+  rng = np.random.default_rng(1)
+  secs, shares = [], []
+  for idx in rng.choice(len(y), F.deletions, replace=False):
+    rep = sisa.unlearn_sisa(state, [idx])
+    secs.append(rep["seconds"])
+    shares.append(rep["fraction_of_full"])
+  per = statistics.median(secs)
+  seq = timed.get("sequential")
+  seq_cells = (f"{seq:.2f} | {seq / timed['vmap']:.2f}×" if seq else "— | —")
+  print(f"| SISA S={s} | {100 * acc['vote']:.1f} | {100 * acc['mean_logits']:.1f} | "
+        f"{timed['vmap']:.2f} | {seq_cells} | {per:.2f} | {per / one_s:.2f} | "
+        f"{100 * statistics.mean(shares):.1f}% |", flush=True)
 
 
 def main(argv):
@@ -52,16 +82,16 @@ def main(argv):
   try:
     ds = data_lib.load_dataset(F.dataset, None, F.train_subset, F.test_subset)
   except data_lib.DatasetError as e:
-    print(f"error: {setup.as_flags(str(e))}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  name = F.model or setup.default_model(ds)
+  name = F.model or ("mlp" if ds.image_size <= 8 else "cnn")
   try:
     base = models_lib.parse_model_spec(name)[0]
   except ValueError as e:
     print(f"error: --model={name!r}: {e}", file=sys.stderr)
     sys.exit(2)
   model = models_lib.get_model(name, ds.num_classes)
-  recipe = setup.default_recipe(ds, base)
+  recipe = recipes.train_config_for(base, ds)
   epochs = F.epochs_per_slice or max(1, recipe.epochs // F.slices)
   x, y = ds.train_x, ds.train_y
   tx, ty = jnp.asarray(ds.test_x), jnp.asarray(ds.test_y)
@@ -84,29 +114,7 @@ def main(argv):
   print(f"| one model ({recipe.epochs} epochs) | {100 * one_acc:.1f} | | {one_s:.2f} | | | "
         f"{one_s:.2f} (retrain) | 1.00 | |", flush=True)
   for s in counts:
-    cfg = sisa.SisaConfig(shards=s, slices=F.slices, epochs_per_slice=epochs,
-                          batch_size=recipe.batch_size, lr=F.lr)
-    timed = {}
-    loops = ("vmap", "sequential") if F.sequential else ("vmap",)
-    for loop in loops:
-      first = sisa.train_sisa(model, (x, y), key, cfg, init_variables=init, shard_loop=loop)
-      state = sisa.train_sisa(model, (x, y), key, cfg, init_variables=init, shard_loop=loop,
-                              programs=first.programs)     # compiled: timed without compiling
-      timed[loop] = state.log[0]["seconds"]
-    acc = {how: float(jnp.mean(sisa.sisa_predict(model, state.variables, tx, how) == ty))
-           for how in sisa.AGGREGATIONS}
-    rng = np.random.default_rng(1)
-    secs, shares = [], []
-    for idx in rng.choice(len(y), F.deletions, replace=False):
-      rep = sisa.unlearn_sisa(state, [idx])
-      secs.append(rep["seconds"])
-      shares.append(rep["fraction_of_full"])
-    per = statistics.median(secs)
-    seq = timed.get("sequential")
-    seq_cells = (f"{seq:.2f} | {seq / timed['vmap']:.2f}×" if seq else "— | —")
-    print(f"| SISA S={s} | {100 * acc['vote']:.1f} | {100 * acc['mean_logits']:.1f} | "
-          f"{timed['vmap']:.2f} | {seq_cells} | {per:.2f} | {per / one_s:.2f} | "
-          f"{100 * statistics.mean(shares):.1f}% |", flush=True)
+    _sisa_row(s, model, x, y, tx, ty, key, init, recipe, epochs, one_s, F)
   print("\nTimes exclude compilation (each configuration runs once to compile first; a "
         "deletion reuses the stage programs, whose padded shapes are fixed at training). "
         "The share is in example-passes of retraining every shard from scratch.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -61,6 +60,74 @@ def _mean_rows(rows: list) -> dict:
   return {k: float(np.nanmean([r[k] for r in rows])) for k in REPORT_KEYS}
 
 
+@dataclasses.dataclass
+class Search:
+  """What every method's search reads: the settings, the data (the selection and report
+  parts), the originals it starts from and the references it is scored against."""
+  cfg: object
+  budget: int
+  rule: str
+  min_retain: float
+  hparams: dict
+  ctx: object
+  seed_keys: object
+  forget: tuple
+  retain: tuple
+  originals: object
+  search_loop: str
+  evaluate: object
+  select_arrays: dict
+  report_arrays: dict
+  reference: dict
+  retrain_s: float
+  log: Callable[[str], None]
+  search_mesh: object
+
+
+def _parts(cfg, st, fraction: float) -> tuple:
+  """(selection parts, forget, retain, selection arrays, report arrays) of the split:
+  selection reads forget_select, retain_select and val; the report the rest and test."""
+  ds, split = st.ds, st.split
+  try:
+    parts = tuning.selection_parts(split, fraction, seed=int(cfg.split_seed))
+  except ValueError as e:
+    raise UsageError(f"--config.tune.selection_fraction: {e}") from e
+  take = lambda idx: (jnp.asarray(ds.train_x[idx]), jnp.asarray(ds.train_y[idx]))
+  select_arrays = {"retain": take(parts["retain_select"]), "forget": take(parts["forget_select"]),
+                   "test": take_test(ds, split.val)}
+  report_arrays = {"retain": take(parts["retain_report"]), "forget": take(parts["forget_report"]),
+                   "test": take_test(ds, split.test)}
+  if split.test_forget.size:   # class scenarios: the MIA's non-members are the forgotten classes'
+    select_arrays["test_forget"] = take_test(ds, split.val_forget)
+    report_arrays["test_forget"] = take_test(ds, split.test_forget)
+  log_line = (f"dataset {ds.name}; split {cfg.scenario}: forget {split.forget.size} "
+              f"(select on {parts['forget_select'].size}, report {parts['forget_report'].size}), "
+              f"retain {split.retain.size} (select {parts['retain_select'].size}), val "
+              f"{split.val.size} (select), test {split.test.size} (report only)")
+  return parts, take(split.forget), take(split.retain), select_arrays, report_arrays, log_line
+
+
+def _references(cfg, st, retain, select_arrays, report_arrays, log) -> tuple:
+  """(original and retrained ModelSets, the metrics program, their metrics on the
+  selection and report parts)."""
+  seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
+  init_vars = setup_lib.initial_variables(st, seed_keys)
+  train_set = (jnp.asarray(st.ds.train_x), jnp.asarray(st.ds.train_y))
+  pops = {}
+  for name, (x, y) in (("original", train_set), ("retrain", retain)):
+    log(f"training {name}")
+    pops[name] = setup_lib.train_reference(st, name, x, y, seed_keys, init_vars, log)
+  evaluate = driver.SeedMetrics(st.model, seed_mode=st.mode, eval_batch=cfg.eval_batch_size)
+  reference = {name: {"select": evaluate(ms, select_arrays)[0],
+                      "report": evaluate(ms, report_arrays)[0]} for name, ms in pops.items()}
+  for name in pops:
+    r = _mean_rows(reference[name]["report"])
+    log(f"{name} on the report parts: RA {100 * r['retain_acc']:.1f} FA "
+        f"{100 * r['forget_acc']:.1f} TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
+        f"; {pops[name].seconds:.1f} s")
+  return seed_keys, pops, evaluate, reference
+
+
 def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
         fraction: float = 0.2, loop: str = "auto", min_retain: float = 0.9,
         log: Callable[[str], None] = print) -> TuningResult:
@@ -70,79 +137,31 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   check_options(budget, rule, fraction, loop, min_retain)
   t_start = time.perf_counter()
   st = setup(cfg, log, population=budget)
-  ds, split, model, mode = st.ds, st.split, st.model, st.mode
   # The references train in each process (S models, the same in every one); the search's
   # K configurations are the population a mesh splits: across the processes of a
   # multi-process job, or over `--config.mesh_seeds` devices.
   search_mesh = st.mesh if jax.process_count() > 1 or int(cfg.get("mesh_seeds") or 0) > 1 \
       else None
   hparams = resolve_hparams(st.method_names, fixed_hparams, cfg.scenario, log, st.model_name)
-  search_loop = mode if loop == "auto" else loop
+  search_loop = st.mode if loop == "auto" else loop
   if jax.process_count() > 1 and search_loop != "vmap":
-    raise UsageError(f"--config.tune.search_loop={search_loop} runs the configurations one after another "
-                     f"in one process; a {jax.process_count()}-process job splits them over "
-                     "the processes: pass --config.tune.search_loop=vmap")
-  try:
-    parts = tuning.selection_parts(split, fraction, seed=int(cfg.split_seed))
-  except ValueError as e:
-    raise UsageError(f"--config.tune.selection_fraction: {e}") from e
-  take = lambda idx: (jnp.asarray(ds.train_x[idx]), jnp.asarray(ds.train_y[idx]))
-  forget, retain = take(split.forget), take(split.retain)
-  select_arrays = {"retain": take(parts["retain_select"]), "forget": take(parts["forget_select"]),
-                   "test": take_test(ds, split.val)}
-  report_arrays = {"retain": take(parts["retain_report"]), "forget": take(parts["forget_report"]),
-                   "test": take_test(ds, split.test)}
-  if split.test_forget.size:   # class scenarios: the MIA's non-members are the forgotten classes'
-    select_arrays["test_forget"] = take_test(ds, split.val_forget)
-    report_arrays["test_forget"] = take_test(ds, split.test_forget)
-  log(f"dataset {ds.name}; split {cfg.scenario}: forget {split.forget.size} "
-      f"(select on {parts['forget_select'].size}, report {parts['forget_report'].size}), "
-      f"retain {split.retain.size} (select {parts['retain_select'].size}), val {split.val.size} "
-      f"(select), test {split.test.size} (report only)")
+    raise UsageError(f"--config.tune.search_loop={search_loop} runs the configurations one "
+                     f"after another in one process; a {jax.process_count()}-process job "
+                     "splits them over the processes: pass --config.tune.search_loop=vmap")
+  parts, forget, retain, select_arrays, report_arrays, line = _parts(cfg, st, fraction)
+  log(line)
   log(f"model {st.model_name}, {cfg.seeds} seed(s); search: {budget} configurations × "
       f"{cfg.seeds} seeds per method (and per value of a searched integer hyperparameter), "
       + ("one vmapped program; " if search_loop == "vmap"
          else "one compiled program called per configuration and seed; ")
       + f"selection rule {rule}")
-
-  seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
-  init_vars = setup_lib.initial_variables(st, seed_keys)
-  train_set = (jnp.asarray(ds.train_x), jnp.asarray(ds.train_y))
-  pops = {}
-  for name, (x, y) in (("original", train_set), ("retrain", retain)):
-    log(f"training {name}")
-    pops[name] = setup_lib.train_reference(st, name, x, y, seed_keys, init_vars, log)
-  retrain_s = pops["retrain"].seconds
-  evaluate = driver.SeedMetrics(model, seed_mode=mode, eval_batch=cfg.eval_batch_size)
-  reference = {name: {"select": evaluate(ms, select_arrays)[0],
-                      "report": evaluate(ms, report_arrays)[0]} for name, ms in pops.items()}
-  for name in pops:
-    r = _mean_rows(reference[name]["report"])
-    log(f"{name} on the report parts: RA {100 * r['retain_acc']:.1f} FA "
-        f"{100 * r['forget_acc']:.1f} TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
-        f"; {pops[name].seconds:.1f} s")
-
+  seed_keys, pops, evaluate, reference = _references(cfg, st, retain, select_arrays,
+                                                     report_arrays, log)
   ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class" else ())
-  rows, table, tuned = [], [], {}
-  searchable = [m for m in st.method_names if methods_lib.get_method(m).space]
-  for m in st.method_names:
-    if m not in searchable:
-      log(f"{m}: no search space; kept at its defaults")
-  env = types.SimpleNamespace(
-      cfg=cfg, budget=budget, rule=rule, min_retain=min_retain, hparams=hparams, ctx=ctx,
-      seed_keys=seed_keys, forget=forget, retain=retain, originals=pops["original"].variables,
-      search_loop=search_loop, evaluate=evaluate, select_arrays=select_arrays,
-      report_arrays=report_arrays, reference=reference, retrain_s=retrain_s, log=log,
-      search_mesh=search_mesh)
-  t_search = time.perf_counter()      # time left counts the searches only, not training
-  for i, m in enumerate(searchable):
-    method_rows, entry, choice = _search_method(m, env)
-    rows += method_rows
-    table.append(entry)
-    tuned[m] = choice
-    left = (len(searchable) - i - 1) * (time.perf_counter() - t_search) / (i + 1)
-    log(f"  {m} done ({i + 1}/{len(searchable)}); ~{left:.0f} s left")
-
+  search = Search(cfg, budget, rule, min_retain, hparams, ctx, seed_keys, forget, retain,
+                  pops["original"].variables, search_loop, evaluate, select_arrays,
+                  report_arrays, reference, pops["retrain"].seconds, log, search_mesh)
+  rows, table, tuned = _search_every_method(st.method_names, search)
   for name in ("original", "retrain"):
     table.insert(0 if name == "original" else 1, {
         "method": name, "default": _mean_rows(reference[name]["report"]),
@@ -150,11 +169,29 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
   info = {"rule": rule, "budget": budget, "selection_fraction": fraction,
           "min_retain": min_retain,
           "search_loop": search_loop, "seeds": int(cfg.seeds), "model": st.model_name,
-          "scenario": cfg.scenario, "retrain_seconds": retrain_s,
+          "scenario": cfg.scenario, "retrain_seconds": search.retrain_s,
           "selection_sizes": {k: int(v.size) for k, v in parts.items()},
           "selection_sha256": {k: _digest(v) for k, v in parts.items()},
           "wall_seconds": time.perf_counter() - t_start}
   return TuningResult(rows, table, _tuned_json(cfg, st, info, tuned), info)
+
+
+def _search_every_method(method_names, search: Search) -> tuple:
+  """(rows, table, tuned) over the methods with a search space, with the time left."""
+  rows, table, tuned = [], [], {}
+  searchable = [m for m in method_names if methods_lib.get_method(m).space]
+  for m in method_names:
+    if m not in searchable:
+      search.log(f"{m}: no search space; kept at its defaults")
+  t_search = time.perf_counter()      # time left counts the searches only, not training
+  for i, m in enumerate(searchable):
+    method_rows, entry, choice = _search_method(m, search)
+    rows += method_rows
+    table.append(entry)
+    tuned[m] = choice
+    left = (len(searchable) - i - 1) * (time.perf_counter() - t_search) / (i + 1)
+    search.log(f"  {m} done ({i + 1}/{len(searchable)}); ~{left:.0f} s left")
+  return rows, table, tuned
 
 
 def _tuned_json(cfg, st, info: dict, tuned: dict) -> dict:
@@ -168,14 +205,10 @@ def _tuned_json(cfg, st, info: dict, tuned: dict) -> dict:
           "methods": tuned}
 
 
-def _search_method(m: str, env) -> tuple:
-  """(rows, table entry, tuned.json entry) of one method: its K configurations × S seeds
-  as `tuning.run_search` programs (one per value of a searched integer hyperparameter),
-  scored on the selection parts, the choice reported on the report parts."""
-  cfg, budget, log = env.cfg, env.budget, env.log
+def _grids(m: str, configs, env: Search) -> tuple:
+  """(grids, configurations, seconds, compile seconds) of one method's search: one
+  `tuning.run_search` program per value of a searched integer hyperparameter."""
   method = methods_lib.get_method(m)
-  configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
-      int(cfg.seed)), m))
   # An integer hyperparameter the user set (--config.methods.<method>.epochs=20) stays fixed.
   user_set = {k for k in method.space if tuning.is_outer(method, k)
               and env.hparams[m].get(k, method.defaults[k]) != method.defaults[k]}
@@ -188,11 +221,23 @@ def _search_method(m: str, env) -> tuple:
       grid, sec, comp = tuning.run_search(method, env.ctx, configs, fixed, env.originals,
                                           data, keys, env.search_loop)
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(grid)):
-      log(f"  {m} {outer or ''}: some configurations returned non-finite weights; they "
-          "score +inf")
+      env.log(f"  {m} {outer or ''}: some configurations returned non-finite weights; they "
+              "score +inf")
     grids.append(grid)
     seconds, compile_s = seconds + sec, compile_s + comp
     cfg_list += [{**outer, **c} for c in tuning.configs_list(configs)]
+  return grids, cfg_list, seconds, compile_s, fixed
+
+
+def _search_method(m: str, env: Search) -> tuple:
+  """(rows, table entry, tuned.json entry) of one method: its K configurations × S seeds
+  as `tuning.run_search` programs (one per value of a searched integer hyperparameter),
+  scored on the selection parts, the choice reported on the report parts."""
+  cfg, budget, log = env.cfg, env.budget, env.log
+  method = methods_lib.get_method(m)
+  configs = tuning.sample_configs(method, budget, driver.method_key(jax.random.PRNGKey(
+      int(cfg.seed)), m))
+  grids, cfg_list, seconds, compile_s, fixed = _grids(m, configs, env)
   variables_of = lambda k: jax.tree_util.tree_map(lambda a: a[k % budget], grids[k // budget])
   rows, scores, retain_acc = _score_configs(m, cfg_list, variables_of, env)
   mean = scores.mean(axis=1)
@@ -216,6 +261,11 @@ def _search_method(m: str, env) -> tuple:
             "default": {k: method.defaults[k] for k in cfg_list[0]},
             "score": float(mean[best]), "default_score": float(mean[0]), "config": best,
             "kept_min_retain": eligible}
+  _log_choice(log, m, entry, reported, total, seeds, seconds, compile_s, mean, best)
+  return rows, entry, choice
+
+
+def _log_choice(log, m, entry, reported, total, seeds, seconds, compile_s, mean, best):
   log(f"tuning {m}: {total} configurations × {seeds} seeds in {seconds:.1f} s "
       f"({total * seeds / max(seconds, 1e-9):.1f} configurations/s), compile "
       f"{compile_s:.1f} s; score {mean[0]:.1f} at the defaults → {mean[best]:.1f} "
@@ -226,9 +276,8 @@ def _search_method(m: str, env) -> tuple:
       f"{label} RA {100 * r['retain_acc']:.1f} FA {100 * r['forget_acc']:.1f} "
       f"TA {100 * r['test_acc']:.1f} MIA {r['mia_loss_lr']:.2f}"
       for label, r in reported.items())
-      + f"; tuned {_config_text(cfg_list[best])}; "
+      + f"; tuned {_config_text(entry['tuned_config'])}; "
       f"search × retrain {entry['cost_ratio_with_search']:.2f}")
-  return rows, entry, choice
 
 
 def _score_configs(m: str, cfg_list: list, variables_of, env) -> tuple:

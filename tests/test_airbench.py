@@ -10,6 +10,7 @@ import pytest
 
 import unlearn_jax as uj
 from unlearn_jax import models, train
+from experiments.configs import recipes
 
 
 def _airbench_parameter_count(widths=(64, 256, 256), classes=10, channels=3, whiten=2):
@@ -207,7 +208,7 @@ def test_airbench94_learns_digits_with_its_recipe(digits):
   90% test accuracy in 10 epochs; its untrained start is at chance level (≤ 25%), which
   doing nothing would keep."""
   from experiments import setup
-  cfg = setup.default_recipe(digits, "airbench94")
+  cfg = recipes.train_config_for("airbench94", digits)
   cfg = train.TrainConfig(**{**cfg.__dict__, "batch_size": 128, "lr": cfg.lr * 128 / 1024})
   model = models.get_model("airbench94:16-32-32", digits.num_classes)
   x, y = jnp.asarray(digits.train_x), jnp.asarray(digits.train_y)

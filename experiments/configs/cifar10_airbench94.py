@@ -33,7 +33,7 @@ def get_config():
   c.seeds = 4
   c.seed_loop = "vmap"            # the population as one program: the accelerator path
   c.checkpoint_every = 2
-  # The recipe is the library's for `airbench94` (`setup.default_recipe`: every field the
+  # The recipe is the library's for `airbench94` (`recipes.airbench94`: every field the
   # docstring lists), written once there; --config.train.<field>=... overrides any of it.
   c.train = recipes.airbench94(color=True)
   return c

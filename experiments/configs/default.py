@@ -34,6 +34,14 @@ def methods_config(names=None) -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  _data_model_and_methods(c)
+  _seeds_and_devices(c)
+  _outputs(c)
+  _other_entry_points(c)
+  return c
+
+
+def _data_model_and_methods(c: ml_collections.ConfigDict) -> None:
   # ---- data and split
   c.dataset = "mnist1d"         # mnist1d | digits | image_folder:PATH | cifar10[:PATH] | ...
   c.data_dir = config_dict.placeholder(str)    # tfds data_dir (None: tfds' default)
@@ -53,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.methods = methods_config()
   c.tuned_hparams = config_dict.placeholder(str)  # a tuned.json (experiments.tune): its
   # choices replace the defaults above (a value set on the command line still wins)
+
+
+def _seeds_and_devices(c: ml_collections.ConfigDict) -> None:
   # ---- seeds
   c.seeds = 3                   # trained models (original and retrain) per run
   c.seed = 0                    # first seed; seeds are seed, seed+1, ...
@@ -75,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.heartbeat_seconds = 100     # multi-process: a silent process fails the job after this
   c.stream = False              # train original/retrain from host memory batch by batch
   c.eval_batch_size = 1000
+
+
+def _outputs(c: ml_collections.ConfigDict) -> None:
   # ---- what is written
   c.save_checkpoints = True
   # Resumable runs: train states every N epochs (and each finished method) go to a hidden
@@ -93,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.wandb_project = config_dict.placeholder(str)    # also log to Weights & Biases
   # Anamnesis index (class scenario): relearning on D_f until 95% of the original's FA.
   c.ain = ml_collections.ConfigDict(dict(lr=0.001, batch_size=32, max_steps=200, eval_size=256))
+
+
+def _other_entry_points(c: ml_collections.ConfigDict) -> None:
   # ---- the other entry points' settings
   c.evaluate = ml_collections.ConfigDict(dict(   # experiments.evaluate and .klom_curve
       num_models=16,            # models per population (originals, retrained, unlearned)
@@ -116,4 +133,3 @@ def get_config() -> ml_collections.ConfigDict:
       kind="random",            # random | class (forget_classes split into requests)
       sisa_shards=4, sisa_slices=4,
       sisa_epochs_per_slice=config_dict.placeholder(int)))  # None: the recipe's epochs / R
-  return c

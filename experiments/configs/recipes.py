@@ -74,3 +74,22 @@ def train_config(recipe) -> TrainConfig:
   """The TrainConfig of a recipe (a ConfigDict or dict of its fields)."""
   fields = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
   return TrainConfig(**fields)
+
+
+def for_model(model: str, image_size: int, channels: int) -> ml_collections.ConfigDict:
+  """The recipe of `model`'s family (a name or `name:widths`) for inputs of that size and
+  channel count: what the benchmark scripts train each model with."""
+  small, color = image_size <= 8, channels == 3
+  base = model.partition(":")[0]
+  families = {"mlp": lambda: mlp(), "cnn": lambda: cnn(small, color),
+              "vit": lambda: vit(small, color), "resnet9": lambda: resnet9(small),
+              "airbench94": lambda: airbench94(color), "resnet18": lambda: resnet18(small, color)}
+  if base not in families:
+    raise ValueError(f"model={model!r}: no recipe; allowed: {', '.join(families)}")
+  return families[base]()
+
+
+def train_config_for(model: str, ds) -> TrainConfig:
+  """`for_model`'s recipe for the dataset `ds` (its image size and channels), as a
+  TrainConfig."""
+  return train_config(for_model(model, ds.image_size, ds.input_shape[-1]))
