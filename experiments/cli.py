@@ -10,11 +10,11 @@ exits 0; an unknown flag names the nearest flag or config field.
 
 `run(job)` is the one main: it refuses stray arguments, builds the config
 (`build_config`), starts `jax.distributed` when asked, calls `job(cfg) -> text` and
-prints the text; a `setup.UsageError` (a user mistake: its message names the flag and
+prints the text; a `usage.UsageError` (a user mistake: its message names the flag and
 what is allowed) becomes one line on stderr and exit status 2, before anything is
 written. An OS error (a read-only or full disk, a permission) is one line and exit status
 1; Ctrl-C is one line saying that the same command resumes, and exit status 130. Either
-way no half-written run directory is left (`setup.staged_workdir`).
+way no half-written run directory is left (`rundir.staged_workdir`).
 """
 
 import difflib
@@ -32,7 +32,7 @@ from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import parallel
-from . import setup
+from .pipeline import settings, usage
 
 _CONFIGS = Path(__file__).resolve().parent / "configs"
 _NOT_CONFIGS = ("__init__", "recipes")
@@ -186,7 +186,7 @@ def parse_flags(argv):
   except flags.UnrecognizedFlagError as e:
     _unknown_flag(e.flagname)
   except flags.Error as e:
-    print(f"error: {setup.flag_error_line(e)}", file=sys.stderr)
+    print(f"error: {usage.flag_error_line(e)}", file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     _bad_dotted_flag(e)
   sys.exit(2)
@@ -200,11 +200,11 @@ def chosen_methods(cfg, text: str, field: str) -> None:
     cfg.requests.methods = ",".join(names)
     return
   for m in names:
-    if m in setup.REFERENCE_MODELS:
-      raise setup.UsageError(f"--methods: {m!r} is always run as a reference; list "
+    if m in settings.REFERENCE_MODELS:
+      raise usage.UsageError(f"--methods: {m!r} is always run as a reference; list "
                              f"unlearning methods only ({', '.join(methods_lib.list_methods())})")
     if m not in methods_lib.list_methods():
-      raise setup.UsageError(f"--methods: {m!r} is unknown; allowed: "
+      raise usage.UsageError(f"--methods: {m!r} is unknown; allowed: "
                              f"{', '.join(methods_lib.list_methods())}")
   given = cfg.methods.to_dict()
   cfg.methods = config_dict.ConfigDict(
@@ -231,7 +231,7 @@ def build_config(methods_field: str = "methods"):
 def with_tuned(hparams: dict, path: str) -> dict:
   """The hyperparameters with a tuned.json's choices in place of the registry's defaults;
   a value the config or the command line changed from the default is kept."""
-  from . import tuning_run
+  from .pipeline import tuning as tuning_run
   out = {m: dict(v) for m, v in hparams.items()}
   for m, chosen in tuning_run.load_tuned(path).items():
     if m not in out:
@@ -273,7 +273,7 @@ def start_processes(cfg) -> None:
   (process 0 reports; every process computes)."""
   explicit = [cfg.coordinator_address, cfg.num_processes, cfg.process_id]
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-    raise setup.UsageError("--config.coordinator_address, --config.num_processes and "
+    raise usage.UsageError("--config.coordinator_address, --config.num_processes and "
                            "--config.process_id go together (or set --config.distributed="
                            "True alone to detect the cluster)")
   if not (cfg.distributed or cfg.coordinator_address):
@@ -283,7 +283,7 @@ def start_processes(cfg) -> None:
   given = [a for a in sys.argv[1:] if not a.lstrip("-").startswith("config.process_id")]
   other = parallel.same_on_every_process(" ".join(given))
   if other is not None:
-    raise setup.UsageError(f"process {other} was started with other flags than process 0 "
+    raise usage.UsageError(f"process {other} was started with other flags than process 0 "
                            f"({' '.join(given)}); start every process with the same command "
                            "(only --config.process_id differs)")
   if not parallel.is_writer():
@@ -355,19 +355,19 @@ def run(job: Callable, fields: tuple = (), methods_field: str = "methods") -> No
     sys.exit(0)
 
   def main(argv):
-    setup.begin_cli(argv)
+    usage.begin_cli(argv)
     try:
       cfg = build_config(methods_field)
       start_processes(cfg)
       text = job(cfg)
-    except setup.UsageError as e:
-      print(setup.error_line(e), file=sys.stderr)
+    except usage.UsageError as e:
+      print(usage.error_line(e), file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:
-      print(setup.INTERRUPTED_LINE, file=sys.stderr)
+      print(usage.INTERRUPTED_LINE, file=sys.stderr)
       sys.exit(130)
     except OSError as e:     # the work directory or the cache: read-only, full, no permission
-      print(setup.os_error_line(e), file=sys.stderr)
+      print(usage.os_error_line(e), file=sys.stderr)
       sys.exit(1)
     except Exception as e:  # noqa: BLE001  a lost peer surfaces as a runtime error
       if jax.process_count() == 1 or not lost_peer(e):

@@ -20,7 +20,11 @@ from pathlib import Path
 
 from absl import flags
 
-from . import cli, population, population_report, setup
+from . import cli
+from .pipeline import population
+from .reports import population as population_report
+
+from .pipeline import rundir, settings, usage
 
 
 def cache_dir(cfg) -> Path | None:
@@ -32,7 +36,7 @@ def chunk_of(cfg) -> int:
   """Models per vmapped chunk (0: all at once); UsageError below 1."""
   chunk = cfg.evaluate.chunk
   if chunk is not None and chunk < 1:
-    raise setup.UsageError(f"--config.evaluate.chunk={chunk} must be at least 1 (or None: "
+    raise usage.UsageError(f"--config.evaluate.chunk={chunk} must be at least 1 (or None: "
                            "all at once)")
   return chunk or 0
 
@@ -40,9 +44,9 @@ def chunk_of(cfg) -> int:
 def job(cfg) -> str:
   E = cfg.evaluate
   hparams = cli.method_hparams(cfg)
-  setup.validate(cfg)
+  settings.validate(cfg)
   chunk = chunk_of(cfg)
-  with setup.staged_workdir(cli.workdir(cfg, "eval_"), flags.FLAGS.overwrite) as (final,
+  with rundir.staged_workdir(cli.workdir(cfg, "eval_"), flags.FLAGS.overwrite) as (final,
                                                                                  staging):
     ev = population.run(cfg, hparams, E.num_models, chunk, cache_dir(cfg),
                         log=lambda s: print(s, flush=True), mia_models=E.mia_models,

@@ -31,9 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import cli, population, setup
+from . import cli
+from .pipeline import population
+
+from .pipeline import experiment, rundir, settings, usage
 from .evaluate import cache_dir, chunk_of
-from .population_report import intervals_markdown
+from .reports.population import intervals_markdown
 from unlearn_jax import metrics as M
 from unlearn_jax.evaluation import MIN_MODELS_PER_SIDE, PopulationLogits, klom_replicates
 from unlearn_jax.metrics.population import KLOM_DIRECTIONS
@@ -47,10 +50,10 @@ def parse_sizes(text: str) -> list:
   try:
     sizes = [int(s) for s in str(text).split(",") if s.strip()]
   except ValueError:
-    raise setup.UsageError(f"--config.evaluate.sizes={text!r} must be a comma list of integers, e.g. 8,16,32"
+    raise usage.UsageError(f"--config.evaluate.sizes={text!r} must be a comma list of integers, e.g. 8,16,32"
                            ) from None
   if not sizes or any(n < 2 for n in sizes) or sizes != sorted(set(sizes)):
-    raise setup.UsageError(f"--config.evaluate.sizes={text!r} must be increasing integers >= 2")
+    raise usage.UsageError(f"--config.evaluate.sizes={text!r} must be increasing integers >= 2")
   return sizes
 
 
@@ -168,17 +171,17 @@ def report(rows: list, info: dict) -> str:
 
 
 def job(cfg) -> str:
-  setup.one_process_only("experiments.klom_curve", "its nested populations are not split "
+  usage.one_process_only("experiments.klom_curve", "its nested populations are not split "
                          "over processes")
   t0 = time.perf_counter()
   sizes = parse_sizes(cfg.evaluate.sizes)
   chunk, cache = chunk_of(cfg), cache_dir(cfg)
-  setup.validate(cfg)
+  settings.validate(cfg)
   workdir = cli.workdir(cfg, "klom_curve_")
-  setup.prepare_workdir(workdir, flags.FLAGS.overwrite)
-  st = setup.setup(cfg, print)
+  rundir.prepare_workdir(workdir, flags.FLAGS.overwrite)
+  st = experiment.setup(cfg, print)
   n = sizes[-1]
-  with setup.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
+  with rundir.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
     originals, oracles, _ = population.train_populations(cfg, st, n, chunk, print, cache)
     _, second, _ = population.train_populations(cfg, st, n, chunk, print, cache,
                                                 names=("retrain",),

@@ -29,7 +29,10 @@ Every other flag is experiments.unlearn's (dataset, model, scenario, seeds, conf
 
 from absl import flags
 
-from . import setup, tuning_run
+from .pipeline import tuning as tuning_run
+from .reports import tuning as tuning_report
+
+from .pipeline import rundir, settings
 from . import cli   # the shared flags, their parsing, the one main
 
 
@@ -39,8 +42,8 @@ def job(cfg) -> str:
   fixed = cli.method_hparams(cfg)
   tuning_run.check_options(T.budget, T.select, T.selection_fraction, T.search_loop,
                            T.min_retain)
-  setup.validate(cfg)
-  with setup.staged_workdir(cli.workdir(cfg, "tune_"), flags.FLAGS.overwrite) as (final,
+  settings.validate(cfg)
+  with rundir.staged_workdir(cli.workdir(cfg, "tune_"), flags.FLAGS.overwrite) as (final,
                                                                                  staging):
     result = tuning_run.run(cfg, fixed, budget=T.budget, rule=T.select,
                             fraction=T.selection_fraction, loop=T.search_loop,
@@ -49,7 +52,7 @@ def job(cfg) -> str:
              + (f" (classes {cfg.forget_classes})" if cfg.scenario != "random" else
                 f" ({100 * cfg.forget_fraction:g}% forget)"))
     md = ("" if staging is None else
-          tuning_run.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots))
+          tuning_report.write_tuning(staging, result, cfg.to_dict(), title, cfg.plots))
   return (f"\n{md}\nwall time {result.info['wall_seconds']:.1f}s; run directory: {final}; "
           f"reuse the choice with --config.tuned_hparams={final}/tuned.json")
 

@@ -18,7 +18,11 @@ import shutil
 
 from absl import flags
 
-from . import cli, metric_logging, report, runner, setup
+from . import cli
+from .reports import metric_logging, run as report
+from .pipeline import run as runner
+
+from .pipeline import rundir
 from unlearn_jax import parallel
 
 
@@ -31,8 +35,8 @@ def job(cfg) -> str:
   st = runner.validate_run(cfg, hparams, F.workdir, F.overwrite, log)
   metric_logging.check_available(cfg.tensorboard_dir, cfg.wandb_project)
   workdir = cli.workdir(cfg)
-  resume_dir = setup.resume_dir_for(workdir)
-  with setup.staged_workdir(workdir, F.overwrite) as (final, staging):
+  resume_dir = rundir.resume_dir_for(workdir)
+  with rundir.staged_workdir(workdir, F.overwrite) as (final, staging):
     if not F.resume and resume_dir.exists() and parallel.is_writer():
       shutil.rmtree(resume_dir)    # under the workdir's lock: no other run is using it
     parallel.barrier("resume directory ready")

@@ -207,7 +207,6 @@ def test_airbench94_learns_digits_with_its_recipe(digits):
   take no flips) at batch 128 (airbench's lr is per 1,024 examples: × 128/1,024) reaches
   90% test accuracy in 10 epochs; its untrained start is at chance level (≤ 25%), which
   doing nothing would keep."""
-  from experiments import setup
   cfg = recipes.train_config_for("airbench94", digits)
   cfg = train.TrainConfig(**{**cfg.__dict__, "batch_size": 128, "lr": cfg.lr * 128 / 1024})
   model = models.get_model("airbench94:16-32-32", digits.num_classes)

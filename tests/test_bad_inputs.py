@@ -12,7 +12,7 @@ import pytest
 
 import unlearn_jax as uj
 from unlearn_jax import batching, steps
-from experiments import report
+from experiments.reports import run as report
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def _hparams(**overrides):
 
 
 # The flag-error matrix, in-process: the CLI's validation (`runner.validate_run`, every
-# check made before anything is written) and its error line (`setup.error_line`).
+# check made before anything is written) and its error line (`usage.error_line`).
 @pytest.mark.parametrize("flags_,hparams_,needle", [
     (dict(dataset="imagenet"), {}, "--config.dataset='imagenet' is unknown; allowed: digits"),
     (dict(model="swin"), {},
@@ -148,11 +148,12 @@ def _hparams(**overrides):
      "--config.methods.finetune.epochs=0 lies outside finetune's bounds for epochs: [1, inf)"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):
-  from experiments import runner, setup
+  from experiments.pipeline import run as runner
+  from experiments.pipeline import usage
   workdir = tmp_path / "run"
-  with pytest.raises(setup.UsageError) as err:
+  with pytest.raises(usage.UsageError) as err:
     runner.validate_run(_config(**flags_), _hparams(**hparams_), str(workdir), False)
-  line = setup.error_line(err.value)
+  line = usage.error_line(err.value)
   assert line.startswith("error: ") and needle in line and "\n" not in line, line
   assert not workdir.exists() and not any(tmp_path.iterdir())
 
@@ -178,36 +179,38 @@ def test_bad_flags_end_to_end_are_one_line_exit_2_and_write_nothing(tmp_path, ar
 
 
 def test_workdir_that_is_a_file(tmp_path):
-  from experiments import runner, setup
+  from experiments.pipeline import run as runner
+  from experiments.pipeline import usage
   f = tmp_path / "file"
   f.write_text("x")
-  with pytest.raises(setup.UsageError, match="is a file"):
+  with pytest.raises(usage.UsageError, match="is a file"):
     runner.validate_run(_config(), _hparams(), str(f), False)
   assert f.read_text() == "x"
 
 
 def test_nonempty_workdir_needs_overwrite(tmp_path):
-  from experiments import runner, setup
+  from experiments.pipeline import run as runner
+  from experiments.pipeline import usage
   (tmp_path / "keep.txt").write_text("x")
-  with pytest.raises(setup.UsageError, match="--overwrite"):
+  with pytest.raises(usage.UsageError, match="--overwrite"):
     runner.validate_run(_config(), _hparams(), str(tmp_path), False)
   assert (tmp_path / "keep.txt").exists()
 
 
 def test_default_methods_are_every_method_meant_for_the_scenario():
   from unlearn_jax import methods
-  from experiments import setup
+  from experiments.pipeline import settings, usage
   zero_shot = ("zs_minmax_noise", "gkt", "deepinversion")
   every = list(methods.list_methods())
-  assert setup.resolve_methods(every, "random") == tuple(
+  assert settings.resolve_methods(every, "random") == tuple(
       m for m in methods.list_methods() if m not in zero_shot)
-  assert setup.resolve_methods(every, "class", batch_norm=True) == methods.list_methods()
-  assert setup.resolve_methods(every, "class", batch_norm=False) == tuple(
+  assert settings.resolve_methods(every, "class", batch_norm=True) == methods.list_methods()
+  assert settings.resolve_methods(every, "class", batch_norm=False) == tuple(
       m for m in methods.list_methods() if m != "deepinversion")
   # a chosen list runs in the registry's order (the results' order whatever the spelling)
-  assert setup.resolve_methods(["ssd", "finetune"], "random") == ("finetune", "ssd")
-  with pytest.raises(setup.UsageError, match="gkt is zero-shot"):
-    setup.resolve_methods(["gkt", "finetune"], "random")
+  assert settings.resolve_methods(["ssd", "finetune"], "random") == ("finetune", "ssd")
+  with pytest.raises(usage.UsageError, match="gkt is zero-shot"):
+    settings.resolve_methods(["gkt", "finetune"], "random")
 
 
 @pytest.mark.parametrize("name,arg", [("default", None), ("digits", None), ("cifar10_cnn", None),
@@ -218,7 +221,7 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
 def test_every_config_file_sets_up(name, arg):
   """Each config under experiments/configs loads and passes setup (on digits, offline)."""
   import importlib.util
-  from experiments import setup
+  from experiments.pipeline import experiment
   module = importlib.import_module(f"experiments.configs.{name}")
   cfg = module.get_config() if arg is None else module.get_config(arg)
   # The commands the config's docstring gives run this file with an existing entry point
@@ -231,7 +234,7 @@ def test_every_config_file_sets_up(name, arg):
     assert file.resolve() == Path(module.__file__).resolve(), (name, path)
   from experiments.configs import default
   cfg.dataset, cfg.methods = "digits", default.methods_config("finetune")
-  st = setup.setup(cfg, log=lambda s: None)
+  st = experiment.setup(cfg, log=lambda s: None)
   if name == "cifar10_resnet18":
     assert st.model_name == "resnet18" and st.recipe.schedule == "cosine"
     assert st.recipe.augment and st.recipe.momentum == 0.9 and st.mode == "vmap"
@@ -270,7 +273,7 @@ def test_vit_config_names_its_recipes():
 def test_benchmark_prints_its_tables(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   table = tmp_path / "programs.json"
-  r = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=mlp,cnn:8-16",
+  r = subprocess.run([sys.executable, "-m", "experiments.benchmarks.benchmark", "--models=mlp,cnn:8-16",
                       "--methods=finetune", "--steps=2", "--seeds=2", "--repeats=1", "--epochs=3",
                       "--search_budget=3", "--search_models=mlp", f"--program_table={table}"],
                      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
@@ -292,7 +295,7 @@ def test_benchmark_prints_its_tables(tmp_path):
                  "## 3. Seeds", "vmapped vs loop, same run:", "## 5. Search: 3 configurations",
                  "vmapped ÷ sequential", "peak resident memory"):
     assert needle in r.stdout, r.stdout
-  bad = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--models=swin"],
+  bad = subprocess.run([sys.executable, "-m", "experiments.benchmarks.benchmark", "--models=swin"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert bad.returncode == 2 and "--models='swin'" in bad.stderr
   assert "Traceback" not in bad.stderr
@@ -334,10 +337,10 @@ def test_an_unknown_flag_names_the_nearest_flag_or_field(name, hint):
 
 @pytest.mark.integration
 def test_conv_profile_prints_every_path_per_layer():
-  """`experiments.conv_profile` on a tiny CNN: a row per (layer, path) with its GFLOP/s and
+  """`experiments.benchmarks.conv_profile` on a tiny CNN: a row per (layer, path) with its GFLOP/s and
   the per-path sums."""
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  r = subprocess.run([sys.executable, "-m", "experiments.conv_profile", "--widths=4,8",
+  r = subprocess.run([sys.executable, "-m", "experiments.benchmarks.conv_profile", "--widths=4,8",
                       "--batch=4", "--size=8", "--steps=2", "--repeats=1"],
                      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -352,30 +355,31 @@ def test_the_first_run_is_the_memorising_benchmarks_setup():
   benchmark whose signal the behaviour tests check (tests/memorising.py: 1,000 MNIST-1D
   examples, a 64-64 MLP, its training recipe), so the first run can rank methods; digits
   keeps its own defaults; a bad --train_subset is one line."""
-  from experiments import setup
+  from experiments.pipeline import experiment, usage
   sys.path.insert(0, str(ROOT / "tests"))
   import memorising
   cfg = _config(methods="finetune")
-  st = setup.setup(cfg, log=lambda s: None)
+  st = experiment.setup(cfg, log=lambda s: None)
   assert (st.ds.name, len(st.ds.train_y)) == ("mnist1d", memorising.TRAIN_SIZE)
   assert st.model_name == "mlp:" + "-".join(map(str, memorising.HIDDEN))
   bench = memorising.RECIPE
   assert (st.recipe.epochs, st.recipe.batch_size, st.recipe.lr) == (
       bench.epochs, bench.batch_size, bench.lr)
   np.testing.assert_array_equal(st.ds.train_y, memorising.dataset().train_y)
-  digits = setup.setup(_config(dataset="digits", methods="finetune"), log=lambda s: None)
+  digits = experiment.setup(_config(dataset="digits", methods="finetune"), log=lambda s: None)
   from unlearn_jax import data as data_lib
   assert (digits.model_name, len(digits.ds.train_y), digits.recipe.epochs) == (
       "mlp", len(data_lib.load_dataset("digits").train_y), 30)
-  with pytest.raises(setup.UsageError, match=r"--config.train_subset=-2 must be at least 1"):
-    setup.setup(_config(train_subset=-2), log=lambda s: None)
+  with pytest.raises(usage.UsageError, match=r"--config.train_subset=-2 must be at least 1"):
+    experiment.setup(_config(train_subset=-2), log=lambda s: None)
 
 
 def test_a_shipped_config_is_found_by_name_and_runs_on_the_cifar_archive(tmp_path, monkeypatch):
   """`--config=cifar10_memorise` (the form that works from a wheel) is the shipped file;
   with `--config.dataset=cifar10:PATH` (a small archive of the official format) it sets up; an
   unknown name is one line listing the shipped ones."""
-  from experiments import cli, setup
+  from experiments import cli
+  from experiments.pipeline import experiment
   import importlib
   sys.path.insert(0, str(ROOT / "tests"))
   from test_data import write_cifar_python
@@ -393,7 +397,7 @@ def test_a_shipped_config_is_found_by_name_and_runs_on_the_cifar_archive(tmp_pat
   cfg.dataset = f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}"
   cfg.methods = importlib.import_module("experiments.configs.default").methods_config("finetune")
   cfg.train_subset, cfg.test_subset = 100, 20
-  st = setup.setup(cfg, log=lambda s: None)
+  st = experiment.setup(cfg, log=lambda s: None)
   assert st.ds.input_shape == (32, 32, 3) and len(st.ds.train_y) == 100
   r = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['u', '--config=nope']; "
                       "import experiments.cli"], cwd=ROOT, capture_output=True, text=True)
@@ -405,30 +409,30 @@ def test_an_unwritable_workdir_and_os_errors_are_one_line(tmp_path, monkeypatch)
   """A workdir whose parent cannot be written (read-only, no permission) is refused before
   anything is written; any other OS error is one line that names the path and what to do."""
   import errno
-  from experiments import setup
+  from experiments.pipeline import rundir, usage
   target = tmp_path / "ro" / "run"
   target.parent.mkdir()
   real = os.access
   monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target.parent
                       else real(p, mode))
-  with pytest.raises(setup.UsageError) as e:
-    setup.prepare_workdir(str(target), False)
+  with pytest.raises(usage.UsageError) as e:
+    rundir.prepare_workdir(str(target), False)
   assert str(e.value) == (f"--workdir={target}: cannot write in {target.parent} (read-only "
                           "or no permission); choose a writable directory")
-  line = setup.os_error_line(OSError(errno.EROFS, "Read-only file system", "/x/.run.resume"))
+  line = usage.os_error_line(OSError(errno.EROFS, "Read-only file system", "/x/.run.resume"))
   assert line.startswith("error: Read-only file system: /x/.run.resume; nothing was written")
   assert "\n" not in line
 
 
 def test_the_workdir_lock_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
-  from experiments import setup
+  from experiments.pipeline import rundir
   monkeypatch.setenv("UNLEARN_JAX_CACHE", str(tmp_path / "cache"))
   with pytest.raises(RuntimeError):
-    with setup.staged_workdir(str(tmp_path / "run"), False):
+    with rundir.staged_workdir(str(tmp_path / "run"), False):
       raise RuntimeError("a job that fails half-way")
   assert not (tmp_path / "run").exists()
   assert not [p for p in tmp_path.rglob("*") if p.is_file()], list(tmp_path.rglob("*"))
-  with setup.staged_workdir(str(tmp_path / "run"), False) as (_, staging):
+  with rundir.staged_workdir(str(tmp_path / "run"), False) as (_, staging):
     staging.mkdir()
     (staging / "x.txt").write_text("done")
   assert (tmp_path / "run" / "x.txt").exists()

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 
-from experiments import population, runner
+from experiments.pipeline import population
+from experiments.pipeline import run as runner
 from experiments.configs import default
 from unlearn_jax import methods
 

@@ -91,8 +91,8 @@ def test_four_processes_decode_an_image_folder_at_once(tmp_path):
 HOLDER = r"""
 import os, sys, time
 from pathlib import Path
-from experiments import setup
-lock = setup.workdir_lock(Path(sys.argv[1]))
+from experiments.pipeline import rundir, usage
+lock = rundir.workdir_lock(Path(sys.argv[1]))
 lock.acquire()
 Path(sys.argv[2]).write_text("held")
 deadline = time.monotonic() + 60
@@ -104,7 +104,7 @@ while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
 def test_a_workdir_in_use_by_another_process_is_a_usage_error(tmp_path, monkeypatch):
   """Two runs given one --workdir: the second is refused while the first writes, writes
   nothing, and may run once the first is done."""
-  from experiments import setup
+  from experiments.pipeline import rundir, usage
   monkeypatch.setenv("UNLEARN_JAX_CACHE", str(tmp_path / "cache"))
   final = (tmp_path / "run").resolve()
   held, done = tmp_path / "held", tmp_path / "done"
@@ -116,8 +116,8 @@ def test_a_workdir_in_use_by_another_process_is_a_usage_error(tmp_path, monkeypa
     while not held.exists():
       assert holder.poll() is None and time.monotonic() < deadline, "the holder did not start"
       time.sleep(0.05)
-    with pytest.raises(setup.UsageError, match="being written by another running process"):
-      with setup.staged_workdir(str(final), overwrite=False):
+    with pytest.raises(usage.UsageError, match="being written by another running process"):
+      with rundir.staged_workdir(str(final), overwrite=False):
         pytest.fail("entered a workdir another process holds")
     assert not final.exists() and not list(tmp_path.glob(".run.partial-*"))
     done.write_text("done")
@@ -126,7 +126,7 @@ def test_a_workdir_in_use_by_another_process_is_a_usage_error(tmp_path, monkeypa
     if holder.poll() is None:
       holder.kill()
       holder.wait()
-  with setup.staged_workdir(str(final), overwrite=False) as (_, staging):
+  with rundir.staged_workdir(str(final), overwrite=False) as (_, staging):
     staging.mkdir()
     (staging / "results.csv").write_text("x")
   assert (final / "results.csv").read_text() == "x"

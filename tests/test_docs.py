@@ -226,7 +226,7 @@ def test_a_results_page_is_what_its_command_gives_today(run):
   hyperparameters differ from today's, or, for a run of every method, its methods differ
   from today's registry. The message says how to regenerate it."""
   import json
-  from experiments import setup
+  from experiments.pipeline import settings
   group = "cifar" if "cifar" in run.name else "digits"
   regen = (f"docs/results/{run.name} is outdated; regenerate it: "
            f"CIFAR10=cifar10:PATH docs/results/regenerate.sh {group}" if group == "cifar" else
@@ -242,7 +242,7 @@ def test_a_results_page_is_what_its_command_gives_today(run):
     import dataclasses
     from unlearn_jax.train import TrainConfig
     recipe = {**dataclasses.asdict(TrainConfig()), **recorded["recipe"]}
-    assert recipe == setup.recipe_of(cfg).__dict__, f"{regen} (the recipe)"
+    assert recipe == settings.recipe_of(cfg).__dict__, f"{regen} (the recipe)"
   if isinstance(was.get("methods"), str) and was["methods"]:
     chosen = today["requests"]["methods"] if "requests" in stamp["command"] else \
         ",".join(today["methods"])
@@ -259,9 +259,9 @@ def test_a_results_page_is_what_its_command_gives_today(run):
     model = models.get_model(recorded["info"]["model"], 10)
     shape = SHAPES.get(_same_data(today["dataset"]), (32, 32, 3))
     shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
-    want = list(setup.resolve_methods(list(today["methods"]), today["scenario"],
+    want = list(settings.resolve_methods(list(today["methods"]), today["scenario"],
                                       models.has_batch_norm(shapes)))
     assert ran == want, f"{regen} (methods {ran} then, {want} today)"
-    hparams = setup.resolve_hparams(want, today["methods"], today["scenario"], lambda s: None,
+    hparams = settings.resolve_hparams(want, today["methods"], today["scenario"], lambda s: None,
                                     today["model"])
     assert recorded["hparams"] == hparams, f"{regen} (the methods' hyperparameters)"

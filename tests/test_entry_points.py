@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 
 from experiments import cli, evaluate, requests, tune, unlearn
-from experiments import setup
+from experiments.pipeline import usage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_log  # noqa: E402
@@ -33,7 +33,7 @@ def run_job(monkeypatch):
   def run(module, *args, config=None, hparams=None, methods_field="methods") -> str:
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["entry_point", "--seeds=1", *args])
-    setup.begin_cli(["entry_point"])
+    usage.begin_cli(["entry_point"])
     cfg = cli.build_config(methods_field)
     cfg.update_from_flattened_dict({**ONE_EPOCH, **(config or {})})
     for method, values in (hparams or {}).items():
@@ -97,6 +97,6 @@ def test_requests_one_epoch(run_job, tmp_path):
 
 
 def test_a_bad_flag_is_a_usage_error_before_anything_is_written(run_job, tmp_path):
-  with pytest.raises(setup.UsageError, match="--config.dataset='imagenet' is unknown"):
+  with pytest.raises(usage.UsageError, match="--config.dataset='imagenet' is unknown"):
     run_job(unlearn, f"--workdir={tmp_path / 'run'}", config={"dataset": "imagenet"})
   assert not any(tmp_path.iterdir())

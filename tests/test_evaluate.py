@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import population_report as evaluation
+from experiments.reports import population as evaluation
 
 # Subprocess runs of the entry point as a user starts it: the integration lane.
 pytestmark = pytest.mark.integration

@@ -55,8 +55,9 @@ def test_the_interval_curve_narrows_with_n_and_separates_only_real_gaps():
 
 @pytest.mark.parametrize("text", ["8,x", "8,4", "1,2", ""])
 def test_bad_sizes_are_named(text):
-  from experiments import klom_curve, setup
-  with pytest.raises(setup.UsageError, match="--config.evaluate.sizes="):
+  from experiments import klom_curve
+  from experiments.pipeline import usage
+  with pytest.raises(usage.UsageError, match="--config.evaluate.sizes="):
     klom_curve.parse_sizes(text)
 
 
@@ -94,9 +95,9 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
 
 @pytest.mark.integration
 def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
-  """experiments.render_population_docs: every method's row, ranked by average_95, the
+  """experiments.reports.population_docs: every method's row, ranked by average_95, the
   curve table and plot, the stamp; a missing run is one line, exit 2."""
-  from experiments import population_report as evaluation
+  from experiments.reports import population as evaluation
   ev, cu, out = tmp_path / "ev", tmp_path / "cu", tmp_path / "docs"
   (cu / "plots").mkdir(parents=True)
   ev.mkdir()
@@ -117,7 +118,7 @@ def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
       "sizes": [4, 8], "first_ranking_n": 4}}))
   (cu / "curve.csv").write_text("x\n")
   (cu / "plots" / "curve.png").write_bytes(b"png")
-  r = subprocess.run([sys.executable, "-m", "experiments.render_population_docs",
+  r = subprocess.run([sys.executable, "-m", "experiments.reports.population_docs",
                       f"--evaluation={ev}", f"--curve={cu}", f"--out={out}",
                       "--evaluation_command=python -m experiments.evaluate --config.evaluate.num_models=8"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -130,7 +131,7 @@ def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
   assert "Wall time 12 s" in page and "first falls below doing nothing" in page
   assert "| 8 | unlearned_oracle | 1.00 / 0.25 |" in page and "JAX " in page
   assert (out / "klom_curve.png").exists() and (out / "evaluation.csv").exists()
-  bad = subprocess.run([sys.executable, "-m", "experiments.render_population_docs",
+  bad = subprocess.run([sys.executable, "-m", "experiments.reports.population_docs",
                         f"--evaluation={tmp_path / 'none'}", f"--curve={cu}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
@@ -139,7 +140,7 @@ def test_the_docs_page_is_rendered_from_the_runs(tmp_path):
 def test_the_population_config_sets_up():
   """experiments/configs/cifar10_population.py loads and passes setup (on digits, offline):
   a vmapped MLP over every data method."""
-  from experiments import setup
+  from experiments.pipeline import experiment
   from experiments.configs import cifar10_population
   from unlearn_jax import methods
   cfg = cifar10_population.get_config()
@@ -157,5 +158,5 @@ def test_the_population_config_sets_up():
   assert set(cfg.methods.keys()) == {m for m in methods.list_methods()
                                          if methods.get_method(m).reads}
   cfg.dataset = "digits"
-  st = setup.setup(cfg, log=lambda s: None)
+  st = experiment.setup(cfg, log=lambda s: None)
   assert st.mode == "vmap" and st.recipe.lr == 0.02 and st.recipe.epochs == 30

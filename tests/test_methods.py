@@ -321,7 +321,7 @@ def test_fisher_forgetting_class_branch_needs_a_head_or_says_which_option(setup)
 
 def test_jit_lipschitz_takes_its_authors_values_per_scenario_and_family():
   """jwf40/Information-Theoretic-Unlearning's forget_*_main.py: ViT and VGG branches."""
-  from experiments import setup
+  from experiments.pipeline import settings
   from unlearn_jax.methods.lipschitz import jit_lipschitz_defaults
   authors = {("random", "vit:64-2-4"): (0.5, 0.1), ("random", "cnn"): (0.01, 3e-4),
              ("class", "vit"): (0.8, 1.5), ("class", "resnet18"): (0.5, 3e-4),
@@ -331,14 +331,14 @@ def test_jit_lipschitz_takes_its_authors_values_per_scenario_and_family():
   # Neither family (an MLP, a user's model): the registry's defaults stand.
   registry = methods.get_method("jit_lipschitz").defaults
   assert jit_lipschitz_defaults("mlp", "class") == {} == jit_lipschitz_defaults("UserNet", "random")
-  kept = setup.resolve_hparams(("jit_lipschitz",), {"jit_lipschitz": dict(registry)}, "class",
+  kept = settings.resolve_hparams(("jit_lipschitz",), {"jit_lipschitz": dict(registry)}, "class",
                                lambda s: None, "mlp")["jit_lipschitz"]
   assert (kept["sigma"], kept["lr"]) == (registry["sigma"], registry["lr"]) == (0.1, 3e-4)
   # The CLIs' hyperparameters: the table, unless the user chose a value.
-  got = setup.resolve_hparams(("jit_lipschitz",), {"jit_lipschitz": dict(registry)}, "class",
+  got = settings.resolve_hparams(("jit_lipschitz",), {"jit_lipschitz": dict(registry)}, "class",
                               lambda s: None, "vit:64-2-4")["jit_lipschitz"]
   assert (got["sigma"], got["lr"]) == (0.8, 1.5)
-  mine = setup.resolve_hparams(("jit_lipschitz",), {"jit_lipschitz": {**registry, "lr": 0.02}},
+  mine = settings.resolve_hparams(("jit_lipschitz",), {"jit_lipschitz": {**registry, "lr": 0.02}},
                                "class", lambda s: None, "vit")["jit_lipschitz"]
   assert (mine["sigma"], mine["lr"]) == (0.8, 0.02)
   with pytest.raises(ValueError, match="scenario='sideways' is unknown"):

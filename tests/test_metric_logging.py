@@ -1,4 +1,4 @@
-"""TensorBoard and wandb logging of a run (`experiments/metric_logging.py`): the values in
+"""TensorBoard and wandb logging of a run (`experiments/reports/metric_logging.py`): the values in
 the event file are the results.csv values; wandb gets the same through its API; a sink
 whose package is missing is a one-line error before anything runs."""
 

@@ -190,22 +190,22 @@ def test_vit_patches_tokens_and_dropout_stream():
 
 def test_a_registered_model_is_one_the_cli_accepts():
   """`register_model` extends the one list the experiments validate `--model` against."""
-  from experiments import setup
+  from experiments.pipeline import experiment, settings, usage
   from experiments.configs import default
   models.register_model("tiny_mlp", lambda num_classes: models.MLP(num_classes, hidden=(8,)))
   try:
     assert "tiny_mlp" in models.list_models()
     cfg = default.get_config()
     cfg.model, cfg.methods = "tiny_mlp", default.methods_config("finetune")
-    setup.validate(cfg)
-    st = setup.setup(cfg, lambda s: None)
+    settings.validate(cfg)
+    st = experiment.setup(cfg, lambda s: None)
     assert st.model_name == "tiny_mlp"
     assert jax.tree_util.tree_leaves(uj.init_variables(st.model, jax.random.PRNGKey(0),
                                                        (8, 8, 1)))[0].shape[-1] in (8, 10)
     cfg.model = "not_registered"
-    with pytest.raises(setup.UsageError,
+    with pytest.raises(usage.UsageError,
                        match="allowed: mlp, cnn, resnet18, resnet9, airbench94, vit, tiny_mlp"):
-      setup.validate(cfg)
+      settings.validate(cfg)
   finally:
     models._REGISTRY.pop("tiny_mlp", None)
 

@@ -41,11 +41,11 @@ def test_one_device_mesh_runs_a_step():
 
 def test_runner_refuses_impossible_mesh_flags():
   from experiments.configs import default
-  from experiments import setup
+  from experiments.pipeline import experiment, usage
   cfg = default.get_config()
   cfg.mesh_data = 64 * jax.device_count()
-  with pytest.raises(setup.UsageError, match="--config.mesh_seeds=1 --config.mesh_data="):
-    setup.setup(cfg, log=lambda s: None)
+  with pytest.raises(usage.UsageError, match="--config.mesh_seeds=1 --config.mesh_data="):
+    experiment.setup(cfg, log=lambda s: None)
 
 
 def _sharded(*args):

@@ -1,5 +1,5 @@
-"""The population benchmarks as a user runs them: `experiments.population_benchmark` (models
-per hour, ours against PyTorch) and `experiments.gpu_benchmark` (its --smoke dry run), and
+"""The population benchmarks as a user runs them: `experiments.benchmarks.population_benchmark` (models
+per hour, ours against PyTorch) and `experiments.benchmarks.gpu_benchmark` (its --smoke dry run), and
 the PyTorch stacked network the benchmark compares against."""
 
 import csv
@@ -24,7 +24,7 @@ def test_a_vmapped_population_trains_the_single_model_recipes_members(tmp_path):
   vmapped members' accuracies equal the single-model recipe's (the same keys train the
   same models: per member, to 1e-6); each way's models/hour is N × 3600 / its seconds."""
   out = tmp_path / "table.csv"
-  r = _run("experiments.population_benchmark", "--dataset=digits", "--train_size=300",
+  r = _run("experiments.benchmarks.population_benchmark", "--dataset=digits", "--train_size=300",
            "--test_size=200", "--models=mlp:32", "--sizes=1,3", "--repeats=1", "--epochs=8",
            "--ways=jax_vmap,jax_sequential", f"--out={out}")
   assert r.returncode == 0, r.stderr[-2000:]
@@ -47,13 +47,13 @@ def test_a_vmapped_population_trains_the_single_model_recipes_members(tmp_path):
 
 @pytest.mark.integration    # three interpreters started
 def test_bad_benchmark_arguments_are_one_line():
-  r = _run("experiments.population_benchmark", "--dataset=digits", "--ways=jax_pmap")
+  r = _run("experiments.benchmarks.population_benchmark", "--dataset=digits", "--ways=jax_pmap")
   assert r.returncode != 0 and "--ways: 'jax_pmap' is unknown; allowed: jax_vmap" in r.stderr
   assert "Traceback" not in r.stderr
-  r = _run("experiments.population_benchmark", "--dataset=digits", "--models=swin")
+  r = _run("experiments.benchmarks.population_benchmark", "--dataset=digits", "--models=swin")
   assert r.returncode != 0 and "model 'swin' is unknown" in r.stderr
   assert "Traceback" not in r.stderr
-  r = _run("experiments.gpu_benchmark", "--dataset=digits")
+  r = _run("experiments.benchmarks.gpu_benchmark", "--dataset=digits")
   assert r.returncode != 0 and "--out is required" in r.stderr
 
 
@@ -64,7 +64,7 @@ def test_the_gpu_script_dry_runs_every_part(tmp_path):
   runs."""
   import json
   out = tmp_path / "gpu.md"
-  r = _run("experiments.gpu_benchmark", "--smoke", "--dataset=digits", f"--out={out}",
+  r = _run("experiments.benchmarks.gpu_benchmark", "--smoke", "--dataset=digits", f"--out={out}",
            "--repeats=1", "--airbench_models=2", "--resnet9_models=2",
            "--resnet18_batch=16", "--resnet18_steps=2")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -85,7 +85,7 @@ def test_the_stacked_pytorch_network_is_m_independent_networks():
   (train mode: per-member batch statistics)."""
   torch = pytest.importorskip("torch")
   sys.path.insert(0, str(ROOT))
-  from experiments import torch_population as tp
+  from experiments.benchmarks import torch_population as tp
   torch.manual_seed(0)
   shape, m = (16, 16, 3), 3
   for base, kwargs in (("cnn", {"widths": (4, 8, 8)}), ("resnet9", {"widths": (4, 8, 8, 4)}),

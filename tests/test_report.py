@@ -1,6 +1,7 @@
 """The memorisation signal every summary.md and report.md states."""
 
-from experiments import population_report as evaluation, report
+from experiments.reports import population as evaluation
+from experiments.reports import run as report
 
 
 def _rows(original_fa, retrain_fa):

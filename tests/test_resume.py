@@ -13,7 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import default
-from experiments import runner, setup
+from experiments.pipeline import run as runner
+from experiments.pipeline import usage
 from unlearn_jax import checkpoint
 
 
@@ -106,7 +107,7 @@ def test_a_method_killed_mid_way_resumes_inside_it(tmp_path, monkeypatch):
 def test_other_flags_refuse_the_resume_directory(tmp_path, monkeypatch):
   resume_dir = tmp_path / "resume"
   _run_killed_after(_cfg(), resume_dir, "original", 2, monkeypatch)
-  with pytest.raises(setup.UsageError, match=r"other settings \(differs in: config\)"):
+  with pytest.raises(usage.UsageError, match=r"other settings \(differs in: config\)"):
     runner.run(_cfg(seed=7), {}, log=lambda s: None, resume_dir=resume_dir)
 
 
@@ -118,7 +119,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
   assert files
   for p in files:
     p.write_bytes(b"\x00garbage")
-  with pytest.raises(setup.UsageError, match=r"original step 4 is corrupt .*delete"):
+  with pytest.raises(usage.UsageError, match=r"original step 4 is corrupt .*delete"):
     runner.run(_cfg(), {}, log=lambda s: None, resume_dir=resume_dir)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.configs import default
-from experiments import runner
+from experiments.pipeline import run as runner
 from unlearn_jax.data import load_dataset
 
 
@@ -31,7 +31,7 @@ def test_seeds_per_stage_run_every_trained_model_with_every_unlearning_seed():
   """--train_seeds 2 × --unlearn_seeds 2: four unlearned models per method in one program;
   unlearning seed 0 is the single-stage run (same keys; float tolerance, the vmapped
   program is twice as wide); the summary splits the spread."""
-  from experiments import report
+  from experiments.reports import run as report
 
   def run(unlearn_seeds):
     cfg = default.get_config()

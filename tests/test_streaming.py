@@ -65,7 +65,7 @@ def test_runner_stream_flag_trains_the_same_models():
   """--stream (host-memory batches) and the in-memory loop give the same original
   and retrained weights."""
   from experiments.configs import default
-  from experiments import runner
+  from experiments.pipeline import run as runner
   out = {}
   for stream in (False, True):
     cfg = default.get_config()

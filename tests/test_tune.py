@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import tuning_run
+from experiments.pipeline import tuning as tuning_run
 from experiments.configs import default, digits
 from unlearn_jax import data as data_lib
 

@@ -11,7 +11,7 @@ Seed modes. `vmap` runs every seed in one program; `sequential` calls one compil
 single-seed program seed after seed. `default_seed_mode` picks `sequential` only for a
 model with convolutions on the CPU backend: vmapping a convolution over seeds makes it a
 grouped convolution, for which XLA:CPU has no fast path, so it need not beat a loop there
-(`python -m experiments.benchmark`'s seeds table measures both on your machine); on
+(`python -m experiments.benchmarks.benchmark`'s seeds table measures both on your machine); on
 accelerators, and for models without convolutions, vmapping pays.
 
 Compiled once: each population's epoch function (and each method's `unlearn`) is lowered and

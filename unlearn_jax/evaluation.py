@@ -5,7 +5,7 @@ population of unlearned models and a population of retrained ones.
 input shape, reused for every population of a run); `evaluate_population` computes one
 population's metrics against the retrained one. Training the populations, running the
 methods over them and writing the artifacts (evaluation.csv, report.md, plots) is the
-experiment's job (`experiments/population.py`, `experiments/population_report.py`).
+experiment's job (`experiments/pipeline/population.py`, `experiments/reports/population.py`).
 """
 
 from __future__ import annotations

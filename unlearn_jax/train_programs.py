@@ -17,7 +17,7 @@ wins depends on the model, the batch and the machine. All give the same batches,
 steps, hence the same model up to rounding.
 
 Nothing measured ships with the library: which pair wins is a property of the machine.
-`python -m experiments.benchmark --program_table=machine` times every pair on *this*
+`python -m experiments.benchmarks.benchmark --program_table=machine` times every pair on *this*
 machine and writes its table to the per-machine cache (`machine_table_path()`:
 `$UNLEARN_JAX_PROGRAM_TABLE` when set, else `~/.cache/unlearn_jax/` (or
 `$XDG_CACHE_HOME/unlearn_jax/`) `train_programs-<machine>.json`, named by the processor and

@@ -72,7 +72,7 @@ def _seeds_and_devices(c: ml_collections.ConfigDict) -> None:
   # ---- how it is compiled and where it runs
   c.conv = "auto"               # auto | xla | patches | canonical: library models' convolution
   # How original/retrain epochs are compiled (unlearn_jax.train_programs): auto = the
-  # fastest measured on this machine (experiments.benchmark --program_table=machine; the
+  # fastest measured on this machine (experiments.benchmarks.benchmark --program_table=machine; the
   # default scan where nothing was), or LOOP[:CONV[:STEPS]] by hand.
   c.train_program = "auto"
   # Devices (unlearn_jax.parallel): a ("seeds", "data") mesh; batches split over `data`,

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import runner, setup
+from experiments.pipeline import experiment, usage
+from experiments.pipeline import run as runner
 from unlearn_jax import methods, models, parallel, train
 from unlearn_jax.data import SplitSpec, load_dataset, make_split
 
@@ -139,12 +140,13 @@ def test_runner_on_eight_devices_matches_one(tmp_path):
   all 8 devices gives the numbers of a 1-device mesh."""
   from experiments.configs import default
   results = {}
-  for data in (0, 1):
+  for i, data in enumerate((None, 1)):       # None: every device on the data axis
     cfg = default.get_config()
-    cfg.methods, cfg.seeds, cfg.mesh_data = "finetune", 1, data
+    cfg.methods = default.methods_config("finetune")
+    cfg.seeds, cfg.mesh_data = 1, data
     cfg.train.epochs = 5
     out = runner.run(cfg, {}, log=lambda s: None)
-    results[data] = out
+    results[i] = out
   assert results[0].info["mesh"] == {"seeds": 1, "data": 8}
   assert results[1].info["mesh"] == {"seeds": 1, "data": 1}
   for a, b in zip(results[0].rows, results[1].rows):
@@ -160,8 +162,8 @@ def test_batch_size_the_mesh_cannot_split_is_a_usage_error():
   from experiments.configs import default
   cfg = default.get_config()
   cfg.train.batch_size = 60
-  with pytest.raises(setup.UsageError, match="not divisible by the 8 devices"):
-    setup.setup(cfg, log=lambda s: None)
+  with pytest.raises(usage.UsageError, match="not divisible by the 8 devices"):
+    experiment.setup(cfg, log=lambda s: None)
 
 
 def test_streaming_on_eight_devices_matches_one(digits_data):
@@ -186,13 +188,13 @@ def test_population_evaluation_on_eight_devices_matches_one():
   """experiments.evaluate's core (populations, a method, every metric) on the 8-device
   mesh gives one device's accuracies."""
   from experiments.configs import default
-  from experiments import population
+  from experiments.pipeline import population
   out = {}
-  for data in (0, 1):
+  for i, data in enumerate((None, 1)):       # None: every device on the data axis
     cfg = default.get_config()
-    cfg.methods, cfg.mesh_data = "finetune", data
+    cfg.methods, cfg.mesh_data = default.methods_config("finetune"), data
     cfg.train.epochs = 4
-    out[data] = population.run(cfg, {"finetune": {"epochs": 1}}, num_models=4, chunk=0,
+    out[i] = population.run(cfg, {"finetune": {"epochs": 1}}, num_models=4, chunk=0,
                                cache=None, log=lambda s: None, mia_models=2)
   assert out[0].info["mesh"] == {"seeds": 1, "data": 8}
   assert out[1].info["mesh"] == {"seeds": 1, "data": 1}

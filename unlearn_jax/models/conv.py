@@ -133,7 +133,7 @@ def canonical_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilati
 
 
 # `auto` on the CPU: the canonical convolution from this spatial size up, patches below.
-# Measured per layer (`experiments.conv_profile`, forward + backward inside a scan, 2 CPU
+# Measured per layer (`experiments.benchmarks.conv_profile`, forward + backward inside a scan, 2 CPU
 # cores): at 8×8 and 4×4 inputs the canonical form was 2-4x faster than patches, at 2×2 8x
 # slower (XLA's convolution is inefficient when the window exceeds the image).
 CANONICAL_MIN_SIZE = 4

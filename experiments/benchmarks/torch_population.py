@@ -1,6 +1,6 @@
 """PyTorch counterparts of the library's MLP, CNN and ResNet-9, for benchmarks only.
 
-`experiments.population_benchmark` trains populations with these beside ours. One class
+`experiments.benchmarks.population_benchmark` trains populations with these beside ours. One class
 per model takes `members=M`: M independent models as one network, the Easy Data
 Unlearning Bench's way (`easydub/train_models.py`): every convolution is grouped
 (`groups=M`, channels M·C), every BatchNorm normalises its M·C channels (per model, per

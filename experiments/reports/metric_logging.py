@@ -19,8 +19,8 @@ from __future__ import annotations
 import importlib.util
 import math
 
-from . import report
-from .setup import UsageError
+from . import run as report
+from ..pipeline.usage import UsageError
 
 RESULT_COLUMNS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr", "seconds", "ain",
                   "layer_distance", "val_acc")

@@ -1,7 +1,7 @@
 r"""The GPU check: what only an accelerator shows, as one script that writes its figures.
 
-    python -m experiments.gpu_benchmark --dataset=cifar10 --out=gpu_figures.md
-    python -m experiments.gpu_benchmark --dataset=cifar10:/data/cifar-10-python.tar.gz \
+    python -m experiments.benchmarks.gpu_benchmark --dataset=cifar10 --out=gpu_figures.md
+    python -m experiments.benchmarks.gpu_benchmark --dataset=cifar10:/data/cifar-10-python.tar.gz \
         --out=gpu_figures.md
 
 Three parts, each written to `--out` (Markdown) and `--out`.json as soon as it ends, so that
@@ -43,8 +43,8 @@ import numpy as np
 from unlearn_jax import data, models, train
 
 from . import population_timing as pb
-from . import setup
-from .configs import recipes
+from ..pipeline import reference_models
+from ..configs import recipes
 
 flags.DEFINE_string("dataset", "cifar10", "CIFAR-10: cifar10 (tfds), cifar10:PATH (the python "
                     "archive) or image_folder:PATH")
@@ -105,7 +105,7 @@ def airbench_part(F, ds, report):
                      "TTA test accuracy (mean ± std) |", "|---|---|---|---|---|---|"]
   for n in sorted({1, F.airbench_models}):
     sec, compile_s, acc = pb.jax_population(spec, ds, cfg, n, "vmap", F.repeats, tta=2,
-                                            init_images=setup.DATA_INIT_IMAGES)
+                                            init_images=reference_models.DATA_INIT_IMAGES)
     rows.append({"n": n, "train_s": sec, "models_per_hour": 3600 * n / sec,
                  "compile_s": compile_s, "accuracies": acc.tolist()})
     lines.append(f"| {n} | {sec:.2f} | {sec / n:.2f} | {3600 * n / sec:,.0f} | "

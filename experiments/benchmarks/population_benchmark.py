@@ -1,7 +1,7 @@
 r"""Benchmark: models per hour, a population as one program against PyTorch, side by side.
 
-    python -m experiments.population_benchmark                          # CIFAR-10 (tfds)
-    python -m experiments.population_benchmark --dataset=image_folder:PATH --sizes=1,8,32
+    python -m experiments.benchmarks.population_benchmark                          # CIFAR-10 (tfds)
+    python -m experiments.benchmarks.population_benchmark --dataset=image_folder:PATH --sizes=1,8,32
 
 Trains populations of N models (`--sizes`) of each `--models` spec on a stratified CIFAR-10
 subset (`--train_size`, `--test_size`) with one recipe (`--epochs`, `--batch_size`, `--lr`,
@@ -23,13 +23,13 @@ own initialisation, batch order and augmentation. PyTorch's learning rate at eac
 the library schedule's value at that step. Without torch installed (`pip install torch`)
 only the JAX rows are printed. `--out` also writes the table as CSV.
 
-    python -m experiments.population_benchmark --memory_model=cnn   # largest N in 24 GiB
+    python -m experiments.benchmarks.population_benchmark --memory_model=cnn   # largest N in 24 GiB
 
 `--memory_model` compiles (does not run) one vmapped training epoch for N = 1, 2, 4, 8
 and reads XLA's memory analysis: bytes per extra model and shared bytes give the largest
 N within `--memory_gib`, checked by compiling that N.
 
-    python -m experiments.population_benchmark --epsilon_sizes=30x32,10000x512
+    python -m experiments.benchmarks.population_benchmark --epsilon_sizes=30x32,10000x512
 
 `--epsilon_sizes` (S examples x N models each) times the per-example ε of the competition
 (`metrics.per_example_epsilons`, one vectorised float64 computation, after its compilation)

@@ -22,15 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import setup as setup_lib
+from . import experiment, reference_models, settings
 from unlearn_jax import train_programs
-from .setup import UsageError
+from .usage import UsageError
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import metrics as M
 from unlearn_jax import models as models_lib
 from unlearn_jax import parallel
-from .population_report import Evaluation
+from ..reports.population import Evaluation
 from unlearn_jax.evaluation import (PopulationFeatures, PopulationLogits, SplitHalfReference,
                                     compare_to_floor, evaluate_population, model_chunks,
                                     probe_forget_accuracy)
@@ -43,7 +43,7 @@ def _stack(parts):
 POPULATIONS = ("original", "retrain")
 
 
-def fingerprint(cfg, st: setup_lib.Setup, num_models: int, names=POPULATIONS,
+def fingerprint(cfg, st: experiment.Setup, num_models: int, names=POPULATIONS,
                 first_seed=None) -> dict:
   """What determines the populations; a checkpoint is reused only when this matches."""
   fp = {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset or 0),
@@ -65,7 +65,7 @@ def _digest(fp: dict) -> str:
   return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_populations(cfg, st: setup_lib.Setup, num_models: int, chunk: int, log,
+def train_populations(cfg, st: experiment.Setup, num_models: int, chunk: int, log,
                       cache: Path | None, names=POPULATIONS, first_seed=None):
   """(originals, retrained, reused): ModelSets of `num_models` each (None for a population
   not in `names`). Model i of each population has seed `first_seed + i` (default
@@ -109,17 +109,17 @@ def _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed):
   ds, split = st.ds, st.split
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   retain = (x[split.retain], y[split.retain])
-  seed_keys = setup_lib.seed_keys(first_seed, num_models)
+  seed_keys = reference_models.seed_keys(first_seed, num_models)
   sets = {}
   programs = {}   # each population's epoch program, compiled once for all its chunks
-  init_vars = setup_lib.initial_variables(st, seed_keys)
+  init_vars = reference_models.initial_variables(st, seed_keys)
   for name, (xx, yy) in (("original", (x, y)), ("retrain", retain)):
     if name not in names:
       continue
     parts, seconds = [], 0.0
     for a, b in model_chunks(num_models, chunk):
       keys = seed_keys[a:b]
-      ms = setup_lib.train_reference(st, name, xx, yy, keys,
+      ms = reference_models.train_reference(st, name, xx, yy, keys,
                                      jax.tree_util.tree_map(lambda v: v[a:b], init_vars), log,
                                      label=f"{name} models {a + 1}-{b}/{num_models}",
                                      programs=programs)
@@ -206,7 +206,7 @@ class _Scorer:
   """What every population is scored with: the split's inputs and labels, the chunked
   logits and features programs (each compiled once per split's shape), the oracles'
   split-half reference, the random models' forget logits and the MIA's model count."""
-  st: setup_lib.Setup
+  st: experiment.Setup
   inputs: dict
   labels: dict
   predict: PopulationLogits
@@ -239,7 +239,7 @@ def _scorer(st, chunk: int, mia_models: int) -> tuple:
   ds, split = st.ds, st.split
   x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
   forget, retain = (x[split.forget], y[split.forget]), (x[split.retain], y[split.retain])
-  test = setup_lib.take_test(ds, split.test)
+  test = experiment.take_test(ds, split.test)
   labels = {"forget": np.asarray(forget[1]), "retain": np.asarray(retain[1]),
             "test": np.asarray(test[1])}
   inputs = {"forget": forget[0], "retain": retain[0], "test": test[0]}
@@ -272,8 +272,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   scored against the retrained one's split halves (`evaluation.SplitHalfReference`)."""
   t_start = time.perf_counter()
   check_options(num_models, chunk, num_resamples, epsilon_resamples)
-  st = setup_lib.setup(cfg, log, population=chunk or num_models)
-  hparams = setup_lib.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
+  st = experiment.setup(cfg, log, population=chunk or num_models)
+  hparams = settings.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
                                        st.model_name)
   split = st.split
   log(f"dataset {st.ds.name}: forget {split.forget.size}, retain {split.retain.size}, "
@@ -285,9 +285,9 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   with parallel.data_parallel(st.mesh):
     originals, retrained, reused = train_populations(cfg, st, num_models, chunk, log, cache)
     score, forget, retain = _scorer(st, chunk, mia_models)
-    ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class"
+    ctx = experiment.method_context(st, st.spec.forget_classes if cfg.scenario == "class"
                                    else ())
-    seed_keys = setup_lib.seed_keys(cfg.seed, num_models)
+    seed_keys = reference_models.seed_keys(cfg.seed, num_models)
     log("logits of the retrained and original populations")
     retrained_logits = score.logits(retrained.variables)
     random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(

@@ -1,8 +1,8 @@
 r"""SISA's price and payoff by shard count: accuracy of the aggregated shard models against
 one model, the cost of a deletion, and vmapped against sequential shard training.
 
-    python -m experiments.sisa_benchmark                                  # digits
-    python -m experiments.sisa_benchmark --dataset=cifar10:cifar-10-python.tar.gz \
+    python -m experiments.benchmarks.sisa_benchmark                                  # digits
+    python -m experiments.benchmarks.sisa_benchmark --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=2500 --test_subset=2000 --model=cnn:16-32-64 --shards=1,4,8
 
 For every S in --shards: train S shards × --slices slices (`unlearn_jax.sisa`) once as one
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from . import setup
-from .configs import recipes
+from ..pipeline import usage
+from ..configs import recipes
 from unlearn_jax import data as data_lib, models as models_lib, sisa, train as train_lib
 
 flags.DEFINE_string("dataset", "digits", "dataset (as experiments.unlearn)")
@@ -69,7 +69,7 @@ def _sisa_row(s: int, model, x, y, tx, ty, key, init, recipe, epochs: int, one_s
 
 
 def main(argv):
-  setup.begin_cli(argv)
+  usage.begin_cli(argv)
   F = flags.FLAGS
   try:
     counts = [int(s) for s in F.shards.split(",") if s]

@@ -1,8 +1,8 @@
 r"""Benchmark: a population trained as one program over 1 process x 8 devices vs 2 processes
 x 4 devices on this machine, and the communication that program does.
 
-    python -m experiments.multiprocess_benchmark                      # N = 8 digits MLPs
-    python -m experiments.multiprocess_benchmark --models=16 --epochs=30 --repeats=5
+    python -m experiments.benchmarks.multiprocess_benchmark                      # N = 8 digits MLPs
+    python -m experiments.benchmarks.multiprocess_benchmark --models=16 --epochs=30 --repeats=5
 
 Each layout is a separate launch of this module (`--worker`): simulated CPU devices
 (`--xla_force_host_platform_device_count`), the 2-process one over `jax.distributed` on
@@ -105,7 +105,7 @@ def _launch(processes: int, devices: int) -> str:
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   F = flags.FLAGS
-  args = [sys.executable, "-m", "experiments.multiprocess_benchmark", "--worker",
+  args = [sys.executable, "-m", "experiments.benchmarks.multiprocess_benchmark", "--worker",
           f"--models={F.models}", f"--epochs={F.epochs}", f"--repeats={F.repeats}",
           f"--num_processes={processes}", f"--coordinator=127.0.0.1:{port}"]
   procs = [subprocess.Popen(args + [f"--process_id={i}"], env=env, text=True,

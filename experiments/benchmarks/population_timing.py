@@ -1,5 +1,5 @@
 """Timing a population's training, ours and PyTorch's: the measurements
-`experiments.population_benchmark` (CPU) and `experiments.gpu_benchmark` (GPU) print.
+`experiments.benchmarks.population_benchmark` (CPU) and `experiments.benchmarks.gpu_benchmark` (GPU) print.
 
 No flags here (both scripts import it). PyTorch is imported only by `torch_population`.
 """

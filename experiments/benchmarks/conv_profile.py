@@ -1,9 +1,9 @@
 r"""Where a conv model's train step spends its time: every convolution of the library CNN
 alone, in each form, in and out of a loop, with its achieved GFLOP/s.
 
-    python -m experiments.conv_profile                       # the library CNN, batch 128
-    python -m experiments.conv_profile --widths=32,64,128 --batch=128 --dtype=bfloat16
-    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python -m experiments.conv_profile
+    python -m experiments.benchmarks.conv_profile                       # the library CNN, batch 128
+    python -m experiments.benchmarks.conv_profile --widths=32,64,128 --batch=128 --dtype=bfloat16
+    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python -m experiments.benchmarks.conv_profile
 
 For each 3×3 SAME convolution of `models.CNN` (widths --widths on --size×--size×3 inputs,
 max-pooled between layers) it times one forward + backward (the gradients of the input and
@@ -18,7 +18,7 @@ the kernel, as in a train step: ≈ 3 × 2·N·H·W·C·9·O flops) compiled
 
 each as one program called from Python (`host`) and as --steps iterations inside one
 `lax.scan` (`scan`, per iteration), so the table shows what a while loop does to each. The
-sum over layers beside the whole train step (`experiments.benchmark`'s host-loop figure for
+sum over layers beside the whole train step (`experiments.benchmarks.benchmark`'s host-loop figure for
 the same model) says how much of the step is convolution. Median of --repeats, compile
 excluded (autodiff's `xla` gradient inside the scan on a CPU: 2 iterations, timed once, as
 it takes seconds each). Prints the figures, writes nothing.

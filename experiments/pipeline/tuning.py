@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import setup as setup_lib
-from .setup import UsageError, resolve_hparams, setup, take_test
+from . import experiment, reference_models, settings
+from .experiment import setup, take_test
+from .settings import resolve_hparams
+from .usage import UsageError
 from unlearn_jax import driver, methods as methods_lib, parallel, tuning
 
 REPORT_KEYS = ("retain_acc", "forget_acc", "test_acc", "mia_loss_lr")
@@ -46,9 +48,9 @@ def check_options(budget: int, rule: str, fraction: float, loop: str,
                      f"{', '.join(tuning.SELECTION_RULES)}")
   if not 0 < fraction < 1:
     raise UsageError(f"--config.tune.selection_fraction={fraction} must lie strictly between 0 and 1")
-  if loop not in setup_lib.LOOP_CHOICES:
+  if loop not in settings.LOOP_CHOICES:
     raise UsageError(f"--config.tune.search_loop={loop!r} is unknown; allowed: "
-                     f"{', '.join(setup_lib.LOOP_CHOICES)}")
+                     f"{', '.join(settings.LOOP_CHOICES)}")
 
 
 def _config_text(config: dict) -> str:
@@ -110,13 +112,13 @@ def _parts(cfg, st, fraction: float) -> tuple:
 def _references(cfg, st, retain, select_arrays, report_arrays, log) -> tuple:
   """(original and retrained ModelSets, the metrics program, their metrics on the
   selection and report parts)."""
-  seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
-  init_vars = setup_lib.initial_variables(st, seed_keys)
+  seed_keys = reference_models.seed_keys(cfg.seed, cfg.seeds)
+  init_vars = reference_models.initial_variables(st, seed_keys)
   train_set = (jnp.asarray(st.ds.train_x), jnp.asarray(st.ds.train_y))
   pops = {}
   for name, (x, y) in (("original", train_set), ("retrain", retain)):
     log(f"training {name}")
-    pops[name] = setup_lib.train_reference(st, name, x, y, seed_keys, init_vars, log)
+    pops[name] = reference_models.train_reference(st, name, x, y, seed_keys, init_vars, log)
   evaluate = driver.SeedMetrics(st.model, seed_mode=st.mode, eval_batch=cfg.eval_batch_size)
   reference = {name: {"select": evaluate(ms, select_arrays)[0],
                       "report": evaluate(ms, report_arrays)[0]} for name, ms in pops.items()}
@@ -157,7 +159,7 @@ def run(cfg, fixed_hparams: dict, *, budget: int = 16, rule: str = "no_retrain",
       + f"selection rule {rule}")
   seed_keys, pops, evaluate, reference = _references(cfg, st, retain, select_arrays,
                                                      report_arrays, log)
-  ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class" else ())
+  ctx = experiment.method_context(st, st.spec.forget_classes if cfg.scenario == "class" else ())
   search = Search(cfg, budget, rule, min_retain, hparams, ctx, seed_keys, forget, retain,
                   pops["original"].variables, search_loop, evaluate, select_arrays,
                   report_arrays, reference, pops["retrain"].seconds, log, search_mesh)
@@ -307,108 +309,6 @@ def _score_configs(m: str, cfg_list: list, variables_of, env) -> tuple:
 def _digest(idx) -> str:
   from unlearn_jax.data import splits
   return splits.sha256_indices(np.asarray(idx))
-
-
-def report_markdown(result: TuningResult, title: str) -> str:
-  info = result.info
-  retrain = next(r for r in result.table if r["method"] == "retrain")["default"]
-  head = ["method", "RA", "FA", "TA", "MIA", "Avg. Gap", "→ tuned RA", "FA", "TA", "MIA",
-          "Avg. Gap", "score", "tuned hyperparameters", "search × retrain"]
-  lines = [f"## {title}", "",
-           f"Selection rule `{info['rule']}` among the configurations that keep "
-           f"{100 * info.get('min_retain', 0):g}% of the original's retain accuracy on the "
-           f"selection part, {info['budget']} configurations × {info['seeds']} "
-           f"seeds per method and per value of a searched integer hyperparameter (epochs) "
-           f"({info['search_loop']}). Selected on "
-           f"{info['selection_sizes']['forget_select']} forget and "
-           f"{info['selection_sizes']['retain_select']} retain examples and the val split; "
-           "every number below is on the examples selection never saw (the rest of D_f and "
-           "D_r, and the test split), mean over seeds, accuracies in %. Avg. Gap: mean "
-           "|gap| to retrain over RA, FA, TA, MIA (points). score: the selection score at "
-           "the defaults → tuned (lower is better). search × retrain: the whole search's "
-           "seconds per seed over retrain's.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  pct = lambda v: f"{100 * v:.1f}"
-  for r in result.table:
-    d, t = r["default"], r["tuned"]
-    cells = [r["method"], pct(d["retain_acc"]), pct(d["forget_acc"]), pct(d["test_acc"]),
-             f"{d['mia_loss_lr']:.2f}", f"{tuning.retrain_gap_score(d, retrain):.1f}"]
-    if r["method"] in ("original", "retrain"):
-      cells += ["", "", "", "", "", "", "", ""]
-    else:
-      hp = _config_text(r["tuned_config"])
-      if not r.get("eligible", True):
-        hp += " (†)"
-      cells += [pct(t["retain_acc"]), pct(t["forget_acc"]), pct(t["test_acc"]),
-                f"{t['mia_loss_lr']:.2f}", f"{tuning.retrain_gap_score(t, retrain):.1f}",
-                f"{r['default_score']:.1f} → {r['tuned_score']:.1f}", hp,
-                f"{r['cost_ratio_with_search']:.2f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  ranked = sorted((tuning.retrain_gap_score(r["tuned"], retrain), r["method"])
-                  for r in result.table
-                  if r["method"] not in ("original", "retrain"))
-  if ranked:
-    lines += ["", "Tuned, ranked by Avg. Gap: " + ", ".join(f"{m} {g:.1f}" for g, m in ranked)]
-  if any(not r.get("eligible", True) for r in result.table):
-    lines += ["", f"(†) no configuration kept {100 * info.get('min_retain', 0):g}% of the "
-              "original's retain accuracy on the selection part: the one that kept the most."]
-  lines += ["", f"Wall time {info['wall_seconds']:.0f} s."]
-  return "\n".join(lines) + "\n"
-
-
-def plot_scores(path: Path, rows: list, method: str, space: dict) -> None:
-  """Selection score (mean over seeds) against each searched hyperparameter."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  mine = [r for r in rows if r["method"] == method]
-  configs = sorted({r["config"] for r in mine})
-  score = np.array([np.mean([r["score"] for r in mine if r["config"] == c]) for c in configs])
-  names = sorted(space)
-  fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
-  for ax, name in zip(axes[0], names):
-    x = np.array([next(r[name] for r in mine if r["config"] == c) for c in configs])
-    ax.scatter(x, score, s=14, color="tab:blue")
-    ax.scatter(x[:1], score[:1], s=40, color="tab:orange", label="default")
-    best = int(np.argmin(score))
-    ax.scatter(x[best:best + 1], score[best:best + 1], s=40, marker="*", color="tab:red",
-               label="chosen")
-    if space[name][0] == "log":
-      ax.set_xscale("log")
-    ax.set_xlabel(name, fontsize=8)
-    ax.tick_params(labelsize=6)
-  axes[0][0].set_ylabel("selection score (lower is better)", fontsize=7)
-  axes[0][0].legend(fontsize=6)
-  fig.suptitle(method, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def write_tuning(directory: Path, result: TuningResult, config: dict, title: str,
-                 plots: bool = True) -> str:
-  import csv
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  searched = sorted({k for r in result.rows for k in r} - {"method", "config", "seed", "score"}
-                    - {f"select_{k}" for k in REPORT_KEYS})
-  fields = ["method", "config", "seed"] + searched + [f"select_{k}" for k in REPORT_KEYS] + ["score"]
-  with open(directory / "tuning.csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=fields)
-    w.writeheader()
-    for r in result.rows:
-      w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-  (directory / "tuned.json").write_text(json.dumps(result.tuned, indent=2) + "\n")
-  md = report_markdown(result, title)
-  (directory / "report.md").write_text(md)
-  (directory / "tuning.json").write_text(json.dumps(
-      {"config": config, "info": result.info, "table": result.table}, indent=2, default=float) + "\n")
-  if plots:
-    (directory / "plots").mkdir(exist_ok=True)
-    for m in result.tuned["methods"]:
-      plot_scores(directory / "plots" / f"tuning_{m}.png", result.rows, m,
-                  methods_lib.get_method(m).space)
-  return md
 
 
 def load_tuned(path: str) -> dict:

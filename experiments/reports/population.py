@@ -54,7 +54,7 @@ def population_signal(rows: list) -> dict | None:
   F_original ≤ F_floor / 2, FA differs by ≥ `report.MIN_SIGNAL_POINTS` and (with
   intervals) KLOM's interval of original − floor excludes 0; otherwise a method can score
   near the floor by doing nothing."""
-  from .report import MIN_SIGNAL_POINTS
+  from .run import MIN_SIGNAL_POINTS
   by = {r["method"]: r for r in rows}
   if "original" not in by or "retrain" not in by:
     return None

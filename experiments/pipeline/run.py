@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import report
-from . import setup as setup_lib
-from .setup import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
-                               resolve_hparams, resumed_method, setup, take_test, validate)
+from ..reports import run as report
+from . import experiment, reference_models
+from .experiment import setup, take_test
+from .rundir import (checkpoint_errors_as_usage, open_resume_store, prepare_workdir,
+                     resumed_method)
+from .settings import resolve_hparams, validate
 from unlearn_jax.adapter import model_variables
 from unlearn_jax import data as data_lib
 from unlearn_jax import driver
@@ -52,7 +54,7 @@ def validate_run(cfg, method_hparams: dict, workdir: str | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = lambda s: None):
   """Every check `experiments.unlearn` makes before it writes anything: the flags, the
   dataset, the split, the model, the methods, the mesh, each method's hyperparameters and
-  the workdir (None: the default `runs/...`, always new). Raises `setup.UsageError`
+  the workdir (None: the default `runs/...`, always new). Raises `usage.UsageError`
   naming the flag; returns the `Setup` that `run` then uses."""
   validate(cfg)
   if workdir is not None:
@@ -89,7 +91,7 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
   With `resume_dir`, training states (every `cfg.checkpoint_every` epochs), finished
   methods and, with `cfg.method_checkpoint_every`, methods mid-way are checkpointed there,
   and a rerun with the same settings continues from them.
-  `st`: the `experiments.setup.Setup` of `cfg` when the caller already made it.
+  `st`: the `experiments.pipeline.experiment.Setup` of `cfg` when the caller already made it.
   """
   t_start = time.perf_counter()
   st = st if st is not None else setup(cfg, log)
@@ -98,7 +100,7 @@ def run(cfg, method_hparams: dict, log: Callable[[str], None] = print,
   _log_setting(st, cfg, log)
   with parallel.data_parallel(st.mesh):
     data = _device_data(st, cfg)
-    seed_keys = setup_lib.seed_keys(cfg.seed, cfg.seeds)
+    seed_keys = reference_models.seed_keys(cfg.seed, cfg.seeds)
     model_sets = _train_references(st, cfg, data, seed_keys, store, log)
     slots = driver.SeedSlots(int(cfg.seeds), int(cfg.get("unlearn_seeds", 1)))
     if slots.num_unlearn > 1:
@@ -160,18 +162,18 @@ def _device_data(st, cfg) -> dict:
 
 def _train_references(st, cfg, data, seed_keys, store, log) -> dict:
   """{"original", "retrain"} ModelSets: same recipe and initial weights per seed."""
-  init_vars = setup_lib.initial_variables(st, seed_keys)
+  init_vars = reference_models.initial_variables(st, seed_keys)
   if st.vmapped:
     init_vars = parallel.shard_seeds(init_vars)
 
   def population(x, y, label):
     if data["stream"]:   # from host memory, batch by batch (seeds in sequence, no resume)
-      keys = jax.vmap(lambda k: jax.random.fold_in(k, setup_lib.REFERENCE_SALTS[label]))(
+      keys = jax.vmap(lambda k: jax.random.fold_in(k, reference_models.REFERENCE_SALTS[label]))(
           seed_keys)
       return driver.train_population_streaming(st.model, st.recipe, init_vars, x, y, keys,
                                                log=log, label=label, mesh=st.mesh)
     with checkpoint_errors_as_usage():
-      return setup_lib.train_reference(st, label, x, y, seed_keys, init_vars, log, store=store)
+      return reference_models.train_reference(st, label, x, y, seed_keys, init_vars, log, store=store)
 
   log("training original (all of train)" + (", streamed from host memory" if data["stream"]
                                             else ""))
@@ -186,7 +188,7 @@ def _train_references(st, cfg, data, seed_keys, store, log) -> dict:
 def _apply_methods(st, cfg, hparams, data, seed_keys, slots, references, store, log) -> dict:
   """Every method on every (trained model, unlearning seed) slot, one program each; a
   method finished before a kill is restored from the resume store."""
-  ctx = setup_lib.method_context(st, st.spec.forget_classes if cfg.scenario == "class" else ())
+  ctx = experiment.method_context(st, st.spec.forget_classes if cfg.scenario == "class" else ())
   originals = slots.tile(references["original"].variables)
   retrain_s = references["retrain"].seconds
   along, eval_data = along_evaluator(st.model, data["forget"], data["retain"], cfg)

@@ -1,10 +1,10 @@
 r"""How fast is it here? One run, four tables, every figure measured in this process.
 
-    python -m experiments.benchmark                              # digits, CPU-sized
-    python -m experiments.benchmark --dataset=cifar10:cifar-10-python.tar.gz \
+    python -m experiments.benchmarks.benchmark                              # digits, CPU-sized
+    python -m experiments.benchmarks.benchmark --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=2000 --models=cnn,resnet18 --methods=finetune,ssd,scrub
-    python -m experiments.benchmark --models=resnet18 --batch_size=256 --steps=50   # a GPU
-    python -m experiments.benchmark --dataset=cifar10:cifar-10-python.tar.gz \
+    python -m experiments.benchmarks.benchmark --models=resnet18 --batch_size=256 --steps=50   # a GPU
+    python -m experiments.benchmarks.benchmark --dataset=cifar10:cifar-10-python.tar.gz \
         --train_subset=1000 --models=cnn,cnn:32-64-128 --methods= --seeds=2    # conv paths
 
 How to read it:
@@ -25,7 +25,7 @@ How to read it:
    `cnn:32-64-128` names the CNN at the PyTorch reference's widths.
    `--accuracy_target=0.82` replaces the tables by the time to that test accuracy, each
    model trained once on all of --dataset with its recipe:
-       python -m experiments.benchmark --dataset=cifar10:cifar-10-python.tar.gz \\
+       python -m experiments.benchmarks.benchmark --dataset=cifar10:cifar-10-python.tar.gz \\
            --models=cnn:32-64-128,cnn --accuracy_target=0.82
    The batch is split over all visible devices (`devices`), as in the experiments.
    `step MiB` is XLA's own account of the compiled step (arguments + temporaries): what one
@@ -55,8 +55,9 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from .configs import default as default_config, recipes
-from . import runner, setup
+from ..configs import default as default_config, recipes
+from ..pipeline import run as runner
+from ..pipeline import usage
 from .timing import median_seconds
 from unlearn_jax import data, driver, metrics, models, parallel, train, train_programs
 
@@ -238,7 +239,7 @@ def write_program_table(path: str, rows: list, F) -> None:
                             text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     commit = "unknown"
-  measured = {"command": "python -m experiments.benchmark " + " ".join(sys.argv[1:]),
+  measured = {"command": "python -m experiments.benchmarks.benchmark " + " ".join(sys.argv[1:]),
               "commit": commit, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.processor() or platform.machine()}, "
                          f"{len(jax.devices())} {jax.default_backend()} device(s), "
@@ -468,7 +469,7 @@ def main(argv):
   if F.methods:
     try:
       method_table(F, names[0], ds)
-    except (setup.UsageError, ValueError) as e:    # a method's unknown name: ValueError
+    except (usage.UsageError, ValueError) as e:    # a method's unknown name: ValueError
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   seeds_table(ds, F, names[0])

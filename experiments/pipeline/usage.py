@@ -1,0 +1,70 @@
+"""User mistakes and how a CLI reports them: `UsageError` (one line, exit status 2,
+nothing written), the lines for an OS error and Ctrl-C, and library messages in flag terms."""
+
+from __future__ import annotations
+
+
+import jax
+
+
+
+_FLAG_WORDS = ("dataset", "scenario", "forget_fraction", "forget_classes", "model")
+
+
+def as_flags(message: str) -> str:
+  """A library message names arguments (`dataset=x`); the CLI's names them as flags."""
+  import re
+  words = "|".join(_FLAG_WORDS)
+  message = re.sub(r"(?<![\w-])(" + words + r")(?==| needs| names)", r"--config.\1", message)
+  return re.sub(r"(?<=needs )(" + words + r")\b", r"--config.\1", message)
+
+
+def flag_error_line(error: Exception) -> str:
+  """One line for a flag error. absl wraps an exception raised while loading a config file
+  (say `get_config` refusing an unknown `--config=FILE:ARG`) with its whole traceback:
+  keep the flag's own first line and the exception's message."""
+  lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+  if len(lines) > 1 and any(ln.startswith("Traceback") for ln in lines):
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+  return " ".join(lines)
+
+
+class UsageError(ValueError):
+  """A user mistake: printed as one line, exit status 2, nothing written."""
+
+
+def one_process_only(entry_point: str, why: str) -> None:
+  """UsageError when `entry_point` is started as one process of several."""
+  if jax.process_count() > 1:
+    raise UsageError(f"{entry_point} runs in one process ({why}); start it without "
+                     "--config.distributed / --config.coordinator_address")
+
+
+def error_line(error: Exception) -> str:
+  """The one line a CLI prints for a user mistake (then it exits with status 2)."""
+  return f"error: {error}"
+
+
+INTERRUPTED_LINE = ("interrupted: the run directory was not written; rerun the same command "
+                    "to resume from the last checkpoint")
+
+
+def os_error_line(error: OSError) -> str:
+  """The one line a CLI prints for an OS error (then it exits with status 1): what failed,
+  on which path, and what to do."""
+  what = error.strerror or type(error).__name__
+  where = f": {error.filename}" if error.filename else ""
+  return (f"error: {what}{where}; nothing was written to the run directory (choose a "
+          "writable --workdir, or set UNLEARN_JAX_CACHE to a writable folder for the cache)")
+
+
+def begin_cli(argv) -> None:
+  """What every experiments CLI does first: refuse stray arguments, keep the console for
+  progress (orbax and tfds log every file they touch at INFO), no tfds progress bars."""
+  from absl import app, flags, logging
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
