@@ -90,7 +90,7 @@ def test_second_evaluation_reuses_the_populations(evaluated):
 
 @pytest.mark.parametrize("args,needle", [
     (["--config.evaluate.num_models=2"], "--config.evaluate.num_models=2 must be at least 4"),
-    (["--config.evaluate.chunk=-1"], "--config.evaluate.chunk=-1 must be 0"),
+    (["--config.evaluate.chunk=-1"], "--config.evaluate.chunk=-1 must be at least 1"),
     (["--methods=magic"], "--methods: 'magic' is unknown"),
 ])
 def test_bad_flags(tmp_path, args, needle):
