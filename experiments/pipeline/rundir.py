@@ -163,8 +163,11 @@ def staged_workdir(workdir: str, overwrite: bool):
 
 
 # method_checkpoint_every is fingerprinted: it decides what a mid-method checkpoint step is.
+# How the job is started and where it logs (a process's id, the coordinator's port) is not
+# what it computes; the tuned hparams' file is (the hyperparameters are fingerprinted).
 _NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed",
-                      "heartbeat_seconds")
+                      "heartbeat_seconds", "coordinator_address", "num_processes",
+                      "process_id", "tensorboard_dir", "wandb_project", "tuned_hparams")
 
 
 def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):
