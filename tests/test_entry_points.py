@@ -63,6 +63,7 @@ def test_unlearn_one_epoch(run_job, tmp_path):
   assert not (tmp_path / ".run.resume").exists()     # a finished run leaves nothing to resume
 
 
+@pytest.mark.integration   # 36 s: the default lane keeps under 5 minutes on CI
 def test_evaluate_one_epoch_compiles_each_program_once(run_job, tmp_path):
   """Populations of 4 in chunks of 2: every program (the epoch programs, the method's, the
   logits and metrics) is compiled once, however many chunks and populations."""
