@@ -74,12 +74,19 @@ def provenance() -> dict:
   if not program.startswith("unlearn-jax"):
     spec = getattr(__main__, "__spec__", None)
     program = f"python -m {spec.name}" if spec is not None else f"python {program}"
+  # The arguments as typed: the CLI rewrites a shipped config's name (`--config=digits`)
+  # into its path in sys.argv; the interpreter's own copy keeps the name.
+  given = sys.argv[1:]
+  typed = getattr(sys, "orig_argv", [])[len(getattr(sys, "orig_argv", [])) - len(given):]
+  same = len(typed) == len(given) and all(
+      t == g or (t.startswith("--config") and g.startswith("--config")) for t, g in zip(typed, given))
+  args = typed if same else given
   commit = git("rev-parse", "HEAD")
   cpu = next((line.split(":", 1)[1].strip() for line in
               Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
              platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
   import unlearn_jax
-  return {"command": " ".join([program, *sys.argv[1:]]),
+  return {"command": " ".join([program, *args]),
           # Committed run directories (docs/results/) are outputs, not code: a run made
           # after another one rewrote them is still a run of the committed code.
           "commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no",
