@@ -208,6 +208,9 @@ def _recorded_matches_today(was: dict, today: dict, regen: str) -> None:
     if old in UNSET[:3] or (value is None and old == 0):
       continue
     assert old == value, f"{regen} (config {key}: {old!r} then, {value!r} today)"
+  for key in ("evaluate", "tune", "requests"):   # an entry point's own settings, when recorded
+    if isinstance(was.get(key), dict):
+      assert was[key] == today[key], f"{regen} (config {key}: {was[key]!r} then, {today[key]!r} today)"
   for key, old in was.get("train", {}).items():
     if old not in UNSET[:3]:
       assert today["train"][key] == old, f"{regen} (config train.{key}: {old!r} then, " \
