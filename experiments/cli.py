@@ -32,7 +32,7 @@ from ml_collections import config_dict, config_flags
 
 from unlearn_jax import methods as methods_lib
 from unlearn_jax import parallel
-from .pipeline import settings, usage
+from .pipeline import usage
 
 _CONFIGS = Path(__file__).resolve().parent / "configs"
 _NOT_CONFIGS = ("__init__", "recipes")
@@ -99,11 +99,10 @@ def field_paths(cfg, prefix: str = "") -> list:
 
 
 # Flags of earlier versions whose field has another name.
+# (A flag whose field keeps its name, `--budget` → `tune.budget`, is found by that name.)
 RENAMED = {"train_seeds": "--seeds", "hparams": "--config.tuned_hparams",
            "requests": "--config.requests.count", "request_size": "--config.requests.size",
-           "request_kind": "--config.requests.kind", "populations_dir":
-           "--config.evaluate.populations_dir", "chunk": "--config.evaluate.chunk",
-           "select": "--config.tune.select", "budget": "--config.tune.budget"}
+           "request_kind": "--config.requests.kind"}
 
 
 def nearest(name: str, argv: list) -> str | None:
@@ -199,17 +198,13 @@ def chosen_methods(cfg, text: str, field: str) -> None:
   if field == "requests.methods":
     cfg.requests.methods = ",".join(names)
     return
-  for m in names:
-    if m in settings.REFERENCE_MODELS:
-      raise usage.UsageError(f"--methods: {m!r} is always run as a reference; list "
-                             f"unlearning methods only ({', '.join(methods_lib.list_methods())})")
-    if m not in methods_lib.list_methods():
-      raise usage.UsageError(f"--methods: {m!r} is unknown; allowed: "
-                             f"{', '.join(methods_lib.list_methods())}")
+  # A method the config lists keeps its hyperparameters, another joins at its defaults; a
+  # name the registry lacks is refused with the rest (`settings.resolve_methods`).
+  known = methods_lib.list_methods()
   given = cfg.methods.to_dict()
   cfg.methods = config_dict.ConfigDict(
-      {m: given.get(m, dict(methods_lib.get_method(m).defaults)) for m in dict.fromkeys(names)})
-  # (a method the config lists keeps its hyperparameters; another joins at its defaults)
+      {m: given.get(m, dict(methods_lib.get_method(m).defaults) if m in known else {})
+       for m in dict.fromkeys(names)})
 
 
 def build_config(methods_field: str = "methods"):

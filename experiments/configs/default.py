@@ -45,8 +45,9 @@ def _data_model_and_methods(c: ml_collections.ConfigDict) -> None:
   # ---- data and split
   c.dataset = "mnist1d"         # mnist1d | digits | image_folder:PATH | cifar10[:PATH] | ...
   c.data_dir = config_dict.placeholder(str)    # tfds data_dir (None: tfds' default)
-  c.train_subset = config_dict.placeholder(int)  # a stratified subset (fixed seed); None: all
-  c.train_subset = 1000         # MNIST-1D: 1,000 of its 4,000, which the MLP memorises
+  # A stratified subset (fixed seed; None: all): 1,000 of MNIST-1D's 4,000, which the MLP
+  # memorises.
+  c.train_subset = config_dict.FieldReference(1000, field_type=int)
   c.test_subset = config_dict.placeholder(int)   # None: all
   c.scenario = "random"         # random | class | subclass
   c.forget_fraction = 0.1       # random scenario: the fraction of train to forget

@@ -56,7 +56,7 @@ def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
   `scenario` or (when `batch_norm` is known) not runnable on the model are skipped, with a
   note; a method chosen by name that cannot run here is a UsageError naming why."""
   known = methods_lib.list_methods()
-  names = [m for m in names]
+  names = list(names)
   for m in names:
     if m in REFERENCE_MODELS:
       raise UsageError(f"--methods: {m!r} is always run as a reference; list unlearning "
