@@ -38,6 +38,17 @@ this project's runs; each is a comparison a method that hands back its input fai
   2023, report forget-class accuracy near 0 with most of the retained classes' accuracy
   kept).
 
+The matching methods read targets besides the examples (`targets`): `oracle_matching` the
+mean logits of `ORACLES` models retrained without the forget set (seeds 100, 101, ...: not
+the retrained models the criterion compares with); `dmm` DM-Direct's prediction for each
+seed's original, its logits minus `DM_MULTIPLIER` times the forget set's summed TRAK scores
+(`attribution.trak_scores`, output "logits", the seeds' originals as the ensemble,
+projection dimension `DM_PROJ_DIM`, damping 1e-3). TRAK's scores have no natural unit
+(on a model that fits its training set, 1 − p_y, the factor TRAK multiplies by, is near 0):
+the multiplier brings them to logits (about 0.3 of the mean |logit| over the mean
+|correction| of a forget example; a multiplier 3 times smaller leaves the forget set
+predicted at 95%, 3 times larger predicts the retain set at 47%).
+
 Every value is the mean over the seeds. A method whose defaults do not meet its criterion
 on this data runs at the hyperparameters of `tests/expected/method_criteria.csv`, which
 gives the reason; `docs/guide/benchmarks.md` lists those methods.
@@ -72,6 +83,9 @@ RETAIN_MARGIN = 0.10
 CLASS_FA_LIMIT = 0.10       # chance: 1 / 10 classes
 NO_RETAIN_KEEP = 0.5
 CONVEX_HEAD = ("certified_head", "noisy_finetune")
+ORACLES = 4
+DM_PROJ_DIM = 256
+DM_MULTIPLIER = 600.0
 TABLE = Path(__file__).resolve().parent / "expected" / "method_criteria.csv"
 
 
@@ -177,6 +191,51 @@ def references(scenario: str, model_name: str = "mlp") -> dict:
           "per_seed": {"original": per_seed(acc_o), "retrain": per_seed(acc_r)}}
 
 
+@functools.cache
+def oracle_logits(scenario: str, model_name: str = "mlp") -> dict:
+  """{"forget", "retain": the mean logits of ORACLES models retrained without the forget
+  set (seed 100 + j: initialisation fold_in(key, 0), training key fold_in(key, 2))}."""
+  adapter, sets = model(model_name), arrays(scenario)
+
+  def one(seed):
+    key = jax.random.PRNGKey(seed)
+    init = adapter.init(jax.random.fold_in(key, 0), dataset().input_shape)
+    oracle, _ = uj.fit(adapter, RECIPE, init, *sets["retain"], jax.random.fold_in(key, 2))
+    return {s: uj.predict(adapter, oracle, sets[s][0]) for s in ("forget", "retain")}
+
+  logits = jax.jit(jax.vmap(one))(100 + jnp.arange(ORACLES))
+  return {s: uj.oracle_targets(v) for s, v in logits.items()}
+
+
+@functools.cache
+def dm_direct_logits(scenario: str, model_name: str = "mlp") -> dict:
+  """{"forget", "retain": [SEEDS, n, C]}: DM-Direct's prediction for each seed's original
+  (module docstring), from TRAK scores of the forget set on both sets."""
+  adapter, sets, ds = model(model_name), arrays(scenario), dataset()
+  originals = references(scenario, model_name)["original"]
+  both = tuple(jnp.concatenate([sets["forget"][i], sets["retain"][i]]) for i in (0, 1))
+  scores = jax.jit(functools.partial(
+      uj.trak_scores, adapter, proj_dim=DM_PROJ_DIM, output="logits", damping=1e-3,
+      train_rows=split(scenario).forget))(originals, (jnp.asarray(ds.train_x),
+                                                      jnp.asarray(ds.train_y)), both,
+                                          key=jax.random.PRNGKey(0))
+  logits = jax.vmap(lambda v: uj.predict(adapter, v, both[0]))(originals)
+  predicted = uj.dm_direct(logits, scores, jnp.arange(scores.shape[0]),
+                           multiplier=DM_MULTIPLIER)
+  n_forget = sets["forget"][0].shape[0]
+  return {"forget": predicted[:, :n_forget], "retain": predicted[:, n_forget:]}
+
+
+def targets(name: str, scenario: str, model_name: str = "mlp"):
+  """(forget logits, retain logits), each [SEEDS, n, C], for a method that reads targets."""
+  if name == "dmm":
+    t = dm_direct_logits(scenario, model_name)
+  else:
+    t = {k: jnp.broadcast_to(v, (SEEDS,) + v.shape)
+         for k, v in oracle_logits(scenario, model_name).items()}
+  return t["forget"], t["retain"]
+
+
 def run_method(name: str, scenario: str, hparams: dict, model_name: str = "mlp") -> dict:
   """The method at `hparams` on each seed's original, vmapped over the seeds: its metrics
   (means over seeds)."""
@@ -185,14 +244,19 @@ def run_method(name: str, scenario: str, hparams: dict, model_name: str = "mlp")
   ctx = uj.MethodContext(adapter, 10, dataset().input_shape,
                          forget_classes=(FORGET_CLASS,) if scenario == "class" else ())
   method = methods.get_method(name)
-  data = uj.select_data(method, forget=sets["forget"], retain=sets["retain"], ctx=ctx)
+  per_seed_targets = targets(name, scenario, model_name) if "targets" in method.reads else None
+  first = None if per_seed_targets is None else tuple(t[0] for t in per_seed_targets)
+  data = uj.select_data(method, forget=sets["forget"], retain=sets["retain"], ctx=ctx,
+                        targets=first)
   unlearn = method(ctx, **hparams)
 
-  def one(variables, seed):
-    new, _ = unlearn(variables, data, jax.random.fold_in(jax.random.PRNGKey(seed), 3))
+  def one(variables, seed, seed_targets):
+    seed_data = data if seed_targets is None else data._replace(targets=seed_targets)
+    new, _ = unlearn(variables, seed_data, jax.random.fold_in(jax.random.PRNGKey(seed), 3))
     return _accuracies(adapter, new, sets)
 
-  return metrics_of(jax.jit(jax.vmap(one))(refs["original"], jnp.arange(SEEDS)))
+  return metrics_of(jax.jit(jax.vmap(one))(refs["original"], jnp.arange(SEEDS),
+                                           per_seed_targets))
 
 
 def failures(name: str, scenario: str, kind: str, m: dict, refs: dict) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import unlearn_jax as uj
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 
 class ResNetBlock(nn.Module):
@@ -105,7 +106,7 @@ def _every_method_run(ctx, name, digits, digits_split):
   forget = (x[digits_split.forget][:32], y[digits_split.forget][:32])
   retain = (x[digits_split.retain][:128], y[digits_split.retain][:128])
   method = uj.get_method(name)
-  data = uj.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  data = method_data.select(method, forget=forget, retain=retain, ctx=ctx)
   variables = ctx.model.init(jax.random.PRNGKey(0), (8, 8, 1))
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   hp = {"epochs": 1} if "epochs" in method.defaults else {}

@@ -146,6 +146,9 @@ def _hparams(**overrides):
      "conv='cudnn' is unknown; allowed: auto, xla, patches, canonical"),
     (dict(methods="finetune"), dict(finetune=dict(epochs=0)),
      "--config.methods.finetune.epochs=0 lies outside finetune's bounds for epochs: [1, inf)"),
+    (dict(methods="oracle_matching"), {}, "--methods: oracle_matching matches the outputs of "
+     "models trained without the forget set, which this stage does not train; run it with "
+     "python -m experiments.evaluate"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, flags_, hparams_, needle):
   from experiments.pipeline import run as runner
@@ -211,6 +214,14 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
   assert settings.resolve_methods(["ssd", "finetune"], "random") == ("finetune", "ssd")
   with pytest.raises(usage.UsageError, match="gkt is zero-shot"):
     settings.resolve_methods(["gkt", "finetune"], "random")
+  # a stage without oracles (every one but experiments.evaluate) skips the matching methods,
+  # saying so, and refuses them by name
+  notes = []
+  assert settings.resolve_methods(every, "random", log=notes.append, targets=False) == tuple(
+      m for m in methods.list_methods() if m not in zero_shot + ("oracle_matching", "dmm"))
+  assert any("skipping oracle_matching, dmm" in n for n in notes), notes
+  with pytest.raises(usage.UsageError, match="dmm matches the outputs of models trained"):
+    settings.resolve_methods(["dmm"], "random", targets=False)
 
 
 @pytest.mark.parametrize("name,arg", [("default", None), ("digits", None), ("cifar10_cnn", None),

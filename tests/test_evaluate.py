@@ -88,8 +88,38 @@ def test_second_evaluation_reuses_the_populations(evaluated):
       assert a[name][c] == b[name][c], (name, c)
 
 
+def test_the_matching_methods_get_their_targets(evaluated):
+  """oracle_matching and dmm on the cached populations: the oracles are a population of
+  their own (trained and cached beside the others), TRAK runs on the first originals, and
+  DM-Direct is a row of its own; the costs are recorded."""
+  import json
+  base = evaluated[0]
+  r = run_eval(*SMALL, "--methods=oracle_matching,dmm", f"--workdir={base / 'm'}",
+               f"--config.evaluate.populations_dir={base / 'pops'}",
+               "--config.matching.oracles=2", "--config.matching.trak_models=2",
+               "--config.matching.proj_dim=32", "--config.matching.multiplier=50")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "reusing the populations" in r.stdout and "oracle_matching: 2 oracles" in r.stdout
+  rows = {row["method"]: row for row in csv.DictReader(open(base / "m" / "evaluation.csv"))}
+  assert list(rows) == ["original", "retrain", "dm_direct", "oracle_matching", "dmm"]
+  # DM-Direct changes no weights, but its logits are not the originals': the correction
+  # (a large multiplier here) lowers the forget examples' own logits
+  assert float(rows["dm_direct"]["forget_acc"]) < float(rows["original"]["forget_acc"])
+  costs = json.loads((base / "m" / "evaluation.json").read_text())["info"]["matching"]
+  assert costs["oracles"]["models"] == 2 and costs["oracles"]["seconds"] > 0
+  assert costs["trak"]["models"] == 2 and costs["trak"]["proj_dim"] == 32
+  # a rerun trains no oracles: they are cached like the other populations
+  again = run_eval(*SMALL, "--methods=oracle_matching", f"--workdir={base / 'm2'}",
+                   f"--config.evaluate.populations_dir={base / 'pops'}",
+                   "--config.matching.oracles=2")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("reusing the populations") == 2, again.stdout[-3000:]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--config.evaluate.num_models=2"], "--config.evaluate.num_models=2 must be at least 4"),
+    (["--config.evaluate.num_models=4", "--config.matching.trak_models=5"],
+     "--config.matching.trak_models=5 exceeds the population (--config.evaluate.num_models=4)"),
     (["--config.evaluate.chunk=-1"], "--config.evaluate.chunk=-1 must be at least 1"),
     (["--methods=magic"], "--methods: 'magic' is unknown"),
 ])

@@ -25,6 +25,7 @@ from flax import nnx
 from flax.nnx import bridge
 
 import unlearn_jax as uj
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 
 class UserNet(nn.Module):
@@ -181,7 +182,7 @@ def test_every_method_runs_on_a_users_model(name, model_kind, trained, data):
     return
   ctx = uj.MethodContext(adapter, num_classes=10, input_shape=(8, 8, 1), forget_classes=(3,))
   unlearn = method(ctx, **_quick(method))
-  batch = uj.select_data(method, forget=data[0], retain=data[1], num_classes=10)
+  batch = method_data.select(method, forget=data[0], retain=data[1], num_classes=10)
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
   run = jax.jit(jax.vmap(unlearn, in_axes=(None, None, 0)))
   out, aux = run(variables, batch, keys)

@@ -10,6 +10,7 @@ import pytest
 
 import unlearn_jax as uj
 from unlearn_jax import methods
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 NAMES = methods.list_methods()
 # A citation names a year; a project without a paper names the project.
@@ -43,7 +44,7 @@ def _abstract_run(name, small, head=True):
   model = "cnn" if "batch_norm" in spec.requires else "mlp"
   adapter, ctx = _context(model, ds, head)
   variables = adapter.init(jax.random.PRNGKey(0), ds.input_shape)
-  data = methods.select_data(spec, forget=forget, retain=retain, ctx=ctx)
+  data = method_data.select(spec, forget=forget, retain=retain, ctx=ctx)
   return jax.eval_shape(spec(ctx), variables, data, jax.random.PRNGKey(1))
 
 

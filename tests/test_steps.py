@@ -9,6 +9,7 @@ import pytest
 
 import unlearn_jax as uj
 from unlearn_jax import batching, checkpoint, driver, methods, models, steps as steps_lib
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 NUM_CLASSES = 10
 
@@ -76,7 +77,7 @@ def test_a_hand_written_loop_over_the_steps_gives_the_methods_weights(setting, n
   hp = {"scrub": dict(epochs=3, max_epochs=2), "unsir": dict(noise_steps=3),
         "finetune": dict(epochs=2), "prune_complex": dict(overfit_epochs=1, epochs=1)}.get(name, {})
   method = methods.get_method(name)
-  data = methods.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  data = method_data.select(method, forget=forget, retain=retain, ctx=ctx)
   key = jax.random.PRNGKey(3)
   expected, _ = jax.jit(method(ctx, **hp))(variables, data, key)
   by_hand = _user_loop(method.steps(ctx, **hp), variables, data, key)
@@ -162,7 +163,7 @@ def test_a_method_killed_mid_way_resumes_to_the_one_program_result(setting, tmp_
   seeds; equal up to XLA fusing the pieces differently)."""
   ctx, variables, forget, retain = setting
   method = methods.get_method(name)
-  data = methods.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  data = method_data.select(method, forget=forget, retain=retain, ctx=ctx)
   seeds = driver.stack_seeds([variables, variables])
   keys = jax.random.split(jax.random.PRNGKey(3), 2)
   acc = lambda v, f: {"forget_acc": uj.accuracy(ctx.model.logits(v, f[0]), f[1])}

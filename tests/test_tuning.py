@@ -8,6 +8,7 @@ import pytest
 
 from unlearn_jax import methods, models, train, tuning
 from unlearn_jax.methods.base import check_space
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_vmapped_grid_equals_configurations_run_one_by_one(setup, name, fixed):
   m, variables, forget, retain, ctx = setup
   method = methods.get_method(name)
   configs = tuning.sample_configs(method, 3, jax.random.PRNGKey(0))
-  data = methods.select_data(method, forget, retain, ctx=ctx)
+  data = method_data.select(method, forget, retain, ctx=ctx)
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   grid, _ = jax.jit(tuning.grid_unlearn(method, ctx, configs, fixed))(variables, data, keys)
   for k, cfg in enumerate(tuning.configs_list(configs)):
@@ -53,7 +54,7 @@ def test_every_declared_space_traces(setup):
     if not method.space or "batch_norm" in method.requires:
       continue
     ctx = methods.MethodContext(m, 10, (8, 8, 1), () if method.reads else (3,), "mlp")
-    data = (methods.select_data(method, forget, retain, ctx=ctx) if method.reads
+    data = (method_data.select(method, forget, retain, ctx=ctx) if method.reads
             else methods.UnlearnData(None, None))
     short = {k: 1 for k, v in method.defaults.items() if isinstance(v, int)
              and not isinstance(v, bool) and ("epochs" in k or k.endswith("steps") or k == "cycles")}
@@ -161,7 +162,7 @@ def test_sequential_search_equals_the_vmapped_grid(setup):
   m, variables, forget, retain, ctx = setup
   method = methods.get_method("neggrad_plus")
   configs = tuning.sample_configs(method, 3, jax.random.PRNGKey(2))
-  data = methods.select_data(method, forget, retain, ctx=ctx)
+  data = method_data.select(method, forget, retain, ctx=ctx)
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   vm, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys, "vmap")
   seq, _, _ = tuning.run_search(method, ctx, configs, dict(epochs=1), variables, data, keys,

@@ -18,18 +18,20 @@ one shows its update rule, paper, defaults and the data it reads); so are the me
 Every method is also its steps (`uj.scrub.steps(ctx)`: init, one update per phase,
 finalize; `uj.steps` documents the protocol and runs it): a caller may own the loop.
 Sub-packages: `uj.methods`, `uj.metrics`, `uj.models`, `uj.data`, `uj.train`, `uj.steps`
-(the step protocol and the one driver loop), `uj.batching` (batch order, padded last
-batches), `uj.losses` (CE, KL), `uj.importance` (weight importances),
-`uj.parallel`, `uj.driver` (the loop driver over seeds), `uj.checkpoint`, `uj.tuning`
-(search spaces run as one vmapped program: K configurations × S seeds), `uj.sisa` (exact
-unlearning by sharded, sliced training: S shard models as one program).
+(the step protocol and the one driver loop), `uj.attribution` (TRAK and datamodel
+scores, DM-Direct), `uj.batching` (batch order, padded last batches), `uj.losses` (CE,
+KL), `uj.importance` (weight importances), `uj.parallel`, `uj.driver` (the loop driver
+over seeds), `uj.checkpoint`, `uj.tuning` (search spaces run as one vmapped program: K
+configurations × S seeds), `uj.sisa` (exact unlearning by sharded, sliced training: S
+shard models as one program).
 """
 
 __version__ = "0.2.0"
 
-from unlearn_jax import (batching, certified, data, langevin, losses, metrics, methods, models,
+from unlearn_jax import (attribution, batching, certified, data, langevin, losses, metrics, methods, models,
                          parallel, sisa, steps, train, tuning)
 from unlearn_jax.adapter import ModelAdapter, as_adapter, nnx_adapter
+from unlearn_jax.attribution import datamodel_scores, dm_direct, oracle_targets, trak_scores
 from unlearn_jax.data import (Dataset, Split, SplitSpec, load_dataset, make_split,
                               stratified_subset)
 from unlearn_jax.methods import (HyperparameterError, MethodContext, UnlearnData, get_method,
@@ -55,6 +57,7 @@ __all__ = (["ModelAdapter", "as_adapter", "nnx_adapter", "Dataset", "Split", "Sp
             "TrainConfig", "TrainState", "cross_entropy", "fit", "init_train_state",
             "lookahead_ema", "make_optimizer", "make_supervised_step", "predict",
             "predict_features", "predict_tta",
-            "scan_epochs", "batching", "certified", "data", "langevin", "losses", "metrics",
+            "scan_epochs", "attribution", "trak_scores", "datamodel_scores", "dm_direct",
+            "oracle_targets", "batching", "certified", "data", "langevin", "losses", "metrics",
             "methods", "models", "parallel", "sisa", "steps", "train", "tuning"]
            + list(_metric_names) + list(list_methods()))

@@ -51,6 +51,9 @@ FAMILIES = {   # module -> (page title, one sentence)
                       "original's BatchNorm statistics."),
     "certified": ("Certified removal", "A removal with a stated (ε, δ) guarantee, checked "
                   "per request."),
+    "matching": ("Matching", "Fine-tuning to the outputs of models that never saw the forget "
+                 "set: an oracle population's, or DM-Direct's prediction of it from "
+                 "attribution scores (`unlearn_jax.attribution`)."),
 }
 
 

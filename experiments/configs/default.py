@@ -121,6 +121,15 @@ def _other_entry_points(c: ml_collections.ConfigDict) -> None:
       populations_dir="runs/populations",  # where trained populations are cached
       reuse_populations=True,   # False: never read or write that cache
       sizes="8,16,32,64"))      # experiments.klom_curve: population sizes N, increasing
+  c.matching = ml_collections.ConfigDict(dict(    # experiments.evaluate: the matching methods
+      oracles=10,               # oracle_matching: models retrained without D_f it matches (mean)
+      oracle_seed=10_000,       # the oracles' seeds: seed + oracle_seed + j (not the retrained)
+      dm_direct=True,           # with dmm, also report DM-Direct (a logit prediction) as a row
+      trak_models=4,            # dmm, dm_direct: the first originals, TRAK's ensemble
+      proj_dim=512,             # TRAK's projection dimension
+      damping=1e-3,             # added to TRAK's kernel (needed once proj_dim >= the rank)
+      chunk=64,                 # examples whose gradients TRAK holds at once
+      multiplier=1.0))          # DM-Direct: logits - multiplier * sum of the forget rows
   c.tune = ml_collections.ConfigDict(dict(        # experiments.tune
       budget=16,                # configurations per method (the defaults are the first)
       select="no_retrain",      # no_retrain | retrain_gap

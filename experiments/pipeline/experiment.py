@@ -44,10 +44,12 @@ class Setup:
     return self.mode == "vmap"
 
 
-def setup(cfg, log: Callable[[str], None] = print, population: int | None = None) -> Setup:
+def setup(cfg, log: Callable[[str], None] = print, population: int | None = None, *,
+          targets: bool = False) -> Setup:
   """Validates `cfg`, loads the dataset, makes the split and picks model, recipe, seed
   mode, methods and mesh (`population`: the models vmapped along the mesh's seeds axis,
-  default `--seeds`); raises UsageError (naming the flag) for every user mistake."""
+  default `--seeds`; `targets`: the stage gives the matching methods their targets);
+  raises UsageError (naming the flag) for every user mistake."""
   validate(cfg)
   try:
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.train_subset or 0,
@@ -77,7 +79,7 @@ def setup(cfg, log: Callable[[str], None] = print, population: int | None = None
   shapes = jax.eval_shape(lambda: models_lib.init_variables(model, jax.random.PRNGKey(0),
                                                             ds.input_shape))
   method_names = resolve_methods(list(cfg.methods.keys()), cfg.scenario,
-                                 models_lib.has_batch_norm(shapes), log)
+                                 models_lib.has_batch_norm(shapes), log, targets=targets)
   recipe = recipe_of(cfg)
   mode = driver.default_seed_mode(shapes) if cfg.seed_loop == "auto" else cfg.seed_loop
   mesh = make_mesh(cfg, recipe.batch_size, mode, population)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import experiment, reference_models, settings
+from . import experiment, matching, reference_models, settings
 from unlearn_jax import train_programs
 from .usage import UsageError
 from unlearn_jax import driver
@@ -265,6 +265,20 @@ def _log_method(log, m: str, row: dict, seconds: float, num_models: int, t0: flo
       f"{row['klom_average_95_high']:.2f}]")
 
 
+def _matching_targets(cfg, st, originals, original_logits, score, chunk, log, cache,
+                      num_models, out) -> matching.Targets:
+  """The matching methods' targets (`pipeline.matching`); appends the DM-Direct row to
+  `out` when it is reported (its seconds: TRAK's, per model of the population)."""
+  targets = matching.targets(cfg, st, st.method_names, originals, original_logits, score,
+                             chunk, log, cache, train_populations)
+  if targets.dm_direct is not None:
+    out.append(score.row("dm_direct", originals.variables,
+                         targets.costs["trak"]["seconds"] / num_models, targets.dm_direct))
+    log(f"dm_direct (a logit prediction, no weights change): KLOM avg95 "
+        f"{out[-1][0]['klom_average_95']:.2f}")
+  return targets
+
+
 def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | None,
         log: Callable[[str], None] = print, mia_models: int = 16, num_resamples: int = 200,
         epsilon_resamples: int = 30) -> Evaluation:
@@ -272,7 +286,8 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   scored against the retrained one's split halves (`evaluation.SplitHalfReference`)."""
   t_start = time.perf_counter()
   check_options(num_models, chunk, num_resamples, epsilon_resamples)
-  st = experiment.setup(cfg, log, population=chunk or num_models)
+  matching.check(cfg, num_models)
+  st = experiment.setup(cfg, log, population=chunk or num_models, targets=True)
   hparams = settings.resolve_hparams(st.method_names, method_hparams, cfg.scenario, log,
                                        st.model_name)
   split = st.split
@@ -298,11 +313,15 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
                                          epsilon_resamples=epsilon_resamples)
     if score.reference.no_intervals:
       log(f"WARNING: {score.reference.no_intervals}")
-    out = [score.row("original", originals.variables, 0.0),
+    original_logits = score.logits(originals.variables)
+    out = [score.row("original", originals.variables, 0.0, original_logits),
            score.row("retrain", retrained.variables, retrained.seconds, retrained_logits)]
+    targets = _matching_targets(cfg, st, originals, original_logits, score, chunk, log,
+                                cache, num_models, out)
     for m in st.method_names:
       spec = methods_lib.get_method(m)
-      data = methods_lib.select_data(spec, forget, retain, ctx=ctx)
+      data = methods_lib.select_data(spec, forget, retain, ctx=ctx,
+                                     targets=targets.by_method.get(m))
       t0 = time.perf_counter()
       unlearned, seconds = _apply_in_chunks(spec, ctx, hparams[m], originals.variables, data,
                                             jax.vmap(lambda k: driver.method_key(k, m))(seed_keys),
@@ -322,6 +341,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
           "retrain_seconds_per_model": retrained.seconds,
           "models_per_side": score.reference.h, "no_intervals": score.reference.no_intervals,
           "bootstrap_resamples": num_resamples, "bootstrap_epsilon_resamples": epsilon_resamples,
+          "matching": targets.costs,
           "wall_seconds": time.perf_counter() - t_start}
   return Evaluation(rows, dict(zip(names, (o[1] for o in out))),
                     dict(zip(names, (o[2] for o in out))), info)

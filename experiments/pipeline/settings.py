@@ -49,12 +49,18 @@ def parse_classes(text) -> tuple:
                      "3,5") from None
 
 
+MATCHING_STAGE = "python -m experiments.evaluate"   # the stage that trains oracles
+
+
 def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
-                    log: Callable[[str], None] = lambda s: None) -> tuple:
+                    log: Callable[[str], None] = lambda s: None, *,
+                    targets: bool = True) -> tuple:
   """The methods to run, in the registry's order, from the config's `methods` (their
   names). When it lists every registered method (the default), those not meant for
   `scenario` or (when `batch_norm` is known) not runnable on the model are skipped, with a
-  note; a method chosen by name that cannot run here is a UsageError naming why."""
+  note; a method chosen by name that cannot run here is a UsageError naming why.
+  `targets=False`: the stage has no oracle population or attribution scores, so the
+  methods that read `targets` (oracle_matching, dmm) cannot run in it."""
   known = methods_lib.list_methods()
   names = list(names)
   for m in names:
@@ -67,9 +73,13 @@ def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
     raise UsageError("--methods: no method chosen; allowed: " + ", ".join(known))
   if set(names) == set(known):
     chosen = []
+    matching = [m for m in known if "targets" in methods_lib.get_method(m).reads]
+    if not targets and matching:
+      log(f"note: skipping {', '.join(matching)}: they match an oracle population's (or "
+          f"its prediction's) outputs, which {MATCHING_STAGE} provides")
     for m in known:
       spec = methods_lib.get_method(m)
-      if scenario not in spec.scenarios:
+      if scenario not in spec.scenarios or (not targets and m in matching):
         continue
       if batch_norm is False and "batch_norm" in spec.requires:
         log(f"note: skipping {m}: it needs a model with BatchNorm (--config.model=cnn or "
@@ -79,6 +89,10 @@ def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
     return tuple(chosen)
   for m in names:
     spec = methods_lib.get_method(m)
+    if not targets and "targets" in spec.reads:
+      raise UsageError(f"--methods: {m} matches the outputs of models trained without the "
+                       f"forget set, which this stage does not train; run it with "
+                       f"{MATCHING_STAGE} (its oracle population and attribution scores)")
     if not spec.reads and scenario not in spec.scenarios:
       raise UsageError(f"--methods: {m} is zero-shot and forgets whole classes: it needs "
                        f"--config.scenario=class with --config.forget_classes (got "

@@ -14,6 +14,7 @@ from experiments.pipeline import experiment, usage
 from experiments.pipeline import run as runner
 from unlearn_jax import methods, models, parallel, train
 from unlearn_jax.data import SplitSpec, load_dataset, make_split
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 TOL = dict(rtol=2e-4, atol=2e-5)
 
@@ -98,7 +99,7 @@ def test_method_matches_one_device(name, overrides, compare, digits_data):
       jax.random.PRNGKey(1))
   ctx = methods.MethodContext(model, 10, ds.input_shape, (), "mlp")
   spec = methods.get_method(name)
-  data = methods.select_data(spec, forget, retain, ctx=ctx)
+  data = method_data.select(spec, forget, retain, ctx=ctx)
   key = jax.random.PRNGKey(3)
 
   def unlearn(v, data):

@@ -15,3 +15,4 @@ from unlearn_jax.methods import noise  # noqa: F401
 from unlearn_jax.methods import zero_shot  # noqa: F401
 from unlearn_jax.methods import deepinversion  # noqa: F401
 from unlearn_jax.methods import certified  # noqa: F401
+from unlearn_jax.methods import matching  # noqa: F401

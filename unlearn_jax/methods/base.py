@@ -60,12 +60,19 @@ from unlearn_jax.adapter import ModelAdapter, as_adapter
 from unlearn_jax.steps import Phase, StepState, Steps, TrainState, init_train_state, make_step
 
 ACCESS_CHOICES = ("forget", "retain")
+# What a method may read beyond the examples: `targets`, the logits the unlearned model
+# should give on data.forget and data.retain (an oracle population's mean, or a
+# prediction of it: the matching methods, `unlearn_jax.methods.matching`).
+READS_CHOICES = ACCESS_CHOICES + ("targets",)
 
 
 class UnlearnData(NamedTuple):
-  """The data a method may read: `(x, y)` pairs, or None where not declared."""
+  """The data a method may read: `(x, y)` pairs, or None where not declared; `targets`,
+  for the methods that read it, is `(forget_logits [n_forget, C], retain_logits
+  [n_retain, C])`: the outputs the unlearned model should match on those examples."""
   forget: tuple | None = None
   retain: tuple | None = None
+  targets: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -364,6 +371,22 @@ def check_finite(tree, what: str) -> None:
                        "allowed: finite values only")
 
 
+def check_targets(method: str, data: UnlearnData, num_classes: int) -> None:
+  """`data.targets` is (forget logits, retain logits), one row of `num_classes` per example
+  of data.forget and data.retain, finite when concrete; ValueError naming what differs."""
+  t = data.targets
+  if not isinstance(t, (tuple, list)) or len(t) != 2:
+    raise ValueError(f"{method} reads targets: data.targets must be a pair (forget_logits, "
+                     f"retain_logits); got {type(t).__name__}")
+  for field, logits in zip(ACCESS_CHOICES, t):
+    want = (jnp.shape(getattr(data, field)[0])[0], num_classes)
+    if tuple(jnp.shape(logits)) != want:
+      raise ValueError(f"{method}: data.targets' {field} logits have shape "
+                       f"{tuple(jnp.shape(logits))}; expected {want} (one row per example "
+                       f"of data.{field}, num_classes={num_classes})")
+  check_finite(tuple(t), f"{method}: data.targets")
+
+
 _REGISTRY: dict[str, Method] = {}
 
 
@@ -392,6 +415,8 @@ def _checked_call(method: Method, ctx: MethodContext, built: Steps):
         _check_pair(name, field, pair, ctx.input_shape)
         check_labels(pair[1], ctx.num_classes, f"{name}: data.{field} labels")
         check_finite(pair[0], f"{name}: data.{field} examples")
+    if "targets" in reads:
+      check_targets(name, data, ctx.num_classes)
     check_finite(variables, f"{name}: variables")
     x0 = jax.ShapeDtypeStruct((1,) + ctx.input_shape, jnp.float32)
     out = jax.eval_shape(lambda v, x: ctx.model.logits(v, x), variables, x0)
@@ -494,9 +519,12 @@ def register(name: str, *, reads: tuple, defaults: dict, bounds: dict, paper: st
   `ModelAdapter` must give at the defaults (`"head"`, `"features"`: the head's input, or
   a `features_fn`). The method's docstring and signature are made from all of these.
   ValueError naming the method and the field when a declaration is inconsistent."""
-  bad = [r for r in reads if r not in ACCESS_CHOICES]
+  bad = [r for r in reads if r not in READS_CHOICES]
   if bad:
-    raise ValueError(f"{name}: reads {bad}; allowed {ACCESS_CHOICES} (or none)")
+    raise ValueError(f"{name}: reads {bad}; allowed {READS_CHOICES} (or none)")
+  if "targets" in reads and not {"forget", "retain"} <= set(reads):
+    raise ValueError(f"{name}: a method that reads targets reads forget and retain too "
+                     "(the targets are the logits on those examples)")
   bad = [n for n in needs if n not in NEEDS_CHOICES]
   if bad:
     raise ValueError(f"{name}: needs {bad}; allowed {NEEDS_CHOICES} (or none)")
@@ -584,9 +612,10 @@ def make_method(name: str, ctx: MethodContext, **overrides):
 
 
 def select_data(spec, forget: tuple | None = None, retain: tuple | None = None,
-                num_classes: int | None = None, *,
-                ctx: MethodContext | None = None) -> UnlearnData:
-  """Only what the method declared: undeclared fields stay None.
+                num_classes: int | None = None, *, ctx: MethodContext | None = None,
+                targets: tuple | None = None) -> UnlearnData:
+  """Only what the method declared: undeclared fields stay None. `targets` (forget logits,
+  retain logits) is for the methods that read them (`oracle_matching`, `dmm`).
 
   What is checked where: called on concrete arrays, labels outside [0, num_classes) and
   non-finite examples are a ValueError here (and again when the method is called on
@@ -605,7 +634,8 @@ def select_data(spec, forget: tuple | None = None, retain: tuple | None = None,
                      "MethodContext): the labels are checked here, since under jit they "
                      "cannot be")
   out = UnlearnData(forget=forget if "forget" in spec.reads else None,
-                    retain=retain if "retain" in spec.reads else None)
+                    retain=retain if "retain" in spec.reads else None,
+                    targets=targets if "targets" in spec.reads else None)
   for field in ACCESS_CHOICES:
     pair = getattr(out, field)
     if field in spec.reads and pair is None:
@@ -613,6 +643,11 @@ def select_data(spec, forget: tuple | None = None, retain: tuple | None = None,
     if isinstance(pair, (tuple, list)) and len(pair) == 2:   # other shapes: the method says
       check_labels(pair[1], num_classes, f"{field} labels")
       check_finite(pair[0], f"{field} examples")
+  if "targets" in spec.reads:
+    if targets is None:
+      raise ValueError(f"{spec.name} reads targets: pass targets=(forget_logits, "
+                       "retain_logits) (e.g. attribution.oracle_targets of oracles' logits)")
+    check_targets(spec.name, out, num_classes)
   return out
 
 
