@@ -143,3 +143,19 @@ def test_targets_are_checked_by_name(population):
   with pytest.raises(ValueError, match="reads targets: data.targets must be a pair"):
     uj.oracle_matching(ctx)(jax.tree_util.tree_map(lambda a: a[0], p["originals"]),
                             uj.UnlearnData(p["forget"], p["retain"]), jax.random.PRNGKey(0))
+
+
+def test_the_fitted_multiplier_is_the_least_squares_scale():
+  """`--config.matching.fit_multiplier`: the one number that best maps TRAK's correction
+  onto the originals' gap to the oracles (NumPy's lstsq on the stacked examples)."""
+  from experiments.pipeline.matching import fitted_multiplier
+  rng = np.random.default_rng(0)
+  corr = {s: rng.normal(size=(n, 4)) for s, n in (("forget", 5), ("retain", 9))}
+  oracle = {s: rng.normal(size=c.shape) for s, c in corr.items()}
+  original = {s: (oracle[s] + 2.5 * corr[s] + 0.1 * rng.normal(size=corr[s].shape))[None]
+              + 0.01 * rng.normal(size=(3,) + corr[s].shape) for s in corr}
+  got = fitted_multiplier(original, oracle, corr)
+  a = np.concatenate([corr[s].ravel() for s in corr])[:, None]
+  b = np.concatenate([(original[s].mean(0) - oracle[s]).ravel() for s in corr])
+  assert got == pytest.approx(np.linalg.lstsq(a, b, rcond=None)[0][0], rel=1e-9)
+  assert got == pytest.approx(2.5, abs=0.1)

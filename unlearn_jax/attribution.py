@@ -100,17 +100,24 @@ def projection_matrix(key, num_params: int, proj_dim: int, *, projection: str = 
 
 
 def _projector(key, num_params: int, proj_dim: int, block: int, projection: str):
-  """project(g [c, P]) -> g @ R [c, proj_dim], R = `projection_matrix(key, ...)`, one block
-  of columns drawn at a time."""
+  """(project, back): project(g [c, P]) = g @ R [c, proj_dim] and back(s [proj_dim]) =
+  R @ s [P], R = `projection_matrix(key, ...)`, one block of columns drawn at a time."""
   blocks = -(-proj_dim // block)
+  draw = lambda b: _draw_block(key, b, num_params, block, projection)
+  scale = 1.0 / jnp.sqrt(proj_dim)
 
   def project(g):
-    out = jax.lax.map(lambda b: g @ _draw_block(key, b, num_params, block, projection),
-                      jnp.arange(blocks))                            # [blocks, c, block]
+    out = jax.lax.map(lambda b: g @ draw(b), jnp.arange(blocks))     # [blocks, c, block]
     out = jnp.moveaxis(out, 0, 1).reshape(g.shape[0], blocks * block)[:, :proj_dim]
-    return out / jnp.sqrt(proj_dim)
+    return out * scale
 
-  return project
+  def back(s):
+    padded = jnp.pad(s, (0, blocks * block - proj_dim)).reshape(blocks, block)
+    total = jax.lax.fori_loop(0, blocks, lambda b, acc: acc + draw(b) @ padded[b],
+                              jnp.zeros((num_params,), s.dtype))
+    return total * scale
+
+  return project, back
 
 
 def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int,
@@ -133,7 +140,8 @@ def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int
     train_rows: indices of the training examples whose scores to return (e.g. a forget
       set: DM-Direct needs only its rows); None for all. The kernel is the whole set's.
     sum_rows: return the sum of those rows, Σ_i S[i] (DM-Direct's correction), computed
-      without holding S or the targets' features: memory O(chunk · parameters + n_train · k).
+      without holding S or any target's features: the summed row mapped back through the
+      projection, then one Jacobian-vector product per target (the cost of a forward pass).
 
   Returns:
     S: [rows, n_targets] (margin) or [rows, n_targets, C] (logits), float32; rows is
@@ -163,10 +171,10 @@ def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int
     """(flattened params, logits_of(params, x), project) of model m."""
     params, rest = v["params"], {k: a for k, a in v.items() if k != "params"}
     flat, unravel = ravel_pytree(params)
-    project = _projector(jax.random.fold_in(key, m), flat.size, proj_dim,
-                         min(block, proj_dim), projection)
+    project, back = _projector(jax.random.fold_in(key, m), flat.size, proj_dim,
+                               min(block, proj_dim), projection)
     logits_of = lambda p, x: adapter.logits({"params": unravel(p), **rest}, x[None])[0]
-    return flat, logits_of, project
+    return flat, logits_of, project, back
 
   def q_of(m):       # Q = 1 - p(y | x) on the training set (TRAK's out-to-loss term)
     v = jax.tree_util.tree_map(lambda a: a[m], variables)
@@ -178,7 +186,7 @@ def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int
 
   def one_model(m):
     v = jax.tree_util.tree_map(lambda a: a[m], variables)
-    flat, logits_of, project = model_fns(m, v)
+    flat, logits_of, project, back = model_fns(m, v)
     margin_grads = jax.vmap(jax.grad(lambda p, xi, yi: margin(logits_of(p, xi), yi)),
                             in_axes=(None, 0, 0))
 
@@ -192,11 +200,20 @@ def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int
     phi = _chunks(lambda x, y: project(margin_grads(flat, x, y)), xt, yt, chunk)
     kernel = phi.T @ phi + damping * jnp.eye(proj_dim, dtype=phi.dtype)
     # Φ (ΦᵀΦ + λI)⁻¹ by a solve (the kernel is symmetric positive semidefinite), with the
-    # rows' Q: [rows, k], or their sum [k] (the targets' features are never all held).
+    # rows' Q: [rows, k], or their sum [k].
     weighted = jnp.linalg.solve(kernel, phi[rows].T).T * q_rows[:, None]
     if sum_rows:
-      summed = weighted.sum(0)
-      return _chunks(lambda x, y: target_chunk(x, y) @ summed, xq, yq, chunk)
+      # Σ_i S[i, x] = (Rᵀ J(x)ᵀ)ᵀ w = J(x) (R w): one Jacobian-vector product per target
+      # with the summed row mapped back to parameter space; no target is projected.
+      direction = back(weighted.sum(0))
+
+      def jvp_chunk(x, y):
+        if output == "margin":
+          out = lambda p: jax.vmap(lambda xi, yi: margin(logits_of(p, xi), yi))(x, y)
+        else:
+          out = lambda p: jax.vmap(lambda xi: logits_of(p, xi))(x)
+        return jax.jvp(out, (flat,), (direction,))[1]
+      return _chunks(jvp_chunk, xq, yq, chunk)
     target = _chunks(target_chunk, xq, yq, chunk)
     return jnp.einsum("ik,t...k->it...", weighted, target)
 

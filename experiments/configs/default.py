@@ -129,7 +129,8 @@ def _other_entry_points(c: ml_collections.ConfigDict) -> None:
       proj_dim=512,             # TRAK's projection dimension
       damping=1e-3,             # added to TRAK's kernel (needed once proj_dim >= the rank)
       chunk=64,                 # examples whose gradients TRAK holds at once
-      multiplier=1.0))          # DM-Direct: logits - multiplier * sum of the forget rows
+      multiplier=1.0,           # DM-Direct: logits - multiplier * sum of the forget rows
+      fit_multiplier=False))    # True: the multiplier fitted to the oracles (TRAK has no unit)
   c.tune = ml_collections.ConfigDict(dict(        # experiments.tune
       budget=16,                # configurations per method (the defaults are the first)
       select="no_retrain",      # no_retrain | retrain_gap

@@ -9,6 +9,10 @@
   (`unlearn_jax.attribution.trak_scores`, output "logits", the first
   `matching.trak_models` originals as the ensemble). The population's mean, as
   oracle_matching's targets are the oracles' mean: one target for every original.
+  TRAK's scores have no unit (they rank; their scale depends on the model's confidence):
+  with `matching.fit_multiplier` the multiplier is instead the least-squares fit of the
+  correction to the gap between the originals' and the oracles' mean logits on forget and
+  retain (one number; it needs the oracles, so DMM then is not oracle-free).
 * `dm_direct` (when dmm runs and `matching.dm_direct` is True) is a row of its own: each
   original's logits minus the same correction on forget, retain and test, scored like a population. No weights
   change: its probe accuracy is the originals'.
@@ -46,14 +50,14 @@ class Targets:
 
 
 def needed(method_names, cfg) -> tuple[bool, bool]:
-  """(oracles needed, TRAK needed) for the chosen methods."""
+  """(oracles needed, TRAK needed) for the chosen methods (and the multiplier's fit)."""
   reads = [m for m in method_names if "targets" in methods_lib.get_method(m).reads]
   unknown = [m for m in reads if m not in ORACLE_METHODS + PREDICTED_METHODS]
   if unknown:
     raise UsageError(f"--methods: {unknown[0]} reads targets this evaluation cannot make; "
                      f"it makes them for {', '.join(ORACLE_METHODS + PREDICTED_METHODS)}")
-  oracles = any(m in ORACLE_METHODS for m in reads)
   trak = any(m in PREDICTED_METHODS for m in reads)
+  oracles = any(m in ORACLE_METHODS for m in reads) or (trak and bool(cfg.matching.fit_multiplier))
   return oracles, trak
 
 
@@ -109,6 +113,20 @@ def trak_correction(cfg, st, originals, score, log) -> tuple[dict, dict]:
   return out, {"models": int(M.trak_models), "proj_dim": int(M.proj_dim), "seconds": seconds}
 
 
+def fitted_multiplier(original_logits: dict, oracle_mean: dict, correction: dict) -> float:
+  """argmin_m Σ ‖(mean original logits − oracles' mean) − m · correction‖² over the forget
+  and retain examples: <gap, c> / <c, c>."""
+  num = den = 0.0
+  for s in ("forget", "retain"):
+    gap = np.asarray(original_logits[s], np.float64).mean(0) - np.asarray(oracle_mean[s])
+    c = np.asarray(correction[s], np.float64)
+    num, den = num + float(np.sum(gap * c)), den + float(np.sum(c * c))
+  if not den > 0:
+    raise UsageError("--config.matching.fit_multiplier: TRAK's correction is zero on every "
+                     "example; raise --config.matching.proj_dim or check the model")
+  return num / den
+
+
 def targets(cfg, st, method_names, originals, original_logits: dict, score, chunk, log,
             cache, train_populations) -> Targets:
   """Every matching method's targets and the DM-Direct row's logits (module docstring)."""
@@ -123,6 +141,11 @@ def targets(cfg, st, method_names, originals, original_logits: dict, score, chun
   if use_trak:
     correction, costs["trak"] = trak_correction(cfg, st, originals, score, log)
     multiplier = float(cfg.matching.multiplier)
+    if cfg.matching.fit_multiplier:
+      multiplier = fitted_multiplier(original_logits, mean, correction)
+      log(f"dmm/dm_direct: multiplier {multiplier:.4g}, the least-squares fit of TRAK's "
+          f"correction to the originals' gap to the {cfg.matching.oracles} oracles")
+    costs["trak"]["multiplier"] = multiplier
     predicted = {s: np.asarray(attribution.dm_direct(original_logits[s], correction[s][None],
                                                      jnp.zeros(1, jnp.int32),
                                                      multiplier=multiplier))
