@@ -131,8 +131,10 @@ def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int
     variables: an ensemble: the model's variables with a leading axis of M models.
     train: (x, y) of the training set; `targets`: (x, y) of the examples to attribute
       (the labels matter for `output="margin"` only).
-    proj_dim: the projection's dimension k (≥ 1). At k ≥ the number of parameters, with
-      `damping=0`, the scores do not depend on the projection.
+    proj_dim: the projection's dimension k (≥ 1). For the margin at k = the parameter
+      count the projection drops out (an invertible map of the gradients' span); where the
+      gradients do not span the parameters (a softmax's logits share a free constant) the
+      kernel is singular at such k: give a small `damping`.
     key: the projection's key; model m uses fold_in(key, m).
     output: "margin" (TRAK's) or "logits" (one output per class: S [train, targets, C]).
     projection: "rademacher" or "normal". damping: λ ≥ 0 added to ΦᵀΦ.
@@ -168,7 +170,7 @@ def trak_scores(model, variables, train: tuple, targets: tuple, *, proj_dim: int
                      f"{rows.dtype}")
 
   def model_fns(m, v):
-    """(flattened params, logits_of(params, x), project) of model m."""
+    """(flattened params, logits_of(params, x), project, back) of model m."""
     params, rest = v["params"], {k: a for k, a in v.items() if k != "params"}
     flat, unravel = ravel_pytree(params)
     project, back = _projector(jax.random.fold_in(key, m), flat.size, proj_dim,

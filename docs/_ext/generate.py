@@ -399,6 +399,7 @@ def _tuning_page(run: Path, title: str) -> list[str]:
 
 
 EVALUATION_COLUMNS = (("klom_average_95", "KLOM avg95 [95%]", "interval:{:.2f}"),
+                      ("klom_forget_p95", "KLOM forget", "{:.2f}"),
                       ("klom_distinguishable_from_floor", "≠ floor", "verdict"),
                       ("klom_distinguishable_from_original", "≠ nothing", "verdict"),
                       ("ulira_accuracy", "U-LiRA", "{:.2f}"),
@@ -450,6 +451,46 @@ def _evaluation_page(run: Path, title: str) -> list[str]:
   for r in rows:
     lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(c), how, r, c)
                                                     for c, _, how in EVALUATION_COLUMNS) + " |")
+  return lines + _matching_section(run, rows)
+
+
+def _matching_section(run: Path, rows: list) -> list[str]:
+  """For a run with the matching methods (`info.matching` in evaluation.json): what their
+  targets cost, and the approximate methods ranked by forget-split KLOM."""
+  import json
+  saved = json.loads((run / "evaluation.json").read_text())
+  info = saved.get("info", {})
+  fitted = saved.get("config", {}).get("matching", {}).get("fit_multiplier", False)
+  costs = info.get("matching") or {}
+  if not costs:
+    return []
+  n = int(info.get("num_models", 0)) or 1
+  lines = ["", "## The matching methods' targets and their cost", ""]
+  if "oracles" in costs:
+    o = costs["oracles"]
+    lines.append(f"- oracle_matching's targets: the mean logits of {o['models']} oracles "
+                 f"(models retrained without the forget set, seeds apart from the scored "
+                 f"retrained ones), {o['seconds']:.0f} s to train"
+                 + (" (reused from the population cache)" if o.get("reused") else "")
+                 + f", {o['seconds'] / n:.2f} s per unlearned model of the population.")
+  if "trak" in costs:
+    t = costs["trak"]
+    lines.append(f"- dmm's targets and the dm_direct row: TRAK scores of the forget set "
+                 f"({t['models']} originals as the ensemble, projection {t['proj_dim']}), "
+                 f"{t['seconds']:.0f} s ({t['seconds'] / n:.2f} s per model: dm_direct's "
+                 f"`seconds`), multiplier {t['multiplier']:.4g}"
+                 + (" (fitted to the oracles' mean: DMM here is not oracle-free)" if fitted
+                    else "") + ".")
+  lines.append("- The table's `seconds` of oracle_matching and dmm are the fine-tuning "
+               "alone; their targets' cost is above, paid once for the population.")
+  approximate = [r for r in rows if r["method"] not in ("original", "retrain")]
+  ranked = sorted(approximate, key=lambda r: float(r["klom_forget_p95"]))
+  floor = next((r for r in rows if r["method"] == "retrain"), None)
+  lines += ["", "Forget-split KLOM (p95, nats; lower is nearer retraining), the approximate "
+            "methods in order" + (f"; the floor (retrain) is "
+                                  f"{float(floor['klom_forget_p95']):.2f}" if floor else "")
+            + ": " + ", ".join(f"{r['method']} {float(r['klom_forget_p95']):.2f}"
+                               for r in ranked) + "."]
   return lines
 
 
