@@ -146,7 +146,7 @@ def _hparams(**overrides):
      "conv='cudnn' is unknown; allowed: auto, xla, patches, canonical"),
     (dict(methods="finetune"), dict(finetune=dict(epochs=0)),
      "--config.methods.finetune.epochs=0 lies outside finetune's bounds for epochs: [1, inf)"),
-    (dict(methods="oracle_matching"), {}, "--methods: oracle_matching matches the outputs of "
+    (dict(methods="oracle_matching"), {}, "--methods: oracle_matching match the outputs of "
      "models trained without the forget set, which this stage does not train; run it with "
      "python -m experiments.evaluate"),
 ])
@@ -215,12 +215,15 @@ def test_default_methods_are_every_method_meant_for_the_scenario():
   with pytest.raises(usage.UsageError, match="gkt is zero-shot"):
     settings.resolve_methods(["gkt", "finetune"], "random")
   # a stage without oracles (every one but experiments.evaluate) skips the matching methods,
-  # saying so, and refuses them by name
+  # saying so (from every method, or from a list such as a config's data methods), and
+  # refuses them when nothing else is left
   notes = []
   assert settings.resolve_methods(every, "random", log=notes.append, targets=False) == tuple(
       m for m in methods.list_methods() if m not in zero_shot + ("oracle_matching", "dmm"))
   assert any("skipping oracle_matching, dmm" in n for n in notes), notes
-  with pytest.raises(usage.UsageError, match="dmm matches the outputs of models trained"):
+  assert settings.resolve_methods(["dmm", "scrub", "oracle_matching"], "random",
+                                  targets=False) == ("scrub",)
+  with pytest.raises(usage.UsageError, match="dmm match the outputs of models trained"):
     settings.resolve_methods(["dmm"], "random", targets=False)
 
 

@@ -52,6 +52,23 @@ def parse_classes(text) -> tuple:
 MATCHING_STAGE = "python -m experiments.evaluate"   # the stage that trains oracles
 
 
+def _without_matching(names: list, log: Callable[[str], None]) -> tuple[list, list]:
+  """(`names` less the methods that read `targets`, those methods), with a note saying
+  so; a UsageError when nothing else is left (a stage without oracles cannot run them)."""
+  matching = [m for m in names if "targets" in methods_lib.get_method(m).reads]
+  if not matching:
+    return names, []
+  rest = [m for m in names if m not in matching]
+  if not rest:
+    raise UsageError(f"--methods: {', '.join(matching)} match the outputs of models trained "
+                     f"without the forget set, which this stage does not train; run "
+                     f"{'it' if len(matching) == 1 else 'them'} with {MATCHING_STAGE} (its "
+                     "oracle population and attribution scores)")
+  log(f"note: skipping {', '.join(matching)}: they match the outputs of models trained "
+      f"without the forget set, which {MATCHING_STAGE} trains")
+  return rest, matching
+
+
 def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
                     log: Callable[[str], None] = lambda s: None, *,
                     targets: bool = True) -> tuple:
@@ -60,7 +77,8 @@ def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
   `scenario` or (when `batch_norm` is known) not runnable on the model are skipped, with a
   note; a method chosen by name that cannot run here is a UsageError naming why.
   `targets=False`: the stage has no oracle population or attribution scores, so the
-  methods that read `targets` (oracle_matching, dmm) cannot run in it."""
+  methods that read `targets` (oracle_matching, dmm) are skipped with a note (a
+  UsageError when they are all that was chosen)."""
   known = methods_lib.list_methods()
   names = list(names)
   for m in names:
@@ -71,15 +89,13 @@ def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
       raise UsageError(f"--methods: {m!r} is unknown; allowed: {', '.join(known)}")
   if not names:
     raise UsageError("--methods: no method chosen; allowed: " + ", ".join(known))
-  if set(names) == set(known):
+  every = set(names) == set(known)
+  names, skipped = _without_matching(names, log) if not targets else (names, [])
+  if every:
     chosen = []
-    matching = [m for m in known if "targets" in methods_lib.get_method(m).reads]
-    if not targets and matching:
-      log(f"note: skipping {', '.join(matching)}: they match an oracle population's (or "
-          f"its prediction's) outputs, which {MATCHING_STAGE} provides")
     for m in known:
       spec = methods_lib.get_method(m)
-      if scenario not in spec.scenarios or (not targets and m in matching):
+      if scenario not in spec.scenarios or m in skipped:
         continue
       if batch_norm is False and "batch_norm" in spec.requires:
         log(f"note: skipping {m}: it needs a model with BatchNorm (--config.model=cnn or "
@@ -89,10 +105,6 @@ def resolve_methods(names, scenario: str, batch_norm: bool | None = None,
     return tuple(chosen)
   for m in names:
     spec = methods_lib.get_method(m)
-    if not targets and "targets" in spec.reads:
-      raise UsageError(f"--methods: {m} matches the outputs of models trained without the "
-                       f"forget set, which this stage does not train; run it with "
-                       f"{MATCHING_STAGE} (its oracle population and attribution scores)")
     if not spec.reads and scenario not in spec.scenarios:
       raise UsageError(f"--methods: {m} is zero-shot and forgets whole classes: it needs "
                        f"--config.scenario=class with --config.forget_classes (got "
