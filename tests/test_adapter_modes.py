@@ -71,6 +71,8 @@ def test_an_unbound_axis_name_is_named_with_the_field_to_set():
   assert "add it: axis_names=('batch',)" in message and "\n" not in message
 
 
+# The integration lane, for the default lane's 5 minutes (CI runs both lanes).
+@pytest.mark.integration
 def test_bound_axis_gives_each_models_own_batch_statistics(digits):
   """Bound as a size-one axis, the BatchNorm's pmean is the identity: the train-mode call
   equals the same model built without an axis name, outputs and updated statistics."""

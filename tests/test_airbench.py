@@ -25,6 +25,7 @@ def _airbench_parameter_count(widths=(64, 256, 256), classes=10, channels=3, whi
   return count + c_in * classes
 
 
+@pytest.mark.integration   # a parity check against airbench's code: the default lane's time
 def test_airbench94_is_airbenchs_network():
   """Trainable parameter count as airbench's layer list gives it (full and reduced width);
   the whitening kernel outside `params` (never trained); the dirac start (a group's first
@@ -51,6 +52,7 @@ def test_airbench94_is_airbenchs_network():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration   # a parity check against airbench's code: the default lane's time
 def test_the_whitening_kernel_whitens_the_patches():
   """After `data_init`, the whitening conv's first 2·2·3 outputs on the images it was fitted
   to have unit variance and no correlation (NumPy covariance), and the other half are
@@ -253,6 +255,7 @@ def test_every_data_method_runs_on_airbench94(name, digits, digits_split):
                                 start["constants"]["whiten_kernel"])
 
 
+@pytest.mark.integration   # a parity check against airbench's code: the default lane's time
 def test_test_time_augmentation_is_airbenchs():
   """`predict_tta`: level 1 is the mean of the image's and its mirror's logits, level 2 half
   that and half the mirror-averaged logits of the reflect-padded image shifted up-left and

@@ -69,6 +69,9 @@ def logistic_problem(seed: int) -> dict:
               fit=fit, margins=margins, full=full, effect=effect)
 
 
+# The leave-one-out references refit the model 150 times per problem (Newton, vmapped) and
+# the datamodels 500 times: the integration lane, for the default lane's time.
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [0, 1])
 def test_trak_tracks_exact_leave_one_out_on_a_logistic_model(seed):
   """Binary logistic regression with an L2 penalty, refitted without each training
@@ -88,6 +91,7 @@ def test_trak_tracks_exact_leave_one_out_on_a_logistic_model(seed):
   assert abs(np.corrcoef(shuffled, effect.ravel())[0, 1]) < 0.5
 
 
+@pytest.mark.integration
 def test_datamodels_of_subset_models_track_exact_leave_one_out():
   """The paper's second source on the same logistic model: 500 models fitted on random
   50% subsets (one vmapped program), each target's margin regressed on the inclusion
@@ -138,7 +142,9 @@ def trak_in_numpy(kernels, biases, x, y, xt, yt, damping, output, projections=No
   return total / m * (q_total / m).reshape((-1,) + (1,) * (np.ndim(total) - 1))
 
 
-@pytest.mark.parametrize("output", ["margin", "logits"])
+# The logits output (a Jacobian per target, the summed-rows path) compiles for ~10 s: the
+# integration lane; the margin runs in the default one.
+@pytest.mark.parametrize("output", ["margin", pytest.param("logits", marks=pytest.mark.integration)])
 def test_trak_equals_its_formula_in_numpy(output):
   """Three checkpoints of a 3-class linear model: the scores equal the NumPy formula with
   the same projection matrices (`projection_matrix`: the library's draw, the formula

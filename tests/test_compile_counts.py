@@ -56,6 +56,8 @@ def run_and_count(seed_loop: str, names) -> dict:
   return counts
 
 
+# The integration lane, for the default lane's 5 minutes (CI runs both lanes).
+@pytest.mark.integration
 def test_each_kind_of_schedule_compiles_once_per_run_seed_after_seed():
   """Sequential seeds; the vmapped seed loop is the population test's below."""
   run_and_count("sequential", POPULATION_METHODS)

@@ -41,6 +41,8 @@ def _coverage(n, mus, truth, draws, rng, resamples=200):
   return float(np.mean(hits)), float(np.mean(widths))
 
 
+# The integration lane, for the default lane's 5 minutes (CI runs both lanes).
+@pytest.mark.integration
 def test_the_klom_interval_covers_its_expectation_at_small_n():
   """At 32 models per side the 95% interval covers KLOM's expectation (Monte Carlo over 200
   independent draws, NumPy) in at least 90% of 40 draws, and is no wider than four of the

@@ -147,7 +147,8 @@ def test_influence_caps_the_gradient_matrix(setup):
   assert int(aux["fisher_examples"]) == 100
 
 
-@pytest.mark.parametrize("threshold,expect", [(1.01, "none"), (0.8, "some"), (0.0, "all")])
+@pytest.mark.parametrize("threshold,expect", [   # "none": integration (the default lane's time)
+    pytest.param(1.01, "none", marks=pytest.mark.integration), (0.8, "some"), (0.0, "all")])
 def test_activation_reset_selects_conv_kernels_by_threshold(digits, digits_split, threshold,
                                                              expect):
   m = models.get_model("cnn", 10, widths=(8, 16), dense=32)
@@ -279,6 +280,8 @@ def test_deepinversion_entropy_filter_keeps_every_class():
     assert set(idx[kept == c].tolist()) == set(lowest.tolist())
 
 
+# The integration lane, for the default lane's 5 minutes (CI runs both lanes).
+@pytest.mark.integration
 def test_fisher_forgetting_class_branch_redraws_only_the_forgotten_head_column(setup):
   """The reference's class branch (Golatkar et al.'s get_mean_var): the forgotten class's
   head row gets mean 0 and variance 1e-3; nothing else changes beyond the Fisher noise."""

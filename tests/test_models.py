@@ -10,9 +10,12 @@ from unlearn_jax import models
 
 
 
-@pytest.mark.parametrize("name,shape", [("mlp", (8, 8, 1)), ("cnn", (8, 8, 1)),
-                                        ("cnn", (32, 32, 3)), ("resnet18", (8, 8, 1)),
-                                        ("vit:16-1-2", (8, 8, 1)), ("vit:16-1-2", (32, 32, 3))])
+# ResNet-18 and the 32x32 ViT: the integration lane, for the default lane's 5 minutes
+@pytest.mark.parametrize("name,shape", [
+    ("mlp", (8, 8, 1)), ("cnn", (8, 8, 1)), ("cnn", (32, 32, 3)),
+    pytest.param("resnet18", (8, 8, 1), marks=pytest.mark.integration),
+    ("vit:16-1-2", (8, 8, 1)),
+    pytest.param("vit:16-1-2", (32, 32, 3), marks=pytest.mark.integration)])
 def test_models_give_logits_and_features(name, shape):
   m = models.get_model(name, 7)
   adapter = uj.as_adapter(m)

@@ -20,7 +20,9 @@ def _shard(tree, s):
   return jax.tree_util.tree_map(lambda a: a[s], tree)
 
 
-@pytest.mark.parametrize("loop", ["sequential", "vmap"])
+# sequential: the integration lane, for the default lane's 5 minutes (CI runs both lanes)
+@pytest.mark.parametrize("loop", [pytest.param("sequential", marks=pytest.mark.integration),
+                                  "vmap"])
 def test_a_deletion_equals_training_the_shard_from_scratch_without_it(small, loop, tmp_path):
   """Delete two examples of slice 2 of shard 1: shard 1 restarts from its stage-1
   checkpoint; its weights then equal a from-scratch SISA run without the two examples with

@@ -154,7 +154,8 @@ class _DyingStore(checkpoint.ResumeStore):
 
 @pytest.mark.parametrize("name,hp", [
     ("scrub", dict(epochs=3, max_epochs=2)),            # cycles, an inactive phase
-    ("unsir", dict(noise_steps=20)),                    # data-free steps, enter, two phases
+    pytest.param("unsir", dict(noise_steps=20),         # data-free steps, enter, two phases
+                 marks=pytest.mark.integration),       # (the default lane's 5 minutes)
     ("ssd", {})])                                       # one-shot edit
 def test_a_method_killed_mid_way_resumes_to_the_one_program_result(setting, tmp_path, name, hp):
   """Checkpointed chunks (`MethodProgram.resumable`, one epoch / cycle or 10 data-free

@@ -112,8 +112,14 @@ def dmm(ctx: MethodContext, *, epochs, lr, batch_size, lr_decay, retain_multiple
 
   data.targets: `attribution.dm_direct(original logits, scores, forget)` on data.forget and
   data.retain: the original model's logits minus the forget set's summed attribution scores
-  (TRAK or datamodels), a prediction of a retrained model's logits that needs no oracle. Update and defaults:
-  `oracle_matching`'s (the same steps on other targets).
+  (TRAK or datamodels), a prediction of a retrained model's logits that needs no oracle.
+
+  Update: `oracle_matching`'s (the same steps on other targets): Adam on the MSE (or
+  soft-label CE) to the targets over the forget set and min(retain_multiple·|F|, |R|)
+  retain examples drawn by `default_rng(42)`, the lr multiplied by lr_decay each epoch.
+  Reads: forget, retain and their targets.
+  Defaults: Oracle Matching's: 5 epochs, lr 5e-4, batch 512, γ 0.95, 3·|F| retain
+  examples, λ = wd_lambda = 0, loss "mse".
   """
   return matching_steps(ctx, epochs=epochs, lr=lr, batch_size=batch_size, lr_decay=lr_decay,
                         retain_multiple=retain_multiple, wd_lambda=wd_lambda, loss=loss)
