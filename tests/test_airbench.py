@@ -11,6 +11,7 @@ import pytest
 import unlearn_jax as uj
 from unlearn_jax import models, train
 from experiments.configs import recipes
+import method_data  # tests/method_data.py: select_data with targets for every method
 
 
 def _airbench_parameter_count(widths=(64, 256, 256), classes=10, channels=3, whiten=2):
@@ -242,7 +243,7 @@ def test_every_data_method_runs_on_airbench94(name, digits, digits_split):
   model = uj.get_model("airbench94:8-8-8", 10)
   ctx = uj.MethodContext(model, 10, (16, 16, 1))
   method = uj.get_method(name)
-  data = uj.select_data(method, forget=forget, retain=retain, ctx=ctx)
+  data = method_data.select(method, forget=forget, retain=retain, ctx=ctx)
   start = models.data_init(model, ctx.model.init(jax.random.PRNGKey(0), (16, 16, 1)),
                            retain[0])
   keys = jax.random.split(jax.random.PRNGKey(1), 2)

@@ -21,7 +21,10 @@ from unlearn_jax import methods
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_log  # noqa: E402
 
-WITH_DATA = [m for m in methods.list_methods() if methods.get_method(m).reads]
+# The methods experiments.unlearn runs: those that read data, less the matching ones (they
+# need an oracle population, which only experiments.evaluate trains).
+WITH_DATA = [m for m in methods.list_methods() if methods.get_method(m).reads
+             and "targets" not in methods.get_method(m).reads]
 # One per kind of schedule (epochs of a gradient phase, a one-shot edit, cycles, noise then
 # phases); the 9-method N = 16 evaluation is measured in the closing note.
 POPULATION_METHODS = ("finetune", "ssd", "scrub", "unsir")
