@@ -274,3 +274,17 @@ def test_a_results_page_is_what_its_command_gives_today(run):
     hparams = settings.resolve_hparams(want, today["methods"], today["scenario"], lambda s: None,
                                     today["model"])
     assert recorded["hparams"] == hparams, f"{regen} (the methods' hyperparameters)"
+
+
+def test_a_results_page_names_no_path_of_the_machine_that_ran_it():
+  """A recorded command's data path (`--dataset=` or `--config.dataset=image_folder:/...`)
+  is the running machine's: the page shows `$CIFAR10`, the variable regenerate.sh reads."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "_ext" / "generate.py")
+  generate = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(generate)
+  for run in _runs():
+    text = generate.stamp(run)
+    assert "/work/" not in text and "shared/data" not in text, (run.name, text)
+  cifar = [r for r in _runs() if "cifar" in r.name]
+  assert cifar and all("$CIFAR10" in generate.stamp(r) for r in cifar)

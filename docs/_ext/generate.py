@@ -279,8 +279,8 @@ def stamp(run: Path) -> str:
                                                  else "")
   # A data set given by path names a file on the machine that ran it: shown as the
   # variable regenerate.sh reads (`CIFAR10`), not as that machine's path.
-  command = re.sub(r"--dataset=(image_folder|cifar10|cifar100):\S+", '--dataset="$CIFAR10"',
-                   p["command"])
+  command = re.sub(r"--(config\.)?dataset=(image_folder|cifar10|cifar100):\S+",
+                   lambda m: f'--{m.group(1) or ""}dataset="$CIFAR10"', p["command"])
   return (f"Generated from `docs/results/{run.name}/` (run `{command}`; commit "
           f"{commit}; {p['date'][:10]}; unlearn_jax {p['unlearn_jax']}, JAX {p['jax']}; "
           f"{hw['backend']}: {hw['devices']} {hw['device_kind']} device(s), "
