@@ -32,9 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import cli
-from .pipeline import population
-
-from .pipeline import experiment, rundir, settings, usage
+from .pipeline import experiment, reference_models, rundir, settings, usage
 from .evaluate import cache_dir, chunk_of
 from .reports.population import intervals_markdown
 from unlearn_jax import metrics as M
@@ -182,10 +180,10 @@ def job(cfg) -> str:
   st = experiment.setup(cfg, print)
   n = sizes[-1]
   with rundir.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
-    originals, oracles, _ = population.train_populations(cfg, st, n, chunk, print, cache)
-    _, second, _ = population.train_populations(cfg, st, n, chunk, print, cache,
-                                                names=("retrain",),
-                                                first_seed=int(cfg.seed) + n)
+    originals, oracles, _ = reference_models.references(cfg, st, n, print, cache=cache,
+                                                        chunk=chunk)
+    _, second, _ = reference_models.references(cfg, st, n, print, cache=cache, chunk=chunk,
+                                               names=("retrain",), first_seed=int(cfg.seed) + n)
     print("margins of the three populations")
     predict = PopulationLogits(st.model, chunk)
     phi = {k: margins_by_split(st, ms.variables, predict)

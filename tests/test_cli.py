@@ -490,3 +490,39 @@ def test_ctrl_c_and_an_os_error_end_in_one_line(tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
   assert r.stderr.startswith("error: Not a directory: ") and "UNLEARN_JAX_CACHE" in r.stderr
+
+
+def _functions(path: Path):
+  import ast
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      yield node
+
+
+def test_no_function_in_the_application_is_over_60_lines():
+  """The application reads as named steps: no function in experiments/ is longer than 60
+  lines (a long one is split into the steps it does)."""
+  long = [f"{p.relative_to(ROOT)}:{f.lineno} {f.name} ({f.end_lineno - f.lineno + 1} lines)"
+          for p in sorted((ROOT / "experiments").rglob("*.py")) for f in _functions(p)
+          if f.end_lineno - f.lineno + 1 > 60]
+  assert not long, "split these into named steps: " + "; ".join(long)
+
+
+def test_every_stage_gets_its_references_from_one_function():
+  """experiments.unlearn, evaluate, tune, requests and klom_curve (and the matching
+  oracles) train or restore their original and retrained models through
+  `pipeline.reference_models.references` (one fingerprint, one cache): no other module
+  calls the trainer of a reference itself."""
+  import ast
+  callers = {}
+  for p in sorted((ROOT / "experiments").rglob("*.py")):
+    for node in ast.walk(ast.parse(p.read_text())):
+      if isinstance(node, ast.Call):
+        name = getattr(node.func, "attr", getattr(node.func, "id", None))
+        callers.setdefault(name, set()).add(p.relative_to(ROOT).as_posix())
+  assert callers.get("train_reference", set()) <= {"experiments/pipeline/reference_models.py"}, \
+      f"a stage trains references by itself: {callers['train_reference']}"
+  assert {"experiments/pipeline/run.py", "experiments/pipeline/population.py",
+          "experiments/pipeline/tuning.py", "experiments/pipeline/requests.py",
+          "experiments/pipeline/matching.py", "experiments/klom_curve.py"} <= \
+      callers.get("references", set()), callers.get("references")

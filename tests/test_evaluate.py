@@ -79,8 +79,8 @@ def test_evaluation_artifacts(evaluated):
 
 def test_second_evaluation_reuses_the_populations(evaluated):
   base, first, second = evaluated
-  assert "saving the populations" in first.stdout
-  assert "reusing the populations" in second.stdout
+  assert "saving the references" in first.stdout
+  assert "reusing the references" in second.stdout
   a = {r["method"]: r for r in csv.DictReader(open(base / "a" / "evaluation.csv"))}
   b = {r["method"]: r for r in csv.DictReader(open(base / "b" / "evaluation.csv"))}
   for name in ("original", "retrain"):        # same populations → same numbers
@@ -99,7 +99,7 @@ def test_the_matching_methods_get_their_targets(evaluated):
                "--config.matching.oracles=2", "--config.matching.trak_models=2",
                "--config.matching.proj_dim=32", "--config.matching.multiplier=50")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "reusing the populations" in r.stdout and "oracle_matching: 2 oracles" in r.stdout
+  assert "reusing the references" in r.stdout and "oracle_matching: 2 oracles" in r.stdout
   rows = {row["method"]: row for row in csv.DictReader(open(base / "m" / "evaluation.csv"))}
   assert list(rows) == ["original", "retrain", "dm_direct", "oracle_matching", "dmm"]
   # DM-Direct changes no weights, but its logits are not the originals': the correction
@@ -113,7 +113,7 @@ def test_the_matching_methods_get_their_targets(evaluated):
                    f"--config.evaluate.populations_dir={base / 'pops'}",
                    "--config.matching.oracles=2")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("reusing the populations") == 2, again.stdout[-3000:]
+  assert again.stdout.count("reusing the references") == 2, again.stdout[-3000:]
 
 
 @pytest.mark.parametrize("args,needle", [

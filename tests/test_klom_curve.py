@@ -83,7 +83,7 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
                           "--config.train.epochs=3", f"--workdir={tmp_path / 'again'}",
                           f"--config.evaluate.populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0 and again.stdout.count("reusing the populations") == 2, \
+  assert again.returncode == 0 and again.stdout.count("reusing the references") == 2, \
       again.stdout[-2000:]
   assert (tmp_path / "again" / "curve.csv").read_text() == (run / "curve.csv").read_text()
   bad = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=4,2",

@@ -2,18 +2,15 @@
 every original, scored by `unlearn_jax.evaluation` (the library's per-example attacks
 between populations). `experiments/evaluate.py` is the thin absl wrapper around `run`.
 
-The populations are trained by `unlearn_jax.driver` (vmapped, in chunks of `chunk` models
-when memory asks for it) and checkpointed with a fingerprint of what produced them, so a
-second evaluation of other methods reuses them (`populations/` in the run directory).
+The populations are the references every stage trains (`reference_models.references`:
+vmapped, in chunks of `chunk` models when memory asks for it), cached with a fingerprint of
+what produced them under `evaluate.populations_dir`, so a second evaluation of other methods
+reuses them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -23,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import experiment, matching, reference_models, settings
-from unlearn_jax import train_programs
 from .usage import UsageError
 from unlearn_jax import driver
 from unlearn_jax import methods as methods_lib
@@ -38,108 +34,6 @@ from unlearn_jax.evaluation import (PopulationFeatures, PopulationLogits, SplitH
 
 def _stack(parts):
   return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
-
-
-POPULATIONS = ("original", "retrain")
-
-
-def fingerprint(cfg, st: experiment.Setup, num_models: int, names=POPULATIONS,
-                first_seed=None) -> dict:
-  """What determines the populations; a checkpoint is reused only when this matches."""
-  fp = {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset or 0),
-        "test_subset": int(cfg.test_subset or 0), "model": st.model_name,
-        "split_sha256": st.split.digests(), "recipe": dataclasses.asdict(st.recipe),
-        "num_models": int(num_models),
-        "seed": int(cfg.seed) if first_seed is None else int(first_seed)}
-  if tuple(names) != POPULATIONS:
-    fp["populations"] = list(names)
-  prog = st.train_program
-  if (prog.loop, prog.conv) != (train_programs.DEFAULT.loop, train_programs.DEFAULT.conv):
-    # Another compiled program trains other weights (equal up to rounding): another cache.
-    fp["train_program"] = {"loop": prog.loop, "conv": prog.conv,
-                           "steps_per_call": prog.steps_per_call}
-  return fp
-
-
-def _digest(fp: dict) -> str:
-  return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_populations(cfg, st: experiment.Setup, num_models: int, chunk: int, log,
-                      cache: Path | None, names=POPULATIONS, first_seed=None):
-  """(originals, retrained, reused): ModelSets of `num_models` each (None for a population
-  not in `names`). Model i of each population has seed `first_seed + i` (default
-  `cfg.seed`). With a `cache` root, populations live in `cache/<fingerprint digest>/` and
-  are restored from there when present, else trained and saved there."""
-  fp = fingerprint(cfg, st, num_models, names, first_seed)
-  cache = None if cache is None else Path(cache).expanduser() / _digest(fp)
-  first_seed = int(cfg.seed) if first_seed is None else int(first_seed)
-  if cache is None:
-    return _train_or_restore(st, num_models, chunk, log, None, fp, names, first_seed)
-  # Two evaluations with the same settings at once: one trains and saves, the other waits
-  # for the lock and then restores what the first saved. In a multi-process job process 0
-  # holds the lock for all (the others would wait on it while process 0 waits on them).
-  from unlearn_jax.data import cache_lock
-  with cache_lock(cache) if parallel.is_writer() else contextlib.nullcontext():
-    parallel.barrier("population cache locked")
-    return _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed)
-
-
-def _train_or_restore(st, num_models, chunk, log, cache, fp, names, first_seed):
-  from unlearn_jax import checkpoint
-  if cache is not None and (cache / "fingerprint.json").exists():
-    saved = json.loads((cache / "fingerprint.json").read_text())
-    if saved.get("digest") == _digest(fp):
-      log(f"reusing the populations in {cache} (fingerprint {saved['digest']})")
-      like = parallel.seed_sharded(jax.eval_shape(jax.vmap(lambda k: models_lib.init_variables(
-          st.model, k, st.ds.input_shape)), jax.random.split(jax.random.PRNGKey(0), num_models)))
-      out = []
-      for name in POPULATIONS:
-        if name not in names:
-          out.append(None)
-          continue
-        try:
-          v = checkpoint.restore_variables(cache / name, like)
-        except checkpoint.CheckpointError as e:
-          raise UsageError(f"{e}; delete {cache} to train the populations anew") from e
-        out.append(driver.ModelSet(name, v, saved["seconds"][name]))
-      return out[0], out[1], True
-    raise UsageError(f"{cache}/fingerprint.json does not match its directory name; "
-                            "the population cache is corrupt: delete that directory")
-  ds, split = st.ds, st.split
-  x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-  retain = (x[split.retain], y[split.retain])
-  seed_keys = reference_models.seed_keys(first_seed, num_models)
-  sets = {}
-  programs = {}   # each population's epoch program, compiled once for all its chunks
-  init_vars = reference_models.initial_variables(st, seed_keys)
-  for name, (xx, yy) in (("original", (x, y)), ("retrain", retain)):
-    if name not in names:
-      continue
-    parts, seconds = [], 0.0
-    for a, b in model_chunks(num_models, chunk):
-      keys = seed_keys[a:b]
-      ms = reference_models.train_reference(st, name, xx, yy, keys,
-                                     jax.tree_util.tree_map(lambda v: v[a:b], init_vars), log,
-                                     label=f"{name} models {a + 1}-{b}/{num_models}",
-                                     programs=programs)
-      parts.append(ms.variables)
-      seconds += ms.seconds * (b - a)
-    sets[name] = driver.ModelSet(name, _stack(parts), seconds / num_models)
-  if cache is not None:
-    log(f"saving the populations to {cache} (a later evaluation with the same settings "
-        "reuses them)")
-    for name, ms in sets.items():       # every process: the arrays span them all
-      checkpoint.save_variables(cache / name, ms.variables)
-    # Written last and atomically: its presence means the populations are complete.
-    if parallel.is_writer():
-      tmp = cache / f".fingerprint.json.{os.getpid()}.tmp"
-      tmp.write_text(json.dumps({"digest": _digest(fp), "fingerprint": fp,
-                                 "seconds": {k: v.seconds for k, v in sets.items()}},
-                                indent=2) + "\n")
-      os.replace(tmp, cache / "fingerprint.json")
-    parallel.barrier("population cache written")
-  return sets.get("original"), sets.get("retrain"), False
 
 
 MEMORY_FRACTION = 0.4      # of physical memory, for one vmapped chunk of a method
@@ -265,12 +159,32 @@ def _log_method(log, m: str, row: dict, seconds: float, num_models: int, t0: flo
       f"{row['klom_average_95_high']:.2f}]")
 
 
+def _score_references(cfg, st, score, forget, originals, retrained, seed_keys, resamples,
+                      log) -> tuple:
+  """([rows of the original and retrained populations], the originals' logits); sets the
+  scorer's reference (the retrained population's split halves) and random-model floor."""
+  log("logits of the retrained and original populations")
+  retrained_logits = score.logits(retrained.variables)
+  random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
+      st.model, jax.random.fold_in(k, 99), st.ds.input_shape)))(seed_keys)
+  score.random_forget = score.predict(random_vars, forget[0])
+  score.reference = SplitHalfReference(retrained_logits, score.labels, seed=cfg.seed,
+                                       num_resamples=resamples[0],
+                                       epsilon_resamples=resamples[1])
+  if score.reference.no_intervals:
+    log(f"WARNING: {score.reference.no_intervals}")
+  original_logits = score.logits(originals.variables)
+  return [score.row("original", originals.variables, 0.0, original_logits),
+          score.row("retrain", retrained.variables, retrained.seconds, retrained_logits)], \
+      original_logits
+
+
 def _matching_targets(cfg, st, originals, original_logits, score, chunk, log, cache,
                       num_models, out) -> matching.Targets:
   """The matching methods' targets (`pipeline.matching`); appends the DM-Direct row to
   `out` when it is reported (its seconds: TRAK's, per model of the population)."""
   targets = matching.targets(cfg, st, st.method_names, originals, original_logits, score,
-                             chunk, log, cache, train_populations)
+                             chunk, log, cache)
   if targets.dm_direct is not None:
     out.append(score.row("dm_direct", originals.variables,
                          targets.costs["trak"]["seconds"] / num_models, targets.dm_direct))
@@ -298,24 +212,15 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   # Batches of training, methods and predictions split over the mesh's `data` axis
   # (see unlearn_jax.parallel); a no-op on one device.
   with parallel.data_parallel(st.mesh):
-    originals, retrained, reused = train_populations(cfg, st, num_models, chunk, log, cache)
+    originals, retrained, reused = reference_models.references(cfg, st, num_models, log,
+                                                               cache=cache, chunk=chunk)
     score, forget, retain = _scorer(st, chunk, mia_models)
     ctx = experiment.method_context(st, st.spec.forget_classes if cfg.scenario == "class"
                                    else ())
     seed_keys = reference_models.seed_keys(cfg.seed, num_models)
-    log("logits of the retrained and original populations")
-    retrained_logits = score.logits(retrained.variables)
-    random_vars = jax.jit(jax.vmap(lambda k: models_lib.init_variables(
-        st.model, jax.random.fold_in(k, 99), st.ds.input_shape)))(seed_keys)
-    score.random_forget = score.predict(random_vars, forget[0])
-    score.reference = SplitHalfReference(retrained_logits, score.labels, seed=cfg.seed,
-                                         num_resamples=num_resamples,
-                                         epsilon_resamples=epsilon_resamples)
-    if score.reference.no_intervals:
-      log(f"WARNING: {score.reference.no_intervals}")
-    original_logits = score.logits(originals.variables)
-    out = [score.row("original", originals.variables, 0.0, original_logits),
-           score.row("retrain", retrained.variables, retrained.seconds, retrained_logits)]
+    out, original_logits = _score_references(cfg, st, score, forget, originals, retrained,
+                                             seed_keys, (num_resamples, epsilon_resamples),
+                                             log)
     targets = _matching_targets(cfg, st, originals, original_logits, score, chunk, log,
                                 cache, num_models, out)
     for m in st.method_names:
@@ -337,7 +242,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
           "chunk": chunk, "populations_reused": reused, "seed_mode": st.mode,
           "backend": jax.default_backend(), "train_program": st.train_program.record(),
           "mesh": dict(st.mesh.shape) if st.mesh is not None else None,
-          "fingerprint": fingerprint(cfg, st, num_models), "hparams": hparams,
+          "fingerprint": reference_models.fingerprint(cfg, st, num_models), "hparams": hparams,
           "retrain_seconds_per_model": retrained.seconds,
           "models_per_side": score.reference.h, "no_intervals": score.reference.no_intervals,
           "bootstrap_resamples": num_resamples, "bootstrap_epsilon_resamples": epsilon_resamples,

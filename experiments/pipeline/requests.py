@@ -123,8 +123,9 @@ def run(cfg, hparams: dict, names: list, *, num_requests: int, request_size: flo
   seed_keys = reference_models.seed_keys(cfg.seed, int(cfg.seeds))
   init_vars = reference_models.initial_variables(st, seed_keys)
   t0 = time.perf_counter()
-  original = reference_models.train_reference(st, "original", x, y, seed_keys, init_vars,
-                                   lambda s: None)
+  original = reference_models.references(cfg, st, int(cfg.seeds), lambda s: None,
+                                         names=("original",), data=((x, y), None),
+                                         init_vars=init_vars).original
   log(f"original: {original.seconds:.1f} s per seed")
   sisa_states, sisa_mesh = _train_sisa(cfg, st, names, sisa_config, seed_keys, init_vars, log)
   ctx = experiment.method_context(st, settings.parse_classes(cfg.forget_classes) if kind == "class"

@@ -173,7 +173,10 @@ def _train_references(st, cfg, data, seed_keys, store, log) -> dict:
       return driver.train_population_streaming(st.model, st.recipe, init_vars, x, y, keys,
                                                log=log, label=label, mesh=st.mesh)
     with checkpoint_errors_as_usage():
-      return reference_models.train_reference(st, label, x, y, seed_keys, init_vars, log, store=store)
+      both = ((x, y), None) if label == "original" else (None, (x, y))
+      return getattr(reference_models.references(cfg, st, int(cfg.seeds), log, names=(label,),
+                                                 data=both, init_vars=init_vars, store=store),
+                     label)
 
   log("training original (all of train)" + (", streamed from host memory" if data["stream"]
                                             else ""))

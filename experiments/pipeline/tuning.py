@@ -113,12 +113,10 @@ def _references(cfg, st, retain, select_arrays, report_arrays, log) -> tuple:
   """(original and retrained ModelSets, the metrics program, their metrics on the
   selection and report parts)."""
   seed_keys = reference_models.seed_keys(cfg.seed, cfg.seeds)
-  init_vars = reference_models.initial_variables(st, seed_keys)
   train_set = (jnp.asarray(st.ds.train_x), jnp.asarray(st.ds.train_y))
-  pops = {}
-  for name, (x, y) in (("original", train_set), ("retrain", retain)):
-    log(f"training {name}")
-    pops[name] = reference_models.train_reference(st, name, x, y, seed_keys, init_vars, log)
+  log("training original (all of train) and retrain (the retain set)")
+  refs = reference_models.references(cfg, st, int(cfg.seeds), log, data=(train_set, retain))
+  pops = {"original": refs.original, "retrain": refs.retrain}
   evaluate = driver.SeedMetrics(st.model, seed_mode=st.mode, eval_batch=cfg.eval_batch_size)
   reference = {name: {"select": evaluate(ms, select_arrays)[0],
                       "report": evaluate(ms, report_arrays)[0]} for name, ms in pops.items()}
