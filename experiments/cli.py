@@ -102,7 +102,11 @@ def field_paths(cfg, prefix: str = "") -> list:
 # (A flag whose field keeps its name, `--budget` → `tune.budget`, is found by that name.)
 RENAMED = {"train_seeds": "--seeds", "hparams": "--config.tuned_hparams",
            "requests": "--config.requests.count", "request_size": "--config.requests.size",
-           "request_kind": "--config.requests.kind"}
+           "request_kind": "--config.requests.kind", "populations_dir": "--config.references_dir",
+           "reuse_populations": "--config.references_dir",
+           # config fields that moved: the evaluation's cache is every stage's now
+           "config.evaluate.populations_dir": "--config.references_dir",
+           "config.evaluate.reuse_populations": "--config.references_dir"}
 
 
 def nearest(name: str, argv: list) -> str | None:

@@ -10,13 +10,12 @@ Trains `evaluate.num_models` originals and as many retrained models (vmapped, in
 of `evaluate.chunk` when memory asks), applies each method to every original, and writes into
 --workdir: evaluation.csv (one row per method), report.md, evaluation.json,
 epsilons.npz and plots/ (per-example ε histograms, U/R distributions, method × metric
-chart). The populations are checkpointed under --config.evaluate.populations_dir/<fingerprint> and
-reused by any later evaluation with the same data, model, split, recipe and N. Every
+chart). With --config.references_dir=DIR the populations are checkpointed under DIR, one
+directory per population and fingerprint, and reused by any later stage (unlearn, evaluate,
+tune, requests, klom_curve) with the same data, model, split, recipe, seeds and N. Every
 other flag is experiments.unlearn's (`experiments.cli`: dataset, model, scenario, seeds,
 configs, `--config.methods.<method>.<hparam>`).
 """
-
-from pathlib import Path
 
 from absl import flags
 
@@ -25,11 +24,6 @@ from .pipeline import population
 from .reports import population as population_report
 
 from .pipeline import rundir, settings, usage
-
-
-def cache_dir(cfg) -> Path | None:
-  """Where trained populations are cached (None: `evaluate.reuse_populations` is off)."""
-  return Path(cfg.evaluate.populations_dir) if cfg.evaluate.reuse_populations else None
 
 
 def chunk_of(cfg) -> int:
@@ -48,7 +42,7 @@ def job(cfg) -> str:
   chunk = chunk_of(cfg)
   with rundir.staged_workdir(cli.workdir(cfg, "eval_"), flags.FLAGS.overwrite) as (final,
                                                                                  staging):
-    ev = population.run(cfg, hparams, E.num_models, chunk, cache_dir(cfg),
+    ev = population.run(cfg, hparams, E.num_models, chunk,
                         log=lambda s: print(s, flush=True), mia_models=E.mia_models,
                         num_resamples=E.bootstrap, epsilon_resamples=E.bootstrap_epsilon)
     scen = (f"class {cfg.forget_classes}" if cfg.scenario == "class"
@@ -63,4 +57,4 @@ def job(cfg) -> str:
 
 if __name__ == "__main__":
   cli.run(job, fields=("evaluate.num_models", "evaluate.mia_models", "evaluate.bootstrap",
-                       "evaluate.chunk"))
+                       "evaluate.chunk", "references_dir"))

@@ -10,9 +10,9 @@ independent set of oracles, scores a KLOM above 0 (the floor). KLOM can rank met
 at an N where the floor's forget p95 lies below that of doing nothing (the untouched
 originals against the oracles).
 
-For the largest N of `evaluate.sizes` this trains (or restores from
-`evaluate.populations_dir`, the cache `experiments.evaluate` fills) the originals and the
-oracles, and a second oracle population with the seeds after them. For each N: KLOM p95
+For the largest N of `evaluate.sizes` this trains (or restores from `references_dir`,
+the cache every stage fills) the originals and the oracles, and a second oracle
+population with the seeds after them. For each N: KLOM p95
 per split (forget, retain, test) of the first N originals against the first N oracles, and
 of the first N second oracles against the same N oracles, in both directions; and
 average_95 of both with its 95% bootstrap interval, and whether the two are told apart
@@ -33,7 +33,7 @@ import numpy as np
 
 from . import cli
 from .pipeline import experiment, reference_models, rundir, settings, usage
-from .evaluate import cache_dir, chunk_of
+from .evaluate import chunk_of
 from .reports.population import intervals_markdown
 from unlearn_jax import metrics as M
 from unlearn_jax.evaluation import MIN_MODELS_PER_SIDE, PopulationLogits, klom_replicates
@@ -173,16 +173,15 @@ def job(cfg) -> str:
                          "over processes")
   t0 = time.perf_counter()
   sizes = parse_sizes(cfg.evaluate.sizes)
-  chunk, cache = chunk_of(cfg), cache_dir(cfg)
+  chunk = chunk_of(cfg)
   settings.validate(cfg)
   workdir = cli.workdir(cfg, "klom_curve_")
   rundir.prepare_workdir(workdir, flags.FLAGS.overwrite)
   st = experiment.setup(cfg, print)
   n = sizes[-1]
   with rundir.staged_workdir(workdir, flags.FLAGS.overwrite) as (final, staging):
-    originals, oracles, _ = reference_models.references(cfg, st, n, print, cache=cache,
-                                                        chunk=chunk)
-    _, second, _ = reference_models.references(cfg, st, n, print, cache=cache, chunk=chunk,
+    originals, oracles, _ = reference_models.references(cfg, st, n, print, chunk=chunk)
+    _, second, _ = reference_models.references(cfg, st, n, print, chunk=chunk,
                                                names=("retrain",), first_seed=int(cfg.seed) + n)
     print("margins of the three populations")
     predict = PopulationLogits(st.model, chunk)
@@ -244,4 +243,4 @@ def plot_intervals(intervals: list, path: Path) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(job, fields=("evaluate.sizes", "evaluate.chunk", "evaluate.populations_dir"))
+  cli.run(job, fields=("evaluate.sizes", "evaluate.chunk", "references_dir"))

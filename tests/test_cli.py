@@ -146,6 +146,8 @@ def _hparams(**overrides):
      "conv='cudnn' is unknown; allowed: auto, xla, patches, canonical"),
     (dict(methods="finetune"), dict(finetune=dict(epochs=0)),
      "--config.methods.finetune.epochs=0 lies outside finetune's bounds for epochs: [1, inf)"),
+    (dict(stream=True, references_dir="refs"), {}, "--config.stream trains the references "
+     "batch by batch from host memory and caches nothing: leave --config.references_dir unset"),
     (dict(methods="oracle_matching"), {}, "--methods: oracle_matching match the outputs of "
      "models trained without the forget set, which this stage does not train; run it with "
      "python -m experiments.evaluate"),
@@ -343,6 +345,8 @@ def test_help_is_one_screen_that_exits_0(command, shows):
     ("hparams", "--config.tuned_hparams"), ("train_seeds", "--seeds"),
     ("config.train.epoch", "--config.train.epochs"), ("sisa_shards", "--config.requests.sisa_shards"),
     ("overwrit", "--overwrite"), ("seeds_loop", "--config.seed_loop"),
+    ("populations_dir", "--config.references_dir"),
+    ("config.evaluate.populations_dir", "--config.references_dir"),
 ])
 def test_an_unknown_flag_names_the_nearest_flag_or_field(name, hint):
   from experiments import cli

@@ -78,7 +78,7 @@ def test_a_population_in_chunks_compiles_each_program_once():
   and the logits of each split compile once, however many chunks and populations."""
   cfg = small_config(methods=",".join(POPULATION_METHODS))
   with compile_log.compiles() as counts:
-    ev = population.run(cfg, {}, num_models=4, chunk=2, cache=None, log=lambda s: None,
+    ev = population.run(cfg, {}, num_models=4, chunk=2, log=lambda s: None,
                         mia_models=2)
   assert {r["method"] for r in ev.rows} >= set(POPULATION_METHODS)
   assert_each_method_once(counts, POPULATION_METHODS)

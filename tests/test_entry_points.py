@@ -70,7 +70,7 @@ def test_evaluate_one_epoch_compiles_each_program_once(run_job, tmp_path):
   with compile_log.compiles() as counts:
     run_job(evaluate, "--methods=finetune", f"--workdir={tmp_path / 'run'}",
             config={"evaluate.num_models": 4, "evaluate.chunk": 2, "evaluate.mia_models": 2,
-                    "evaluate.populations_dir": str(tmp_path / "pops")},
+                    "references_dir": str(tmp_path / "pops")},
             hparams=ONE_FINETUNE_EPOCH)
   assert not compile_log.compiled_twice(counts), compile_log.compiled_twice(counts)
   per = compile_log.per_program(counts)
@@ -101,3 +101,28 @@ def test_a_bad_flag_is_a_usage_error_before_anything_is_written(run_job, tmp_pat
   with pytest.raises(usage.UsageError, match="--config.dataset='imagenet' is unknown"):
     run_job(unlearn, f"--workdir={tmp_path / 'run'}", config={"dataset": "imagenet"})
   assert not any(tmp_path.iterdir())
+
+
+def test_a_stage_reuses_the_references_another_stage_cached(run_job, tmp_path, capsys):
+  """`--config.references_dir` is every stage's cache: experiments.unlearn trains and saves
+  the original and retrained populations, then experiments.tune restores both and
+  experiments.requests its original, training none (the cache keeps its two entries)."""
+  cache = {"references_dir": str(tmp_path / "refs")}
+  run_job(unlearn, "--seeds=2", "--methods=finetune", f"--workdir={tmp_path / 'run'}",
+          config=cache, hparams=ONE_FINETUNE_EPOCH)
+  assert capsys.readouterr().out.count("saving the references") == 2
+  populations = lambda: sorted(p.name for p in (tmp_path / "refs").iterdir() if p.is_dir())
+  entries = populations()
+  assert len(entries) == 2
+  run_job(tune, "--seeds=2", "--methods=finetune", f"--workdir={tmp_path / 'tune'}",
+          config={**cache, "tune.budget": 2}, hparams=ONE_FINETUNE_EPOCH)
+  out = capsys.readouterr().out
+  assert out.count("reusing the references") == 2 and "saving the references" not in out, out
+  run_job(requests, "--seeds=2", "--methods=finetune", f"--workdir={tmp_path / 'req'}",
+          config={**cache, "requests.count": 1, "requests.size": 0.02},
+          hparams=ONE_FINETUNE_EPOCH, methods_field="requests.methods")
+  assert populations() == entries
+  for name in entries:       # each entry is one population, with what produced it
+    fp = json.loads((tmp_path / "refs" / name / "fingerprint.json").read_text())
+    assert fp["fingerprint"]["population"] in ("original", "retrain")
+    assert fp["fingerprint"]["num_models"] == 2

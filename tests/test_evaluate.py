@@ -32,10 +32,10 @@ SMALL = ["--config.evaluate.num_models=4", "--methods=finetune,random_label", "-
 def evaluated(tmp_path_factory):
   base = tmp_path_factory.mktemp("eval")
   pops = base / "pops"
-  first = run_eval(*SMALL, f"--workdir={base / 'a'}", f"--config.evaluate.populations_dir={pops}")
+  first = run_eval(*SMALL, f"--workdir={base / 'a'}", f"--config.references_dir={pops}")
   assert first.returncode == 0, first.stderr[-3000:]
   second = run_eval(*SMALL, "--methods=neggrad", f"--workdir={base / 'b'}",
-                    f"--config.evaluate.populations_dir={pops}")
+                    f"--config.references_dir={pops}")
   assert second.returncode == 0, second.stderr[-3000:]
   return base, first, second
 
@@ -95,7 +95,7 @@ def test_the_matching_methods_get_their_targets(evaluated):
   import json
   base = evaluated[0]
   r = run_eval(*SMALL, "--methods=oracle_matching,dmm", f"--workdir={base / 'm'}",
-               f"--config.evaluate.populations_dir={base / 'pops'}",
+               f"--config.references_dir={base / 'pops'}",
                "--config.matching.oracles=2", "--config.matching.trak_models=2",
                "--config.matching.proj_dim=32", "--config.matching.multiplier=50")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -110,10 +110,10 @@ def test_the_matching_methods_get_their_targets(evaluated):
   assert costs["trak"]["models"] == 2 and costs["trak"]["proj_dim"] == 32
   # a rerun trains no oracles: they are cached like the other populations
   again = run_eval(*SMALL, "--methods=oracle_matching", f"--workdir={base / 'm2'}",
-                   f"--config.evaluate.populations_dir={base / 'pops'}",
+                   f"--config.references_dir={base / 'pops'}",
                    "--config.matching.oracles=2")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("reusing the references") == 2, again.stdout[-3000:]
+  assert again.stdout.count("reusing the references") == 3, again.stdout[-3000:]
 
 
 @pytest.mark.parametrize("args,needle", [

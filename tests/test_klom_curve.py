@@ -67,7 +67,7 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
   run = tmp_path / "curve"
   r = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=2,4",
                       "--config.train.epochs=3", f"--workdir={run}",
-                      f"--config.evaluate.populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
+                      f"--config.references_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   rows = list(csv.DictReader(open(run / "curve.csv")))
@@ -81,9 +81,9 @@ def test_the_cli_end_to_end_on_digits(tmp_path):
   # The three populations are cached: a second run trains nothing.
   again = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=2,4",
                           "--config.train.epochs=3", f"--workdir={tmp_path / 'again'}",
-                          f"--config.evaluate.populations_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
+                          f"--config.references_dir={tmp_path / 'pops'}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0 and again.stdout.count("reusing the references") == 2, \
+  assert again.returncode == 0 and again.stdout.count("reusing the references") == 3, \
       again.stdout[-2000:]
   assert (tmp_path / "again" / "curve.csv").read_text() == (run / "curve.csv").read_text()
   bad = subprocess.run([sys.executable, "-m", "experiments.klom_curve", "--config.evaluate.sizes=4,2",

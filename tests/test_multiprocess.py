@@ -65,7 +65,6 @@ def test_evaluate_and_tune_over_two_processes_equal_one_process(tmp_path):
   """`experiments.evaluate` at N = 8 (per-example ε within 1e-6) and a K = 8
   `experiments.tune` search (the same choice) split over both processes."""
   ev = ["experiments.evaluate", "--methods=finetune,ssd", "--config.evaluate.num_models=8",
-        "--config.evaluate.reuse_populations=False",
         *COMMON]
   outs = _launch_ok(ev + [f"--workdir={tmp_path / 'ev2'}"], tmp_path)
   rc, out = mp.run_single(ev + [f"--workdir={tmp_path / 'ev1'}", "--config.mesh_seeds=8"])

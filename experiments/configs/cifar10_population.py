@@ -13,8 +13,9 @@ N models), so here: the stratified 2,500-image CIFAR-10 subset of `cifar10_memor
 layer of 64 units on the flattened pixels (197k parameters: the per-example-gradient
 methods, fisher_forgetting and influence, stay cheap for 64 models), 30 epochs of SGD
 (batch 64, lr 0.02, no augmentation): it memorises its training set while generalising
-poorly, so the forget examples' margins move when they are removed. Every data method; populations vmapped in
-one program each, and cached by `experiments.evaluate` for `experiments.klom_curve`.
+poorly, so the forget examples' margins move when they are removed. Every data method;
+populations vmapped in one program each and cached in runs/references (`references_dir`),
+where experiments.klom_curve and a second evaluation find them.
 Measured figures: docs/results/population/.
 """
 
@@ -26,4 +27,5 @@ def get_config():
   c.model = "mlp:64"
   c.seed_loop = "vmap"
   c.train.lr = 0.02
+  c.references_dir = "runs/references"
   return c

@@ -70,6 +70,10 @@ def _seeds_and_devices(c: ml_collections.ConfigDict) -> None:
   c.seed = 0                    # first seed; seeds are seed, seed+1, ...
   c.unlearn_seeds = 1           # unlearning keys per trained model: seeds x U unlearned models
   c.seed_loop = "auto"          # auto | vmap | sequential (see unlearn_jax.driver)
+  # Where every stage caches its trained references (originals, retrained models, oracles),
+  # one directory per population and fingerprint; a later stage with the same data, split,
+  # model, recipe, seeds and N restores them. None: train them every time, cache nothing.
+  c.references_dir = config_dict.placeholder(str)
   # ---- how it is compiled and where it runs
   c.conv = "auto"               # auto | xla | patches | canonical: library models' convolution
   # How original/retrain epochs are compiled (unlearn_jax.train_programs): auto = the
@@ -118,8 +122,6 @@ def _other_entry_points(c: ml_collections.ConfigDict) -> None:
       bootstrap=200,            # redraws of the models behind every interval (0: none)
       bootstrap_epsilon=30,     # of those, the redraws that recompute per-example ε
       chunk=config_dict.placeholder(int),  # models per vmapped chunk; None: all at once
-      populations_dir="runs/populations",  # where trained populations are cached
-      reuse_populations=True,   # False: never read or write that cache
       sizes="8,16,32,64"))      # experiments.klom_curve: population sizes N, increasing
   c.matching = ml_collections.ConfigDict(dict(    # experiments.evaluate: the matching methods
       oracles=10,               # oracle_matching: models retrained without D_f it matches (mean)

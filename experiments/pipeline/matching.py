@@ -77,13 +77,13 @@ def check(cfg, num_models: int) -> None:
     raise UsageError(f"--config.matching.multiplier={M.multiplier} must be finite")
 
 
-def oracle_logits(cfg, st, score, chunk, log, cache) -> tuple[dict, dict]:
+def oracle_logits(cfg, st, score, chunk, log) -> tuple[dict, dict]:
   """({forget, retain}: the oracles' mean logits, cost) (module docstring)."""
   M = cfg.matching
   log(f"oracle_matching: {M.oracles} oracles (retrained without D_f, seeds from "
       f"{cfg.seed + M.oracle_seed})")
   _, oracles, reused = reference_models.references(
-      cfg, st, int(M.oracles), log, cache=cache, chunk=chunk, names=("retrain",),
+      cfg, st, int(M.oracles), log, chunk=chunk, names=("retrain",),
       first_seed=int(cfg.seed + M.oracle_seed))
   mean = {s: np.asarray(attribution.oracle_targets(score.predict(oracles.variables,
                                                                  score.inputs[s])))
@@ -129,12 +129,12 @@ def fitted_multiplier(original_logits: dict, oracle_mean: dict, correction: dict
 
 
 def targets(cfg, st, method_names, originals, original_logits: dict, score, chunk, log,
-            cache) -> Targets:
+            ) -> Targets:
   """Every matching method's targets and the DM-Direct row's logits (module docstring)."""
   use_oracles, use_trak = needed(method_names, cfg)
   by_method, costs, predicted = {}, {}, None
   if use_oracles:
-    mean, costs["oracles"] = oracle_logits(cfg, st, score, chunk, log, cache)
+    mean, costs["oracles"] = oracle_logits(cfg, st, score, chunk, log)
     for m in method_names:
       if m in ORACLE_METHODS:
         by_method[m] = (mean["forget"], mean["retain"])

@@ -4,15 +4,14 @@ between populations). `experiments/evaluate.py` is the thin absl wrapper around 
 
 The populations are the references every stage trains (`reference_models.references`:
 vmapped, in chunks of `chunk` models when memory asks for it), cached with a fingerprint of
-what produced them under `evaluate.populations_dir`, so a second evaluation of other methods
-reuses them.
+what produced them under `--config.references_dir` when set, so a second evaluation of other
+methods reuses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from collections.abc import Callable
 
 import jax
@@ -179,12 +178,12 @@ def _score_references(cfg, st, score, forget, originals, retrained, seed_keys, r
       original_logits
 
 
-def _matching_targets(cfg, st, originals, original_logits, score, chunk, log, cache,
-                      num_models, out) -> matching.Targets:
+def _matching_targets(cfg, st, originals, original_logits, score, chunk, log, num_models,
+                      out) -> matching.Targets:
   """The matching methods' targets (`pipeline.matching`); appends the DM-Direct row to
   `out` when it is reported (its seconds: TRAK's, per model of the population)."""
   targets = matching.targets(cfg, st, st.method_names, originals, original_logits, score,
-                             chunk, log, cache)
+                             chunk, log)
   if targets.dm_direct is not None:
     out.append(score.row("dm_direct", originals.variables,
                          targets.costs["trak"]["seconds"] / num_models, targets.dm_direct))
@@ -193,7 +192,7 @@ def _matching_targets(cfg, st, originals, original_logits, score, chunk, log, ca
   return targets
 
 
-def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | None,
+def run(cfg, method_hparams: dict, num_models: int, chunk: int,
         log: Callable[[str], None] = print, mia_models: int = 16, num_resamples: int = 200,
         epsilon_resamples: int = 30) -> Evaluation:
   """N originals, N retrained models and N unlearned ones per method, each population
@@ -213,7 +212,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
   # (see unlearn_jax.parallel); a no-op on one device.
   with parallel.data_parallel(st.mesh):
     originals, retrained, reused = reference_models.references(cfg, st, num_models, log,
-                                                               cache=cache, chunk=chunk)
+                                                               chunk=chunk)
     score, forget, retain = _scorer(st, chunk, mia_models)
     ctx = experiment.method_context(st, st.spec.forget_classes if cfg.scenario == "class"
                                    else ())
@@ -222,7 +221,7 @@ def run(cfg, method_hparams: dict, num_models: int, chunk: int, cache: Path | No
                                              seed_keys, (num_resamples, epsilon_resamples),
                                              log)
     targets = _matching_targets(cfg, st, originals, original_logits, score, chunk, log,
-                                cache, num_models, out)
+                                num_models, out)
     for m in st.method_names:
       spec = methods_lib.get_method(m)
       data = methods_lib.select_data(spec, forget, retain, ctx=ctx,

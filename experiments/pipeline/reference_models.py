@@ -72,21 +72,26 @@ REFERENCES = ("original", "retrain")
 
 class References(NamedTuple):
   """The trained references: `original` and `retrain` ModelSets (None for one not asked
-  for) and whether they were restored from the cache."""
+  for) and whether every one asked for was restored from the cache."""
   original: driver.ModelSet | None
   retrain: driver.ModelSet | None
   reused: bool
 
 
-def fingerprint(cfg, st: Setup, num_models: int, names=REFERENCES, first_seed=None) -> dict:
-  """What determines the references; a cached set is reused only when this matches."""
+def cache_root(cfg) -> Path | None:
+  """The references' cache, `--config.references_dir` (None: no cache)."""
+  root = cfg.get("references_dir")
+  return Path(root).expanduser() if root else None
+
+
+def fingerprint(cfg, st: Setup, num_models: int, first_seed=None) -> dict:
+  """What determines a population of references; a cached one is reused only when this
+  and its name match."""
   fp = {"dataset": cfg.dataset, "train_subset": int(cfg.train_subset or 0),
         "test_subset": int(cfg.test_subset or 0), "model": st.model_name,
         "split_sha256": st.split.digests(), "recipe": dataclasses.asdict(st.recipe),
         "num_models": int(num_models),
         "seed": int(cfg.seed) if first_seed is None else int(first_seed)}
-  if tuple(names) != REFERENCES:
-    fp["populations"] = list(names)
   prog = st.train_program
   if (prog.loop, prog.conv) != (train_programs.DEFAULT.loop, train_programs.DEFAULT.conv):
     # Another compiled program trains other weights (equal up to rounding): another cache.
@@ -99,31 +104,40 @@ def digest(fp: dict) -> str:
   return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def references(cfg, st: Setup, num_models: int, log, *, cache: Path | None = None,
-               chunk: int = 0, names=REFERENCES, first_seed=None, data=None,
-               init_vars=None, **train_kwargs) -> References:
+def references(cfg, st: Setup, num_models: int, log, *, chunk: int = 0, names=REFERENCES,
+               first_seed=None, data=None, init_vars=None, **train_kwargs) -> References:
   """The references named in `names` of `num_models` seeds (model i has seed
   `first_seed + i`, default `cfg.seed`), vmapped in chunks of `chunk` models (0: all at
   once). `data`: ((x, y) of train, (x, y) of retain) as the stage holds them (default: the
   setup's, on the default device); `init_vars`: the seeds' initial weights as the stage
   placed them; `train_kwargs` go to `driver.train_population` (a resume `store`, ...).
-  With a `cache` root they are restored from `cache/<digest>/` when there, else trained
-  and saved there."""
-  fp = fingerprint(cfg, st, num_models, names, first_seed)
+  With `--config.references_dir`, each population is restored from
+  `<references_dir>/<digest of its fingerprint and name>/` when there, else trained and
+  saved there."""
   first_seed = int(cfg.seed) if first_seed is None else int(first_seed)
-  job = _Job(st, num_models, chunk, log, names, first_seed, data, init_vars, train_kwargs)
-  if cache is None:
-    return _train(job, None, fp)
-  cache = Path(cache).expanduser() / digest(fp)
-  # Two stages with the same settings at once: one trains and saves, the other waits for
-  # the lock and then restores what the first saved. In a multi-process job process 0
-  # holds the lock for all (the others would wait on it while process 0 waits on them).
-  from unlearn_jax.data import cache_lock
-  with cache_lock(cache) if parallel.is_writer() else contextlib.nullcontext():
-    parallel.barrier("reference cache locked")
-    if (cache / "fingerprint.json").exists():
-      return _restore(job, cache, fp)
-    return _train(job, cache, fp)
+  job = _Job(st, num_models, chunk, log, first_seed, data, init_vars, train_kwargs)
+  root, fp = cache_root(cfg), fingerprint(cfg, st, num_models, first_seed)
+  out, reused = {}, []
+  for name in names:
+    if root is None:
+      out[name] = _train(job, name)
+      continue
+    entry = {**fp, "population": name}
+    cache = root / digest(entry)
+    # Two stages with the same settings at once: one trains and saves, the other waits for
+    # the lock and then restores what the first saved. In a multi-process job process 0
+    # holds the lock for all (the others would wait on it while process 0 waits on them).
+    from unlearn_jax.data import cache_lock
+    with cache_lock(cache) if parallel.is_writer() else contextlib.nullcontext():
+      parallel.barrier("reference cache locked")
+      if (cache / "fingerprint.json").exists():
+        out[name] = _restore(job, name, cache, entry)
+        reused.append(name)
+      else:
+        out[name] = _train(job, name)
+        _save(cache, entry, out[name], log)
+  return References(out.get("original"), out.get("retrain"),
+                    bool(reused) and len(reused) == len(names))
 
 
 @dataclasses.dataclass
@@ -132,75 +146,66 @@ class _Job:
   num_models: int
   chunk: int
   log: object
-  names: tuple
   first_seed: int
   data: tuple | None
   init_vars: object
   train_kwargs: dict
 
 
-def _restore(job: _Job, cache: Path, fp: dict) -> References:
+def _restore(job: _Job, name: str, cache: Path, entry: dict) -> driver.ModelSet:
   from unlearn_jax import checkpoint
   saved = json.loads((cache / "fingerprint.json").read_text())
-  if saved.get("digest") != digest(fp):
+  if saved.get("digest") != digest(entry):
     raise UsageError(f"{cache}/fingerprint.json does not match its directory name; "
                      "the reference cache is corrupt: delete that directory")
-  job.log(f"reusing the references in {cache} (fingerprint {saved['digest']})")
+  job.log(f"reusing the references in {cache} ({name}, fingerprint {saved['digest']})")
   st = job.st
   like = parallel.seed_sharded(jax.eval_shape(jax.vmap(lambda k: models_lib.init_variables(
       st.model, k, st.ds.input_shape)), jax.random.split(jax.random.PRNGKey(0), job.num_models)))
-  out = {}
-  for name in job.names:
-    try:
-      v = checkpoint.restore_variables(cache / name, like)
-    except checkpoint.CheckpointError as e:
-      raise UsageError(f"{e}; delete {cache} to train the references anew") from e
-    out[name] = driver.ModelSet(name, v, saved["seconds"][name])
-  return References(out.get("original"), out.get("retrain"), True)
+  try:
+    v = checkpoint.restore_variables(cache / "variables", like)
+  except checkpoint.CheckpointError as e:
+    raise UsageError(f"{e}; delete {cache} to train the references anew") from e
+  return driver.ModelSet(name, v, saved["seconds"])
 
 
-def _train(job: _Job, cache: Path | None, fp: dict) -> References:
+def _train(job: _Job, name: str) -> driver.ModelSet:
+  """One population of references, all at once or in chunks of models (every chunk runs
+  the one epoch program compiled for the first)."""
   st, n = job.st, job.num_models
   if job.data is None:
     x, y = jnp.asarray(st.ds.train_x), jnp.asarray(st.ds.train_y)
     job.data = ((x, y), (x[st.split.retain], y[st.split.retain]))
   keys = seed_keys(job.first_seed, n)
-  init_vars = job.init_vars if job.init_vars is not None else initial_variables(st, keys)
-  sets, programs = {}, {}   # each population's epoch program, compiled once for all chunks
-  for name, arrays in zip(REFERENCES, job.data):
-    if name not in job.names:
-      continue
-    xx, yy = arrays
-    bounds = model_chunks(n, job.chunk)
-    if len(bounds) == 1:      # all at once: the ModelSet as trained (compile time, aux)
-      sets[name] = train_reference(st, name, xx, yy, keys, init_vars, job.log,
-                                   **{"programs": programs, **job.train_kwargs})
-      continue
-    parts, seconds = [], 0.0
-    for a, b in bounds:
-      ms = train_reference(st, name, xx, yy, keys[a:b],
-                           jax.tree_util.tree_map(lambda v: v[a:b], init_vars), job.log,
-                           **{"label": f"{name} models {a + 1}-{b}/{n}", "programs": programs,
-                              **job.train_kwargs})
-      parts.append(ms.variables)
-      seconds += ms.seconds * (b - a)
-    sets[name] = driver.ModelSet(
-        name, jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts), seconds / n)
-  if cache is not None:
-    _save(cache, fp, sets, job.log)
-  return References(sets.get("original"), sets.get("retrain"), False)
+  if job.init_vars is None:
+    job.init_vars = initial_variables(st, keys)
+  xx, yy = job.data[REFERENCES.index(name)]
+  bounds = model_chunks(n, job.chunk)
+  programs = {}
+  if len(bounds) == 1:      # all at once: the ModelSet as trained (compile time, aux)
+    return train_reference(st, name, xx, yy, keys, job.init_vars, job.log,
+                           **{"programs": programs, **job.train_kwargs})
+  parts, seconds = [], 0.0
+  for a, b in bounds:
+    ms = train_reference(st, name, xx, yy, keys[a:b],
+                         jax.tree_util.tree_map(lambda v: v[a:b], job.init_vars), job.log,
+                         **{"label": f"{name} models {a + 1}-{b}/{n}", "programs": programs,
+                            **job.train_kwargs})
+    parts.append(ms.variables)
+    seconds += ms.seconds * (b - a)
+  return driver.ModelSet(
+      name, jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts), seconds / n)
 
 
-def _save(cache: Path, fp: dict, sets: dict, log) -> None:
+def _save(cache: Path, entry: dict, ms: driver.ModelSet, log) -> None:
   from unlearn_jax import checkpoint
-  log(f"saving the references to {cache} (a later stage with the same settings reuses them)")
-  for name, ms in sets.items():       # every process: the arrays span them all
-    checkpoint.save_variables(cache / name, ms.variables)
-  # Written last and atomically: its presence means the references are complete.
+  log(f"saving the references to {cache} ({ms.name}; a later stage with the same settings "
+      "reuses them)")
+  checkpoint.save_variables(cache / "variables", ms.variables)   # every process: the
+  # arrays span them all. Written last and atomically: its presence means they are complete.
   if parallel.is_writer():
     tmp = cache / f".fingerprint.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"digest": digest(fp), "fingerprint": fp,
-                               "seconds": {k: v.seconds for k, v in sets.items()}},
-                              indent=2) + "\n")
+    tmp.write_text(json.dumps({"digest": digest(entry), "fingerprint": entry,
+                               "seconds": ms.seconds}, indent=2) + "\n")
     os.replace(tmp, cache / "fingerprint.json")
   parallel.barrier("reference cache written")

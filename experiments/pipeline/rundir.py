@@ -171,10 +171,12 @@ def staged_workdir(workdir: str, overwrite: bool):
 
 # method_checkpoint_every is fingerprinted: it decides what a mid-method checkpoint step is.
 # How the job is started and where it logs (a process's id, the coordinator's port) is not
-# what it computes; the tuned hparams' file is (the hyperparameters are fingerprinted).
+# what it computes; the tuned hparams' file is (the hyperparameters are fingerprinted);
+# nor is where the references are cached (the cache has its own fingerprint).
 _NOT_FINGERPRINTED = ("plots", "save_checkpoints", "checkpoint_every", "distributed",
                       "heartbeat_seconds", "coordinator_address", "num_processes",
-                      "process_id", "tensorboard_dir", "wandb_project", "tuned_hparams")
+                      "process_id", "tensorboard_dir", "wandb_project", "tuned_hparams",
+                      "references_dir")
 
 
 def open_resume_store(resume_dir, cfg, hparams: dict, st: Setup):

@@ -143,6 +143,9 @@ def validate(cfg) -> None:
     raise UsageError(f"--config.forget_fraction={cfg.forget_fraction} must lie strictly between 0 and 1")
   if cfg.seeds < 1:
     raise UsageError(f"--seeds={cfg.seeds} must be at least 1")
+  if cfg.get("stream", False) and cfg.get("references_dir"):
+    raise UsageError("--config.stream trains the references batch by batch from host memory "
+                     "and caches nothing: leave --config.references_dir unset with it")
   if cfg.get("unlearn_seeds", 1) < 1:
     raise UsageError(f"--config.unlearn_seeds={cfg.unlearn_seeds} must be at least 1")
   if cfg.seed_loop not in LOOP_CHOICES:

@@ -196,7 +196,7 @@ def test_population_evaluation_on_eight_devices_matches_one():
     cfg.methods, cfg.mesh_data = default.methods_config("finetune"), data
     cfg.train.epochs = 4
     out[i] = population.run(cfg, {"finetune": {"epochs": 1}}, num_models=4, chunk=0,
-                               cache=None, log=lambda s: None, mia_models=2)
+                               log=lambda s: None, mia_models=2)
   assert out[0].info["mesh"] == {"seeds": 1, "data": 8}
   assert out[1].info["mesh"] == {"seeds": 1, "data": 1}
   for a, b in zip(out[0].rows, out[1].rows):
