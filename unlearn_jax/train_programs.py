@@ -32,6 +32,7 @@ machine, and the default compiles fastest. Where nothing was measured it returns
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -46,13 +47,12 @@ def machine_name() -> str:
   import platform
   import re
   cpu = platform.processor() or platform.machine()
-  try:
+  # No /proc (macOS, Windows): the platform's processor name stays.
+  with contextlib.suppress(OSError):
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
         cpu = line.split(":", 1)[1]
         break
-  except OSError:      # no /proc (macOS, Windows): the platform's processor name
-    pass
   slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{os.cpu_count()}cores").strip("-").lower()
   return slug or "unknown-machine"
 

@@ -136,8 +136,7 @@ def references(cfg, st: Setup, num_models: int, log, *, chunk: int = 0, names=RE
       else:
         out[name] = _train(job, name)
         _save(cache, entry, out[name], log)
-  return References(out.get("original"), out.get("retrain"),
-                    bool(reused) and len(reused) == len(names))
+  return References(out.get("original"), out.get("retrain"), len(reused) == len(names))
 
 
 @dataclasses.dataclass

@@ -178,11 +178,11 @@ def _train_references(st, cfg, data, seed_keys, store, log) -> dict:
                                                  data=both, init_vars=init_vars, store=store),
                      label)
 
-  log("training original (all of train)" + (", streamed from host memory" if data["stream"]
-                                            else ""))
+  # (trained here, or restored from --config.references_dir: `references` says which)
+  log("original (all of train)" + (", streamed from host memory" if data["stream"] else ""))
   out = {"original": population(*data["train"], "original")}
   log(f"  original: {out['original'].seconds:.2f}s per seed")
-  log("training retrain (retain only, same recipe and initial weights)")
+  log("retrain (retain only, same recipe and initial weights)")
   out["retrain"] = population(*data["retain_train"], "retrain")
   log(f"  retrain: {out['retrain'].seconds:.2f}s per seed")
   return out

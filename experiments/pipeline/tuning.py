@@ -114,7 +114,6 @@ def _references(cfg, st, retain, select_arrays, report_arrays, log) -> tuple:
   selection and report parts)."""
   seed_keys = reference_models.seed_keys(cfg.seed, cfg.seeds)
   train_set = (jnp.asarray(st.ds.train_x), jnp.asarray(st.ds.train_y))
-  log("training original (all of train) and retrain (the retain set)")
   refs = reference_models.references(cfg, st, int(cfg.seeds), log, data=(train_set, retain))
   pops = {"original": refs.original, "retrain": refs.retrain}
   evaluate = driver.SeedMetrics(st.model, seed_mode=st.mode, eval_batch=cfg.eval_batch_size)
