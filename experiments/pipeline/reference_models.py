@@ -2,10 +2,11 @@
 its retrained model on the retain set, from the same initial weights.
 
 `references` is the one way a stage gets them (experiments.unlearn, evaluate, tune,
-requests and klom_curve): trained population by population, in chunks of models when
-memory asks for it, and, with a cache root, checkpointed under
-`<root>/<fingerprint digest>/` with the fingerprint of what produced them, so that a later
-stage with the same data, split, model, recipe, seeds and N restores them instead."""
+requests, klom_curve and the matching oracles): trained population by population, in
+chunks of models when memory asks for it, and, with `--config.references_dir`, each
+population checkpointed under `<references_dir>/<digest>/` beside the fingerprint of what
+produced it, so that a later stage with the same data, split, model, recipe, seeds and N
+restores it instead."""
 
 from __future__ import annotations
 
