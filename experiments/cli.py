@@ -355,6 +355,7 @@ def run(job: Callable, fields: tuple = (), methods_field: str = "methods") -> No
 
   def main(argv):
     usage.begin_cli(argv)
+    usage.redeliver_lost_interrupts()
     try:
       cfg = build_config(methods_field)
       start_processes(cfg)

@@ -49,6 +49,34 @@ INTERRUPTED_LINE = ("interrupted: the run directory was not written; rerun the s
                     "to resume from the last checkpoint")
 
 
+def redeliver_lost_interrupts() -> None:
+  """Makes a Ctrl-C that Python drops be delivered again.
+
+  Python raises KeyboardInterrupt wherever the main thread is when SIGINT arrives. Inside a
+  garbage-collector callback (JAX registers one that frees XLA buffers) the exception
+  cannot propagate: Python prints "Exception ignored in ..." through `sys.unraisablehook`
+  and the run goes on, so the user's Ctrl-C is lost. This hook sends SIGINT again from a
+  helper thread a moment later (sent from the hook itself, it would be raised inside the
+  hook, where it is dropped too), so the interrupt lands in the main thread's own code;
+  any other unraisable exception goes to the previous hook. A SIGINT that the process
+  ignores (a job started in the background of a shell) stays ignored."""
+  import os
+  import signal
+  import sys
+  import threading
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+      again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+      again.daemon = True
+      again.start()
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def os_error_line(error: OSError) -> str:
   """The one line a CLI prints for an OS error (then it exits with status 1): what failed,
   on which path, and what to do."""
